@@ -1,0 +1,8 @@
+//! Switchyard's media layer.
+//!
+//! This crate holds what an endpoint can do with media and decides whether an endpoint can take a
+//! call. The DTLS/SRTP stack, SIP-over-DTLS negotiation and the relays build on it.
+
+mod capabilities;
+
+pub use capabilities::{Capabilities, CapabilityError, MediaKind, Unsupported};

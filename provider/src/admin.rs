@@ -1,0 +1,460 @@
+//! The operators' API (JSON, bearer token) plus `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::db::{CallRecord, EndpointRecord, StoreError, User};
+use crate::import::{import_csv, ImportError, ImportEvent};
+use crate::registry::{self, RegistryError};
+
+pub struct AdminError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<RegistryError> for AdminError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid { .. } => {
+                AdminError::new(StatusCode::BAD_REQUEST, "invalid-field", e.to_string())
+            }
+            RegistryError::InvalidCode => {
+                AdminError::new(StatusCode::FORBIDDEN, "invalid-code", e.to_string())
+            }
+            RegistryError::Store(s) => s.into(),
+            RegistryError::Pki(p) => {
+                AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", p.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => AdminError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound(m) => AdminError::new(StatusCode::NOT_FOUND, "not-found", m),
+            other => {
+                tracing::error!(error = %other, "admin request failed");
+                AdminError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+type AdminResult = Result<Json<Value>, AdminError>;
+
+/// JSON bodies with errors in our format (400 naming the problem, 413 past the limit).
+pub struct JsonBody<T>(T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<App>> for JsonBody<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, AdminError> {
+        let limit = app.config.admin.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                AdminError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    format!("the body exceeds {limit} bytes"),
+                )
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, "malformed-body", e.to_string()))
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/admin/v1/users", post(add_user).get(list_users))
+        .route("/admin/v1/users/{id}", get(get_user).delete(remove_user))
+        .route("/admin/v1/users/{id}/uris", post(add_uri))
+        .route("/admin/v1/uris/{uri}", delete(remove_uri))
+        .route(
+            "/admin/v1/users/{id}/provisioning-codes",
+            post(provisioning_code),
+        )
+        .route("/admin/v1/users/{id}/endpoints", get(list_endpoints))
+        .route("/admin/v1/endpoints/{id}/revoke", post(revoke_endpoint))
+        .route("/admin/v1/calls", get(list_calls))
+        .route(
+            "/admin/v1/import",
+            post(import).layer(DefaultBodyLimit::disable()),
+        )
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
+        .merge(api)
+        .with_state(app)
+}
+
+async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Comparing digests keeps the comparison's timing independent of the token's bytes.
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let valid = presented.is_some_and(|t| digest(t).as_ref() == digest(&app.admin_token).as_ref());
+    if valid {
+        next.run(req).await
+    } else {
+        AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin bearer token",
+        )
+        .into_response()
+    }
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    match app.db.ping().await {
+        Ok(()) if !*app.shutdown.borrow() => (StatusCode::OK, "ready\n").into_response(),
+        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "id": user.id,
+        "display_name": user.display_name,
+        "uris": user.uris,
+        "active_endpoints": user.active_endpoints,
+        "created_at": user.created_at,
+    })
+}
+
+fn endpoint_json(e: &EndpointRecord) -> Value {
+    json!({
+        "id": e.id,
+        "user_id": e.user_id,
+        "name": e.name,
+        "capabilities": e.capabilities,
+        "certificate_sha256": e.cert_fingerprint,
+        "certificate_not_after": e.cert_not_after,
+        "created_at": e.created_at,
+        "revoked_at": e.revoked_at,
+    })
+}
+
+fn call_json(c: &CallRecord) -> Value {
+    json!({
+        "session_id": c.session_id,
+        "from": c.caller_uri,
+        "to": c.callee_uri,
+        "caller_endpoint": c.caller_endpoint,
+        "rung_endpoints": c.rung_endpoints,
+        "answered_by": c.answered_by,
+        "media": c.media,
+        "state": c.state.as_str(),
+        "outcome_reason": c.reason,
+        "providers": c.providers,
+        "initiated_at": c.initiated_at,
+        "answered_at": c.answered_at,
+        "ended_at": c.ended_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    #[serde(default)]
+    display_name: String,
+    uris: Vec<String>,
+}
+
+async fn add_user(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<NewUserBody>,
+) -> AdminResult {
+    let user = registry::add_user(&app, &body.display_name, &body.uris).await?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    q: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_users(State(app): State<Arc<App>>, Query(params): Query<ListParams>) -> AdminResult {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "limit must be 1-1000",
+        ));
+    }
+    let users = app
+        .db
+        .list_users(params.q.as_deref(), params.after.as_deref(), limit)
+        .await?;
+    let next = if users.len() as i64 == limit {
+        users.last().map(|u| u.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "users": users.iter().map(user_json).collect::<Vec<_>>(),
+        "next_after": next,
+        "total": app.db.count_users().await?,
+    })))
+}
+
+async fn get_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
+    let user = app.db.user(&id).await?.ok_or_else(|| {
+        AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no user `{id}`"),
+        )
+    })?;
+    Ok(Json(user_json(&user)))
+}
+
+async fn remove_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
+    registry::remove_user(&app, &id).await?;
+    Ok(Json(json!({"removed": id})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UriBody {
+    uri: String,
+}
+
+async fn add_uri(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UriBody>,
+) -> AdminResult {
+    let uri = app
+        .canonicalizer
+        .canonicalize(&body.uri)
+        .map_err(|e| {
+            AdminError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-field",
+                format!("uri: {e}"),
+            )
+        })?
+        .into_string();
+    app.db.add_uri(&id, &uri).await?;
+    Ok(Json(json!({"user_id": id, "uri": uri})))
+}
+
+async fn remove_uri(State(app): State<Arc<App>>, Path(uri): Path<String>) -> AdminResult {
+    let uri = app
+        .canonicalizer
+        .canonicalize(&uri)
+        .map_err(|e| {
+            AdminError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-field",
+                format!("uri: {e}"),
+            )
+        })?
+        .into_string();
+    app.db.remove_uri(&uri).await?;
+    Ok(Json(json!({"removed": uri})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    ttl_seconds: Option<u64>,
+}
+
+async fn provisioning_code(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let body: CodeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CodeBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            AdminError::new(StatusCode::BAD_REQUEST, "malformed-body", e.to_string())
+        })?
+    };
+    let (code, expires_at) = registry::issue_provisioning_code(&app, &id, body.ttl_seconds).await?;
+    Ok(Json(
+        json!({"user_id": id, "code": code, "expires_at": expires_at}),
+    ))
+}
+
+async fn list_endpoints(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
+    if app.db.user(&id).await?.is_none() {
+        return Err(AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no user `{id}`"),
+        ));
+    }
+    let endpoints = app.db.endpoints_of_user(&id).await?;
+    Ok(Json(
+        json!({"endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn revoke_endpoint(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
+    registry::revoke_endpoint(&app, &id).await?;
+    Ok(Json(json!({"revoked": id})))
+}
+
+#[derive(Deserialize)]
+struct CallParams {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_calls(State(app): State<Arc<App>>, Query(params): Query<CallParams>) -> AdminResult {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "limit must be 1-1000",
+        ));
+    }
+    let calls = app.db.list_calls(params.before, limit).await?;
+    Ok(Json(
+        json!({"calls": calls.iter().map(call_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Streams the CSV into the importer and answers with NDJSON: progress lines as rows are
+/// written, then one line with the outcome (`done` or `failed`).
+async fn import(State(app): State<Arc<App>>, body: Body) -> Response {
+    let limit = app.config.admin.max_import_bytes;
+    let mut seen = 0u64;
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            seen += chunk.len() as u64;
+            let over = seen > limit;
+            async move {
+                if over {
+                    Err(std::io::Error::other(format!(
+                        "the CSV exceeds admin.max_import_bytes ({limit} bytes)"
+                    )))
+                } else {
+                    Ok(chunk)
+                }
+            }
+        });
+    let reader =
+        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel(16);
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let forward = {
+            let line_tx = line_tx.clone();
+            tokio::spawn(async move {
+                while let Some(ImportEvent::Progress { rows }) = progress_rx.recv().await {
+                    tracing::info!(rows, "import progress");
+                    let _ = line_tx
+                        .send(Ok(format!("{}\n", json!({"progress": {"rows": rows}}))))
+                        .await;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let outcome = import_csv(
+            &app.db,
+            app.canonicalizer.clone(),
+            reader,
+            Some(progress_tx),
+        )
+        .await;
+        let _ = forward.await;
+        let line = match outcome {
+            Ok(summary) => {
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(users = summary.users, seconds, "import done");
+                json!({"done": {"users": summary.users, "uris": summary.uris, "seconds": seconds,
+                                "rows_per_second": summary.users as f64 / seconds.max(1e-9)}})
+            }
+            Err(ImportError::Rows(errors)) => json!({"failed": {
+                "message": "rows rejected; nothing was imported",
+                "errors": errors.iter().map(|e| json!({"line": e.line, "message": e.message})).collect::<Vec<_>>(),
+            }}),
+            Err(e) => {
+                json!({"failed": {"message": format!("{e}; nothing was imported"), "errors": []}})
+            }
+        };
+        let _ = line_tx.send(Ok(format!("{line}\n"))).await;
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(tokio_stream_from(line_rx)),
+    )
+        .into_response()
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -1,0 +1,35 @@
+//! The state shared by every request of one provider process.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use switchyard_federation::uri::Canonicalizer;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::pki::EndpointCa;
+use crate::push::PushHub;
+use crate::seal::Sealer;
+
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub sealer: Sealer,
+    pub hub: PushHub,
+    pub ca: EndpointCa,
+    pub canonicalizer: Canonicalizer,
+    pub admin_token: String,
+    pub metrics: PrometheusHandle,
+    /// Turns true when the provider begins shutting down; long-lived channels close on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
+
+impl App {
+    pub fn push_ttl_ms(&self) -> i64 {
+        (self.config.push.ttl_seconds * 1000) as i64
+    }
+}

@@ -1,0 +1,491 @@
+//! The endpoint side of the protocol: registration, the four Requests, and the push channel
+//! (WebSocket or long-poll). Used by `switchyard endpoint ...` and by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use switchyard_federation::dict::{Dict, DictError, Encoding, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the provider answered {status}: {code}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("the provider's answer is not a dictionary: {0}")]
+    Answer(#[from] DictError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("endpoint state in {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("the push channel closed: {0}")]
+    PushClosed(String),
+}
+
+impl ClientError {
+    /// The provider's stable error code, if it refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What an endpoint keeps after registering (the key stays in the same folder, mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointIdentity {
+    pub provider: String,
+    pub endpoint_id: String,
+    pub push_token: String,
+    pub uris: Vec<String>,
+    pub certificate_pem: String,
+    pub ca_certificate_pem: String,
+    pub key_pem: String,
+}
+
+impl EndpointIdentity {
+    pub fn save(&self, dir: &Path) -> Result<(), ClientError> {
+        let err = |e: std::io::Error| ClientError::State {
+            path: dir.into(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let path = dir.join("endpoint.json");
+        let text = serde_json::to_string_pretty(self).expect("identity serializes");
+        let tmp = dir.join("endpoint.json.tmp");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            f.write_all(text.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, ClientError> {
+        let path = dir.join("endpoint.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ClientError::State {
+            path: path.clone(),
+            message: format!("{e} (run `switchyard endpoint register` first)"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ClientError::State {
+            path,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn tls_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    crate::server::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientError::Tls(format!("certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| ClientError::Tls(format!("key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn http_client(tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, ClientError> {
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(Duration::from_secs(90))
+        .build()?)
+}
+
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    encoding: Encoding,
+) -> Result<Dict, ClientError> {
+    let response = request
+        .header(reqwest::header::ACCEPT, encoding.content_type())
+        .send()
+        .await?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    let dict = Dict::decode(&bytes, encoding)?;
+    if status.is_success() {
+        Ok(dict)
+    } else {
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: dict.opt_str("error")?.unwrap_or("unknown").to_string(),
+            message: dict.opt_str("message")?.unwrap_or("").to_string(),
+            field: dict.opt_str("field")?.map(str::to_string),
+        })
+    }
+}
+
+/// Registers a new endpoint with a provisioning code; the key is made here and never leaves.
+pub async fn register(
+    provider: &str,
+    ca_pem: &str,
+    uri: &str,
+    code: &str,
+    name: &str,
+    capabilities: Option<Dict>,
+    encoding: Encoding,
+) -> Result<EndpointIdentity, ClientError> {
+    let key = KeyPair::generate().map_err(|e| ClientError::Tls(e.to_string()))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut body = Dict::new()
+        .with("uri", uri)
+        .with("code", code)
+        .with("csr", csr)
+        .with("name", name);
+    if let Some(caps) = capabilities {
+        body.insert("capabilities", caps);
+    }
+    let http = http_client(tls_config(ca_pem, None)?)?;
+    let request = http
+        .post(format!("{}/v1/register", provider.trim_end_matches('/')))
+        .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+        .body(body.encode(encoding));
+    let answer = exchange(request, encoding).await?;
+    Ok(EndpointIdentity {
+        provider: provider.trim_end_matches('/').to_string(),
+        endpoint_id: answer.str("endpoint-id")?.to_string(),
+        push_token: answer.str("push-token")?.to_string(),
+        uris: answer.string_array("uris")?,
+        certificate_pem: answer.str("certificate")?.to_string(),
+        ca_certificate_pem: answer.str("ca-certificate")?.to_string(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// How pushes reach the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushMode {
+    WebSocket,
+    LongPoll,
+}
+
+pub struct EndpointClient {
+    pub identity: EndpointIdentity,
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+    pub encoding: Encoding,
+}
+
+impl EndpointClient {
+    pub fn new(identity: EndpointIdentity, encoding: Encoding) -> Result<Self, ClientError> {
+        let tls = tls_config(
+            &identity.ca_certificate_pem,
+            Some((&identity.certificate_pem, &identity.key_pem)),
+        )?;
+        Ok(EndpointClient {
+            http: http_client(tls.clone())?,
+            tls,
+            identity,
+            encoding,
+        })
+    }
+
+    /// The HTTP client presenting this endpoint's certificate, for requests of one's own making.
+    pub fn raw_http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The endpoint's first URI: what it calls from by default.
+    pub fn primary_uri(&self) -> &str {
+        &self.identity.uris[0]
+    }
+
+    /// Sends a raw Request dictionary to `/v1/{action}`.
+    pub async fn request(&self, action: &str, body: &Dict) -> Result<Dict, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/{action}", self.identity.provider))
+            .header(reqwest::header::CONTENT_TYPE, self.encoding.content_type())
+            .body(body.encode(self.encoding));
+        exchange(request, self.encoding).await
+    }
+
+    fn base(&self, session_id: &str, self_uri: &str) -> Dict {
+        Dict::new()
+            .with("session-id", session_id)
+            .with("self-uri", self_uri)
+            .with("self-token", self.identity.push_token.as_str())
+    }
+
+    pub async fn initiate(
+        &self,
+        session_id: &str,
+        peer_uri: &str,
+        blob: &[u8],
+        media: &[&str],
+    ) -> Result<Dict, ClientError> {
+        let body = self
+            .base(session_id, self.primary_uri())
+            .with("self-blob", blob.to_vec())
+            .with("peer-uri", peer_uri)
+            .with(
+                "media",
+                media.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            );
+        self.request("initiate", &body).await
+    }
+
+    /// Answers fields common to Accept and Reject from an Initiate Push.
+    fn answer_body(&self, push: &Dict, blob: &[u8]) -> Result<Dict, ClientError> {
+        Ok(self
+            .base(push.str("session-id")?, push.str("self-uri")?)
+            .with("self-blob", blob.to_vec())
+            .with("peer-uri", push.str("peer-uri")?)
+            .with("peer-token", push.str("peer-token")?)
+            .with("peer-blob", push.opt_data("peer-blob")?.unwrap_or_default())
+            .with("state", push.str("state")?))
+    }
+
+    pub async fn accept(&self, initiate_push: &Dict, blob: &[u8]) -> Result<Dict, ClientError> {
+        let body = self.answer_body(initiate_push, blob)?;
+        self.request("accept", &body).await
+    }
+
+    pub async fn reject(
+        &self,
+        initiate_push: &Dict,
+        reason: &str,
+        text: Option<&str>,
+    ) -> Result<Dict, ClientError> {
+        let mut body = self.answer_body(initiate_push, &[])?.with("reason", reason);
+        if let Some(text) = text {
+            body.insert("reason-text", text);
+        }
+        self.request("reject", &body).await
+    }
+
+    /// Cancels (or hangs up) a call; `state` is the latest state token this side holds.
+    pub async fn cancel(
+        &self,
+        session_id: &str,
+        self_uri: &str,
+        peer_uri: &str,
+        state: &str,
+    ) -> Result<Dict, ClientError> {
+        let body = self
+            .base(session_id, self_uri)
+            .with("peer-uri", peer_uri)
+            .with("state", state);
+        self.request("cancel", &body).await
+    }
+
+    pub async fn push_channel(&self, mode: PushMode) -> Result<PushChannel, ClientError> {
+        match mode {
+            PushMode::WebSocket => {
+                let ws_url = format!(
+                    "{}/v1/push?encoding={}",
+                    self.identity.provider.replacen("https://", "wss://", 1),
+                    if self.encoding == Encoding::Json {
+                        "json"
+                    } else {
+                        "plist"
+                    }
+                );
+                let request = ws_url.into_client_request()?;
+                let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    None,
+                    false,
+                    Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
+                )
+                .await?;
+                Ok(PushChannel::WebSocket {
+                    socket: Box::new(socket),
+                    encoding: self.encoding,
+                })
+            }
+            PushMode::LongPoll => Ok(PushChannel::LongPoll {
+                http: self.http.clone(),
+                provider: self.identity.provider.clone(),
+                encoding: self.encoding,
+                after: None,
+                buffered: Vec::new(),
+            }),
+        }
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A stream of pushes. Over the WebSocket a push is acknowledged as it is received; over
+/// long-poll, by the next poll (or `ack`), so pushes not yet handled are delivered again.
+pub enum PushChannel {
+    WebSocket {
+        socket: Box<WsStream>,
+        encoding: Encoding,
+    },
+    LongPoll {
+        http: reqwest::Client,
+        provider: String,
+        encoding: Encoding,
+        after: Option<i64>,
+        buffered: Vec<Dict>,
+    },
+}
+
+impl PushChannel {
+    /// The next push, waiting at most `timeout`; None when nothing arrived in time.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Dict>, ClientError> {
+        match self {
+            PushChannel::WebSocket { socket, encoding } => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    let message = match tokio::time::timeout_at(deadline, socket.next()).await {
+                        Err(_) => return Ok(None),
+                        Ok(None) => {
+                            return Err(ClientError::PushClosed("connection closed".into()))
+                        }
+                        Ok(Some(m)) => m?,
+                    };
+                    let bytes = match message {
+                        Message::Text(t) => t.as_bytes().to_vec(),
+                        Message::Binary(b) => b.to_vec(),
+                        Message::Close(frame) => {
+                            return Err(ClientError::PushClosed(
+                                frame
+                                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                                    .unwrap_or_default(),
+                            ))
+                        }
+                        _ => continue,
+                    };
+                    let push = Dict::decode(&bytes, *encoding)?;
+                    let id = push.int("push-id")?;
+                    let ack = Dict::new().with("ack", id).encode(*encoding);
+                    socket
+                        .send(Message::Text(String::from_utf8(ack).expect("UTF-8").into()))
+                        .await?;
+                    return Ok(Some(push));
+                }
+            }
+            PushChannel::LongPoll {
+                http,
+                provider,
+                encoding,
+                after,
+                buffered,
+            } => {
+                if !buffered.is_empty() {
+                    return Ok(Some(buffered.remove(0)));
+                }
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let wait = left.as_secs().min(25);
+                    let mut url = format!(
+                        "{provider}/v1/push/poll?wait={wait}&encoding={}",
+                        if *encoding == Encoding::Json {
+                            "json"
+                        } else {
+                            "plist"
+                        }
+                    );
+                    if let Some(after) = after {
+                        url.push_str(&format!("&after={after}"));
+                    }
+                    let answer = exchange(http.get(url), *encoding).await?;
+                    let pushes = answer.array("pushes")?;
+                    *after = Some(answer.int("last-push-id")?);
+                    for push in pushes {
+                        if let Value::Dict(d) = push {
+                            buffered.push(d.clone());
+                        }
+                    }
+                    if !buffered.is_empty() {
+                        return Ok(Some(buffered.remove(0)));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a push with the given `action`, skipping others; None on timeout.
+    pub async fn next_action(
+        &mut self,
+        action: &str,
+        timeout: Duration,
+    ) -> Result<Option<Dict>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                None => return Ok(None),
+                Some(push) if push.opt_str("action")? == Some(action) => return Ok(Some(push)),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// Acknowledges what was received so far (long-poll only needs it before closing).
+    pub async fn ack(&mut self) -> Result<(), ClientError> {
+        if let PushChannel::LongPoll {
+            http,
+            provider,
+            encoding,
+            after: Some(after),
+            ..
+        } = self
+        {
+            let url = format!("{provider}/v1/push/poll?wait=0&after={after}");
+            exchange(http.get(url), *encoding).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,655 @@
+//! Daemon configuration: a TOML file, overridden by `SWITCHYARD_...` environment variables.
+//!
+//! Every key is optional and documented in `docs/configuration.md`. Checking reports every error
+//! with its key path instead of stopping at the first, so an operator fixes a file in one pass.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides; `__` separates levels: `SWITCHYARD_DATABASE__URL`.
+pub const ENV_PREFIX: &str = "SWITCHYARD_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the embedded database, generated keys and certificates live.
+    pub data_dir: PathBuf,
+    /// This provider's id: recorded in call records and, with federation, its identity to peers.
+    pub provider_id: String,
+    pub endpoint_api: EndpointApiConfig,
+    pub admin: AdminConfig,
+    pub database: DatabaseConfig,
+    pub registry: RegistryConfig,
+    pub pki: PkiConfig,
+    pub invitation: InvitationConfig,
+    pub push: PushConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointApiConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain for the endpoint API; empty: generate one signed by the endpoint CA.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// DNS names and IP addresses put in the generated server certificate.
+    pub server_names: Vec<String>,
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// File holding the bearer token; empty: `<data_dir>/admin-token`, generated on first start.
+    pub token_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    /// Largest CSV accepted by the bulk import.
+    pub max_import_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` or `postgres://...`; empty: `sqlite:<data_dir>/switchyard.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryConfig {
+    /// Country calling code assumed for `tel:` numbers written without `+`; unset: such numbers are refused.
+    pub default_country_code: Option<u16>,
+    pub provisioning_code_ttl_seconds: u64,
+    pub endpoint_certificate_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PkiConfig {
+    /// Endpoint CA certificate and key (PEM); empty: `<data_dir>/endpoint-ca.pem` / `.key`, generated.
+    pub endpoint_ca_cert: Option<PathBuf>,
+    pub endpoint_ca_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InvitationConfig {
+    pub ring_timeout_seconds: u64,
+    /// How often a new sealing key is made; the previous one stays valid for one more period.
+    pub seal_key_rotation_seconds: u64,
+    /// How often expired invitations and pushes are swept.
+    pub sweep_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
+    /// How long a push waits for an offline endpoint.
+    pub ttl_seconds: u64,
+    /// Longest wait of one `GET /v1/push/poll`.
+    pub long_poll_max_seconds: u64,
+    /// How often an open push channel re-reads its queue and the endpoint's status, for pushes and
+    /// revocations made by other replicas.
+    pub recheck_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `switchyard_provider=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/switchyard"),
+            provider_id: "provider.invalid".into(),
+            endpoint_api: EndpointApiConfig::default(),
+            admin: AdminConfig::default(),
+            database: DatabaseConfig::default(),
+            registry: RegistryConfig::default(),
+            pki: PkiConfig::default(),
+            invitation: InvitationConfig::default(),
+            push: PushConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for EndpointApiConfig {
+    fn default() -> Self {
+        EndpointApiConfig {
+            listen: "0.0.0.0:7443".parse().expect("literal address"),
+            tls_cert: None,
+            tls_key: None,
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:7080".parse().expect("literal address"),
+            token_file: None,
+            max_body_bytes: 64 * 1024,
+            max_import_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            default_country_code: None,
+            provisioning_code_ttl_seconds: 7 * 24 * 3600,
+            endpoint_certificate_days: 365,
+        }
+    }
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            endpoint_ca_cert: None,
+            endpoint_ca_key: None,
+        }
+    }
+}
+
+impl Default for InvitationConfig {
+    fn default() -> Self {
+        InvitationConfig {
+            ring_timeout_seconds: 60,
+            seal_key_rotation_seconds: 24 * 3600,
+            sweep_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            ttl_seconds: 60,
+            long_poll_max_seconds: 30,
+            recheck_interval_ms: 2000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// One problem with a configuration, at a key path such as `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl ConfigError {
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(issues) => issues,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads a file and applies the process environment's overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text, applies `SWITCHYARD_...` overrides from `env`, and checks everything.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(vec![ConfigIssue {
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }])
+        })?;
+        let mut issues = Vec::new();
+        apply_env_overrides(&mut table, env, &mut issues);
+        issues.extend(unknown_keys(&table));
+        issues.extend(type_errors(&table));
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid(issues));
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::Invalid(vec![ConfigIssue {
+                        key: String::new(),
+                        message: e.message().to_string(),
+                    }])
+                })?;
+        let issues = config.semantic_issues();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+
+    fn semantic_issues(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            issues.push(ConfigIssue {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            bad("data_dir", "must not be empty".into());
+        }
+        if !valid_provider_id(&self.provider_id) {
+            bad(
+                "provider_id",
+                "must be 1-253 characters of letters, digits, `.`, `-` and `_`".into(),
+            );
+        }
+        if self.endpoint_api.tls_cert.is_some() != self.endpoint_api.tls_key.is_some() {
+            bad(
+                "endpoint_api.tls_key",
+                "tls_cert and tls_key must be set together".into(),
+            );
+        }
+        if self.pki.endpoint_ca_cert.is_some() != self.pki.endpoint_ca_key.is_some() {
+            bad(
+                "pki.endpoint_ca_key",
+                "endpoint_ca_cert and endpoint_ca_key must be set together".into(),
+            );
+        }
+        if self.endpoint_api.server_names.is_empty() {
+            bad(
+                "endpoint_api.server_names",
+                "needs at least one name or address".into(),
+            );
+        }
+        for (key, value) in [
+            (
+                "endpoint_api.max_body_bytes",
+                self.endpoint_api.max_body_bytes,
+            ),
+            ("admin.max_body_bytes", self.admin.max_body_bytes),
+        ] {
+            if value < 1024 {
+                bad(key, format!("{value} is too small; at least 1024"));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                bad(
+                    "database.url",
+                    format!("`{url}` is neither `sqlite:PATH` nor `postgres://...`"),
+                );
+            }
+        }
+        if self.database.max_connections == 0 {
+            bad("database.max_connections", "must be at least 1".into());
+        }
+        if let Some(code) = self.registry.default_country_code {
+            if !(1..=999).contains(&code) {
+                bad(
+                    "registry.default_country_code",
+                    format!("{code} is not a country calling code (1-999)"),
+                );
+            }
+        }
+        if self.registry.endpoint_certificate_days == 0 {
+            bad(
+                "registry.endpoint_certificate_days",
+                "must be at least 1".into(),
+            );
+        }
+        for (key, value) in [
+            (
+                "registry.provisioning_code_ttl_seconds",
+                self.registry.provisioning_code_ttl_seconds,
+            ),
+            (
+                "invitation.ring_timeout_seconds",
+                self.invitation.ring_timeout_seconds,
+            ),
+            (
+                "invitation.seal_key_rotation_seconds",
+                self.invitation.seal_key_rotation_seconds,
+            ),
+            (
+                "invitation.sweep_interval_ms",
+                self.invitation.sweep_interval_ms,
+            ),
+            ("push.ttl_seconds", self.push.ttl_seconds),
+            (
+                "push.long_poll_max_seconds",
+                self.push.long_poll_max_seconds,
+            ),
+            ("push.recheck_interval_ms", self.push.recheck_interval_ms),
+        ] {
+            if value == 0 {
+                bad(key, "must be greater than 0".into());
+            }
+        }
+        if self.invitation.seal_key_rotation_seconds < 2 * self.invitation.ring_timeout_seconds {
+            bad(
+                "invitation.seal_key_rotation_seconds",
+                "must be at least twice invitation.ring_timeout_seconds, or sealed calls outlive their key"
+                    .into(),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad("log.level", format!("not a valid filter: {e}"));
+        }
+        issues
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("switchyard.db").display()),
+        }
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin-token"))
+    }
+
+    pub fn endpoint_ca_paths(&self) -> (PathBuf, PathBuf) {
+        match (&self.pki.endpoint_ca_cert, &self.pki.endpoint_ca_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => (
+                self.data_dir.join("endpoint-ca.pem"),
+                self.data_dir.join("endpoint-ca.key"),
+            ),
+        }
+    }
+
+    /// The configuration as TOML, every key with its value (defaults included).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configuration serializes")
+    }
+}
+
+pub(crate) fn valid_provider_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|part| part.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            issues.push(ConfigIssue {
+                key: name.clone(),
+                message: "environment override has an empty key segment".into(),
+            });
+            continue;
+        }
+        // A value that parses as TOML (number, boolean, array) is taken as such; anything else is a string.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        if let Err(part) = insert_at(table, &path, value) {
+            issues.push(ConfigIssue {
+                key: path.join("."),
+                message: format!("{name} overrides a key inside `{part}`, which is not a table"),
+            });
+        }
+    }
+}
+
+/// Sets `path` in `table`, making intermediate tables; Err names a segment that is not a table.
+fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (leaf, parents) = path.split_last().expect("non-empty path");
+    let mut cursor = table;
+    for part in parents {
+        let entry = cursor
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(part.clone()),
+        };
+    }
+    cursor.insert(leaf.clone(), value);
+    Ok(())
+}
+
+fn unknown_keys(table: &toml::Table) -> Vec<ConfigIssue> {
+    let mut unknown = BTreeSet::new();
+    let _ = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+        unknown.insert(path.to_string());
+    })
+    .map(|c: Config| c);
+    unknown
+        .into_iter()
+        .map(|key| ConfigIssue {
+            key,
+            message: "unknown key".into(),
+        })
+        .collect()
+}
+
+/// Deserializes each leaf on its own (every field has a default), so each wrong value is reported.
+fn type_errors(table: &toml::Table) -> Vec<ConfigIssue> {
+    let mut leaves = Vec::new();
+    collect_leaves(table, &mut Vec::new(), &mut leaves);
+    let mut issues = Vec::new();
+    for (path, value) in leaves {
+        let mut single = toml::Table::new();
+        insert_at(&mut single, &path, value).expect("a fresh table has no conflicting keys");
+        if let Err(e) = toml::Value::Table(single).try_into::<Config>() {
+            issues.push(ConfigIssue {
+                key: path.join("."),
+                message: e.message().trim().to_string(),
+            });
+        }
+    }
+    issues
+}
+
+fn collect_leaves(
+    table: &toml::Table,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, toml::Value)>,
+) {
+    for (key, value) in table {
+        prefix.push(key.clone());
+        match value {
+            toml::Value::Table(inner) if !inner.is_empty() => collect_leaves(inner, prefix, out),
+            _ => out.push((prefix.clone(), value.clone())),
+        }
+        prefix.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Vec::<(String, String)>::new())
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = check("").unwrap();
+        assert_eq!(config.invitation.ring_timeout_seconds, 60);
+        assert_eq!(config.push.ttl_seconds, 60);
+        assert_eq!(config.endpoint_api.listen.port(), 7443);
+        assert!(config
+            .database_url()
+            .starts_with("sqlite:/var/lib/switchyard/"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let err = check(
+            r#"
+            provider_id = "bad id!"
+            colour = "blue"
+            [database]
+            url = "mysql://x"
+            max_connections = "many"
+            [invitation]
+            ring_timeout_seconds = -5
+            [endpoint_api]
+            listen = "not an address"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"colour"), "{keys:?}");
+        assert!(keys.contains(&"database.max_connections"), "{keys:?}");
+        assert!(
+            keys.contains(&"invitation.ring_timeout_seconds"),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&"endpoint_api.listen"), "{keys:?}");
+        assert_eq!(
+            keys.len(),
+            4,
+            "semantic checks wait for type errors: {keys:?}"
+        );
+
+        let err =
+            check("provider_id = \"bad id!\"\n[database]\nurl = \"mysql://x\"\n").unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["provider_id", "database.url"]);
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let err = check("[database\nurl = 1").unwrap_err();
+        assert!(err.to_string().contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let config = Config::from_toml_with_env(
+            "[invitation]\nring_timeout_seconds = 30\n",
+            vec![
+                (
+                    "SWITCHYARD_INVITATION__RING_TIMEOUT_SECONDS".into(),
+                    "45".into(),
+                ),
+                ("SWITCHYARD_DATABASE__URL".into(), "postgres://db/x".into()),
+                (
+                    "SWITCHYARD_REGISTRY__DEFAULT_COUNTRY_CODE".into(),
+                    "44".into(),
+                ),
+                ("UNRELATED".into(), "1".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.invitation.ring_timeout_seconds, 45);
+        assert_eq!(config.database_url(), "postgres://db/x");
+        assert_eq!(config.registry.default_country_code, Some(44));
+    }
+
+    #[test]
+    fn bad_environment_override_is_reported_by_key() {
+        let err = Config::from_toml_with_env(
+            "",
+            vec![("SWITCHYARD_PUSH__TTL_SECONDS".into(), "soon".into())],
+        )
+        .unwrap_err();
+        assert_eq!(err.issues()[0].key, "push.ttl_seconds");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = Config::default().to_toml();
+        let again = check(&text).unwrap();
+        assert_eq!(again.to_toml(), text);
+    }
+}

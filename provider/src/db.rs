@@ -1,0 +1,904 @@
+//! Database access: one pool over SQLite (default) or PostgreSQL, and every SQL statement of the
+//! daemon. The SQL is written once for both (`$N` parameters, TEXT and BIGINT columns).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
+use switchyard_media::Capabilities;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Db {
+    /// Connects and applies pending migrations. SQLite runs in WAL mode with `synchronous=FULL`
+    /// so that a write acknowledged to a client survives `kill -9` and power loss.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+
+    /// A transaction that will write. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so two writers queue on the busy timeout instead of failing a lock upgrade.
+    pub async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    // ---- users and URIs ----
+
+    pub async fn create_user(&self, user: &NewUser<'_>) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        insert_user(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_user(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let endpoints: Vec<String> = sqlx::query("SELECT id FROM endpoints WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("no user `{user_id}`")));
+        }
+        tx.commit().await?;
+        Ok(endpoints)
+    }
+
+    pub async fn add_uri(&self, user_id: &str, uri: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        if !user_exists(&mut tx, user_id).await? {
+            return Err(StoreError::NotFound(format!("no user `{user_id}`")));
+        }
+        insert_uri(&mut tx, user_id, uri, now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn remove_uri(&self, uri: &str) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM user_uris WHERE uri = $1")
+            .bind(uri)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("no user has `{uri}`")));
+        }
+        Ok(())
+    }
+
+    pub async fn user(&self, user_id: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.display_name, u.created_at, \
+             (SELECT COUNT(*) FROM endpoints e WHERE e.user_id = u.id AND e.revoked_at IS NULL) \
+             FROM users u WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut user = user_from_row(&row);
+        user.uris = self.uris_of(&user.id).await?;
+        Ok(Some(user))
+    }
+
+    pub async fn user_id_for_uri(&self, uri: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query("SELECT user_id FROM user_uris WHERE uri = $1")
+            .bind(uri)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    pub async fn uris_of(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query("SELECT uri FROM user_uris WHERE user_id = $1 ORDER BY uri")
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
+    /// Users ordered by id, after `after`, whose name or any URI contains `search` (case-insensitive).
+    pub async fn list_users(
+        &self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<User>> {
+        let pattern = search.map(|s| format!("%{}%", s.to_lowercase().replace(['%', '_'], "")));
+        let rows = sqlx::query(
+            "SELECT u.id, u.display_name, u.created_at, \
+             (SELECT COUNT(*) FROM endpoints e WHERE e.user_id = u.id AND e.revoked_at IS NULL) \
+             FROM users u \
+             WHERE ($1 = '' OR u.id > $1) \
+             AND ($2 = '' OR LOWER(u.display_name) LIKE $2 OR EXISTS \
+                  (SELECT 1 FROM user_uris x WHERE x.user_id = u.id AND LOWER(x.uri) LIKE $2)) \
+             ORDER BY u.id LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(pattern.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut users: Vec<User> = rows.iter().map(user_from_row).collect();
+        for user in &mut users {
+            user.uris = self.uris_of(&user.id).await?;
+        }
+        Ok(users)
+    }
+
+    pub async fn count_users(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0))
+    }
+
+    // ---- provisioning codes ----
+
+    pub async fn insert_provisioning_code(
+        &self,
+        user_id: &str,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        if !user_exists(&mut tx, user_id).await? {
+            return Err(StoreError::NotFound(format!("no user `{user_id}`")));
+        }
+        sqlx::query(
+            "INSERT INTO provisioning_codes (code_hash, user_id, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(code_hash)
+        .bind(user_id)
+        .bind(expires_at)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- endpoints ----
+
+    /// Consumes the provisioning code and stores the endpoint, atomically: a code registers one
+    /// endpoint, and a failed registration leaves the code usable.
+    pub async fn register_endpoint(
+        &self,
+        code_hash: &str,
+        endpoint: &EndpointRecord,
+        cert_pem: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let consumed = sqlx::query(
+            "DELETE FROM provisioning_codes WHERE code_hash = $1 AND user_id = $2 AND expires_at > $3",
+        )
+        .bind(code_hash)
+        .bind(&endpoint.user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if consumed == 0 {
+            return Ok(false);
+        }
+        let capabilities =
+            serde_json::to_string(&endpoint.capabilities).expect("capabilities serialize");
+        sqlx::query(
+            "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
+             cert_fingerprint, cert_not_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&endpoint.id)
+        .bind(&endpoint.user_id)
+        .bind(&endpoint.name)
+        .bind(&endpoint.push_token)
+        .bind(capabilities)
+        .bind(cert_pem)
+        .bind(&endpoint.cert_fingerprint)
+        .bind(endpoint.cert_not_after)
+        .bind(endpoint.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The active endpoint holding the certificate with this SHA-256 fingerprint.
+    pub async fn endpoint_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> StoreResult<Option<EndpointRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE cert_fingerprint = $1 AND revoked_at IS NULL"
+        )))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    pub async fn endpoint_by_token(&self, token: &str) -> StoreResult<Option<EndpointRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE push_token = $1 AND revoked_at IS NULL"
+        )))
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    /// Active endpoints reached by a URI, oldest first.
+    pub async fn endpoints_for_uri(&self, uri: &str) -> StoreResult<Vec<EndpointRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE revoked_at IS NULL AND user_id = \
+             (SELECT user_id FROM user_uris WHERE uri = $1) ORDER BY created_at, id"
+        )))
+        .bind(uri)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    pub async fn endpoints_of_user(&self, user_id: &str) -> StoreResult<Vec<EndpointRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE user_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    pub async fn endpoint_is_active(&self, endpoint_id: &str) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 AND revoked_at IS NULL")
+                .bind(endpoint_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn revoke_endpoint(&self, endpoint_id: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT revoked_at FROM endpoints WHERE id = $1")
+            .bind(endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("no endpoint `{endpoint_id}`")));
+        }
+        sqlx::query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(endpoint_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn count_active_endpoints(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM endpoints WHERE revoked_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    // ---- push queue ----
+
+    /// Pushes after `after_seq`, in order, that have not expired.
+    pub async fn pending_pushes(
+        &self,
+        endpoint_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredPush>> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM pushes WHERE endpoint_id = $1 AND seq > $2 AND expires_at > $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(endpoint_id)
+        .bind(after_seq)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredPush {
+                seq: r.get(0),
+                body: r.get(1),
+            })
+            .collect())
+    }
+
+    /// Acknowledges every push up to `upto_seq`; returns how many were removed by this call.
+    pub async fn ack_pushes(&self, endpoint_id: &str, upto_seq: i64) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq <= $2")
+            .bind(endpoint_id)
+            .bind(upto_seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE endpoints SET push_acked = $2 WHERE id = $1 AND push_acked < $2 AND push_seq >= $2",
+        )
+        .bind(endpoint_id)
+        .bind(upto_seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// The last sequence number the endpoint acknowledged.
+    pub async fn push_acked(&self, endpoint_id: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query("SELECT push_acked FROM endpoints WHERE id = $1")
+                .bind(endpoint_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0))
+                .unwrap_or(0),
+        )
+    }
+
+    pub async fn delete_expired_pushes(&self) -> StoreResult<u64> {
+        Ok(sqlx::query("DELETE FROM pushes WHERE expires_at <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    // ---- calls ----
+
+    pub async fn call(&self, session_id: &str) -> StoreResult<Option<CallRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
+        )))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(call_from_row))
+    }
+
+    /// Ringing calls whose ring deadline has passed.
+    pub async fn overdue_calls(&self, limit: i64) -> StoreResult<Vec<CallRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'ringing' AND ring_deadline <= $1 \
+             ORDER BY ring_deadline LIMIT $2"
+        )))
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(call_from_row).collect())
+    }
+
+    /// Call records, newest first, started before `before` (Unix ms).
+    pub async fn list_calls(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<CallRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE initiated_at < $1 \
+             ORDER BY initiated_at DESC, session_id LIMIT $2"
+        )))
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(call_from_row).collect())
+    }
+
+    // ---- seal keys ----
+
+    pub async fn seal_keys(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        Ok(
+            sqlx::query(
+                "SELECT id, secret, created_at FROM seal_keys ORDER BY created_at DESC, id",
+            )
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        )
+    }
+
+    /// Adds a key unless one newer than `fresh_after` exists (another replica rotated first),
+    /// and drops keys older than `drop_before`.
+    pub async fn rotate_seal_key(
+        &self,
+        id: &str,
+        secret: &str,
+        now: i64,
+        fresh_after: i64,
+        drop_before: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let fresh = sqlx::query("SELECT 1 FROM seal_keys WHERE created_at > $1")
+            .bind(fresh_after)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if fresh.is_none() {
+            sqlx::query("INSERT INTO seal_keys (id, secret, created_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(secret)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM seal_keys WHERE created_at < $1")
+            .bind(drop_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+// ---- statements that run inside a caller's transaction ----
+
+pub async fn insert_user(conn: &mut AnyConnection, user: &NewUser<'_>) -> StoreResult<()> {
+    sqlx::query("INSERT INTO users (id, display_name, created_at) VALUES ($1, $2, $3)")
+        .bind(user.id)
+        .bind(user.display_name)
+        .bind(user.created_at)
+        .execute(&mut *conn)
+        .await?;
+    for uri in user.uris {
+        insert_uri(conn, user.id, uri, user.created_at).await?;
+    }
+    Ok(())
+}
+
+async fn insert_uri(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    uri: &str,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO user_uris (uri, user_id, created_at) VALUES ($1, $2, $3)")
+        .bind(uri)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("`{uri}` already belongs to a user"))
+            } else {
+                e.into()
+            }
+        })?;
+    Ok(())
+}
+
+async fn user_exists(conn: &mut AnyConnection, user_id: &str) -> StoreResult<bool> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}
+
+/// Queues a push for an active endpoint; returns its sequence number, or None if the endpoint
+/// is gone or revoked.
+pub async fn enqueue_push(
+    conn: &mut AnyConnection,
+    endpoint_id: &str,
+    body: &str,
+    expires_at: i64,
+) -> StoreResult<Option<i64>> {
+    let seq: Option<i64> = sqlx::query(
+        "UPDATE endpoints SET push_seq = push_seq + 1 WHERE id = $1 AND revoked_at IS NULL RETURNING push_seq",
+    )
+    .bind(endpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.get(0));
+    let Some(seq) = seq else { return Ok(None) };
+    sqlx::query(
+        "INSERT INTO pushes (endpoint_id, seq, body, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(endpoint_id)
+    .bind(seq)
+    .bind(body)
+    .bind(expires_at)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(seq))
+}
+
+pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO calls (session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
+         rung_count, rejections, media, state, reason, answered_by, providers, initiated_at, \
+         ring_deadline, answered_at, ended_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&call.session_id)
+    .bind(&call.caller_uri)
+    .bind(&call.callee_uri)
+    .bind(&call.caller_endpoint)
+    .bind(call.rung_endpoints.join(","))
+    .bind(call.rung_endpoints.len() as i64)
+    .bind(call.rejections)
+    .bind(call.media.join(","))
+    .bind(call.state.as_str())
+    .bind(&call.reason)
+    .bind(&call.answered_by)
+    .bind(call.providers.join(","))
+    .bind(call.initiated_at)
+    .bind(call.ring_deadline)
+    .bind(call.answered_at)
+    .bind(call.ended_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("session `{}` already exists", call.session_id))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+pub async fn call_state(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> StoreResult<Option<CallState>> {
+    sqlx::query("SELECT state FROM calls WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| CallState::parse(&r.get::<String, _>(0)))
+        .transpose()
+}
+
+/// Moves a call from one of `from` to `to`; false if it was in none of them (someone else won).
+pub async fn transition_call(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    from: &[CallState],
+    to: CallState,
+    change: CallChange<'_>,
+) -> StoreResult<bool> {
+    let now = now_ms();
+    let states: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    // The state names are our own constants, never input.
+    let in_list = states
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "UPDATE calls SET state = $2, \
+         reason = COALESCE($3, reason), \
+         answered_by = COALESCE($4, answered_by), \
+         answered_at = CASE WHEN $5 = 1 THEN $6 ELSE answered_at END, \
+         ended_at = CASE WHEN $7 = 1 THEN $6 ELSE ended_at END \
+         WHERE session_id = $1 AND state IN ({in_list})"
+    );
+    let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(session_id)
+        .bind(to.as_str())
+        .bind(change.reason)
+        .bind(change.answered_by)
+        .bind(i64::from(to == CallState::Answered))
+        .bind(now)
+        .bind(i64::from(to.is_final()))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallChange<'a> {
+    pub reason: Option<&'a str>,
+    pub answered_by: Option<&'a str>,
+}
+
+/// Records one endpoint's Reject; returns (rejections so far, endpoints rung) if it was new.
+pub async fn record_rejection(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    endpoint_id: &str,
+    reason: &str,
+) -> StoreResult<Option<(i64, i64)>> {
+    let inserted = sqlx::query(
+        "INSERT INTO call_rejections (session_id, endpoint_id, reason, rejected_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(session_id)
+    .bind(endpoint_id)
+    .bind(reason)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "UPDATE calls SET rejections = rejections + 1 WHERE session_id = $1 \
+         RETURNING rejections, rung_count",
+    )
+    .bind(session_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some((row.get(0), row.get(1))))
+}
+
+// ---- row types ----
+
+pub struct NewUser<'a> {
+    pub id: &'a str,
+    pub display_name: &'a str,
+    pub uris: &'a [String],
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub display_name: String,
+    pub uris: Vec<String>,
+    pub created_at: i64,
+    pub active_endpoints: i64,
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> User {
+    User {
+        id: row.get(0),
+        display_name: row.get(1),
+        created_at: row.get(2),
+        active_endpoints: row.get(3),
+        uris: Vec::new(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub push_token: String,
+    pub capabilities: Capabilities,
+    pub cert_fingerprint: String,
+    pub cert_not_after: i64,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, user_id, name, push_token, capabilities, cert_fingerprint, \
+                                cert_not_after, created_at, revoked_at";
+
+fn endpoint_from_row(row: &sqlx::any::AnyRow) -> StoreResult<EndpointRecord> {
+    let capabilities: String = row.get(4);
+    Ok(EndpointRecord {
+        id: row.get(0),
+        user_id: row.get(1),
+        name: row.get(2),
+        push_token: row.get(3),
+        capabilities: serde_json::from_str(&capabilities)
+            .map_err(|e| StoreError::Corrupt(format!("endpoint capabilities: {e}")))?,
+        cert_fingerprint: row.get(5),
+        cert_not_after: row.get(6),
+        created_at: row.get(7),
+        revoked_at: row.get(8),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub seq: i64,
+    /// The push dictionary as an XML property list, which keeps data and strings apart.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Ringing,
+    Answered,
+    Rejected,
+    Cancelled,
+    Timeout,
+    Ended,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Ringing => "ringing",
+            CallState::Answered => "answered",
+            CallState::Rejected => "rejected",
+            CallState::Cancelled => "cancelled",
+            CallState::Timeout => "timeout",
+            CallState::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> StoreResult<CallState> {
+        Ok(match s {
+            "ringing" => CallState::Ringing,
+            "answered" => CallState::Answered,
+            "rejected" => CallState::Rejected,
+            "cancelled" => CallState::Cancelled,
+            "timeout" => CallState::Timeout,
+            "ended" => CallState::Ended,
+            other => return Err(StoreError::Corrupt(format!("call state `{other}`"))),
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, CallState::Ringing | CallState::Answered)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub session_id: String,
+    pub caller_uri: String,
+    pub callee_uri: String,
+    pub caller_endpoint: String,
+    pub rung_endpoints: Vec<String>,
+    pub rejections: i64,
+    pub media: Vec<String>,
+    pub state: CallState,
+    pub reason: Option<String>,
+    pub answered_by: Option<String>,
+    pub providers: Vec<String>,
+    pub initiated_at: i64,
+    pub ring_deadline: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+const CALL_COLUMNS: &str = "session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
+                            rejections, media, state, reason, answered_by, providers, initiated_at, \
+                            ring_deadline, answered_at, ended_at";
+
+fn split_list(s: String) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split(',').map(str::to_string).collect()
+    }
+}
+
+fn call_from_row(row: &sqlx::any::AnyRow) -> CallRecord {
+    CallRecord {
+        session_id: row.get(0),
+        caller_uri: row.get(1),
+        callee_uri: row.get(2),
+        caller_endpoint: row.get(3),
+        rung_endpoints: split_list(row.get(4)),
+        rejections: row.get(5),
+        media: split_list(row.get(6)),
+        state: CallState::parse(&row.get::<String, _>(7)).unwrap_or(CallState::Ended),
+        reason: row.get(8),
+        answered_by: row.get(9),
+        providers: split_list(row.get(10)),
+        initiated_at: row.get(11),
+        ring_deadline: row.get(12),
+        answered_at: row.get(13),
+        ended_at: row.get(14),
+    }
+}

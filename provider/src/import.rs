@@ -1,0 +1,273 @@
+//! Bulk import of users from CSV: header `display_name,uris`, one user a row, the URIs separated
+//! by spaces. The import is all-or-nothing (one transaction): any bad row, a URI given twice or
+//! already registered, and nothing is written; up to 100 errors are reported with line numbers.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use sqlx::{AssertSqlSafe, Row};
+use switchyard_federation::uri::Canonicalizer;
+use tokio::sync::mpsc;
+
+use crate::db::{now_ms, Db, StoreError};
+
+const BATCH: usize = 400;
+const MAX_ERRORS: usize = 100;
+pub const PROGRESS_EVERY: u64 = 50_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub line: u64,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum ImportEvent {
+    Progress { rows: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub users: u64,
+    pub uris: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{} row(s) rejected; nothing was imported", .0.len())]
+    Rows(Vec<RowError>),
+    #[error("CSV: {0}")]
+    Csv(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct ParsedRow {
+    line: u64,
+    id: String,
+    display_name: String,
+    uris: Vec<String>,
+}
+
+enum Parsed {
+    Rows(Vec<ParsedRow>),
+    Errors(Vec<RowError>),
+    Fatal(String),
+}
+
+/// Parses the CSV on a blocking thread (the csv crate reads synchronously) and feeds batches.
+fn parse(reader: impl Read, canonicalizer: Canonicalizer, out: mpsc::Sender<Parsed>) {
+    let mut csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
+    let headers = match csv.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            let _ = out.blocking_send(Parsed::Fatal(e.to_string()));
+            return;
+        }
+    };
+    let (Some(name_col), Some(uris_col)) = (
+        headers.iter().position(|h| h == "display_name"),
+        headers.iter().position(|h| h == "uris"),
+    ) else {
+        let _ = out.blocking_send(Parsed::Fatal(
+            "the header must name the columns `display_name` and `uris`".into(),
+        ));
+        return;
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut errors = Vec::new();
+    for record in csv.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                errors.push(RowError {
+                    line,
+                    message: e.to_string(),
+                });
+                if errors.len() >= MAX_ERRORS {
+                    break;
+                }
+                continue;
+            }
+        };
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let display_name = record.get(name_col).unwrap_or("").to_string();
+        let mut uris = Vec::new();
+        let mut row_error = None;
+        if let Err(e) = crate::registry::validate_display_name(&display_name) {
+            row_error = Some(e.to_string());
+        }
+        for raw in record.get(uris_col).unwrap_or("").split_whitespace() {
+            match canonicalizer.canonicalize(raw) {
+                Ok(uri) => {
+                    let uri = uri.into_string();
+                    if !seen.insert(uri.clone()) {
+                        row_error
+                            .get_or_insert(format!("{uri} appears more than once in the file"));
+                    }
+                    uris.push(uri);
+                }
+                Err(e) => {
+                    row_error.get_or_insert(format!("`{raw}`: {e}"));
+                }
+            }
+        }
+        if uris.is_empty() && row_error.is_none() {
+            row_error = Some("no URI".into());
+        }
+        if let Some(message) = row_error {
+            errors.push(RowError { line, message });
+            if errors.len() >= MAX_ERRORS {
+                break;
+            }
+            continue;
+        }
+        // Good rows still go to the database after a bad one, so that URIs already registered
+        // are reported too; the transaction is rolled back at the end.
+        batch.push(ParsedRow {
+            line,
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name,
+            uris,
+        });
+        if batch.len() == BATCH
+            && out
+                .blocking_send(Parsed::Rows(std::mem::take(&mut batch)))
+                .is_err()
+        {
+            return;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = out.blocking_send(Parsed::Rows(batch));
+    }
+    if !errors.is_empty() {
+        let _ = out.blocking_send(Parsed::Errors(errors));
+    }
+}
+
+/// Imports a CSV read from `reader` (run on a blocking thread); progress goes to `progress`.
+pub async fn import_csv<R: Read + Send + 'static>(
+    db: &Db,
+    canonicalizer: Canonicalizer,
+    reader: R,
+    progress: Option<mpsc::Sender<ImportEvent>>,
+) -> Result<ImportSummary, ImportError> {
+    let (tx, mut rx) = mpsc::channel(8);
+    let parser = tokio::task::spawn_blocking(move || parse(reader, canonicalizer, tx));
+    let mut db_tx = db.begin_write().await?;
+    let mut summary = ImportSummary { users: 0, uris: 0 };
+    let mut rows_done = 0u64;
+    let mut errors = Vec::new();
+    let now = now_ms();
+    while let Some(parsed) = rx.recv().await {
+        match parsed {
+            Parsed::Fatal(message) => return Err(ImportError::Csv(message)),
+            Parsed::Errors(mut rows) => errors.append(&mut rows),
+            Parsed::Rows(rows) => {
+                errors.extend(existing_uris(&mut db_tx, &rows).await?);
+                if !errors.is_empty() {
+                    continue;
+                }
+                insert_batch(&mut db_tx, &rows, now).await?;
+                let before = rows_done;
+                rows_done += rows.len() as u64;
+                summary.users += rows.len() as u64;
+                summary.uris += rows.iter().map(|r| r.uris.len() as u64).sum::<u64>();
+                if let Some(progress) = &progress {
+                    if before / PROGRESS_EVERY != rows_done / PROGRESS_EVERY {
+                        let _ = progress
+                            .send(ImportEvent::Progress { rows: rows_done })
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    parser
+        .await
+        .map_err(|e| ImportError::Csv(format!("parser failed: {e}")))?;
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.line);
+        errors.truncate(MAX_ERRORS);
+        return Err(ImportError::Rows(errors));
+    }
+    db_tx.commit().await.map_err(StoreError::from)?;
+    Ok(summary)
+}
+
+async fn existing_uris(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[ParsedRow],
+) -> Result<Vec<RowError>, StoreError> {
+    let uris: Vec<(&str, u64)> = rows
+        .iter()
+        .flat_map(|r| r.uris.iter().map(move |u| (u.as_str(), r.line)))
+        .collect();
+    let mut errors = Vec::new();
+    for chunk in uris.chunks(500) {
+        let placeholders = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!("SELECT uri FROM user_uris WHERE uri IN ({placeholders})");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (uri, _) in chunk {
+            query = query.bind(*uri);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let uri: String = row.get(0);
+            let line = chunk
+                .iter()
+                .find(|(u, _)| *u == uri)
+                .map(|(_, l)| *l)
+                .unwrap_or(0);
+            errors.push(RowError {
+                line,
+                message: format!("{uri} already belongs to a user"),
+            });
+        }
+    }
+    Ok(errors)
+}
+
+async fn insert_batch(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[ParsedRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    let values = (0..rows.len())
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO users (id, display_name, created_at) VALUES {values}"
+    )));
+    for row in rows {
+        query = query.bind(&row.id).bind(&row.display_name).bind(now);
+    }
+    query.execute(&mut *conn).await?;
+
+    let pairs: Vec<(&str, &str)> = rows
+        .iter()
+        .flat_map(|r| r.uris.iter().map(move |u| (u.as_str(), r.id.as_str())))
+        .collect();
+    for chunk in pairs.chunks(BATCH) {
+        let values = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO user_uris (uri, user_id, created_at) VALUES {values}"
+        )));
+        for (uri, user_id) in chunk {
+            query = query.bind(*uri).bind(*user_id).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The Switchyard provider daemon: registry, endpoint API, invitations, pushes, admin API.
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod import;
+pub mod invite;
+pub mod pki;
+pub mod push;
+pub mod registry;
+pub mod seal;
+pub mod server;
+pub mod wire;
+
+pub use config::Config;
+pub use server::Provider;

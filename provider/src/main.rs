@@ -1,0 +1,641 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
+use switchyard_provider::config::{Config, LogFormat};
+use switchyard_provider::invite::REJECT_REASONS;
+use switchyard_provider::Provider;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: federate user namespaces between service providers"
+)]
+struct Cli {
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the provider daemon.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage users through the admin API of a running provider.
+    Users {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Manage endpoints through the admin API of a running provider.
+    Endpoints {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: EndpointsCommand,
+    },
+    /// Act as an endpoint (device): register, call, answer.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Start a provider on loopback with demo users; no setup needed.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        endpoint_listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        admin_listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem in a configuration file (with environment overrides applied).
+    Check { file: PathBuf },
+    /// Print every key with its default value.
+    Defaults,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of the provider's admin API.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:7080",
+        global = true
+    )]
+    admin_url: String,
+    /// Admin bearer token (or use --admin-token-file).
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE", global = true)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user with one or more URIs.
+    Add {
+        #[arg(long = "uri", required = true)]
+        uris: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Remove a user (and revoke its endpoints).
+    Remove { user_id: String },
+    /// List users, optionally searching names and URIs.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Import users from CSV (`display_name,uris`); all-or-nothing.
+    Import { file: PathBuf },
+    /// Issue a one-time provisioning code for a user's new endpoint.
+    Code {
+        user_id: String,
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointsCommand {
+    /// List a user's endpoints.
+    List { user_id: String },
+    /// Revoke an endpoint: its next request is refused and its push channel closes.
+    Revoke { endpoint_id: String },
+}
+
+#[derive(Args)]
+struct EndpointArgs {
+    /// Folder holding this endpoint's identity (key, certificate, push token).
+    #[arg(long)]
+    state: PathBuf,
+    /// Use JSON instead of XML property lists.
+    #[arg(long)]
+    json: bool,
+    /// How pushes arrive.
+    #[arg(long, value_enum, default_value = "web-socket")]
+    push: PushMode,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Register this device with a provisioning code.
+    Register {
+        #[arg(long)]
+        provider: String,
+        /// The provider's endpoint CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        uri: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, default_value = "switchyard-cli")]
+        name: String,
+        /// Register as an audio-only device.
+        #[arg(long)]
+        audio_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a URI and wait for the answer.
+    Call {
+        uri: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+        /// Ask for video as well as audio.
+        #[arg(long)]
+        video: bool,
+        /// Hang up this many seconds after the call is answered (default: on Ctrl-C).
+        #[arg(long)]
+        hangup_after: Option<u64>,
+    },
+    /// Wait for calls and answer them.
+    Answer {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+        #[arg(long, conflicts_with = "auto_reject")]
+        auto_accept: bool,
+        /// Reject every call with this reason.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(REJECT_REASONS))]
+        auto_reject: Option<String>,
+        /// Exit after the first call ends.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    switchyard_provider::server::install_crypto_provider();
+    match cli.command {
+        Command::Serve { config } => {
+            let config =
+                Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            init_logging(
+                cli.log_format.unwrap_or(config.log.format),
+                &config.log.level,
+            );
+            let provider = Provider::start(config).await?;
+            switchyard_provider::demo::shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            provider.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", Config::default().to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            endpoint_listen,
+            admin_listen,
+        } => {
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
+            switchyard_provider::demo::run(endpoint_listen, admin_listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users { admin, command } => users(admin, command).await,
+        Command::Endpoints { admin, command } => endpoints(admin, command).await,
+        Command::Endpoint(command) => {
+            init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
+            endpoint(command).await
+        }
+    }
+}
+
+struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    fn new(args: AdminArgs) -> anyhow::Result<Self> {
+        let token = match (args.admin_token, args.admin_token_file) {
+            (Some(t), _) => t,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => bail!("give the admin token with --admin-token, --admin-token-file or SWITCHYARD_ADMIN_TOKEN"),
+        };
+        Ok(AdminClient {
+            http: reqwest::Client::builder().build()?,
+            base: args.admin_url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("reaching the admin API")?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .context("reading the admin API's answer")?;
+        if !status.is_success() {
+            bail!(
+                "{} ({}): {}",
+                body["error"].as_str().unwrap_or("error"),
+                status.as_u16(),
+                body["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(body)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON prints")
+    );
+}
+
+async fn users(admin: AdminArgs, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::new(admin)?;
+    match command {
+        UsersCommand::Add { uris, name } => {
+            let body = serde_json::json!({"display_name": name, "uris": uris});
+            print_json(
+                &admin
+                    .send(admin.http.post(admin.url("/admin/v1/users")).json(&body))
+                    .await?,
+            );
+        }
+        UsersCommand::Remove { user_id } => {
+            print_json(
+                &admin
+                    .send(
+                        admin
+                            .http
+                            .delete(admin.url(&format!("/admin/v1/users/{user_id}"))),
+                    )
+                    .await?,
+            );
+        }
+        UsersCommand::List { search, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(q) = search {
+                query.push(("q", q));
+            }
+            let url = reqwest::Url::parse_with_params(&admin.url("/admin/v1/users"), &query)?;
+            print_json(&admin.send(admin.http.get(url)).await?);
+        }
+        UsersCommand::Code {
+            user_id,
+            ttl_seconds,
+        } => {
+            let body = serde_json::json!({"ttl_seconds": ttl_seconds});
+            let url = admin.url(&format!("/admin/v1/users/{user_id}/provisioning-codes"));
+            print_json(&admin.send(admin.http.post(url).json(&body)).await?);
+        }
+        UsersCommand::Import { file } => return import(&admin, &file).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(admin: &AdminClient, file: &Path) -> anyhow::Result<ExitCode> {
+    use futures_util::StreamExt;
+    let handle = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let response = admin
+        .http
+        .post(admin.url("/admin/v1/import"))
+        .bearer_auth(&admin.token)
+        .header(reqwest::header::CONTENT_TYPE, "text/csv")
+        .body(reqwest::Body::from(handle))
+        .send()
+        .await
+        .context("reaching the admin API")?;
+    if !response.status().is_success() {
+        let status = response.status();
+        bail!(
+            "import refused ({status}): {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    let mut stream = response.bytes_stream();
+    let mut pending = Vec::new();
+    let mut outcome = ExitCode::FAILURE;
+    while let Some(chunk) = stream.next().await {
+        pending.extend_from_slice(&chunk?);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let event: serde_json::Value = serde_json::from_slice(&line)?;
+            if let Some(p) = event.get("progress") {
+                eprintln!("imported {} rows…", p["rows"]);
+            } else if let Some(done) = event.get("done") {
+                println!(
+                    "imported {} users ({} URIs) in {:.1} s: {:.0} rows/s",
+                    done["users"],
+                    done["uris"],
+                    done["seconds"].as_f64().unwrap_or(0.0),
+                    done["rows_per_second"].as_f64().unwrap_or(0.0)
+                );
+                outcome = ExitCode::SUCCESS;
+            } else if let Some(failed) = event.get("failed") {
+                eprintln!(
+                    "import failed: {}",
+                    failed["message"].as_str().unwrap_or("")
+                );
+                for e in failed["errors"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "  line {}: {}",
+                        e["line"],
+                        e["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+async fn endpoints(admin: AdminArgs, command: EndpointsCommand) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::new(admin)?;
+    let value = match command {
+        EndpointsCommand::List { user_id } => {
+            admin
+                .send(
+                    admin
+                        .http
+                        .get(admin.url(&format!("/admin/v1/users/{user_id}/endpoints"))),
+                )
+                .await?
+        }
+        EndpointsCommand::Revoke { endpoint_id } => {
+            admin
+                .send(
+                    admin
+                        .http
+                        .post(admin.url(&format!("/admin/v1/endpoints/{endpoint_id}/revoke"))),
+                )
+                .await?
+        }
+    };
+    print_json(&value);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn encoding(json: bool) -> Encoding {
+    if json {
+        Encoding::Json
+    } else {
+        Encoding::Plist
+    }
+}
+
+fn session_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        EndpointCommand::Register {
+            provider,
+            ca,
+            uri,
+            code,
+            state,
+            name,
+            audio_only,
+            json,
+        } => {
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            let capabilities =
+                audio_only.then(|| Dict::new().with("audio", true).with("video", false));
+            let identity = client::register(
+                &provider,
+                &ca_pem,
+                &uri,
+                &code,
+                &name,
+                capabilities,
+                encoding(json),
+            )
+            .await?;
+            identity.save(&state)?;
+            println!(
+                "registered endpoint {} for {}",
+                identity.endpoint_id,
+                identity.uris.join(", ")
+            );
+            println!("identity saved in {}", state.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        EndpointCommand::Call {
+            uri,
+            endpoint,
+            video,
+            hangup_after,
+        } => {
+            let client = EndpointClient::new(
+                EndpointIdentity::load(&endpoint.state)?,
+                encoding(endpoint.json),
+            )?;
+            let mut pushes = client.push_channel(endpoint.push).await?;
+            let sid = session_id();
+            let media: &[&str] = if video {
+                &["audio", "video"]
+            } else {
+                &["audio"]
+            };
+            let answer = client.initiate(&sid, &uri, b"", media).await?;
+            println!(
+                "calling {uri} (session {sid}); ringing {} device(s)",
+                answer.int("rung")?
+            );
+            let ring = Duration::from_secs(24 * 3600);
+            loop {
+                let Some(push) = pushes.next(ring).await? else {
+                    continue;
+                };
+                if push.opt_str("session-id")? != Some(sid.as_str()) {
+                    continue;
+                }
+                match push.str("action")? {
+                    "accept" => {
+                        println!("answered by {}", push.str("peer-uri")?);
+                        let state = push.str("state")?.to_string();
+                        let peer = push.str("peer-uri")?.to_string();
+                        let self_uri = push.str("self-uri")?.to_string();
+                        let hung_up_by_peer = tokio::select! {
+                            _ = async {
+                                match hangup_after {
+                                    Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                                    None => switchyard_provider::demo::shutdown_signal().await,
+                                }
+                            } => false,
+                            ended = pushes.next_action("cancel", Duration::from_secs(24 * 3600)) => { ended?; true }
+                        };
+                        if hung_up_by_peer {
+                            println!("the other side hung up");
+                        } else {
+                            client.cancel(&sid, &self_uri, &peer, &state).await?;
+                            println!("hung up");
+                        }
+                        pushes.ack().await?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    "reject" => {
+                        println!(
+                            "rejected: {}{}",
+                            push.str("reason")?,
+                            push.opt_str("reason-text")?
+                                .map(|t| format!(" ({t})"))
+                                .unwrap_or_default()
+                        );
+                        pushes.ack().await?;
+                        return Ok(ExitCode::from(3));
+                    }
+                    "cancel" => {
+                        println!("call ended: {}", push.str("reason")?);
+                        pushes.ack().await?;
+                        return Ok(ExitCode::from(4));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        EndpointCommand::Answer {
+            endpoint,
+            auto_accept,
+            auto_reject,
+            once,
+        } => {
+            let client = EndpointClient::new(
+                EndpointIdentity::load(&endpoint.state)?,
+                encoding(endpoint.json),
+            )?;
+            let mut pushes = client.push_channel(endpoint.push).await?;
+            println!("waiting for calls to {}", client.identity.uris.join(", "));
+            loop {
+                let Some(push) = pushes.next(Duration::from_secs(3600)).await? else {
+                    continue;
+                };
+                match push.str("action")? {
+                    "initiate" => {
+                        let from = push.str("peer-uri")?;
+                        println!(
+                            "incoming call from {from} (session {})",
+                            push.str("session-id")?
+                        );
+                        let take = if auto_accept {
+                            true
+                        } else if auto_reject.is_some() {
+                            false
+                        } else {
+                            ask("accept? [y/N] ").await?
+                        };
+                        if take {
+                            match client.accept(&push, b"").await {
+                                Ok(_) => println!("accepted"),
+                                Err(e) => println!("could not accept: {e}"),
+                            }
+                        } else {
+                            let reason = auto_reject.as_deref().unwrap_or("declined");
+                            client.reject(&push, reason, None).await?;
+                            println!("rejected ({reason})");
+                            if once {
+                                pushes.ack().await?;
+                                return Ok(ExitCode::SUCCESS);
+                            }
+                        }
+                    }
+                    "cancel" => {
+                        println!(
+                            "call {} ended: {}",
+                            push.str("session-id")?,
+                            push.str("reason")?
+                        );
+                        if once {
+                            pushes.ack().await?;
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                    other => println!("push: {other}"),
+                }
+            }
+        }
+    }
+}
+
+async fn ask(prompt: &str) -> anyhow::Result<bool> {
+    use tokio::io::AsyncBufReadExt;
+    print!("{prompt}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}

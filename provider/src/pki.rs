@@ -1,0 +1,383 @@
+//! The provider's endpoint CA: it issues each registered endpoint an identity certificate that
+//! carries the user's URIs, and the TLS server certificate of the endpoint API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    BadPem { path: PathBuf, reason: String },
+    #[error("certificate request is invalid: {0}")]
+    BadRequest(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+}
+
+/// SHA-256 of a DER certificate, lowercase hex: how endpoints are found from their TLS identity.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
+pub struct EndpointCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+}
+
+/// An identity certificate issued to an endpoint.
+pub struct IssuedCertificate {
+    pub pem: String,
+    pub fingerprint: String,
+    pub not_after: i64,
+}
+
+impl EndpointCa {
+    /// Loads the CA from its PEM files, creating both (key mode 0600) if neither exists.
+    pub fn load_or_create(
+        cert_path: &Path,
+        key_path: &Path,
+        provider_id: &str,
+    ) -> Result<Self, PkiError> {
+        if !cert_path.exists() && !key_path.exists() {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(
+                DnType::CommonName,
+                format!("Switchyard endpoint CA {provider_id}"),
+            );
+            dn.push(DnType::OrganizationName, provider_id.to_string());
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+            params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
+            params.serial_number = Some(random_serial());
+            let cert = params.self_signed(&key)?;
+            write_file(key_path, key.serialize_pem().as_bytes(), true)?;
+            write_file(cert_path, cert.pem().as_bytes(), false)?;
+        }
+        let cert_pem = read_file(cert_path)?;
+        let key_pem = read_file(key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadPem {
+            path: key_path.into(),
+            reason: e.to_string(),
+        })?;
+        let cert_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
+                path: cert_path.into(),
+                reason: e.to_string(),
+            })?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| PkiError::BadPem {
+            path: cert_path.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(EndpointCa {
+            issuer,
+            cert_pem,
+            cert_der,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// Issues an endpoint certificate for the key in `request`: a PEM CSR (its signature is
+    /// checked) or a PEM SubjectPublicKeyInfo. Only the key is taken from the request; the
+    /// subject, URIs and validity are the provider's.
+    pub fn issue_endpoint(
+        &self,
+        request: &str,
+        endpoint_id: &str,
+        uris: &[String],
+        days: u32,
+    ) -> Result<IssuedCertificate, PkiError> {
+        let public_key: Box<dyn PublicKeyData> = if request.contains("CERTIFICATE REQUEST") {
+            let csr = CertificateSigningRequestParams::from_pem(request)
+                .map_err(|e| PkiError::BadRequest(e.to_string()))?;
+            Box::new(csr.public_key)
+        } else if request.contains("PUBLIC KEY") {
+            Box::new(
+                SubjectPublicKeyInfo::from_pem(request)
+                    .map_err(|e| PkiError::BadRequest(e.to_string()))?,
+            )
+        } else {
+            return Err(PkiError::BadRequest(
+                "expected a PEM `CERTIFICATE REQUEST` or `PUBLIC KEY`".into(),
+            ));
+        };
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, endpoint_id.to_string());
+        params.distinguished_name = dn;
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| {
+                uri.as_str().try_into().map(SanType::URI).map_err(|_| {
+                    PkiError::BadRequest(format!("URI `{uri}` cannot go in a certificate"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let not_after = OffsetDateTime::now_utc() + Duration::days(days.into());
+        params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&PublicKeyRef(public_key.as_ref()), &self.issuer)?;
+        Ok(IssuedCertificate {
+            fingerprint: fingerprint(cert.der()),
+            pem: cert.pem(),
+            not_after: not_after.unix_timestamp() * 1000,
+        })
+    }
+
+    /// A server certificate for the endpoint API, valid for `names` (DNS names or IP addresses).
+    pub fn issue_server(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names[0].clone());
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(397);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
+    }
+
+    /// TLS for the endpoint API: client certificates are optional at the handshake (registration
+    /// has none yet) but, when present, must chain to this CA; each request then checks the
+    /// endpoint is still active.
+    pub fn server_config(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.cert_der.clone())
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// rcgen wants a sized `PublicKeyData`; this forwards to a boxed one.
+struct PublicKeyRef<'a>(&'a dyn PublicKeyData);
+
+impl PublicKeyData for PublicKeyRef<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness");
+    bytes[0] &= 0x7f;
+    SerialNumber::from_slice(&bytes)
+}
+
+pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| PkiError::BadPem {
+            path: path.into(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| PkiError::BadPem {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(PkiError::BadPem {
+            path: path.into(),
+            reason: "no CERTIFICATE in the file".into(),
+        });
+    }
+    Ok(chain)
+}
+
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| PkiError::BadPem {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Writes a file, with mode 0600 when it holds a secret.
+pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| PkiError::Write {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    fn ca() -> (EndpointCa, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = EndpointCa::load_or_create(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca.key"),
+            "test.example",
+        )
+        .unwrap();
+        (ca, dir)
+    }
+
+    #[test]
+    fn ca_key_is_private_and_reloads() {
+        use std::os::unix::fs::PermissionsExt;
+        let (ca, dir) = ca();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = EndpointCa::load_or_create(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca.key"),
+            "test.example",
+        )
+        .unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+    }
+
+    #[test]
+    fn endpoint_certificate_carries_uris_and_chains_to_ca() {
+        let (ca, _dir) = ca();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let uris = vec![
+            "tel:+16502530000".to_string(),
+            "mailto:a@example.com".to_string(),
+        ];
+        let issued = ca.issue_endpoint(&csr, "ep-1", &uris, 30).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.pem.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sans, uris);
+        let (_, ca_cert) = X509Certificate::from_der(ca.cert_der()).unwrap();
+        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            key.subject_public_key_info().as_slice()
+        );
+        assert_eq!(issued.fingerprint, fingerprint(&der));
+    }
+
+    #[test]
+    fn public_key_request_is_accepted_and_garbage_rejected() {
+        let (ca, _dir) = ca();
+        let key = KeyPair::generate().unwrap();
+        assert!(ca
+            .issue_endpoint(
+                &key.public_key_pem(),
+                "ep-2",
+                &["tel:+16502530000".into()],
+                1
+            )
+            .is_ok());
+        assert!(matches!(
+            ca.issue_endpoint("hello", "ep-3", &[], 1),
+            Err(PkiError::BadRequest(_))
+        ));
+        let forged =
+            "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n";
+        assert!(matches!(
+            ca.issue_endpoint(forged, "ep-4", &[], 1),
+            Err(PkiError::BadRequest(_))
+        ));
+    }
+}

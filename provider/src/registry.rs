@@ -1,0 +1,200 @@
+//! The registry: users, their canonical URIs, provisioning codes and endpoint registration.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use switchyard_federation::uri::Canonicalizer;
+use switchyard_media::Capabilities;
+
+use crate::app::App;
+use crate::db::{now_ms, EndpointRecord, NewUser, StoreError, User};
+use crate::pki::PkiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("the provisioning code is invalid, used or expired, or does not belong to this URI")]
+    InvalidCode,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("system randomness");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+pub fn hash_code(code: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        code.trim().as_bytes(),
+    ))
+}
+
+/// Canonicalizes a list of URIs, naming the first bad one; duplicates after canonicalization collapse.
+pub fn canonicalize_all(
+    canonicalizer: &Canonicalizer,
+    uris: &[String],
+) -> Result<Vec<String>, RegistryError> {
+    let mut out: Vec<String> = Vec::with_capacity(uris.len());
+    for (i, uri) in uris.iter().enumerate() {
+        let canonical = canonicalizer
+            .canonicalize(uri)
+            .map_err(|e| invalid(&format!("uris[{i}]"), e.to_string()))?
+            .into_string();
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
+}
+
+pub fn validate_display_name(name: &str) -> Result<(), RegistryError> {
+    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "display_name",
+            "at most 200 characters, no control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn add_user(
+    app: &App,
+    display_name: &str,
+    uris: &[String],
+) -> Result<User, RegistryError> {
+    validate_display_name(display_name)?;
+    if uris.is_empty() {
+        return Err(invalid("uris", "a user needs at least one URI"));
+    }
+    let uris = canonicalize_all(&app.canonicalizer, uris)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    app.db
+        .create_user(&NewUser {
+            id: &id,
+            display_name,
+            uris: &uris,
+            created_at: now_ms(),
+        })
+        .await?;
+    Ok(app.db.user(&id).await?.expect("user just created"))
+}
+
+/// Makes a one-time code with which one endpoint of the user can register.
+pub async fn issue_provisioning_code(
+    app: &App,
+    user_id: &str,
+    ttl_seconds: Option<u64>,
+) -> Result<(String, i64), RegistryError> {
+    let ttl = ttl_seconds.unwrap_or(app.config.registry.provisioning_code_ttl_seconds);
+    if ttl == 0 || ttl > 365 * 24 * 3600 {
+        return Err(invalid("ttl_seconds", "between 1 second and 365 days"));
+    }
+    let code = random_token(15);
+    let expires_at = now_ms() + (ttl * 1000) as i64;
+    app.db
+        .insert_provisioning_code(user_id, &hash_code(&code), expires_at)
+        .await?;
+    Ok((code, expires_at))
+}
+
+pub struct Registration {
+    pub endpoint: EndpointRecord,
+    pub certificate_pem: String,
+    pub uris: Vec<String>,
+}
+
+/// Registers an endpoint: checks the code against the URI's user, issues the identity
+/// certificate for the key in `key_request`, mints the push token.
+pub async fn register_endpoint(
+    app: &Arc<App>,
+    uri: &str,
+    code: &str,
+    key_request: &str,
+    name: &str,
+    capabilities: Capabilities,
+) -> Result<Registration, RegistryError> {
+    let uri = app
+        .canonicalizer
+        .canonicalize(uri)
+        .map_err(|e| invalid("uri", e.to_string()))?
+        .into_string();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(invalid("name", "1-100 characters, no control characters"));
+    }
+    capabilities
+        .validate()
+        .map_err(|e| invalid("capabilities", e.to_string()))?;
+    let user_id = app
+        .db
+        .user_id_for_uri(&uri)
+        .await?
+        .ok_or(RegistryError::InvalidCode)?;
+    let uris = app.db.uris_of(&user_id).await?;
+    let endpoint_id = uuid::Uuid::new_v4().to_string();
+    let issued = app
+        .ca
+        .issue_endpoint(
+            key_request,
+            &endpoint_id,
+            &uris,
+            app.config.registry.endpoint_certificate_days,
+        )
+        .map_err(|e| match e {
+            PkiError::BadRequest(m) => invalid("csr", m),
+            other => other.into(),
+        })?;
+    let endpoint = EndpointRecord {
+        id: endpoint_id,
+        user_id,
+        name: name.to_string(),
+        push_token: random_token(24),
+        capabilities,
+        cert_fingerprint: issued.fingerprint,
+        cert_not_after: issued.not_after,
+        created_at: now_ms(),
+        revoked_at: None,
+    };
+    if !app
+        .db
+        .register_endpoint(&hash_code(code), &endpoint, &issued.pem)
+        .await?
+    {
+        return Err(RegistryError::InvalidCode);
+    }
+    Ok(Registration {
+        endpoint,
+        certificate_pem: issued.pem,
+        uris,
+    })
+}
+
+/// Revokes an endpoint: its next request is refused and its open push channels close.
+pub async fn revoke_endpoint(app: &App, endpoint_id: &str) -> Result<(), RegistryError> {
+    app.db.revoke_endpoint(endpoint_id).await?;
+    app.hub.revoke(endpoint_id);
+    Ok(())
+}
+
+pub async fn remove_user(app: &App, user_id: &str) -> Result<(), RegistryError> {
+    for endpoint in app.db.delete_user(user_id).await? {
+        app.hub.revoke(&endpoint);
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Starting and stopping a provider: storage, keys, the two listeners (endpoint API over mutual
+//! TLS, admin API over plain HTTP on loopback by default) and the background sweeps.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use switchyard_federation::uri::Canonicalizer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::app::App;
+use crate::auth::PeerCertificate;
+use crate::config::Config;
+use crate::db::Db;
+use crate::pki::{self, EndpointCa};
+use crate::push::PushHub;
+use crate::seal::Sealer;
+
+/// A running provider.
+pub struct Provider {
+    pub endpoint_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The Prometheus recorder is process-wide; every provider in the process shares it.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
+            handle
+        })
+        .clone()
+}
+
+/// Installs ring as rustls' process-wide crypto provider (several crates could otherwise each
+/// pull in a different one, and rustls would refuse to choose).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn load_or_create_admin_token(config: &Config) -> anyhow::Result<String> {
+    let path = config.admin_token_path();
+    if !path.exists() {
+        pki::write_file(
+            &path,
+            format!("{}\n", crate::registry::random_token(24)).as_bytes(),
+            true,
+        )
+        .with_context(|| format!("creating the admin token at {}", path.display()))?;
+    }
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the admin token at {}", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "the admin token in {} is shorter than 16 characters",
+        path.display()
+    );
+    Ok(token)
+}
+
+impl Provider {
+    pub async fn start(config: Config) -> anyhow::Result<Provider> {
+        install_crypto_provider();
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let admin_token = load_or_create_admin_token(&config)?;
+        let (ca_cert, ca_key) = config.endpoint_ca_paths();
+        let ca = EndpointCa::load_or_create(&ca_cert, &ca_key, &config.provider_id)
+            .context("loading the endpoint CA")?;
+        let (chain, key) = match (&config.endpoint_api.tls_cert, &config.endpoint_api.tls_key) {
+            (Some(cert), Some(key)) => (pki::load_cert_chain(cert)?, pki::load_private_key(key)?),
+            _ => ca.issue_server(&config.endpoint_api.server_names)?,
+        };
+        let tls = ca.server_config(chain, key)?;
+        let db = Db::connect(&config.database_url(), config.database.max_connections)
+            .await
+            .with_context(|| format!("opening the database {}", redact(&config.database_url())))?;
+        let sealer = Sealer::default();
+        sealer
+            .refresh(&db, rotation_ms(&config))
+            .await
+            .context("loading sealing keys")?;
+
+        let endpoint_listener = TcpListener::bind(config.endpoint_api.listen)
+            .await
+            .with_context(|| {
+                format!("binding endpoint_api.listen {}", config.endpoint_api.listen)
+            })?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        let endpoint_addr = endpoint_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let app = Arc::new(App {
+            canonicalizer: Canonicalizer::new(config.registry.default_country_code),
+            config,
+            db,
+            sealer,
+            hub: PushHub::default(),
+            ca,
+            admin_token,
+            metrics: metrics_handle(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(serve_endpoint_api(
+            app.clone(),
+            endpoint_listener,
+            TlsAcceptor::from(tls),
+        )));
+        let admin = crate::admin::router(app.clone());
+        let mut admin_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    crate::app::shutting_down(&mut admin_shutdown).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }));
+        tasks.push(tokio::spawn(sweep(app.clone())));
+        tracing::info!(%endpoint_addr, %admin_addr, provider = %app.config.provider_id, "provider started");
+        Ok(Provider {
+            endpoint_addr,
+            admin_addr,
+            app,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), closes push
+    /// channels, and closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.app.db.close().await;
+        tracing::info!("provider stopped");
+    }
+}
+
+fn rotation_ms(config: &Config) -> i64 {
+    (config.invitation.seal_key_rotation_seconds * 1000) as i64
+}
+
+/// Hides a database password in logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn serve_endpoint_api(app: Arc<App>, listener: TcpListener, acceptor: TlsAcceptor) {
+    let router = crate::api::router(app.clone()).fallback(crate::api::not_found);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::app::shutting_down(&mut shutdown) => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.clone().into_owned()));
+            let peer_cert = PeerCertificate(cert);
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer_cert.clone());
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_secs(app.config.endpoint_api.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// Periodic work: ring timeouts, expired pushes, key rotation, the endpoint gauge.
+async fn sweep(app: Arc<App>) {
+    let mut shutdown = app.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        app.config.invitation.sweep_interval_ms,
+    ));
+    let mut last_rotation_check: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::app::shutting_down(&mut shutdown) => return,
+        }
+        if let Err(e) = crate::invite::expire_overdue_calls(&app).await {
+            tracing::warn!(error = %e, "expiring overdue calls failed");
+        }
+        match app.db.delete_expired_pushes().await {
+            Ok(n) if n > 0 => metrics::counter!("switchyard_pushes_expired_total").increment(n),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deleting expired pushes failed"),
+        }
+        if last_rotation_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_rotation_check = Some(tokio::time::Instant::now());
+            if let Err(e) = app.sealer.refresh(&app.db, rotation_ms(&app.config)).await {
+                tracing::warn!(error = %e, "rotating sealing keys failed");
+            }
+            if let Ok(n) = app.db.count_active_endpoints().await {
+                metrics::gauge!("switchyard_registered_endpoints").set(n as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Dictionaries on the endpoint API: reading request bodies in the client's encoding, and
+//! answering, errors included, in the same encoding.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use switchyard_federation::dict::{Dict, DictError, Encoding};
+
+use crate::app::App;
+use crate::db::StoreError;
+
+/// An error answer: HTTP status, stable `error` code, human `message`, and the field at fault.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid-field",
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the provider's logs",
+        )
+    }
+
+    pub fn to_dict(&self) -> Dict {
+        let mut dict = Dict::new()
+            .with("error", self.code)
+            .with("message", self.message.as_str());
+        if let Some(field) = &self.field {
+            dict.insert("field", field.as_str());
+        }
+        dict
+    }
+}
+
+impl From<DictError> for ApiError {
+    fn from(e: DictError) -> Self {
+        match &e {
+            DictError::UnsupportedMediaType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                e.to_string(),
+            ),
+            DictError::Malformed { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed-body", e.to_string())
+            }
+            _ => {
+                let mut err =
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid-field", e.to_string());
+                err.field = e.field().map(str::to_string);
+                if matches!(e, DictError::MissingField(_)) {
+                    err.code = "missing-field";
+                }
+                err
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not-found", m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// The encoding a client speaks: its Content-Type, else its Accept, else XML property lists.
+pub fn encoding_of(headers: &HeaderMap) -> Encoding {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    [get(header::CONTENT_TYPE), get(header::ACCEPT)]
+        .into_iter()
+        .flatten()
+        .find_map(|v| {
+            v.split(',')
+                .find_map(|part| Encoding::from_content_type(Some(part.trim())).ok())
+        })
+        .unwrap_or(Encoding::Plist)
+}
+
+pub fn dict_response(status: StatusCode, encoding: Encoding, dict: &Dict) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        dict.encode(encoding),
+    )
+        .into_response()
+}
+
+/// A handler's answer, encoded as the request was.
+pub struct Reply {
+    pub encoding: Encoding,
+    pub result: Result<Dict, ApiError>,
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self.result {
+            Ok(dict) => dict_response(StatusCode::OK, self.encoding, &dict),
+            Err(e) => dict_response(e.status, self.encoding, &e.to_dict()),
+        }
+    }
+}
+
+/// A request body read as a dictionary, within the configured size limit.
+pub struct DictBody {
+    pub encoding: Encoding,
+    pub dict: Dict,
+}
+
+impl FromRequest<Arc<App>> for DictBody {
+    type Rejection = Reply;
+
+    async fn from_request(req: Request<Body>, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let reply_encoding = encoding_of(req.headers());
+        let fail = |e: ApiError| Reply {
+            encoding: reply_encoding,
+            result: Err(e),
+        };
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("invalid"))
+            .map(str::to_string);
+        let encoding =
+            Encoding::from_content_type(content_type.as_deref()).map_err(|e| fail(e.into()))?;
+        let limit = app.config.endpoint_api.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                fail(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    format!("the body exceeds {limit} bytes"),
+                ))
+            })?;
+        let dict = Dict::decode(&bytes, encoding).map_err(|e| fail(e.into()))?;
+        Ok(DictBody { encoding, dict })
+    }
+}

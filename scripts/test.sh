@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, unit and integration tests on SQLite, and the
+# integration tests again on a throwaway PostgreSQL. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/ensure-packages.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests on SQLite" >&2
+SWITCHYARD_TEST_DATABASE=sqlite cargo test --workspace --locked
+
+echo "== integration tests on PostgreSQL" >&2
+scripts/with-postgres.sh env SWITCHYARD_TEST_DATABASE=postgres \
+    cargo test --locked -p switchyard-tests

@@ -1,0 +1,195 @@
+//! A harness for the cross-crate tests: a real provider on loopback (port 0) with its own
+//! database — SQLite in a temporary folder, or a fresh PostgreSQL database when
+//! `SWITCHYARD_TEST_DATABASE=postgres` (URL of the server in `SWITCHYARD_TEST_POSTGRES_URL`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
+use switchyard_provider::{Config, Provider};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Harness {
+    pub provider: Provider,
+    pub dir: tempfile::TempDir,
+    pub admin: reqwest::Client,
+    pub admin_url: String,
+    pub provider_url: String,
+}
+
+/// The database the test run targets: `sqlite` (default) or `postgres`.
+pub fn database_kind() -> String {
+    std::env::var("SWITCHYARD_TEST_DATABASE").unwrap_or_else(|_| "sqlite".into())
+}
+
+async fn fresh_database_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    match database_kind().as_str() {
+        "sqlite" => Ok(format!("sqlite:{}", dir.join("switchyard.db").display())),
+        "postgres" => {
+            let server = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+                .context("SWITCHYARD_TEST_DATABASE=postgres needs SWITCHYARD_TEST_POSTGRES_URL")?;
+            sqlx::any::install_default_drivers();
+            let name = format!("sy_{}", uuid::Uuid::new_v4().simple());
+            let mut conn =
+                <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{server}/postgres"))
+                    .await?;
+            sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+            )
+            .await?;
+            Ok(format!("{server}/{name}"))
+        }
+        other => bail!("SWITCHYARD_TEST_DATABASE is `{other}`; expected sqlite or postgres"),
+    }
+}
+
+/// A configuration for a test provider on loopback with its own database.
+pub async fn test_config() -> anyhow::Result<(Config, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.data_dir = dir.path().to_path_buf();
+    config.provider_id = "test.switchyard.invalid".into();
+    config.endpoint_api.listen = "127.0.0.1:0".parse()?;
+    config.admin.listen = "127.0.0.1:0".parse()?;
+    config.database.url = Some(fresh_database_url(dir.path()).await?);
+    config.invitation.sweep_interval_ms = 100;
+    config.push.recheck_interval_ms = 200;
+    Ok((config, dir))
+}
+
+impl Harness {
+    pub async fn start() -> anyhow::Result<Harness> {
+        let (config, dir) = test_config().await?;
+        Harness::start_with(config, dir).await
+    }
+
+    pub async fn start_with(config: Config, dir: tempfile::TempDir) -> anyhow::Result<Harness> {
+        let provider = Provider::start(config).await?;
+        let admin_url = format!("http://{}", provider.admin_addr);
+        let provider_url = format!("https://{}", provider.endpoint_addr);
+        Ok(Harness {
+            provider,
+            dir,
+            admin: reqwest::Client::new(),
+            admin_url,
+            provider_url,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.provider.app.admin_token
+    }
+
+    /// Calls the admin API; returns (status, JSON body).
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .admin
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(self.token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    pub async fn add_user(&self, name: &str, uris: &[&str]) -> anyhow::Result<String> {
+        let (status, body) = self
+            .admin_call(
+                reqwest::Method::POST,
+                "/admin/v1/users",
+                Some(json!({"display_name": name, "uris": uris})),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "adding user: {status} {body}");
+        Ok(body["id"].as_str().expect("id").to_string())
+    }
+
+    pub async fn code(&self, user_id: &str) -> anyhow::Result<String> {
+        let (status, body) = self
+            .admin_call(
+                reqwest::Method::POST,
+                &format!("/admin/v1/users/{user_id}/provisioning-codes"),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "code: {status} {body}");
+        Ok(body["code"].as_str().expect("code").to_string())
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.provider.app.ca.cert_pem()
+    }
+
+    /// Registers a new endpoint for the user owning `uri`.
+    pub async fn endpoint(
+        &self,
+        user_id: &str,
+        uri: &str,
+        capabilities: Option<Dict>,
+        encoding: Encoding,
+    ) -> anyhow::Result<EndpointClient> {
+        let code = self.code(user_id).await?;
+        let identity = client::register(
+            &self.provider_url,
+            self.ca_pem(),
+            uri,
+            &code,
+            "test-device",
+            capabilities,
+            encoding,
+        )
+        .await?;
+        Ok(EndpointClient::new(identity, encoding)?)
+    }
+
+    pub async fn calls(&self) -> anyhow::Result<Vec<Value>> {
+        let (status, body) = self
+            .admin_call(reqwest::Method::GET, "/admin/v1/calls", None)
+            .await?;
+        anyhow::ensure!(status == 200, "calls: {status}");
+        Ok(body["calls"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub async fn call_record(&self, session_id: &str) -> anyhow::Result<Value> {
+        self.calls()
+            .await?
+            .into_iter()
+            .find(|c| c["session_id"] == session_id)
+            .with_context(|| format!("no call record for {session_id}"))
+    }
+}
+
+/// Waits for the next push of `action` on `channel`, failing after `WAIT`.
+pub async fn expect_push(channel: &mut PushChannel, action: &str) -> anyhow::Result<Dict> {
+    match channel.next_action(action, WAIT).await? {
+        Some(push) => Ok(push),
+        None => bail!("no `{action}` push within {WAIT:?}"),
+    }
+}
+
+/// Asserts nothing arrives on `channel` for a short while.
+pub async fn expect_silence(channel: &mut PushChannel) -> anyhow::Result<()> {
+    if let Some(push) = channel.next(Duration::from_millis(600)).await? {
+        bail!("unexpected push: {push:?}");
+    }
+    Ok(())
+}
+
+pub fn session_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub const MODES: [PushMode; 2] = [PushMode::WebSocket, PushMode::LongPoll];

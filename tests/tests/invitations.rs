@@ -1,0 +1,367 @@
+//! The invitation protocol within one provider, end to end over real TLS, with pushes over the
+//! WebSocket and over long-poll.
+
+use std::time::Duration;
+
+use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_provider::client::PushMode;
+use switchyard_tests::*;
+
+const ALICE: &str = "tel:+16502530000";
+const BOB: &str = "mailto:bob@example.com";
+
+async fn accept_flow(mode: PushMode, encoding: Encoding) -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h
+        .add_user("Alice", &[ALICE, "mailto:alice@example.com"])
+        .await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, encoding).await?;
+    let bob1 = h.endpoint(&bob_id, BOB, None, encoding).await?;
+    let bob2 = h
+        .endpoint(&bob_id, "mailto:Bob@EXAMPLE.com", None, encoding)
+        .await?;
+    let mut alice_push = alice.push_channel(mode).await?;
+    let mut bob1_push = bob1.push_channel(mode).await?;
+    let mut bob2_push = bob2.push_channel(mode).await?;
+
+    let sid = session_id();
+    // The callee's URI in another spelling reaches the same user.
+    let answer = alice
+        .initiate(
+            &sid,
+            "mailto:bob@Example.COM",
+            b"alice-offer",
+            &["audio", "video"],
+        )
+        .await?;
+    assert_eq!(answer.int("rung")?, 2);
+
+    let ring1 = expect_push(&mut bob1_push, "initiate").await?;
+    let ring2 = expect_push(&mut bob2_push, "initiate").await?;
+    for ring in [&ring1, &ring2] {
+        assert_eq!(ring.str("session-id")?, sid);
+        assert_eq!(ring.str("peer-uri")?, ALICE);
+        assert_eq!(ring.str("peer-token")?, alice.identity.push_token);
+        assert_eq!(ring.data("peer-blob")?, b"alice-offer");
+        assert_eq!(ring.str("self-uri")?, BOB);
+        assert!(ring.dict("peer-capabilities")?.bool("video")?);
+    }
+    assert_eq!(ring1.str("self-token")?, bob1.identity.push_token);
+
+    bob1.accept(&ring1, b"bob-answer").await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    assert_eq!(accepted.str("session-id")?, sid);
+    assert_eq!(accepted.data("peer-blob")?, b"bob-answer");
+    assert_eq!(accepted.str("peer-token")?, bob1.identity.push_token);
+    let lost = expect_push(&mut bob2_push, "cancel").await?;
+    assert_eq!(lost.str("reason")?, "answered-elsewhere");
+
+    let late = bob2.accept(&ring2, b"too-late").await.unwrap_err();
+    assert_eq!(late.code(), Some("already-answered"), "{late}");
+    assert_eq!(late.status(), Some(409));
+
+    let record = h.call_record(&sid).await?;
+    assert_eq!(record["state"], "answered");
+    assert_eq!(record["from"], ALICE);
+    assert_eq!(record["to"], BOB);
+    assert_eq!(record["answered_by"], bob1.identity.endpoint_id.as_str());
+    assert_eq!(record["providers"][0], "test.switchyard.invalid");
+    assert!(record["answered_at"].as_i64().unwrap() >= record["initiated_at"].as_i64().unwrap());
+
+    // The caller hangs up with the state from the Accept Push.
+    alice
+        .cancel(&sid, ALICE, BOB, accepted.str("state")?)
+        .await?;
+    let ended = expect_push(&mut bob1_push, "cancel").await?;
+    assert_eq!(ended.str("reason")?, "ended");
+    let record = h.call_record(&sid).await?;
+    assert_eq!(record["state"], "ended");
+    assert!(record["ended_at"].is_i64());
+    expect_silence(&mut alice_push).await?;
+    h.provider.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn initiate_accept_over_websocket() -> anyhow::Result<()> {
+    accept_flow(PushMode::WebSocket, Encoding::Plist).await
+}
+
+#[tokio::test]
+async fn initiate_accept_over_long_poll() -> anyhow::Result<()> {
+    accept_flow(PushMode::LongPoll, Encoding::Plist).await
+}
+
+#[tokio::test]
+async fn initiate_accept_in_json() -> anyhow::Result<()> {
+    accept_flow(PushMode::WebSocket, Encoding::Json).await
+}
+
+#[tokio::test]
+async fn ring_timeout_cancels_both_sides() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    config.invitation.ring_timeout_seconds = 1;
+    let h = Harness::start_with(config, dir).await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    for mode in MODES {
+        let mut alice_push = alice.push_channel(mode).await?;
+        let mut bob_push = bob.push_channel(mode).await?;
+        let sid = session_id();
+        alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+        let ring = expect_push(&mut bob_push, "initiate").await?;
+        assert_eq!(
+            expect_push(&mut alice_push, "cancel")
+                .await?
+                .str("reason")?,
+            "timeout"
+        );
+        assert_eq!(
+            expect_push(&mut bob_push, "cancel").await?.str("reason")?,
+            "timeout"
+        );
+        assert_eq!(h.call_record(&sid).await?["state"], "timeout");
+        let late = bob.accept(&ring, b"").await.unwrap_err();
+        assert_eq!(late.code(), Some("call-ended"));
+        alice_push.ack().await?;
+        bob_push.ack().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn caller_hears_reject_only_when_every_endpoint_rejected() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob1 = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let bob2 = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let mut alice_push = alice.push_channel(PushMode::LongPoll).await?;
+    let mut bob1_push = bob1.push_channel(PushMode::WebSocket).await?;
+    let mut bob2_push = bob2.push_channel(PushMode::LongPoll).await?;
+    let sid = session_id();
+    alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+    let ring1 = expect_push(&mut bob1_push, "initiate").await?;
+    let ring2 = expect_push(&mut bob2_push, "initiate").await?;
+
+    let first = bob1.reject(&ring1, "busy", None).await?;
+    assert_eq!(first.int("remaining")?, 1);
+    // Repeating a Reject counts once.
+    assert_eq!(
+        bob1.reject(&ring1, "busy", None).await?.int("remaining")?,
+        1
+    );
+    expect_silence(&mut alice_push).await?;
+    bob2.reject(&ring2, "declined", Some("in a meeting"))
+        .await?;
+    let rejected = expect_push(&mut alice_push, "reject").await?;
+    assert_eq!(rejected.str("reason")?, "declined");
+    assert_eq!(rejected.str("reason-text")?, "in a meeting");
+    let record = h.call_record(&sid).await?;
+    assert_eq!(record["state"], "rejected");
+    assert_eq!(record["outcome_reason"], "declined");
+    Ok(())
+}
+
+#[tokio::test]
+async fn either_party_may_cancel_while_ringing() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob1 = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let bob2 = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob1_push = bob1.push_channel(PushMode::WebSocket).await?;
+    let mut bob2_push = bob2.push_channel(PushMode::WebSocket).await?;
+
+    // The caller cancels: every rung endpoint hears it.
+    let sid = session_id();
+    let started = alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+    expect_push(&mut bob1_push, "initiate").await?;
+    expect_push(&mut bob2_push, "initiate").await?;
+    alice
+        .cancel(&sid, ALICE, BOB, started.str("state")?)
+        .await?;
+    assert_eq!(
+        expect_push(&mut bob1_push, "cancel").await?.str("reason")?,
+        "cancelled"
+    );
+    assert_eq!(
+        expect_push(&mut bob2_push, "cancel").await?.str("reason")?,
+        "cancelled"
+    );
+    assert_eq!(h.call_record(&sid).await?["state"], "cancelled");
+    let again = alice
+        .cancel(&sid, ALICE, BOB, started.str("state")?)
+        .await
+        .unwrap_err();
+    assert_eq!(again.status(), Some(410));
+
+    // A callee device cancels: the caller and the other device hear it.
+    let sid = session_id();
+    alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+    let ring = expect_push(&mut bob1_push, "initiate").await?;
+    expect_push(&mut bob2_push, "initiate").await?;
+    bob1.cancel(&sid, BOB, ALICE, ring.str("state")?).await?;
+    assert_eq!(
+        expect_push(&mut alice_push, "cancel")
+            .await?
+            .str("reason")?,
+        "cancelled"
+    );
+    assert_eq!(
+        expect_push(&mut bob2_push, "cancel").await?.str("reason")?,
+        "cancelled"
+    );
+    expect_silence(&mut bob1_push).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn callee_hangs_up_after_answering() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let mut alice_push = alice.push_channel(PushMode::LongPoll).await?;
+    let mut bob_push = bob.push_channel(PushMode::LongPoll).await?;
+    let sid = session_id();
+    alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let accepted = bob.accept(&ring, b"").await?;
+    expect_push(&mut alice_push, "accept").await?;
+    bob.cancel(&sid, BOB, ALICE, accepted.str("state")?).await?;
+    assert_eq!(
+        expect_push(&mut alice_push, "cancel")
+            .await?
+            .str("reason")?,
+        "ended"
+    );
+    assert_eq!(h.call_record(&sid).await?["state"], "ended");
+    Ok(())
+}
+
+#[tokio::test]
+async fn endpoints_lacking_capabilities_are_not_rung() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let audio_only = Dict::new().with("audio", true).with("video", false);
+    let bob_phone = h
+        .endpoint(&bob_id, BOB, Some(audio_only), Encoding::Plist)
+        .await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut phone_push = bob_phone.push_channel(PushMode::WebSocket).await?;
+
+    let sid = session_id();
+    let answer = alice.initiate(&sid, BOB, b"", &["audio", "video"]).await?;
+    assert_eq!(answer.int("rung")?, 0);
+    let refused = expect_push(&mut alice_push, "reject").await?;
+    assert_eq!(refused.str("reason")?, "unsupported-media");
+    expect_silence(&mut phone_push).await?;
+    assert_eq!(
+        h.call_record(&sid).await?["outcome_reason"],
+        "unsupported-media"
+    );
+
+    let bob_tablet = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let mut tablet_push = bob_tablet.push_channel(PushMode::WebSocket).await?;
+    let sid = session_id();
+    assert_eq!(
+        alice
+            .initiate(&sid, BOB, b"", &["audio", "video"])
+            .await?
+            .int("rung")?,
+        1
+    );
+    let ring = expect_push(&mut tablet_push, "initiate").await?;
+    assert_eq!(ring.string_array("media")?, ["audio", "video"]);
+    expect_silence(&mut phone_push).await?;
+    // Audio-only calls ring both.
+    assert_eq!(
+        alice
+            .initiate(&session_id(), BOB, b"", &["audio"])
+            .await?
+            .int("rung")?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pushes_wait_for_an_offline_endpoint_until_their_ttl() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    config.push.ttl_seconds = 2;
+    let h = Harness::start_with(config, dir).await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+
+    let queued = session_id();
+    alice.initiate(&queued, BOB, b"", &["audio"]).await?;
+    // Bob connects later and still gets the invitation; a dropped channel gets it again.
+    {
+        let mut first = bob.push_channel(PushMode::LongPoll).await?;
+        assert_eq!(
+            expect_push(&mut first, "initiate")
+                .await?
+                .str("session-id")?,
+            queued
+        );
+    }
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    assert_eq!(
+        expect_push(&mut bob_push, "initiate")
+            .await?
+            .str("session-id")?,
+        queued
+    );
+    drop(bob_push);
+
+    let expired = session_id();
+    alice.initiate(&expired, BOB, b"", &["audio"]).await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    while let Some(push) = bob_push.next(Duration::from_millis(800)).await? {
+        assert_ne!(
+            push.str("session-id")?,
+            expired,
+            "an expired push was delivered"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pushes_arrive_in_order_with_increasing_ids() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let sessions: Vec<String> = (0..5).map(|_| session_id()).collect();
+    for sid in &sessions {
+        alice.initiate(sid, BOB, b"", &["audio"]).await?;
+    }
+    // Long-poll first: it acknowledges only with its next poll, so the WebSocket sees them all again.
+    for mode in [PushMode::LongPoll, PushMode::WebSocket] {
+        let mut channel = bob.push_channel(mode).await?;
+        let mut last = 0;
+        for sid in &sessions {
+            let push = expect_push(&mut channel, "initiate").await?;
+            assert_eq!(push.str("session-id")?, sid);
+            let id = push.int("push-id")?;
+            assert!(id > last, "push ids must increase");
+            last = id;
+        }
+    }
+    Ok(())
+}
