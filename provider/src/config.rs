@@ -275,8 +275,7 @@ impl Config {
         })?;
         let mut issues = Vec::new();
         apply_env_overrides(&mut table, env, &mut issues);
-        issues.extend(unknown_keys(&table));
-        issues.extend(type_errors(&table));
+        issues.extend(leaf_issues(&table));
         if !issues.is_empty() {
             return Err(ConfigError::Invalid(issues));
         }
@@ -504,37 +503,37 @@ fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) -> Re
     Ok(())
 }
 
-fn unknown_keys(table: &toml::Table) -> Vec<ConfigIssue> {
-    let mut unknown = BTreeSet::new();
-    let _ = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
-        unknown.insert(path.to_string());
-    })
-    .map(|c: Config| c);
-    unknown
-        .into_iter()
-        .map(|key| ConfigIssue {
-            key,
-            message: "unknown key".into(),
-        })
-        .collect()
-}
-
-/// Deserializes each leaf on its own (every field has a default), so each wrong value is reported.
-fn type_errors(table: &toml::Table) -> Vec<ConfigIssue> {
+/// Deserializes each leaf on its own (every field has a default), so that every unknown key and
+/// every wrong value is reported, not just the first problem serde meets.
+fn leaf_issues(table: &toml::Table) -> Vec<ConfigIssue> {
     let mut leaves = Vec::new();
     collect_leaves(table, &mut Vec::new(), &mut leaves);
+    let mut unknown = BTreeSet::new();
     let mut issues = Vec::new();
     for (path, value) in leaves {
         let mut single = toml::Table::new();
         insert_at(&mut single, &path, value).expect("a fresh table has no conflicting keys");
-        if let Err(e) = toml::Value::Table(single).try_into::<Config>() {
+        let mut ignored = Vec::new();
+        let result: Result<Config, _> =
+            serde_ignored::deserialize(toml::Value::Table(single), |p| ignored.push(p.to_string()));
+        if !ignored.is_empty() {
+            unknown.extend(ignored);
+        } else if let Err(e) = result {
             issues.push(ConfigIssue {
                 key: path.join("."),
                 message: e.message().trim().to_string(),
             });
         }
     }
-    issues
+    let mut all: Vec<ConfigIssue> = unknown
+        .into_iter()
+        .map(|key| ConfigIssue {
+            key,
+            message: "unknown key".into(),
+        })
+        .collect();
+    all.extend(issues);
+    all
 }
 
 fn collect_leaves(

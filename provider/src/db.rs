@@ -715,13 +715,14 @@ pub struct CallChange<'a> {
     pub answered_by: Option<&'a str>,
 }
 
-/// Records one endpoint's Reject; returns (rejections so far, endpoints rung) if it was new.
+/// Records one endpoint's Reject (a repeat counts once); returns whether it was new, and the
+/// rejections so far against the endpoints rung.
 pub async fn record_rejection(
     conn: &mut AnyConnection,
     session_id: &str,
     endpoint_id: &str,
     reason: &str,
-) -> StoreResult<Option<(i64, i64)>> {
+) -> StoreResult<(bool, i64, i64)> {
     let inserted = sqlx::query(
         "INSERT INTO call_rejections (session_id, endpoint_id, reason, rejected_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -732,18 +733,15 @@ pub async fn record_rejection(
     .bind(now_ms())
     .execute(&mut *conn)
     .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(None);
-    }
-    let row = sqlx::query(
-        "UPDATE calls SET rejections = rejections + 1 WHERE session_id = $1 \
-         RETURNING rejections, rung_count",
-    )
-    .bind(session_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some((row.get(0), row.get(1))))
+    .rows_affected()
+        == 1;
+    let sql = if inserted {
+        "UPDATE calls SET rejections = rejections + 1 WHERE session_id = $1 RETURNING rejections, rung_count"
+    } else {
+        "SELECT rejections, rung_count FROM calls WHERE session_id = $1"
+    };
+    let row = sqlx::query(sql).bind(session_id).fetch_one(&mut *conn).await?;
+    Ok((inserted, row.get(0), row.get(1)))
 }
 
 // ---- row types ----

@@ -422,39 +422,37 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     if current != Some(CallState::Ringing) {
         return Err(call_gone(current));
     }
-    let counts = record_rejection(&mut tx, &state.sid, &me.id, reason).await?;
-    let mut remaining = 0;
-    if let Some((rejections, rung)) = counts {
-        remaining = (rung - rejections).max(0);
-        if remaining == 0
-            && transition_call(
-                &mut tx,
-                &state.sid,
-                &[CallState::Ringing],
-                CallState::Rejected,
-                CallChange {
-                    reason: Some(reason),
-                    ..Default::default()
-                },
-            )
-            .await?
-        {
-            let mut push = Dict::new()
-                .with("action", "reject")
-                .with("session-id", state.sid.as_str())
-                .with("self-uri", state.caller_uri.as_str())
-                .with("self-token", state.caller_token.as_str())
-                .with("peer-uri", state.callee_uri.as_str())
-                .with("peer-token", me.push_token.as_str())
-                .with("peer-blob", self_blob)
-                .with("reason", reason);
-            if let Some(text) = text {
-                push.insert("reason-text", text);
-            }
-            outbox
-                .push(&mut tx, &state.caller_endpoint, &push, app.push_ttl_ms())
-                .await?;
+    let (new, rejections, rung) = record_rejection(&mut tx, &state.sid, &me.id, reason).await?;
+    let remaining = (rung - rejections).max(0);
+    if new
+        && remaining == 0
+        && transition_call(
+            &mut tx,
+            &state.sid,
+            &[CallState::Ringing],
+            CallState::Rejected,
+            CallChange {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        )
+        .await?
+    {
+        let mut push = Dict::new()
+            .with("action", "reject")
+            .with("session-id", state.sid.as_str())
+            .with("self-uri", state.caller_uri.as_str())
+            .with("self-token", state.caller_token.as_str())
+            .with("peer-uri", state.callee_uri.as_str())
+            .with("peer-token", me.push_token.as_str())
+            .with("peer-blob", self_blob)
+            .with("reason", reason);
+        if let Some(text) = text {
+            push.insert("reason-text", text);
         }
+        outbox
+            .push(&mut tx, &state.caller_endpoint, &push, app.push_ttl_ms())
+            .await?;
     }
     tx.commit().await.map_err(crate::db::StoreError::from)?;
     if !outbox.endpoints.is_empty() {

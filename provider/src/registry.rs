@@ -146,7 +146,9 @@ pub async fn register_endpoint(
         .user_id_for_uri(&uri)
         .await?
         .ok_or(RegistryError::InvalidCode)?;
-    let uris = app.db.uris_of(&user_id).await?;
+    // The URI the endpoint registered with comes first: it is the one it calls from by default.
+    let mut uris = app.db.uris_of(&user_id).await?;
+    uris.sort_by_key(|u| *u != uri);
     let endpoint_id = uuid::Uuid::new_v4().to_string();
     let issued = app
         .ca

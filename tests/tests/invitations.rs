@@ -19,7 +19,7 @@ async fn accept_flow(mode: PushMode, encoding: Encoding) -> anyhow::Result<()> {
     let alice = h.endpoint(&alice_id, ALICE, None, encoding).await?;
     let bob1 = h.endpoint(&bob_id, BOB, None, encoding).await?;
     let bob2 = h
-        .endpoint(&bob_id, "mailto:Bob@EXAMPLE.com", None, encoding)
+        .endpoint(&bob_id, "mailto:bob@EXAMPLE.com", None, encoding)
         .await?;
     let mut alice_push = alice.push_channel(mode).await?;
     let mut bob1_push = bob1.push_channel(mode).await?;

@@ -27,7 +27,7 @@ async fn registration_issues_a_certificate_with_the_users_uris() -> anyhow::Resu
         Encoding::Json,
     )
     .await?;
-    assert_eq!(identity.uris, ["mailto:Alice@example.com", ALICE]);
+    assert_eq!(identity.uris, [ALICE, "mailto:Alice@example.com"]);
     assert!(identity.certificate_pem.contains("BEGIN CERTIFICATE"));
     assert!(identity.push_token.len() >= 32);
 
