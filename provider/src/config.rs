@@ -72,7 +72,7 @@ pub struct RegistryConfig {
     pub endpoint_certificate_days: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PkiConfig {
     /// Endpoint CA certificate and key (PEM); empty: `<data_dir>/endpoint-ca.pem` / `.key`, generated.
@@ -173,15 +173,6 @@ impl Default for RegistryConfig {
             default_country_code: None,
             provisioning_code_ttl_seconds: 7 * 24 * 3600,
             endpoint_certificate_days: 365,
-        }
-    }
-}
-
-impl Default for PkiConfig {
-    fn default() -> Self {
-        PkiConfig {
-            endpoint_ca_cert: None,
-            endpoint_ca_key: None,
         }
     }
 }

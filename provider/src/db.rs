@@ -740,7 +740,10 @@ pub async fn record_rejection(
     } else {
         "SELECT rejections, rung_count FROM calls WHERE session_id = $1"
     };
-    let row = sqlx::query(sql).bind(session_id).fetch_one(&mut *conn).await?;
+    let row = sqlx::query(sql)
+        .bind(session_id)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok((inserted, row.get(0), row.get(1)))
 }
 

@@ -29,9 +29,11 @@ pub async fn run(endpoint_listen: SocketAddr, admin_listen: SocketAddr) -> anyho
     let dir = tempfile::Builder::new()
         .prefix("switchyard-demo-")
         .tempdir()?;
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_path_buf();
-    config.provider_id = "demo.switchyard.test".into();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        provider_id: "demo.switchyard.test".into(),
+        ..Config::default()
+    };
     config.endpoint_api.listen = endpoint_listen;
     config.admin.listen = admin_listen;
     let provider = Provider::start(config)

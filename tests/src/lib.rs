@@ -50,9 +50,11 @@ async fn fresh_database_url(dir: &std::path::Path) -> anyhow::Result<String> {
 /// A configuration for a test provider on loopback with its own database.
 pub async fn test_config() -> anyhow::Result<(Config, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_path_buf();
-    config.provider_id = "test.switchyard.invalid".into();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        provider_id: "test.switchyard.invalid".into(),
+        ..Config::default()
+    };
     config.endpoint_api.listen = "127.0.0.1:0".parse()?;
     config.admin.listen = "127.0.0.1:0".parse()?;
     config.database.url = Some(fresh_database_url(dir.path()).await?);

@@ -347,3 +347,15 @@ async fn csv_import_is_all_or_nothing() -> anyhow::Result<()> {
     assert_eq!(found["users"][0]["uris"][0], "mailto:user1@example.com");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_requested_database_backend_is_the_one_in_use() -> anyhow::Result<()> {
+    use switchyard_provider::db::Backend;
+    let h = Harness::start().await?;
+    let expected = match database_kind().as_str() {
+        "postgres" => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
+    assert_eq!(h.provider.app.db.backend(), expected);
+    Ok(())
+}
