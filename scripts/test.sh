@@ -14,8 +14,8 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests on SQLite" >&2
-SWITCHYARD_TEST_DATABASE=sqlite cargo test --workspace --locked
+SYTEST_DATABASE=sqlite cargo test --workspace --locked
 
 echo "== integration tests on PostgreSQL" >&2
-scripts/with-postgres.sh env SWITCHYARD_TEST_DATABASE=postgres \
+scripts/with-postgres.sh env SYTEST_DATABASE=postgres \
     cargo test --locked -p switchyard-tests

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command against a throwaway PostgreSQL server: a fresh cluster in a temporary folder,
 # listening on loopback only, stopped and deleted afterwards. The command sees its URL in
-# SWITCHYARD_TEST_POSTGRES_URL (tests create one database each under it).
+# SYTEST_POSTGRES_URL (tests create one database each under it).
 #   scripts/with-postgres.sh COMMAND [ARGS...]
 set -euo pipefail
 
@@ -28,6 +28,6 @@ as_pg "$bindir/initdb" -D "$workdir/data" -U postgres --auth=trust --encoding=UT
 as_pg "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $workdir -c max_connections=300 -c fsync=off" start >/dev/null
 
-export SWITCHYARD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port"
-echo "PostgreSQL running at $SWITCHYARD_TEST_POSTGRES_URL" >&2
+export SYTEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port"
+echo "PostgreSQL running at $SYTEST_POSTGRES_URL" >&2
 "$@"

@@ -180,6 +180,7 @@ pub async fn register_endpoint(
     {
         return Err(RegistryError::InvalidCode);
     }
+    refresh_endpoint_gauge(app).await;
     Ok(Registration {
         endpoint,
         certificate_pem: issued.pem,
@@ -191,6 +192,7 @@ pub async fn register_endpoint(
 pub async fn revoke_endpoint(app: &App, endpoint_id: &str) -> Result<(), RegistryError> {
     app.db.revoke_endpoint(endpoint_id).await?;
     app.hub.revoke(endpoint_id);
+    refresh_endpoint_gauge(app).await;
     Ok(())
 }
 
@@ -198,5 +200,15 @@ pub async fn remove_user(app: &App, user_id: &str) -> Result<(), RegistryError> 
     for endpoint in app.db.delete_user(user_id).await? {
         app.hub.revoke(&endpoint);
     }
+    refresh_endpoint_gauge(app).await;
     Ok(())
+}
+
+/// Sets `switchyard_registered_endpoints` from the database (also done every minute, for changes
+/// made by other replicas).
+pub async fn refresh_endpoint_gauge(app: &App) {
+    match app.db.count_active_endpoints().await {
+        Ok(n) => metrics::gauge!("switchyard_registered_endpoints").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "counting endpoints failed"),
+    }
 }

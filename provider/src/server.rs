@@ -261,9 +261,7 @@ async fn sweep(app: Arc<App>) {
             if let Err(e) = app.sealer.refresh(&app.db, rotation_ms(&app.config)).await {
                 tracing::warn!(error = %e, "rotating sealing keys failed");
             }
-            if let Ok(n) = app.db.count_active_endpoints().await {
-                metrics::gauge!("switchyard_registered_endpoints").set(n as f64);
-            }
+            crate::registry::refresh_endpoint_gauge(&app).await;
         }
     }
 }

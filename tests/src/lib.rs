@@ -1,6 +1,6 @@
 //! A harness for the cross-crate tests: a real provider on loopback (port 0) with its own
 //! database — SQLite in a temporary folder, or a fresh PostgreSQL database when
-//! `SWITCHYARD_TEST_DATABASE=postgres` (URL of the server in `SWITCHYARD_TEST_POSTGRES_URL`).
+//! `SYTEST_DATABASE=postgres` (URL of the server in `SYTEST_POSTGRES_URL`).
 
 use std::time::Duration;
 
@@ -22,15 +22,15 @@ pub struct Harness {
 
 /// The database the test run targets: `sqlite` (default) or `postgres`.
 pub fn database_kind() -> String {
-    std::env::var("SWITCHYARD_TEST_DATABASE").unwrap_or_else(|_| "sqlite".into())
+    std::env::var("SYTEST_DATABASE").unwrap_or_else(|_| "sqlite".into())
 }
 
 async fn fresh_database_url(dir: &std::path::Path) -> anyhow::Result<String> {
     match database_kind().as_str() {
         "sqlite" => Ok(format!("sqlite:{}", dir.join("switchyard.db").display())),
         "postgres" => {
-            let server = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-                .context("SWITCHYARD_TEST_DATABASE=postgres needs SWITCHYARD_TEST_POSTGRES_URL")?;
+            let server = std::env::var("SYTEST_POSTGRES_URL")
+                .context("SYTEST_DATABASE=postgres needs SYTEST_POSTGRES_URL")?;
             sqlx::any::install_default_drivers();
             let name = format!("sy_{}", uuid::Uuid::new_v4().simple());
             let mut conn =
@@ -43,7 +43,7 @@ async fn fresh_database_url(dir: &std::path::Path) -> anyhow::Result<String> {
             .await?;
             Ok(format!("{server}/{name}"))
         }
-        other => bail!("SWITCHYARD_TEST_DATABASE is `{other}`; expected sqlite or postgres"),
+        other => bail!("SYTEST_DATABASE is `{other}`; expected sqlite or postgres"),
     }
 }
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Bulk-import benchmark: generates a CSV of N users (default 1,000,000; each with a tel: and a
+# mailto: URI), starts a release `switchyard serve` on loopback with a fresh database, imports it
+# with `switchyard users import`, and prints rows/s.
+#   bench/import.sh [ROWS] [sqlite|postgres]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+backend=${2:-sqlite}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
+cargo build --locked --release -q -p switchyard-provider --bin switchyard
+bin="$CARGO_TARGET_DIR/release/switchyard"
+
+work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+trap 'kill "${pid:-0}" 2>/dev/null || true; [ -s "$work/serve.log" ] && tail -5 "$work/serve.log" >&2; rm -rf "$work"' EXIT
+python3 - "$rows" > "$work/users.csv" <<'PY'
+import sys
+n = int(sys.argv[1])
+out = sys.stdout
+out.write("display_name,uris\n")
+for i in range(n):
+    # London numbers 020 7xxx xxxx and 020 3xxx xxxx are valid E.164 numbers.
+    prefix = "+44207" if i < 9_000_000 else "+44203"
+    out.write(f"User {i},tel:{prefix}{1_000_000 + i % 9_000_000:07d} mailto:user{i}@bench.example\n")
+PY
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+admin_port=$(port)
+cat > "$work/switchyard.toml" <<TOML
+data_dir = "$work/data"
+provider_id = "bench.switchyard.invalid"
+[endpoint_api]
+listen = "127.0.0.1:$(port)"
+[admin]
+listen = "127.0.0.1:$admin_port"
+TOML
+
+run() {
+    "$bin" serve --config "$work/switchyard.toml" 2>"$work/serve.log" &
+    pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "importing $rows rows ($(du -h "$work/users.csv" | cut -f1)) into $backend" >&2
+    "$bin" users import "$work/users.csv" --admin-url "http://127.0.0.1:$admin_port" \
+        --admin-token-file "$work/data/admin-token"
+}
+
+case "$backend" in
+    sqlite) run ;;
+    postgres)
+        export -f run port
+        export bin work rows backend admin_port
+        scripts/with-postgres.sh bash -c '
+            psql "$SYTEST_POSTGRES_URL/postgres" -qc "CREATE DATABASE bench" >/dev/null
+            echo "[database]" >> "$work/switchyard.toml"
+            echo "url = \"$SYTEST_POSTGRES_URL/bench\"" >> "$work/switchyard.toml"
+            run; kill $pid' ;;
+    *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+esac
