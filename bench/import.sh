@@ -52,7 +52,7 @@ case "$backend" in
     postgres)
         export -f run port
         export bin work rows backend admin_port
-        scripts/with-postgres.sh bash -c '
+        SYTEST_PG_FSYNC=on scripts/with-postgres.sh bash -c '
             psql "$SYTEST_POSTGRES_URL/postgres" -qc "CREATE DATABASE bench" >/dev/null
             echo "[database]" >> "$work/switchyard.toml"
             echo "url = \"$SYTEST_POSTGRES_URL/bench\"" >> "$work/switchyard.toml"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command against a throwaway PostgreSQL server: a fresh cluster in a temporary folder,
 # listening on loopback only, stopped and deleted afterwards. The command sees its URL in
-# SYTEST_POSTGRES_URL (tests create one database each under it).
+# SYTEST_POSTGRES_URL (tests create one database each under it). fsync is off unless
+# SYTEST_PG_FSYNC=on (benchmarks set it).
 #   scripts/with-postgres.sh COMMAND [ARGS...]
 set -euo pipefail
 
@@ -26,7 +27,7 @@ trap cleanup EXIT
 
 as_pg "$bindir/initdb" -D "$workdir/data" -U postgres --auth=trust --encoding=UTF8 --no-sync >/dev/null
 as_pg "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $workdir -c max_connections=300 -c fsync=off" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $workdir -c max_connections=300 -c fsync=${SYTEST_PG_FSYNC:-off}" start >/dev/null
 
 export SYTEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port"
 echo "PostgreSQL running at $SYTEST_POSTGRES_URL" >&2
