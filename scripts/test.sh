@@ -7,6 +7,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/ensure-packages.sh
+log=$(mktemp /tmp/switchyard-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
@@ -14,8 +16,11 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests on SQLite" >&2
-SYTEST_DATABASE=sqlite cargo test --workspace --locked
+SYTEST_DATABASE=sqlite cargo test --workspace --locked 2>&1 | tee -a "$log"
 
 echo "== integration tests on PostgreSQL" >&2
 scripts/with-postgres.sh env SYTEST_DATABASE=postgres \
-    cargo test --locked -p switchyard-tests
+    cargo test --locked -p switchyard-tests 2>&1 | tee -a "$log"
+
+# One closing line over both runs (each cargo test prints one line per test binary).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all test runs: %d passed, %d failed\n", passed, failed }' "$log"

@@ -167,3 +167,142 @@ fn acknowledged_writes_survive_kill_dash_nine() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+/// The README walkthrough with the binary: a user per side, `endpoint register`, `endpoint answer
+/// --auto-accept --once`, `endpoint call --hangup-after`, then `--auto-reject busy`.
+#[test]
+fn endpoint_commands_place_answer_and_reject_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let endpoint_port = free_port();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nprovider_id = \"cli.example\"\n[endpoint_api]\nlisten = \"127.0.0.1:{endpoint_port}\"\n[admin]\nlisten = \"{admin}\"\n",
+            dir.path().join("data"),
+        ),
+    )
+    .unwrap();
+    let mut daemon = switchyard()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&admin);
+    let token_file = dir.path().join("data/admin-token");
+    let admin_url = format!("http://{admin}");
+    let admin_cli = |args: &[&str]| {
+        let output = switchyard()
+            .args(args)
+            .args(["--admin-url", &admin_url, "--admin-token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let register = |uri: &str, name: &str| {
+        let user = admin_cli(&["users", "add", "--uri", uri, "--name", name]);
+        let code = admin_cli(&["users", "code", user["id"].as_str().unwrap()]);
+        let state = dir.path().join(name);
+        let output = switchyard()
+            .args([
+                "endpoint",
+                "register",
+                "--provider",
+                &format!("https://127.0.0.1:{endpoint_port}"),
+            ])
+            .arg("--ca")
+            .arg(dir.path().join("data/endpoint-ca.pem"))
+            .args([
+                "--uri",
+                uri,
+                "--code",
+                code["code"].as_str().unwrap(),
+                "--state",
+            ])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        state
+    };
+    let alice = register("tel:+16502530000", "alice");
+    let bob = register("mailto:bob@example.com", "bob");
+
+    let answer = |mode: &[&str]| {
+        let child = switchyard()
+            .args([
+                "endpoint",
+                "answer",
+                "--once",
+                "--push",
+                "long-poll",
+                "--state",
+            ])
+            .arg(&bob)
+            .args(mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        child
+    };
+    let call = || {
+        switchyard()
+            .args([
+                "endpoint",
+                "call",
+                "mailto:bob@EXAMPLE.com",
+                "--hangup-after",
+                "1",
+                "--state",
+            ])
+            .arg(&alice)
+            .output()
+            .unwrap()
+    };
+
+    let answerer = answer(&["--auto-accept"]);
+    let caller = call();
+    let stdout = String::from_utf8_lossy(&caller.stdout);
+    assert!(
+        caller.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&caller.stderr)
+    );
+    assert!(
+        stdout.contains("answered by mailto:bob@example.com"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hung up"), "{stdout}");
+    let answered = answerer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    assert!(answered.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("incoming call from tel:+16502530000"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ended: ended"), "{stdout}");
+
+    let answerer = answer(&["--auto-reject", "busy"]);
+    let caller = call();
+    assert_eq!(caller.status.code(), Some(3), "a rejected call exits 3");
+    assert!(String::from_utf8_lossy(&caller.stdout).contains("rejected: busy"));
+    assert!(answerer.wait_with_output().unwrap().status.success());
+
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
