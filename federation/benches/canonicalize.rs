@@ -18,20 +18,41 @@ fn measure(label: &str, inputs: &[String], canonicalizer: &Canonicalizer) {
         }
     }
     let per_second = (inputs.len() * passes) as f64 / start.elapsed().as_secs_f64();
-    println!("{label:<40} {per_second:>12.0} URIs/s  ({:.2} µs each)", 1e6 / per_second);
+    println!(
+        "{label:<40} {per_second:>12.0} URIs/s  ({:.2} µs each)",
+        1e6 / per_second
+    );
 }
 
 fn main() {
     let n = 100_000;
     let canonicalizer = Canonicalizer::new(Some(44));
-    let tel_e164: Vec<String> = (0..n).map(|i| format!("tel:+44207{:07}", 1_000_000 + i)).collect();
-    let tel_visual: Vec<String> = (0..n).map(|i| format!("tel:+44 20 7{:03} {:04}", 100 + i / 10_000, i % 10_000)).collect();
-    let tel_national: Vec<String> = (0..n).map(|i| format!("tel:020 7{:03} {:04}", 100 + i / 10_000, i % 10_000)).collect();
-    let mailto: Vec<String> = (0..n).map(|i| format!("mailto:User{i}@Example.COM")).collect();
-    let mailto_idn: Vec<String> = (0..n).map(|i| format!("mailto:user{i}@bücher.example")).collect();
+    let tel_e164: Vec<String> = (0..n)
+        .map(|i| format!("tel:+44207{:07}", 1_000_000 + i))
+        .collect();
+    let tel_visual: Vec<String> = (0..n)
+        .map(|i| format!("tel:+44 20 7{:03} {:04}", 100 + i / 10_000, i % 10_000))
+        .collect();
+    let tel_national: Vec<String> = (0..n)
+        .map(|i| format!("tel:020 7{:03} {:04}", 100 + i / 10_000, i % 10_000))
+        .collect();
+    let mailto: Vec<String> = (0..n)
+        .map(|i| format!("mailto:User{i}@Example.COM"))
+        .collect();
+    let mailto_idn: Vec<String> = (0..n)
+        .map(|i| format!("mailto:user{i}@bücher.example"))
+        .collect();
     measure("tel: E.164", &tel_e164, &canonicalizer);
     measure("tel: with visual separators", &tel_visual, &canonicalizer);
-    measure("tel: national (default country 44)", &tel_national, &canonicalizer);
+    measure(
+        "tel: national (default country 44)",
+        &tel_national,
+        &canonicalizer,
+    );
     measure("mailto: ASCII", &mailto, &canonicalizer);
-    measure("mailto: internationalized domain", &mailto_idn, &canonicalizer);
+    measure(
+        "mailto: internationalized domain",
+        &mailto_idn,
+        &canonicalizer,
+    );
 }

@@ -369,15 +369,7 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     state.answered = Some(me.id.clone());
     state.answered_token = Some(me.push_token.clone());
     let sealed = app.sealer.seal(&state);
-    let accept = Dict::new()
-        .with("action", "accept")
-        .with("session-id", state.sid.as_str())
-        .with("self-uri", state.caller_uri.as_str())
-        .with("self-token", state.caller_token.as_str())
-        .with("peer-uri", state.callee_uri.as_str())
-        .with("peer-token", me.push_token.as_str())
-        .with("peer-blob", self_blob)
-        .with("state", sealed.as_str());
+    let accept = answer_push("accept", &state, me, self_blob).with("state", sealed.as_str());
     outbox
         .push(&mut tx, &state.caller_endpoint, &accept, app.push_ttl_ms())
         .await?;
@@ -438,15 +430,7 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         )
         .await?
     {
-        let mut push = Dict::new()
-            .with("action", "reject")
-            .with("session-id", state.sid.as_str())
-            .with("self-uri", state.caller_uri.as_str())
-            .with("self-token", state.caller_token.as_str())
-            .with("peer-uri", state.callee_uri.as_str())
-            .with("peer-token", me.push_token.as_str())
-            .with("peer-blob", self_blob)
-            .with("reason", reason);
+        let mut push = answer_push("reject", &state, me, self_blob).with("reason", reason);
         if let Some(text) = text {
             push.insert("reason-text", text);
         }
@@ -462,6 +446,23 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     Ok(Dict::new()
         .with("session-id", state.sid.as_str())
         .with("remaining", remaining))
+}
+
+/// The push telling the caller how a callee endpoint answered (`accept` or `reject`).
+fn answer_push(
+    action: &str,
+    state: &SessionState,
+    answerer: &EndpointRecord,
+    blob: Vec<u8>,
+) -> Dict {
+    Dict::new()
+        .with("action", action)
+        .with("session-id", state.sid.as_str())
+        .with("self-uri", state.caller_uri.as_str())
+        .with("self-token", state.caller_token.as_str())
+        .with("peer-uri", state.callee_uri.as_str())
+        .with("peer-token", answerer.push_token.as_str())
+        .with("peer-blob", blob)
 }
 
 fn cancel_push(state: &SessionState, self_uri: &str, peer_uri: &str, reason: &str) -> Dict {

@@ -7,6 +7,17 @@ fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// Runs the command and insists it succeeds, showing its stderr otherwise.
+fn succeed(command: &mut Command) -> std::process::Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 #[test]
 fn config_check_reports_every_error_with_its_key_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,16 +44,7 @@ fn config_check_reports_every_error_with_its_key_path() {
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "provider_id = \"ok.example\"\n").unwrap();
-    let output = switchyard()
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeed(switchyard().args(["config", "check"]).arg(&good));
     // Environment overrides are checked too.
     let output = switchyard()
         .args(["config", "check"])
@@ -61,16 +63,7 @@ fn config_defaults_pass_the_check() {
     assert!(defaults.status.success());
     let file = dir.path().join("defaults.toml");
     std::fs::write(&file, &defaults.stdout).unwrap();
-    let output = switchyard()
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeed(switchyard().args(["config", "check"]).arg(&file));
 }
 
 fn free_port() -> u16 {
@@ -98,6 +91,35 @@ fn wait_ready(admin: &str) {
     panic!("provider did not become ready");
 }
 
+/// A `switchyard serve` on loopback with its data in `dir/data`; returns the config path, the
+/// admin address and the endpoint API port.
+fn write_config(dir: &std::path::Path) -> (std::path::PathBuf, String, u16) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let endpoint_port = free_port();
+    let config = dir.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nprovider_id = \"cli.example\"\n[endpoint_api]\nlisten = \"127.0.0.1:{endpoint_port}\"\n[admin]\nlisten = \"{admin}\"\n",
+            dir.join("data"),
+        ),
+    )
+    .unwrap();
+    (config, admin, endpoint_port)
+}
+
+fn serve(config: &std::path::Path, admin: &str) -> std::process::Child {
+    let daemon = switchyard()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin);
+    daemon
+}
+
 fn admin_request(admin: &str, token: &str, method: &str, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(admin).unwrap();
@@ -115,28 +137,9 @@ fn admin_request(admin: &str, token: &str, method: &str, path: &str, body: &str)
 #[test]
 fn acknowledged_writes_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nprovider_id = \"durable.example\"\n[endpoint_api]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"{admin}\"\n",
-            dir.path().join("data"),
-            free_port()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        switchyard()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let (config, admin, _) = write_config(dir.path());
+    let start = || serve(&config, &admin);
     let mut daemon = start();
-    wait_ready(&admin);
     let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
     let token = token.trim();
     let mut created = Vec::new();
@@ -156,7 +159,6 @@ fn acknowledged_writes_survive_kill_dash_nine() {
     daemon.wait().unwrap();
 
     let mut daemon = start();
-    wait_ready(&admin);
     let answer = admin_request(&admin, token, "GET", "/admin/v1/users?limit=1000", "");
     for i in created {
         assert!(
@@ -173,38 +175,16 @@ fn acknowledged_writes_survive_kill_dash_nine() {
 #[test]
 fn endpoint_commands_place_answer_and_reject_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let endpoint_port = free_port();
-    let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nprovider_id = \"cli.example\"\n[endpoint_api]\nlisten = \"127.0.0.1:{endpoint_port}\"\n[admin]\nlisten = \"{admin}\"\n",
-            dir.path().join("data"),
-        ),
-    )
-    .unwrap();
-    let mut daemon = switchyard()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&admin);
+    let (config, admin, endpoint_port) = write_config(dir.path());
+    let mut daemon = serve(&config, &admin);
     let token_file = dir.path().join("data/admin-token");
     let admin_url = format!("http://{admin}");
     let admin_cli = |args: &[&str]| {
-        let output = switchyard()
-            .args(args)
-            .args(["--admin-url", &admin_url, "--admin-token-file"])
-            .arg(&token_file)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = succeed(
+            switchyard()
+                .args(args)
+                .args(["--admin-url", &admin_url, "--admin-token-file"])
+                .arg(&token_file),
         );
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
@@ -212,29 +192,24 @@ fn endpoint_commands_place_answer_and_reject_calls() {
         let user = admin_cli(&["users", "add", "--uri", uri, "--name", name]);
         let code = admin_cli(&["users", "code", user["id"].as_str().unwrap()]);
         let state = dir.path().join(name);
-        let output = switchyard()
-            .args([
-                "endpoint",
-                "register",
-                "--provider",
-                &format!("https://127.0.0.1:{endpoint_port}"),
-            ])
-            .arg("--ca")
-            .arg(dir.path().join("data/endpoint-ca.pem"))
-            .args([
-                "--uri",
-                uri,
-                "--code",
-                code["code"].as_str().unwrap(),
-                "--state",
-            ])
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        succeed(
+            switchyard()
+                .args([
+                    "endpoint",
+                    "register",
+                    "--provider",
+                    &format!("https://127.0.0.1:{endpoint_port}"),
+                ])
+                .arg("--ca")
+                .arg(dir.path().join("data/endpoint-ca.pem"))
+                .args([
+                    "--uri",
+                    uri,
+                    "--code",
+                    code["code"].as_str().unwrap(),
+                    "--state",
+                ])
+                .arg(&state),
         );
         state
     };
