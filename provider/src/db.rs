@@ -206,14 +206,21 @@ impl Db {
         after: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<User>> {
-        let pattern = search.map(|s| format!("%{}%", s.to_lowercase().replace(['%', '_'], "")));
+        let pattern = search.map(|s| {
+            let escaped = s
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let rows = sqlx::query(
             "SELECT u.id, u.display_name, u.created_at, \
              (SELECT COUNT(*) FROM endpoints e WHERE e.user_id = u.id AND e.revoked_at IS NULL) \
              FROM users u \
              WHERE ($1 = '' OR u.id > $1) \
-             AND ($2 = '' OR LOWER(u.display_name) LIKE $2 OR EXISTS \
-                  (SELECT 1 FROM user_uris x WHERE x.user_id = u.id AND LOWER(x.uri) LIKE $2)) \
+             AND ($2 = '' OR LOWER(u.display_name) LIKE $2 ESCAPE '\\' OR EXISTS \
+                  (SELECT 1 FROM user_uris x WHERE x.user_id = u.id AND LOWER(x.uri) LIKE $2 ESCAPE '\\')) \
              ORDER BY u.id LIMIT $3",
         )
         .bind(after.unwrap_or(""))
@@ -470,7 +477,7 @@ impl Db {
         .bind(session_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(call_from_row))
+        row.as_ref().map(call_from_row).transpose()
     }
 
     /// Ringing calls whose ring deadline has passed.
@@ -483,7 +490,7 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(call_from_row).collect())
+        rows.iter().map(call_from_row).collect()
     }
 
     /// Call records, newest first, started before `before` (Unix ms).
@@ -500,7 +507,7 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(call_from_row).collect())
+        rows.iter().map(call_from_row).collect()
     }
 
     // ---- seal keys ----
@@ -669,6 +676,20 @@ pub async fn call_state(
         .await?
         .map(|r| CallState::parse(&r.get::<String, _>(0)))
         .transpose()
+}
+
+/// The endpoint that answered the call, if any.
+pub async fn call_answered_by(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> StoreResult<Option<String>> {
+    Ok(
+        sqlx::query("SELECT answered_by FROM calls WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .and_then(|r| r.get(0)),
+    )
 }
 
 /// Moves a call from one of `from` to `to`; false if it was in none of them (someone else won).
@@ -884,8 +905,8 @@ fn split_list(s: String) -> Vec<String> {
     }
 }
 
-fn call_from_row(row: &sqlx::any::AnyRow) -> CallRecord {
-    CallRecord {
+fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
+    Ok(CallRecord {
         session_id: row.get(0),
         caller_uri: row.get(1),
         callee_uri: row.get(2),
@@ -893,7 +914,7 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> CallRecord {
         rung_endpoints: split_list(row.get(4)),
         rejections: row.get(5),
         media: split_list(row.get(6)),
-        state: CallState::parse(&row.get::<String, _>(7)).unwrap_or(CallState::Ended),
+        state: CallState::parse(&row.get::<String, _>(7))?,
         reason: row.get(8),
         answered_by: row.get(9),
         providers: split_list(row.get(10)),
@@ -901,5 +922,5 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> CallRecord {
         ring_deadline: row.get(12),
         answered_at: row.get(13),
         ended_at: row.get(14),
-    }
+    })
 }

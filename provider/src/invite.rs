@@ -16,8 +16,8 @@ use switchyard_media::{Capabilities, MediaKind, Unsupported};
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::db::{
-    call_state, insert_call, now_ms, record_rejection, transition_call, CallChange, CallRecord,
-    CallState, EndpointRecord,
+    call_answered_by, call_state, insert_call, now_ms, record_rejection, transition_call,
+    CallChange, CallRecord, CallState, EndpointRecord,
 };
 use crate::push::Outbox;
 use crate::wire::ApiError;
@@ -300,7 +300,7 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
     }
     tx.commit().await.map_err(crate::db::StoreError::from)?;
     outbox.wake(&app.hub);
-    if let Some(_reason) = refusal {
+    if refusal.is_some() {
         count_outcome(CallState::Rejected);
     }
     Ok(Dict::new()
@@ -540,7 +540,7 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
             }
         }
         CallState::Answered => {
-            let answered_by = app.db.call(session_id).await?.and_then(|c| c.answered_by);
+            let answered_by = call_answered_by(&mut tx, session_id).await?;
             if is_callee && answered_by.as_deref() != Some(me.id.as_str()) {
                 return Err(call_gone(Some(CallState::Answered)));
             }

@@ -359,3 +359,43 @@ async fn the_requested_database_backend_is_the_one_in_use() -> anyhow::Result<()
     assert_eq!(h.provider.app.db.backend(), expected);
     Ok(())
 }
+
+#[tokio::test]
+async fn search_treats_like_wildcards_literally() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.add_user("Under Score", &["mailto:first_last@example.com"])
+        .await?;
+    h.add_user("No Underscore", &["mailto:firstxlast@example.com"])
+        .await?;
+    h.add_user("Percent", &["mailto:100pct@example.com"])
+        .await?;
+    let found = |q: &str| {
+        let q = q.to_string();
+        let h = &h;
+        async move {
+            let (_, body) = h
+                .admin_call(
+                    reqwest::Method::GET,
+                    &format!("/admin/v1/users?q={q}"),
+                    None,
+                )
+                .await?;
+            anyhow::Ok(
+                body["users"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u["display_name"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    assert_eq!(found("first_last").await?, ["Under Score"]);
+    assert_eq!(
+        found("%25").await?,
+        Vec::<String>::new(),
+        "`%` matches only a literal percent sign"
+    );
+    assert_eq!(found("FIRST").await?.len(), 2);
+    Ok(())
+}
