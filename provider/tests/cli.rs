@@ -281,3 +281,35 @@ fn endpoint_commands_place_answer_and_reject_calls() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin, _) = write_config(dir.path());
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut daemon = switchyard()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_ready(&admin);
+    // SIGTERM: the graceful path, which logs its own lines.
+    Command::new("kill")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success(), "SIGTERM is a clean stop");
+    let text = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"provider started"), "{messages:?}");
+    assert!(messages.contains(&"provider stopped"), "{messages:?}");
+}
