@@ -2,7 +2,7 @@
 //! endpoints, turned into Pushes to the other party's endpoints.
 //!
 //! No routing state is kept per call: the provider seals what it will need later (who called,
-//! which endpoints rang, who answered) into the `state` token that travels in every message. The
+//! which endpoints rang, the deadline) into the `state` token that travels in every message. The
 //! call detail record doubles as the arbiter of races (first Accept wins, everyone rejected, ring
 //! timeout), which is what lets any replica handle any message.
 
@@ -47,9 +47,6 @@ pub struct SessionState {
     pub media: Vec<MediaKind>,
     pub providers: Vec<String>,
     pub deadline: i64,
-    /// The endpoint that won, once the call is answered.
-    pub answered: Option<String>,
-    pub answered_token: Option<String>,
 }
 
 pub fn validate_session_id(id: &str) -> Result<(), ApiError> {
@@ -217,8 +214,6 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         media: media.clone(),
         providers: vec![app.config.provider_id.clone()],
         deadline,
-        answered: None,
-        answered_token: None,
     };
     let sealed = app.sealer.seal(&state);
     // Nobody to ring: the caller learns it as a Reject Push, as it would from a remote provider.
@@ -347,7 +342,7 @@ fn check_callee(
 }
 
 pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
-    let (mut state, self_blob) = check_callee(app, auth, dict)?;
+    let (state, self_blob) = check_callee(app, auth, dict)?;
     let me = &auth.endpoint;
     let mut outbox = Outbox::default();
     let mut tx = app.db.begin_write().await?;
@@ -366,10 +361,8 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         let current = call_state(&mut tx, &state.sid).await?;
         return Err(call_gone(current));
     }
-    state.answered = Some(me.id.clone());
-    state.answered_token = Some(me.push_token.clone());
-    let sealed = app.sealer.seal(&state);
-    let accept = answer_push("accept", &state, me, self_blob).with("state", sealed.as_str());
+    let sealed = dict.str("state")?;
+    let accept = answer_push("accept", &state, me, self_blob).with("state", sealed);
     outbox
         .push(&mut tx, &state.caller_endpoint, &accept, app.push_ttl_ms())
         .await?;
@@ -388,7 +381,7 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     outbox.wake(&app.hub);
     Ok(Dict::new()
         .with("session-id", state.sid.as_str())
-        .with("state", sealed.as_str()))
+        .with("state", sealed))
 }
 
 pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
