@@ -4,8 +4,16 @@
 //!   every provider names the same user with the same string.
 //! - [`dict`]: the dictionaries every request and response body carries, encoded as an
 //!   XML property list (the default) or as JSON.
+//! - [`pki`]: the federation CA, provider certificates and mutual-TLS configuration.
+//! - [`discovery`]: the signed dictionary listing the federation's member providers.
+//! - [`bloom`]: the Bloom filter of a provider's URIs, in Switchyard's own wire format.
+//! - [`attestation`]: the originating provider's signature over each Initiate Forward.
 
+pub mod attestation;
+pub mod bloom;
 pub mod dict;
+pub mod discovery;
+pub mod pki;
 pub mod uri;
 
 pub use dict::{Dict, DictError, Encoding, Value};

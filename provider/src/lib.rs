@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod import;
 pub mod invite;
+pub mod members;
 pub mod pki;
 pub mod push;
 pub mod registry;

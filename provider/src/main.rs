@@ -51,6 +51,12 @@ enum Command {
     /// Act as an endpoint (device): register, call, answer.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Manage the federation CA and provider certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Sign and check the federation's discovery dictionary.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Start a provider on loopback with demo users; no setup needed.
     Demo {
         #[arg(long, default_value = "127.0.0.1:7443")]
@@ -66,6 +72,67 @@ enum ConfigCommand {
     Check { file: PathBuf },
     /// Print every key with its default value.
     Defaults,
+}
+
+#[derive(Args)]
+struct CaFiles {
+    /// The federation CA certificate (PEM).
+    #[arg(long)]
+    ca_cert: PathBuf,
+    /// The federation CA private key (PEM, mode 0600).
+    #[arg(long)]
+    ca_key: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a federation CA (refuses to overwrite existing files).
+    Init {
+        #[command(flatten)]
+        files: CaFiles,
+        /// The federation's name, put in the CA certificate.
+        #[arg(long, default_value = "switchyard")]
+        name: String,
+    },
+    /// Issue a provider's federation certificate and key.
+    IssueProvider {
+        #[command(flatten)]
+        files: CaFiles,
+        #[arg(long)]
+        provider_id: String,
+        /// DNS names (or IP addresses) of the provider's federation endpoint.
+        #[arg(long = "dns", required = true)]
+        dns_names: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        cert_out: PathBuf,
+        #[arg(long)]
+        key_out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// Make the signed discovery dictionary from a members file.
+    Sign {
+        #[command(flatten)]
+        files: CaFiles,
+        /// The members file (TOML; see docs/protocol.md).
+        #[arg(long)]
+        members: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Write JSON instead of an XML property list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a discovery dictionary against the federation certificate and list its members.
+    Verify {
+        #[arg(long)]
+        ca_cert: PathBuf,
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -251,6 +318,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             switchyard_provider::demo::run(endpoint_listen, admin_listen).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ca(command) => ca(command),
+        Command::Federation(command) => federation(command),
         Command::Users { admin, command } => users(admin, command).await,
         Command::Endpoints { admin, command } => endpoints(admin, command).await,
         Command::Endpoint(command) => {
@@ -258,6 +327,97 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             endpoint(command).await
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
+    use switchyard_federation::pki::FederationCa;
+    match command {
+        CaCommand::Init { files, name } => {
+            FederationCa::init(&files.ca_cert, &files.ca_key, &name)?;
+            println!(
+                "federation CA created: {} (key {})",
+                files.ca_cert.display(),
+                files.ca_key.display()
+            );
+        }
+        CaCommand::IssueProvider {
+            files,
+            provider_id,
+            dns_names,
+            days,
+            cert_out,
+            key_out,
+        } => {
+            let ca = FederationCa::load(&files.ca_cert, &files.ca_key)?;
+            let issued = ca.issue_provider(&provider_id, &dns_names, days)?;
+            switchyard_provider::pki::write_file(&key_out, issued.key_pem.as_bytes(), true)?;
+            switchyard_provider::pki::write_file(&cert_out, issued.cert_pem.as_bytes(), false)?;
+            println!(
+                "issued `{provider_id}`: {} (key {})",
+                cert_out.display(),
+                key_out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn federation(command: FederationCommand) -> anyhow::Result<ExitCode> {
+    use switchyard_federation::discovery::Directory;
+    use switchyard_federation::pki::{self, FederationCa};
+    match command {
+        FederationCommand::Sign {
+            files,
+            members,
+            out,
+            json,
+        } => {
+            let ca = FederationCa::load(&files.ca_cert, &files.ca_key)?;
+            let directory =
+                switchyard_provider::members::directory_from_file(&members, unix_now())?;
+            let envelope = directory.sign(&ca)?;
+            let bytes = envelope.encode(encoding(json));
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "signed version {} of `{}` with {} member(s), expires at {}: {}",
+                directory.version,
+                directory.federation,
+                directory.members.len(),
+                directory.expires,
+                out.display()
+            );
+        }
+        FederationCommand::Verify { ca_cert, file } => {
+            let ca = pki::load_certs(&ca_cert)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let encoding = if bytes.first() == Some(&b'{') {
+                Encoding::Json
+            } else {
+                Encoding::Plist
+            };
+            let envelope = Dict::decode(&bytes, encoding)?;
+            let directory = Directory::verify(&envelope, &ca[0], unix_now(), None)?;
+            println!(
+                "`{}` version {}, expires at {}",
+                directory.federation, directory.version, directory.expires
+            );
+            for member in &directory.members {
+                println!(
+                    "  {}  {}  {}",
+                    member.provider_id, member.base_uri, member.display_name
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 struct AdminClient {

@@ -313,3 +313,96 @@ fn json_logs_are_one_object_per_line() {
     assert!(messages.contains(&"provider started"), "{messages:?}");
     assert!(messages.contains(&"provider stopped"), "{messages:?}");
 }
+
+#[test]
+fn federation_ca_issue_sign_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let ca_args = |cmd: &mut Command| {
+        cmd.arg("--ca-cert")
+            .arg(path("ca.pem"))
+            .arg("--ca-key")
+            .arg(path("ca.key"));
+    };
+    let mut init = switchyard();
+    init.args(["ca", "init", "--name", "test"]);
+    ca_args(&mut init);
+    succeed(&mut init);
+    // A second init must not overwrite the CA.
+    let mut again = switchyard();
+    again.args(["ca", "init"]);
+    ca_args(&mut again);
+    assert!(!again.output().unwrap().status.success());
+
+    for id in ["a.example", "b.example"] {
+        let mut issue = switchyard();
+        issue.args([
+            "ca",
+            "issue-provider",
+            "--provider-id",
+            id,
+            "--dns",
+            id,
+            "--cert-out",
+        ]);
+        issue
+            .arg(path(&format!("{id}.pem")))
+            .arg("--key-out")
+            .arg(path(&format!("{id}.key")));
+        ca_args(&mut issue);
+        succeed(&mut issue);
+    }
+    let members = |b_cert: &str| {
+        format!(
+            "federation = \"test\"\nversion = 1\n\
+             [[member]]\nprovider_id = \"a.example\"\ndisplay_name = \"A\"\nbase_uri = \"https://a.example:8443\"\ncertificate = \"a.example.pem\"\n\
+             [[member]]\nprovider_id = \"b.example\"\ndisplay_name = \"B\"\nbase_uri = \"https://b.example:8443\"\nrelay_addresses = [\"b.example:3478\"]\ncertificate = \"{b_cert}\"\n"
+        )
+    };
+    std::fs::write(path("members.toml"), members("b.example.pem")).unwrap();
+    let mut sign = switchyard();
+    sign.args(["federation", "sign", "--members"])
+        .arg(path("members.toml"))
+        .arg("--out")
+        .arg(path("directory.plist"));
+    ca_args(&mut sign);
+    succeed(&mut sign);
+    let verified = succeed(
+        switchyard()
+            .args(["federation", "verify", "--ca-cert"])
+            .arg(path("ca.pem"))
+            .arg(path("directory.plist")),
+    );
+    let listing = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        listing.contains("a.example") && listing.contains("b.example"),
+        "{listing}"
+    );
+
+    // One changed byte in the signed document: refused.
+    let mut bytes = std::fs::read(path("directory.plist")).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let at = text.find("<data>").unwrap() + 10;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(path("tampered.plist"), bytes).unwrap();
+    let refused = switchyard()
+        .args(["federation", "verify", "--ca-cert"])
+        .arg(path("ca.pem"))
+        .arg(path("tampered.plist"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    // A certificate listed under the wrong provider id is refused at signing.
+    std::fs::write(path("members.toml"), members("a.example.pem")).unwrap();
+    let mut wrong = switchyard();
+    wrong
+        .args(["federation", "sign", "--members"])
+        .arg(path("members.toml"))
+        .arg("--out")
+        .arg(path("x.plist"));
+    ca_args(&mut wrong);
+    let output = wrong.output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not of `b.example`"));
+}

@@ -1,0 +1,841 @@
+//! The federation's public-key infrastructure.
+//!
+//! The managing entity holds one CA ([`FederationCa`]). Each provider gets a
+//! certificate from it whose subject alternative names carry the provider id as a
+//! URI (`urn:switchyard:provider:<ID>`) plus the DNS names of its federation
+//! endpoint. Provider-to-provider HTTPS is mutual TLS ([`server_config`],
+//! [`client_config`]); the CA key also signs the discovery dictionary ([`FederationCa::sign`],
+//! [`verify_signature`]) and provider keys sign caller attestations ([`SigningKey`]).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{
+    EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+/// Prefix of the SAN URI that names the provider a certificate belongs to.
+pub const PROVIDER_URI_PREFIX: &str = "urn:switchyard:provider:";
+
+/// How long the federation CA certificate is valid (10 years, leap days included).
+const CA_VALIDITY_DAYS: i64 = 3653;
+
+/// Errors from loading, issuing and verifying federation certificates and signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{} already exists; refusing to overwrite it", .0.display())]
+    Exists(PathBuf),
+    #[error("{what}: invalid PEM: {reason}")]
+    BadPem { what: String, reason: String },
+    #[error("invalid certificate: {0}")]
+    BadCertificate(String),
+    #[error("the private key in {} does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("invalid provider id {0:?}: expected 1-253 letters, digits, '.', '-' or '_'")]
+    InvalidProviderId(String),
+    #[error("certificate carries no {PROVIDER_URI_PREFIX} subject alternative name")]
+    NoProviderId,
+    #[error("certificate carries several provider ids: {}", .0.join(", "))]
+    SeveralProviderIds(Vec<String>),
+    #[error("certificate of provider {provider_id} expired at {not_after} (Unix time)")]
+    Expired { provider_id: String, not_after: i64 },
+    #[error("certificate of provider {provider_id} is not valid before {not_before} (Unix time)")]
+    NotYetValid {
+        provider_id: String,
+        not_before: i64,
+    },
+    #[error("certificate is not trusted by the federation CA: {0}")]
+    Untrusted(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("signing failed")]
+    Sign,
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+}
+
+/// Whether `id` is a well-formed provider id: 1-253 ASCII letters, digits, `.`, `-`, `_`.
+pub fn valid_provider_id(id: &str) -> bool {
+    (1..=253).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// The federation's certificate authority: its certificate and signing key.
+pub struct FederationCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    signer: SigningKey,
+}
+
+/// A freshly issued provider certificate and its private key (PKCS#8), both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedProvider {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl FederationCa {
+    /// Creates a new CA and writes its certificate and key as PEM files.
+    ///
+    /// Neither file may exist yet ([`PkiError::Exists`]): overwriting a CA key would
+    /// orphan every certificate it issued. The key file is created with mode 0600.
+    pub fn init(cert_path: &Path, key_path: &Path, name: &str) -> Result<Self, PkiError> {
+        for path in [cert_path, key_path] {
+            if path.exists() {
+                return Err(PkiError::Exists(path.to_path_buf()));
+            }
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Switchyard federation CA {name}"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now;
+        params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+        params.serial_number = Some(random_serial()?);
+        let cert_pem = params.self_signed(&key)?.pem();
+        let key_pem = key.serialize_pem();
+
+        // The key goes first so a failure never leaves a certificate without its key.
+        write_new(key_path, &key_pem, 0o600)?;
+        write_new(cert_path, &cert_pem, 0o644)?;
+        Ok(FederationCa {
+            cert_pem,
+            signer: SigningKey::from_pem(&key_pem)?,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA written by [`FederationCa::init`], checking that the key matches.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        let cert_pem = read_to_string(cert_path)?;
+        let key_pem = read_to_string(key_path)?;
+        let cert_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
+                what: cert_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let cert = parse_cert(&cert_der)?;
+        if !cert.is_ca() {
+            return Err(PkiError::BadCertificate(format!(
+                "{} is not a CA certificate",
+                cert_path.display()
+            )));
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadPem {
+            what: key_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(PkiError::KeyMismatch {
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
+            });
+        }
+        let signer = SigningKey::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
+        Ok(FederationCa {
+            cert_pem,
+            issuer,
+            signer,
+        })
+    }
+
+    /// The CA certificate, PEM-encoded: the trust anchor every provider configures.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a provider certificate valid from now for `days` days.
+    ///
+    /// The SAN carries the provider URI plus each of `dns_names` (as an IP address
+    /// SAN when the name parses as one); the key is a fresh P-256 key.
+    pub fn issue_provider(
+        &self,
+        provider_id: &str,
+        dns_names: &[String],
+        days: u32,
+    ) -> Result<IssuedProvider, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_provider_with_validity(
+            provider_id,
+            dns_names,
+            now,
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    /// Like [`FederationCa::issue_provider`] with an explicit validity period.
+    pub fn issue_provider_with_validity(
+        &self,
+        provider_id: &str,
+        dns_names: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedProvider, PkiError> {
+        if !valid_provider_id(provider_id) {
+            return Err(PkiError::InvalidProviderId(provider_id.to_owned()));
+        }
+        let mut sans = vec![SanType::URI(
+            format!("{PROVIDER_URI_PREFIX}{provider_id}").try_into()?,
+        )];
+        for name in dns_names {
+            sans.push(match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.as_str().try_into()?),
+            });
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, provider_id);
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial()?);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedProvider {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs `message` with the CA key (ECDSA P-256 SHA-256, ASN.1 DER signature).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        self.signer.sign(message)
+    }
+}
+
+/// A provider's (or the CA's) private key, for ECDSA P-256 SHA-256 signatures.
+pub struct SigningKey {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM P-256 key, as written by [`FederationCa::issue_provider`].
+    pub fn from_pem(pem: &str) -> Result<Self, PkiError> {
+        let der =
+            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+                PkiError::BadPem {
+                    what: "private key".to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            der.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| PkiError::BadPem {
+            what: "private key".to_owned(),
+            reason: format!("not a PKCS#8 ECDSA P-256 key: {e}"),
+        })?;
+        Ok(SigningKey { key, rng })
+    }
+
+    /// Signs `message` (ECDSA P-256 SHA-256, ASN.1 DER signature).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        self.key
+            .sign(&self.rng, message)
+            .map(|sig| sig.as_ref().to_vec())
+            .map_err(|_| PkiError::Sign)
+    }
+}
+
+/// What a certificate says about a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderIdentity {
+    pub provider_id: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Lowercase hex SHA-256 of the certificate's DER encoding.
+    pub sha256_fingerprint: String,
+}
+
+/// Reads the provider identity from a certificate's single provider SAN URI.
+pub fn provider_identity(cert_der: &[u8]) -> Result<ProviderIdentity, PkiError> {
+    let cert = parse_cert(cert_der)?;
+    identity_of(&cert, cert_der)
+}
+
+/// Checks that a provider certificate was signed by the federation CA, is valid at
+/// `now` (Unix seconds) and names a provider; returns that provider's identity.
+pub fn verify_provider_cert(
+    cert_der: &[u8],
+    ca_cert_der: &[u8],
+    now: i64,
+) -> Result<ProviderIdentity, PkiError> {
+    let cert = parse_cert(cert_der)?;
+    let ca = parse_cert(ca_cert_der)?;
+    if cert.issuer() != ca.subject() {
+        return Err(PkiError::Untrusted(format!(
+            "issued by \"{}\", not by the federation CA \"{}\"",
+            cert.issuer(),
+            ca.subject()
+        )));
+    }
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|e| PkiError::Untrusted(format!("CA signature does not verify: {e}")))?;
+    let ca_validity = ca.validity();
+    if now < ca_validity.not_before.timestamp() || now > ca_validity.not_after.timestamp() {
+        return Err(PkiError::Untrusted(
+            "the federation CA certificate is outside its validity period".to_owned(),
+        ));
+    }
+    let identity = identity_of(&cert, cert_der)?;
+    if now < identity.not_before {
+        return Err(PkiError::NotYetValid {
+            provider_id: identity.provider_id,
+            not_before: identity.not_before,
+        });
+    }
+    if now > identity.not_after {
+        return Err(PkiError::Expired {
+            provider_id: identity.provider_id,
+            not_after: identity.not_after,
+        });
+    }
+    Ok(identity)
+}
+
+/// Verifies an ECDSA P-256 SHA-256 DER `signature` of `message` by the key in a
+/// certificate (the CA's for discovery dictionaries, a provider's for attestations).
+pub fn verify_signature(cert_der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+    let cert = parse_cert(cert_der)?;
+    UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(message, signature)
+    .map_err(|_| PkiError::BadSignature)
+}
+
+/// Reads every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    certs_from_named_pem(&read_to_string(path)?, &path.display().to_string())
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(read_to_string(path)?.as_bytes()).map_err(|e| PkiError::BadPem {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses every certificate in a PEM string (at least one).
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    certs_from_named_pem(pem, "certificates")
+}
+
+/// Mutual-TLS server configuration: presents `cert_chain` and requires a client
+/// certificate that chains to the federation CA in `ca_pem`.
+pub fn server_config(
+    ca_pem: &str,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
+        .build()
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert_chain, key)
+        .map_err(tls_error)?;
+    Ok(Arc::new(config))
+}
+
+/// Mutual-TLS client configuration: trusts only the federation CA in `ca_pem` and
+/// presents `cert_chain` as the client certificate.
+pub fn client_config(
+    ca_pem: &str,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(cert_chain, key)
+        .map_err(tls_error)?;
+    Ok(Arc::new(config))
+}
+
+fn tls_error(e: rustls::Error) -> PkiError {
+    PkiError::Tls(e.to_string())
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_named_pem(ca_pem, "federation CA certificate")? {
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::Tls(format!("unusable federation CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn certs_from_named_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let bad = |reason: String| PkiError::BadPem {
+        what: what.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE section found".to_owned()));
+    }
+    Ok(certs)
+}
+
+fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(PkiError::BadCertificate(
+            "trailing bytes after the certificate".to_owned(),
+        ));
+    }
+    Ok(cert)
+}
+
+fn identity_of(cert: &X509Certificate<'_>, der: &[u8]) -> Result<ProviderIdentity, PkiError> {
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let mut ids: Vec<String> = sans
+        .iter()
+        .flat_map(|ext| &ext.value.general_names)
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(PROVIDER_URI_PREFIX),
+            _ => None,
+        })
+        .map(str::to_owned)
+        .collect();
+    let provider_id = match ids.len() {
+        0 => return Err(PkiError::NoProviderId),
+        1 => ids.remove(0),
+        _ => return Err(PkiError::SeveralProviderIds(ids)),
+    };
+    if !valid_provider_id(&provider_id) {
+        return Err(PkiError::InvalidProviderId(provider_id));
+    }
+    let validity = cert.validity();
+    Ok(ProviderIdentity {
+        provider_id,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        sha256_fingerprint: hex::encode(ring::digest::digest(&ring::digest::SHA256, der)),
+    })
+}
+
+/// A random 16-byte serial; the top bit is cleared so the DER integer is positive
+/// and the next bit set so it has no leading zero byte to strip.
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Generate(rcgen::Error::RingUnspecified))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn read_to_string(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file that must not exist yet (`create_new`), with the given Unix mode.
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            PkiError::Exists(path.to_path_buf())
+        } else {
+            PkiError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| PkiError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_SLACK: i64 = 60;
+
+    fn new_ca(dir: &Path, name: &str) -> FederationCa {
+        FederationCa::init(
+            &dir.join(format!("{name}.crt")),
+            &dir.join(format!("{name}.key")),
+            name,
+        )
+        .unwrap()
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        certs_from_pem(pem).unwrap().remove(0)
+    }
+
+    fn unix_now() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    /// A certificate signed by `ca` with arbitrary SANs, to test malformed identities.
+    fn cert_with_sans(ca: &FederationCa, sans: Vec<SanType>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn provider_ids() {
+        assert!(valid_provider_id("acme-tel.example_1"));
+        assert!(valid_provider_id(&"a".repeat(253)));
+        assert!(!valid_provider_id(""));
+        assert!(!valid_provider_id(&"a".repeat(254)));
+        assert!(!valid_provider_id("acme tel"));
+        assert!(!valid_provider_id("acme:tel"));
+        assert!(!valid_provider_id("acmé"));
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_protects_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        let ca = FederationCa::init(&cert, &key, "test").unwrap();
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let key_before = fs::read(&key).unwrap();
+        assert!(matches!(
+            FederationCa::init(&cert, &key, "test"),
+            Err(PkiError::Exists(p)) if p == cert
+        ));
+        fs::remove_file(&cert).unwrap();
+        assert!(matches!(
+            FederationCa::init(&cert, &key, "test"),
+            Err(PkiError::Exists(p)) if p == key
+        ));
+        assert_eq!(fs::read(&key).unwrap(), key_before);
+        assert!(!cert.exists());
+    }
+
+    #[test]
+    fn ca_certificate_is_a_constrained_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "Example");
+        let der = der(ca.cert_pem());
+        let cert = parse_cert(&der).unwrap();
+        assert_eq!(
+            cert.subject().to_string(),
+            "CN=Switchyard federation CA Example"
+        );
+        let constraints = cert.basic_constraints().unwrap().unwrap().value;
+        assert!(constraints.ca);
+        assert_eq!(constraints.path_len_constraint, Some(0));
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.key_cert_sign() && usage.crl_sign());
+        let years = (cert.validity().not_after.timestamp() - unix_now()) / (365 * 86400);
+        assert_eq!(years, 10);
+    }
+
+    #[test]
+    fn load_round_trips_and_checks_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "a");
+        let loaded =
+            FederationCa::load(&dir.path().join("a.crt"), &dir.path().join("a.key")).unwrap();
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        // A certificate issued by the loaded CA chains to the original certificate.
+        let issued = loaded
+            .issue_provider("p1", &["p1.example".to_owned()], 30)
+            .unwrap();
+        let ca_der = der(ca.cert_pem());
+        verify_provider_cert(&der(&issued.cert_pem), &ca_der, unix_now()).unwrap();
+        let signature = loaded.sign(b"dict").unwrap();
+        verify_signature(&ca_der, b"dict", &signature).unwrap();
+
+        new_ca(dir.path(), "b");
+        assert!(matches!(
+            FederationCa::load(&dir.path().join("a.crt"), &dir.path().join("b.key")),
+            Err(PkiError::KeyMismatch { .. })
+        ));
+        assert!(matches!(
+            FederationCa::load(&dir.path().join("missing.crt"), &dir.path().join("a.key")),
+            Err(PkiError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn issued_certificate_names_the_provider_and_chains_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let names = ["sy.acme.example".to_owned(), "127.0.0.1".to_owned()];
+        let issued = ca.issue_provider("acme", &names, 90).unwrap();
+        let cert_der = der(&issued.cert_pem);
+        let now = unix_now();
+        let identity = verify_provider_cert(&cert_der, &der(ca.cert_pem()), now).unwrap();
+        assert_eq!(identity.provider_id, "acme");
+        assert!((identity.not_before - now).abs() <= NOW_SLACK);
+        assert!((identity.not_after - (now + 90 * 86400)).abs() <= NOW_SLACK);
+        assert_eq!(identity.sha256_fingerprint.len(), 64);
+        assert_eq!(identity, provider_identity(&cert_der).unwrap());
+
+        let cert = parse_cert(&cert_der).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            sans,
+            [
+                "URI(urn:switchyard:provider:acme)",
+                "DNSName(sy.acme.example)",
+                "IPAddress(7f:00:00:01)"
+            ]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(cert.serial.bits() > 120 && !cert.is_ca());
+        // The key matches the certificate.
+        let signature = SigningKey::from_pem(&issued.key_pem)
+            .unwrap()
+            .sign(b"m")
+            .unwrap();
+        verify_signature(&cert_der, b"m", &signature).unwrap();
+    }
+
+    #[test]
+    fn invalid_provider_ids_are_not_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        for id in ["", "a b", "x/y", &"a".repeat(254)] {
+            assert!(matches!(
+                ca.issue_provider(id, &[], 1),
+                Err(PkiError::InvalidProviderId(bad)) if bad == id
+            ));
+        }
+    }
+
+    #[test]
+    fn identity_needs_exactly_one_provider_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let none = cert_with_sans(&ca, vec![SanType::DnsName("a.example".try_into().unwrap())]);
+        assert!(matches!(
+            provider_identity(&none),
+            Err(PkiError::NoProviderId)
+        ));
+        let uri = |id: &str| SanType::URI(format!("{PROVIDER_URI_PREFIX}{id}").try_into().unwrap());
+        let two = cert_with_sans(&ca, vec![uri("a"), uri("b")]);
+        assert!(matches!(
+            provider_identity(&two),
+            Err(PkiError::SeveralProviderIds(ids)) if ids == ["a", "b"]
+        ));
+        assert!(matches!(
+            verify_provider_cert(&two, &der(ca.cert_pem()), unix_now()),
+            Err(PkiError::SeveralProviderIds(_))
+        ));
+        let bad = cert_with_sans(&ca, vec![uri("a b")]);
+        assert!(matches!(
+            provider_identity(&bad),
+            Err(PkiError::InvalidProviderId(_))
+        ));
+        assert!(matches!(
+            provider_identity(b"not a certificate"),
+            Err(PkiError::BadCertificate(_))
+        ));
+    }
+
+    #[test]
+    fn validity_period_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let ca_der = der(ca.cert_pem());
+        let now = OffsetDateTime::now_utc();
+        let expired = ca
+            .issue_provider_with_validity(
+                "old",
+                &[],
+                now - Duration::days(30),
+                now - Duration::days(1),
+            )
+            .unwrap();
+        match verify_provider_cert(&der(&expired.cert_pem), &ca_der, now.unix_timestamp()) {
+            Err(PkiError::Expired {
+                provider_id,
+                not_after,
+            }) => {
+                assert_eq!(provider_id, "old");
+                assert!((not_after - (now - Duration::days(1)).unix_timestamp()).abs() <= 1);
+            }
+            other => panic!("expected Expired, got {other:?}"),
+        }
+        let future = ca
+            .issue_provider_with_validity(
+                "new",
+                &[],
+                now + Duration::days(1),
+                now + Duration::days(30),
+            )
+            .unwrap();
+        assert!(matches!(
+            verify_provider_cert(&der(&future.cert_pem), &ca_der, now.unix_timestamp()),
+            Err(PkiError::NotYetValid { provider_id, .. }) if provider_id == "new"
+        ));
+    }
+
+    #[test]
+    fn certificates_from_another_ca_are_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = new_ca(dir.path(), "ours");
+        let theirs = new_ca(dir.path(), "theirs");
+        let issued = theirs.issue_provider("mallory", &[], 30).unwrap();
+        assert!(matches!(
+            verify_provider_cert(&der(&issued.cert_pem), &der(ours.cert_pem()), unix_now()),
+            Err(PkiError::Untrusted(_))
+        ));
+
+        // Same name as our CA, different key: the signature check catches it.
+        let twin_dir = tempfile::tempdir().unwrap();
+        let twin = new_ca(twin_dir.path(), "ours");
+        let issued = twin.issue_provider("mallory", &[], 30).unwrap();
+        assert!(matches!(
+            verify_provider_cert(&der(&issued.cert_pem), &der(ours.cert_pem()), unix_now()),
+            Err(PkiError::Untrusted(reason)) if reason.contains("signature")
+        ));
+    }
+
+    #[test]
+    fn signatures_round_trip_and_detect_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let issued = ca.issue_provider("acme", &[], 30).unwrap();
+        let provider_key = SigningKey::from_pem(&issued.key_pem).unwrap();
+        let cases = [
+            (der(ca.cert_pem()), ca.sign(b"discovery dict").unwrap()),
+            (
+                der(&issued.cert_pem),
+                provider_key.sign(b"discovery dict").unwrap(),
+            ),
+        ];
+        for (cert, signature) in &cases {
+            verify_signature(cert, b"discovery dict", signature).unwrap();
+            assert!(matches!(
+                verify_signature(cert, b"discovery dicT", signature),
+                Err(PkiError::BadSignature)
+            ));
+            let mut flipped = signature.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert!(matches!(
+                verify_signature(cert, b"discovery dict", &flipped),
+                Err(PkiError::BadSignature)
+            ));
+        }
+        // The CA's signature does not verify against the provider's key.
+        assert!(matches!(
+            verify_signature(&cases[1].0, b"discovery dict", &cases[0].1),
+            Err(PkiError::BadSignature)
+        ));
+        assert!(matches!(
+            SigningKey::from_pem("garbage"),
+            Err(PkiError::BadPem { .. })
+        ));
+    }
+
+    #[test]
+    fn pem_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let issued = ca.issue_provider("acme", &[], 30).unwrap();
+        let chain_path = dir.path().join("chain.pem");
+        let key_path = dir.path().join("acme.key");
+        fs::write(&chain_path, format!("{}{}", issued.cert_pem, ca.cert_pem())).unwrap();
+        fs::write(&key_path, &issued.key_pem).unwrap();
+        let chain = load_certs(&chain_path).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(matches!(load_key(&key_path), Ok(PrivateKeyDer::Pkcs8(_))));
+        assert!(matches!(
+            load_certs(&key_path),
+            Err(PkiError::BadPem { what, .. }) if what == key_path.display().to_string()
+        ));
+        assert!(matches!(
+            load_key(&chain_path),
+            Err(PkiError::BadPem { .. })
+        ));
+        assert!(matches!(certs_from_pem(""), Err(PkiError::BadPem { .. })));
+    }
+}
