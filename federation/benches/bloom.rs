@@ -60,7 +60,7 @@ fn main() {
     println!("lookup (HMAC included): {present_ns:.0} ns present, {absent_ns:.0} ns absent");
 
     // 1% churn: 1% of the URIs leave, as many new ones arrive; the filter is rebuilt with the
-    // same parameters and compared word by word.
+    // same parameters and compared bit by bit.
     let churn = N / 100;
     let mut rebuilt = BloomFilter::new(params.clone());
     for u in uris.iter().skip(churn as usize) {
@@ -69,12 +69,13 @@ fn main() {
     for i in 0..churn {
         rebuilt.insert(&uri(2 * N + i));
     }
-    let changes = rebuilt.diff(&filter).expect("same parameters");
+    let flips = rebuilt.diff(&filter).expect("same parameters");
     let full_bytes = params.bits / 8;
-    let incremental_bytes = 12 * changes.len() as u64;
+    let incremental = switchyard_federation::bloom::to_incremental_dict(&rebuilt, 1, 2, &flips);
+    let incremental_bytes = incremental.data("flips").expect("flips").len() as u64;
     println!(
-        "after 1% churn: {} changed words, incremental {} bytes vs full {} bytes ({:.0}%)",
-        changes.len(),
+        "after 1% churn: {} flipped bits, incremental {} bytes vs full {} bytes ({:.1}%)",
+        flips.len(),
         incremental_bytes,
         full_bytes,
         100.0 * incremental_bytes as f64 / full_bytes as f64

@@ -39,13 +39,16 @@
 //!
 //! An incremental update from generation `since` to `generation` carries `algorithm`,
 //! `since`, `generation`, `bits`, `hashes`, `key` and `items` as above (all describing
-//! the newer filter, whose parameters must equal the older one's), plus `changes`
-//! (data): for every u64 word that differs, 4 bytes little-endian word index then the
-//! 8-byte little-endian new word, 12 bytes per change, indexes strictly ascending. The
-//! receiver replaces those words of its copy at `since`. A publisher sends the
-//! incremental form only when it is smaller than the full one, i.e.
-//! `12 * changes < bits / 8`. Integers are never negative. In JSON, data fields are
-//! base64 strings (standard alphabet, padded).
+//! the newer filter, whose parameters must equal the older one's), plus `flips` (data):
+//! the positions of the bits that differ, strictly ascending, each written as the gap
+//! from the previous one (the first as its position) in unsigned LEB128 (7 bits a byte,
+//! least significant group first, high bit set on every byte but the last). Gaps after
+//! the first are at least 1. The receiver flips those bits of its copy at `since`.
+//! Churn touches bits all over the array, so positions, not words, are what shrink: gaps
+//! average `bits / flips` and mostly fit one or two bytes. A publisher sends the
+//! incremental form only when `flips` is shorter than the full filter's `bits / 8`
+//! bytes. Integers are never negative. In JSON, data fields are base64 strings
+//! (standard alphabet, padded).
 
 use ring::hmac;
 
@@ -57,14 +60,11 @@ pub const ALGORITHM: &str = "switchyard-bloom-v1";
 /// The false-positive rate filters are sized for unless the caller chooses another.
 pub const DEFAULT_FALSE_POSITIVE_RATE: f64 = 0.001;
 
-/// Largest bit count accepted, so word indexes fit the 4-byte index of a change.
+/// Largest bit count accepted (2 GiB of filter).
 pub const MAX_BITS: u64 = 1 << 34;
 
 /// Largest number of hash functions accepted.
 pub const MAX_HASHES: u32 = 30;
-
-/// Bytes per change in the `changes` field: a u32 index and a u64 word.
-const CHANGE_LEN: usize = 12;
 
 /// Why a filter could not be sized, decoded or updated.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -88,13 +88,15 @@ pub enum BloomError {
     Negative(&'static str),
     #[error("filter must be {expected} bytes for its bit count, got {actual}")]
     FilterLength { expected: u64, actual: usize },
-    #[error("changes must be a multiple of 12 bytes, got {0}")]
-    ChangesLength(usize),
-    #[error("change index {index} is out of range for a filter of {words} words")]
-    ChangeIndexOutOfRange { index: u32, words: u64 },
-    #[error("change index {index} does not follow {previous}; indexes must be strictly ascending")]
-    ChangesNotAscending { index: u32, previous: u32 },
-    #[error("both `filter` and `changes` are present; an update is either full or incremental")]
+    #[error("`flips` ends inside a LEB128 number or holds one that overflows")]
+    MalformedFlips,
+    #[error("flipped bit {position} is out of range for a filter of {bits} bits")]
+    FlipOutOfRange { position: u64, bits: u64 },
+    #[error(
+        "flipped bit {position} does not follow {previous}; positions must be strictly ascending"
+    )]
+    FlipsNotAscending { position: u64, previous: u64 },
+    #[error("both `filter` and `flips` are present; an update is either full or incremental")]
     AmbiguousUpdate,
     #[error("filters have different parameters")]
     ParamsMismatch,
@@ -311,47 +313,104 @@ impl BloomFilter {
         fraction.powi(self.params.hashes as i32)
     }
 
-    /// Words that differ from `older` (same params required), as (word index, new word)
-    /// pairs in ascending index order — the incremental update.
-    pub fn diff(&self, older: &BloomFilter) -> Result<Vec<(u32, u64)>, BloomError> {
+    /// Positions of the bits that differ from `older` (same params required), ascending:
+    /// the incremental update.
+    pub fn diff(&self, older: &BloomFilter) -> Result<Vec<u64>, BloomError> {
         if self.params != older.params {
             return Err(BloomError::ParamsMismatch);
         }
-        Ok(self
-            .words
-            .iter()
-            .zip(&older.words)
-            .enumerate()
-            .filter(|(_, (new, old))| new != old)
-            // Validated params keep word indexes below 2^28.
-            .map(|(i, (new, _))| (i as u32, *new))
-            .collect())
+        let mut flips = Vec::new();
+        for (index, (new, old)) in self.words.iter().zip(&older.words).enumerate() {
+            let mut changed = new ^ old;
+            while changed != 0 {
+                flips.push(index as u64 * 64 + u64::from(changed.trailing_zeros()));
+                changed &= changed - 1;
+            }
+        }
+        Ok(flips)
     }
 
-    /// Replaces the changed words and sets the item count. Indexes must be in range
-    /// and strictly ascending; on error the filter is unchanged.
-    pub fn apply(&mut self, changes: &[(u32, u64)], items: u64) -> Result<(), BloomError> {
-        validate_changes(changes, self.params.words())?;
-        for &(index, word) in changes {
-            self.words[index as usize] = word;
+    /// Flips the given bits and sets the item count. Positions must be in range and
+    /// strictly ascending; on error the filter is unchanged.
+    pub fn apply(&mut self, flips: &[u64], items: u64) -> Result<(), BloomError> {
+        validate_flips(flips, self.params.bits)?;
+        for &position in flips {
+            self.words[(position / 64) as usize] ^= 1 << (position % 64);
         }
         self.items = items;
         Ok(())
     }
 }
 
-fn validate_changes(changes: &[(u32, u64)], words: u64) -> Result<(), BloomError> {
-    let mut previous: Option<u32> = None;
-    for &(index, _) in changes {
-        if u64::from(index) >= words {
-            return Err(BloomError::ChangeIndexOutOfRange { index, words });
+fn validate_flips(flips: &[u64], bits: u64) -> Result<(), BloomError> {
+    let mut previous: Option<u64> = None;
+    for &position in flips {
+        if position >= bits {
+            return Err(BloomError::FlipOutOfRange { position, bits });
         }
-        if let Some(previous) = previous.filter(|&p| p >= index) {
-            return Err(BloomError::ChangesNotAscending { index, previous });
+        if let Some(previous) = previous.filter(|&p| p >= position) {
+            return Err(BloomError::FlipsNotAscending { position, previous });
         }
-        previous = Some(index);
+        previous = Some(position);
     }
     Ok(())
+}
+
+/// Ascending positions as LEB128 gaps (the first gap is from 0).
+fn encode_flips(flips: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(flips.len() * 2);
+    let mut previous = 0;
+    for (i, &position) in flips.iter().enumerate() {
+        let mut gap = if i == 0 {
+            position
+        } else {
+            position - previous
+        };
+        previous = position;
+        loop {
+            let byte = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    out
+}
+
+/// Decodes LEB128 gaps back to positions; a gap of 0 after the first is left for
+/// [`validate_flips`] to report as not ascending.
+fn decode_flips(bytes: &[u8]) -> Result<Vec<u64>, BloomError> {
+    let mut flips = Vec::new();
+    let mut position: u64 = 0;
+    let mut gap: u64 = 0;
+    let mut shift = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if shift > 63 || (shift == 63 && byte & 0x7e != 0) {
+            return Err(BloomError::MalformedFlips);
+        }
+        gap |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 != 0 {
+            shift += 7;
+            if i + 1 == bytes.len() {
+                return Err(BloomError::MalformedFlips);
+            }
+            continue;
+        }
+        position = if flips.is_empty() {
+            gap
+        } else {
+            position
+                .checked_add(gap)
+                .ok_or(BloomError::MalformedFlips)?
+        };
+        flips.push(position);
+        gap = 0;
+        shift = 0;
+    }
+    Ok(flips)
 }
 
 /// A filter update received from a peer.
@@ -361,14 +420,14 @@ pub enum BloomUpdate {
         generation: u64,
         filter: BloomFilter,
     },
-    /// Apply `changes` and `items` to the copy at generation `since` (whose params
-    /// must equal `params`) to get generation `generation`.
+    /// Flip the bits at `flips` of the copy at generation `since` (whose params must
+    /// equal `params`) and set `items` to get generation `generation`.
     Incremental {
         since: u64,
         generation: u64,
         params: BloomParams,
         items: u64,
-        changes: Vec<(u32, u64)>,
+        flips: Vec<u64>,
     },
 }
 
@@ -402,7 +461,7 @@ pub fn to_full_dict(filter: &BloomFilter, generation: u64) -> Dict {
 }
 
 /// The incremental-update dictionary from `since` to `generation` for `filter`, the
-/// newer filter; `changes` comes from [`BloomFilter::diff`] (ascending indexes).
+/// newer filter; `flips` comes from [`BloomFilter::diff`] (ascending positions).
 ///
 /// # Panics
 ///
@@ -411,22 +470,13 @@ pub fn to_incremental_dict(
     filter: &BloomFilter,
     since: u64,
     generation: u64,
-    changes: &[(u32, u64)],
+    flips: &[u64],
 ) -> Dict {
     let dict = Dict::new()
         .with("algorithm", ALGORITHM)
         .with("since", wire_int(since, "since"))
         .with("generation", wire_int(generation, "generation"));
-    let encoded: Vec<u8> = changes
-        .iter()
-        .flat_map(|&(index, word)| {
-            let mut change = [0; CHANGE_LEN];
-            change[..4].copy_from_slice(&index.to_le_bytes());
-            change[4..].copy_from_slice(&word.to_le_bytes());
-            change
-        })
-        .collect();
-    with_params(dict, filter).with("changes", encoded)
+    with_params(dict, filter).with("flips", encode_flips(flips))
 }
 
 fn read_u64(dict: &Dict, field: &'static str) -> Result<u64, BloomError> {
@@ -448,7 +498,7 @@ fn read_params(dict: &Dict) -> Result<BloomParams, BloomError> {
     Ok(params)
 }
 
-/// Decodes and validates a full or incremental update (incremental when `changes` is
+/// Decodes and validates a full or incremental update (incremental when `flips` is
 /// present).
 pub fn from_dict(dict: &Dict) -> Result<BloomUpdate, BloomError> {
     let algorithm = dict.str("algorithm")?;
@@ -458,7 +508,7 @@ pub fn from_dict(dict: &Dict) -> Result<BloomUpdate, BloomError> {
     let generation = read_u64(dict, "generation")?;
     let params = read_params(dict)?;
     let items = read_u64(dict, "items")?;
-    if !dict.contains_key("changes") {
+    if !dict.contains_key("flips") {
         let filter = BloomFilter::from_bytes(params, items, &dict.data("filter")?)?;
         return Ok(BloomUpdate::Full { generation, filter });
     }
@@ -466,32 +516,21 @@ pub fn from_dict(dict: &Dict) -> Result<BloomUpdate, BloomError> {
         return Err(BloomError::AmbiguousUpdate);
     }
     let since = read_u64(dict, "since")?;
-    let encoded = dict.data("changes")?;
-    if !encoded.len().is_multiple_of(CHANGE_LEN) {
-        return Err(BloomError::ChangesLength(encoded.len()));
-    }
-    let changes: Vec<(u32, u64)> = encoded
-        .chunks_exact(CHANGE_LEN)
-        .map(|c| {
-            let index = u32::from_le_bytes(c[..4].try_into().expect("4-byte slice"));
-            let word = u64::from_le_bytes(c[4..].try_into().expect("8-byte slice"));
-            (index, word)
-        })
-        .collect();
-    validate_changes(&changes, params.words())?;
+    let flips = decode_flips(&dict.data("flips")?)?;
+    validate_flips(&flips, params.bits)?;
     Ok(BloomUpdate::Incremental {
         since,
         generation,
         params,
         items,
-        changes,
+        flips,
     })
 }
 
-/// Whether an incremental update of `changes` words is smaller on the wire than the
-/// full `bits`-bit filter: `12 * changes < bits / 8`.
-pub fn incremental_is_smaller(bits: u64, changes: usize) -> bool {
-    (changes as u64).saturating_mul(CHANGE_LEN as u64) < bits / 8
+/// Whether an incremental update flipping `flips` is smaller on the wire than the full
+/// `bits`-bit filter.
+pub fn incremental_is_smaller(bits: u64, flips: &[u64]) -> bool {
+    (encode_flips(flips).len() as u64) < bits / 8
 }
 
 #[cfg(test)]
@@ -637,59 +676,77 @@ mod tests {
     #[test]
     fn diff_and_apply_reproduce_the_newer_filter() {
         let (older, newer) = older_and_newer();
-        let changes = newer.diff(&older).unwrap();
-        assert!(!changes.is_empty());
-        assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
-        assert!(incremental_is_smaller(newer.params().bits, changes.len()));
+        let flips = newer.diff(&older).unwrap();
+        assert!(!flips.is_empty());
+        assert!(flips.windows(2).all(|w| w[0] < w[1]));
+        assert!(incremental_is_smaller(newer.params().bits, &flips));
         let mut patched = older.clone();
-        patched.apply(&changes, newer.items()).unwrap();
+        patched.apply(&flips, newer.items()).unwrap();
         assert_eq!(patched, newer);
-        assert_eq!(newer.diff(&newer).unwrap(), vec![]);
+        // Flipping the same bits again goes back: a diff is its own inverse.
+        patched.apply(&flips, older.items()).unwrap();
+        assert_eq!(patched, older);
+        assert_eq!(newer.diff(&newer).unwrap(), Vec::<u64>::new());
 
         let other = BloomFilter::new(BloomParams::for_capacity(10, 0.01, KEY).unwrap());
         assert_eq!(newer.diff(&other), Err(BloomError::ParamsMismatch));
     }
 
     #[test]
-    fn bad_changes_leave_the_filter_unchanged() {
+    fn bad_flips_leave_the_filter_unchanged() {
         let (older, _) = older_and_newer();
-        let words = older.params().bits / 64;
+        let bits = older.params().bits;
         let cases = [
             (
-                vec![(0, 1), (words as u32, 1)],
-                BloomError::ChangeIndexOutOfRange {
-                    index: words as u32,
-                    words,
+                vec![0, bits],
+                BloomError::FlipOutOfRange {
+                    position: bits,
+                    bits,
                 },
             ),
             (
-                vec![(5, 1), (3, 1)],
-                BloomError::ChangesNotAscending {
-                    index: 3,
+                vec![5, 3],
+                BloomError::FlipsNotAscending {
+                    position: 3,
                     previous: 5,
                 },
             ),
             (
-                vec![(5, 1), (5, 2)],
-                BloomError::ChangesNotAscending {
-                    index: 5,
+                vec![5, 5],
+                BloomError::FlipsNotAscending {
+                    position: 5,
                     previous: 5,
                 },
             ),
         ];
-        for (changes, error) in cases {
+        for (flips, error) in cases {
             let mut target = older.clone();
-            assert_eq!(target.apply(&changes, 99), Err(error));
+            assert_eq!(target.apply(&flips, 99), Err(error));
             assert_eq!(target, older);
         }
     }
 
     #[test]
+    fn flips_encode_as_leb128_gaps() {
+        assert_eq!(encode_flips(&[]), Vec::<u8>::new());
+        // 3, then gap 127 (one byte), then gap 128 (two bytes: 0x80 0x01), then gap 300.
+        let flips = [3, 130, 258, 558];
+        let encoded = encode_flips(&flips);
+        assert_eq!(encoded, [0x03, 0x7f, 0x80, 0x01, 0xac, 0x02]);
+        assert_eq!(decode_flips(&encoded).unwrap(), flips);
+        let large = [0, MAX_BITS - 1];
+        assert_eq!(decode_flips(&encode_flips(&large)).unwrap(), large);
+        assert_eq!(decode_flips(&[0x80]), Err(BloomError::MalformedFlips));
+        assert_eq!(decode_flips(&[0xff; 11]), Err(BloomError::MalformedFlips));
+    }
+
+    #[test]
     fn incremental_is_smaller_compares_encoded_sizes() {
-        // 1024 bits = 128 bytes; 10 changes = 120 bytes, 11 = 132.
-        assert!(incremental_is_smaller(1024, 10));
-        assert!(!incremental_is_smaller(1024, 11));
-        assert!(!incremental_is_smaller(64, usize::MAX));
+        // 1024 bits = 128 bytes; gaps below 128 take one byte each.
+        let one_byte_gaps: Vec<u64> = (0..127).collect();
+        assert!(incremental_is_smaller(1024, &one_byte_gaps));
+        let too_many: Vec<u64> = (0..128).collect();
+        assert!(!incremental_is_smaller(1024, &too_many));
     }
 
     #[test]
@@ -713,9 +770,9 @@ mod tests {
     #[test]
     fn incremental_dict_round_trips_in_both_encodings() {
         let (older, newer) = older_and_newer();
-        let changes = newer.diff(&older).unwrap();
-        let dict = to_incremental_dict(&newer, 7, 8, &changes);
-        assert_eq!(dict.data("changes").unwrap().len(), 12 * changes.len());
+        let flips = newer.diff(&older).unwrap();
+        let dict = to_incremental_dict(&newer, 7, 8, &flips);
+        assert_eq!(dict.data("flips").unwrap(), encode_flips(&flips));
         for encoding in [Encoding::Plist, Encoding::Json] {
             let decoded = Dict::decode(&dict.encode(encoding), encoding).unwrap();
             let update = from_dict(&decoded).unwrap();
@@ -726,7 +783,7 @@ mod tests {
                     generation: 8,
                     params: newer.params().clone(),
                     items: newer.items(),
-                    changes: changes.clone(),
+                    flips: flips.clone(),
                 },
                 "{encoding:?}"
             );
@@ -773,7 +830,7 @@ mod tests {
                 BloomError::Negative("generation"),
             ),
             (
-                full.clone().with("changes", Vec::<u8>::new()),
+                full.clone().with("flips", Vec::<u8>::new()),
                 BloomError::AmbiguousUpdate,
             ),
             (
@@ -788,24 +845,25 @@ mod tests {
             assert_eq!(from_dict(&dict), Err(error));
         }
 
-        let words = bits as u64 / 64;
-        let incremental = |changes: &[(u32, u64)]| to_incremental_dict(&filter, 1, 2, changes);
+        let incremental = |flips: &[u64]| to_incremental_dict(&filter, 1, 2, flips);
+        let bits = bits as u64;
         let cases = [
             (
-                incremental(&[]).with("changes", vec![0u8; 13]),
-                BloomError::ChangesLength(13),
+                incremental(&[]).with("flips", vec![0x80u8]),
+                BloomError::MalformedFlips,
             ),
             (
-                incremental(&[(words as u32, 1)]),
-                BloomError::ChangeIndexOutOfRange {
-                    index: words as u32,
-                    words,
+                incremental(&[bits]),
+                BloomError::FlipOutOfRange {
+                    position: bits,
+                    bits,
                 },
             ),
             (
-                incremental(&[(2, 1), (1, 1)]),
-                BloomError::ChangesNotAscending {
-                    index: 1,
+                // A zero gap repeats a position.
+                incremental(&[]).with("flips", vec![2u8, 0]),
+                BloomError::FlipsNotAscending {
+                    position: 2,
                     previous: 2,
                 },
             ),
