@@ -126,8 +126,8 @@ impl FederationCa {
         let key_pem = key.serialize_pem();
 
         // The key goes first so a failure never leaves a certificate without its key.
-        write_new(key_path, &key_pem, 0o600)?;
-        write_new(cert_path, &cert_pem, 0o644)?;
+        write_new(key_path, key_pem.as_bytes(), 0o600)?;
+        write_new(cert_path, cert_pem.as_bytes(), 0o644)?;
         Ok(FederationCa {
             cert_pem,
             signer: SigningKey::from_pem(&key_pem)?,
@@ -471,13 +471,19 @@ fn identity_of(cert: &X509Certificate<'_>, der: &[u8]) -> Result<ProviderIdentit
         provider_id,
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
-        sha256_fingerprint: hex::encode(ring::digest::digest(&ring::digest::SHA256, der)),
+        sha256_fingerprint: certificate_fingerprint(der),
     })
+}
+
+/// SHA-256 of a DER certificate, lowercase hex: how certificates are named in the
+/// discovery dictionary and how a provider finds an endpoint from its TLS identity.
+pub fn certificate_fingerprint(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
 /// A random 16-byte serial; the top bit is cleared so the DER integer is positive
 /// and the next bit set so it has no leading zero byte to strip.
-fn random_serial() -> Result<SerialNumber, PkiError> {
+pub fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
@@ -493,8 +499,9 @@ fn read_to_string(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file that must not exist yet (`create_new`), with the given Unix mode.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+/// Writes a file that must not exist yet (`create_new`), with the given Unix mode, and
+/// syncs it before returning.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -511,7 +518,7 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
             }
         }
     })?;
-    file.write_all(contents.as_bytes())
+    file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(|source| PkiError::Write {
             path: path.to_path_buf(),

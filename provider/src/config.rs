@@ -298,7 +298,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty".into());
         }
-        if !valid_provider_id(&self.provider_id) {
+        if !switchyard_federation::pki::valid_provider_id(&self.provider_id) {
             bad(
                 "provider_id",
                 "must be 1-253 characters of letters, digits, `.`, `-` and `_`".into(),
@@ -430,14 +430,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("configuration serializes")
     }
-}
-
-pub(crate) fn valid_provider_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 253
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 fn apply_env_overrides(

@@ -108,10 +108,6 @@ impl Db {
         Ok(())
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     // ---- users and URIs ----
 
     pub async fn create_user(&self, user: &NewUser<'_>) -> StoreResult<()> {
@@ -327,16 +323,6 @@ impl Db {
         row.as_ref().map(endpoint_from_row).transpose()
     }
 
-    pub async fn endpoint_by_token(&self, token: &str) -> StoreResult<Option<EndpointRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE push_token = $1 AND revoked_at IS NULL"
-        )))
-        .bind(token)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(endpoint_from_row).transpose()
-    }
-
     /// Active endpoints reached by a URI, oldest first.
     pub async fn endpoints_for_uri(&self, uri: &str) -> StoreResult<Vec<EndpointRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -469,16 +455,6 @@ impl Db {
     }
 
     // ---- calls ----
-
-    pub async fn call(&self, session_id: &str) -> StoreResult<Option<CallRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
-        )))
-        .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(call_from_row).transpose()
-    }
 
     /// Ringing calls whose ring deadline has passed.
     pub async fn overdue_calls(&self, limit: i64) -> StoreResult<Vec<CallRecord>> {

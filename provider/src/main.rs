@@ -330,10 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    switchyard_provider::db::now_ms() / 1000
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber, SubjectPublicKeyInfo,
+    SanType, SubjectPublicKeyInfo,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use switchyard_federation::pki;
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +36,11 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration failed: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Federation(#[from] switchyard_federation::pki::PkiError),
 }
 
-/// SHA-256 of a DER certificate, lowercase hex: how endpoints are found from their TLS identity.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
-}
+pub use switchyard_federation::pki::certificate_fingerprint as fingerprint;
 
 pub struct EndpointCa {
     issuer: Issuer<'static, KeyPair>,
@@ -77,7 +76,7 @@ impl EndpointCa {
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
             params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
-            params.serial_number = Some(random_serial());
+            params.serial_number = Some(pki::random_serial()?);
             let cert = params.self_signed(&key)?;
             write_file(key_path, key.serialize_pem().as_bytes(), true)?;
             write_file(cert_path, cert.pem().as_bytes(), false)?;
@@ -153,7 +152,7 @@ impl EndpointCa {
         let not_after = OffsetDateTime::now_utc() + Duration::days(days.into());
         params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
         params.not_after = not_after;
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(pki::random_serial()?);
         let cert = params.signed_by(&PublicKeyRef(public_key.as_ref()), &self.issuer)?;
         Ok(IssuedCertificate {
             fingerprint: fingerprint(cert.der()),
@@ -176,7 +175,7 @@ impl EndpointCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(397);
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(pki::random_serial()?);
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| PkiError::Tls(e.to_string()))?;
@@ -221,42 +220,6 @@ impl PublicKeyData for PublicKeyRef<'_> {
     }
 }
 
-fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system randomness");
-    bytes[0] &= 0x7f;
-    SerialNumber::from_slice(&bytes)
-}
-
-pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| PkiError::BadPem {
-            path: path.into(),
-            reason: e.to_string(),
-        })?
-        .collect::<Result<_, _>>()
-        .map_err(|e| PkiError::BadPem {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(PkiError::BadPem {
-            path: path.into(),
-            reason: "no CERTIFICATE in the file".into(),
-        });
-    }
-    Ok(chain)
-}
-
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| PkiError::BadPem {
-        path: path.into(),
-        reason: e.to_string(),
-    })
-}
-
 fn read_file(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.into(),
@@ -264,25 +227,17 @@ fn read_file(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file, with mode 0600 when it holds a secret.
+/// Writes a file that must not exist yet, creating its folder, with mode 0600 when it holds
+/// a secret.
 pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| PkiError::Write {
-        path: path.into(),
-        source,
-    };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
+        std::fs::create_dir_all(parent).map_err(|source| PkiError::Write {
+            path: parent.into(),
+            source,
+        })?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)
+    pki::write_new(path, contents, if secret { 0o600 } else { 0o644 })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -64,10 +64,6 @@ impl PushHub {
             tx.send_modify(|s| s.revoked = true);
         }
     }
-
-    pub fn open_channels(&self) -> usize {
-        self.channels.lock().expect("push hub lock").len()
-    }
 }
 
 /// Pushes made inside a transaction; the hub is woken only after it commits.

@@ -84,7 +84,10 @@ impl Provider {
         let ca = EndpointCa::load_or_create(&ca_cert, &ca_key, &config.provider_id)
             .context("loading the endpoint CA")?;
         let (chain, key) = match (&config.endpoint_api.tls_cert, &config.endpoint_api.tls_key) {
-            (Some(cert), Some(key)) => (pki::load_cert_chain(cert)?, pki::load_private_key(key)?),
+            (Some(cert), Some(key)) => (
+                switchyard_federation::pki::load_certs(cert)?,
+                switchyard_federation::pki::load_key(key)?,
+            ),
             _ => ca.issue_server(&config.endpoint_api.server_names)?,
         };
         let tls = ca.server_config(chain, key)?;
