@@ -298,6 +298,7 @@ async fn add_uri(
         })?
         .into_string();
     app.db.add_uri(&id, &uri).await?;
+    app.registry_changed(1);
     Ok(Json(json!({"user_id": id, "uri": uri})))
 }
 
@@ -314,6 +315,7 @@ async fn remove_uri(State(app): State<Arc<App>>, Path(uri): Path<String>) -> Adm
         })?
         .into_string();
     app.db.remove_uri(&uri).await?;
+    app.registry_changed(1);
     Ok(Json(json!({"removed": uri})))
 }
 
@@ -431,6 +433,7 @@ async fn import(State(app): State<Arc<App>>, body: Body) -> Response {
             Ok(summary) => {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(users = summary.users, seconds, "import done");
+                app.registry_changed(summary.uris);
                 json!({"done": {"users": summary.users, "uris": summary.uris, "seconds": seconds,
                                 "rows_per_second": summary.users as f64 / seconds.max(1e-9)}})
             }

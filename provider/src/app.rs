@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::federation::Federation;
 use crate::pki::EndpointCa;
 use crate::push::PushHub;
 use crate::seal::Sealer;
@@ -18,6 +19,8 @@ pub struct App {
     pub ca: EndpointCa,
     pub canonicalizer: Canonicalizer,
     pub admin_token: String,
+    /// Present when `federation.enabled`.
+    pub federation: Option<std::sync::Arc<Federation>>,
     pub metrics: PrometheusHandle,
     /// Turns true when the provider begins shutting down; long-lived channels close on it.
     pub shutdown: watch::Receiver<bool>,
@@ -31,5 +34,14 @@ pub async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
 impl App {
     pub fn push_ttl_ms(&self) -> i64 {
         (self.config.push.ttl_seconds * 1000) as i64
+    }
+}
+
+impl App {
+    /// Tells the federation that URIs were added or removed, so its filter is rebuilt soon.
+    pub fn registry_changed(&self, count: u64) {
+        if let Some(fed) = &self.federation {
+            fed.registry_changed(count);
+        }
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub pki: PkiConfig,
     pub invitation: InvitationConfig,
     pub push: PushConfig,
+    pub federation: FederationConfig,
+    pub directory: DirectoryConfig,
     pub log: LogConfig,
 }
 
@@ -102,6 +104,68 @@ pub struct PushConfig {
     pub recheck_interval_ms: u64,
 }
 
+/// Joining a federation: mutual TLS with the other members, the discovery dictionary, Bloom
+/// filters and forwarded invitations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FederationConfig {
+    /// Off: the provider serves its own users only and the keys below are not used.
+    pub enabled: bool,
+    /// Where peers reach this provider (mutual TLS).
+    pub listen: SocketAddr,
+    /// The federation CA certificate (PEM): peers' certificates and the discovery signature are
+    /// checked against it.
+    pub ca_cert: Option<PathBuf>,
+    /// This provider's federation certificate chain and key (PEM), from `switchyard ca
+    /// issue-provider`; reloaded on SIGHUP or when the files change.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Where the signed discovery dictionary is published (`https://` or `http://`).
+    pub bootstrap_uri: Option<String>,
+    /// How often the discovery dictionary is fetched again.
+    pub directory_refresh_seconds: u64,
+    /// Encoding of the dictionaries this provider sends to peers: `plist` or `json`.
+    pub encoding: WireEncoding,
+    /// How long a Forward or filter request to one peer may take.
+    pub request_timeout_ms: u64,
+    /// Forwards whose timestamp is further than this from the local clock are refused.
+    pub timestamp_window_seconds: u64,
+    /// Consecutive failures after which a peer is skipped (circuit open)...
+    pub breaker_failures: u32,
+    /// ...for this long, before one trial request is let through.
+    pub breaker_open_seconds: u64,
+    /// The false-positive rate this provider's filter is sized for.
+    pub bloom_false_positive_rate: f64,
+    /// The filter is rebuilt at least this often (a new generation only if it changed)...
+    pub bloom_rebuild_seconds: u64,
+    /// ...and after this many registry changes made through this process.
+    pub bloom_rebuild_changes: u64,
+    /// How often peers' filters are pulled even without a notification.
+    pub bloom_pull_seconds: u64,
+    /// How often the certificate files are checked for changes.
+    pub cert_check_seconds: u64,
+    /// Largest filter accepted from a peer.
+    pub max_filter_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireEncoding {
+    Plist,
+    Json,
+}
+
+/// The "directory" role: publishing the signed discovery dictionary at a bootstrap URI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DirectoryConfig {
+    /// The signed dictionary from `switchyard federation sign`; unset: the role is off. The file is
+    /// read on every request, so publishing a new version is replacing the file.
+    pub file: Option<PathBuf>,
+    /// Plain HTTP: the dictionary is signed, so the transport needs no protection of its own.
+    pub listen: SocketAddr,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -129,6 +193,8 @@ impl Default for Config {
             pki: PkiConfig::default(),
             invitation: InvitationConfig::default(),
             push: PushConfig::default(),
+            federation: FederationConfig::default(),
+            directory: DirectoryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -193,6 +259,40 @@ impl Default for PushConfig {
             ttl_seconds: 60,
             long_poll_max_seconds: 30,
             recheck_interval_ms: 2000,
+        }
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            listen: "0.0.0.0:8443".parse().expect("literal address"),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            bootstrap_uri: None,
+            directory_refresh_seconds: 300,
+            encoding: WireEncoding::Plist,
+            request_timeout_ms: 3000,
+            timestamp_window_seconds: 300,
+            breaker_failures: 5,
+            breaker_open_seconds: 30,
+            bloom_false_positive_rate: 0.001,
+            bloom_rebuild_seconds: 300,
+            bloom_rebuild_changes: 100,
+            bloom_pull_seconds: 300,
+            cert_check_seconds: 10,
+            max_filter_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            file: None,
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
         }
     }
 }
@@ -395,6 +495,79 @@ impl Config {
                 "must be at least twice invitation.ring_timeout_seconds, or sealed calls outlive their key"
                     .into(),
             );
+        }
+        if self.federation.enabled {
+            for (key, value) in [
+                ("federation.ca_cert", &self.federation.ca_cert),
+                ("federation.cert", &self.federation.cert),
+                ("federation.key", &self.federation.key),
+            ] {
+                if value.is_none() {
+                    bad(key, "required when federation.enabled is true".into());
+                }
+            }
+            match &self.federation.bootstrap_uri {
+                None => bad(
+                    "federation.bootstrap_uri",
+                    "required when federation.enabled is true".into(),
+                ),
+                Some(uri) => match url::Url::parse(uri) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => bad(
+                        "federation.bootstrap_uri",
+                        format!("`{uri}` is not an http:// or https:// URI"),
+                    ),
+                },
+            }
+        }
+        let p = self.federation.bloom_false_positive_rate;
+        if !(p > 0.0 && p <= 0.5) {
+            bad(
+                "federation.bloom_false_positive_rate",
+                format!("{p} is not in (0, 0.5]"),
+            );
+        }
+        for (key, value) in [
+            (
+                "federation.directory_refresh_seconds",
+                self.federation.directory_refresh_seconds,
+            ),
+            (
+                "federation.request_timeout_ms",
+                self.federation.request_timeout_ms,
+            ),
+            (
+                "federation.timestamp_window_seconds",
+                self.federation.timestamp_window_seconds,
+            ),
+            (
+                "federation.breaker_failures",
+                u64::from(self.federation.breaker_failures),
+            ),
+            (
+                "federation.bloom_rebuild_seconds",
+                self.federation.bloom_rebuild_seconds,
+            ),
+            (
+                "federation.bloom_rebuild_changes",
+                self.federation.bloom_rebuild_changes,
+            ),
+            (
+                "federation.bloom_pull_seconds",
+                self.federation.bloom_pull_seconds,
+            ),
+            (
+                "federation.cert_check_seconds",
+                self.federation.cert_check_seconds,
+            ),
+            (
+                "federation.max_filter_bytes",
+                self.federation.max_filter_bytes,
+            ),
+        ] {
+            if value == 0 {
+                bad(key, "must be greater than 0".into());
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level", format!("not a valid filter: {e}"));

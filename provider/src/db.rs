@@ -486,6 +486,95 @@ impl Db {
         rows.iter().map(call_from_row).collect()
     }
 
+    /// One call record by session id.
+    pub async fn call(&self, session_id: &str) -> StoreResult<Option<CallRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
+        )))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    // ---- federation ----
+
+    /// Every hosted canonical URI, for building this provider's Bloom filter.
+    pub async fn all_uris(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query("SELECT uri FROM user_uris")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub async fn peer_filters(&self) -> StoreResult<Vec<StoredPeerFilter>> {
+        let rows = sqlx::query(
+            "SELECT provider_id, generation, bits, hashes, filter_key, items, filter, fetched_at              FROM peer_filters",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredPeerFilter {
+                provider_id: r.get(0),
+                generation: r.get(1),
+                bits: r.get(2),
+                hashes: r.get(3),
+                key_hex: r.get(4),
+                items: r.get(5),
+                filter_base64: r.get(6),
+                fetched_at: r.get(7),
+            })
+            .collect())
+    }
+
+    pub async fn save_peer_filter(&self, filter: &StoredPeerFilter) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
+            .bind(&filter.provider_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO peer_filters (provider_id, generation, bits, hashes, filter_key, items, \
+             filter, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&filter.provider_id)
+        .bind(filter.generation)
+        .bind(filter.bits)
+        .bind(filter.hashes)
+        .bind(&filter.key_hex)
+        .bind(filter.items)
+        .bind(&filter.filter_base64)
+        .bind(filter.fetched_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_peer_filter(&self, provider_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
+            .bind(provider_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets Forward ids and answers older than `before` (Unix ms).
+    pub async fn purge_forward_log(&self, before: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM forward_nonces WHERE seen_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM forward_results WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ---- seal keys ----
 
     pub async fn seal_keys(&self) -> StoreResult<Vec<(String, String, i64)>> {
@@ -619,7 +708,7 @@ pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreRe
     .bind(&call.callee_uri)
     .bind(&call.caller_endpoint)
     .bind(call.rung_endpoints.join(","))
-    .bind(call.rung_endpoints.len() as i64)
+    .bind(call.rung_count)
     .bind(call.rejections)
     .bind(call.media.join(","))
     .bind(call.state.as_str())
@@ -744,6 +833,81 @@ pub async fn record_rejection(
     Ok((inserted, row.get(0), row.get(1)))
 }
 
+/// Records a Forward id from `provider_id`; false if it was seen before (a replay).
+pub async fn record_forward_nonce(
+    conn: &mut AnyConnection,
+    provider_id: &str,
+    nonce: &str,
+) -> StoreResult<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(provider_id)
+    .bind(nonce)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The answer already given to `provider_id`'s `action` Forward for `session_id`, if any.
+pub async fn forward_result(
+    conn: &mut AnyConnection,
+    provider_id: &str,
+    session_id: &str,
+    action: &str,
+) -> StoreResult<Option<(u16, String)>> {
+    Ok(sqlx::query(
+        "SELECT status, response FROM forward_results \
+         WHERE provider_id = $1 AND session_id = $2 AND action = $3",
+    )
+    .bind(provider_id)
+    .bind(session_id)
+    .bind(action)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| (r.get::<i64, _>(0) as u16, r.get(1))))
+}
+
+pub async fn save_forward_result(
+    conn: &mut AnyConnection,
+    provider_id: &str,
+    session_id: &str,
+    action: &str,
+    status: u16,
+    response: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO forward_results (provider_id, session_id, action, status, response, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(provider_id)
+    .bind(session_id)
+    .bind(action)
+    .bind(i64::from(status))
+    .bind(response)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The full call record, read inside a transaction.
+pub async fn call_in(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> StoreResult<Option<CallRecord>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
+    )))
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(call_from_row).transpose()
+}
+
 // ---- row types ----
 
 pub struct NewUser<'a> {
@@ -850,6 +1014,19 @@ impl CallState {
     }
 }
 
+/// A peer's Bloom filter as stored: key in hex, bits in base64.
+#[derive(Debug, Clone)]
+pub struct StoredPeerFilter {
+    pub provider_id: String,
+    pub generation: i64,
+    pub bits: i64,
+    pub hashes: i64,
+    pub key_hex: String,
+    pub items: i64,
+    pub filter_base64: String,
+    pub fetched_at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct CallRecord {
     pub session_id: String,
@@ -857,6 +1034,8 @@ pub struct CallRecord {
     pub callee_uri: String,
     pub caller_endpoint: String,
     pub rung_endpoints: Vec<String>,
+    /// Parties ringing: the endpoints rung here, or the providers an Initiate was forwarded to.
+    pub rung_count: i64,
     pub rejections: i64,
     pub media: Vec<String>,
     pub state: CallState,
@@ -870,7 +1049,7 @@ pub struct CallRecord {
 }
 
 const CALL_COLUMNS: &str = "session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
-                            rejections, media, state, reason, answered_by, providers, initiated_at, \
+                            rung_count, rejections, media, state, reason, answered_by, providers, initiated_at, \
                             ring_deadline, answered_at, ended_at";
 
 fn split_list(s: String) -> Vec<String> {
@@ -888,15 +1067,16 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
         callee_uri: row.get(2),
         caller_endpoint: row.get(3),
         rung_endpoints: split_list(row.get(4)),
-        rejections: row.get(5),
-        media: split_list(row.get(6)),
-        state: CallState::parse(&row.get::<String, _>(7))?,
-        reason: row.get(8),
-        answered_by: row.get(9),
-        providers: split_list(row.get(10)),
-        initiated_at: row.get(11),
-        ring_deadline: row.get(12),
-        answered_at: row.get(13),
-        ended_at: row.get(14),
+        rung_count: row.get(5),
+        rejections: row.get(6),
+        media: split_list(row.get(7)),
+        state: CallState::parse(&row.get::<String, _>(8))?,
+        reason: row.get(9),
+        answered_by: row.get(10),
+        providers: split_list(row.get(11)),
+        initiated_at: row.get(12),
+        ring_deadline: row.get(13),
+        answered_at: row.get(14),
+        ended_at: row.get(15),
     })
 }

@@ -47,6 +47,17 @@ pub struct SessionState {
     pub media: Vec<MediaKind>,
     pub providers: Vec<String>,
     pub deadline: i64,
+    /// For a call forwarded here by another provider: that provider, and its own sealed state,
+    /// handed back in every Forward to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_state: Option<String>,
+}
+
+/// How the provider that holds a call's record names a remote provider that rang or answered.
+pub fn provider_party(provider_id: &str) -> String {
+    format!("provider:{provider_id}")
 }
 
 pub fn validate_session_id(id: &str) -> Result<(), ApiError> {
@@ -64,7 +75,7 @@ pub fn validate_session_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn canonical_field(app: &App, dict: &Dict, field: &str) -> Result<String, ApiError> {
+pub(crate) fn canonical_field(app: &App, dict: &Dict, field: &str) -> Result<String, ApiError> {
     let raw = dict.str(field)?;
     app.canonicalizer
         .canonicalize(raw)
@@ -72,7 +83,7 @@ fn canonical_field(app: &App, dict: &Dict, field: &str) -> Result<String, ApiErr
         .map_err(|e| ApiError::field(field, format!("`{field}`: {e}")))
 }
 
-fn blob_field(dict: &Dict, field: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn blob_field(dict: &Dict, field: &str) -> Result<Vec<u8>, ApiError> {
     let blob = dict.opt_data(field)?.unwrap_or_default();
     if blob.len() > MAX_BLOB {
         return Err(ApiError::field(
@@ -103,7 +114,11 @@ fn check_self(app: &App, auth: &AuthEndpoint, dict: &Dict) -> Result<String, Api
     Ok(self_uri)
 }
 
-fn open_state(app: &App, dict: &Dict, session_id: &str) -> Result<SessionState, ApiError> {
+pub(crate) fn open_state(
+    app: &App,
+    dict: &Dict,
+    session_id: &str,
+) -> Result<SessionState, ApiError> {
     let token = dict.str("state")?;
     let state: SessionState = app
         .sealer
@@ -115,7 +130,7 @@ fn open_state(app: &App, dict: &Dict, session_id: &str) -> Result<SessionState, 
     Ok(state)
 }
 
-fn capabilities_dict(caps: &Capabilities) -> Dict {
+pub(crate) fn capabilities_dict(caps: &Capabilities) -> Dict {
     Dict::new()
         .with("audio", caps.audio)
         .with("video", caps.video)
@@ -123,11 +138,11 @@ fn capabilities_dict(caps: &Capabilities) -> Dict {
         .with("video-codecs", caps.video_codecs.clone())
 }
 
-fn media_value(media: &[MediaKind]) -> Value {
+pub(crate) fn media_value(media: &[MediaKind]) -> Value {
     Value::Array(media.iter().map(|m| Value::from(m.as_str())).collect())
 }
 
-fn call_gone(state: Option<CallState>) -> ApiError {
+pub(crate) fn call_gone(state: Option<CallState>) -> ApiError {
     match state {
         Some(CallState::Answered) => ApiError::new(
             StatusCode::CONFLICT,
@@ -143,21 +158,15 @@ fn call_gone(state: Option<CallState>) -> ApiError {
     }
 }
 
-fn count_outcome(state: CallState) {
+pub(crate) fn count_outcome(state: CallState) {
     metrics::counter!("switchyard_calls_total", "outcome" => state.as_str()).increment(1);
 }
 
-pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
-    let session_id = dict.str("session-id")?.to_string();
-    validate_session_id(&session_id)?;
-    let self_uri = check_self(app, auth, dict)?;
-    let self_blob = blob_field(dict, "self-blob")?;
-    let peer_uri = canonical_field(app, dict, "peer-uri")?;
-    let media = match dict.opt_string_array("media")? {
-        None => vec![MediaKind::Audio],
-        Some(list) if list.is_empty() => {
-            return Err(ApiError::field("media", "media must not be empty"))
-        }
+/// `media`: the kinds of media asked for, audio alone when absent.
+pub(crate) fn parse_media(dict: &Dict) -> Result<Vec<MediaKind>, ApiError> {
+    match dict.opt_string_array("media")? {
+        None => Ok(vec![MediaKind::Audio]),
+        Some(list) if list.is_empty() => Err(ApiError::field("media", "media must not be empty")),
         Some(list) => {
             let mut kinds = Vec::new();
             for item in list {
@@ -170,15 +179,36 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
                     kinds.push(kind);
                 }
             }
-            kinds
+            Ok(kinds)
         }
-    };
+    }
+}
+
+pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
+    let session_id = dict.str("session-id")?.to_string();
+    validate_session_id(&session_id)?;
+    let self_uri = check_self(app, auth, dict)?;
+    let self_blob = blob_field(dict, "self-blob")?;
+    let peer_uri = canonical_field(app, dict, "peer-uri")?;
+    let media = parse_media(dict)?;
     if app.db.user_id_for_uri(&peer_uri).await?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown-peer",
-            format!("{peer_uri} is not hosted here"),
-        ));
+        return match &app.federation {
+            Some(fed) => {
+                let request = RemoteInitiate {
+                    session_id,
+                    caller_uri: self_uri,
+                    callee_uri: peer_uri,
+                    blob: self_blob,
+                    media,
+                };
+                crate::federation::calls::initiate_remote(app, fed, auth, request).await
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown-peer",
+                format!("{peer_uri} is not hosted here"),
+            )),
+        };
     }
     let caller = &auth.endpoint;
     let candidates: Vec<EndpointRecord> = app
@@ -214,6 +244,8 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         media: media.clone(),
         providers: vec![app.config.provider_id.clone()],
         deadline,
+        origin: None,
+        origin_state: None,
     };
     let sealed = app.sealer.seal(&state);
     // Nobody to ring: the caller learns it as a Reject Push, as it would from a remote provider.
@@ -232,6 +264,7 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         callee_uri: peer_uri.clone(),
         caller_endpoint: caller.id.clone(),
         rung_endpoints: state.rung.clone(),
+        rung_count: state.rung.len() as i64,
         rejections: 0,
         media: media.iter().map(|m| m.as_str().to_string()).collect(),
         state: if refusal.is_some() {
@@ -287,6 +320,7 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
                 .with("peer-token", caller.push_token.as_str())
                 .with("peer-blob", self_blob.clone())
                 .with("peer-capabilities", capabilities_dict(&caller.capabilities))
+                .with("peer-verified", true)
                 .with("media", media_value(&media))
                 .with("ring-deadline", deadline)
                 .with("state", sealed.as_str());
@@ -303,6 +337,15 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         .with("state", sealed.as_str())
         .with("rung", rung.len() as i64)
         .with("ring-deadline", deadline))
+}
+
+/// An Initiate Request for a URI hosted elsewhere, checked and canonicalized.
+pub struct RemoteInitiate {
+    pub session_id: String,
+    pub caller_uri: String,
+    pub callee_uri: String,
+    pub blob: Vec<u8>,
+    pub media: Vec<MediaKind>,
 }
 
 /// Checks shared by Accept and Reject: the sender is a rung endpoint of the callee, and the
@@ -362,7 +405,16 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         return Err(call_gone(current));
     }
     let sealed = dict.str("state")?;
-    let accept = answer_push("accept", &state, me, self_blob).with("state", sealed);
+    if state.origin.is_some() {
+        // The originating provider arbitrates between providers; until it confirms, the
+        // other endpoints here keep ringing.
+        tx.commit().await.map_err(crate::db::StoreError::from)?;
+        crate::federation::calls::accept_forwarded(app, &state, me, self_blob).await?;
+        return Ok(Dict::new()
+            .with("session-id", state.sid.as_str())
+            .with("state", sealed));
+    }
+    let accept = answer_push("accept", &state, &me.push_token, self_blob).with("state", sealed);
     outbox
         .push(&mut tx, &state.caller_endpoint, &accept, app.push_ttl_ms())
         .await?;
@@ -409,7 +461,7 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     }
     let (new, rejections, rung) = record_rejection(&mut tx, &state.sid, &me.id, reason).await?;
     let remaining = (rung - rejections).max(0);
-    if new
+    let all_rejected = new
         && remaining == 0
         && transition_call(
             &mut tx,
@@ -421,9 +473,10 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
                 ..Default::default()
             },
         )
-        .await?
-    {
-        let mut push = answer_push("reject", &state, me, self_blob).with("reason", reason);
+        .await?;
+    if all_rejected && state.origin.is_none() {
+        let mut push =
+            answer_push("reject", &state, &me.push_token, self_blob).with("reason", reason);
         if let Some(text) = text {
             push.insert("reason-text", text);
         }
@@ -432,8 +485,11 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
             .await?;
     }
     tx.commit().await.map_err(crate::db::StoreError::from)?;
-    if !outbox.endpoints.is_empty() {
+    if all_rejected {
         count_outcome(CallState::Rejected);
+        if state.origin.is_some() {
+            crate::federation::calls::reject_forwarded(app, &state, reason, text).await;
+        }
     }
     outbox.wake(&app.hub);
     Ok(Dict::new()
@@ -442,10 +498,10 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
 }
 
 /// The push telling the caller how a callee endpoint answered (`accept` or `reject`).
-fn answer_push(
+pub(crate) fn answer_push(
     action: &str,
     state: &SessionState,
-    answerer: &EndpointRecord,
+    answerer_token: &str,
     blob: Vec<u8>,
 ) -> Dict {
     Dict::new()
@@ -454,11 +510,16 @@ fn answer_push(
         .with("self-uri", state.caller_uri.as_str())
         .with("self-token", state.caller_token.as_str())
         .with("peer-uri", state.callee_uri.as_str())
-        .with("peer-token", answerer.push_token.as_str())
+        .with("peer-token", answerer_token)
         .with("peer-blob", blob)
 }
 
-fn cancel_push(state: &SessionState, self_uri: &str, peer_uri: &str, reason: &str) -> Dict {
+pub(crate) fn cancel_push(
+    state: &SessionState,
+    self_uri: &str,
+    peer_uri: &str,
+    reason: &str,
+) -> Dict {
     Dict::new()
         .with("action", "cancel")
         .with("session-id", state.sid.as_str())
@@ -504,6 +565,10 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         None => return Err(call_gone(None)),
     };
     let ttl = app.push_ttl_ms();
+    let forwarded_here = state.origin.is_some();
+    // Who else must hear of it, once the transaction is in.
+    let mut tell_origin: Option<&str> = None;
+    let mut tell_providers: Vec<String> = Vec::new();
     match record {
         CallState::Ringing => {
             transition_call(
@@ -525,11 +590,15 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
                 let push = cancel_push(&state, &state.callee_uri, &state.caller_uri, "cancelled");
                 outbox.push(&mut tx, id, &push, ttl).await?;
             }
-            if is_callee {
+            if is_callee && forwarded_here {
+                tell_origin = Some("cancelled");
+            } else if is_callee {
                 let push = cancel_push(&state, &state.caller_uri, &state.callee_uri, "cancelled");
                 outbox
                     .push(&mut tx, &state.caller_endpoint, &push, ttl)
                     .await?;
+            } else {
+                tell_providers = remote_providers(app, &state);
             }
         }
         CallState::Answered => {
@@ -552,18 +621,24 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
                 },
             )
             .await?;
-            let (target, push) = if is_caller {
-                (
-                    answered_by.unwrap_or_default(),
-                    cancel_push(&state, &state.callee_uri, &state.caller_uri, "ended"),
-                )
+            let answered_by = answered_by.unwrap_or_default();
+            if is_caller {
+                match answered_by.strip_prefix("provider:") {
+                    Some(provider) => tell_providers = vec![provider.to_string()],
+                    None => {
+                        let push =
+                            cancel_push(&state, &state.callee_uri, &state.caller_uri, "ended");
+                        outbox.push(&mut tx, &answered_by, &push, ttl).await?;
+                    }
+                }
+            } else if forwarded_here {
+                tell_origin = Some("ended");
             } else {
-                (
-                    state.caller_endpoint.clone(),
-                    cancel_push(&state, &state.caller_uri, &state.callee_uri, "ended"),
-                )
-            };
-            outbox.push(&mut tx, &target, &push, ttl).await?;
+                let push = cancel_push(&state, &state.caller_uri, &state.callee_uri, "ended");
+                outbox
+                    .push(&mut tx, &state.caller_endpoint, &push, ttl)
+                    .await?;
+            }
         }
         other => return Err(call_gone(Some(other))),
     }
@@ -574,7 +649,29 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     } else {
         CallState::Ended
     });
+    if let Some(reason) = tell_origin {
+        crate::federation::calls::cancel_to_origin(app, &state, reason).await;
+    }
+    if !tell_providers.is_empty() {
+        let reason = if record == CallState::Ringing {
+            "cancelled"
+        } else {
+            "ended"
+        };
+        crate::federation::calls::cancel_to_providers(app, session_id, &tell_providers, reason)
+            .await;
+    }
     Ok(Dict::new().with("session-id", session_id))
+}
+
+/// The providers other than this one that a call from here was forwarded to.
+fn remote_providers(app: &App, state: &SessionState) -> Vec<String> {
+    state
+        .providers
+        .iter()
+        .filter(|p| **p != app.config.provider_id)
+        .cloned()
+        .collect()
 }
 
 /// Ends ringing calls whose deadline passed, with a Cancel Push to both sides.
@@ -605,14 +702,17 @@ pub async fn expire_overdue_calls(app: &Arc<App>) -> Result<usize, crate::db::St
                     .with("reason", "timeout")
             };
             let ttl = app.push_ttl_ms();
-            outbox
-                .push(
-                    &mut tx,
-                    &call.caller_endpoint,
-                    &base(&call.caller_uri, &call.callee_uri),
-                    ttl,
-                )
-                .await?;
+            // A call forwarded here has its caller at another provider, which times it out itself.
+            if !call.caller_endpoint.is_empty() {
+                outbox
+                    .push(
+                        &mut tx,
+                        &call.caller_endpoint,
+                        &base(&call.caller_uri, &call.callee_uri),
+                        ttl,
+                    )
+                    .await?;
+            }
             for id in &call.rung_endpoints {
                 outbox
                     .push(&mut tx, id, &base(&call.callee_uri, &call.caller_uri), ttl)

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod federation;
 pub mod import;
 pub mod invite;
 pub mod members;

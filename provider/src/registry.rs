@@ -93,6 +93,7 @@ pub async fn add_user(
             created_at: now_ms(),
         })
         .await?;
+    app.registry_changed(uris.len() as u64);
     Ok(app.db.user(&id).await?.expect("user just created"))
 }
 
@@ -200,6 +201,7 @@ pub async fn remove_user(app: &App, user_id: &str) -> Result<(), RegistryError> 
     for endpoint in app.db.delete_user(user_id).await? {
         app.hub.revoke(&endpoint);
     }
+    app.registry_changed(1);
     refresh_endpoint_gauge(app).await;
     Ok(())
 }

@@ -28,6 +28,10 @@ use crate::seal::Sealer;
 pub struct Provider {
     pub endpoint_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The federation listener, when `federation.enabled`.
+    pub federation_addr: Option<SocketAddr>,
+    /// The directory role's listener, when `directory.file` is set.
+    pub directory_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -94,6 +98,14 @@ impl Provider {
         let db = Db::connect(&config.database_url(), config.database.max_connections)
             .await
             .with_context(|| format!("opening the database {}", redact(&config.database_url())))?;
+        let federation = if config.federation.enabled {
+            Some(Arc::new(
+                crate::federation::Federation::new(&config)
+                    .context("loading the federation certificate")?,
+            ))
+        } else {
+            None
+        };
         let sealer = Sealer::default();
         sealer
             .refresh(&db, rotation_ms(&config))
@@ -110,6 +122,34 @@ impl Provider {
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
         let endpoint_addr = endpoint_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let federation_listener = match &federation {
+            Some(_) => Some(
+                TcpListener::bind(config.federation.listen)
+                    .await
+                    .with_context(|| {
+                        format!("binding federation.listen {}", config.federation.listen)
+                    })?,
+            ),
+            None => None,
+        };
+        let directory_listener = match &config.directory.file {
+            Some(_) => Some(
+                TcpListener::bind(config.directory.listen)
+                    .await
+                    .with_context(|| {
+                        format!("binding directory.listen {}", config.directory.listen)
+                    })?,
+            ),
+            None => None,
+        };
+        let federation_addr = federation_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let directory_addr = directory_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app = Arc::new(App {
@@ -120,15 +160,46 @@ impl Provider {
             hub: PushHub::default(),
             ca,
             admin_token,
+            federation,
             metrics: metrics_handle(),
             shutdown: shutdown_rx.clone(),
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(serve_endpoint_api(
+        let endpoint_router = crate::api::router(app.clone()).fallback(crate::api::not_found);
+        tasks.push(tokio::spawn(serve_tls(
             app.clone(),
             endpoint_listener,
-            TlsAcceptor::from(tls),
+            Box::new(move || tls.clone()),
+            endpoint_router,
         )));
+        if let (Some(fed), Some(listener)) = (app.federation.clone(), federation_listener) {
+            let router = crate::federation::routes::router(app.clone());
+            let current = fed.clone();
+            tasks.push(tokio::spawn(serve_tls(
+                app.clone(),
+                listener,
+                Box::new(move || current.identity.current().server.clone()),
+                router,
+            )));
+            tasks.extend(fed.spawn_tasks(&app));
+            tasks.push(tokio::spawn(reload_on_sighup(app.clone())));
+        }
+        if let (Some(file), Some(listener)) =
+            (app.config.directory.file.clone(), directory_listener)
+        {
+            let router = crate::federation::directory::directory_router(file);
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        crate::app::shutting_down(&mut stop).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "directory listener failed");
+                }
+            }));
+        }
         let admin = crate::admin::router(app.clone());
         let mut admin_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -142,10 +213,12 @@ impl Provider {
             }
         }));
         tasks.push(tokio::spawn(sweep(app.clone())));
-        tracing::info!(%endpoint_addr, %admin_addr, provider = %app.config.provider_id, "provider started");
+        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, provider = %app.config.provider_id, "provider started");
         Ok(Provider {
             endpoint_addr,
             admin_addr,
+            federation_addr,
+            directory_addr,
             app,
             shutdown: shutdown_tx,
             tasks,
@@ -179,8 +252,39 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn serve_endpoint_api(app: Arc<App>, listener: TcpListener, acceptor: TlsAcceptor) {
-    let router = crate::api::router(app.clone()).fallback(crate::api::not_found);
+/// The TLS configuration for the next connection: fixed for the endpoint API, the current
+/// federation identity for the federation listener (so a reload applies to new connections while
+/// open ones carry on).
+type TlsSource = Box<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// On SIGHUP, reloads the federation certificate and key.
+async fn reload_on_sighup(app: Arc<App>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!(
+            "cannot listen for SIGHUP; certificate files are still checked periodically"
+        );
+        return;
+    };
+    let mut shutdown = app.shutdown.clone();
+    let Some(fed) = app.federation.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            _ = crate::app::shutting_down(&mut shutdown) => return,
+        }
+        match fed.identity.reload() {
+            Ok(()) => tracing::info!("SIGHUP: federation certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the federation certificate does not load; keeping the previous one")
+            }
+        }
+    }
+}
+
+async fn serve_tls(app: Arc<App>, listener: TcpListener, tls: TlsSource, router: axum::Router) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = app.shutdown.clone();
     loop {
@@ -195,7 +299,7 @@ async fn serve_endpoint_api(app: Arc<App>, listener: TcpListener, acceptor: TlsA
             },
             _ = crate::app::shutting_down(&mut shutdown) => break,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls());
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

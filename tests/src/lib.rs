@@ -10,6 +10,8 @@ use switchyard_federation::dict::{Dict, Encoding};
 use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::{Config, Provider};
 
+pub mod federation;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Harness {

@@ -1,0 +1,303 @@
+//! This provider as a member of a federation: the other providers are reached over mutual TLS
+//! with certificates from the federation CA, listed by a signed discovery dictionary, and asked
+//! about a callee only when their Bloom filter may hold its URI.
+//!
+//! - [`identity`]: certificate, key and TLS configurations, reloaded on SIGHUP or file change;
+//! - [`directory`]: the discovery dictionary in force, and the "directory" role;
+//! - [`filters`]: this provider's own filter and its generations;
+//! - [`peers`]: the other members' filters, requests to them, circuit breakers;
+//! - [`routes`]: the `/federation/v1/...` paths peers call;
+//! - [`calls`]: the Forwards of the invitation protocol, both ways.
+
+pub mod calls;
+pub mod directory;
+pub mod filters;
+pub mod identity;
+pub mod peers;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_federation::dict::Dict;
+use switchyard_federation::discovery::Member;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::config::FederationConfig;
+use directory::{DirectoryCell, MemberChanges};
+use filters::OwnFilter;
+use identity::IdentityCell;
+use peers::Peers;
+
+pub struct Federation {
+    pub config: FederationConfig,
+    pub provider_id: String,
+    pub identity: IdentityCell,
+    pub directory: DirectoryCell,
+    pub own: OwnFilter,
+    pub peers: Peers,
+    pull_tx: mpsc::UnboundedSender<String>,
+    pull_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    rebuild_now: Notify,
+}
+
+impl Federation {
+    pub fn new(config: &crate::config::Config) -> Result<Federation, identity::IdentityError> {
+        let identity = IdentityCell::load(&config.federation, &config.provider_id)?;
+        let (pull_tx, pull_rx) = mpsc::unbounded_channel();
+        Ok(Federation {
+            config: config.federation.clone(),
+            provider_id: config.provider_id.clone(),
+            identity,
+            directory: DirectoryCell::new(&config.data_dir),
+            own: OwnFilter::new(config.federation.bloom_false_positive_rate),
+            peers: Peers::new(&config.federation),
+            pull_tx,
+            pull_rx: std::sync::Mutex::new(Some(pull_rx)),
+            rebuild_now: Notify::new(),
+        })
+    }
+
+    /// The current member with this id, if it is one.
+    pub fn member(&self, provider_id: &str) -> Option<Member> {
+        self.directory
+            .current()
+            .and_then(|d| d.member(provider_id).cloned())
+    }
+
+    /// Asks for a pull of `provider_id`'s filter (after its notification, or when it joins).
+    pub fn pull_soon(&self, provider_id: &str) {
+        let _ = self.pull_tx.send(provider_id.to_string());
+    }
+
+    /// Counts registry changes; enough of them trigger a rebuild of this provider's filter.
+    pub fn registry_changed(&self, count: u64) {
+        self.own.note_change(count);
+        if self.own.changes.load(std::sync::atomic::Ordering::Relaxed)
+            >= self.config.bloom_rebuild_changes
+        {
+            self.rebuild_now.notify_one();
+        }
+    }
+
+    /// Fetches the discovery dictionary now and applies the member changes.
+    pub async fn refresh_directory(&self, app: &App) -> Result<(), directory::DirectoryError> {
+        let uri = self
+            .config
+            .bootstrap_uri
+            .clone()
+            .expect("the configuration check requires bootstrap_uri");
+        let result = self.directory.fetch(&self.identity.current(), &uri).await;
+        match result {
+            Ok(changes) => {
+                self.apply(app, changes).await;
+                Ok(())
+            }
+            Err(e) => {
+                let changes = self.directory.expire(identity::unix_now());
+                self.apply(app, changes).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&self, app: &App, changes: MemberChanges) {
+        for removed in &changes.removed {
+            self.peers.forget(&app.db, removed).await;
+        }
+        for added in changes.added {
+            if added != self.provider_id {
+                self.pull_soon(&added);
+            }
+        }
+        if let Some(directory) = self.directory.current() {
+            metrics::gauge!("switchyard_federation_directory_version")
+                .set(directory.version as f64);
+            metrics::gauge!("switchyard_federation_members").set(directory.members.len() as f64);
+            if directory.member(&self.provider_id).is_none() {
+                tracing::warn!(
+                    provider = %self.provider_id,
+                    "this provider is not a member in the discovery dictionary; peers will refuse it"
+                );
+            }
+        }
+    }
+
+    /// Rebuilds this provider's filter; on a new generation, tells every member to pull it.
+    pub async fn rebuild_filter(
+        self: &Arc<Self>,
+        app: &App,
+    ) -> Result<Option<u64>, crate::db::StoreError> {
+        let uris = app.db.all_uris().await?;
+        let generation = self.own.rebuild(&uris);
+        if let Some(generation) = generation {
+            tracing::debug!(generation, items = uris.len(), "own filter rebuilt");
+            self.notify_members(generation);
+        }
+        Ok(generation)
+    }
+
+    fn notify_members(self: &Arc<Self>, generation: u64) {
+        let Some(directory) = self.directory.current() else {
+            return;
+        };
+        let body = Dict::new()
+            .with("provider-id", self.provider_id.as_str())
+            .with("generation", generation as i64);
+        for member in directory
+            .members
+            .iter()
+            .filter(|m| m.provider_id != self.provider_id)
+        {
+            let fed = self.clone();
+            let member = member.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let identity = fed.identity.current();
+                if let Err(e) = fed
+                    .peers
+                    .request(
+                        &identity,
+                        &member,
+                        reqwest::Method::POST,
+                        "/federation/v1/bloom/notify",
+                        Some(&body),
+                    )
+                    .await
+                {
+                    tracing::debug!(peer = %member.provider_id, error = %e, "filter notification not delivered; the peer will pull later");
+                }
+            });
+        }
+    }
+
+    /// Pulls one member's filter now.
+    pub async fn pull(&self, app: &App, provider_id: &str) {
+        let Some(member) = self.member(provider_id) else {
+            return;
+        };
+        let identity = self.identity.current();
+        if let Err(e) = self.peers.pull(&app.db, &identity, &member).await {
+            tracing::warn!(peer = provider_id, error = %e, "pulling the peer's filter failed");
+            self.peers.note_pull_error(provider_id, &e);
+        }
+    }
+
+    /// Pulls every member's filter, in parallel.
+    pub async fn pull_all(&self, app: &App) {
+        let Some(directory) = self.directory.current() else {
+            return;
+        };
+        let pulls = directory
+            .members
+            .iter()
+            .filter(|m| m.provider_id != self.provider_id)
+            .map(|m| self.pull(app, &m.provider_id));
+        futures_util::future::join_all(pulls).await;
+    }
+
+    /// Starts the background work: directory refresh, filter rebuilds and pulls, certificate
+    /// reloads, and the purge of old Forward ids.
+    pub fn spawn_tasks(self: &Arc<Self>, app: &Arc<App>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let (fed, a) = (self.clone(), app.clone());
+        tasks.push(tokio::spawn(async move { fed.directory_loop(&a).await }));
+        let (fed, a) = (self.clone(), app.clone());
+        tasks.push(tokio::spawn(async move { fed.filter_loop(&a).await }));
+        let (fed, a) = (self.clone(), app.clone());
+        tasks.push(tokio::spawn(async move { fed.pull_loop(&a).await }));
+        let (fed, a) = (self.clone(), app.clone());
+        tasks.push(tokio::spawn(async move { fed.housekeeping_loop(&a).await }));
+        tasks
+    }
+
+    async fn directory_loop(self: Arc<Self>, app: &Arc<App>) {
+        let mut shutdown = app.shutdown.clone();
+        let changes = self.directory.load_saved(&self.identity.current());
+        self.apply(app, changes).await;
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(self.config.directory_refresh_seconds));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::app::shutting_down(&mut shutdown) => return,
+            }
+            if let Err(e) = self.refresh_directory(app).await {
+                tracing::warn!(error = %e, "discovery dictionary not refreshed; running on the copy in force");
+            }
+        }
+    }
+
+    async fn filter_loop(self: Arc<Self>, app: &Arc<App>) {
+        let mut shutdown = app.shutdown.clone();
+        let period = Duration::from_secs(self.config.bloom_rebuild_seconds);
+        loop {
+            if let Err(e) = self.rebuild_filter(app).await {
+                tracing::warn!(error = %e, "rebuilding the filter failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.rebuild_now.notified() => {}
+                _ = crate::app::shutting_down(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn pull_loop(self: Arc<Self>, app: &Arc<App>) {
+        let mut shutdown = app.shutdown.clone();
+        let Some(mut requests) = self.pull_rx.lock().expect("pull lock").take() else {
+            return;
+        };
+        if let Err(e) = self.peers.load(&app.db).await {
+            tracing::warn!(error = %e, "loading saved peer filters failed");
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(self.config.bloom_pull_seconds));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.pull_all(app).await,
+                Some(id) = requests.recv() => {
+                    let (fed, a) = (self.clone(), app.clone());
+                    tokio::spawn(async move { fed.pull(&a, &id).await });
+                }
+                _ = crate::app::shutting_down(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn housekeeping_loop(self: Arc<Self>, app: &Arc<App>) {
+        let mut shutdown = app.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(self.config.cert_check_seconds));
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::app::shutting_down(&mut shutdown) => return,
+            }
+            match self.identity.reload_if_changed() {
+                Ok(true) => tracing::info!("federation certificate files changed; reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "federation certificate files changed but do not load; keeping the previous ones")
+                }
+            }
+            let now = identity::unix_now();
+            let expires_in = self.identity.current().not_after - now;
+            metrics::gauge!("switchyard_federation_certificate_expires_seconds")
+                .set(expires_in as f64);
+            self.directory.expire(now);
+            if last_purge.elapsed() >= Duration::from_secs(60) {
+                last_purge = tokio::time::Instant::now();
+                let window_ms = (self.config.timestamp_window_seconds * 2000) as i64;
+                if let Err(e) = app
+                    .db
+                    .purge_forward_log(crate::db::now_ms() - window_ms)
+                    .await
+                {
+                    tracing::warn!(error = %e, "purging old Forward ids failed");
+                }
+            }
+        }
+    }
+}

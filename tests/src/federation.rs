@@ -1,0 +1,245 @@
+//! A federation on loopback for the cross-provider tests: a fresh federation CA, a directory
+//! server publishing the signed discovery dictionary over HTTP, and providers (each a
+//! [`Harness`] with its own database) with federation certificates from that CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use switchyard_federation::discovery::{Directory, Member};
+use switchyard_federation::pki::{self, FederationCa};
+use switchyard_provider::config::WireEncoding;
+use switchyard_provider::federation::Federation;
+
+use crate::{test_config, Harness};
+
+pub struct TestFederation {
+    pub dir: tempfile::TempDir,
+    pub ca: FederationCa,
+    pub directory_addr: SocketAddr,
+    directory_task: tokio::task::JoinHandle<()>,
+    pub providers: Vec<Harness>,
+    pub version: u64,
+}
+
+/// How one provider of a test federation is set up.
+#[derive(Clone)]
+pub struct ProviderSpec {
+    pub id: &'static str,
+    pub encoding: WireEncoding,
+    pub false_positive_rate: f64,
+}
+
+impl ProviderSpec {
+    pub fn plist(id: &'static str) -> Self {
+        ProviderSpec {
+            id,
+            encoding: WireEncoding::Plist,
+            false_positive_rate: 0.001,
+        }
+    }
+
+    pub fn json(id: &'static str) -> Self {
+        ProviderSpec {
+            encoding: WireEncoding::Json,
+            ..ProviderSpec::plist(id)
+        }
+    }
+}
+
+impl TestFederation {
+    /// Starts the directory and one provider per spec, publishes a dictionary listing them all,
+    /// and lets every provider fetch it and every filter.
+    pub async fn start(specs: &[ProviderSpec]) -> anyhow::Result<TestFederation> {
+        switchyard_provider::server::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let ca = FederationCa::init(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca.key"),
+            "test",
+        )?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let directory_addr = listener.local_addr()?;
+        let router = switchyard_provider::federation::directory::directory_router(
+            dir.path().join("directory.plist"),
+        );
+        let directory_task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let mut federation = TestFederation {
+            dir,
+            ca,
+            directory_addr,
+            directory_task,
+            providers: Vec::new(),
+            version: 0,
+        };
+        for spec in specs {
+            federation.add_provider(spec).await?;
+        }
+        let ids: Vec<&str> = specs.iter().map(|s| s.id).collect();
+        federation.publish(&ids).await?;
+        federation.sync().await?;
+        Ok(federation)
+    }
+
+    pub fn cert_paths(&self, id: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join(format!("{id}.pem")),
+            self.dir.path().join(format!("{id}.key")),
+        )
+    }
+
+    /// Issues a certificate for `id` and starts a provider with it (not yet in the directory).
+    pub async fn add_provider(&mut self, spec: &ProviderSpec) -> anyhow::Result<&Harness> {
+        let issued =
+            self.ca
+                .issue_provider(spec.id, &["localhost".into(), "127.0.0.1".into()], 30)?;
+        let (cert, key) = self.cert_paths(spec.id);
+        std::fs::write(&cert, &issued.cert_pem)?;
+        std::fs::write(&key, &issued.key_pem)?;
+        let (mut config, dir) = test_config().await?;
+        config.provider_id = spec.id.to_string();
+        let f = &mut config.federation;
+        f.enabled = true;
+        f.listen = "127.0.0.1:0".parse()?;
+        f.ca_cert = Some(self.dir.path().join("ca.pem"));
+        f.cert = Some(cert);
+        f.key = Some(key);
+        f.bootstrap_uri = Some(format!(
+            "http://{}/federation/v1/directory",
+            self.directory_addr
+        ));
+        f.encoding = spec.encoding;
+        f.bloom_false_positive_rate = spec.false_positive_rate;
+        // The tests refresh and sync explicitly; the periodic work stays out of the way.
+        f.directory_refresh_seconds = 3600;
+        f.bloom_pull_seconds = 3600;
+        f.bloom_rebuild_seconds = 3600;
+        f.bloom_rebuild_changes = 1;
+        f.request_timeout_ms = 2000;
+        f.cert_check_seconds = 1;
+        self.providers.push(Harness::start_with(config, dir).await?);
+        Ok(self.providers.last().expect("just pushed"))
+    }
+
+    pub fn provider(&self, id: &str) -> &Harness {
+        self.providers
+            .iter()
+            .find(|h| h.provider.app.config.provider_id == id)
+            .unwrap_or_else(|| panic!("no provider {id}"))
+    }
+
+    pub fn fed(&self, id: &str) -> &std::sync::Arc<Federation> {
+        self.provider(id)
+            .provider
+            .app
+            .federation
+            .as_ref()
+            .expect("federation enabled")
+    }
+
+    /// The directory entry of a running provider, as `switchyard federation sign` would make it.
+    pub fn member(&self, id: &str) -> anyhow::Result<Member> {
+        let h = self.provider(id);
+        let cert = pki::load_certs(&self.cert_paths(id).0)?;
+        Ok(Member {
+            provider_id: id.to_string(),
+            display_name: format!("Provider {id}"),
+            base_uri: format!(
+                "https://127.0.0.1:{}",
+                h.provider
+                    .federation_addr
+                    .context("federation listener")?
+                    .port()
+            ),
+            relay_addresses: vec![],
+            certificate_sha256: pki::certificate_fingerprint(&cert[0]),
+        })
+    }
+
+    /// Signs a new version listing `members` and writes it where the directory serves it.
+    pub fn write_directory(
+        &mut self,
+        members: Vec<Member>,
+        valid_seconds: i64,
+    ) -> anyhow::Result<()> {
+        self.version += 1;
+        let now = now_seconds();
+        let directory = Directory {
+            federation: "test".into(),
+            version: self.version,
+            issued_at: now,
+            expires: now + valid_seconds,
+            members,
+        };
+        let envelope = directory.sign(&self.ca)?;
+        std::fs::write(
+            self.dir.path().join("directory.plist"),
+            envelope.encode(switchyard_federation::dict::Encoding::Plist),
+        )?;
+        Ok(())
+    }
+
+    /// Publishes a dictionary listing `ids` (running providers) and has every provider fetch it.
+    pub async fn publish(&mut self, ids: &[&str]) -> anyhow::Result<()> {
+        let members = ids
+            .iter()
+            .map(|id| self.member(id))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.write_directory(members, 86_400)?;
+        self.refresh_all().await
+    }
+
+    pub async fn refresh_all(&self) -> anyhow::Result<()> {
+        for h in &self.providers {
+            let fed = h
+                .provider
+                .app
+                .federation
+                .as_ref()
+                .expect("federation enabled");
+            fed.refresh_directory(&h.provider.app)
+                .await
+                .with_context(|| format!("{} refreshing the directory", fed.provider_id))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every provider's filter, then has every provider pull every other's.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        for h in &self.providers {
+            let fed = h
+                .provider
+                .app
+                .federation
+                .as_ref()
+                .expect("federation enabled");
+            fed.rebuild_filter(&h.provider.app).await?;
+        }
+        for h in &self.providers {
+            let fed = h
+                .provider
+                .app
+                .federation
+                .as_ref()
+                .expect("federation enabled");
+            fed.pull_all(&h.provider.app).await;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(self) {
+        for h in self.providers {
+            h.provider.shutdown().await;
+        }
+        self.directory_task.abort();
+    }
+}
+
+pub fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}

@@ -1,0 +1,288 @@
+//! Calls across providers: four providers on loopback, each with its own database and
+//! federation certificate, a signed discovery dictionary, Bloom filters, and Forwards.
+
+use switchyard_federation::dict::Encoding;
+use switchyard_provider::client::{EndpointClient, PushMode};
+use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_tests::*;
+
+const ALICE: &str = "tel:+16502530000";
+const DAVE: &str = "mailto:dave@d.example";
+
+async fn four() -> anyhow::Result<TestFederation> {
+    TestFederation::start(&[
+        ProviderSpec::plist("a.test"),
+        ProviderSpec::json("b.test"),
+        ProviderSpec::plist("c.test"),
+        ProviderSpec::json("d.test"),
+    ])
+    .await
+}
+
+async fn user_endpoint(
+    h: &Harness,
+    name: &str,
+    uris: &[&str],
+    encoding: Encoding,
+) -> anyhow::Result<EndpointClient> {
+    let id = h.add_user(name, uris).await?;
+    h.endpoint(&id, uris[0], None, encoding).await
+}
+
+async fn has_record(h: &Harness, sid: &str) -> anyhow::Result<bool> {
+    Ok(h.calls().await?.iter().any(|c| c["session_id"] == sid))
+}
+
+#[tokio::test]
+async fn call_across_providers_is_answered_and_hung_up_in_plist_and_json() -> anyhow::Result<()> {
+    let fed = four().await?;
+    let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
+    let dave = user_endpoint(fed.provider("d.test"), "Dave", &[DAVE], Encoding::Json).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut dave_push = dave.push_channel(PushMode::LongPoll).await?;
+
+    // A (plist on the wire) calls a URI at D; the callee's URI is written in another spelling.
+    let sid = session_id();
+    let answer = alice
+        .initiate(
+            &sid,
+            "mailto:dave@D.Example",
+            b"alice-offer",
+            &["audio", "video"],
+        )
+        .await?;
+    assert_eq!(answer.int("rung")?, 1);
+    let ring = expect_push(&mut dave_push, "initiate").await?;
+    assert_eq!(ring.str("peer-uri")?, ALICE);
+    assert_eq!(ring.str("self-uri")?, DAVE);
+    assert_eq!(ring.data("peer-blob")?, b"alice-offer");
+    assert!(
+        ring.bool("peer-verified")?,
+        "the caller's attestation verified"
+    );
+    assert_eq!(ring.str("peer-provider")?, "a.test");
+    // Only the provider whose filter holds the callee was asked.
+    for other in ["b.test", "c.test"] {
+        assert!(
+            !has_record(fed.provider(other), &sid).await?,
+            "{other} was asked"
+        );
+    }
+
+    dave.accept(&ring, b"dave-answer").await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    assert_eq!(accepted.data("peer-blob")?, b"dave-answer");
+    assert_eq!(accepted.str("peer-token")?, dave.identity.push_token);
+    assert_eq!(accepted.str("peer-provider")?, "d.test");
+    assert_eq!(
+        fed.provider("a.test").call_record(&sid).await?["state"],
+        "answered"
+    );
+    assert_eq!(
+        fed.provider("d.test").call_record(&sid).await?["state"],
+        "answered"
+    );
+
+    // The caller hangs up: the callee hears it through both providers.
+    alice
+        .cancel(&sid, ALICE, DAVE, answer.str("state")?)
+        .await?;
+    let ended = expect_push(&mut dave_push, "cancel").await?;
+    assert_eq!(ended.str("reason")?, "ended");
+    assert_eq!(
+        fed.provider("d.test").call_record(&sid).await?["state"],
+        "ended"
+    );
+
+    // D (JSON on the wire) calls back; Alice rejects; then the callee side hangs up a second call.
+    let sid2 = session_id();
+    let back = dave
+        .initiate(&sid2, ALICE, b"dave-offer", &["audio"])
+        .await?;
+    assert_eq!(back.int("rung")?, 1);
+    let ring = expect_push(&mut alice_push, "initiate").await?;
+    assert_eq!(ring.str("peer-provider")?, "d.test");
+    alice.reject(&ring, "busy", Some("in a meeting")).await?;
+    let rejected = expect_push(&mut dave_push, "reject").await?;
+    assert_eq!(rejected.str("reason")?, "busy");
+    assert_eq!(rejected.str("reason-text")?, "in a meeting");
+    assert_eq!(
+        fed.provider("d.test").call_record(&sid2).await?["state"],
+        "rejected"
+    );
+
+    let sid3 = session_id();
+    dave.initiate(&sid3, ALICE, b"again", &["audio"]).await?;
+    let ring = expect_push(&mut alice_push, "initiate").await?;
+    alice.accept(&ring, b"ok").await?;
+    expect_push(&mut dave_push, "accept").await?;
+    alice.cancel(&sid3, ALICE, DAVE, ring.str("state")?).await?;
+    let ended = expect_push(&mut dave_push, "cancel").await?;
+    assert_eq!(ended.str("reason")?, "ended");
+    assert_eq!(
+        fed.provider("d.test").call_record(&sid3).await?["state"],
+        "ended"
+    );
+    assert_eq!(
+        fed.provider("a.test").call_record(&sid3).await?["state"],
+        "ended"
+    );
+
+    // The caller cancels while it rings.
+    let sid4 = session_id();
+    let answer = alice.initiate(&sid4, DAVE, b"x", &["audio"]).await?;
+    expect_push(&mut dave_push, "initiate").await?;
+    alice
+        .cancel(&sid4, ALICE, DAVE, answer.str("state")?)
+        .await?;
+    let cancelled = expect_push(&mut dave_push, "cancel").await?;
+    assert_eq!(cancelled.str("reason")?, "cancelled");
+    assert_eq!(
+        fed.provider("d.test").call_record(&sid4).await?["state"],
+        "cancelled"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn same_uri_at_two_providers_rings_both_and_first_accept_wins() -> anyhow::Result<()> {
+    let fed = four().await?;
+    const SHARED: &str = "tel:+442079460958";
+    let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
+    let at_b = user_endpoint(
+        fed.provider("b.test"),
+        "Shared B",
+        &[SHARED],
+        Encoding::Plist,
+    )
+    .await?;
+    let at_c = user_endpoint(
+        fed.provider("c.test"),
+        "Shared C",
+        &[SHARED],
+        Encoding::Json,
+    )
+    .await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut b_push = at_b.push_channel(PushMode::WebSocket).await?;
+    let mut c_push = at_c.push_channel(PushMode::WebSocket).await?;
+
+    let sid = session_id();
+    let answer = alice
+        .initiate(&sid, "tel:+44 20 7946 0958", b"o", &["audio"])
+        .await?;
+    assert_eq!(answer.int("rung")?, 2);
+    let ring_b = expect_push(&mut b_push, "initiate").await?;
+    let ring_c = expect_push(&mut c_push, "initiate").await?;
+    at_c.accept(&ring_c, b"from-c").await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    assert_eq!(accepted.str("peer-provider")?, "c.test");
+    let lost = expect_push(&mut b_push, "cancel").await?;
+    assert_eq!(lost.str("reason")?, "answered-elsewhere");
+    let late = at_b.accept(&ring_b, b"late").await.unwrap_err();
+    assert!(
+        late.to_string().contains("already-answered") || late.to_string().contains("call-ended"),
+        "{late}"
+    );
+    expect_silence(&mut alice_push).await?;
+    assert_eq!(
+        fed.provider("b.test").call_record(&sid).await?["state"],
+        "cancelled"
+    );
+
+    // Both reject: the caller hears one Reject once both providers said no.
+    let sid = session_id();
+    alice.initiate(&sid, SHARED, b"o", &["audio"]).await?;
+    let ring_b = expect_push(&mut b_push, "initiate").await?;
+    let ring_c = expect_push(&mut c_push, "initiate").await?;
+    at_b.reject(&ring_b, "busy", None).await?;
+    expect_silence(&mut alice_push).await?;
+    at_c.reject(&ring_c, "declined", None).await?;
+    let rejected = expect_push(&mut alice_push, "reject").await?;
+    assert_eq!(rejected.str("reason")?, "declined");
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()> {
+    // C's filter is sized for a high false-positive rate so that one is easy to find.
+    let mut c = ProviderSpec::plist("c.test");
+    c.false_positive_rate = 0.3;
+    let fed = TestFederation::start(&[
+        ProviderSpec::plist("a.test"),
+        ProviderSpec::plist("b.test"),
+        c,
+    ])
+    .await?;
+    let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
+    let c_users: Vec<String> = (0..50).map(|i| format!("tel:+1415555{i:04}")).collect();
+    for (i, uri) in c_users.iter().enumerate() {
+        fed.provider("c.test")
+            .add_user(&format!("C{i}"), &[uri.as_str()])
+            .await?;
+    }
+    // A URI hosted at B that C's filter also claims.
+    let a_fed = fed.fed("a.test");
+    let directory = a_fed.directory.current().expect("directory");
+    fed.sync().await?;
+    let c_only = |uri: &str| {
+        let (found, _) = a_fed.peers.candidates(&directory, "a.test", uri);
+        found.iter().any(|m| m.provider_id == "c.test")
+    };
+    let shared = (0..100_000)
+        .map(|i| format!("tel:+1212555{i:04}"))
+        .find(|u| c_only(u))
+        .expect("a false positive at 30%");
+    let at_b = user_endpoint(
+        fed.provider("b.test"),
+        "Bob",
+        &[shared.as_str()],
+        Encoding::Plist,
+    )
+    .await?;
+    fed.sync().await?;
+    let mut b_push = at_b.push_channel(PushMode::WebSocket).await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+
+    let sid = session_id();
+    let answer = alice.initiate(&sid, &shared, b"o", &["audio"]).await?;
+    assert_eq!(answer.int("rung")?, 1);
+    assert_eq!(answer.string_array("providers")?, ["b.test"]);
+    let ring = expect_push(&mut b_push, "initiate").await?;
+    at_b.reject(&ring, "busy", None).await?;
+    let rejected = expect_push(&mut alice_push, "reject").await?;
+    assert_eq!(rejected.str("reason")?, "busy");
+
+    // A URI nobody hosts but C's filter claims: the caller gets a clear "not found".
+    let nowhere = (0..100_000)
+        .map(|i| format!("tel:+1312555{i:04}"))
+        .find(|u| c_only(u))
+        .expect("a false positive at 30%");
+    let err = alice
+        .initiate(&session_id(), &nowhere, b"o", &["audio"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown-peer") && err.contains("false positive"),
+        "{err}"
+    );
+    let metrics = fed
+        .provider("a.test")
+        .admin
+        .get(format!("{}/metrics", fed.provider("a.test").admin_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("switchyard_federation_false_positives_total"),
+        "{metrics}"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
