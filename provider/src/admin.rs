@@ -116,6 +116,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/v1/users/{id}/endpoints", get(list_endpoints))
         .route("/admin/v1/endpoints/{id}/revoke", post(revoke_endpoint))
         .route("/admin/v1/calls", get(list_calls))
+        .route("/admin/v1/federation", get(federation_status))
+        .route("/admin/v1/federation/resync", post(federation_resync))
         .route(
             "/admin/v1/import",
             post(import).layer(DefaultBodyLimit::disable()),
@@ -148,6 +150,93 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         )
         .into_response()
     }
+}
+
+fn federation_or_404(app: &App) -> Result<&Arc<crate::federation::Federation>, AdminError> {
+    app.federation.as_ref().ok_or_else(|| {
+        AdminError::new(
+            StatusCode::NOT_FOUND,
+            "federation-disabled",
+            "federation.enabled is false on this provider",
+        )
+    })
+}
+
+/// The discovery dictionary in force, this provider's filter, and each peer as seen from here.
+async fn federation_status(State(app): State<Arc<App>>) -> AdminResult {
+    let fed = federation_or_404(&app)?;
+    let directory = fed.directory.current();
+    let (last_fetch, last_error) = fed.directory.status();
+    let identity = fed.identity.current();
+    let own = fed.own.stats();
+    let peers: Vec<Value> = fed
+        .peers
+        .status(directory.as_deref(), &fed.provider_id)
+        .into_iter()
+        .map(|p| {
+            let member = directory.as_ref().and_then(|d| d.member(&p.provider_id));
+            json!({
+                "provider_id": p.provider_id,
+                "display_name": member.map(|m| m.display_name.clone()),
+                "base_uri": member.map(|m| m.base_uri.clone()),
+                "generation": p.generation,
+                "items": p.items,
+                "bits": p.bits,
+                "estimated_false_positive_rate": p.estimated_false_positive_rate,
+                "last_sync_ms": p.fetched_at_ms,
+                "latency_ms": p.latency_ms,
+                "errors": p.errors,
+                "last_error": p.last_error,
+                "breaker_open": p.breaker_open,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "provider_id": fed.provider_id,
+        "certificate": {
+            "sha256": identity.fingerprint,
+            "not_after": identity.not_after,
+        },
+        "directory": directory.as_ref().map(|d| json!({
+            "federation": d.federation,
+            "version": d.version,
+            "issued_at": d.issued_at,
+            "expires": d.expires,
+            "members": d.members.iter().map(|m| json!({
+                "provider_id": m.provider_id,
+                "display_name": m.display_name,
+                "base_uri": m.base_uri,
+                "relay_addresses": m.relay_addresses,
+                "certificate_sha256": m.certificate_sha256,
+            })).collect::<Vec<_>>(),
+        })),
+        "directory_last_fetch_ms": last_fetch,
+        "directory_last_error": last_error,
+        "filter": own.map(|f| json!({
+            "generation": f.generation,
+            "items": f.items,
+            "bits": f.bits,
+            "hashes": f.hashes,
+            "estimated_false_positive_rate": f.estimated_false_positive_rate,
+        })),
+        "peers": peers,
+    })))
+}
+
+/// Fetches the discovery dictionary, rebuilds this provider's filter and pulls every peer's, now.
+async fn federation_resync(State(app): State<Arc<App>>) -> AdminResult {
+    let fed = federation_or_404(&app)?;
+    let directory_error = fed
+        .refresh_directory(&app)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    fed.rebuild_filter(&app).await?;
+    fed.pull_all(&app).await;
+    Ok(Json(json!({
+        "directory_error": directory_error,
+        "version": fed.directory.current().map(|d| d.version),
+    })))
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response {

@@ -802,6 +802,31 @@ mod tests {
     }
 
     #[test]
+    fn the_deployment_example_is_valid() {
+        let text = include_str!("../../deploy/switchyard.toml");
+        let config = check(text).unwrap();
+        assert!(config.federation.enabled);
+        assert_eq!(config.federation.directory_refresh_seconds, 300);
+    }
+
+    #[test]
+    fn federation_needs_its_files_and_bootstrap_uri() {
+        let err = check("[federation]\nenabled = true\nbootstrap_uri = \"ftp://x\"\nbloom_false_positive_rate = 0.9\n")
+            .unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "federation.ca_cert",
+                "federation.cert",
+                "federation.key",
+                "federation.bootstrap_uri",
+                "federation.bloom_false_positive_rate"
+            ]
+        );
+    }
+
+    #[test]
     fn defaults_round_trip_through_toml() {
         let text = Config::default().to_toml();
         let again = check(&text).unwrap();

@@ -133,6 +133,16 @@ enum FederationCommand {
         ca_cert: PathBuf,
         file: PathBuf,
     },
+    /// Show a running provider's federation: dictionary in force, own filter, peers.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a running provider fetch the dictionary and exchange filters now.
+    Resync {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args)]
@@ -319,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca(command) => ca(command),
-        Command::Federation(command) => federation(command),
+        Command::Federation(command) => federation(command).await,
         Command::Users { admin, command } => users(admin, command).await,
         Command::Endpoints { admin, command } => endpoints(admin, command).await,
         Command::Endpoint(command) => {
@@ -366,7 +376,7 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn federation(command: FederationCommand) -> anyhow::Result<ExitCode> {
+async fn federation(command: FederationCommand) -> anyhow::Result<ExitCode> {
     use switchyard_federation::discovery::Directory;
     use switchyard_federation::pki::{self, FederationCa};
     match command {
@@ -412,6 +422,20 @@ fn federation(command: FederationCommand) -> anyhow::Result<ExitCode> {
                     member.provider_id, member.base_uri, member.display_name
                 );
             }
+        }
+        FederationCommand::Status { admin } => {
+            let admin = AdminClient::new(admin)?;
+            let value = admin
+                .send(admin.http.get(admin.url("/admin/v1/federation")))
+                .await?;
+            print_json(&value);
+        }
+        FederationCommand::Resync { admin } => {
+            let admin = AdminClient::new(admin)?;
+            let value = admin
+                .send(admin.http.post(admin.url("/admin/v1/federation/resync")))
+                .await?;
+            print_json(&value);
         }
     }
     Ok(ExitCode::SUCCESS)

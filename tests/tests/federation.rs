@@ -286,3 +286,64 @@ async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()
     fed.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::json("b.test")])
+        .await?;
+    let b = fed.provider("b.test");
+    b.add_user("Bob", &["mailto:bob@b.example"]).await?;
+    let a = fed.provider("a.test");
+    let (status, body) = a
+        .admin_call(reqwest::Method::POST, "/admin/v1/federation/resync", None)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["directory_error"].is_null(), "{body}");
+    let (status, body) = a
+        .admin_call(reqwest::Method::GET, "/admin/v1/federation", None)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["directory"]["version"], fed.version);
+    assert_eq!(
+        body["directory"]["members"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let peers = body["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["provider_id"], "b.test");
+    let b_stats = fed.fed("b.test").own.stats().expect("b built its filter");
+    assert_eq!(peers[0]["generation"], b_stats.generation);
+    assert_eq!(peers[0]["items"], 1);
+    assert!(peers[0]["estimated_false_positive_rate"].as_f64().is_some());
+    assert_eq!(peers[0]["breaker_open"], false);
+    assert!(body["filter"]["bits"].as_u64().unwrap_or(0) >= 1024);
+
+    let metrics = a
+        .admin
+        .get(format!("{}/metrics", a.admin_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for name in [
+        "switchyard_bloom_items",
+        "switchyard_bloom_generation",
+        "switchyard_bloom_estimated_false_positive_rate",
+        "switchyard_bloom_sent_bytes_total",
+        "switchyard_federation_peer_latency_seconds",
+        "switchyard_federation_members",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // A provider without federation says so.
+    let plain = Harness::start().await?;
+    let (status, body) = plain
+        .admin_call(reqwest::Method::GET, "/admin/v1/federation", None)
+        .await?;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "federation-disabled");
+    plain.provider.shutdown().await;
+    fed.shutdown().await;
+    Ok(())
+}
