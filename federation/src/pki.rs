@@ -406,6 +406,86 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// Like [`client_config`], and the server must present exactly the certificate whose SHA-256
+/// is `expected_fingerprint` (lowercase hex), as the discovery dictionary lists it. Checked
+/// during the handshake, so nothing is sent to a server holding another federation certificate.
+pub fn pinned_client_config(
+    ca_pem: &str,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    expected_fingerprint: &str,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots(ca_pem)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let verifier = Arc::new(PinnedServerVerifier {
+        inner,
+        expected: expected_fingerprint.to_owned(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(cert_chain, key)
+        .map_err(tls_error)?;
+    Ok(Arc::new(config))
+}
+
+/// The usual chain and name checks, plus the end-entity certificate's fingerprint.
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expected: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let presented = certificate_fingerprint(end_entity);
+        if presented != self.expected {
+            return Err(rustls::Error::General(format!(
+                "the server presented certificate {presented}, but the discovery dictionary lists {}",
+                self.expected
+            )));
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn tls_error(e: rustls::Error) -> PkiError {
     PkiError::Tls(e.to_string())
 }

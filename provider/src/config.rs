@@ -132,7 +132,7 @@ pub struct FederationConfig {
     pub timestamp_window_seconds: u64,
     /// Consecutive failures after which a peer is skipped (circuit open)...
     pub breaker_failures: u32,
-    /// ...for this long, before one trial request is let through.
+    /// ...for this long; then requests go through again, and the next failure reopens it.
     pub breaker_open_seconds: u64,
     /// The false-positive rate this provider's filter is sized for.
     pub bloom_false_positive_rate: f64,
@@ -543,6 +543,10 @@ impl Config {
             (
                 "federation.breaker_failures",
                 u64::from(self.federation.breaker_failures),
+            ),
+            (
+                "federation.breaker_open_seconds",
+                self.federation.breaker_open_seconds,
             ),
             (
                 "federation.bloom_rebuild_seconds",

@@ -894,6 +894,36 @@ pub async fn save_forward_result(
     Ok(())
 }
 
+/// The reasons given so far by the parties that rejected a call, in the order they came.
+pub async fn rejection_reasons(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> StoreResult<Vec<(String, String)>> {
+    Ok(sqlx::query(
+        "SELECT endpoint_id, reason FROM call_rejections WHERE session_id = $1 \
+         ORDER BY rejected_at, endpoint_id",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+/// Removes a call record and its rejections, for a Request that was refused after all.
+pub async fn delete_call(conn: &mut AnyConnection, session_id: &str) -> StoreResult<()> {
+    sqlx::query("DELETE FROM call_rejections WHERE session_id = $1")
+        .bind(session_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM calls WHERE session_id = $1")
+        .bind(session_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// The full call record, read inside a transaction.
 pub async fn call_in(
     conn: &mut AnyConnection,

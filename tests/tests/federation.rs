@@ -347,3 +347,47 @@ async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
     fed.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_peer_presenting_another_certificate_than_listed_gets_nothing() -> anyhow::Result<()> {
+    let mut fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
+            .await?;
+    // The directory lists, for B, a certificate B does not hold (A's).
+    let mut b = fed.member("b.test")?;
+    b.certificate_sha256 = fed.member("a.test")?.certificate_sha256;
+    let members = vec![fed.member("a.test")?, b];
+    fed.write_directory(members, 86_400)?;
+    fed.refresh_all().await?;
+    let a = fed.fed("a.test");
+    let b_member = a.member("b.test").expect("listed");
+    let err = a
+        .peers
+        .pull(
+            &fed.provider("a.test").provider.app.db,
+            &a.identity.current(),
+            &b_member,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("discovery dictionary lists"), "{err}");
+    // B's requests to A are refused too: its certificate is not the one listed.
+    let b_fed = fed.fed("b.test");
+    let a_member = b_fed.member("a.test").expect("listed");
+    let err = b_fed
+        .peers
+        .request(
+            &b_fed.identity.current(),
+            &a_member,
+            reqwest::Method::GET,
+            "/federation/v1/bloom",
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate-mismatch"), "{err}");
+    fed.shutdown().await;
+    Ok(())
+}

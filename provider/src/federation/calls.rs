@@ -25,9 +25,9 @@ use super::Federation;
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::db::{
-    call_in, call_state, forward_result, insert_call, now_ms, record_forward_nonce,
-    record_rejection, save_forward_result, transition_call, CallChange, CallRecord, CallState,
-    EndpointRecord, StoreError,
+    call_in, call_state, delete_call, forward_result, insert_call, now_ms, record_forward_nonce,
+    record_rejection, rejection_reasons, save_forward_result, transition_call, CallChange,
+    CallRecord, CallState, EndpointRecord, StoreError,
 };
 use crate::invite::{
     answer_push, blob_field, call_gone, cancel_push, canonical_field, capabilities_dict,
@@ -226,7 +226,14 @@ pub async fn initiate_remote(
         )
     };
     let Some(directory) = fed.directory.current() else {
-        return Err(not_hosted(" (no discovery dictionary is in force)"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peers-unavailable",
+            format!(
+                "{} is not hosted here, and the federation is suspended: no valid discovery dictionary is in force",
+                request.callee_uri
+            ),
+        ));
     };
     let (candidates, skipped) =
         fed.peers
@@ -409,32 +416,48 @@ pub async fn initiate_remote(
             .await?;
         }
     }
-    if ended && ringing.is_empty() {
-        if let Some((reason, text)) = &refusal {
-            let push = Dict::new()
-                .with("action", "reject")
-                .with("session-id", request.session_id.as_str())
-                .with("self-uri", request.caller_uri.as_str())
-                .with("self-token", caller.push_token.as_str())
-                .with("peer-uri", request.callee_uri.as_str())
-                .with("reason", reason.as_str())
-                .with(
-                    "reason-text",
-                    text.clone()
-                        .unwrap_or_else(|| "no endpoint of the callee can take the call".into()),
-                )
-                .with("state", sealed.as_str());
-            outbox
-                .push(&mut tx, &caller.id, &push, app.push_ttl_ms())
-                .await?;
-        }
+    // Nobody hosts the callee or nobody answered: the Request is refused, and a refused Request
+    // leaves nothing behind (the session id can be used again).
+    let refused_request = ringing.is_empty() && refusal.is_none();
+    if refused_request {
+        delete_call(&mut tx, &request.session_id).await?;
+        ended = false;
+    }
+    // The call ended here: every candidate said no, possibly after one that rang already sent
+    // its Reject. The caller hears one Reject, with the reason of a provider that rang if any.
+    let tell_caller = ended && (!ringing.is_empty() || refusal.is_some());
+    if tell_caller {
+        let rang: Vec<String> = ringing.iter().map(|p| provider_party(p)).collect();
+        let from_ringing = rejection_reasons(&mut tx, &request.session_id)
+            .await?
+            .into_iter()
+            .find(|(party, _)| rang.contains(party))
+            .map(|(_, reason)| (reason, None));
+        let (reason, text) = from_ringing
+            .or_else(|| refusal.clone())
+            .unwrap_or_else(|| ("unavailable".to_string(), None));
+        let push = Dict::new()
+            .with("action", "reject")
+            .with("session-id", request.session_id.as_str())
+            .with("self-uri", request.caller_uri.as_str())
+            .with("self-token", caller.push_token.as_str())
+            .with("peer-uri", request.callee_uri.as_str())
+            .with("reason", reason.as_str())
+            .with(
+                "reason-text",
+                text.unwrap_or_else(|| "no endpoint of the callee can take the call".into()),
+            )
+            .with("state", sealed.as_str());
+        outbox
+            .push(&mut tx, &caller.id, &push, app.push_ttl_ms())
+            .await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     outbox.wake(&app.hub);
     if ended {
         count_outcome(CallState::Rejected);
     }
-    if ringing.is_empty() && refusal.is_none() {
+    if refused_request {
         if !failures.is_empty() {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -673,6 +696,19 @@ pub async fn receive_accept(
         Err(answer) => return answer,
     };
     let party = provider_party(&peer.provider_id);
+    if rejection_reasons(&mut tx, &state.sid)
+        .await?
+        .iter()
+        .any(|(p, _)| *p == party)
+    {
+        return Err(ApiError::forbidden(
+            "not-authorized",
+            format!(
+                "`{}` did not ring this call (it refused the Initiate or does not host the callee)",
+                peer.provider_id
+            ),
+        ));
+    }
     let won = transition_call(
         &mut tx,
         &state.sid,
@@ -883,6 +919,10 @@ pub async fn receive_cancel(
                     (CallState::Cancelled, "answered-elsewhere")
                 }
                 CallState::Ringing => (CallState::Cancelled, "caller-cancelled"),
+                // Its Accept Forward lost the race at the originator and is still on its way.
+                CallState::Answered if reason == "answered-elsewhere" => {
+                    (CallState::Cancelled, "answered-elsewhere")
+                }
                 CallState::Answered => (CallState::Ended, "caller-hung-up"),
                 other => return Err(call_gone(Some(other))),
             };
@@ -905,7 +945,8 @@ pub async fn receive_cancel(
                 CallState::Answered => call.answered_by.iter().cloned().collect(),
                 _ => call.rung_endpoints.clone(),
             };
-            let push_reason = if call.state == CallState::Answered {
+            let push_reason = if call.state == CallState::Answered && reason != "answered-elsewhere"
+            {
                 "ended"
             } else {
                 reason
@@ -981,16 +1022,19 @@ pub async fn accept_forwarded(
     let ttl = app.push_ttl_ms();
     let mut outbox = Outbox::default();
     let mut tx = app.db.begin_write().await?;
+    let mut unconfirmed = false;
     let error = match &result {
         Ok(_) => None,
-        Err(ForwardError::Peer(PeerError::Refused { status: 409, .. })) => Some((
-            "answered-elsewhere",
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "already-answered",
-                "the call was answered by another endpoint",
-            ),
-        )),
+        Err(ForwardError::Peer(PeerError::Refused { code, .. })) if code == "already-answered" => {
+            Some((
+                "answered-elsewhere",
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already-answered",
+                    "the call was answered by another endpoint",
+                ),
+            ))
+        }
         Err(ForwardError::Peer(PeerError::Refused {
             status: 410,
             message,
@@ -999,14 +1043,25 @@ pub async fn accept_forwarded(
             "cancelled",
             ApiError::new(StatusCode::GONE, "call-ended", message.clone()),
         )),
-        Err(e) => Some((
+        Err(ForwardError::Peer(e @ PeerError::Refused { .. })) => Some((
             "cancelled",
             ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "origin-unreachable",
-                format!("the caller's provider did not confirm the answer: {e}"),
+                StatusCode::BAD_GATEWAY,
+                "origin-refused",
+                format!("the caller's provider refused the answer: {e}"),
             ),
         )),
+        Err(e) => {
+            unconfirmed = true;
+            Some((
+                "cancelled",
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "origin-unreachable",
+                    format!("the caller's provider did not confirm the answer: {e}"),
+                ),
+            ))
+        }
     };
     let push_reason = match &error {
         None => "answered-elsewhere",
@@ -1031,6 +1086,12 @@ pub async fn accept_forwarded(
     }
     tx.commit().await.map_err(StoreError::from)?;
     outbox.wake(&app.hub);
+    if unconfirmed {
+        // The originator may have taken the Accept before the answer was lost: end the call
+        // there too, so the caller is not left in a call nobody is in.
+        let (app, state) = (app.clone(), state.clone());
+        tokio::spawn(async move { cancel_to_origin(&app, &state, "ended").await });
+    }
     match error {
         None => Ok(()),
         Some((_, e)) => Err(e),

@@ -40,6 +40,9 @@ pub struct MemberChanges {
 #[derive(Default)]
 struct Inner {
     directory: Option<Arc<Directory>>,
+    /// The highest version ever installed or found saved, even if expired since: an older
+    /// dictionary is a rollback whatever is in force now.
+    floor: Option<u64>,
     last_fetch_ms: Option<i64>,
     last_error: Option<String>,
 }
@@ -72,6 +75,10 @@ impl DirectoryCell {
         let Ok(bytes) = std::fs::read(&self.saved_path) else {
             return MemberChanges::default();
         };
+        if let Some(version) = saved_version(&bytes, &identity.ca_der) {
+            let mut inner = self.inner.write().expect("directory lock");
+            inner.floor = inner.floor.max(Some(version));
+        }
         let verified = Dict::decode(&bytes, Encoding::Plist)
             .map_err(DiscoveryError::from)
             .and_then(|envelope| Directory::verify(&envelope, &identity.ca_der, unix_now(), None));
@@ -97,7 +104,18 @@ impl DirectoryCell {
         identity: &Identity,
         uri: &str,
     ) -> Result<MemberChanges, DirectoryError> {
-        let result = self.fetch_inner(identity, uri).await;
+        let result: Result<Directory, DirectoryError> = async {
+            let (directory, envelope) = self.fetch_inner(identity, uri).await?;
+            // Saved before it is used, so a restart never runs on an older list than this run did.
+            std::fs::create_dir_all(self.saved_path.parent().unwrap_or(Path::new(".")))
+                .and_then(|_| write_atomically(&self.saved_path, &envelope.encode(Encoding::Plist)))
+                .map_err(|source| DirectoryError::Save {
+                    path: self.saved_path.clone(),
+                    source,
+                })?;
+            Ok(directory)
+        }
+        .await;
         let mut inner = self.inner.write().expect("directory lock");
         match &result {
             Ok(_) => {
@@ -107,14 +125,7 @@ impl DirectoryCell {
             Err(e) => inner.last_error = Some(e.to_string()),
         }
         drop(inner);
-        let (directory, envelope) = result?;
-        std::fs::create_dir_all(self.saved_path.parent().unwrap_or(Path::new(".")))
-            .and_then(|_| write_atomically(&self.saved_path, &envelope.encode(Encoding::Plist)))
-            .map_err(|source| DirectoryError::Save {
-                path: self.saved_path.clone(),
-                source,
-            })?;
-        Ok(self.install(directory))
+        Ok(self.install(result?))
     }
 
     async fn fetch_inner(
@@ -152,7 +163,10 @@ impl DirectoryCell {
         let encoding =
             Encoding::from_content_type(content_type.as_deref()).map_err(|e| refused(e.into()))?;
         let envelope = Dict::decode(&body, encoding).map_err(|e| refused(e.into()))?;
-        let known = self.current().map(|d| d.version);
+        let known = {
+            let inner = self.inner.read().expect("directory lock");
+            inner.floor.max(inner.directory.as_ref().map(|d| d.version))
+        };
         let directory =
             Directory::verify(&envelope, &identity.ca_der, unix_now(), known).map_err(refused)?;
         Ok((directory, envelope))
@@ -183,6 +197,7 @@ impl DirectoryCell {
                 "discovery dictionary installed"
             );
         }
+        inner.floor = inner.floor.max(Some(directory.version));
         inner.directory = Some(Arc::new(directory));
         changes
     }
@@ -206,6 +221,16 @@ impl DirectoryCell {
             _ => MemberChanges::default(),
         }
     }
+}
+
+/// The version of a saved dictionary whose signature verifies, expired or not.
+fn saved_version(bytes: &[u8], ca_der: &[u8]) -> Option<u64> {
+    let envelope = Dict::decode(bytes, Encoding::Plist).ok()?;
+    let document = envelope.data("document").ok()?;
+    let signature = envelope.data("signature").ok()?;
+    switchyard_federation::pki::verify_signature(ca_der, &document, &signature).ok()?;
+    let members = Dict::decode(&document, Encoding::Plist).ok()?;
+    u64::try_from(members.int("version").ok()?).ok()
 }
 
 /// reqwest's Display omits the cause (the TLS alert, the refused connection); operators need it.
@@ -232,6 +257,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn directory_router(file: PathBuf) -> Router {
     Router::new()
         .route("/federation/v1/directory", get(serve_directory))
+        .fallback(|headers: HeaderMap| async move {
+            let error = ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "this server publishes only /federation/v1/directory",
+            );
+            dict_response(error.status, encoding_of(&headers), &error.to_dict())
+        })
         .with_state(Arc::new(file))
 }
 
@@ -239,7 +272,15 @@ async fn serve_directory(State(file): State<Arc<PathBuf>>, headers: HeaderMap) -
     let encoding = encoding_of(&headers);
     let envelope = std::fs::read(file.as_path())
         .map_err(|e| e.to_string())
-        .and_then(|bytes| Dict::decode(&bytes, Encoding::Plist).map_err(|e| e.to_string()));
+        .and_then(|bytes| {
+            // `switchyard federation sign` writes a property list, or JSON with --json.
+            let encoding = if bytes.trim_ascii_start().first() == Some(&b'{') {
+                Encoding::Json
+            } else {
+                Encoding::Plist
+            };
+            Dict::decode(&bytes, encoding).map_err(|e| e.to_string())
+        });
     match envelope {
         Ok(envelope) => dict_response(StatusCode::OK, encoding, &envelope),
         Err(message) => {

@@ -26,14 +26,54 @@ pub enum IdentityError {
 
 /// Everything derived from the three PEM files at one moment.
 pub struct Identity {
+    ca_pem: String,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    timeout: Duration,
+    /// Per peer certificate: a client that talks only to the server presenting it.
+    pinned: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
     pub ca_der: Vec<u8>,
     pub cert_der: Vec<u8>,
     pub fingerprint: String,
     pub not_after: i64,
     pub signing_key: SigningKey,
     pub server: Arc<rustls::ServerConfig>,
-    /// Presents this provider's certificate and trusts only the federation CA.
+    /// Presents this provider's certificate and trusts any server certificate from the federation
+    /// CA: for the bootstrap URI, whose answer is signed anyway.
     pub http: reqwest::Client,
+}
+
+impl Identity {
+    /// A client for the member whose certificate has SHA-256 `fingerprint`: the handshake fails
+    /// against any other server, before a request is sent. A member whose listed certificate
+    /// changes gets a new client, so no connection made to its old certificate is reused.
+    pub fn client_for(&self, fingerprint: &str) -> Result<reqwest::Client, IdentityError> {
+        let mut pinned = self.pinned.lock().expect("client cache lock");
+        if let Some(client) = pinned.get(fingerprint) {
+            return Ok(client.clone());
+        }
+        let config = pki::pinned_client_config(
+            &self.ca_pem,
+            self.chain.clone(),
+            self.key.clone_key(),
+            fingerprint,
+        )?;
+        let client = http_client(&config, self.timeout)?;
+        pinned.insert(fingerprint.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+fn http_client(
+    config: &rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, IdentityError> {
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(config.clone())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()?)
 }
 
 struct Files {
@@ -150,15 +190,14 @@ fn build(files: &Files, provider_id: &str, timeout: Duration) -> Result<Identity
         });
     }
     let server = pki::server_config(&ca_pem, chain.clone(), key.clone_key())?;
-    let client = pki::client_config(&ca_pem, chain.clone(), key)?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*client).clone())
-        .tls_info(true)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()?;
+    let client = pki::client_config(&ca_pem, chain.clone(), key.clone_key())?;
+    let http = http_client(&client, timeout)?;
     Ok(Identity {
+        ca_pem,
+        chain: chain.clone(),
+        key,
+        timeout,
+        pinned: Default::default(),
         ca_der,
         cert_der: chain[0].to_vec(),
         fingerprint: identity.sha256_fingerprint,

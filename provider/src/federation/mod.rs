@@ -286,7 +286,10 @@ impl Federation {
             let expires_in = self.identity.current().not_after - now;
             metrics::gauge!("switchyard_federation_certificate_expires_seconds")
                 .set(expires_in as f64);
-            self.directory.expire(now);
+            let changes = self.directory.expire(now);
+            if !changes.removed.is_empty() {
+                self.apply(app, changes).await;
+            }
             if last_purge.elapsed() >= Duration::from_secs(60) {
                 last_purge = tokio::time::Instant::now();
                 let window_ms = (self.config.timestamp_window_seconds * 2000) as i64;

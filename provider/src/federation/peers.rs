@@ -10,7 +10,6 @@ use base64::Engine;
 use switchyard_federation::bloom::{self, BloomFilter, BloomParams, BloomUpdate, Probe};
 use switchyard_federation::dict::{Dict, Encoding};
 use switchyard_federation::discovery::{Directory, Member};
-use switchyard_federation::pki;
 
 use super::directory::error_chain;
 use super::identity::Identity;
@@ -27,12 +26,6 @@ pub enum PeerError {
     Transport { peer: String, message: String },
     #[error("{peer} did not answer within {timeout_ms} ms")]
     Timeout { peer: String, timeout_ms: u64 },
-    #[error("{peer} presented certificate {got}, but the discovery dictionary lists {expected}")]
-    WrongCertificate {
-        peer: String,
-        got: String,
-        expected: String,
-    },
     #[error("{peer} answered HTTP {status} ({code}): {message}")]
     Refused {
         peer: String,
@@ -274,8 +267,15 @@ impl Peers {
     ) -> Result<Dict, PeerError> {
         let peer = member.provider_id.clone();
         let url = format!("{}{path}", member.base_uri.trim_end_matches('/'));
-        let mut request = identity
-            .http
+        // Pinned to the certificate the directory lists; a changed listing gets a client (and
+        // connections) of its own.
+        let http = identity
+            .client_for(&member.certificate_sha256)
+            .map_err(|e| PeerError::Transport {
+                peer: peer.clone(),
+                message: e.to_string(),
+            })?;
+        let mut request = http
             .request(method, &url)
             .header(reqwest::header::ACCEPT, self.encoding.content_type());
         if let Some(body) = body {
@@ -296,18 +296,6 @@ impl Peers {
                 }
             }
         })?;
-        let presented = response
-            .extensions()
-            .get::<reqwest::tls::TlsInfo>()
-            .and_then(|info| info.peer_certificate())
-            .map(pki::certificate_fingerprint);
-        if presented.as_deref() != Some(member.certificate_sha256.as_str()) {
-            return Err(PeerError::WrongCertificate {
-                peer,
-                got: presented.unwrap_or_else(|| "none (not TLS)".into()),
-                expected: member.certificate_sha256.clone(),
-            });
-        }
         if response
             .content_length()
             .is_some_and(|len| len > self.max_filter_bytes * 2)
