@@ -84,26 +84,25 @@ pub fn valid_provider_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-/// The federation's certificate authority: its certificate and signing key.
-pub struct FederationCa {
+/// A certificate authority kept as two PEM files: its self-signed certificate and its P-256 key.
+/// The federation CA and each provider's endpoint CA are both one.
+pub struct CertificateAuthority {
     cert_pem: String,
+    cert_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
     signer: SigningKey,
 }
 
-/// A freshly issued provider certificate and its private key (PKCS#8), both PEM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedProvider {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl FederationCa {
-    /// Creates a new CA and writes its certificate and key as PEM files.
-    ///
-    /// Neither file may exist yet ([`PkiError::Exists`]): overwriting a CA key would
+impl CertificateAuthority {
+    /// Creates a CA named `common_name` (and `organization`, if any) and writes its certificate
+    /// and key. Neither file may exist yet ([`PkiError::Exists`]): overwriting a CA key would
     /// orphan every certificate it issued. The key file is created with mode 0600.
-    pub fn init(cert_path: &Path, key_path: &Path, name: &str) -> Result<Self, PkiError> {
+    pub fn create(
+        cert_path: &Path,
+        key_path: &Path,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> Result<Self, PkiError> {
         for path in [cert_path, key_path] {
             if path.exists() {
                 return Err(PkiError::Exists(path.to_path_buf()));
@@ -113,29 +112,28 @@ impl FederationCa {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("Switchyard federation CA {name}"),
-        );
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if let Some(organization) = organization {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, organization);
+        }
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = now;
+        // An hour back, for clocks a little behind ours.
+        params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
         params.serial_number = Some(random_serial()?);
         let cert_pem = params.self_signed(&key)?.pem();
-        let key_pem = key.serialize_pem();
-
         // The key goes first so a failure never leaves a certificate without its key.
-        write_new(key_path, key_pem.as_bytes(), 0o600)?;
+        write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_new(cert_path, cert_pem.as_bytes(), 0o644)?;
-        Ok(FederationCa {
-            cert_pem,
-            signer: SigningKey::from_pem(&key_pem)?,
-            issuer: Issuer::new(params, key),
-        })
+        Self::load(cert_path, key_path)
     }
 
-    /// Loads a CA written by [`FederationCa::init`], checking that the key matches.
+    /// Loads a CA, checking that the certificate is a CA certificate and the key matches it.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
         let cert_pem = read_to_string(cert_path)?;
         let key_pem = read_to_string(key_path)?;
@@ -163,16 +161,70 @@ impl FederationCa {
         }
         let signer = SigningKey::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
-        Ok(FederationCa {
+        Ok(CertificateAuthority {
             cert_pem,
+            cert_der,
             issuer,
             signer,
         })
     }
 
-    /// The CA certificate, PEM-encoded: the trust anchor every provider configures.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// What signs the certificates this CA issues.
+    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// Signs `message` with the CA key (ECDSA P-256 SHA-256, ASN.1 DER signature).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        self.signer.sign(message)
+    }
+}
+
+/// The federation's certificate authority: it issues provider certificates and signs the
+/// discovery dictionary.
+pub struct FederationCa {
+    ca: CertificateAuthority,
+}
+
+/// A freshly issued provider certificate and its private key (PKCS#8), both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedProvider {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl FederationCa {
+    /// Creates a new federation CA and writes its certificate and key as PEM files (see
+    /// [`CertificateAuthority::create`]).
+    pub fn init(cert_path: &Path, key_path: &Path, name: &str) -> Result<Self, PkiError> {
+        Ok(FederationCa {
+            ca: CertificateAuthority::create(
+                cert_path,
+                key_path,
+                &format!("Switchyard federation CA {name}"),
+                None,
+            )?,
+        })
+    }
+
+    /// Loads a CA written by [`FederationCa::init`], checking that the key matches.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        Ok(FederationCa {
+            ca: CertificateAuthority::load(cert_path, key_path)?,
+        })
+    }
+
+    /// The CA certificate, PEM-encoded: the trust anchor every provider configures.
+    pub fn cert_pem(&self) -> &str {
+        self.ca.cert_pem()
     }
 
     /// Issues a provider certificate valid from now for `days` days.
@@ -230,7 +282,7 @@ impl FederationCa {
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(&key, self.ca.issuer())?;
         Ok(IssuedProvider {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -239,7 +291,7 @@ impl FederationCa {
 
     /// Signs `message` with the CA key (ECDSA P-256 SHA-256, ASN.1 DER signature).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
-        self.signer.sign(message)
+        self.ca.sign(message)
     }
 }
 
@@ -634,7 +686,11 @@ mod tests {
         let mut params = CertificateParams::default();
         params.subject_alt_names = sans;
         let key = KeyPair::generate().unwrap();
-        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+        params
+            .signed_by(&key, ca.ca.issuer())
+            .unwrap()
+            .der()
+            .clone()
     }
 
     #[test]

@@ -562,6 +562,21 @@ impl Db {
         Ok(())
     }
 
+    /// Records a Forward id from `provider_id`; false if it was seen before (a replay).
+    pub async fn record_forward_nonce(&self, provider_id: &str, nonce: &str) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(provider_id)
+        .bind(nonce)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Forgets Forward ids and answers older than `before` (Unix ms).
     pub async fn purge_forward_log(&self, before: i64) -> StoreResult<()> {
         sqlx::query("DELETE FROM forward_nonces WHERE seen_at < $1")
@@ -831,25 +846,6 @@ pub async fn record_rejection(
         .fetch_one(&mut *conn)
         .await?;
     Ok((inserted, row.get(0), row.get(1)))
-}
-
-/// Records a Forward id from `provider_id`; false if it was seen before (a replay).
-pub async fn record_forward_nonce(
-    conn: &mut AnyConnection,
-    provider_id: &str,
-    nonce: &str,
-) -> StoreResult<bool> {
-    Ok(sqlx::query(
-        "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(provider_id)
-    .bind(nonce)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1)
 }
 
 /// The answer already given to `provider_id`'s `action` Forward for `session_id`, if any.

@@ -5,15 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SubjectPublicKeyInfo,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SubjectPublicKeyInfo,
 };
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use switchyard_federation::pki;
+use switchyard_federation::pki::{self, CertificateAuthority};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +42,7 @@ pub enum PkiError {
 pub use switchyard_federation::pki::certificate_fingerprint as fingerprint;
 
 pub struct EndpointCa {
-    issuer: Issuer<'static, KeyPair>,
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
+    ca: CertificateAuthority,
 }
 
 /// An identity certificate issued to an endpoint.
@@ -62,53 +59,33 @@ impl EndpointCa {
         key_path: &Path,
         provider_id: &str,
     ) -> Result<Self, PkiError> {
-        if !cert_path.exists() && !key_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(
-                DnType::CommonName,
-                format!("Switchyard endpoint CA {provider_id}"),
-            );
-            dn.push(DnType::OrganizationName, provider_id.to_string());
-            params.distinguished_name = dn;
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-            params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
-            params.serial_number = Some(pki::random_serial()?);
-            let cert = params.self_signed(&key)?;
-            write_file(key_path, key.serialize_pem().as_bytes(), true)?;
-            write_file(cert_path, cert.pem().as_bytes(), false)?;
+        for path in [cert_path, key_path] {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| PkiError::Write {
+                    path: parent.into(),
+                    source,
+                })?;
+            }
         }
-        let cert_pem = read_file(cert_path)?;
-        let key_pem = read_file(key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadPem {
-            path: key_path.into(),
-            reason: e.to_string(),
-        })?;
-        let cert_der =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
-                path: cert_path.into(),
-                reason: e.to_string(),
-            })?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| PkiError::BadPem {
-            path: cert_path.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(EndpointCa {
-            issuer,
-            cert_pem,
-            cert_der,
-        })
+        let ca = if !cert_path.exists() && !key_path.exists() {
+            CertificateAuthority::create(
+                cert_path,
+                key_path,
+                &format!("Switchyard endpoint CA {provider_id}"),
+                Some(provider_id),
+            )?
+        } else {
+            CertificateAuthority::load(cert_path, key_path)?
+        };
+        Ok(EndpointCa { ca })
     }
 
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        self.ca.cert_pem()
     }
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
+        self.ca.cert_der()
     }
 
     /// Issues an endpoint certificate for the key in `request`: a PEM CSR (its signature is
@@ -153,7 +130,7 @@ impl EndpointCa {
         params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
         params.not_after = not_after;
         params.serial_number = Some(pki::random_serial()?);
-        let cert = params.signed_by(&PublicKeyRef(public_key.as_ref()), &self.issuer)?;
+        let cert = params.signed_by(&PublicKeyRef(public_key.as_ref()), self.ca.issuer())?;
         Ok(IssuedCertificate {
             fingerprint: fingerprint(cert.der()),
             pem: cert.pem(),
@@ -176,10 +153,13 @@ impl EndpointCa {
         params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(397);
         params.serial_number = Some(pki::random_serial()?);
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(&key, self.ca.issuer())?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| PkiError::Tls(e.to_string()))?;
-        Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
+        Ok((
+            vec![cert.der().clone(), self.ca.cert_der().clone()],
+            key_der,
+        ))
     }
 
     /// TLS for the endpoint API: client certificates are optional at the handshake (registration
@@ -192,7 +172,7 @@ impl EndpointCa {
     ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let mut roots = RootCertStore::empty();
         roots
-            .add(self.cert_der.clone())
+            .add(self.ca.cert_der().clone())
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
             .allow_unauthenticated()
@@ -220,13 +200,6 @@ impl PublicKeyData for PublicKeyRef<'_> {
     }
 }
 
-fn read_file(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
-        path: path.into(),
-        source,
-    })
-}
-
 /// Writes a file that must not exist yet, creating its folder, with mode 0600 when it holds
 /// a secret.
 pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
@@ -243,6 +216,7 @@ pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject;
     use x509_parser::prelude::*;
 
     fn ca() -> (EndpointCa, tempfile::TempDir) {

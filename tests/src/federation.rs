@@ -10,6 +10,7 @@ use switchyard_federation::discovery::{Directory, Member};
 use switchyard_federation::pki::{self, FederationCa};
 use switchyard_provider::config::WireEncoding;
 use switchyard_provider::federation::Federation;
+use switchyard_provider::Config;
 
 use crate::{test_config, Harness};
 
@@ -98,6 +99,18 @@ impl TestFederation {
         let (cert, key) = self.cert_paths(spec.id);
         std::fs::write(&cert, &issued.cert_pem)?;
         std::fs::write(&key, &issued.key_pem)?;
+        let (config, dir) = self.provider_config(spec, cert, key).await?;
+        self.providers.push(Harness::start_with(config, dir).await?);
+        Ok(self.providers.last().expect("just pushed"))
+    }
+
+    /// The configuration `add_provider` starts a provider with, for the given certificate files.
+    pub async fn provider_config(
+        &self,
+        spec: &ProviderSpec,
+        cert: PathBuf,
+        key: PathBuf,
+    ) -> anyhow::Result<(Config, tempfile::TempDir)> {
         let (mut config, dir) = test_config().await?;
         config.provider_id = spec.id.to_string();
         let f = &mut config.federation;
@@ -119,8 +132,7 @@ impl TestFederation {
         f.bloom_rebuild_changes = 1;
         f.request_timeout_ms = 2000;
         f.cert_check_seconds = 1;
-        self.providers.push(Harness::start_with(config, dir).await?);
-        Ok(self.providers.last().expect("just pushed"))
+        Ok((config, dir))
     }
 
     pub fn provider(&self, id: &str) -> &Harness {
@@ -242,4 +254,69 @@ pub fn now_seconds() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64
+}
+
+/// Fault-injection helpers: stopping and restarting providers, and talking to a federation
+/// listener as a (possibly misbehaving) peer.
+impl TestFederation {
+    /// Removes a provider from the federation's list; the caller stops it (or keeps its files).
+    pub fn take(&mut self, id: &str) -> Harness {
+        let index = self
+            .providers
+            .iter()
+            .position(|h| h.provider.app.config.provider_id == id)
+            .unwrap_or_else(|| panic!("no provider {id}"));
+        self.providers.remove(index)
+    }
+
+    /// Stops a provider and starts it again on the same data directory and configuration, on the
+    /// same federation and endpoint addresses (so the directory entry and the endpoint clients
+    /// stay valid). `edit` may change the configuration first.
+    pub async fn restart(
+        &mut self,
+        id: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<&Harness> {
+        let Harness { provider, dir, .. } = self.take(id);
+        let mut config = provider.app.config.clone();
+        config.federation.listen = provider.federation_addr.context("federation listener")?;
+        config.endpoint_api.listen = provider.endpoint_addr;
+        provider.shutdown().await;
+        edit(&mut config);
+        self.providers.push(Harness::start_with(config, dir).await?);
+        Ok(self.providers.last().expect("just pushed"))
+    }
+
+    /// `https://127.0.0.1:<port>` of a provider's federation listener.
+    pub fn federation_url(&self, id: &str) -> String {
+        let addr = self
+            .provider(id)
+            .provider
+            .federation_addr
+            .expect("federation listener");
+        format!("https://127.0.0.1:{}", addr.port())
+    }
+
+    /// A client that speaks mutual TLS to federation listeners as the holder of `cert_pem` /
+    /// `key_pem` (whatever issued them), trusting any server certificate from the federation CA.
+    pub fn peer_client(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<reqwest::Client> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = pki::certs_from_pem(cert_pem)?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .context("parsing the key")?;
+        let tls = pki::client_config(self.ca.cert_pem(), chain, key)?;
+        Ok(reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?)
+    }
+
+    /// The client of a provider's own certificate files (as `cert_paths` holds them).
+    pub fn peer_client_of(&self, id: &str) -> anyhow::Result<reqwest::Client> {
+        let (cert, key) = self.cert_paths(id);
+        self.peer_client(
+            &std::fs::read_to_string(cert)?,
+            &std::fs::read_to_string(key)?,
+        )
+    }
 }

@@ -391,3 +391,41 @@ async fn a_peer_presenting_another_certificate_than_listed_gets_nothing() -> any
     fed.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refused_forward_id_stays_used() -> anyhow::Result<()> {
+    let fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
+            .await?;
+    let client = fed.peer_client_of("b.test")?;
+    let body = switchyard_federation::dict::Dict::new()
+        .with("session-id", session_id().as_str())
+        .with("timestamp", switchyard_tests::federation::now_seconds())
+        .with("forward-id", "b-forward-0000000001")
+        .with("from-provider", "b.test")
+        .with("reason", "cancelled")
+        .encode(Encoding::Plist);
+    let url = format!("{}/federation/v1/cancel", fed.federation_url("a.test"));
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/x-plist")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let answer =
+            switchyard_federation::dict::Dict::decode(&response.bytes().await?, Encoding::Plist)?;
+        codes.push((status, answer.str("error")?.to_string()));
+    }
+    assert_eq!(
+        codes,
+        [
+            (404, "unknown-session".to_string()),
+            (409, "replayed-forward".to_string())
+        ]
+    );
+    fed.shutdown().await;
+    Ok(())
+}

@@ -25,9 +25,9 @@ use super::Federation;
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::db::{
-    call_in, call_state, delete_call, forward_result, insert_call, now_ms, record_forward_nonce,
-    record_rejection, rejection_reasons, save_forward_result, transition_call, CallChange,
-    CallRecord, CallState, EndpointRecord, StoreError,
+    call_in, call_state, delete_call, forward_result, insert_call, now_ms, record_rejection,
+    rejection_reasons, save_forward_result, transition_call, CallChange, CallRecord, CallState,
+    EndpointRecord, StoreError,
 };
 use crate::invite::{
     answer_push, blob_field, call_gone, cancel_push, canonical_field, capabilities_dict,
@@ -126,7 +126,7 @@ fn provider_field(dict: &Dict, field: &str, peer: &AuthPeer) -> Result<(), ApiEr
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
-/// Opens the transaction of a received Forward: refuses a replayed id, and answers a retried
+/// Records the Forward's id, refusing a replayed one, and opens the Forward's transaction; answers a retried
 /// Forward from what was answered before (`Err(Ok(answer))` then).
 async fn begin(
     app: &App,
@@ -135,8 +135,11 @@ async fn begin(
     action: &str,
 ) -> Result<Tx, Result<Dict, ApiError>> {
     let store = |e: StoreError| Err(ApiError::from(e));
-    let mut tx = app.db.begin_write().await.map_err(store)?;
-    let fresh = record_forward_nonce(&mut tx, &peer.provider_id, &received.forward_id)
+    // Recorded on its own, before the Forward is acted on: an id stays used even when the
+    // Forward is then refused, so it can never be replayed once circumstances change.
+    let fresh = app
+        .db
+        .record_forward_nonce(&peer.provider_id, &received.forward_id)
         .await
         .map_err(store)?;
     if !fresh {
@@ -149,6 +152,7 @@ async fn begin(
             ),
         )));
     }
+    let mut tx = app.db.begin_write().await.map_err(store)?;
     let earlier = forward_result(&mut tx, &peer.provider_id, &received.session_id, action)
         .await
         .map_err(store)?;
