@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds and starts `switchyard demo`: a provider on loopback with demo users (Ctrl-C stops it).
+# Builds and starts `switchyard demo`: a federation on loopback (a directory and three providers,
+# A, B and C, with a demo user each); Ctrl-C stops it. Options go to `switchyard demo`, e.g.
+# `scripts/demo.sh --endpoint-listen 127.0.0.1:9443` (see `switchyard demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"

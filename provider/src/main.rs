@@ -57,12 +57,22 @@ enum Command {
     /// Sign and check the federation's discovery dictionary.
     #[command(subcommand)]
     Federation(FederationCommand),
-    /// Start a provider on loopback with demo users; no setup needed.
+    /// Start a federation on loopback: a directory and three providers (A, B, C) with a demo user
+    /// each; no setup needed. The addresses are provider A's; B and C take the next two ports (port
+    /// 0: free ports chosen by the system).
     Demo {
+        /// Endpoint API (mutual TLS) of provider A.
         #[arg(long, default_value = "127.0.0.1:7443")]
         endpoint_listen: std::net::SocketAddr,
+        /// Admin API and `/metrics` of provider A.
         #[arg(long, default_value = "127.0.0.1:7080")]
         admin_listen: std::net::SocketAddr,
+        /// Federation listener (mutual TLS between providers) of provider A.
+        #[arg(long, default_value = "127.0.0.1:7543")]
+        federation_listen: std::net::SocketAddr,
+        /// The directory serving the signed discovery dictionary (plain HTTP).
+        #[arg(long, default_value = "127.0.0.1:7090")]
+        directory_listen: std::net::SocketAddr,
     },
 }
 
@@ -227,7 +237,8 @@ enum EndpointCommand {
         ca: PathBuf,
         #[arg(long)]
         uri: String,
-        #[arg(long)]
+        /// The one-time provisioning code (it may begin with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         code: String,
         #[arg(long)]
         state: PathBuf,
@@ -323,9 +334,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             endpoint_listen,
             admin_listen,
+            federation_listen,
+            directory_listen,
         } => {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
-            switchyard_provider::demo::run(endpoint_listen, admin_listen).await?;
+            switchyard_provider::demo::run(switchyard_provider::demo::Listen {
+                endpoint: endpoint_listen,
+                admin: admin_listen,
+                federation: federation_listen,
+                directory: directory_listen,
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca(command) => ca(command),

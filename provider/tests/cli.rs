@@ -170,8 +170,9 @@ fn acknowledged_writes_survive_kill_dash_nine() {
     daemon.wait().unwrap();
 }
 
-/// The README walkthrough with the binary: a user per side, `endpoint register`, `endpoint answer
-/// --auto-accept --once`, `endpoint call --hangup-after`, then `--auto-reject busy`.
+/// Running a provider (README, "Running a provider") with the binary: users added and codes
+/// issued with the admin CLI, `endpoint register`, `endpoint answer --auto-accept --once`,
+/// `endpoint call --hangup-after`, then `--auto-reject busy`, all on one provider.
 #[test]
 fn endpoint_commands_place_answer_and_reject_calls() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,13 +203,10 @@ fn endpoint_commands_place_answer_and_reject_calls() {
                 ])
                 .arg("--ca")
                 .arg(dir.path().join("data/endpoint-ca.pem"))
-                .args([
-                    "--uri",
-                    uri,
-                    "--code",
-                    code["code"].as_str().unwrap(),
-                    "--state",
-                ])
+                .args(["--uri", uri])
+                // `=`: a code may start with `-`.
+                .arg(format!("--code={}", code["code"].as_str().unwrap()))
+                .arg("--state")
                 .arg(&state),
         );
         state
@@ -280,6 +278,264 @@ fn endpoint_commands_place_answer_and_reject_calls() {
 
     daemon.kill().unwrap();
     daemon.wait().unwrap();
+}
+
+/// Stops a spawned process when dropped (a failed assertion must not leave a demo running):
+/// SIGTERM, so that it cleans up, then SIGKILL if it is still running after 10 s.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` with stdout and stderr going to `dir/name.out` and `dir/name.err`.
+fn spawn_logged(command: &mut Command, dir: &std::path::Path, name: &str) -> Running {
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
+    Running(command.stdout(out).stderr(err).spawn().unwrap())
+}
+
+fn logged(dir: &std::path::Path, name: &str, stream: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.{stream}"))).unwrap_or_default()
+}
+
+/// Waits until `dir/name.out` contains `text`, or the process ends (then panics).
+fn wait_for_output(running: &mut Running, dir: &std::path::Path, name: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if logged(dir, name, "out").contains(text) {
+            return;
+        }
+        if let Some(status) = running.0.try_wait().unwrap() {
+            panic!(
+                "{name} ended ({status}) before printing {text:?}:\n{}\n{}",
+                logged(dir, name, "out"),
+                logged(dir, name, "err")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{name} did not print {text:?}:\n{}\n{}",
+        logged(dir, name, "out"),
+        logged(dir, name, "err")
+    );
+}
+
+/// Waits (up to a minute) for the process to end; returns its status, stdout and stderr.
+fn finish(
+    mut running: Running,
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::process::ExitStatus, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            return (status, logged(dir, name, "out"), logged(dir, name, "err"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not end:\n{}\n{}",
+            logged(dir, name, "out"),
+            logged(dir, name, "err")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The command the demo printed on the line starting `switchyard {start}` and ending `end`,
+/// as arguments for the binary.
+fn printed_command(printed: &str, start: &str, end: &str) -> Vec<String> {
+    let line = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&format!("switchyard {start}")) && l.ends_with(end))
+        .unwrap_or_else(|| panic!("no `switchyard {start} … {end}` in:\n{printed}"));
+    line.split_whitespace().skip(1).map(String::from).collect()
+}
+
+/// The value after `label :` on the demo's `n`th line with that label, up to the next space.
+fn printed_value(printed: &str, label: &str, n: usize) -> String {
+    let line = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(label))
+        .filter_map(|rest| rest.trim_start().strip_prefix(':'))
+        .nth(n)
+        .unwrap_or_else(|| panic!("no {label} #{n} in:\n{printed}"));
+    line.split_whitespace().next().unwrap().to_string()
+}
+
+/// The README walkthrough with the binary: `switchyard demo` (a directory and providers A, B and
+/// C on loopback), the printed `endpoint register` commands for Alice at A and Bob at B, the
+/// printed `endpoint answer --auto-accept` for Bob (with `--once`) and `endpoint call` for Alice
+/// (with `--hangup-after`): a call from provider A to provider B, answered and hung up. Then
+/// `--auto-reject busy` with another spelling of Bob's URI, step 5's admin API and metrics, and
+/// a clean stop on SIGTERM that removes the temporary directory.
+#[test]
+fn demo_walkthrough_calls_across_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path();
+    let mut demo = spawn_logged(
+        switchyard().args([
+            "demo",
+            "--endpoint-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            "127.0.0.1:0",
+            "--directory-listen",
+            "127.0.0.1:0",
+        ]),
+        logs,
+        "demo",
+    );
+    wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
+    let printed = logged(logs, "demo", "out");
+    let temporary = printed_value(&printed, "temporary directory", 0);
+    assert!(std::path::Path::new(&temporary).is_dir(), "{printed}");
+    for provider in ["Provider A", "Provider B", "Provider C"] {
+        assert!(printed.contains(provider), "{printed}");
+    }
+
+    // Step 2: one device each for Alice (at A) and Bob (at B), with the printed commands.
+    for device in ["/alice-1", "/bob-1"] {
+        let register = printed_command(&printed, "endpoint register", device);
+        let output = succeed(switchyard().args(&register));
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("registered endpoint"),
+            "{output:?}"
+        );
+    }
+
+    // Steps 3 and 4: Bob answers at B, Alice calls him from A.
+    // The printed command ends with `--auto-accept`: `mode` replaces it.
+    let answer = |mode: &[&str], name: &str| {
+        let mut args = printed_command(&printed, "endpoint answer", "--auto-accept");
+        args.pop();
+        args.extend(mode.iter().map(|a| a.to_string()));
+        let mut answerer = spawn_logged(switchyard().args(&args).arg("--once"), logs, name);
+        wait_for_output(&mut answerer, logs, name, "waiting for calls");
+        answerer
+    };
+    let call = printed_command(&printed, "endpoint call", "/alice-1");
+    assert_eq!(call[2], "mailto:bob@demo.example", "{call:?}");
+
+    let answerer = answer(&["--auto-accept"], "answer-1");
+    let caller = spawn_logged(
+        switchyard().args(&call).args(["--hangup-after", "1"]),
+        logs,
+        "call-1",
+    );
+    let (status, stdout, stderr) = finish(caller, logs, "call-1");
+    assert!(status.success(), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("answered by mailto:bob@demo.example"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hung up"), "{stdout}");
+    let (status, stdout, stderr) = finish(answerer, logs, "answer-1");
+    assert!(status.success(), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("incoming call from tel:+16502530000"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ended: ended"), "{stdout}");
+
+    // Any spelling of Bob's URI reaches him; `--auto-reject busy` turns the call down.
+    let answerer = answer(&["--auto-reject", "busy"], "answer-2");
+    let mut rejected_call = call.clone();
+    rejected_call[2] = "tel:+44 20 7946 0958".into();
+    let caller = spawn_logged(switchyard().args(&rejected_call), logs, "call-2");
+    let (status, stdout, _) = finish(caller, logs, "call-2");
+    assert_eq!(status.code(), Some(3), "a rejected call exits 3: {stdout}");
+    assert!(stdout.contains("rejected: busy"), "{stdout}");
+    let (status, stdout, _) = finish(answerer, logs, "answer-2");
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("rejected (busy)"), "{stdout}");
+
+    // Step 5: A's admin API (token as printed) and metrics.
+    let admin_url = printed_value(&printed, "admin API", 0);
+    let admin = admin_url.strip_prefix("http://").unwrap();
+    let token = printed
+        .lines()
+        .find_map(|l| l.split("Bearer ").nth(1))
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let users = succeed(
+        switchyard()
+            .args(["users", "list"])
+            .env("SWITCHYARD_ADMIN_URL", &admin_url)
+            .env("SWITCHYARD_ADMIN_TOKEN", &token),
+    );
+    let users = String::from_utf8_lossy(&users.stdout);
+    assert!(users.contains("tel:+16502530000"), "{users}");
+    let body = |answer: String| -> serde_json::Value {
+        assert!(answer.contains(" 200 "), "{answer}");
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    let calls = body(admin_request(admin, &token, "GET", "/admin/v1/calls", ""));
+    let answered = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["to"] == "mailto:bob@demo.example")
+        .unwrap_or_else(|| panic!("{calls}"));
+    assert!(answered["answered_at"].is_i64(), "{answered}");
+    assert!(
+        answered["providers"]
+            .as_array()
+            .unwrap()
+            .contains(&"b.demo.switchyard.test".into()),
+        "{answered}"
+    );
+    let federation = body(admin_request(
+        admin,
+        &token,
+        "GET",
+        "/admin/v1/federation",
+        "",
+    ));
+    let peers = federation["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{federation}");
+    assert!(
+        peers.iter().all(|p| p["generation"].is_u64()),
+        "{federation}"
+    );
+    let metrics = admin_request(admin, "", "GET", "/metrics", "");
+    assert!(metrics.contains("switchyard_calls_total"), "{metrics}");
+
+    // Ctrl-C or SIGTERM stops everything cleanly and removes the temporary directory.
+    Command::new("kill")
+        .arg(demo.0.id().to_string())
+        .status()
+        .unwrap();
+    let (status, stdout, stderr) = finish(demo, logs, "demo");
+    assert!(status.success(), "SIGTERM is a clean stop: {stderr}");
+    assert!(stdout.contains("stopping"), "{stdout}");
+    assert!(!std::path::Path::new(&temporary).exists());
+    // No problem logged, but for a peer's filter refused in the moment the providers install
+    // the dictionary (possible on a loaded machine; the demo pulls every filter again).
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .filter(|l| !(l.contains("pulling the peer's filter failed") && l.contains("no-directory")))
+        .collect();
+    assert!(problems.is_empty(), "the demo logged problems:\n{stderr}");
 }
 
 #[test]

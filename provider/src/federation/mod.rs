@@ -41,6 +41,8 @@ pub struct Federation {
     pull_tx: mpsc::UnboundedSender<String>,
     pull_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     rebuild_now: Notify,
+    /// Failed pulls in a row, per member, for the retry back-off.
+    pull_retries: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Federation {
@@ -57,6 +59,7 @@ impl Federation {
             pull_tx,
             pull_rx: std::sync::Mutex::new(Some(pull_rx)),
             rebuild_now: Notify::new(),
+            pull_retries: Default::default(),
         })
     }
 
@@ -174,19 +177,50 @@ impl Federation {
     }
 
     /// Pulls one member's filter now.
-    pub async fn pull(&self, app: &App, provider_id: &str) {
+    /// A failed pull is retried after 2, 4, 8... seconds (at most the pull period): members get a
+    /// new dictionary at slightly different times, and one that does not list this provider yet
+    /// refuses it for a moment.
+    pub async fn pull(self: &Arc<Self>, app: &Arc<App>, provider_id: &str) {
         let Some(member) = self.member(provider_id) else {
             return;
         };
         let identity = self.identity.current();
-        if let Err(e) = self.peers.pull(&app.db, &identity, &member).await {
-            tracing::warn!(peer = provider_id, error = %e, "pulling the peer's filter failed");
-            self.peers.note_pull_error(provider_id, &e);
+        match self.peers.pull(&app.db, &identity, &member).await {
+            Ok(_) => {
+                self.pull_retries
+                    .lock()
+                    .expect("retry lock")
+                    .remove(provider_id);
+            }
+            Err(e) => {
+                self.peers.note_pull_error(provider_id, &e);
+                let attempt = {
+                    let mut retries = self.pull_retries.lock().expect("retry lock");
+                    let attempt = retries.entry(provider_id.to_string()).or_insert(0);
+                    *attempt += 1;
+                    *attempt
+                };
+                let delay = Duration::from_secs(1 << attempt.min(16))
+                    .min(Duration::from_secs(self.config.bloom_pull_seconds));
+                if attempt == 1 {
+                    tracing::info!(peer = provider_id, error = %e, retry_in = ?delay, "pulling the peer's filter failed; retrying");
+                } else {
+                    tracing::warn!(peer = provider_id, error = %e, attempt, retry_in = ?delay, "pulling the peer's filter failed again");
+                }
+                let (fed, id, mut shutdown) =
+                    (self.clone(), provider_id.to_string(), app.shutdown.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => fed.pull_soon(&id),
+                        _ = crate::app::shutting_down(&mut shutdown) => {}
+                    }
+                });
+            }
         }
     }
 
     /// Pulls every member's filter, in parallel.
-    pub async fn pull_all(&self, app: &App) {
+    pub async fn pull_all(self: &Arc<Self>, app: &Arc<App>) {
         let Some(directory) = self.directory.current() else {
             return;
         };
