@@ -126,32 +126,47 @@ fn provider_field(dict: &Dict, field: &str, peer: &AuthPeer) -> Result<(), ApiEr
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
-/// Records the Forward's id, refusing a replayed one, and opens the Forward's transaction; answers a retried
-/// Forward from what was answered before (`Err(Ok(answer))` then).
-async fn begin(
-    app: &App,
-    peer: &AuthPeer,
-    received: &Received,
-    action: &str,
-) -> Result<Tx, Result<Dict, ApiError>> {
-    let store = |e: StoreError| Err(ApiError::from(e));
-    // Recorded on its own, before the Forward is acted on: an id stays used even when the
-    // Forward is then refused, so it can never be replayed once circumstances change.
-    let fresh = app
+/// Records the Forward's id, refusing a replayed one. Done on its own, before the Forward is
+/// acted on: an id stays used even when the Forward is then refused, so it can never be
+/// replayed once circumstances change.
+async fn claim_forward_id(app: &App, peer: &AuthPeer, received: &Received) -> Result<(), ApiError> {
+    if app
         .db
         .record_forward_nonce(&peer.provider_id, &received.forward_id)
-        .await
-        .map_err(store)?;
-    if !fresh {
-        return Err(Err(ApiError::new(
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::CONFLICT,
             "replayed-forward",
             format!(
                 "forward-id {} from `{}` was already received",
                 received.forward_id, peer.provider_id
             ),
-        )));
+        ))
     }
+}
+
+/// Claims the Forward's id and opens the transaction that acts on it; answers a retried Forward
+/// from what was answered before (`Err(Ok(answer))` then).
+async fn begin(
+    app: &App,
+    peer: &AuthPeer,
+    received: &Received,
+    action: &str,
+) -> Result<Tx, Result<Dict, ApiError>> {
+    claim_forward_id(app, peer, received).await.map_err(Err)?;
+    begin_claimed(app, peer, received, action).await
+}
+
+async fn begin_claimed(
+    app: &App,
+    peer: &AuthPeer,
+    received: &Received,
+    action: &str,
+) -> Result<Tx, Result<Dict, ApiError>> {
+    let store = |e: StoreError| Err(ApiError::from(e));
     let mut tx = app.db.begin_write().await.map_err(store)?;
     let earlier = forward_result(&mut tx, &peer.provider_id, &received.session_id, action)
         .await
@@ -534,10 +549,9 @@ pub async fn receive_initiate(
         }
     };
 
-    let mut tx = match begin(app, peer, &received, "initiate").await {
-        Ok(tx) => tx,
-        Err(answer) => return answer,
-    };
+    claim_forward_id(app, peer, &received).await?;
+    // Read before the transaction: a transaction waiting for a second pooled connection could
+    // exhaust the pool under load.
     if app.db.user_id_for_uri(&callee_uri).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -559,6 +573,10 @@ pub async fn receive_initiate(
             }
         })
         .collect();
+    let mut tx = match begin_claimed(app, peer, &received, "initiate").await {
+        Ok(tx) => tx,
+        Err(answer) => return answer,
+    };
     let refusal = if rung.is_empty() {
         Some(match &unsupported {
             Some(why) => ("unsupported-media", why.to_string()),
