@@ -662,3 +662,105 @@ fn federation_ca_issue_sign_and_verify() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not of `b.example`"));
 }
+
+/// `systemctl reload` sends SIGHUP: the federation certificate is read again, and a broken one
+/// is refused while the daemon keeps the one it has.
+#[test]
+fn sighup_reloads_the_federation_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (config, admin, _) = write_config(dir.path());
+    let ca = |cmd: &mut Command| {
+        cmd.arg("--ca-cert")
+            .arg(path("ca.pem"))
+            .arg("--ca-key")
+            .arg(path("ca.key"));
+    };
+    let mut init = switchyard();
+    init.args(["ca", "init"]);
+    ca(&mut init);
+    succeed(&mut init);
+    let issue = |cert: &str, key: &str| {
+        let mut issue = switchyard();
+        issue.args([
+            "ca",
+            "issue-provider",
+            "--provider-id",
+            "cli.example",
+            "--dns",
+            "127.0.0.1",
+            "--cert-out",
+        ]);
+        issue.arg(path(cert)).arg("--key-out").arg(path(key));
+        ca(&mut issue);
+        succeed(&mut issue);
+    };
+    issue("provider.pem", "provider.key");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[federation]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\
+         bootstrap_uri = \"http://127.0.0.1:{}/federation/v1/directory\"\ncert_check_seconds = 3600\n",
+        free_port(),
+        path("ca.pem"),
+        path("provider.pem"),
+        path("provider.key"),
+        free_port(),
+    ));
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(path("serve.log")).unwrap();
+    let mut daemon = switchyard()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_ready(&admin);
+    let token = std::fs::read_to_string(path("data/admin-token")).unwrap();
+    let fingerprint = |admin: &str| {
+        let answer = admin_request(admin, token.trim(), "GET", "/admin/v1/federation", "");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap().to_string();
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        value["certificate"]["sha256"].as_str().unwrap().to_string()
+    };
+    let before = fingerprint(&admin);
+    let hangup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(path("serve.log")).unwrap();
+            if log.matches(what).count() > 0 {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no `{what}` in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A key that does not belong to the certificate: refused, the old identity stays.
+    std::fs::rename(path("provider.key"), path("provider.key.good")).unwrap();
+    issue("other.pem", "provider.key");
+    assert!(hangup(daemon.id()).success());
+    wait_for("keeping the previous one");
+    assert_eq!(fingerprint(&admin), before);
+
+    // A renewed certificate and its key: used from now on.
+    std::fs::remove_file(path("provider.key")).unwrap();
+    issue("renewed.pem", "provider.key");
+    std::fs::rename(path("renewed.pem"), path("provider.pem")).unwrap();
+    assert!(hangup(daemon.id()).success());
+    wait_for("SIGHUP: federation certificate reloaded");
+    let after = fingerprint(&admin);
+    assert_ne!(after, before, "the renewed certificate is in use");
+
+    Command::new("kill")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success(), "SIGTERM is a clean stop");
+}
