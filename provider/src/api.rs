@@ -30,8 +30,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/accept", post(accept))
         .route("/v1/reject", post(reject))
         .route("/v1/cancel", post(cancel))
+        .route("/v1/update", post(update))
         .route("/v1/push", get(push_websocket))
         .route("/v1/push/poll", get(push_poll))
+        .route(
+            "/v1/relay-credentials",
+            post(crate::relay::credentials_route),
+        )
         .with_state(app)
 }
 
@@ -117,6 +122,7 @@ invitation_action!(initiate, "initiate");
 invitation_action!(accept, "accept");
 invitation_action!(reject, "reject");
 invitation_action!(cancel, "cancel");
+invitation_action!(update, "update");
 
 #[derive(Deserialize)]
 pub struct PollParams {

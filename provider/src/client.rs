@@ -322,6 +322,23 @@ impl EndpointClient {
         self.request("cancel", &body).await
     }
 
+    /// Sends a new blob to the other party of a call (a late relay allocation, a new path).
+    pub async fn update(
+        &self,
+        session_id: &str,
+        self_uri: &str,
+        peer_uri: &str,
+        state: &str,
+        blob: &[u8],
+    ) -> Result<Dict, ClientError> {
+        let body = self
+            .base(session_id, self_uri)
+            .with("peer-uri", peer_uri)
+            .with("self-blob", blob.to_vec())
+            .with("state", state);
+        self.request("update", &body).await
+    }
+
     pub async fn push_channel(&self, mode: PushMode) -> Result<PushChannel, ClientError> {
         match mode {
             PushMode::WebSocket => {

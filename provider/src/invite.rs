@@ -664,6 +664,121 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     Ok(Dict::new().with("session-id", session_id))
 }
 
+/// Update: either party sends a new blob (a relay allocation learned late, a changed address, a
+/// new path) while the call rings or after the answer; the other party gets it as an Update Push.
+/// The caller's Update reaches every rung endpoint while ringing and the answering one after;
+/// a callee's Update is only accepted from the endpoint that answered.
+pub async fn update(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
+    let session_id = dict.str("session-id")?;
+    validate_session_id(session_id)?;
+    let self_uri = check_self(app, auth, dict)?;
+    let peer_uri = canonical_field(app, dict, "peer-uri")?;
+    let blob = blob_field(dict, "self-blob")?;
+    if blob.is_empty() {
+        return Err(ApiError::field(
+            "self-blob",
+            "an Update needs a new self-blob",
+        ));
+    }
+    let state = open_state(app, dict, session_id)?;
+    let me = &auth.endpoint;
+    let is_caller = me.id == state.caller_endpoint && self_uri == state.caller_uri;
+    let is_callee = self_uri == state.callee_uri && state.rung.contains(&me.id);
+    if !(is_caller || is_callee) {
+        return Err(ApiError::forbidden(
+            "not-authorized",
+            "only the two parties of a call may update it",
+        ));
+    }
+    let expected_peer = if is_caller {
+        &state.callee_uri
+    } else {
+        &state.caller_uri
+    };
+    if &peer_uri != expected_peer {
+        return Err(ApiError::field(
+            "peer-uri",
+            "peer-uri is not the other party of this call",
+        ));
+    }
+    let Some(call) = app.db.call(session_id).await? else {
+        return Err(call_gone(None));
+    };
+    if call.state.is_final() {
+        return Err(call_gone(Some(call.state)));
+    }
+    let answered_by = call.answered_by.clone().unwrap_or_default();
+    if is_callee && answered_by != me.id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not-answered",
+            "a callee endpoint may update a call only after answering it",
+        ));
+    }
+    let push = |recipient_uri: &str, recipient_peer: &str| {
+        Dict::new()
+            .with("action", "update")
+            .with("session-id", session_id)
+            .with("self-uri", recipient_uri)
+            .with("peer-uri", recipient_peer)
+            .with("peer-token", me.push_token.as_str())
+            .with("peer-blob", blob.clone())
+    };
+    let remote = state.origin.is_some()
+        || (is_caller && (answered_by.starts_with("provider:") || call.rung_endpoints.is_empty()));
+    if remote {
+        let fed = app
+            .federation
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("a forwarded call without federation"))?;
+        let providers: Vec<String> = if state.origin.is_some() {
+            Vec::new()
+        } else if let Some(provider) = answered_by.strip_prefix("provider:") {
+            vec![provider.to_string()]
+        } else {
+            remote_providers(app, &state)
+        };
+        crate::federation::calls::update_forwarded(
+            fed,
+            &state,
+            &providers,
+            &me.push_token,
+            blob.clone(),
+        )
+        .await?;
+    } else {
+        let targets: Vec<&str> = if is_caller {
+            if call.state == CallState::Answered {
+                vec![answered_by.as_str()]
+            } else {
+                state.rung.iter().map(String::as_str).collect()
+            }
+        } else {
+            vec![state.caller_endpoint.as_str()]
+        };
+        let (recipient_uri, recipient_peer) = if is_caller {
+            (&state.callee_uri, &state.caller_uri)
+        } else {
+            (&state.caller_uri, &state.callee_uri)
+        };
+        let mut outbox = Outbox::default();
+        let mut tx = app.db.begin_write().await?;
+        for target in targets {
+            outbox
+                .push(
+                    &mut tx,
+                    target,
+                    &push(recipient_uri, recipient_peer),
+                    app.push_ttl_ms(),
+                )
+                .await?;
+        }
+        tx.commit().await.map_err(crate::db::StoreError::from)?;
+        outbox.wake(&app.hub);
+    }
+    Ok(Dict::new().with("session-id", session_id))
+}
+
 /// The providers other than this one that a call from here was forwarded to.
 fn remote_providers(app: &App, state: &SessionState) -> Vec<String> {
     state

@@ -431,3 +431,49 @@ async fn a_refused_forward_id_stays_used() -> anyhow::Result<()> {
     fed.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn update_travels_between_providers_both_ways() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::json("d.test")])
+        .await?;
+    let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
+    let dave = user_endpoint(fed.provider("d.test"), "Dave", &[DAVE], Encoding::Json).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut dave_push = dave.push_channel(PushMode::WebSocket).await?;
+
+    let sid = session_id();
+    let answer = alice.initiate(&sid, DAVE, b"offer", &["audio"]).await?;
+    let state = answer.str("state")?.to_string();
+    let ring = expect_push(&mut dave_push, "initiate").await?;
+    alice
+        .update(&sid, ALICE, DAVE, &state, b"ringing-update")
+        .await?;
+    let update = expect_push(&mut dave_push, "update").await?;
+    assert_eq!(update.data("peer-blob")?, b"ringing-update");
+    assert_eq!(update.str("peer-provider")?, "a.test");
+
+    dave.accept(&ring, b"answer").await?;
+    expect_push(&mut alice_push, "accept").await?;
+    dave.update(&sid, DAVE, ALICE, ring.str("state")?, b"dave-relay")
+        .await?;
+    let update = expect_push(&mut alice_push, "update").await?;
+    assert_eq!(update.data("peer-blob")?, b"dave-relay");
+    assert_eq!(update.str("peer-provider")?, "d.test");
+    assert_eq!(update.str("self-uri")?, ALICE);
+    alice
+        .update(&sid, ALICE, DAVE, &state, b"alice-path")
+        .await?;
+    let update = expect_push(&mut dave_push, "update").await?;
+    assert_eq!(update.data("peer-blob")?, b"alice-path");
+
+    alice.cancel(&sid, ALICE, DAVE, &state).await?;
+    expect_push(&mut dave_push, "cancel").await?;
+    let late = dave
+        .update(&sid, DAVE, ALICE, ring.str("state")?, b"late")
+        .await
+        .unwrap_err();
+    assert!(late.to_string().contains("call-ended"), "{late}");
+    fed.shutdown().await;
+    Ok(())
+}

@@ -365,3 +365,77 @@ async fn pushes_arrive_in_order_with_increasing_ids() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn update_carries_a_new_blob_to_the_other_party() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob1 = h.endpoint(&bob_id, BOB, None, Encoding::Json).await?;
+    let bob2 = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob1_push = bob1.push_channel(PushMode::WebSocket).await?;
+    let mut bob2_push = bob2.push_channel(PushMode::LongPoll).await?;
+
+    let sid = session_id();
+    let answer = alice.initiate(&sid, BOB, b"offer", &["audio"]).await?;
+    let state = answer.str("state")?.to_string();
+    let ring1 = expect_push(&mut bob1_push, "initiate").await?;
+    let ring2 = expect_push(&mut bob2_push, "initiate").await?;
+
+    // While it rings, the caller's new blob reaches every rung endpoint.
+    alice
+        .update(&sid, ALICE, BOB, &state, b"relay-learned")
+        .await?;
+    for channel in [&mut bob1_push, &mut bob2_push] {
+        let update = expect_push(channel, "update").await?;
+        assert_eq!(update.data("peer-blob")?, b"relay-learned");
+        assert_eq!(update.str("peer-uri")?, ALICE);
+        assert_eq!(update.str("self-uri")?, BOB);
+    }
+    // A callee that has not answered may not update.
+    let early = bob2
+        .update(&sid, BOB, ALICE, ring2.str("state")?, b"x")
+        .await
+        .unwrap_err();
+    assert!(early.to_string().contains("not-answered"), "{early}");
+
+    bob1.accept(&ring1, b"answer").await?;
+    expect_push(&mut alice_push, "accept").await?;
+    expect_push(&mut bob2_push, "cancel").await?;
+
+    // After the answer: the caller's Update reaches the answering endpoint only, and back.
+    alice.update(&sid, ALICE, BOB, &state, b"new-path").await?;
+    let update = expect_push(&mut bob1_push, "update").await?;
+    assert_eq!(update.data("peer-blob")?, b"new-path");
+    expect_silence(&mut bob2_push).await?;
+    bob1.update(&sid, BOB, ALICE, ring1.str("state")?, b"callee-path")
+        .await?;
+    let update = expect_push(&mut alice_push, "update").await?;
+    assert_eq!(update.data("peer-blob")?, b"callee-path");
+    assert_eq!(update.str("peer-token")?, bob1.identity.push_token);
+
+    // Bad Updates change nothing.
+    let empty = alice
+        .update(&sid, ALICE, BOB, &state, b"")
+        .await
+        .unwrap_err();
+    assert!(empty.to_string().contains("self-blob"), "{empty}");
+    let wrong_peer = alice
+        .update(&sid, ALICE, "mailto:carol@example.com", &state, b"x")
+        .await
+        .unwrap_err();
+    assert!(wrong_peer.to_string().contains("peer-uri"), "{wrong_peer}");
+    expect_silence(&mut bob1_push).await?;
+
+    alice.cancel(&sid, ALICE, BOB, &state).await?;
+    expect_push(&mut bob1_push, "cancel").await?;
+    let ended = alice
+        .update(&sid, ALICE, BOB, &state, b"late")
+        .await
+        .unwrap_err();
+    assert!(ended.to_string().contains("call-ended"), "{ended}");
+    h.provider.shutdown().await;
+    Ok(())
+}

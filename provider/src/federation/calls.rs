@@ -1186,3 +1186,136 @@ pub async fn cancel_to_providers(
     });
     futures_util::future::join_all(sends).await;
 }
+
+/// An Update from an endpoint here, for a call that crosses providers: to the originator (when
+/// this provider answered) or to `providers` (when the caller is here).
+pub async fn update_forwarded(
+    fed: &Arc<Federation>,
+    state: &SessionState,
+    providers: &[String],
+    sender_token: &str,
+    blob: Vec<u8>,
+) -> Result<(), ApiError> {
+    let mut dict = envelope(&state.sid)
+        .with("from-provider", fed.provider_id.as_str())
+        .with("sender-token", sender_token)
+        .with("blob", blob);
+    let targets: Vec<String> = match (&state.origin, &state.origin_state) {
+        (Some(origin), Some(origin_state)) => {
+            dict.insert("origin-state", origin_state.as_str());
+            vec![origin.clone()]
+        }
+        _ => providers.to_vec(),
+    };
+    let sends = targets.iter().map(|provider| {
+        let dict = &dict;
+        async move {
+            (
+                provider,
+                send_forward(fed, provider, "/federation/v1/update", dict).await,
+            )
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let delivered = results.iter().filter(|(_, r)| r.is_ok()).count();
+    for (provider, result) in &results {
+        if let Err(e) = result {
+            tracing::warn!(session = %state.sid, peer = %provider, error = %e, "an Update Forward was not delivered");
+        }
+    }
+    if delivered == 0 {
+        let reasons: Vec<String> = results
+            .iter()
+            .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("{p}: {e}")))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "update-undelivered",
+            format!(
+                "the Update reached no provider of the call: {}",
+                reasons.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /federation/v1/update`: the other party's new blob, for this provider's endpoint of the
+/// call. Several Updates per call are normal, so none is answered from an earlier one; the
+/// forward id alone guards against replays.
+pub async fn receive_update(
+    app: &Arc<App>,
+    fed: &Arc<Federation>,
+    peer: &AuthPeer,
+    dict: &Dict,
+) -> Result<Dict, ApiError> {
+    let received = check_envelope(fed, dict)?;
+    provider_field(dict, "from-provider", peer)?;
+    let sender_token = bounded_str(dict, "sender-token", MAX_TOKEN)?.to_string();
+    let blob = blob_field(dict, "blob")?;
+    if blob.is_empty() {
+        return Err(ApiError::field("blob", "an Update needs a blob"));
+    }
+    let from_answerer = if dict.contains_key("origin-state") {
+        Some(returned_state(app, dict, &received, peer)?)
+    } else {
+        None
+    };
+    claim_forward_id(app, peer, &received).await?;
+    let Some(call) = app.db.call(&received.session_id).await? else {
+        return Err(call_gone(None));
+    };
+    if call.state.is_final() {
+        return Err(call_gone(Some(call.state)));
+    }
+    let (targets, self_uri, peer_uri) = match &from_answerer {
+        Some(_) => {
+            if call.answered_by.as_deref() != Some(provider_party(&peer.provider_id).as_str()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not-answered",
+                    format!("`{}` has not answered this call", peer.provider_id),
+                ));
+            }
+            (
+                vec![call.caller_endpoint.clone()],
+                &call.caller_uri,
+                &call.callee_uri,
+            )
+        }
+        None => {
+            if call.providers.first() != Some(&peer.provider_id) || !call.caller_endpoint.is_empty()
+            {
+                return Err(ApiError::forbidden(
+                    "not-authorized",
+                    format!("`{}` did not forward this call here", peer.provider_id),
+                ));
+            }
+            let targets = match (&call.state, &call.answered_by) {
+                (CallState::Answered, Some(answerer)) => vec![answerer.clone()],
+                _ => call.rung_endpoints.clone(),
+            };
+            (targets, &call.callee_uri, &call.caller_uri)
+        }
+    };
+    let mut outbox = Outbox::default();
+    let mut tx = app.db.begin_write().await?;
+    for target in &targets {
+        let push = Dict::new()
+            .with("action", "update")
+            .with("session-id", call.session_id.as_str())
+            .with("self-uri", self_uri.as_str())
+            .with("peer-uri", peer_uri.as_str())
+            .with("peer-token", sender_token.as_str())
+            .with("peer-blob", blob.clone())
+            .with("peer-provider", peer.provider_id.as_str());
+        outbox
+            .push(&mut tx, target, &push, app.push_ttl_ms())
+            .await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    outbox.wake(&app.hub);
+    Ok(Dict::new()
+        .with("session-id", call.session_id.as_str())
+        .with("delivered", targets.len() as i64))
+}

@@ -28,6 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/federation/v1/accept", post(accept))
         .route("/federation/v1/reject", post(reject))
         .route("/federation/v1/cancel", post(cancel))
+        .route("/federation/v1/update", post(update))
         .fallback(not_found)
         .with_state(app)
 }
@@ -231,3 +232,4 @@ forward_route!(initiate, "initiate", super::calls::receive_initiate);
 forward_route!(accept, "accept", super::calls::receive_accept);
 forward_route!(reject, "reject", super::calls::receive_reject);
 forward_route!(cancel, "cancel", super::calls::receive_cancel);
+forward_route!(update, "update", super::calls::receive_update);
