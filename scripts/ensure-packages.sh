@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (PostgreSQL server), if missing.
+# Installs the Debian packages the test suite needs (PostgreSQL server; coturn for
+# `turnutils_uclient`, the reference TURN client of the relay tests), if missing.
 set -euo pipefail
 
 need=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need+=(postgresql)
+fi
+if ! command -v turnutils_uclient >/dev/null 2>&1; then
+    need+=(coturn)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2

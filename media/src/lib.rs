@@ -3,6 +3,13 @@
 //! This crate holds what an endpoint can do with media and decides whether an endpoint can take a
 //! call. The DTLS/SRTP stack, SIP-over-DTLS negotiation and the relays build on it.
 
+pub mod blob;
 mod capabilities;
+pub mod demux;
+pub mod ice;
+pub mod rtp;
+pub mod sdp;
+pub mod secure;
+pub mod sip;
 
 pub use capabilities::{Capabilities, CapabilityError, MediaKind, Unsupported};

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ pub struct Config {
     pub push: PushConfig,
     pub federation: FederationConfig,
     pub directory: DirectoryConfig,
+    pub relay: RelayConfig,
     pub log: LogConfig,
 }
 
@@ -166,6 +167,34 @@ pub struct DirectoryConfig {
     pub listen: SocketAddr,
 }
 
+/// The TURN relay (RFC 8656, UDP) endpoints use when no direct path works; they get short-lived
+/// credentials from `POST /v1/relay-credentials`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RelayConfig {
+    /// Off: no relay is started and `POST /v1/relay-credentials` answers 404.
+    pub enabled: bool,
+    /// The UDP address the TURN server listens on; relayed sockets are bound on its IP.
+    pub listen: SocketAddr,
+    /// The IP put in relayed addresses and in the `turn:` URIs; unset: the listen IP, or
+    /// 127.0.0.1 when that is unspecified (0.0.0.0 / ::).
+    pub relay_address: Option<IpAddr>,
+    /// The TURN realm; unset: `provider_id`.
+    pub realm: Option<String>,
+    /// How long issued credentials stay valid.
+    pub credential_ttl_seconds: u64,
+    /// Live allocations one endpoint may hold at once.
+    pub max_allocations_per_endpoint: u32,
+    /// Live allocations on this relay at once.
+    pub max_allocations: u32,
+    /// Relaying to or from 127.0.0.0/8 and ::1.
+    pub allow_loopback_peers: bool,
+    /// Relaying to or from private (RFC 1918, RFC 6598, ULA) and link-local addresses.
+    pub allow_private_peers: bool,
+    /// File holding the credential secret; unset: `<data_dir>/relay-secret`, generated.
+    pub secret: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -195,6 +224,7 @@ impl Default for Config {
             push: PushConfig::default(),
             federation: FederationConfig::default(),
             directory: DirectoryConfig::default(),
+            relay: RelayConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -293,6 +323,23 @@ impl Default for DirectoryConfig {
         DirectoryConfig {
             file: None,
             listen: "0.0.0.0:8080".parse().expect("literal address"),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            enabled: false,
+            listen: "0.0.0.0:3478".parse().expect("literal address"),
+            relay_address: None,
+            realm: None,
+            credential_ttl_seconds: 600,
+            max_allocations_per_endpoint: 4,
+            max_allocations: 10_000,
+            allow_loopback_peers: false,
+            allow_private_peers: false,
+            secret: None,
         }
     }
 }
@@ -573,6 +620,54 @@ impl Config {
                 bad(key, "must be greater than 0".into());
             }
         }
+        for (key, value) in [
+            (
+                "relay.credential_ttl_seconds",
+                self.relay.credential_ttl_seconds,
+            ),
+            (
+                "relay.max_allocations_per_endpoint",
+                u64::from(self.relay.max_allocations_per_endpoint),
+            ),
+            (
+                "relay.max_allocations",
+                u64::from(self.relay.max_allocations),
+            ),
+        ] {
+            if value == 0 {
+                bad(key, "must be greater than 0".into());
+            }
+        }
+        if self.relay.max_allocations_per_endpoint > self.relay.max_allocations {
+            bad(
+                "relay.max_allocations_per_endpoint",
+                "must not exceed relay.max_allocations".into(),
+            );
+        }
+        if let Some(ip) = self.relay.relay_address {
+            if ip.is_unspecified() || ip.is_multicast() {
+                bad(
+                    "relay.relay_address",
+                    format!("{ip} is not an address endpoints can reach"),
+                );
+            } else if ip.is_ipv4() != self.relay.listen.is_ipv4() {
+                bad(
+                    "relay.relay_address",
+                    format!(
+                        "{ip} is not of the same address family as relay.listen {}",
+                        self.relay.listen
+                    ),
+                );
+            }
+        }
+        if let Some(realm) = &self.relay.realm {
+            if realm.is_empty() || realm.len() > 127 || realm.contains(['"', '\\']) {
+                bad(
+                    "relay.realm",
+                    "must be 1-127 characters without `\"` or `\\`".into(),
+                );
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level", format!("not a valid filter: {e}"));
         }
@@ -591,6 +686,26 @@ impl Config {
             .token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("admin-token"))
+    }
+
+    pub fn relay_secret_path(&self) -> PathBuf {
+        self.relay
+            .secret
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("relay-secret"))
+    }
+
+    /// The IP put in relayed addresses: `relay.relay_address`, else the listen IP, else 127.0.0.1.
+    pub fn relay_public_ip(&self) -> IpAddr {
+        match self.relay.relay_address {
+            Some(ip) => ip,
+            None if !self.relay.listen.ip().is_unspecified() => self.relay.listen.ip(),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    pub fn relay_realm(&self) -> &str {
+        self.relay.realm.as_deref().unwrap_or(&self.provider_id)
     }
 
     pub fn endpoint_ca_paths(&self) -> (PathBuf, PathBuf) {
@@ -826,6 +941,29 @@ mod tests {
                 "federation.key",
                 "federation.bootstrap_uri",
                 "federation.bloom_false_positive_rate"
+            ]
+        );
+    }
+
+    #[test]
+    fn relay_defaults_and_checks() {
+        let config = check("").unwrap();
+        assert!(!config.relay.enabled);
+        assert_eq!(config.relay.listen.port(), 3478);
+        assert_eq!(config.relay_public_ip().to_string(), "127.0.0.1");
+        assert_eq!(config.relay_realm(), config.provider_id);
+        assert!(config.relay_secret_path().ends_with("relay-secret"));
+        let config = check("[relay]\nlisten = \"192.0.2.7:3478\"\n").unwrap();
+        assert_eq!(config.relay_public_ip().to_string(), "192.0.2.7");
+        let err = check("[relay]\ncredential_ttl_seconds = 0\nmax_allocations = 2\nrelay_address = \"0.0.0.0\"\n")
+            .unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "relay.credential_ttl_seconds",
+                "relay.max_allocations_per_endpoint",
+                "relay.relay_address"
             ]
         );
     }

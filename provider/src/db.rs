@@ -2,6 +2,7 @@
 //! daemon. The SQL is written once for both (`$N` parameters, TEXT and BIGINT columns).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -36,6 +37,36 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time. Writers of this process queue here, in order, instead of
+    /// polling the database lock through SQLite's busy handler, whose growing sleeps put tens of
+    /// milliseconds on the tail under concurrency. (Other processes still meet the busy timeout.)
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A transaction that will write; dereferences to the sqlx transaction.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -82,7 +113,11 @@ impl Db {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -94,11 +129,20 @@ impl Db {
     }
 
     /// A transaction that will write. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
-    /// so two writers queue on the busy timeout instead of failing a lock upgrade.
-    pub async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+    /// so two writers never fail a lock upgrade, after this process's writer queue.
+    pub async fn begin_write(&self) -> StoreResult<WriteTx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let writer = self.writer.clone().lock_owned().await;
+                WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _writer: Some(writer),
+                }
+            }
+            Backend::Postgres => WriteTx {
+                tx: self.pool.begin().await?,
+                _writer: None,
+            },
         })
     }
 
@@ -121,14 +165,14 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let endpoints: Vec<String> = sqlx::query("SELECT id FROM endpoints WHERE user_id = $1")
             .bind(user_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?
             .iter()
             .map(|r| r.get::<String, _>(0))
             .collect();
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(user_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -258,7 +302,7 @@ impl Db {
         .bind(user_id)
         .bind(expires_at)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -281,7 +325,7 @@ impl Db {
         .bind(code_hash)
         .bind(&endpoint.user_id)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if consumed == 0 {
@@ -303,7 +347,7 @@ impl Db {
         .bind(&endpoint.cert_fingerprint)
         .bind(endpoint.cert_not_after)
         .bind(endpoint.created_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(true)
@@ -359,7 +403,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT revoked_at FROM endpoints WHERE id = $1")
             .bind(endpoint_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("no endpoint `{endpoint_id}`")));
@@ -367,11 +411,11 @@ impl Db {
         sqlx::query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(endpoint_id)
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
             .bind(endpoint_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -420,7 +464,7 @@ impl Db {
         let removed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq <= $2")
             .bind(endpoint_id)
             .bind(upto_seq)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         sqlx::query(
@@ -428,7 +472,7 @@ impl Db {
         )
         .bind(endpoint_id)
         .bind(upto_seq)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(removed)
@@ -534,7 +578,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
             .bind(&filter.provider_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query(
             "INSERT INTO peer_filters (provider_id, generation, bits, hashes, filter_key, items, \
@@ -548,7 +592,7 @@ impl Db {
         .bind(filter.items)
         .bind(&filter.filter_base64)
         .bind(filter.fetched_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -618,19 +662,19 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let fresh = sqlx::query("SELECT 1 FROM seal_keys WHERE created_at > $1")
             .bind(fresh_after)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if fresh.is_none() {
             sqlx::query("INSERT INTO seal_keys (id, secret, created_at) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(secret)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         sqlx::query("DELETE FROM seal_keys WHERE created_at < $1")
             .bind(drop_before)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         tx.commit().await?;
         Ok(())

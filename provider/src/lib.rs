@@ -15,6 +15,7 @@ pub mod members;
 pub mod pki;
 pub mod push;
 pub mod registry;
+pub mod relay;
 pub mod seal;
 pub mod server;
 pub mod wire;

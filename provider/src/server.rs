@@ -32,7 +32,10 @@ pub struct Provider {
     pub federation_addr: Option<SocketAddr>,
     /// The directory role's listener, when `directory.file` is set.
     pub directory_addr: Option<SocketAddr>,
+    /// The TURN relay's UDP address, when `relay.enabled`.
+    pub relay_addr: Option<SocketAddr>,
     pub app: Arc<App>,
+    relay: Option<Arc<crate::relay::Relay>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -151,6 +154,17 @@ impl Provider {
             .map(|l| l.local_addr())
             .transpose()?;
 
+        let relay = if config.relay.enabled {
+            Some(Arc::new(
+                crate::relay::Relay::start(&config, db.clone())
+                    .await
+                    .context("starting the relay")?,
+            ))
+        } else {
+            None
+        };
+        let relay_addr = relay.as_ref().map(|r| r.addr);
+
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app = Arc::new(App {
             canonicalizer: Canonicalizer::new(config.registry.default_country_code),
@@ -165,7 +179,10 @@ impl Provider {
             shutdown: shutdown_rx.clone(),
         });
         let mut tasks = Vec::new();
-        let endpoint_router = crate::api::router(app.clone()).fallback(crate::api::not_found);
+        let mut endpoint_router = crate::api::router(app.clone()).fallback(crate::api::not_found);
+        if let Some(relay) = &relay {
+            endpoint_router = endpoint_router.layer(axum::Extension(relay.clone()));
+        }
         tasks.push(tokio::spawn(serve_tls(
             app.clone(),
             endpoint_listener,
@@ -213,16 +230,23 @@ impl Provider {
             }
         }));
         tasks.push(tokio::spawn(sweep(app.clone())));
-        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, provider = %app.config.provider_id, "provider started");
+        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, ?relay_addr, provider = %app.config.provider_id, "provider started");
         Ok(Provider {
             endpoint_addr,
             admin_addr,
             federation_addr,
             directory_addr,
+            relay_addr,
             app,
+            relay,
             shutdown: shutdown_tx,
             tasks,
         })
+    }
+
+    /// The TURN relay, when `relay.enabled`.
+    pub fn relay(&self) -> Option<&Arc<crate::relay::Relay>> {
+        self.relay.as_ref()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the grace period), closes push
@@ -231,6 +255,9 @@ impl Provider {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(relay) = &self.relay {
+            relay.shutdown().await;
         }
         self.app.db.close().await;
         tracing::info!("provider stopped");

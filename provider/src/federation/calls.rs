@@ -124,7 +124,7 @@ fn provider_field(dict: &Dict, field: &str, peer: &AuthPeer) -> Result<(), ApiEr
     Ok(())
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+type Tx = crate::db::WriteTx;
 
 /// Records the Forward's id, refusing a replayed one. Done on its own, before the Forward is
 /// acted on: an id stays used even when the Forward is then refused, so it can never be

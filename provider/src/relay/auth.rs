@@ -1,0 +1,406 @@
+//! Relay credentials in the REST style of draft-uberti-behave-turn-rest: the username is
+//! `<expiry unix seconds>:<endpoint id>` and the password `base64(HMAC-SHA1(secret, username))`,
+//! so the relay checks them without storing anything per credential.
+//!
+//! `AuthHandler::auth_handle` is synchronous and runs on the server's receive loop, so it cannot
+//! query the database. Instead the relay keeps, for every endpoint that obtained credentials from
+//! this process (or presented some), whether it is still active; a background task re-reads that
+//! from the database every `push.recheck_interval_ms` and, on a revocation, deletes the endpoint's
+//! allocations. An endpoint the cache does not know (credentials issued before a restart or by
+//! another replica) is refused once while its status is looked up; the client's next attempt
+//! succeeds. Failing closed there means a revoked endpoint never gets an allocation.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use ring::hmac;
+use turn::auth::AuthHandler;
+use turn::Error as TurnError;
+
+type TurnResult<T> = std::result::Result<T, TurnError>;
+
+use super::filter::PeerPolicy;
+use crate::db::Db;
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `<expiry>:<endpoint id>`.
+pub fn rest_username(expiry: u64, endpoint_id: &str) -> String {
+    format!("{expiry}:{endpoint_id}")
+}
+
+/// `base64(HMAC-SHA1(secret, username))`.
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, username.as_bytes()))
+}
+
+/// The expiry and endpoint id of a REST username.
+pub fn parse_username(username: &str) -> Option<(u64, &str)> {
+    let (expiry, endpoint) = username.split_once(':')?;
+    if endpoint.is_empty() || expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((expiry.parse().ok()?, endpoint))
+}
+
+/// Why a username is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed,
+    WrongRealm,
+    Expired,
+    Revoked,
+    /// Not known to this process yet; its status is being looked up.
+    Unknown,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed-username",
+            Refusal::WrongRealm => "wrong-realm",
+            Refusal::Expired => "expired",
+            Refusal::Revoked => "revoked",
+            Refusal::Unknown => "unknown-endpoint",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct EndpointStatus {
+    active: bool,
+    /// The latest credential expiry seen; the entry is dropped after it (and its allocations).
+    until: u64,
+    /// Usernames that authenticated, for deleting their allocations on revocation.
+    usernames: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Allocations {
+    total: u32,
+    per_endpoint: HashMap<String, u32>,
+}
+
+/// Everything the relay's callbacks share.
+pub struct RelayState {
+    secret: Vec<u8>,
+    pub realm: String,
+    pub policy: PeerPolicy,
+    pub max_per_endpoint: u32,
+    pub max_total: u32,
+    endpoints: Mutex<HashMap<String, EndpointStatus>>,
+    allocations: Mutex<Allocations>,
+    last_authenticated: Mutex<Option<String>>,
+    /// Set once the relay runs: used to look up endpoints the cache does not know.
+    db: Option<Db>,
+}
+
+impl RelayState {
+    pub fn new(
+        secret: Vec<u8>,
+        realm: String,
+        policy: PeerPolicy,
+        max_per_endpoint: u32,
+        max_total: u32,
+        db: Option<Db>,
+    ) -> Self {
+        RelayState {
+            secret,
+            realm,
+            policy,
+            max_per_endpoint,
+            max_total,
+            endpoints: Mutex::default(),
+            allocations: Mutex::default(),
+            last_authenticated: Mutex::default(),
+            db,
+        }
+    }
+
+    /// A username and password for `endpoint_id`, valid until `expiry`. The caller has just
+    /// authenticated the endpoint, so it is recorded as active.
+    pub fn issue(&self, endpoint_id: &str, expiry: u64) -> (String, String) {
+        let username = rest_username(expiry, endpoint_id);
+        let password = rest_password(&self.secret, &username);
+        let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
+        let status = endpoints.entry(endpoint_id.to_string()).or_default();
+        status.active = true;
+        status.until = status.until.max(expiry);
+        (username, password)
+    }
+
+    /// The long-term key (MD5 of `username:realm:password`) for a valid, unexpired username of an
+    /// active endpoint.
+    pub fn check(&self, username: &str, realm: &str, now: u64) -> Result<Vec<u8>, Refusal> {
+        if realm != self.realm {
+            return Err(Refusal::WrongRealm);
+        }
+        let (expiry, endpoint) = parse_username(username).ok_or(Refusal::Malformed)?;
+        if expiry < now {
+            return Err(Refusal::Expired);
+        }
+        {
+            let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
+            match endpoints.get_mut(endpoint) {
+                Some(status) if status.active => {
+                    status.until = status.until.max(expiry);
+                    if !status.usernames.contains(username) {
+                        status.usernames.insert(username.to_string());
+                    }
+                }
+                Some(_) => return Err(Refusal::Revoked),
+                None => return Err(Refusal::Unknown),
+            }
+        }
+        let password = rest_password(&self.secret, username);
+        Ok(turn::auth::generate_auth_key(username, realm, &password))
+    }
+
+    /// Looks up an endpoint the cache does not know, in the background.
+    fn look_up(self: &Arc<Self>, endpoint: &str, expiry: u64) {
+        let (Some(db), Ok(runtime)) = (self.db.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let state = self.clone();
+        let endpoint = endpoint.to_string();
+        runtime.spawn(async move {
+            match db.endpoint_is_active(&endpoint).await {
+                Ok(active) => {
+                    let mut endpoints = state.endpoints.lock().expect("relay endpoints lock");
+                    let status = endpoints.entry(endpoint).or_default();
+                    status.active = active;
+                    status.until = status.until.max(expiry);
+                }
+                Err(e) => tracing::warn!(error = %e, "relay: looking up an endpoint failed"),
+            }
+        });
+    }
+
+    pub fn last_authenticated(&self) -> Option<String> {
+        self.last_authenticated
+            .lock()
+            .expect("relay auth lock")
+            .clone()
+    }
+
+    /// Counts a new allocation for `endpoint`, or says which quota is full.
+    pub fn take_allocation_slot(&self, endpoint: &str) -> Result<(), &'static str> {
+        let mut allocations = self.allocations.lock().expect("relay allocations lock");
+        if allocations.total >= self.max_total {
+            metrics::counter!("switchyard_relay_refused_total", "reason" => "quota-total")
+                .increment(1);
+            return Err("the relay's allocation quota is reached");
+        }
+        let mine = allocations.per_endpoint.get(endpoint).copied().unwrap_or(0);
+        if mine >= self.max_per_endpoint {
+            metrics::counter!("switchyard_relay_refused_total", "reason" => "quota-endpoint")
+                .increment(1);
+            return Err("the endpoint's allocation quota is reached");
+        }
+        allocations.total += 1;
+        *allocations
+            .per_endpoint
+            .entry(endpoint.to_string())
+            .or_default() += 1;
+        metrics::gauge!("switchyard_relay_allocations").set(f64::from(allocations.total));
+        Ok(())
+    }
+
+    pub fn release_allocation_slot(&self, endpoint: &str) {
+        let mut allocations = self.allocations.lock().expect("relay allocations lock");
+        allocations.total = allocations.total.saturating_sub(1);
+        if let Some(n) = allocations.per_endpoint.get_mut(endpoint) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                allocations.per_endpoint.remove(endpoint);
+            }
+        }
+        metrics::gauge!("switchyard_relay_allocations").set(f64::from(allocations.total));
+    }
+
+    /// Live allocations: in total, and of one endpoint.
+    pub fn allocation_count(&self, endpoint: Option<&str>) -> u32 {
+        let allocations = self.allocations.lock().expect("relay allocations lock");
+        match endpoint {
+            None => allocations.total,
+            Some(e) => allocations.per_endpoint.get(e).copied().unwrap_or(0),
+        }
+    }
+
+    /// Re-reads the status of every endpoint still holding unexpired credentials; returns the
+    /// usernames of endpoints found revoked, whose allocations must go. Entries whose credentials
+    /// all expired are forgotten.
+    pub async fn recheck(&self, db: &Db) -> Vec<String> {
+        let now = unix_now();
+        let active: Vec<String> = {
+            let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
+            endpoints.retain(|_, s| s.until >= now);
+            endpoints
+                .iter()
+                .filter(|(_, s)| s.active)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let mut doomed = Vec::new();
+        for endpoint in active {
+            match db.endpoint_is_active(&endpoint).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
+                    if let Some(status) = endpoints.get_mut(&endpoint) {
+                        status.active = false;
+                        doomed.extend(status.usernames.drain());
+                    }
+                    tracing::info!(%endpoint, "relay: endpoint revoked; closing its allocations");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay: re-reading endpoint status failed");
+                    break;
+                }
+            }
+        }
+        doomed
+    }
+}
+
+/// The `turn` server's view of [`RelayState`].
+pub struct RestAuth(pub Arc<RelayState>);
+
+impl AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        src_addr: SocketAddr,
+    ) -> TurnResult<Vec<u8>> {
+        match self.0.check(username, realm, unix_now()) {
+            Ok(key) => {
+                let endpoint = parse_username(username).map(|(_, e)| e.to_string());
+                *self.0.last_authenticated.lock().expect("relay auth lock") = endpoint;
+                Ok(key)
+            }
+            Err(refusal) => {
+                *self.0.last_authenticated.lock().expect("relay auth lock") = None;
+                if refusal == Refusal::Unknown {
+                    if let Some((expiry, endpoint)) = parse_username(username) {
+                        self.0.look_up(endpoint, expiry);
+                    }
+                }
+                metrics::counter!("switchyard_relay_refused_total", "reason" => refusal.label())
+                    .increment(1);
+                tracing::debug!(%src_addr, username, reason = refusal.label(), "relay: credentials refused");
+                Err(turn::Error::Other(refusal.label().into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RelayState {
+        RelayState::new(
+            b"0123456789abcdef".to_vec(),
+            "example.org".into(),
+            PeerPolicy::default(),
+            2,
+            3,
+            None,
+        )
+    }
+
+    #[test]
+    fn password_is_base64_hmac_sha1_of_the_username() {
+        // HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog") is the RFC 2104 /
+        // Wikipedia test vector de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9.
+        assert_eq!(
+            rest_password(b"key", "The quick brown fox jumps over the lazy dog"),
+            "3nybhbi3iqa8ino29wqQcBydtNk="
+        );
+        assert_eq!(rest_username(1700000000, "ep-1"), "1700000000:ep-1");
+        assert_eq!(
+            parse_username("1700000000:ep-1"),
+            Some((1700000000, "ep-1"))
+        );
+        for bad in [
+            "",
+            "ep-1",
+            ":ep-1",
+            "17:",
+            "-5:ep",
+            "1x:ep",
+            "99999999999999999999999:ep",
+        ] {
+            assert_eq!(parse_username(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_credentials_verify_until_they_expire() {
+        let state = state();
+        let now = 1_000_000;
+        let (username, password) = state.issue("ep-1", now + 600);
+        let key = state.check(&username, "example.org", now).unwrap();
+        assert_eq!(
+            key,
+            turn::auth::generate_auth_key(&username, "example.org", &password)
+        );
+        assert_eq!(
+            state.check(&username, "example.org", now + 601),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(
+            state.check(&username, "other.org", now),
+            Err(Refusal::WrongRealm)
+        );
+        assert_eq!(
+            state.check("garbage", "example.org", now),
+            Err(Refusal::Malformed)
+        );
+        // A forged username for another endpoint is not known; its key would not match anyway.
+        assert_eq!(
+            state.check(&rest_username(now + 600, "ep-2"), "example.org", now),
+            Err(Refusal::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_tampered_username_gives_a_different_key() {
+        let state = state();
+        let (username, password) = state.issue("ep-1", 2_000);
+        let (_, _) = state.issue("ep-1", 3_000);
+        let longer = rest_username(3_000, "ep-1");
+        let key = state.check(&longer, "example.org", 1_000).unwrap();
+        // A client that kept the old password but changed the expiry does not pass.
+        assert_ne!(
+            key,
+            turn::auth::generate_auth_key(&longer, "example.org", &password)
+        );
+        assert_ne!(username, longer);
+    }
+
+    #[test]
+    fn quotas_per_endpoint_and_in_total() {
+        let state = state();
+        state.take_allocation_slot("a").unwrap();
+        state.take_allocation_slot("a").unwrap();
+        assert!(state.take_allocation_slot("a").is_err());
+        state.take_allocation_slot("b").unwrap();
+        assert!(state.take_allocation_slot("c").is_err(), "total is 3");
+        state.release_allocation_slot("a");
+        assert_eq!(state.allocation_count(Some("a")), 1);
+        state.take_allocation_slot("c").unwrap();
+        assert_eq!(state.allocation_count(None), 3);
+    }
+}

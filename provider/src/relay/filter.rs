@@ -1,0 +1,476 @@
+//! Which peers the relay talks to, and the relayed sockets that enforce it and count allocations.
+//!
+//! The `turn` crate has no hook on CreatePermission or ChannelBind, so the filter is applied in
+//! two places of our own:
+//! - [`ListenerConn`], the server's listening socket, answers an authenticated CreatePermission or
+//!   ChannelBind naming a forbidden peer with `403 Forbidden` itself, before the server sees it;
+//! - [`RelayedConn`], each allocation's relayed socket, drops every datagram sent to a forbidden
+//!   peer (Send indications and ChannelData) and every datagram received from one, so nothing
+//!   crosses the relay in either direction whatever reached the server. The same socket holds the
+//!   allocation's quota slot and gives it back when the allocation is closed (or dropped).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use turn::relay::RelayAddressGenerator;
+use webrtc_util::Conn;
+
+use super::auth::RelayState;
+
+type TurnResult<T> = std::result::Result<T, turn::Error>;
+
+/// The address classes relayed traffic may reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerPolicy {
+    pub allow_loopback: bool,
+    pub allow_private: bool,
+}
+
+impl PeerPolicy {
+    /// Whether the relay may send to, or accept from, `ip`. Unspecified, multicast, broadcast and
+    /// "this network" (0.0.0.0/8) addresses are never allowed.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            },
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                if a == 0 || v4.is_multicast() || v4.is_broadcast() || a >= 240 {
+                    false
+                } else if v4.is_loopback() {
+                    self.allow_loopback
+                } else if v4.is_private() || v4.is_link_local() || (a == 100 && (b & 0xc0) == 64) {
+                    self.allow_private
+                } else {
+                    true
+                }
+            }
+            IpAddr::V6(v6) => {
+                let first = v6.segments()[0];
+                if v6.is_unspecified() || v6.is_multicast() {
+                    false
+                } else if v6.is_loopback() {
+                    self.allow_loopback
+                } else if (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80 {
+                    // Unique local (fc00::/7) and link-local (fe80::/10).
+                    self.allow_private
+                } else {
+                    true
+                }
+            }
+        }
+    }
+}
+
+/// Makes the relayed socket of each allocation: bound on the listen IP, announced with the
+/// configured relay address, counted against the quotas of the endpoint that authenticated the
+/// Allocate request.
+pub struct QuotaGenerator {
+    pub state: Arc<RelayState>,
+    /// Where relayed sockets are bound (the listen IP).
+    pub bind_ip: IpAddr,
+    /// What is announced in XOR-RELAYED-ADDRESS.
+    pub public_ip: IpAddr,
+}
+
+#[async_trait]
+impl RelayAddressGenerator for QuotaGenerator {
+    fn validate(&self) -> TurnResult<()> {
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> TurnResult<(Arc<dyn Conn + Send + Sync>, SocketAddr)> {
+        if use_ipv4 != self.public_ip.is_ipv4() {
+            return Err(turn::Error::Other(
+                "the requested address family is not relayed here".into(),
+            ));
+        }
+        // The server handles the datagrams of a listener one after the other, so the endpoint
+        // authenticated last is the one whose Allocate request is being processed.
+        let endpoint = self
+            .state
+            .last_authenticated()
+            .ok_or_else(|| turn::Error::Other("no authenticated endpoint".into()))?;
+        self.state
+            .take_allocation_slot(&endpoint)
+            .map_err(|reason| turn::Error::Other(reason.into()))?;
+        let socket = match UdpSocket::bind(SocketAddr::new(self.bind_ip, requested_port)).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                self.state.release_allocation_slot(&endpoint);
+                return Err(turn::Error::Other(format!("binding a relayed socket: {e}")));
+            }
+        };
+        let mut relay_addr = match socket.local_addr() {
+            Ok(addr) => addr,
+            Err(e) => {
+                self.state.release_allocation_slot(&endpoint);
+                return Err(turn::Error::Other(e.to_string()));
+            }
+        };
+        relay_addr.set_ip(self.public_ip);
+        tracing::debug!(%endpoint, %relay_addr, "relay allocation");
+        let conn = RelayedConn {
+            socket,
+            state: self.state.clone(),
+            endpoint,
+            released: AtomicBool::new(false),
+            closed: CancellationToken::new(),
+        };
+        Ok((Arc::new(conn), relay_addr))
+    }
+}
+
+/// The TURN server's listening socket, refusing permissions and channels for forbidden peers.
+pub struct ListenerConn {
+    pub socket: UdpSocket,
+    pub state: Arc<RelayState>,
+}
+
+impl ListenerConn {
+    /// For a CreatePermission or ChannelBind request with valid integrity naming a forbidden
+    /// peer: the `403` answer to send back.
+    fn forbidden_answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        use stun::attributes::{ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
+        use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
+        use stun::integrity::MessageIntegrity;
+        use stun::message::{
+            is_message, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST,
+            METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
+        };
+        use stun::textattrs::TextAttribute;
+        use stun::xoraddr::XorMappedAddress;
+
+        if !is_message(datagram) {
+            return None;
+        }
+        let mut m = Message::new();
+        m.raw = datagram.to_vec();
+        m.decode().ok()?;
+        if m.typ.class != CLASS_REQUEST
+            || !(m.typ.method == METHOD_CREATE_PERMISSION || m.typ.method == METHOD_CHANNEL_BIND)
+        {
+            return None;
+        }
+        let forbidden = m
+            .attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+            .any(|a| {
+                let mut one = Message::new();
+                one.transaction_id = m.transaction_id;
+                one.add(ATTR_XOR_PEER_ADDRESS, &a.value);
+                let mut peer = XorMappedAddress::default();
+                peer.get_from_as(&one, ATTR_XOR_PEER_ADDRESS).is_ok()
+                    && !self.state.policy.permits(peer.ip)
+            });
+        if !forbidden {
+            return None;
+        }
+        let username = TextAttribute::get_from_as(&m, ATTR_USERNAME).ok()?;
+        let realm = TextAttribute::get_from_as(&m, ATTR_REALM).ok()?;
+        let key = self
+            .state
+            .check(&username.text, &realm.text, super::auth::unix_now())
+            .ok()?;
+        let integrity = MessageIntegrity(key);
+        integrity.check(&mut m.clone()).ok()?;
+        let mut answer = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(Message {
+                transaction_id: m.transaction_id,
+                ..Default::default()
+            }),
+            Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+            Box::new(ErrorCodeAttribute {
+                code: CODE_FORBIDDEN,
+                reason: b"Forbidden peer address".to_vec(),
+            }),
+            Box::new(integrity),
+        ];
+        answer.build(&setters).ok()?;
+        Some(answer.raw)
+    }
+}
+
+#[async_trait]
+impl Conn for ListenerConn {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            match self.forbidden_answer(&buf[..n]) {
+                None => return Ok((n, from)),
+                Some(answer) => {
+                    refused("permission");
+                    tracing::debug!(client = %from, "relay: permission for a forbidden peer refused");
+                    let _ = self.socket.send_to(&answer, from).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Nothing: the server calls this when any allocation closes; the socket closes when the
+    /// server drops it.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// One allocation's relayed socket, filtering peers and holding a quota slot.
+pub struct RelayedConn {
+    socket: UdpSocket,
+    state: Arc<RelayState>,
+    endpoint: String,
+    released: AtomicBool,
+    closed: CancellationToken,
+}
+
+impl RelayedConn {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.state.release_allocation_slot(&self.endpoint);
+        }
+    }
+}
+
+impl Drop for RelayedConn {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn refused(direction: &'static str) {
+    metrics::counter!("switchyard_relay_peer_refused_total", "direction" => direction).increment(1);
+}
+
+#[async_trait]
+impl Conn for RelayedConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other(
+            "a relayed socket is not connected".into(),
+        ))
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = tokio::select! {
+                received = self.socket.recv_from(buf) => received?,
+                _ = self.closed.cancelled() => return Err(webrtc_util::Error::ErrUseClosedNetworkConn),
+            };
+            if self.state.policy.permits(from.ip()) {
+                metrics::counter!("switchyard_relay_bytes_total", "direction" => "from-peer")
+                    .increment(n as u64);
+                return Ok((n, from));
+            }
+            refused("from-peer");
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other(
+            "a relayed socket is not connected".into(),
+        ))
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if !self.state.policy.permits(target.ip()) {
+            // Reported as sent: the client learns nothing about what lies behind the relay.
+            refused("to-peer");
+            return Ok(buf.len());
+        }
+        let n = self.socket.send_to(buf, target).await?;
+        metrics::counter!("switchyard_relay_bytes_total", "direction" => "to-peer")
+            .increment(n as u64);
+        Ok(n)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.closed.cancel();
+        self.release();
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn strict_policy_allows_only_public_unicast() {
+        let strict = PeerPolicy::default();
+        for allowed in ["8.8.8.8", "192.0.2.1", "2001:db8::1", "::ffff:8.8.4.4"] {
+            assert!(strict.permits(ip(allowed)), "{allowed}");
+        }
+        for refused in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "224.0.0.251",
+            "239.1.1.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!strict.permits(ip(refused)), "{refused}");
+        }
+        assert!(strict.permits(ip("172.32.0.1")));
+        assert!(strict.permits(ip("100.128.0.1")));
+    }
+
+    #[tokio::test]
+    async fn relayed_socket_drops_forbidden_peers_and_holds_a_quota_slot() {
+        use turn::auth::AuthHandler;
+        let state = Arc::new(RelayState::new(
+            b"0123456789abcdef".to_vec(),
+            "r".into(),
+            PeerPolicy::default(),
+            1,
+            10,
+            None,
+        ));
+        let generator = QuotaGenerator {
+            state: state.clone(),
+            bind_ip: ip("127.0.0.1"),
+            public_ip: ip("127.0.0.1"),
+        };
+        assert!(
+            generator.allocate_conn(true, 0).await.is_err(),
+            "nobody authenticated"
+        );
+        let (username, _) = state.issue("ep", super::super::auth::unix_now() + 60);
+        super::super::auth::RestAuth(state.clone())
+            .auth_handle(&username, "r", "127.0.0.1:1".parse().unwrap())
+            .unwrap();
+        let (conn, _) = generator.allocate_conn(true, 0).await.unwrap();
+        assert!(
+            generator.allocate_conn(true, 0).await.is_err(),
+            "quota of 1"
+        );
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(
+            conn.send_to(b"x", peer.local_addr().unwrap())
+                .await
+                .unwrap(),
+            1
+        );
+        let mut buf = [0u8; 8];
+        let got = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            peer.recv_from(&mut buf),
+        )
+        .await;
+        assert!(got.is_err(), "nothing reaches a loopback peer");
+        conn.close().await.unwrap();
+        assert_eq!(state.allocation_count(None), 0);
+        drop(conn);
+        assert_eq!(state.allocation_count(None), 0, "released once");
+    }
+
+    #[test]
+    fn configuration_opens_loopback_and_private_separately() {
+        let loopback = PeerPolicy {
+            allow_loopback: true,
+            allow_private: false,
+        };
+        assert!(loopback.permits(ip("127.0.0.1")));
+        assert!(loopback.permits(ip("::1")));
+        assert!(!loopback.permits(ip("10.0.0.1")));
+        let private = PeerPolicy {
+            allow_loopback: false,
+            allow_private: true,
+        };
+        assert!(!private.permits(ip("127.0.0.1")));
+        for addr in [
+            "10.0.0.1",
+            "192.168.0.1",
+            "fd00::1",
+            "fe80::1",
+            "169.254.0.1",
+        ] {
+            assert!(private.permits(ip(addr)), "{addr}");
+        }
+        let open = PeerPolicy {
+            allow_loopback: true,
+            allow_private: true,
+        };
+        for never in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+            assert!(!open.permits(ip(never)), "{never}");
+        }
+    }
+}

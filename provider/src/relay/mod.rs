@@ -1,0 +1,212 @@
+//! The TURN relay (RFC 8656 over UDP: Allocate, Refresh, CreatePermission, ChannelBind,
+//! Send/Data indications, ChannelData), built on the webrtc-rs `turn` server.
+//!
+//! The relay carries what endpoints already encrypted end to end (SRTP); it sees addresses and
+//! sizes, never media in the clear. Only registered endpoints get credentials
+//! (`POST /v1/relay-credentials`, see [`auth`]); allocations are counted per endpoint and in
+//! total, and peers are filtered by address class (see [`filter`]).
+
+pub mod auth;
+pub mod filter;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Extension;
+use switchyard_federation::dict::Dict;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use turn::server::config::{ConnConfig, ServerConfig};
+use turn::server::Server;
+
+/// The `turn` and `webrtc-util` crates the relay is built on, for clients in tests and tools.
+pub use ::turn;
+pub use ::webrtc_util;
+
+use crate::app::App;
+use crate::auth::AuthEndpoint;
+use crate::config::Config;
+use crate::db::Db;
+use crate::wire::{encoding_of, ApiError, Reply};
+use auth::{unix_now, RelayState, RestAuth};
+use filter::{ListenerConn, PeerPolicy, QuotaGenerator};
+
+/// A running relay.
+pub struct Relay {
+    /// The UDP address the TURN server is bound to.
+    pub addr: SocketAddr,
+    /// The address put in `turn:` URIs: the relay address with the bound port.
+    pub public_addr: SocketAddr,
+    pub state: Arc<RelayState>,
+    ttl: u64,
+    server: Arc<Server>,
+    stop: CancellationToken,
+    recheck: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Reads the credential secret, creating it (mode 0600) on first start.
+fn load_or_create_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    let path = config.relay_secret_path();
+    if !path.exists() {
+        crate::pki::write_file(
+            &path,
+            format!("{}\n", crate::registry::random_token(32)).as_bytes(),
+            true,
+        )
+        .with_context(|| format!("creating the relay secret at {}", path.display()))?;
+    }
+    let secret = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the relay secret at {}", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        secret.len() >= 16,
+        "the relay secret in {} is shorter than 16 characters",
+        path.display()
+    );
+    Ok(secret.into_bytes())
+}
+
+impl Relay {
+    /// Binds `relay.listen` and starts serving, with the revocation re-check in the background.
+    pub async fn start(config: &Config, db: Db) -> anyhow::Result<Relay> {
+        let relay = &config.relay;
+        let secret = load_or_create_secret(config)?;
+        let state = Arc::new(RelayState::new(
+            secret,
+            config.relay_realm().to_string(),
+            PeerPolicy {
+                allow_loopback: relay.allow_loopback_peers,
+                allow_private: relay.allow_private_peers,
+            },
+            relay.max_allocations_per_endpoint,
+            relay.max_allocations,
+            Some(db.clone()),
+        ));
+        let socket = UdpSocket::bind(relay.listen)
+            .await
+            .with_context(|| format!("binding relay.listen {}", relay.listen))?;
+        let addr = socket.local_addr()?;
+        let public_ip = config.relay_public_ip();
+        let server = Server::new(ServerConfig {
+            conn_configs: vec![ConnConfig {
+                conn: Arc::new(ListenerConn {
+                    socket,
+                    state: state.clone(),
+                }),
+                relay_addr_generator: Box::new(QuotaGenerator {
+                    state: state.clone(),
+                    bind_ip: relay.listen.ip(),
+                    public_ip,
+                }),
+            }],
+            realm: state.realm.clone(),
+            auth_handler: Arc::new(RestAuth(state.clone())),
+            channel_bind_timeout: Duration::ZERO,
+            alloc_close_notify: None,
+        })
+        .await
+        .context("starting the TURN server")?;
+        let server = Arc::new(server);
+        metrics::gauge!("switchyard_relay_allocations").set(0.0);
+        let stop = CancellationToken::new();
+        let recheck = tokio::spawn(recheck_endpoints(
+            state.clone(),
+            server.clone(),
+            db,
+            Duration::from_millis(config.push.recheck_interval_ms),
+            stop.clone(),
+        ));
+        tracing::info!(%addr, %public_ip, realm = %state.realm, "relay started");
+        Ok(Relay {
+            addr,
+            public_addr: SocketAddr::new(public_ip, addr.port()),
+            state,
+            ttl: relay.credential_ttl_seconds,
+            server,
+            stop,
+            recheck: Mutex::new(Some(recheck)),
+        })
+    }
+
+    /// Fresh credentials for an authenticated endpoint, as the credentials route answers them.
+    pub fn credentials(&self, endpoint_id: &str) -> Dict {
+        let (username, password) = self.state.issue(endpoint_id, unix_now() + self.ttl);
+        let uri = format!("turn:{}?transport=udp", self.public_addr);
+        metrics::counter!("switchyard_relay_credentials_issued_total").increment(1);
+        Dict::new()
+            .with("username", username)
+            .with("password", password)
+            .with("ttl", self.ttl as i64)
+            .with("uris", vec![uri])
+            .with("realm", self.state.realm.as_str())
+    }
+
+    /// Closes every allocation and the listener.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self.recheck.lock().expect("relay task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        if let Err(e) = self.server.close().await {
+            tracing::warn!(error = %e, "closing the relay failed");
+        }
+        tracing::info!("relay stopped");
+    }
+}
+
+async fn recheck_endpoints(
+    state: Arc<RelayState>,
+    server: Arc<Server>,
+    db: Db,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for username in state.recheck(&db).await {
+            if let Err(e) = server.delete_allocations_by_username(username).await {
+                tracing::warn!(error = %e, "relay: deleting a revoked endpoint's allocations failed");
+            }
+        }
+    }
+}
+
+/// `POST /v1/relay-credentials`: short-lived TURN credentials for the calling endpoint. The body,
+/// if any, is ignored; the answer is in the request's encoding.
+pub async fn credentials_route(
+    State(_app): State<std::sync::Arc<App>>,
+    headers: HeaderMap,
+    relay: Option<Extension<Arc<Relay>>>,
+    auth: AuthEndpoint,
+) -> Reply {
+    let result = match relay {
+        Some(Extension(relay)) => Ok(relay.credentials(&auth.endpoint.id)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "relay-disabled",
+            "this provider runs no relay",
+        )),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    metrics::counter!("switchyard_requests_total", "action" => "relay-credentials", "outcome" => outcome)
+        .increment(1);
+    Reply {
+        encoding: encoding_of(&headers),
+        result,
+    }
+}
