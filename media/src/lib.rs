@@ -10,6 +10,7 @@ pub mod ice;
 pub mod rtp;
 pub mod sdp;
 pub mod secure;
+pub mod session;
 pub mod sip;
 
 pub use capabilities::{Capabilities, CapabilityError, MediaKind, Unsupported};

@@ -1,0 +1,191 @@
+//! Two endpoints' media sessions on loopback: connectivity checks, DTLS with identity
+//! certificates, SIP over DTLS, SRTP audio and video both ways, mute, orientation, hang-up.
+
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use switchyard_media::blob::CandidateKind;
+use switchyard_media::rtp::{Camera, Rotation};
+use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
+use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
+use switchyard_media::{Capabilities, MediaKind};
+
+const ALICE: &str = "tel:+16502530000";
+const BOB: &str = "mailto:bob@example.com";
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test endpoint CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        pem,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn identity(ca: &Ca, uri: &str) -> EndpointIdentity {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "endpoint");
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    EndpointIdentity::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+}
+
+fn config(ca: &Ca, uri: &str) -> SessionConfig {
+    SessionConfig {
+        identity: identity(ca, uri),
+        local_uri: uri.to_string(),
+        capabilities: Capabilities::default(),
+        media: vec![MediaKind::Audio, MediaKind::Video],
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relay: None,
+        relay_only: false,
+        check_timeout: Duration::from_secs(10),
+    }
+}
+
+async fn wait_for(
+    call: &mut MediaCall,
+    what: &str,
+    mut matches: impl FnMut(&MediaEvent) -> bool,
+) -> MediaEvent {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, call.next_event()).await {
+            Ok(Some(event)) if matches(&event) => return event,
+            Ok(Some(MediaEvent::Failed(why))) => panic!("call failed waiting for {what}: {why}"),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the call ended waiting for {what}"),
+            Err(_) => panic!("no {what} within 15 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_endpoints_hold_an_encrypted_audio_video_call() {
+    let ca = ca();
+    let alice = Gathered::gather(config(&ca, ALICE)).await.unwrap();
+    let bob = Gathered::gather(config(&ca, BOB)).await.unwrap();
+    let alice_blob = alice.blob().clone();
+    let bob_blob = bob.blob().clone();
+    // The blobs travel as bytes through the providers.
+    let alice_blob = switchyard_media::blob::MediaBlob::from_bytes(&alice_blob.to_bytes()).unwrap();
+    let bob_blob = switchyard_media::blob::MediaBlob::from_bytes(&bob_blob.to_bytes()).unwrap();
+    let expect = |blob: &switchyard_media::blob::MediaBlob, uri: &str| {
+        PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap()
+    };
+    let mut a = alice
+        .start(true, &bob_blob, expect(&bob_blob, BOB))
+        .unwrap();
+    let mut b = bob
+        .start(false, &alice_blob, expect(&alice_blob, ALICE))
+        .unwrap();
+
+    for call in [&mut a, &mut b] {
+        let path = wait_for(call, "a path", |e| {
+            matches!(e, MediaEvent::PathSelected { .. })
+        })
+        .await;
+        assert!(
+            matches!(
+                path,
+                MediaEvent::PathSelected {
+                    local: CandidateKind::Host,
+                    remote: CandidateKind::Host,
+                    ..
+                }
+            ),
+            "{path:?}"
+        );
+        let secured = wait_for(call, "DTLS", |e| matches!(e, MediaEvent::Secured { .. })).await;
+        assert_eq!(
+            secured,
+            MediaEvent::Secured {
+                profile: "SRTP_AEAD_AES_128_GCM".into()
+            }
+        );
+        let negotiated =
+            wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
+        assert_eq!(
+            negotiated,
+            MediaEvent::Negotiated {
+                audio: Some("opus".into()),
+                video: Some("VP8".into())
+            }
+        );
+    }
+    a.set_orientation(Rotation::Deg90, Camera::Back);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (name, call) in [("alice", &a), ("bob", &b)] {
+        let stats = call.stats();
+        assert!(
+            stats.audio.packets_received >= 90,
+            "{name} got {} audio packets in 2.5 s: {stats:?}",
+            stats.audio.packets_received
+        );
+        assert!(stats.video.packets_received >= 30, "{name}: {stats:?}");
+        assert_eq!(stats.audio.packets_lost, 0, "{name}: {stats:?}");
+        assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+        assert!(
+            stats.round_trip.is_some(),
+            "{name} has an RTT from RTCP: {stats:?}"
+        );
+    }
+    assert_eq!(
+        b.stats().remote_orientation,
+        Some((Rotation::Deg90, Camera::Back))
+    );
+
+    // Mute: Bob hears of it over SIP and stops receiving video.
+    a.set_video_muted(true);
+    assert_eq!(
+        wait_for(&mut b, "mute", |e| matches!(
+            e,
+            MediaEvent::RemoteVideoMuted(_)
+        ))
+        .await,
+        MediaEvent::RemoteVideoMuted(true)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = b.stats().video.packets_received;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        b.stats().video.packets_received,
+        before,
+        "muted video still flows"
+    );
+    a.set_video_muted(false);
+    assert_eq!(
+        wait_for(&mut b, "unmute", |e| matches!(
+            e,
+            MediaEvent::RemoteVideoMuted(_)
+        ))
+        .await,
+        MediaEvent::RemoteVideoMuted(false)
+    );
+
+    a.hang_up();
+    wait_for(&mut b, "the hang-up", |e| *e == MediaEvent::RemoteHangUp).await;
+    wait_for(&mut a, "the end", |e| *e == MediaEvent::Ended).await;
+    a.close().await;
+    b.close().await;
+}
