@@ -35,6 +35,8 @@ pub enum ClientError {
     State { path: PathBuf, message: String },
     #[error("the push channel closed: {0}")]
     PushClosed(String),
+    #[error("the provider's answer is unusable: {0}")]
+    Protocol(String),
 }
 
 impl ClientError {
@@ -320,6 +322,32 @@ impl EndpointClient {
             .with("peer-uri", peer_uri)
             .with("state", state);
         self.request("cancel", &body).await
+    }
+
+    /// Short-lived credentials for the provider's TURN relay; None when it runs none.
+    pub async fn relay_credentials(
+        &self,
+    ) -> Result<Option<switchyard_media::session::RelayServer>, ClientError> {
+        let answer = match self.request("relay-credentials", &Dict::new()).await {
+            Ok(answer) => answer,
+            Err(ClientError::Refused { code, .. }) if code == "relay-disabled" => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let uris = answer.string_array("uris")?;
+        let address = uris
+            .iter()
+            .find_map(|uri| {
+                uri.strip_prefix("turn:")
+                    .and_then(|rest| rest.split('?').next())
+                    .and_then(|hostport| hostport.parse().ok())
+            })
+            .ok_or_else(|| ClientError::Protocol(format!("no usable turn: URI in {uris:?}")))?;
+        Ok(Some(switchyard_media::session::RelayServer {
+            address,
+            username: answer.str("username")?.to_string(),
+            password: answer.str("password")?.to_string(),
+            realm: answer.str("realm")?.to_string(),
+        }))
     }
 
     /// Sends a new blob to the other party of a call (a late relay allocation, a new path).

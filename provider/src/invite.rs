@@ -320,6 +320,7 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
                 .with("peer-token", caller.push_token.as_str())
                 .with("peer-blob", self_blob.clone())
                 .with("peer-capabilities", capabilities_dict(&caller.capabilities))
+                .with("peer-ca", app.ca.cert_pem())
                 .with("peer-verified", true)
                 .with("media", media_value(&media))
                 .with("ring-deadline", deadline)
@@ -337,6 +338,26 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         .with("state", sealed.as_str())
         .with("rung", rung.len() as i64)
         .with("ring-deadline", deadline))
+}
+
+/// The largest endpoint CA certificate (PEM) a Forward may carry.
+pub const MAX_CA_PEM: usize = 8 * 1024;
+
+/// An optional `field` holding the PEM certificate of a provider's endpoint CA: what the other
+/// endpoint checks this side's DTLS identity certificate against.
+pub(crate) fn ca_field(dict: &Dict, field: &str) -> Result<Option<String>, ApiError> {
+    let Some(pem) = dict.opt_str(field)? else {
+        return Ok(None);
+    };
+    if pem.len() > MAX_CA_PEM {
+        return Err(ApiError::field(
+            field,
+            format!("`{field}` exceeds {MAX_CA_PEM} bytes"),
+        ));
+    }
+    switchyard_federation::pki::certs_from_pem(pem)
+        .map_err(|e| ApiError::field(field, format!("`{field}`: {e}")))?;
+    Ok(Some(pem.to_string()))
 }
 
 /// An Initiate Request for a URI hosted elsewhere, checked and canonicalized.
@@ -414,7 +435,9 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
             .with("session-id", state.sid.as_str())
             .with("state", sealed));
     }
-    let accept = answer_push("accept", &state, &me.push_token, self_blob).with("state", sealed);
+    let accept = answer_push("accept", &state, &me.push_token, self_blob)
+        .with("state", sealed)
+        .with("peer-ca", app.ca.cert_pem());
     outbox
         .push(&mut tx, &state.caller_endpoint, &accept, app.push_ttl_ms())
         .await?;

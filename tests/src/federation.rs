@@ -132,6 +132,12 @@ impl TestFederation {
         f.bloom_rebuild_changes = 1;
         f.request_timeout_ms = 2000;
         f.cert_check_seconds = 1;
+        // Every test provider runs its TURN relay; everything is on loopback.
+        let relay = &mut config.relay;
+        relay.enabled = true;
+        relay.listen = "127.0.0.1:0".parse()?;
+        relay.allow_loopback_peers = true;
+        relay.allow_private_peers = true;
         Ok((config, dir))
     }
 

@@ -62,6 +62,8 @@ async fn call_across_providers_is_answered_and_hung_up_in_plist_and_json() -> an
         "the caller's attestation verified"
     );
     assert_eq!(ring.str("peer-provider")?, "a.test");
+    // The callee checks the caller's DTLS identity against the caller's provider's endpoint CA.
+    assert_eq!(ring.str("peer-ca")?, fed.provider("a.test").ca_pem());
     // Only the provider whose filter holds the callee was asked.
     for other in ["b.test", "c.test"] {
         assert!(
@@ -75,6 +77,7 @@ async fn call_across_providers_is_answered_and_hung_up_in_plist_and_json() -> an
     assert_eq!(accepted.data("peer-blob")?, b"dave-answer");
     assert_eq!(accepted.str("peer-token")?, dave.identity.push_token);
     assert_eq!(accepted.str("peer-provider")?, "d.test");
+    assert_eq!(accepted.str("peer-ca")?, fed.provider("d.test").ca_pem());
     assert_eq!(
         fed.provider("a.test").call_record(&sid).await?["state"],
         "answered"

@@ -30,7 +30,7 @@ use crate::db::{
     EndpointRecord, StoreError,
 };
 use crate::invite::{
-    answer_push, blob_field, call_gone, cancel_push, canonical_field, capabilities_dict,
+    answer_push, blob_field, ca_field, call_gone, cancel_push, canonical_field, capabilities_dict,
     count_outcome, media_value, parse_media, provider_party, validate_session_id, RemoteInitiate,
     SessionState, REJECT_REASONS,
 };
@@ -343,6 +343,7 @@ pub async fn initiate_remote(
             "caller-capabilities",
             capabilities_dict(&caller.capabilities),
         )
+        .with("caller-ca", app.ca.cert_pem())
         .with("media", media_value(&request.media))
         .with("ring-deadline", deadline)
         .with("attestation", attestation);
@@ -520,6 +521,7 @@ pub async fn receive_initiate(
     let caller_token = bounded_str(dict, "caller-token", MAX_TOKEN)?.to_string();
     let caller_blob = blob_field(dict, "caller-blob")?;
     let caller_caps = capabilities_of(dict)?;
+    let caller_ca = ca_field(dict, "caller-ca")?;
     let media = parse_media(dict)?;
     let ring_deadline = dict.int("ring-deadline")?;
     let now = now_ms();
@@ -645,6 +647,10 @@ pub async fn receive_initiate(
             .with("media", media_value(&media))
             .with("ring-deadline", deadline)
             .with("state", sealed.as_str());
+        let push = match &caller_ca {
+            Some(pem) => push.with("peer-ca", pem.as_str()),
+            None => push,
+        };
         outbox.push(&mut tx, &callee.id, &push, ttl).await?;
     }
     let mut reply = Dict::new()
@@ -711,6 +717,7 @@ pub async fn receive_accept(
     }
     let callee_token = bounded_str(dict, "callee-token", MAX_TOKEN)?.to_string();
     let callee_blob = blob_field(dict, "callee-blob")?;
+    let callee_ca = ca_field(dict, "callee-ca")?;
     let origin_state = dict.str("origin-state")?.to_string();
 
     let mut tx = match begin(app, peer, &received, "accept").await {
@@ -746,9 +753,12 @@ pub async fn receive_accept(
         let current = call_state(&mut tx, &state.sid).await?;
         return Err(call_gone(current));
     }
-    let push = answer_push("accept", &state, &callee_token, callee_blob)
+    let mut push = answer_push("accept", &state, &callee_token, callee_blob)
         .with("state", origin_state.as_str())
         .with("peer-provider", peer.provider_id.as_str());
+    if let Some(pem) = &callee_ca {
+        push.insert("peer-ca", pem.as_str());
+    }
     let mut outbox = Outbox::default();
     outbox
         .push(&mut tx, &state.caller_endpoint, &push, app.push_ttl_ms())
@@ -1039,7 +1049,8 @@ pub async fn accept_forwarded(
         )
         .with("callee-uri", state.callee_uri.as_str())
         .with("callee-token", me.push_token.as_str())
-        .with("callee-blob", blob);
+        .with("callee-blob", blob)
+        .with("callee-ca", app.ca.cert_pem());
     let result = send_forward(fed, origin, "/federation/v1/accept", &dict).await;
     let ttl = app.push_ttl_ms();
     let mut outbox = Outbox::default();

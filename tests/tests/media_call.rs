@@ -1,0 +1,155 @@
+//! Media between endpoints at two providers: the blobs and the endpoint CAs travel through the
+//! providers in Initiate and Accept, then the endpoints hold an end-to-end encrypted call, directly
+//! or through the caller's provider's TURN relay.
+
+use std::time::{Duration, Instant};
+
+use switchyard_federation::dict::Encoding;
+use switchyard_media::blob::{CandidateKind, MediaBlob};
+use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
+use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
+use switchyard_media::{Capabilities, MediaKind};
+use switchyard_provider::client::{EndpointClient, PushMode};
+use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_tests::*;
+
+const ALICE: &str = "tel:+16502530000";
+const BOB: &str = "mailto:bob@b.example";
+
+async fn session_config(
+    client: &EndpointClient,
+    uri: &str,
+    relay_only: bool,
+) -> anyhow::Result<SessionConfig> {
+    let id = &client.identity;
+    Ok(SessionConfig {
+        identity: EndpointIdentity::from_pem(&id.certificate_pem, &id.key_pem)?,
+        local_uri: uri.to_string(),
+        capabilities: Capabilities::default(),
+        media: vec![MediaKind::Audio, MediaKind::Video],
+        bind: "127.0.0.1:0".parse()?,
+        relay: client.relay_credentials().await?,
+        relay_only,
+        check_timeout: Duration::from_secs(10),
+    })
+}
+
+async fn wait_for(
+    call: &mut MediaCall,
+    what: &str,
+    matches: impl Fn(&MediaEvent) -> bool,
+) -> MediaEvent {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, call.next_event()).await {
+            Ok(Some(event)) if matches(&event) => return event,
+            Ok(Some(MediaEvent::Failed(why))) => panic!("call failed waiting for {what}: {why}"),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the call ended waiting for {what}"),
+            Err(_) => panic!("no {what} within 15 s"),
+        }
+    }
+}
+
+async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::json("b.test")])
+        .await?;
+    let a = fed.provider("a.test");
+    let b = fed.provider("b.test");
+    let alice_user = a.add_user("Alice", &[ALICE]).await?;
+    let bob_user = b.add_user("Bob", &[BOB]).await?;
+    let alice = a
+        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+        .await?;
+    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Json).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+
+    let caller_media = Gathered::gather(session_config(&alice, ALICE, relay_only).await?).await?;
+    let caller_relayed = caller_media.relayed_address().expect("A's relay allocated");
+    let sid = session_id();
+    alice
+        .initiate(
+            &sid,
+            BOB,
+            &caller_media.blob().to_bytes(),
+            &["audio", "video"],
+        )
+        .await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
+    let callee_media = Gathered::gather(session_config(&bob, BOB, relay_only).await?).await?;
+    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+
+    let mut caller = caller_media.start(
+        true,
+        &answer,
+        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
+    )?;
+    let mut callee = callee_media.start(
+        false,
+        &offer,
+        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
+    )?;
+    for call in [&mut caller, &mut callee] {
+        let path = wait_for(call, "a path", |e| {
+            matches!(e, MediaEvent::PathSelected { .. })
+        })
+        .await;
+        let MediaEvent::PathSelected { local, remote, .. } = path else {
+            unreachable!()
+        };
+        if relay_only {
+            assert!(
+                local == CandidateKind::Relayed || remote == CandidateKind::Relayed,
+                "{local:?} -> {remote:?}"
+            );
+        } else {
+            assert_eq!((local, remote), (CandidateKind::Host, CandidateKind::Host));
+        }
+        wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, call) in [("caller", &caller), ("callee", &callee)] {
+        let stats = call.stats();
+        assert!(stats.audio.packets_received >= 70, "{name}: {stats:?}");
+        assert!(stats.video.packets_received >= 20, "{name}: {stats:?}");
+        assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+    }
+    if relay_only {
+        let relay = a.provider.relay().expect("A runs a relay");
+        assert!(
+            relay.state.allocation_count(None) >= 1,
+            "the caller's allocation is live"
+        );
+        assert_ne!(caller_relayed.port(), 0);
+    }
+    caller.hang_up();
+    wait_for(&mut callee, "the hang-up", |e| {
+        *e == MediaEvent::RemoteHangUp
+    })
+    .await;
+    alice
+        .cancel(&sid, ALICE, BOB, accepted.str("state")?)
+        .await?;
+    expect_push(&mut bob_push, "cancel").await?;
+    caller.close().await;
+    callee.close().await;
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn endpoints_at_two_providers_hold_a_direct_encrypted_call() -> anyhow::Result<()> {
+    call_between_providers(false).await
+}
+
+#[tokio::test]
+async fn endpoints_that_offer_only_relayed_candidates_call_through_the_relay() -> anyhow::Result<()>
+{
+    call_between_providers(true).await
+}
