@@ -35,6 +35,7 @@ use crate::secure::{
 };
 use crate::sip::{SipEvent, SipSession};
 use crate::{Capabilities, MediaKind};
+use switchyard_federation::CanonicalUri;
 
 /// The local socket is base 0 for the connectivity checks; the TURN allocation is base 1.
 const HOST_BASE: usize = 0;
@@ -364,10 +365,20 @@ impl Gathered {
             video: rand::random(),
         };
         let (sip_commands_tx, sip_commands_rx) = mpsc::unbounded_channel();
+        // Canonicalized here, before the handshake: the first `tel:` parse loads the numbering
+        // metadata, which must not stall the packet loop mid-handshake.
+        let canonical = |uri: &str| {
+            switchyard_federation::Canonicalizer::new(None)
+                .canonicalize(uri)
+                .map_err(|e| MediaError::Negotiation(format!("{uri}: {e}")))
+        };
+        let local_uri = canonical(&self.config.local_uri)?;
+        let remote_uri = canonical(&peer.uri)?;
         let signalling = Signalling {
             caller,
             identity: self.config.identity,
-            local_uri: self.config.local_uri,
+            local_uri,
+            remote_uri,
             capabilities: self.config.capabilities,
             media: self.config.media,
             ssrcs,
@@ -479,7 +490,8 @@ struct MediaStart {
 struct Signalling {
     caller: bool,
     identity: EndpointIdentity,
-    local_uri: String,
+    local_uri: CanonicalUri,
+    remote_uri: CanonicalUri,
     capabilities: Capabilities,
     media: Vec<MediaKind>,
     ssrcs: LocalSsrcs,
@@ -514,12 +526,7 @@ impl Signalling {
         let _ = self.events.send(MediaEvent::Secured {
             profile: channel.profile().to_string(),
         });
-        let canonical = |uri: &str| {
-            switchyard_federation::Canonicalizer::new(None)
-                .canonicalize(uri)
-                .map_err(|e| MediaError::Negotiation(format!("{uri}: {e}")))
-        };
-        let mut sip = SipSession::new(canonical(&self.local_uri)?, canonical(&self.peer.uri)?);
+        let mut sip = SipSession::new(self.local_uri.clone(), self.remote_uri.clone());
         let negotiation = |e: &dyn std::fmt::Display| MediaError::Negotiation(e.to_string());
         if self.caller {
             let offer = sdp::build_offer(&self.capabilities, &self.media, self.ssrcs)
@@ -528,10 +535,10 @@ impl Signalling {
                 .map_err(|e| negotiation(&e))?;
         }
         let mut hung_up = false;
+        let mut established = false;
+        // A mute asked for before the call is set up is sent once it is.
+        let mut pending_mute: Option<bool> = None;
         loop {
-            while let Some(bytes) = sip.poll_transmit() {
-                channel.send_app(&bytes).await?;
-            }
             while let Some(event) = sip.poll_event() {
                 match event {
                     SipEvent::IncomingCall { offer } => {
@@ -539,11 +546,13 @@ impl Signalling {
                             sdp::build_answer(&offer, &self.capabilities, self.ssrcs)
                                 .map_err(|e| negotiation(&e))?;
                         sip.accept(&answer).map_err(|e| negotiation(&e))?;
+                        established = true;
                         self.begin_media(&channel, session);
                     }
                     SipEvent::Established { answer } => {
                         let session = sdp::parse_answer(&answer, &self.capabilities)
                             .map_err(|e| negotiation(&e))?;
+                        established = true;
                         self.begin_media(&channel, session);
                     }
                     SipEvent::RemoteVideoMuted(muted) => {
@@ -567,6 +576,17 @@ impl Signalling {
                     }
                 }
             }
+            if established {
+                if let Some(muted) = pending_mute.take() {
+                    if let Err(e) = sip.set_video_muted(Instant::now(), muted) {
+                        tracing::warn!(error = %e, "video mute not signalled");
+                    }
+                }
+            }
+            // After the events: answering one (the 200 to an INVITE) queues a message.
+            while let Some(bytes) = sip.poll_transmit() {
+                channel.send_app(&bytes).await?;
+            }
             let deadline = sip
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -579,9 +599,7 @@ impl Signalling {
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => sip.handle_timeout(Instant::now()),
                 command = self.commands.recv(), if !hung_up => match command {
-                    Some(SipCommand::MuteVideo(muted)) => {
-                        sip.set_video_muted(Instant::now(), muted).map_err(|e| negotiation(&e))?;
-                    }
+                    Some(SipCommand::MuteVideo(muted)) => pending_mute = Some(muted),
                     Some(SipCommand::HangUp) | None => {
                         hung_up = true;
                         sip.hang_up(Instant::now()).map_err(|e| negotiation(&e))?;

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod endpoint_media;
 pub mod federation;
 pub mod import;
 pub mod invite;

@@ -5,8 +5,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_media::session::MediaEvent;
+use switchyard_media::MediaKind;
 use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
+use switchyard_provider::endpoint_media;
 use switchyard_provider::invite::REJECT_REASONS;
 use switchyard_provider::Provider;
 
@@ -226,6 +229,29 @@ struct EndpointArgs {
     push: PushMode,
 }
 
+#[derive(Args)]
+struct MediaArgs {
+    /// The address of this device's media port (one UDP port for STUN, DTLS, SIP and SRTP).
+    #[arg(long, default_value = "127.0.0.1")]
+    media_address: std::net::IpAddr,
+    /// Offer only the provider's relay as a path (no direct one).
+    #[arg(long)]
+    relay_only: bool,
+    /// Mute video this many seconds into the call, and unmute as many seconds later.
+    #[arg(long)]
+    mute_video_after: Option<u64>,
+}
+
+impl MediaArgs {
+    fn options(&self) -> endpoint_media::MediaOptions {
+        endpoint_media::MediaOptions {
+            address: self.media_address,
+            relay_only: self.relay_only,
+            mute_video_after: self.mute_video_after,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum EndpointCommand {
     /// Register this device with a provisioning code.
@@ -261,6 +287,8 @@ enum EndpointCommand {
         /// Hang up this many seconds after the call is answered (default: on Ctrl-C).
         #[arg(long)]
         hangup_after: Option<u64>,
+        #[command(flatten)]
+        media: MediaArgs,
     },
     /// Wait for calls and answer them.
     Answer {
@@ -274,6 +302,8 @@ enum EndpointCommand {
         /// Exit after the first call ends.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        media: MediaArgs,
     },
 }
 
@@ -355,6 +385,110 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             endpoint(command).await
         }
+    }
+}
+
+/// The caller's side of an answered call: media events and statistics every second until the
+/// hang-up time (or Ctrl-C), or until the other side ends it; true when it was the other side.
+async fn hold_call(
+    call: &mut Option<endpoint_media::MediaCall>,
+    pushes: &mut client::PushChannel,
+    sid: &str,
+    hangup_after: Option<u64>,
+    options: &endpoint_media::MediaOptions,
+) -> anyhow::Result<bool> {
+    // The mute clock starts when media is negotiated.
+    let mut negotiated_at: Option<tokio::time::Instant> = None;
+    let hang_up = async {
+        match hangup_after {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => switchyard_provider::demo::shutdown_signal().await,
+        }
+    };
+    tokio::pin!(hang_up);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut muted = false;
+    loop {
+        tokio::select! {
+            _ = &mut hang_up => return Ok(false),
+            push = pushes.next(Duration::from_secs(3600)) => {
+                if let Some(push) = push? {
+                    if push.str("action")? == "cancel" && push.opt_str("session-id")? == Some(sid) {
+                        return Ok(true);
+                    }
+                }
+            }
+            event = next_media_event(call) => {
+                if let Some(event) = event {
+                    if matches!(event, MediaEvent::Negotiated { .. }) {
+                        negotiated_at = Some(tokio::time::Instant::now());
+                    }
+                    if endpoint_media::report(&event) && event == MediaEvent::RemoteHangUp {
+                        return Ok(true);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(call) = call.as_ref() {
+                    println!("{}", endpoint_media::stats_line(&call.stats()));
+                    if let (Some(after), Some(started)) = (options.mute_video_after, negotiated_at) {
+                        let elapsed = started.elapsed().as_secs();
+                        if !muted && elapsed >= after && elapsed < 2 * after {
+                            muted = true;
+                            call.set_video_muted(true);
+                            println!("muted video");
+                        } else if muted && elapsed >= 2 * after {
+                            muted = false;
+                            call.set_video_muted(false);
+                            println!("unmuted video");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The callee's side of an answered call, until the provider says it ended; returns the reason.
+async fn answered_call(
+    call: &mut Option<endpoint_media::MediaCall>,
+    pushes: &mut client::PushChannel,
+    sid: &str,
+) -> anyhow::Result<String> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            push = pushes.next(Duration::from_secs(3600)) => {
+                if let Some(push) = push? {
+                    if push.str("action")? == "cancel" && push.opt_str("session-id")? == Some(sid) {
+                        return Ok(push.str("reason")?.to_string());
+                    }
+                }
+            }
+            event = next_media_event(call) => {
+                if let Some(event) = event {
+                    endpoint_media::report(&event);
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(call) = call.as_ref() {
+                    println!("{}", endpoint_media::stats_line(&call.stats()));
+                }
+            }
+        }
+    }
+}
+
+/// The next media event, or never when there is no media (or its events are over).
+async fn next_media_event(call: &mut Option<endpoint_media::MediaCall>) -> Option<MediaEvent> {
+    match call.as_mut() {
+        Some(call) => match call.next_event().await {
+            Some(event) => Some(event),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -696,19 +830,31 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             endpoint,
             video,
             hangup_after,
+            media,
         } => {
             let client = EndpointClient::new(
                 EndpointIdentity::load(&endpoint.state)?,
                 encoding(endpoint.json),
             )?;
+            let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
             let sid = session_id();
-            let media: &[&str] = if video {
-                &["audio", "video"]
+            let kinds = if video {
+                vec![MediaKind::Audio, MediaKind::Video]
             } else {
-                &["audio"]
+                vec![MediaKind::Audio]
             };
-            let answer = client.initiate(&sid, &uri, b"", media).await?;
+            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            let mut gathered = Some(
+                endpoint_media::prepare(&client, client.primary_uri(), kinds.clone(), &options)
+                    .await
+                    .context("preparing the media port")?,
+            );
+            let blob = gathered
+                .as_ref()
+                .map(|g| g.blob().to_bytes())
+                .unwrap_or_default();
+            let answer = client.initiate(&sid, &uri, &blob, &names).await?;
             println!(
                 "calling {uri} (session {sid}); ringing {} device(s)",
                 answer.int("rung")?
@@ -727,20 +873,38 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                         let state = push.str("state")?.to_string();
                         let peer = push.str("peer-uri")?.to_string();
                         let self_uri = push.str("self-uri")?.to_string();
-                        let hung_up_by_peer = tokio::select! {
-                            _ = async {
-                                match hangup_after {
-                                    Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-                                    None => switchyard_provider::demo::shutdown_signal().await,
-                                }
-                            } => false,
-                            ended = pushes.next_action("cancel", Duration::from_secs(24 * 3600)) => { ended?; true }
+                        let gathered = gathered.take().expect("one Accept per call");
+                        let mut call = match endpoint_media::start(gathered, true, &push) {
+                            Ok(call) => Some(call),
+                            Err(e) => {
+                                println!("media failed: {e:#}");
+                                None
+                            }
                         };
+                        let hung_up_by_peer =
+                            hold_call(&mut call, &mut pushes, &sid, hangup_after, &options).await?;
                         if hung_up_by_peer {
                             println!("the other side hung up");
                         } else {
+                            if let Some(call) = call.as_mut() {
+                                call.hang_up();
+                                // The BYE is answered within a round trip; don't wait long for a
+                                // peer that is gone.
+                                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                                    while let Some(event) = call.next_event().await {
+                                        if endpoint_media::report(&event) {
+                                            break;
+                                        }
+                                    }
+                                })
+                                .await;
+                            }
                             client.cancel(&sid, &self_uri, &peer, &state).await?;
                             println!("hung up");
+                        }
+                        if let Some(call) = call {
+                            println!("{}", endpoint_media::stats_line(&call.stats()));
+                            call.close().await;
                         }
                         pushes.ack().await?;
                         return Ok(ExitCode::SUCCESS);
@@ -770,11 +934,13 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             auto_accept,
             auto_reject,
             once,
+            media,
         } => {
             let client = EndpointClient::new(
                 EndpointIdentity::load(&endpoint.state)?,
                 encoding(endpoint.json),
             )?;
+            let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
             println!("waiting for calls to {}", client.identity.uris.join(", "));
             loop {
@@ -784,9 +950,14 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                 match push.str("action")? {
                     "initiate" => {
                         let from = push.str("peer-uri")?;
+                        let sid = push.str("session-id")?.to_string();
                         println!(
-                            "incoming call from {from} (session {})",
-                            push.str("session-id")?
+                            "incoming call from {from} (session {sid}){}",
+                            match push.opt_bool("peer-verified")? {
+                                Some(true) => ", caller identity verified by its provider",
+                                Some(false) => ", caller identity NOT verified",
+                                None => "",
+                            }
                         );
                         let take = if auto_accept {
                             true
@@ -795,12 +966,7 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                         } else {
                             ask("accept? [y/N] ").await?
                         };
-                        if take {
-                            match client.accept(&push, b"").await {
-                                Ok(_) => println!("accepted"),
-                                Err(e) => println!("could not accept: {e}"),
-                            }
-                        } else {
+                        if !take {
                             let reason = auto_reject.as_deref().unwrap_or("declined");
                             client.reject(&push, reason, None).await?;
                             println!("rejected ({reason})");
@@ -808,6 +974,38 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                                 pushes.ack().await?;
                                 return Ok(ExitCode::SUCCESS);
                             }
+                            continue;
+                        }
+                        let kinds = endpoint_media::media_kinds(&push)?;
+                        let gathered = endpoint_media::prepare(
+                            &client,
+                            push.str("self-uri")?,
+                            kinds,
+                            &options,
+                        )
+                        .await
+                        .context("preparing the media port")?;
+                        if let Err(e) = client.accept(&push, &gathered.blob().to_bytes()).await {
+                            println!("could not accept: {e}");
+                            continue;
+                        }
+                        println!("accepted");
+                        let mut call = match endpoint_media::start(gathered, false, &push) {
+                            Ok(call) => Some(call),
+                            Err(e) => {
+                                println!("media failed: {e:#}");
+                                None
+                            }
+                        };
+                        let reason = answered_call(&mut call, &mut pushes, &sid).await?;
+                        println!("call {sid} ended: {reason}");
+                        if let Some(call) = call {
+                            println!("{}", endpoint_media::stats_line(&call.stats()));
+                            call.close().await;
+                        }
+                        if once {
+                            pushes.ack().await?;
+                            return Ok(ExitCode::SUCCESS);
                         }
                     }
                     "cancel" => {

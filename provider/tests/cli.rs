@@ -435,8 +435,15 @@ fn demo_walkthrough_calls_across_providers() {
     assert_eq!(call[2], "mailto:bob@demo.example", "{call:?}");
 
     let answerer = answer(&["--auto-accept"], "answer-1");
+    // An audio/video call: media end to end, video muted after a second and unmuted after two.
     let caller = spawn_logged(
-        switchyard().args(&call).args(["--hangup-after", "1"]),
+        switchyard().args(&call).args([
+            "--video",
+            "--mute-video-after",
+            "1",
+            "--hangup-after",
+            "4",
+        ]),
         logs,
         "call-1",
     );
@@ -446,11 +453,55 @@ fn demo_walkthrough_calls_across_providers() {
         stdout.contains("answered by mailto:bob@demo.example"),
         "{stdout}"
     );
+    assert!(stdout.contains("media path: host -> host"), "{stdout}");
+    assert!(
+        stdout.contains("media secured end to end: SRTP_AEAD_AES_128_GCM"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("media negotiated: audio opus, video VP8"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("muted video") && stdout.contains("unmuted video"),
+        "{stdout}"
+    );
     assert!(stdout.contains("hung up"), "{stdout}");
+    let final_stats = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("stats: "))
+        .unwrap_or_else(|| panic!("no statistics: {stdout}"));
+    let received = |kind: &str| -> u64 {
+        let rest = final_stats.split(&format!("{kind} sent ")).nth(1).unwrap();
+        rest.split(" received ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(received("audio") >= 75, "{final_stats}");
+    assert!(received("video") >= 10, "{final_stats}");
+    assert!(final_stats.ends_with("srtp failures 0"), "{final_stats}");
     let (status, stdout, stderr) = finish(answerer, logs, "answer-1");
     assert!(status.success(), "{stdout} {stderr}");
     assert!(
         stdout.contains("incoming call from tel:+16502530000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the other side muted its video"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the other side unmuted its video"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("media: the other side hung up (SIP BYE)"),
         "{stdout}"
     );
     assert!(stdout.contains("ended: ended"), "{stdout}");

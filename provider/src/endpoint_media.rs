@@ -1,0 +1,117 @@
+//! Media for `switchyard endpoint call` and `switchyard endpoint answer`: the endpoint's media
+//! session (`switchyard_media::session`) driven from the pushes, with what happens printed for
+//! the person at the terminal.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use switchyard_federation::dict::Dict;
+use switchyard_media::blob::MediaBlob;
+use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
+pub use switchyard_media::session::MediaCall;
+use switchyard_media::session::{CallStats, Gathered, MediaEvent, SessionConfig};
+use switchyard_media::{Capabilities, MediaKind};
+
+use crate::client::EndpointClient;
+
+/// How the terminal endpoint sets up its media.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    /// The address the media port binds to and advertises.
+    pub address: IpAddr,
+    /// Advertise only the relayed candidate.
+    pub relay_only: bool,
+    /// Mute video this many seconds into the call, and unmute as many seconds later.
+    pub mute_video_after: Option<u64>,
+}
+
+/// Binds the media port and gathers candidates (a TURN allocation when the provider runs a
+/// relay); the blob goes in Initiate or Accept.
+pub async fn prepare(
+    client: &EndpointClient,
+    uri: &str,
+    media: Vec<MediaKind>,
+    options: &MediaOptions,
+) -> anyhow::Result<Gathered> {
+    let identity = &client.identity;
+    let config = SessionConfig {
+        identity: EndpointIdentity::from_pem(&identity.certificate_pem, &identity.key_pem)?,
+        local_uri: uri.to_string(),
+        capabilities: Capabilities::default(),
+        media,
+        bind: SocketAddr::new(options.address, 0),
+        relay: client.relay_credentials().await?,
+        relay_only: options.relay_only,
+        check_timeout: Duration::from_secs(10),
+    };
+    Ok(Gathered::gather(config).await?)
+}
+
+/// Starts the media of a call from the other side's push (Initiate Push for the callee, Accept
+/// Push for the caller), which carries its blob, URI and endpoint CA.
+pub fn start(gathered: Gathered, caller: bool, push: &Dict) -> anyhow::Result<MediaCall> {
+    let blob = MediaBlob::from_bytes(&push.data("peer-blob")?)?;
+    let ca = push.opt_str("peer-ca")?.ok_or_else(|| {
+        anyhow::anyhow!("the push names no certificate authority for the other endpoint")
+    })?;
+    let peer = PeerExpectation::with_ca_pem(&blob.fingerprint, push.str("peer-uri")?, ca)?;
+    Ok(gathered.start(caller, &blob, peer)?)
+}
+
+pub fn media_kinds(push: &Dict) -> anyhow::Result<Vec<MediaKind>> {
+    let kinds = push
+        .opt_string_array("media")?
+        .unwrap_or_else(|| vec!["audio".to_string()]);
+    Ok(kinds.iter().map(|k| k.parse()).collect::<Result<_, _>>()?)
+}
+
+/// Prints one event; true when the media session is over.
+pub fn report(event: &MediaEvent) -> bool {
+    match event {
+        MediaEvent::PathSelected {
+            local,
+            remote,
+            remote_address,
+        } => println!("media path: {local} -> {remote} ({remote_address})"),
+        MediaEvent::Secured { profile } => println!("media secured end to end: {profile}"),
+        MediaEvent::Negotiated { audio, video } => println!(
+            "media negotiated: audio {}, video {}",
+            audio.as_deref().unwrap_or("none"),
+            video.as_deref().unwrap_or("none")
+        ),
+        MediaEvent::RemoteVideoMuted(true) => println!("the other side muted its video"),
+        MediaEvent::RemoteVideoMuted(false) => println!("the other side unmuted its video"),
+        MediaEvent::RemoteHangUp => {
+            println!("media: the other side hung up (SIP BYE)");
+            return true;
+        }
+        MediaEvent::Ended => {
+            println!("media: ended (SIP BYE answered)");
+            return true;
+        }
+        MediaEvent::Failed(why) => {
+            println!("media failed: {why}");
+            return true;
+        }
+    }
+    false
+}
+
+pub fn stats_line(stats: &CallStats) -> String {
+    let stream = |name: &str, s: &switchyard_media::session::StreamStats| {
+        format!(
+            "{name} sent {} received {} lost {} jitter {:.1} ms",
+            s.packets_sent, s.packets_received, s.packets_lost, s.jitter_ms
+        )
+    };
+    format!(
+        "stats: {} | {} | rtt {} | srtp failures {}",
+        stream("audio", &stats.audio),
+        stream("video", &stats.video),
+        stats
+            .round_trip
+            .map(|rtt| format!("{:.1} ms", rtt.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "-".into()),
+        stats.srtp_failures
+    )
+}
