@@ -2,7 +2,11 @@
 //! providers in Initiate and Accept, then the endpoints hold an end-to-end encrypted call, directly
 //! or through the caller's provider's TURN relay.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
 
 use switchyard_federation::dict::Encoding;
 use switchyard_media::blob::{CandidateKind, MediaBlob};
@@ -16,19 +20,112 @@ use switchyard_tests::*;
 const ALICE: &str = "tel:+16502530000";
 const BOB: &str = "mailto:bob@b.example";
 
+/// A UDP forwarder in front of a provider's TURN server that keeps a copy of every datagram:
+/// what the provider's relay sees of a call.
+struct Tap {
+    address: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tap {
+    async fn start(server: SocketAddr) -> anyhow::Result<Tap> {
+        let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let inside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let address = outside.local_addr()?;
+        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let up = {
+            let (outside, inside, seen, client) = (
+                outside.clone(),
+                inside.clone(),
+                seen.clone(),
+                client.clone(),
+            );
+            async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = outside.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    seen.lock().unwrap().push(buf[..n].to_vec());
+                    let _ = inside.send_to(&buf[..n], server).await;
+                }
+            }
+        };
+        let down = {
+            let seen = seen.clone();
+            async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, _)) = inside.recv_from(&mut buf).await {
+                    seen.lock().unwrap().push(buf[..n].to_vec());
+                    let to = *client.lock().unwrap();
+                    if let Some(to) = to {
+                        let _ = outside.send_to(&buf[..n], to).await;
+                    }
+                }
+            }
+        };
+        let task = tokio::spawn(async move {
+            tokio::join!(up, down);
+        });
+        Ok(Tap {
+            address,
+            seen,
+            task,
+        })
+    }
+}
+
+/// The datagrams a TURN client and server exchange carry the call's own datagrams inside
+/// ChannelData messages or Send/Data indications (DATA attribute); returns those.
+fn relayed_payloads(datagram: &[u8]) -> Vec<&[u8]> {
+    match datagram.first() {
+        Some(0x40..=0x7f) if datagram.len() >= 4 => {
+            let len = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
+            datagram.get(4..4 + len).into_iter().collect()
+        }
+        Some(0..=3) if datagram.len() >= 20 => {
+            let mut found = Vec::new();
+            let mut at = 20;
+            while at + 4 <= datagram.len() {
+                let kind = u16::from_be_bytes([datagram[at], datagram[at + 1]]);
+                let len = u16::from_be_bytes([datagram[at + 2], datagram[at + 3]]) as usize;
+                let Some(value) = datagram.get(at + 4..at + 4 + len) else {
+                    break;
+                };
+                if kind == 0x0013 {
+                    found.push(value);
+                }
+                at += 4 + len.div_ceil(4) * 4;
+            }
+            found
+        }
+        _ => Vec::new(),
+    }
+}
+
 async fn session_config(
     client: &EndpointClient,
     uri: &str,
     relay_only: bool,
+    taps: &mut Vec<Tap>,
 ) -> anyhow::Result<SessionConfig> {
     let id = &client.identity;
+    let mut relay = client.relay_credentials().await?;
+    if relay_only {
+        // The endpoint reaches its relay through a tap that records what the provider sees.
+        if let Some(server) = relay.as_mut() {
+            let tap = Tap::start(server.address).await?;
+            server.address = tap.address;
+            taps.push(tap);
+        }
+    }
     Ok(SessionConfig {
         identity: EndpointIdentity::from_pem(&id.certificate_pem, &id.key_pem)?,
         local_uri: uri.to_string(),
         capabilities: Capabilities::default(),
         media: vec![MediaKind::Audio, MediaKind::Video],
         bind: "127.0.0.1:0".parse()?,
-        relay: client.relay_credentials().await?,
+        relay,
         relay_only,
         check_timeout: Duration::from_secs(10),
     })
@@ -67,7 +164,9 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
     let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
     let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
 
-    let caller_media = Gathered::gather(session_config(&alice, ALICE, relay_only).await?).await?;
+    let mut taps = Vec::new();
+    let caller_media =
+        Gathered::gather(session_config(&alice, ALICE, relay_only, &mut taps).await?).await?;
     let caller_relayed = caller_media.relayed_address().expect("A's relay allocated");
     let sid = session_id();
     alice
@@ -80,7 +179,8 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
         .await?;
     let ring = expect_push(&mut bob_push, "initiate").await?;
     let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
-    let callee_media = Gathered::gather(session_config(&bob, BOB, relay_only).await?).await?;
+    let callee_media =
+        Gathered::gather(session_config(&bob, BOB, relay_only, &mut taps).await?).await?;
     bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
     let accepted = expect_push(&mut alice_push, "accept").await?;
     let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
@@ -121,6 +221,36 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
     }
     if relay_only {
+        // The providers' relays carried DTLS records, SRTP and connectivity checks: never the
+        // media or the SIP in the clear.
+        let mut kinds = std::collections::BTreeMap::new();
+        for tap in &taps {
+            for datagram in tap.seen.lock().unwrap().iter() {
+                for needle in [
+                    &b"SYNTHMED"[..],
+                    b"INVITE",
+                    b"application/sdp",
+                    b"video=muted",
+                ] {
+                    assert!(
+                        !datagram.windows(needle.len()).any(|w| w == needle),
+                        "the relay saw {:?} in the clear",
+                        String::from_utf8_lossy(needle)
+                    );
+                }
+                for inner in relayed_payloads(datagram) {
+                    let kind = format!("{:?}", switchyard_media::demux::classify(inner));
+                    assert_ne!(
+                        kind, "Unknown",
+                        "an unclassifiable datagram crossed the relay"
+                    );
+                    *kinds.entry(kind).or_insert(0u64) += 1;
+                }
+            }
+        }
+        assert!(kinds.get("Dtls").copied().unwrap_or(0) >= 4, "{kinds:?}");
+        assert!(kinds.get("Rtp").copied().unwrap_or(0) >= 100, "{kinds:?}");
+        assert!(kinds.get("Rtcp").copied().unwrap_or(0) >= 1, "{kinds:?}");
         let relay = a.provider.relay().expect("A runs a relay");
         assert!(
             relay.state.allocation_count(None) >= 1,
@@ -139,6 +269,9 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
     expect_push(&mut bob_push, "cancel").await?;
     caller.close().await;
     callee.close().await;
+    for tap in taps {
+        tap.task.abort();
+    }
     fed.shutdown().await;
     Ok(())
 }
