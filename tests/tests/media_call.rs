@@ -286,3 +286,168 @@ async fn endpoints_that_offer_only_relayed_candidates_call_through_the_relay() -
 {
     call_between_providers(true).await
 }
+
+/// A two-socket UDP forwarder standing in for the direct path between the endpoints (as a NAT
+/// would): the callee's host candidate is rewritten to point at it, and stopping it cuts the path
+/// mid-call.
+struct DirectPath {
+    address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DirectPath {
+    async fn start(callee: SocketAddr) -> anyhow::Result<DirectPath> {
+        let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let inside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let address = outside.local_addr()?;
+        let caller: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let up = {
+            let (outside, inside, caller) = (outside.clone(), inside.clone(), caller.clone());
+            async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = outside.recv_from(&mut buf).await {
+                    *caller.lock().unwrap() = Some(from);
+                    let _ = inside.send_to(&buf[..n], callee).await;
+                }
+            }
+        };
+        let down = async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, _)) = inside.recv_from(&mut buf).await {
+                let to = *caller.lock().unwrap();
+                if let Some(to) = to {
+                    let _ = outside.send_to(&buf[..n], to).await;
+                }
+            }
+        };
+        let task = tokio::spawn(async move {
+            tokio::join!(up, down);
+        });
+        Ok(DirectPath { address, task })
+    }
+}
+
+#[tokio::test]
+async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_path_dies(
+) -> anyhow::Result<()> {
+    let fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
+            .await?;
+    let a = fed.provider("a.test");
+    let b = fed.provider("b.test");
+    let alice_user = a.add_user("Alice", &[ALICE]).await?;
+    let bob_user = b.add_user("Bob", &[BOB]).await?;
+    let alice = a
+        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+        .await?;
+    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Plist).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    let mut no_taps = Vec::new();
+
+    let caller_media =
+        Gathered::gather(session_config(&alice, ALICE, false, &mut no_taps).await?).await?;
+    let sid = session_id();
+    alice
+        .initiate(&sid, BOB, &caller_media.blob().to_bytes(), &["audio"])
+        .await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let mut offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
+    let callee_media =
+        Gathered::gather(session_config(&bob, BOB, false, &mut no_taps).await?).await?;
+    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    let mut answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+    // Each side reaches the other's host address only through a forwarder the test can cut,
+    // as if both sat behind NATs; the relayed candidates stay reachable.
+    let mut direct = Vec::new();
+    for blob in [&mut offer, &mut answer] {
+        let host = blob
+            .candidates
+            .iter_mut()
+            .find(|c| c.kind == CandidateKind::Host)
+            .expect("a host candidate");
+        let path = DirectPath::start(host.address).await?;
+        host.address = path.address;
+        direct.push(path);
+    }
+
+    let mut caller = caller_media.start(
+        true,
+        &answer,
+        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
+    )?;
+    let mut callee = callee_media.start(
+        false,
+        &offer,
+        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
+    )?;
+    wait_for(&mut caller, "SIP", |e| {
+        matches!(e, MediaEvent::Negotiated { .. })
+    })
+    .await;
+    wait_for(&mut callee, "SIP", |e| {
+        matches!(e, MediaEvent::Negotiated { .. })
+    })
+    .await;
+    // Both sides run on the direct path, with the relayed pair kept alive as the backup.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let path = caller.stats().path;
+    assert!(
+        matches!(path, Some((CandidateKind::Host, _))),
+        "the call starts on the direct path: {path:?}"
+    );
+    let before = callee.stats().audio.packets_received;
+    assert!(before >= 50, "{:?}", callee.stats());
+
+    // Cut it: media must resume on the relay within 2 seconds.
+    for path in &direct {
+        path.task.abort();
+    }
+    let cut = Instant::now();
+    let moved = wait_for(&mut caller, "the move to the backup", |e| {
+        matches!(
+            e,
+            MediaEvent::PathSelected {
+                local: CandidateKind::Relayed,
+                ..
+            } | MediaEvent::PathSelected {
+                remote: CandidateKind::Relayed,
+                ..
+            }
+        )
+    })
+    .await;
+    let stalled_at = callee.stats().audio.packets_received;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if callee.stats().audio.packets_received > stalled_at + 5 {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(3),
+            "media did not resume after {moved:?}"
+        );
+    }
+    let resumed_after = cut.elapsed();
+    assert!(
+        resumed_after <= Duration::from_millis(2_000) + Duration::from_millis(200),
+        "media resumed {resumed_after:?} after the cut"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = callee.stats();
+    assert_eq!(stats.srtp_failures, 0, "{stats:?}");
+    assert!(stats.audio.packets_received > stalled_at + 40, "{stats:?}");
+    eprintln!("media resumed {resumed_after:?} after the direct path was cut");
+
+    caller.hang_up();
+    wait_for(&mut callee, "the hang-up", |e| {
+        *e == MediaEvent::RemoteHangUp
+    })
+    .await;
+    caller.close().await;
+    callee.close().await;
+    fed.shutdown().await;
+    Ok(())
+}
