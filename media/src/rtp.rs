@@ -347,6 +347,15 @@ impl VideoSource {
         self.pending.pop_front()
     }
 
+    /// A muted camera: the frames due by `now` are skipped, not sent, so no sequence number is
+    /// used (the receiver counts no loss) while the RTP clock keeps running for the unmute.
+    pub fn skip(&mut self, now: Instant) {
+        self.pending.clear();
+        while now >= self.frame_time(self.frames) {
+            self.frames += 1;
+        }
+    }
+
     fn packetize_frame(&mut self) {
         let frame = self.frames;
         self.frames += 1;
@@ -801,6 +810,32 @@ mod tests {
         let packets: u64 = frames.iter().map(|f| f.len() as u64).sum();
         assert_eq!(src.stats().packets, packets);
         assert!(VideoSource::new(96, 1, Some(15), t0).is_err());
+    }
+
+    #[test]
+    fn a_muted_camera_skips_frames_without_using_sequence_numbers() {
+        let t0 = Instant::now();
+        let mut src = VideoSource::new(96, 5, None, t0).unwrap();
+        let mut last = None;
+        while let Some(p) = src.poll(t0) {
+            last = Some(p);
+        }
+        let before = last.unwrap();
+        // One second muted: 15 frames skipped.
+        src.skip(t0 + Duration::from_millis(1000));
+        let after = src
+            .poll(t0 + Duration::from_millis(1070))
+            .expect("the next frame after the unmute");
+        assert_eq!(
+            after.header.sequence_number,
+            before.header.sequence_number.wrapping_add(1),
+            "no sequence number is spent while muted"
+        );
+        assert_eq!(
+            after.header.timestamp.wrapping_sub(before.header.timestamp),
+            16 * VIDEO_TIMESTAMP_STEP,
+            "the RTP clock kept running"
+        );
     }
 
     #[test]

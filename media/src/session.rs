@@ -40,6 +40,8 @@ use switchyard_federation::CanonicalUri;
 /// The local socket is base 0 for the connectivity checks; the TURN allocation is base 1.
 const HOST_BASE: usize = 0;
 const RELAY_BASE: usize = 1;
+/// An allocation at the provider's HTTP relay, for networks that let no UDP out.
+const TUNNEL_BASE: usize = 2;
 const RTCP_INTERVAL: Duration = Duration::from_secs(1);
 const DTLS_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -79,7 +81,10 @@ pub struct SessionConfig {
     /// The media port's address; its IP is advertised as the host candidate.
     pub bind: SocketAddr,
     pub relay: Option<RelayServer>,
-    /// Advertise only the relayed candidate (networks where direct paths must not be tried).
+    /// An allocation at the provider's HTTP relay (WebSocket or long-poll), reached over HTTPS:
+    /// a relayed candidate for a network that blocks UDP.
+    pub tunnel: Option<Arc<dyn Conn + Send + Sync>>,
+    /// Advertise only relayed candidates (networks where direct paths must not be tried).
     pub relay_only: bool,
     pub check_timeout: Duration,
 }
@@ -201,6 +206,7 @@ pub struct Gathered {
     blob: MediaBlob,
     local: Vec<LocalCandidate>,
     relay: Option<Relay>,
+    tunnel: Option<Arc<dyn Conn + Send + Sync>>,
     inbound: mpsc::Receiver<Inbound>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -289,13 +295,34 @@ impl Gathered {
                 id: RELAY_BASE,
                 candidate: relayed,
             });
-            tasks.push(tokio::spawn(read_relay(conn.clone(), inbound_tx)));
+            tasks.push(tokio::spawn(read_relay(
+                conn.clone(),
+                RELAY_BASE,
+                inbound_tx.clone(),
+            )));
             relay = Some(Relay {
                 client,
                 conn,
                 address,
             });
         }
+        if let Some(tunnel) = &config.tunnel {
+            let address = tunnel
+                .local_addr()
+                .map_err(|e| MediaError::Relay(format!("HTTP relay: {e}")))?;
+            let relayed = candidate(CandidateKind::Relayed, address, None);
+            advertised.push(relayed.clone());
+            local.push(LocalCandidate {
+                id: TUNNEL_BASE,
+                candidate: relayed,
+            });
+            tasks.push(tokio::spawn(read_relay(
+                tunnel.clone(),
+                TUNNEL_BASE,
+                inbound_tx,
+            )));
+        }
+        let tunnel = config.tunnel.clone();
         let credentials = Credentials::random();
         let blob = MediaBlob {
             ice_ufrag: credentials.ufrag.clone(),
@@ -310,6 +337,7 @@ impl Gathered {
             blob,
             local,
             relay,
+            tunnel,
             inbound,
             tasks,
         })
@@ -392,6 +420,7 @@ impl Gathered {
         let io = MediaIo {
             socket: self.socket,
             relay_conn: self.relay.as_ref().map(|r| r.conn.clone()),
+            tunnel: self.tunnel.clone(),
             agent,
             selected: None,
             pending_dtls: Vec::new(),
@@ -416,6 +445,7 @@ impl Gathered {
             commands: commands_tx,
             sip_commands: sip_commands_tx,
             relay: self.relay,
+            tunnel: self.tunnel,
             tasks,
         })
     }
@@ -455,12 +485,16 @@ async fn route(
     }
 }
 
-/// What peers send to the relayed address, unwrapped by the TURN client.
-async fn read_relay(conn: Arc<dyn Conn + Send + Sync>, inbound: mpsc::Sender<Inbound>) {
+/// What peers send to a relayed address, unwrapped by the TURN client or the HTTP tunnel.
+async fn read_relay(
+    conn: Arc<dyn Conn + Send + Sync>,
+    base: usize,
+    inbound: mpsc::Sender<Inbound>,
+) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, from)) = conn.recv_from(&mut buf).await {
         let item = Inbound {
-            base: RELAY_BASE,
+            base,
             from,
             bytes: buf[..n].to_vec(),
         };
@@ -633,6 +667,7 @@ struct Sending {
 struct MediaIo {
     socket: Arc<UdpSocket>,
     relay_conn: Option<Arc<dyn Conn + Send + Sync>>,
+    tunnel: Option<Arc<dyn Conn + Send + Sync>>,
     agent: IceAgent,
     selected: Option<(usize, SocketAddr)>,
     /// DTLS datagrams written before a path was chosen (DTLS retransmits anyway; these just
@@ -708,8 +743,8 @@ impl MediaIo {
     }
 
     async fn send_on(&self, base: usize, to: SocketAddr, bytes: &[u8]) {
-        let result = match (base, &self.relay_conn) {
-            (RELAY_BASE, Some(relay)) => relay
+        let result = match (base, &self.relay_conn, &self.tunnel) {
+            (RELAY_BASE, Some(relay), _) | (TUNNEL_BASE, _, Some(relay)) => relay
                 .send_to(bytes, to)
                 .await
                 .map(|_| ())
@@ -842,9 +877,10 @@ impl MediaIo {
             }
         }
         if let Some(video) = media.video.as_mut() {
-            while let Some(packet) = video.poll(now) {
-                // A muted camera sends nothing; the source keeps its clock running.
-                if !self.video_muted {
+            if self.video_muted {
+                video.skip(now);
+            } else {
+                while let Some(packet) = video.poll(now) {
                     packets.push(packet);
                 }
             }
@@ -1006,6 +1042,7 @@ pub struct MediaCall {
     commands: mpsc::UnboundedSender<Command>,
     sip_commands: mpsc::UnboundedSender<SipCommand>,
     relay: Option<Relay>,
+    tunnel: Option<Arc<dyn Conn + Send + Sync>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -1040,6 +1077,9 @@ impl MediaCall {
         if let Some(relay) = &self.relay {
             let _ = relay.conn.close().await;
             let _ = relay.client.close().await;
+        }
+        if let Some(tunnel) = &self.tunnel {
+            let _ = tunnel.close().await;
         }
         for task in &self.tasks {
             task.abort();

@@ -57,6 +57,7 @@ fn config(ca: &Ca, uri: &str) -> SessionConfig {
         media: vec![MediaKind::Audio, MediaKind::Video],
         bind: "127.0.0.1:0".parse().unwrap(),
         relay: None,
+        tunnel: None,
         relay_only: false,
         check_timeout: Duration::from_secs(10),
     }
@@ -182,6 +183,10 @@ async fn two_endpoints_hold_an_encrypted_audio_video_call() {
         .await,
         MediaEvent::RemoteVideoMuted(false)
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let video = b.stats().video;
+    assert!(video.packets_received > before, "video resumes: {video:?}");
+    assert_eq!(video.packets_lost, 0, "a mute is not loss: {video:?}");
 
     a.hang_up();
     wait_for(&mut b, "the hang-up", |e| *e == MediaEvent::RemoteHangUp).await;

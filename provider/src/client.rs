@@ -235,6 +235,11 @@ impl EndpointClient {
         })
     }
 
+    /// The TLS configuration presenting this endpoint's certificate.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
     /// The HTTP client presenting this endpoint's certificate, for requests of one's own making.
     pub fn raw_http(&self) -> reqwest::Client {
         self.http.clone()

@@ -41,6 +41,7 @@ pub async fn prepare(
         media,
         bind: SocketAddr::new(options.address, 0),
         relay: client.relay_credentials().await?,
+        tunnel: None,
         relay_only: options.relay_only,
         check_timeout: Duration::from_secs(10),
     };

@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod endpoint_media;
 pub mod federation;
+pub mod http_relay_client;
 pub mod import;
 pub mod invite;
 pub mod members;

@@ -126,6 +126,7 @@ async fn session_config(
         media: vec![MediaKind::Audio, MediaKind::Video],
         bind: "127.0.0.1:0".parse()?,
         relay,
+        tunnel: None,
         relay_only,
         check_timeout: Duration::from_secs(10),
     })

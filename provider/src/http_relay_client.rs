@@ -1,0 +1,362 @@
+//! The endpoint's side of the provider's HTTP relay: an allocation reached over HTTPS, for
+//! networks that let no UDP out. Over a WebSocket (`GET /v1/media-relay`), or, where upgrades
+//! are blocked too, over long-polls (`POST /v1/media-relay`, then `.../send` and `.../recv`).
+//! Either way it is a `webrtc_util::Conn`, so the media session uses it like any relayed socket;
+//! DTLS and SRTP run end to end inside it.
+//!
+//! Frames (docs/protocol.md, "HTTP relay"): one type byte (0x01 ALLOCATED, 0x02 DATA), then an
+//! address (family byte 4 or 6, the IP, the port big-endian), then for DATA the payload.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc_util::Conn;
+
+use crate::client::{ClientError, EndpointClient};
+
+const ALLOCATED: u8 = 0x01;
+const DATA: u8 = 0x02;
+/// How long one long-poll waits for data before it is asked again.
+const POLL_WAIT_MS: u64 = 20_000;
+
+/// How the tunnel reaches the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TunnelMode {
+    WebSocket,
+    LongPoll,
+}
+
+fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Reads an address; returns it and the bytes after it.
+fn decode_addr(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let (ip, rest): (IpAddr, &[u8]) = match bytes.first()? {
+        4 => {
+            let octets: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
+            (Ipv4Addr::from(octets).into(), &bytes[5..])
+        }
+        6 => {
+            let octets: [u8; 16] = bytes.get(1..17)?.try_into().ok()?;
+            (Ipv6Addr::from(octets).into(), &bytes[17..])
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+    Some((SocketAddr::new(ip, port), &rest[2..]))
+}
+
+fn data_frame(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 20);
+    frame.push(DATA);
+    encode_addr(&mut frame, to);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A DATA frame's source and payload.
+fn parse_data(frame: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    if frame.first() != Some(&DATA) {
+        return None;
+    }
+    let (from, payload) = decode_addr(&frame[1..])?;
+    Some((from, payload.to_vec()))
+}
+
+/// Length-prefixed frames, as the long-poll bodies carry them.
+fn split_frames(mut body: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    while body.len() >= 2 {
+        let len = u16::from_be_bytes([body[0], body[1]]) as usize;
+        let Some(frame) = body.get(2..2 + len) else {
+            break;
+        };
+        frames.push(frame);
+        body = &body[2 + len..];
+    }
+    frames
+}
+
+enum Sender {
+    WebSocket(mpsc::UnboundedSender<Vec<u8>>),
+    LongPoll {
+        http: reqwest::Client,
+        send_url: String,
+        delete_url: String,
+    },
+}
+
+/// An allocation at the provider's HTTP relay.
+pub struct HttpRelayConn {
+    address: SocketAddr,
+    sender: Sender,
+    inbound: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HttpRelayConn {
+    /// Opens an allocation at `client`'s provider.
+    pub async fn open(
+        client: &EndpointClient,
+        mode: TunnelMode,
+    ) -> Result<Arc<HttpRelayConn>, ClientError> {
+        match mode {
+            TunnelMode::WebSocket => Self::open_websocket(client).await,
+            TunnelMode::LongPoll => Self::open_long_poll(client).await,
+        }
+    }
+
+    async fn open_websocket(client: &EndpointClient) -> Result<Arc<HttpRelayConn>, ClientError> {
+        let url = format!(
+            "{}/v1/media-relay",
+            client.identity.provider.replacen("https://", "wss://", 1)
+        );
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url.into_client_request()?,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::Rustls(client.tls_config())),
+        )
+        .await?;
+        let (mut sink, mut stream) = socket.split();
+        let address = loop {
+            match stream.next().await {
+                Some(Ok(Message::Binary(frame))) if frame.first() == Some(&ALLOCATED) => {
+                    break decode_addr(&frame[1..]).map(|(a, _)| a).ok_or_else(|| {
+                        ClientError::Protocol("a malformed ALLOCATED frame".into())
+                    })?;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected ALLOCATED, got {other:?}"
+                    )))
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(ClientError::Protocol(
+                        "the relay closed before allocating".into(),
+                    ))
+                }
+            }
+        };
+        let (inbound_tx, inbound) = mpsc::channel(1024);
+        let (outbound, mut outbound_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Binary(frame) = message {
+                    if let Some(datagram) = parse_data(&frame) {
+                        // Full: drop, as a congested UDP path would.
+                        let _ = inbound_tx.try_send(datagram);
+                    }
+                }
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = outbound_rx.recv().await {
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        Ok(Arc::new(HttpRelayConn {
+            address,
+            sender: Sender::WebSocket(outbound),
+            inbound: Mutex::new(inbound),
+            tasks: vec![reader, writer],
+        }))
+    }
+
+    async fn open_long_poll(client: &EndpointClient) -> Result<Arc<HttpRelayConn>, ClientError> {
+        let answer = client
+            .request("media-relay", &switchyard_federation::dict::Dict::new())
+            .await?;
+        let id = answer.str("id")?.to_string();
+        let address: SocketAddr = answer
+            .str("address")?
+            .parse()
+            .map_err(|e| ClientError::Protocol(format!("allocation address: {e}")))?;
+        let base = format!("{}/v1/media-relay/{id}", client.identity.provider);
+        let http = client.raw_http();
+        let (inbound_tx, inbound) = mpsc::channel(1024);
+        let recv_url = format!("{base}/recv?wait={POLL_WAIT_MS}");
+        let poller = {
+            let http = http.clone();
+            tokio::spawn(async move {
+                loop {
+                    let response = http
+                        .get(&recv_url)
+                        .timeout(Duration::from_millis(POLL_WAIT_MS + 10_000))
+                        .send()
+                        .await;
+                    let body = match response {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(body) => body,
+                            Err(_) => continue,
+                        },
+                        Ok(r) => {
+                            tracing::warn!(status = %r.status(), "HTTP relay poll refused; the allocation is gone");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "HTTP relay poll failed; polling again");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    for frame in split_frames(&body) {
+                        if let Some(datagram) = parse_data(frame) {
+                            let _ = inbound_tx.try_send(datagram);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Arc::new(HttpRelayConn {
+            address,
+            sender: Sender::LongPoll {
+                http,
+                send_url: format!("{base}/send"),
+                delete_url: base,
+            },
+            inbound: Mutex::new(inbound),
+            tasks: vec![poller],
+        }))
+    }
+}
+
+#[async_trait]
+impl Conn for HttpRelayConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let mut inbound = self.inbound.lock().await;
+        match inbound.recv().await {
+            Some((from, payload)) => {
+                let n = payload.len().min(buf.len());
+                buf[..n].copy_from_slice(&payload[..n]);
+                Ok((n, from))
+            }
+            None => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other(
+            "an HTTP relay allocation needs a destination".into(),
+        ))
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let frame = data_frame(target, buf);
+        match &self.sender {
+            Sender::WebSocket(outbound) => outbound
+                .send(frame)
+                .map_err(|_| webrtc_util::Error::ErrUseClosedNetworkConn)?,
+            Sender::LongPoll { http, send_url, .. } => {
+                let mut body = Vec::with_capacity(frame.len() + 2);
+                body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+                body.extend_from_slice(&frame);
+                let response = http
+                    .post(send_url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| webrtc_util::Error::Other(e.to_string()))?;
+                if !response.status().is_success() {
+                    return Err(webrtc_util::Error::Other(format!(
+                        "the HTTP relay refused a datagram: {}",
+                        response.status()
+                    )));
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.address)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Sender::LongPoll {
+            http, delete_url, ..
+        } = &self.sender
+        {
+            let _ = http.delete(delete_url).send().await;
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_for_both_families() {
+        for addr in ["192.0.2.7:3478", "[2001:db8::1]:65535"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let frame = data_frame(addr, b"payload");
+            assert_eq!(parse_data(&frame), Some((addr, b"payload".to_vec())));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_refused() {
+        assert_eq!(parse_data(&[]), None);
+        assert_eq!(parse_data(&[DATA, 4, 1, 2]), None);
+        assert_eq!(parse_data(&[DATA, 5, 1, 2, 3, 4, 0, 1]), None);
+        assert_eq!(parse_data(&[ALLOCATED, 4, 1, 2, 3, 4, 0, 1]), None);
+    }
+
+    #[test]
+    fn length_prefixed_bodies_split() {
+        let a = data_frame("10.0.0.1:1".parse().unwrap(), b"a");
+        let b = data_frame("10.0.0.2:2".parse().unwrap(), b"bb");
+        let mut body = Vec::new();
+        for frame in [&a, &b] {
+            body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+            body.extend_from_slice(frame);
+        }
+        body.push(0);
+        assert_eq!(split_frames(&body), vec![&a[..], &b[..]]);
+    }
+}
