@@ -37,6 +37,22 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/relay-credentials",
             post(crate::relay::credentials_route),
         )
+        .route(
+            "/v1/media-relay",
+            get(crate::relay::http::websocket_route).post(crate::relay::http::create_route),
+        )
+        .route(
+            "/v1/media-relay/{id}",
+            axum::routing::delete(crate::relay::http::delete_route),
+        )
+        .route(
+            "/v1/media-relay/{id}/send",
+            post(crate::relay::http::send_route),
+        )
+        .route(
+            "/v1/media-relay/{id}/recv",
+            get(crate::relay::http::recv_route),
+        )
         .with_state(app)
 }
 

@@ -181,7 +181,12 @@ impl Provider {
         let mut tasks = Vec::new();
         let mut endpoint_router = crate::api::router(app.clone()).fallback(crate::api::not_found);
         if let Some(relay) = &relay {
-            endpoint_router = endpoint_router.layer(axum::Extension(relay.clone()));
+            endpoint_router =
+                endpoint_router
+                    .layer(axum::Extension(relay.clone()))
+                    .layer(axum::Extension(crate::relay::http::HttpRelay::new(
+                        &app.config,
+                    )));
         }
         tasks.push(tokio::spawn(serve_tls(
             app.clone(),

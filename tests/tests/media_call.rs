@@ -14,6 +14,7 @@ use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{EndpointClient, PushMode};
+use switchyard_provider::http_relay_client::{HttpRelayConn, TunnelMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
 
@@ -451,4 +452,122 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
     callee.close().await;
     fed.shutdown().await;
     Ok(())
+}
+
+/// A callee whose network lets no UDP out: its only candidate is an allocation at its provider's
+/// HTTP relay, reached over the endpoint API (a WebSocket, or long-polls).
+async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
+    let fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
+            .await?;
+    let a = fed.provider("a.test");
+    let b = fed.provider("b.test");
+    let alice_user = a.add_user("Alice", &[ALICE]).await?;
+    let bob_user = b.add_user("Bob", &[BOB]).await?;
+    let alice = a
+        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+        .await?;
+    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Plist).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob_push = bob.push_channel(PushMode::LongPoll).await?;
+    let mut no_taps = Vec::new();
+
+    let caller_media =
+        Gathered::gather(session_config(&alice, ALICE, false, &mut no_taps).await?).await?;
+    let sid = session_id();
+    alice
+        .initiate(
+            &sid,
+            BOB,
+            &caller_media.blob().to_bytes(),
+            &["audio", "video"],
+        )
+        .await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
+    let tunnel = HttpRelayConn::open(&bob, mode).await?;
+    let callee_config = SessionConfig {
+        identity: EndpointIdentity::from_pem(&bob.identity.certificate_pem, &bob.identity.key_pem)?,
+        local_uri: BOB.to_string(),
+        capabilities: Capabilities::default(),
+        media: vec![MediaKind::Audio, MediaKind::Video],
+        bind: "127.0.0.1:0".parse()?,
+        relay: None,
+        tunnel: Some(tunnel),
+        relay_only: true,
+        check_timeout: Duration::from_secs(10),
+    };
+    let callee_media = Gathered::gather(callee_config).await?;
+    assert!(
+        callee_media
+            .blob()
+            .candidates
+            .iter()
+            .all(|c| c.kind == CandidateKind::Relayed),
+        "{:?}",
+        callee_media.blob()
+    );
+    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+    let mut caller = caller_media.start(
+        true,
+        &answer,
+        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
+    )?;
+    let mut callee = callee_media.start(
+        false,
+        &offer,
+        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
+    )?;
+    let path = wait_for(&mut callee, "a path", |e| {
+        matches!(e, MediaEvent::PathSelected { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            path,
+            MediaEvent::PathSelected {
+                local: CandidateKind::Relayed,
+                ..
+            }
+        ),
+        "{path:?}"
+    );
+    for call in [&mut caller, &mut callee] {
+        wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, call) in [("caller", &caller), ("callee", &callee)] {
+        let stats = call.stats();
+        assert!(
+            stats.audio.packets_received >= 70,
+            "{name} ({mode:?}): {stats:?}"
+        );
+        assert!(
+            stats.video.packets_received >= 20,
+            "{name} ({mode:?}): {stats:?}"
+        );
+        assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+    }
+    caller.hang_up();
+    wait_for(&mut callee, "the hang-up", |e| {
+        *e == MediaEvent::RemoteHangUp
+    })
+    .await;
+    caller.close().await;
+    callee.close().await;
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_callee_without_udp_takes_the_call_over_a_websocket_relay() -> anyhow::Result<()> {
+    call_to_a_callee_without_udp(TunnelMode::WebSocket).await
+}
+
+#[tokio::test]
+async fn a_callee_without_udp_or_websocket_takes_the_call_over_long_polls() -> anyhow::Result<()> {
+    call_to_a_callee_without_udp(TunnelMode::LongPoll).await
 }

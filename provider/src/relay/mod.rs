@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod filter;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
