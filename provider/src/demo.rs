@@ -218,6 +218,12 @@ impl Demo {
             f.bootstrap_uri = Some(directory_url.clone());
             // Users added while the demo runs are reachable from the other providers at once.
             f.bloom_rebuild_changes = 1;
+            // Each provider relays media (TURN, and HTTP for endpoints without UDP); on loopback,
+            // the endpoints' addresses are loopback ones.
+            let relay = &mut config.relay;
+            relay.enabled = true;
+            relay.listen = std::net::SocketAddr::new(config.endpoint_api.listen.ip(), 0);
+            relay.allow_loopback_peers = true;
             configs.push(config);
         }
         let mut demo = Demo {

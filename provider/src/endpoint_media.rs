@@ -12,7 +12,10 @@ pub use switchyard_media::session::MediaCall;
 use switchyard_media::session::{CallStats, Gathered, MediaEvent, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
 
+use std::sync::Arc;
+
 use crate::client::EndpointClient;
+use crate::http_relay_client::{HttpRelayConn, TunnelMode};
 
 /// How the terminal endpoint sets up its media.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub struct MediaOptions {
     pub relay_only: bool,
     /// Mute video this many seconds into the call, and unmute as many seconds later.
     pub mute_video_after: Option<u64>,
+    /// Reach the media only through the provider's HTTP relay (a network without UDP).
+    pub http_relay: Option<TunnelMode>,
 }
 
 /// Binds the media port and gathers candidates (a TURN allocation when the provider runs a
@@ -34,15 +39,20 @@ pub async fn prepare(
     options: &MediaOptions,
 ) -> anyhow::Result<Gathered> {
     let identity = &client.identity;
+    let (relay, tunnel): (_, Option<Arc<dyn webrtc_util::Conn + Send + Sync>>) =
+        match options.http_relay {
+            Some(mode) => (None, Some(HttpRelayConn::open(client, mode).await?)),
+            None => (client.relay_credentials().await?, None),
+        };
     let config = SessionConfig {
         identity: EndpointIdentity::from_pem(&identity.certificate_pem, &identity.key_pem)?,
         local_uri: uri.to_string(),
         capabilities: Capabilities::default(),
         media,
         bind: SocketAddr::new(options.address, 0),
-        relay: client.relay_credentials().await?,
-        tunnel: None,
-        relay_only: options.relay_only,
+        relay,
+        tunnel,
+        relay_only: options.relay_only || options.http_relay.is_some(),
         check_timeout: Duration::from_secs(10),
     };
     Ok(Gathered::gather(config).await?)

@@ -240,6 +240,9 @@ struct MediaArgs {
     /// Mute video this many seconds into the call, and unmute as many seconds later.
     #[arg(long)]
     mute_video_after: Option<u64>,
+    /// For a network that lets no UDP out: media only through the provider's HTTP relay.
+    #[arg(long, value_enum)]
+    http_relay: Option<switchyard_provider::http_relay_client::TunnelMode>,
 }
 
 impl MediaArgs {
@@ -248,6 +251,7 @@ impl MediaArgs {
             address: self.media_address,
             relay_only: self.relay_only,
             mute_video_after: self.mute_video_after,
+            http_relay: self.http_relay,
         }
     }
 }

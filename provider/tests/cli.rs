@@ -506,6 +506,33 @@ fn demo_walkthrough_calls_across_providers() {
     );
     assert!(stdout.contains("ended: ended"), "{stdout}");
 
+    // Bob on a network without UDP: his media goes through provider B's HTTP relay (long-polls).
+    let answerer = answer(
+        &["--auto-accept", "--http-relay", "long-poll"],
+        "answer-http",
+    );
+    let caller = spawn_logged(
+        switchyard().args(&call).args(["--hangup-after", "2"]),
+        logs,
+        "call-http",
+    );
+    let (status, stdout, stderr) = finish(caller, logs, "call-http");
+    assert!(status.success(), "{stdout} {stderr}");
+    assert!(stdout.contains("-> relay"), "{stdout}");
+    assert!(stdout.contains("srtp failures 0"), "{stdout}");
+    let (status, stdout, stderr) = finish(answerer, logs, "answer-http");
+    assert!(status.success(), "{stdout} {stderr}");
+    assert!(stdout.contains("media path: relay ->"), "{stdout}");
+    let final_stats = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("stats: "))
+        .unwrap_or_else(|| panic!("no statistics: {stdout}"));
+    assert!(
+        !final_stats.starts_with("stats: audio sent 0 received 0"),
+        "{final_stats}"
+    );
+
     // Any spelling of Bob's URI reaches him; `--auto-reject busy` turns the call down.
     let answerer = answer(&["--auto-reject", "busy"], "answer-2");
     let mut rejected_call = call.clone();
