@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (PostgreSQL server; coturn for
-# `turnutils_uclient`, the reference TURN client of the relay tests), if missing.
+# `turnutils_uclient`, the reference TURN client of the relay tests, and `turnserver`, the reference
+# relay of bench/relay), and libsrtp2 with a C compiler for bench/srtp, if missing.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,12 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 if ! command -v turnutils_uclient >/dev/null 2>&1; then
     need+=(coturn)
+fi
+if [ ! -f /usr/include/srtp2/srtp.h ]; then
+    need+=(libsrtp2-dev)
+fi
+if ! command -v gcc >/dev/null 2>&1; then
+    need+=(gcc libc6-dev)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
