@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use switchyard_federation::dict::{Dict, Encoding, Value};
 use switchyard_provider::client::EndpointClient;
 use switchyard_provider::relay::auth::{rest_password, rest_username, unix_now};
-use switchyard_provider::relay::turn::client::{Client, ClientConfig};
+use switchyard_provider::relay::turn::client::Client;
 use switchyard_provider::relay::webrtc_util::Conn;
 use switchyard_provider::Config;
 use switchyard_tests::{test_config, Harness};
@@ -60,20 +60,10 @@ async fn endpoint(h: &Harness, name: &str) -> anyhow::Result<EndpointClient> {
 /// A `turn` client on its own loopback socket, listening.
 async fn turn_client(server: SocketAddr, username: &str, password: &str) -> anyhow::Result<Client> {
     let conn = UdpSocket::bind("127.0.0.1:0").await?;
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await?;
-    client.listen().await?;
-    Ok(client)
+    Ok(
+        switchyard_provider::relay::turn_client(server, username, password, "", Arc::new(conn))
+            .await?,
+    )
 }
 
 fn relay_addr(h: &Harness) -> SocketAddr {

@@ -31,6 +31,31 @@ pub use ::webrtc_util;
 
 use crate::app::App;
 use crate::auth::AuthEndpoint;
+
+/// A TURN client of `server` on `conn`, already listening: how the tests and the relay benchmark
+/// drive a relay.
+pub async fn turn_client(
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+    realm: &str,
+    conn: Arc<dyn webrtc_util::Conn + Send + Sync>,
+) -> Result<turn::client::Client, turn::Error> {
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: realm.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await?;
+    client.listen().await?;
+    Ok(client)
+}
 use crate::config::Config;
 use crate::db::Db;
 use crate::wire::{encoding_of, ApiError, Reply};
