@@ -14,6 +14,13 @@ fi
 if [ ! -f /usr/include/srtp2/srtp.h ]; then
     need+=(libsrtp2-dev)
 fi
+# The media tests build networks in namespaces: veth, a bridge, nftables firewalls, netem loss.
+if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+    need+=(iproute2)
+fi
+if ! command -v nft >/dev/null 2>&1; then
+    need+=(nftables)
+fi
 if ! command -v gcc >/dev/null 2>&1; then
     need+=(gcc libc6-dev)
 fi

@@ -224,6 +224,8 @@ impl Demo {
             relay.enabled = true;
             relay.listen = std::net::SocketAddr::new(config.endpoint_api.listen.ip(), 0);
             relay.allow_loopback_peers = true;
+            // The demo may also run on a private network (the network-namespace tests do).
+            relay.allow_private_peers = true;
             configs.push(config);
         }
         let mut demo = Demo {
