@@ -577,8 +577,17 @@ impl Signalling {
                 match event {
                     SipEvent::IncomingCall { offer } => {
                         let (answer, session) =
-                            sdp::build_answer(&offer, &self.capabilities, self.ssrcs)
-                                .map_err(|e| negotiation(&e))?;
+                            match sdp::build_answer(&offer, &self.capabilities, self.ssrcs) {
+                                Ok(answered) => answered,
+                                Err(e) => {
+                                    // 488 Not Acceptable Here: the caller learns it at once.
+                                    sip.decline(488).map_err(|e| negotiation(&e))?;
+                                    while let Some(bytes) = sip.poll_transmit() {
+                                        channel.send_app(&bytes).await?;
+                                    }
+                                    return Err(negotiation(&e));
+                                }
+                            };
                         sip.accept(&answer).map_err(|e| negotiation(&e))?;
                         established = true;
                         self.begin_media(&channel, session);

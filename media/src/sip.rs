@@ -351,6 +351,24 @@ impl SipSession {
         Ok(())
     }
 
+    /// Callee: declines the incoming call with a final error response, e.g. 488 (Not Acceptable
+    /// Here) when none of the offered media can be taken; the caller fails at once instead of
+    /// retransmitting its INVITE until the transaction times out.
+    pub fn decline(&mut self, status: u16) -> Result<(), SipError> {
+        if !(300..=699).contains(&status) {
+            return Err(SipError::WrongState("decline with a non-error status"));
+        }
+        let invite = match (&mut self.incoming_invite, self.state) {
+            (Some(invite), State::Ringing) => invite,
+            _ => return Err(SipError::WrongState("decline")),
+        };
+        let response = response_to(&invite.request, status, &self.local_tag, None)?;
+        invite.response = Some(response.clone());
+        self.transmit.push_back(response);
+        self.state = State::Terminated;
+        Ok(())
+    }
+
     /// Tells the peer whether our video is muted (a MESSAGE).
     pub fn set_video_muted(&mut self, now: Instant, muted: bool) -> Result<(), SipError> {
         if self.state != State::Established {
@@ -851,6 +869,32 @@ mod tests {
         assert!(invite.contains("\r\nContent-Type: application/sdp\r\n"));
         assert!(invite.contains(&format!("\r\nContent-Length: {}\r\n", OFFER.len())));
         assert!(invite.ends_with(&format!("\r\n\r\n{OFFER}")));
+    }
+
+    #[test]
+    fn a_declined_call_fails_at_once_for_the_caller() {
+        let mut net = Net::new(|_, _| false);
+        net.a.start_call(net.now, OFFER).unwrap();
+        net.run(Duration::from_millis(10));
+        assert!(net.b.decline(200).is_err(), "only error statuses decline");
+        net.b.decline(488).unwrap();
+        net.run(Duration::from_millis(10));
+        assert_eq!(
+            net.a_events,
+            vec![SipEvent::Failed(SipFailure::Rejected {
+                method: Method::Invite,
+                status: 488
+            })]
+        );
+        assert_eq!(
+            net.a.poll_timeout(),
+            None,
+            "the INVITE is not retransmitted"
+        );
+        assert!(
+            net.b.accept(ANSWER).is_err(),
+            "a declined call cannot be accepted"
+        );
     }
 
     #[test]
