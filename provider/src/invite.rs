@@ -459,8 +459,9 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         .with("state", sealed))
 }
 
-pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
-    let (state, self_blob) = check_callee(app, auth, dict)?;
+/// A Reject's `reason` (one of [`REJECT_REASONS`]) and optional `reason-text`, checked: the same
+/// for a Reject Request and a Reject Forward.
+pub(crate) fn rejection(dict: &Dict) -> Result<(&str, Option<&str>), ApiError> {
     let reason = dict.str("reason")?;
     if !REJECT_REASONS.contains(&reason) {
         return Err(ApiError::field(
@@ -475,6 +476,12 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
             format!("reason-text exceeds {MAX_REASON_TEXT} bytes"),
         ));
     }
+    Ok((reason, text))
+}
+
+pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<Dict, ApiError> {
+    let (state, self_blob) = check_callee(app, auth, dict)?;
+    let (reason, text) = rejection(dict)?;
     let me = &auth.endpoint;
     let mut outbox = Outbox::default();
     let mut tx = app.db.begin_write().await?;
@@ -561,25 +568,8 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     blob_field(dict, "peer-blob")?;
     let state = open_state(app, dict, session_id)?;
     let me = &auth.endpoint;
-    let is_caller = me.id == state.caller_endpoint && self_uri == state.caller_uri;
-    let is_callee = self_uri == state.callee_uri && state.rung.contains(&me.id);
-    if !(is_caller || is_callee) {
-        return Err(ApiError::forbidden(
-            "not-authorized",
-            "only the two parties of a call may cancel it",
-        ));
-    }
-    let expected_peer = if is_caller {
-        &state.callee_uri
-    } else {
-        &state.caller_uri
-    };
-    if &peer_uri != expected_peer {
-        return Err(ApiError::field(
-            "peer-uri",
-            "peer-uri is not the other party of this call",
-        ));
-    }
+    let is_caller = party(&state, me, &self_uri, &peer_uri, "cancel")?;
+    let is_callee = !is_caller;
 
     let mut outbox = Outbox::default();
     let mut tx = app.db.begin_write().await?;
@@ -621,7 +611,7 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
                     .push(&mut tx, &state.caller_endpoint, &push, ttl)
                     .await?;
             } else {
-                tell_providers = remote_providers(app, &state);
+                tell_providers = providers_except(&state, &[&app.config.provider_id]);
             }
         }
         CallState::Answered => {
@@ -687,6 +677,37 @@ pub async fn cancel(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     Ok(Dict::new().with("session-id", session_id))
 }
 
+/// Which party of the call the sender is (true: the caller, false: a rung callee endpoint), after
+/// checking it is one and that `peer_uri` is the other party; `verb` words the refusal.
+fn party(
+    state: &SessionState,
+    me: &EndpointRecord,
+    self_uri: &str,
+    peer_uri: &str,
+    verb: &str,
+) -> Result<bool, ApiError> {
+    let is_caller = me.id == state.caller_endpoint && self_uri == state.caller_uri;
+    let is_callee = self_uri == state.callee_uri && state.rung.contains(&me.id);
+    if !(is_caller || is_callee) {
+        return Err(ApiError::forbidden(
+            "not-authorized",
+            format!("only the two parties of a call may {verb} it"),
+        ));
+    }
+    let expected_peer = if is_caller {
+        &state.callee_uri
+    } else {
+        &state.caller_uri
+    };
+    if peer_uri != expected_peer {
+        return Err(ApiError::field(
+            "peer-uri",
+            "peer-uri is not the other party of this call",
+        ));
+    }
+    Ok(is_caller)
+}
+
 /// Update: either party sends a new blob (a relay allocation learned late, a changed address, a
 /// new path) while the call rings or after the answer; the other party gets it as an Update Push.
 /// The caller's Update reaches every rung endpoint while ringing and the answering one after;
@@ -705,25 +726,8 @@ pub async fn update(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     }
     let state = open_state(app, dict, session_id)?;
     let me = &auth.endpoint;
-    let is_caller = me.id == state.caller_endpoint && self_uri == state.caller_uri;
-    let is_callee = self_uri == state.callee_uri && state.rung.contains(&me.id);
-    if !(is_caller || is_callee) {
-        return Err(ApiError::forbidden(
-            "not-authorized",
-            "only the two parties of a call may update it",
-        ));
-    }
-    let expected_peer = if is_caller {
-        &state.callee_uri
-    } else {
-        &state.caller_uri
-    };
-    if &peer_uri != expected_peer {
-        return Err(ApiError::field(
-            "peer-uri",
-            "peer-uri is not the other party of this call",
-        ));
-    }
+    let is_caller = party(&state, me, &self_uri, &peer_uri, "update")?;
+    let is_callee = !is_caller;
     let Some(call) = app.db.call(session_id).await? else {
         return Err(call_gone(None));
     };
@@ -759,7 +763,7 @@ pub async fn update(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
         } else if let Some(provider) = answered_by.strip_prefix("provider:") {
             vec![provider.to_string()]
         } else {
-            remote_providers(app, &state)
+            providers_except(&state, &[&app.config.provider_id])
         };
         crate::federation::calls::update_forwarded(
             fed,
@@ -802,12 +806,12 @@ pub async fn update(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     Ok(Dict::new().with("session-id", session_id))
 }
 
-/// The providers other than this one that a call from here was forwarded to.
-fn remote_providers(app: &App, state: &SessionState) -> Vec<String> {
+/// The providers of a call other than `except` (this one, and the peer a message came from).
+pub(crate) fn providers_except(state: &SessionState, except: &[&str]) -> Vec<String> {
     state
         .providers
         .iter()
-        .filter(|p| **p != app.config.provider_id)
+        .filter(|p| !except.contains(&p.as_str()))
         .cloned()
         .collect()
 }

@@ -31,15 +31,14 @@ use crate::db::{
 };
 use crate::invite::{
     answer_push, blob_field, ca_field, call_gone, cancel_push, canonical_field, capabilities_dict,
-    count_outcome, media_value, parse_media, provider_party, validate_session_id, RemoteInitiate,
-    SessionState, REJECT_REASONS,
+    count_outcome, media_value, parse_media, provider_party, providers_except, rejection,
+    validate_session_id, RemoteInitiate, SessionState, REJECT_REASONS,
 };
 use crate::push::Outbox;
 use crate::wire::ApiError;
 
 const MAX_TOKEN: usize = 256;
 const MAX_STATE: usize = 8 * 1024;
-const MAX_REASON_TEXT: usize = 512;
 pub const CANCEL_REASONS: &[&str] = &["cancelled", "answered-elsewhere", "ended"];
 
 fn fed_of(app: &App) -> &Arc<Federation> {
@@ -766,12 +765,7 @@ pub async fn receive_accept(
     let reply = Dict::new().with("session-id", state.sid.as_str());
     let reply = finish(tx, peer, &state.sid, "accept", reply).await?;
     outbox.wake(&app.hub);
-    let losers: Vec<String> = state
-        .providers
-        .iter()
-        .filter(|p| **p != fed.provider_id && **p != peer.provider_id)
-        .cloned()
-        .collect();
+    let losers = providers_except(&state, &[&fed.provider_id, &peer.provider_id]);
     if !losers.is_empty() {
         let app = app.clone();
         let sid = state.sid.clone();
@@ -793,20 +787,7 @@ pub async fn receive_reject(
     let received = check_envelope(fed, dict)?;
     provider_field(dict, "answering-provider", peer)?;
     let state = returned_state(app, dict, &received, peer)?;
-    let reason = dict.str("reason")?;
-    if !REJECT_REASONS.contains(&reason) {
-        return Err(ApiError::field(
-            "reason",
-            format!("reason must be one of {}", REJECT_REASONS.join(", ")),
-        ));
-    }
-    let text = dict.opt_str("reason-text")?;
-    if text.is_some_and(|t| t.len() > MAX_REASON_TEXT) {
-        return Err(ApiError::field(
-            "reason-text",
-            format!("reason-text exceeds {MAX_REASON_TEXT} bytes"),
-        ));
-    }
+    let (reason, text) = rejection(dict)?;
     let mut tx = match begin(app, peer, &received, "reject").await {
         Ok(tx) => tx,
         Err(answer) => return answer,
@@ -893,51 +874,17 @@ pub async fn receive_cancel(
     let Some(call) = call_in(&mut tx, &received.session_id).await? else {
         return Err(call_gone(None));
     };
-    let ttl = app.push_ttl_ms();
-    let mut outbox = Outbox::default();
-    let mut others = Vec::new();
-    let outcome;
-    match &from_answerer {
-        Some(state) => {
-            let (to, why, push_reason) = match call.state {
-                CallState::Ringing => (CallState::Cancelled, "callee-cancelled", "cancelled"),
-                CallState::Answered
-                    if call.answered_by.as_deref()
-                        == Some(provider_party(&peer.provider_id).as_str()) =>
-                {
-                    (CallState::Ended, "callee-hung-up", "ended")
-                }
-                other => return Err(call_gone(Some(other))),
-            };
-            if !transition_call(
-                &mut tx,
-                &call.session_id,
-                &[call.state],
-                to,
-                CallChange {
-                    reason: Some(why),
-                    ..Default::default()
-                },
-            )
-            .await?
+    let (to, why) = match &from_answerer {
+        Some(_) => match call.state {
+            CallState::Ringing => (CallState::Cancelled, "callee-cancelled"),
+            CallState::Answered
+                if call.answered_by.as_deref()
+                    == Some(provider_party(&peer.provider_id).as_str()) =>
             {
-                let current = call_state(&mut tx, &call.session_id).await?;
-                return Err(call_gone(current));
+                (CallState::Ended, "callee-hung-up")
             }
-            let push = cancel_push(state, &state.caller_uri, &state.callee_uri, push_reason);
-            outbox
-                .push(&mut tx, &state.caller_endpoint, &push, ttl)
-                .await?;
-            if call.state == CallState::Ringing {
-                others = state
-                    .providers
-                    .iter()
-                    .filter(|p| **p != fed.provider_id && **p != peer.provider_id)
-                    .cloned()
-                    .collect();
-            }
-            outcome = to;
-        }
+            other => return Err(call_gone(Some(other))),
+        },
         None => {
             if call.providers.first() != Some(&peer.provider_id) || !call.caller_endpoint.is_empty()
             {
@@ -946,7 +893,7 @@ pub async fn receive_cancel(
                     format!("`{}` did not forward this call here", peer.provider_id),
                 ));
             }
-            let (to, why) = match call.state {
+            match call.state {
                 CallState::Ringing if reason == "answered-elsewhere" => {
                     (CallState::Cancelled, "answered-elsewhere")
                 }
@@ -957,31 +904,49 @@ pub async fn receive_cancel(
                 }
                 CallState::Answered => (CallState::Ended, "caller-hung-up"),
                 other => return Err(call_gone(Some(other))),
-            };
-            if !transition_call(
-                &mut tx,
-                &call.session_id,
-                &[call.state],
-                to,
-                CallChange {
-                    reason: Some(why),
-                    ..Default::default()
-                },
-            )
-            .await?
-            {
-                let current = call_state(&mut tx, &call.session_id).await?;
-                return Err(call_gone(current));
             }
+        }
+    };
+    if !transition_call(
+        &mut tx,
+        &call.session_id,
+        &[call.state],
+        to,
+        CallChange {
+            reason: Some(why),
+            ..Default::default()
+        },
+    )
+    .await?
+    {
+        let current = call_state(&mut tx, &call.session_id).await?;
+        return Err(call_gone(current));
+    }
+    let ttl = app.push_ttl_ms();
+    let mut outbox = Outbox::default();
+    let mut others = Vec::new();
+    // A hang-up is `ended` to the other side; a call that never got going keeps the reason given.
+    let push_reason = if to == CallState::Ended {
+        "ended"
+    } else if from_answerer.is_some() {
+        "cancelled"
+    } else {
+        reason
+    };
+    match &from_answerer {
+        Some(state) => {
+            let push = cancel_push(state, &state.caller_uri, &state.callee_uri, push_reason);
+            outbox
+                .push(&mut tx, &state.caller_endpoint, &push, ttl)
+                .await?;
+            if call.state == CallState::Ringing {
+                others = providers_except(state, &[&fed.provider_id, &peer.provider_id]);
+            }
+        }
+        None => {
             let targets: Vec<String> = match call.state {
                 CallState::Answered => call.answered_by.iter().cloned().collect(),
                 _ => call.rung_endpoints.clone(),
-            };
-            let push_reason = if call.state == CallState::Answered && reason != "answered-elsewhere"
-            {
-                "ended"
-            } else {
-                reason
             };
             for target in targets {
                 let push = Dict::new()
@@ -992,13 +957,12 @@ pub async fn receive_cancel(
                     .with("reason", push_reason);
                 outbox.push(&mut tx, &target, &push, ttl).await?;
             }
-            outcome = to;
         }
     }
     let reply = Dict::new().with("session-id", call.session_id.as_str());
     let reply = finish(tx, peer, &call.session_id, "cancel", reply).await?;
     outbox.wake(&app.hub);
-    count_outcome(outcome);
+    count_outcome(to);
     if !others.is_empty() {
         cancel_to_providers(app, &call.session_id, &others, "cancelled").await;
     }
