@@ -260,6 +260,19 @@ fn checked(bytes: Vec<u8>) -> Result<Vec<u8>, SipError> {
     Ok(bytes)
 }
 
+/// Adds `Content-Type` (with a body) and `Content-Length` (always) and returns the body bytes.
+fn with_body(headers: &mut rsip::Headers, body: Option<(&str, &str)>) -> Vec<u8> {
+    let body = match body {
+        Some((ct, text)) => {
+            headers.push(headers::ContentType::new(ct).into());
+            text.as_bytes().to_vec()
+        }
+        None => vec![],
+    };
+    headers.push(headers::ContentLength::from(body.len() as u32).into());
+    body
+}
+
 /// A response to `req`, echoing its Via, From, To (tagged with ours), Call-ID and CSeq.
 fn response_to(
     req: &Request,
@@ -284,14 +297,7 @@ fn response_to(
             _ => {}
         }
     }
-    let body = match body {
-        Some((ct, text)) => {
-            headers.push(headers::ContentType::new(ct).into());
-            text.as_bytes().to_vec()
-        }
-        None => vec![],
-    };
-    headers.push(headers::ContentLength::from(body.len() as u32).into());
+    let body = with_body(&mut headers, body);
     let response = Response {
         status_code: status.into(),
         version: rsip::Version::V2,
@@ -500,14 +506,7 @@ impl SipSession {
         headers.push(headers::To::new(to).into());
         headers.push(headers::CallId::new(call_id).into());
         headers.push(headers::CSeq::new(format!("{cseq} {method}")).into());
-        let body = match body {
-            Some((ct, text)) => {
-                headers.push(headers::ContentType::new(ct).into());
-                text.as_bytes().to_vec()
-            }
-            None => vec![],
-        };
-        headers.push(headers::ContentLength::from(body.len() as u32).into());
+        let body = with_body(&mut headers, body);
         let request = Request {
             method,
             uri: rsip::Uri {
