@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use switchyard_federation::dict::Dict;
 use switchyard_federation::dict::Encoding;
 use switchyard_media::blob::{CandidateKind, MediaBlob};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
-use switchyard_provider::client::{EndpointClient, PushMode};
+use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_provider::http_relay_client::{HttpRelayConn, TunnelMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
@@ -151,52 +152,136 @@ async fn wait_for(
     }
 }
 
-async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
-    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::json("b.test")])
-        .await?;
-    let a = fed.provider("a.test");
-    let b = fed.provider("b.test");
-    let alice_user = a.add_user("Alice", &[ALICE]).await?;
-    let bob_user = b.add_user("Bob", &[BOB]).await?;
-    let alice = a
-        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
-        .await?;
-    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Json).await?;
-    fed.sync().await?;
-    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
-    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+/// Alice at provider A and Bob at provider B (B and Bob speaking `bob_encoding`), registered,
+/// with push channels, filters exchanged.
+struct TwoProviders {
+    fed: TestFederation,
+    alice: EndpointClient,
+    bob: EndpointClient,
+    alice_push: PushChannel,
+    bob_push: PushChannel,
+}
 
+/// What the signalling of a call carried: the Initiate and Accept Pushes and the blobs in them.
+struct Signalled {
+    sid: String,
+    ring: Dict,
+    accepted: Dict,
+    offer: MediaBlob,
+    answer: MediaBlob,
+}
+
+impl TwoProviders {
+    async fn start(bob_encoding: Encoding, bob_push: PushMode) -> anyhow::Result<TwoProviders> {
+        let b_spec = match bob_encoding {
+            Encoding::Json => ProviderSpec::json("b.test"),
+            Encoding::Plist => ProviderSpec::plist("b.test"),
+        };
+        let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), b_spec]).await?;
+        let a = fed.provider("a.test");
+        let b = fed.provider("b.test");
+        let alice_user = a.add_user("Alice", &[ALICE]).await?;
+        let bob_user = b.add_user("Bob", &[BOB]).await?;
+        let alice = a
+            .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+            .await?;
+        let bob = b.endpoint(&bob_user, BOB, None, bob_encoding).await?;
+        fed.sync().await?;
+        let alice_push = alice.push_channel(PushMode::WebSocket).await?;
+        let bob_push = bob.push_channel(bob_push).await?;
+        Ok(TwoProviders {
+            fed,
+            alice,
+            bob,
+            alice_push,
+            bob_push,
+        })
+    }
+
+    /// Alice calls Bob with her media's blob; Bob gathers his media while it rings and accepts
+    /// with its blob.
+    async fn signal(
+        &mut self,
+        caller_media: &Gathered,
+        callee_config: SessionConfig,
+        media: &[&str],
+    ) -> anyhow::Result<(Gathered, Signalled)> {
+        let sid = session_id();
+        self.alice
+            .initiate(&sid, BOB, &caller_media.blob().to_bytes(), media)
+            .await?;
+        let ring = expect_push(&mut self.bob_push, "initiate").await?;
+        let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
+        let callee_media = Gathered::gather(callee_config).await?;
+        self.bob
+            .accept(&ring, &callee_media.blob().to_bytes())
+            .await?;
+        let accepted = expect_push(&mut self.alice_push, "accept").await?;
+        let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+        Ok((
+            callee_media,
+            Signalled {
+                sid,
+                ring,
+                accepted,
+                offer,
+                answer,
+            },
+        ))
+    }
+}
+
+impl Signalled {
+    /// Both sides' media, each checking the other against the CA its push named.
+    fn start(
+        &self,
+        caller_media: Gathered,
+        callee_media: Gathered,
+    ) -> anyhow::Result<(MediaCall, MediaCall)> {
+        let caller = caller_media.start(
+            true,
+            &self.answer,
+            PeerExpectation::with_ca_pem(
+                &self.answer.fingerprint,
+                BOB,
+                self.accepted.str("peer-ca")?,
+            )?,
+        )?;
+        let callee = callee_media.start(
+            false,
+            &self.offer,
+            PeerExpectation::with_ca_pem(
+                &self.offer.fingerprint,
+                ALICE,
+                self.ring.str("peer-ca")?,
+            )?,
+        )?;
+        Ok((caller, callee))
+    }
+}
+
+/// The caller hangs up; the callee hears the BYE; both release their ports.
+async fn hang_up(caller: MediaCall, mut callee: MediaCall) {
+    caller.hang_up();
+    wait_for(&mut callee, "the hang-up", |e| {
+        *e == MediaEvent::RemoteHangUp
+    })
+    .await;
+    caller.close().await;
+    callee.close().await;
+}
+
+async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
+    let mut two = TwoProviders::start(Encoding::Json, PushMode::WebSocket).await?;
     let mut taps = Vec::new();
     let caller_media =
-        Gathered::gather(session_config(&alice, ALICE, relay_only, &mut taps).await?).await?;
+        Gathered::gather(session_config(&two.alice, ALICE, relay_only, &mut taps).await?).await?;
     let caller_relayed = caller_media.relayed_address().expect("A's relay allocated");
-    let sid = session_id();
-    alice
-        .initiate(
-            &sid,
-            BOB,
-            &caller_media.blob().to_bytes(),
-            &["audio", "video"],
-        )
+    let callee_config = session_config(&two.bob, BOB, relay_only, &mut taps).await?;
+    let (callee_media, signalled) = two
+        .signal(&caller_media, callee_config, &["audio", "video"])
         .await?;
-    let ring = expect_push(&mut bob_push, "initiate").await?;
-    let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
-    let callee_media =
-        Gathered::gather(session_config(&bob, BOB, relay_only, &mut taps).await?).await?;
-    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
-    let accepted = expect_push(&mut alice_push, "accept").await?;
-    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
-
-    let mut caller = caller_media.start(
-        true,
-        &answer,
-        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
-    )?;
-    let mut callee = callee_media.start(
-        false,
-        &offer,
-        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
-    )?;
+    let (mut caller, mut callee) = signalled.start(caller_media, callee_media)?;
     for call in [&mut caller, &mut callee] {
         let path = wait_for(call, "a path", |e| {
             matches!(e, MediaEvent::PathSelected { .. })
@@ -253,28 +338,27 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
         assert!(kinds.get("Dtls").copied().unwrap_or(0) >= 4, "{kinds:?}");
         assert!(kinds.get("Rtp").copied().unwrap_or(0) >= 100, "{kinds:?}");
         assert!(kinds.get("Rtcp").copied().unwrap_or(0) >= 1, "{kinds:?}");
-        let relay = a.provider.relay().expect("A runs a relay");
+        let relay = two
+            .fed
+            .provider("a.test")
+            .provider
+            .relay()
+            .expect("A runs a relay");
         assert!(
             relay.state.allocation_count(None) >= 1,
             "the caller's allocation is live"
         );
         assert_ne!(caller_relayed.port(), 0);
     }
-    caller.hang_up();
-    wait_for(&mut callee, "the hang-up", |e| {
-        *e == MediaEvent::RemoteHangUp
-    })
-    .await;
-    alice
-        .cancel(&sid, ALICE, BOB, accepted.str("state")?)
+    hang_up(caller, callee).await;
+    two.alice
+        .cancel(&signalled.sid, ALICE, BOB, signalled.accepted.str("state")?)
         .await?;
-    expect_push(&mut bob_push, "cancel").await?;
-    caller.close().await;
-    callee.close().await;
+    expect_push(&mut two.bob_push, "cancel").await?;
     for tap in taps {
         tap.task.abort();
     }
-    fed.shutdown().await;
+    two.fed.shutdown().await;
     Ok(())
 }
 
@@ -332,39 +416,17 @@ impl DirectPath {
 #[tokio::test]
 async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_path_dies(
 ) -> anyhow::Result<()> {
-    let fed =
-        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
-            .await?;
-    let a = fed.provider("a.test");
-    let b = fed.provider("b.test");
-    let alice_user = a.add_user("Alice", &[ALICE]).await?;
-    let bob_user = b.add_user("Bob", &[BOB]).await?;
-    let alice = a
-        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
-        .await?;
-    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Plist).await?;
-    fed.sync().await?;
-    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
-    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    let mut two = TwoProviders::start(Encoding::Plist, PushMode::WebSocket).await?;
     let mut no_taps = Vec::new();
-
     let caller_media =
-        Gathered::gather(session_config(&alice, ALICE, false, &mut no_taps).await?).await?;
-    let sid = session_id();
-    alice
-        .initiate(&sid, BOB, &caller_media.blob().to_bytes(), &["audio"])
-        .await?;
-    let ring = expect_push(&mut bob_push, "initiate").await?;
-    let mut offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
-    let callee_media =
-        Gathered::gather(session_config(&bob, BOB, false, &mut no_taps).await?).await?;
-    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
-    let accepted = expect_push(&mut alice_push, "accept").await?;
-    let mut answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+        Gathered::gather(session_config(&two.alice, ALICE, false, &mut no_taps).await?).await?;
+    let callee_config = session_config(&two.bob, BOB, false, &mut no_taps).await?;
+    let (callee_media, mut signalled) =
+        two.signal(&caller_media, callee_config, &["audio"]).await?;
     // Each side reaches the other's host address only through a forwarder the test can cut,
     // as if both sat behind NATs; the relayed candidates stay reachable.
     let mut direct = Vec::new();
-    for blob in [&mut offer, &mut answer] {
+    for blob in [&mut signalled.offer, &mut signalled.answer] {
         let host = blob
             .candidates
             .iter_mut()
@@ -375,16 +437,7 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
         direct.push(path);
     }
 
-    let mut caller = caller_media.start(
-        true,
-        &answer,
-        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
-    )?;
-    let mut callee = callee_media.start(
-        false,
-        &offer,
-        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
-    )?;
+    let (mut caller, mut callee) = signalled.start(caller_media, callee_media)?;
     wait_for(&mut caller, "SIP", |e| {
         matches!(e, MediaEvent::Negotiated { .. })
     })
@@ -443,50 +496,19 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
     assert!(stats.audio.packets_received > stalled_at + 40, "{stats:?}");
     eprintln!("media resumed {resumed_after:?} after the direct path was cut");
 
-    caller.hang_up();
-    wait_for(&mut callee, "the hang-up", |e| {
-        *e == MediaEvent::RemoteHangUp
-    })
-    .await;
-    caller.close().await;
-    callee.close().await;
-    fed.shutdown().await;
+    hang_up(caller, callee).await;
+    two.fed.shutdown().await;
     Ok(())
 }
 
 /// A callee whose network lets no UDP out: its only candidate is an allocation at its provider's
 /// HTTP relay, reached over the endpoint API (a WebSocket, or long-polls).
 async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
-    let fed =
-        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
-            .await?;
-    let a = fed.provider("a.test");
-    let b = fed.provider("b.test");
-    let alice_user = a.add_user("Alice", &[ALICE]).await?;
-    let bob_user = b.add_user("Bob", &[BOB]).await?;
-    let alice = a
-        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
-        .await?;
-    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Plist).await?;
-    fed.sync().await?;
-    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
-    let mut bob_push = bob.push_channel(PushMode::LongPoll).await?;
+    let mut two = TwoProviders::start(Encoding::Plist, PushMode::LongPoll).await?;
     let mut no_taps = Vec::new();
-
     let caller_media =
-        Gathered::gather(session_config(&alice, ALICE, false, &mut no_taps).await?).await?;
-    let sid = session_id();
-    alice
-        .initiate(
-            &sid,
-            BOB,
-            &caller_media.blob().to_bytes(),
-            &["audio", "video"],
-        )
-        .await?;
-    let ring = expect_push(&mut bob_push, "initiate").await?;
-    let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
-    let tunnel = HttpRelayConn::open(&bob, mode).await?;
+        Gathered::gather(session_config(&two.alice, ALICE, false, &mut no_taps).await?).await?;
+    let bob = &two.bob;
     let callee_config = SessionConfig {
         identity: EndpointIdentity::from_pem(&bob.identity.certificate_pem, &bob.identity.key_pem)?,
         local_uri: BOB.to_string(),
@@ -494,11 +516,13 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
         media: vec![MediaKind::Audio, MediaKind::Video],
         bind: "127.0.0.1:0".parse()?,
         relay: None,
-        tunnel: Some(tunnel),
+        tunnel: Some(HttpRelayConn::open(bob, mode).await?),
         relay_only: true,
         check_timeout: Duration::from_secs(10),
     };
-    let callee_media = Gathered::gather(callee_config).await?;
+    let (callee_media, signalled) = two
+        .signal(&caller_media, callee_config, &["audio", "video"])
+        .await?;
     assert!(
         callee_media
             .blob()
@@ -508,19 +532,7 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
         "{:?}",
         callee_media.blob()
     );
-    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
-    let accepted = expect_push(&mut alice_push, "accept").await?;
-    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
-    let mut caller = caller_media.start(
-        true,
-        &answer,
-        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
-    )?;
-    let mut callee = callee_media.start(
-        false,
-        &offer,
-        PeerExpectation::with_ca_pem(&offer.fingerprint, ALICE, ring.str("peer-ca")?)?,
-    )?;
+    let (mut caller, mut callee) = signalled.start(caller_media, callee_media)?;
     let path = wait_for(&mut callee, "a path", |e| {
         matches!(e, MediaEvent::PathSelected { .. })
     })
@@ -551,14 +563,8 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
         );
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
     }
-    caller.hang_up();
-    wait_for(&mut callee, "the hang-up", |e| {
-        *e == MediaEvent::RemoteHangUp
-    })
-    .await;
-    caller.close().await;
-    callee.close().await;
-    fed.shutdown().await;
+    hang_up(caller, callee).await;
+    two.fed.shutdown().await;
     Ok(())
 }
 
