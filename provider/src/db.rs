@@ -860,9 +860,36 @@ pub struct CallChange<'a> {
     pub answered_by: Option<&'a str>,
 }
 
+/// Records `party`'s rejection of a ringing call (an endpoint here, or a provider it was
+/// forwarded to) and, when no party is left ringing, ends the call as rejected with
+/// `final_reason`. Returns whether this rejection ended the call, and how many parties still ring.
+pub async fn reject_and_end_if_last(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    party: &str,
+    reason: &str,
+    final_reason: &str,
+) -> StoreResult<(bool, i64)> {
+    let (new, rejections, parties) = record_rejection(conn, session_id, party, reason).await?;
+    let ended = new
+        && rejections >= parties
+        && transition_call(
+            conn,
+            session_id,
+            &[CallState::Ringing],
+            CallState::Rejected,
+            CallChange {
+                reason: Some(final_reason),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok((ended, (parties - rejections).max(0)))
+}
+
 /// Records one endpoint's Reject (a repeat counts once); returns whether it was new, and the
 /// rejections so far against the endpoints rung.
-pub async fn record_rejection(
+async fn record_rejection(
     conn: &mut AnyConnection,
     session_id: &str,
     endpoint_id: &str,

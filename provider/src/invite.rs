@@ -16,7 +16,7 @@ use switchyard_media::{Capabilities, MediaKind, Unsupported};
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::db::{
-    call_answered_by, call_state, insert_call, now_ms, record_rejection, transition_call,
+    call_answered_by, call_state, insert_call, now_ms, reject_and_end_if_last, transition_call,
     CallChange, CallRecord, CallState, EndpointRecord,
 };
 use crate::push::Outbox;
@@ -489,21 +489,8 @@ pub async fn reject(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     if current != Some(CallState::Ringing) {
         return Err(call_gone(current));
     }
-    let (new, rejections, rung) = record_rejection(&mut tx, &state.sid, &me.id, reason).await?;
-    let remaining = (rung - rejections).max(0);
-    let all_rejected = new
-        && remaining == 0
-        && transition_call(
-            &mut tx,
-            &state.sid,
-            &[CallState::Ringing],
-            CallState::Rejected,
-            CallChange {
-                reason: Some(reason),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let (all_rejected, remaining) =
+        reject_and_end_if_last(&mut tx, &state.sid, &me.id, reason, reason).await?;
     if all_rejected && state.origin.is_none() {
         let mut push =
             answer_push("reject", &state, &me.push_token, self_blob).with("reason", reason);

@@ -25,7 +25,7 @@ use super::Federation;
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::db::{
-    call_in, call_state, delete_call, forward_result, insert_call, now_ms, record_rejection,
+    call_in, call_state, delete_call, forward_result, insert_call, now_ms, reject_and_end_if_last,
     rejection_reasons, save_forward_result, transition_call, CallChange, CallRecord, CallState,
     EndpointRecord, StoreError,
 };
@@ -409,31 +409,20 @@ pub async fn initiate_remote(
                 "unavailable"
             }
         };
-        let (new, rejections, parties) = record_rejection(
+        let final_reason = match (&refusal, failures.is_empty()) {
+            (Some((r, _)), _) => r.as_str(),
+            (None, false) => "unreachable",
+            (None, true) => "not-found",
+        };
+        let (ended_here, _) = reject_and_end_if_last(
             &mut tx,
             &request.session_id,
             &provider_party(provider),
             reason,
+            final_reason,
         )
         .await?;
-        if new && rejections >= parties {
-            let final_reason = match (&refusal, failures.is_empty()) {
-                (Some((r, _)), _) => r.clone(),
-                (None, false) => "unreachable".to_string(),
-                (None, true) => "not-found".to_string(),
-            };
-            ended = transition_call(
-                &mut tx,
-                &request.session_id,
-                &[CallState::Ringing],
-                CallState::Rejected,
-                CallChange {
-                    reason: Some(&final_reason),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
+        ended |= ended_here;
     }
     // Nobody hosts the callee or nobody answered: the Request is refused, and a refused Request
     // leaves nothing behind (the session id can be used again).
@@ -796,27 +785,15 @@ pub async fn receive_reject(
     if current != Some(CallState::Ringing) {
         return Err(call_gone(current));
     }
-    let (new, rejections, parties) = record_rejection(
+    let (all_rejected, remaining) = reject_and_end_if_last(
         &mut tx,
         &state.sid,
         &provider_party(&peer.provider_id),
         reason,
+        reason,
     )
     .await?;
     let mut outbox = Outbox::default();
-    let all_rejected = new
-        && rejections >= parties
-        && transition_call(
-            &mut tx,
-            &state.sid,
-            &[CallState::Ringing],
-            CallState::Rejected,
-            CallChange {
-                reason: Some(reason),
-                ..Default::default()
-            },
-        )
-        .await?;
     if all_rejected {
         let mut push = Dict::new()
             .with("action", "reject")
@@ -835,7 +812,7 @@ pub async fn receive_reject(
     }
     let reply = Dict::new()
         .with("session-id", state.sid.as_str())
-        .with("remaining", (parties - rejections).max(0));
+        .with("remaining", remaining);
     let reply = finish(tx, peer, &state.sid, "reject", reply).await?;
     outbox.wake(&app.hub);
     if all_rejected {
