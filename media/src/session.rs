@@ -248,63 +248,43 @@ impl Gathered {
         }
         let mut relay = None;
         if let Some(server) = &config.relay {
-            let turn_side = Arc::new(TurnSide {
-                socket: socket.clone(),
-                inbound: tokio::sync::Mutex::new(turn_rx),
-            });
-            let client = turn::client::Client::new(turn::client::ClientConfig {
-                stun_serv_addr: server.address.to_string(),
-                turn_serv_addr: server.address.to_string(),
-                username: server.username.clone(),
-                password: server.password.clone(),
-                realm: server.realm.clone(),
-                software: "switchyard".into(),
-                rto_in_ms: 0,
-                conn: turn_side,
-                vnet: None,
-            })
-            .await
-            .map_err(|e| MediaError::Relay(e.to_string()))?;
-            client
-                .listen()
-                .await
-                .map_err(|e| MediaError::Relay(e.to_string()))?;
-            let reflexive = client
-                .send_binding_request()
-                .await
-                .map_err(|e| MediaError::Relay(format!("binding request: {e}")))?;
-            if reflexive != host && !config.relay_only {
-                advertised.push(candidate(
-                    CandidateKind::ServerReflexive,
-                    reflexive,
-                    Some(host),
-                ));
+            match allocate(&socket, server, turn_rx).await {
+                Ok((client, reflexive, conn)) => {
+                    if reflexive != host && !config.relay_only {
+                        advertised.push(candidate(
+                            CandidateKind::ServerReflexive,
+                            reflexive,
+                            Some(host),
+                        ));
+                    }
+                    let address = conn
+                        .local_addr()
+                        .map_err(|e| MediaError::Relay(e.to_string()))?;
+                    let relayed = candidate(CandidateKind::Relayed, address, Some(reflexive));
+                    advertised.push(relayed.clone());
+                    local.push(LocalCandidate {
+                        id: RELAY_BASE,
+                        candidate: relayed,
+                    });
+                    tasks.push(tokio::spawn(read_relay(
+                        conn.clone(),
+                        RELAY_BASE,
+                        inbound_tx.clone(),
+                    )));
+                    relay = Some(Relay {
+                        client,
+                        conn,
+                        address,
+                    });
+                }
+                // Without the relay only the relayed-only set-up is impossible; otherwise the
+                // call goes on with the direct candidates (a lossy network can cost an
+                // Allocate its answer, and a retransmitted Allocate is refused as a mismatch).
+                Err(e) if config.relay_only && config.tunnel.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(relay = %server.address, error = %e, "no relayed candidate; going on with the direct ones");
+                }
             }
-            let conn: Arc<dyn Conn + Send + Sync> = Arc::new(
-                client
-                    .allocate()
-                    .await
-                    .map_err(|e| MediaError::Relay(format!("allocation: {e}")))?,
-            );
-            let address = conn
-                .local_addr()
-                .map_err(|e| MediaError::Relay(e.to_string()))?;
-            let relayed = candidate(CandidateKind::Relayed, address, Some(reflexive));
-            advertised.push(relayed.clone());
-            local.push(LocalCandidate {
-                id: RELAY_BASE,
-                candidate: relayed,
-            });
-            tasks.push(tokio::spawn(read_relay(
-                conn.clone(),
-                RELAY_BASE,
-                inbound_tx.clone(),
-            )));
-            relay = Some(Relay {
-                client,
-                conn,
-                address,
-            });
         }
         if let Some(tunnel) = &config.tunnel {
             let address = tunnel
@@ -449,6 +429,52 @@ impl Gathered {
             tasks,
         })
     }
+}
+
+/// A TURN client of the provider's relay on the shared media port: the server-reflexive address
+/// it reports, and an allocation.
+async fn allocate(
+    socket: &Arc<UdpSocket>,
+    server: &RelayServer,
+    turn_rx: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+) -> Result<
+    (
+        turn::client::Client,
+        SocketAddr,
+        Arc<dyn Conn + Send + Sync>,
+    ),
+    MediaError,
+> {
+    let turn_side = Arc::new(TurnSide {
+        socket: socket.clone(),
+        inbound: tokio::sync::Mutex::new(turn_rx),
+    });
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.address.to_string(),
+        turn_serv_addr: server.address.to_string(),
+        username: server.username.clone(),
+        password: server.password.clone(),
+        realm: server.realm.clone(),
+        software: "switchyard".into(),
+        rto_in_ms: 0,
+        conn: turn_side,
+        vnet: None,
+    })
+    .await
+    .map_err(|e| MediaError::Relay(e.to_string()))?;
+    client
+        .listen()
+        .await
+        .map_err(|e| MediaError::Relay(e.to_string()))?;
+    let reflexive = client
+        .send_binding_request()
+        .await
+        .map_err(|e| MediaError::Relay(format!("binding request: {e}")))?;
+    let conn = client
+        .allocate()
+        .await
+        .map_err(|e| MediaError::Relay(format!("allocation: {e}")))?;
+    Ok((client, reflexive, Arc::new(conn)))
 }
 
 /// Sorts what arrives on the media port: the TURN server's own messages (allocation, refreshes,
