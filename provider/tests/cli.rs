@@ -507,7 +507,7 @@ fn demo_walkthrough_calls_across_providers() {
     assert!(stdout.contains("ended: ended"), "{stdout}");
 
     // Bob on a network without UDP: his media goes through provider B's HTTP relay (long-polls).
-    let answerer = answer(
+    let mut answerer = answer(
         &["--auto-accept", "--http-relay", "long-poll"],
         "answer-http",
     );
@@ -516,6 +516,8 @@ fn demo_walkthrough_calls_across_providers() {
         logs,
         "call-http",
     );
+    // The answerer's own logs, should it fail before answering.
+    wait_for_output(&mut answerer, logs, "answer-http", "accepted");
     let (status, stdout, stderr) = finish(caller, logs, "call-http");
     assert!(status.success(), "{stdout} {stderr}");
     assert!(stdout.contains("-> relay"), "{stdout}");
