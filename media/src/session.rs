@@ -198,6 +198,10 @@ struct Relay {
     address: SocketAddr,
 }
 
+/// Where the port's router sends the TURN server's own messages: set when an allocation is made,
+/// at gathering or later in the call (a relay learned from the other side's provider).
+type TurnTap = Arc<Mutex<Option<(SocketAddr, mpsc::Sender<(Vec<u8>, SocketAddr)>)>>>;
+
 /// A media port with its candidates, ready to start a call.
 pub struct Gathered {
     config: SessionConfig,
@@ -207,6 +211,8 @@ pub struct Gathered {
     local: Vec<LocalCandidate>,
     relay: Option<Relay>,
     tunnel: Option<Arc<dyn Conn + Send + Sync>>,
+    tap: TurnTap,
+    inbound_tx: mpsc::Sender<Inbound>,
     inbound: mpsc::Receiver<Inbound>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -230,13 +236,11 @@ impl Gathered {
             return Err(MediaError::UnspecifiedBind(host));
         }
         let (inbound_tx, inbound) = mpsc::channel(4096);
-        let (turn_tx, turn_rx) = mpsc::channel(256);
-        let relay_server = config.relay.as_ref().map(|r| r.address);
+        let tap = TurnTap::default();
         let mut tasks = vec![tokio::spawn(route(
             socket.clone(),
-            relay_server,
+            tap.clone(),
             inbound_tx.clone(),
-            turn_tx,
         ))];
         let mut local = vec![LocalCandidate {
             id: HOST_BASE,
@@ -248,34 +252,16 @@ impl Gathered {
         }
         let mut relay = None;
         if let Some(server) = &config.relay {
-            match allocate(&socket, server, turn_rx).await {
-                Ok((client, reflexive, conn)) => {
-                    if reflexive != host && !config.relay_only {
-                        advertised.push(candidate(
-                            CandidateKind::ServerReflexive,
-                            reflexive,
-                            Some(host),
-                        ));
-                    }
-                    let address = conn
-                        .local_addr()
-                        .map_err(|e| MediaError::Relay(e.to_string()))?;
-                    let relayed = candidate(CandidateKind::Relayed, address, Some(reflexive));
-                    advertised.push(relayed.clone());
-                    local.push(LocalCandidate {
-                        id: RELAY_BASE,
-                        candidate: relayed,
-                    });
+            match allocate(&socket, &tap, server).await {
+                Ok(allocated) => {
+                    advertised.extend(allocated.candidates(host, config.relay_only));
+                    local.push(allocated.local.clone());
                     tasks.push(tokio::spawn(read_relay(
-                        conn.clone(),
+                        allocated.relay.conn.clone(),
                         RELAY_BASE,
                         inbound_tx.clone(),
                     )));
-                    relay = Some(Relay {
-                        client,
-                        conn,
-                        address,
-                    });
+                    relay = Some(allocated.relay);
                 }
                 // Without the relay only the relayed-only set-up is impossible; otherwise the
                 // call goes on with the direct candidates (a lossy network can cost an
@@ -299,7 +285,7 @@ impl Gathered {
             tasks.push(tokio::spawn(read_relay(
                 tunnel.clone(),
                 TUNNEL_BASE,
-                inbound_tx,
+                inbound_tx.clone(),
             )));
         }
         let tunnel = config.tunnel.clone();
@@ -318,6 +304,8 @@ impl Gathered {
             local,
             relay,
             tunnel,
+            tap,
+            inbound_tx,
             inbound,
             tasks,
         })
@@ -398,7 +386,7 @@ impl Gathered {
         let mut tasks = self.tasks;
         tasks.push(tokio::spawn(signalling.run(dtls_conn)));
         let io = MediaIo {
-            socket: self.socket,
+            socket: self.socket.clone(),
             relay_conn: self.relay.as_ref().map(|r| r.conn.clone()),
             tunnel: self.tunnel.clone(),
             agent,
@@ -427,24 +415,49 @@ impl Gathered {
             relay: self.relay,
             tunnel: self.tunnel,
             tasks,
+            socket: self.socket,
+            tap: self.tap,
+            inbound: self.inbound_tx,
+            relay_only: self.config.relay_only,
+            blob: self.blob,
+            peer_blob: peer_blob.clone(),
         })
     }
 }
 
-/// A TURN client of the provider's relay on the shared media port: the server-reflexive address
-/// it reports, and an allocation.
+/// A TURN allocation on the shared media port, with the server-reflexive address the relay saw.
+struct Allocated {
+    relay: Relay,
+    reflexive: SocketAddr,
+    local: LocalCandidate,
+}
+
+impl Allocated {
+    /// What to advertise of it: the server-reflexive address (when it differs from the host's and
+    /// direct paths are offered) and the relayed one.
+    fn candidates(&self, host: SocketAddr, relay_only: bool) -> Vec<Candidate> {
+        let mut advertised = Vec::new();
+        if self.reflexive != host && !relay_only {
+            advertised.push(candidate(
+                CandidateKind::ServerReflexive,
+                self.reflexive,
+                Some(host),
+            ));
+        }
+        advertised.push(self.local.candidate.clone());
+        advertised
+    }
+}
+
+/// A TURN client of a relay on the shared media port: the server-reflexive address it reports,
+/// and an allocation.
 async fn allocate(
     socket: &Arc<UdpSocket>,
+    tap: &TurnTap,
     server: &RelayServer,
-    turn_rx: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
-) -> Result<
-    (
-        turn::client::Client,
-        SocketAddr,
-        Arc<dyn Conn + Send + Sync>,
-    ),
-    MediaError,
-> {
+) -> Result<Allocated, MediaError> {
+    let (turn_tx, turn_rx) = mpsc::channel(256);
+    *tap.lock().expect("turn tap lock") = Some((server.address, turn_tx));
     let turn_side = Arc::new(TurnSide {
         socket: socket.clone(),
         inbound: tokio::sync::Mutex::new(turn_rx),
@@ -470,21 +483,32 @@ async fn allocate(
         .send_binding_request()
         .await
         .map_err(|e| MediaError::Relay(format!("binding request: {e}")))?;
-    let conn = client
-        .allocate()
-        .await
-        .map_err(|e| MediaError::Relay(format!("allocation: {e}")))?;
-    Ok((client, reflexive, Arc::new(conn)))
+    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(
+        client
+            .allocate()
+            .await
+            .map_err(|e| MediaError::Relay(format!("allocation: {e}")))?,
+    );
+    let address = conn
+        .local_addr()
+        .map_err(|e| MediaError::Relay(e.to_string()))?;
+    Ok(Allocated {
+        local: LocalCandidate {
+            id: RELAY_BASE,
+            candidate: candidate(CandidateKind::Relayed, address, Some(reflexive)),
+        },
+        relay: Relay {
+            client,
+            conn,
+            address,
+        },
+        reflexive,
+    })
 }
 
 /// Sorts what arrives on the media port: the TURN server's own messages (allocation, refreshes,
 /// Data indications and ChannelData) go to the TURN client; everything else is the call's.
-async fn route(
-    socket: Arc<UdpSocket>,
-    relay_server: Option<SocketAddr>,
-    inbound: mpsc::Sender<Inbound>,
-    turn: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-) {
+async fn route(socket: Arc<UdpSocket>, tap: TurnTap, inbound: mpsc::Sender<Inbound>) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -495,7 +519,13 @@ async fn route(
             }
         };
         let bytes = buf[..n].to_vec();
-        if Some(from) == relay_server {
+        let turn = tap
+            .lock()
+            .expect("turn tap lock")
+            .as_ref()
+            .filter(|(server, _)| *server == from)
+            .map(|(_, turn)| turn.clone());
+        if let Some(turn) = turn {
             let _ = turn.try_send((bytes, from));
         } else if inbound
             .try_send(Inbound {
@@ -533,6 +563,10 @@ async fn read_relay(
 enum Command {
     MuteVideo(bool),
     Orientation(Rotation, Camera),
+    /// A relay allocated after the call started: its conn and our relayed candidate.
+    AddRelay(Arc<dyn Conn + Send + Sync>, LocalCandidate),
+    /// Candidates of the peer learned from its Update.
+    RemoteCandidates(Vec<Candidate>),
 }
 
 enum SipCommand {
@@ -751,6 +785,15 @@ impl MediaIo {
                     Some(Command::Orientation(rotation, camera)) => {
                         if let Some(video) = self.media.as_mut().and_then(|m| m.video.as_mut()) {
                             video.set_orientation(rotation, camera);
+                        }
+                    }
+                    Some(Command::AddRelay(conn, local)) => {
+                        self.relay_conn = Some(conn);
+                        self.agent.add_local_candidate(local);
+                    }
+                    Some(Command::RemoteCandidates(candidates)) => {
+                        for candidate in candidates {
+                            self.agent.add_remote_candidate(candidate);
                         }
                     }
                     None => return,
@@ -1079,6 +1122,14 @@ pub struct MediaCall {
     relay: Option<Relay>,
     tunnel: Option<Arc<dyn Conn + Send + Sync>>,
     tasks: Vec<JoinHandle<()>>,
+    /// What a late allocation needs: the port, its router's TURN tap and the inbound queue.
+    socket: Arc<UdpSocket>,
+    tap: TurnTap,
+    inbound: mpsc::Sender<Inbound>,
+    relay_only: bool,
+    /// Our blob as last sent, and the peer's as last received.
+    blob: MediaBlob,
+    peer_blob: MediaBlob,
 }
 
 impl MediaCall {
@@ -1100,6 +1151,78 @@ impl MediaCall {
     /// Camera orientation, carried in the video RTP header extension.
     pub fn set_orientation(&self, rotation: Rotation, camera: Camera) {
         let _ = self.commands.send(Command::Orientation(rotation, camera));
+    }
+
+    /// Our blob as last advertised (with any relay allocated during the call).
+    pub fn blob(&self) -> &MediaBlob {
+        &self.blob
+    }
+
+    /// Whether the call has a TURN allocation.
+    pub fn has_relay(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// Allocates at `server` during the call (the relay chosen for the call became known only
+    /// with the other side's answer) and returns the blob to send in an Update: the new
+    /// server-reflexive and relayed candidates join the checks at once.
+    pub async fn add_relay(&mut self, server: &RelayServer) -> Result<MediaBlob, MediaError> {
+        if self.relay.is_some() {
+            return Err(MediaError::Relay(
+                "the call already holds a relay allocation".into(),
+            ));
+        }
+        let allocated = allocate(&self.socket, &self.tap, server).await?;
+        let host = self.socket.local_addr()?;
+        self.blob
+            .candidates
+            .extend(allocated.candidates(host, self.relay_only));
+        self.tasks.push(tokio::spawn(read_relay(
+            allocated.relay.conn.clone(),
+            RELAY_BASE,
+            self.inbound.clone(),
+        )));
+        let _ = self.commands.send(Command::AddRelay(
+            allocated.relay.conn.clone(),
+            allocated.local,
+        ));
+        self.relay = Some(allocated.relay);
+        Ok(self.blob.clone())
+    }
+
+    /// Applies the peer's new blob from an Update: its new candidates are checked, and a better
+    /// working pair is selected. The ICE credentials and the DTLS fingerprint must not change
+    /// (that would be a new session, not an update of this one).
+    pub fn apply_remote_blob(&mut self, blob: &MediaBlob) -> Result<usize, MediaError> {
+        if blob.credentials() != self.peer_blob.credentials() {
+            return Err(MediaError::Negotiation(
+                "the update changes the ICE credentials; restarting ICE mid-call is not supported"
+                    .into(),
+            ));
+        }
+        if blob.fingerprint != self.peer_blob.fingerprint {
+            return Err(MediaError::Negotiation(
+                "the update changes the DTLS certificate fingerprint of a secured call".into(),
+            ));
+        }
+        let new: Vec<Candidate> = blob
+            .candidates
+            .iter()
+            .filter(|c| {
+                !self
+                    .peer_blob
+                    .candidates
+                    .iter()
+                    .any(|known| known.address == c.address)
+            })
+            .cloned()
+            .collect();
+        let count = new.len();
+        self.peer_blob.candidates.extend(new.iter().cloned());
+        if count > 0 {
+            let _ = self.commands.send(Command::RemoteCandidates(new));
+        }
+        Ok(count)
     }
 
     /// Sends SIP BYE; the call ends when the peer answers (or the request times out).

@@ -194,3 +194,62 @@ async fn two_endpoints_hold_an_encrypted_audio_video_call() {
     a.close().await;
     b.close().await;
 }
+
+/// Blobs sent without candidates (as a caller does before its relay is known) leave the
+/// endpoints with nothing to check; the candidates arriving later in Updates make the path.
+#[tokio::test]
+async fn candidates_from_an_update_make_the_path() {
+    let ca = ca();
+    let alice = Gathered::gather(config(&ca, ALICE)).await.unwrap();
+    let bob = Gathered::gather(config(&ca, BOB)).await.unwrap();
+    let (alice_full, bob_full) = (alice.blob().clone(), bob.blob().clone());
+    let bare = |blob: &switchyard_media::blob::MediaBlob| {
+        let mut bare = blob.clone();
+        bare.candidates.clear();
+        bare
+    };
+    let expect = |blob: &switchyard_media::blob::MediaBlob, uri: &str| {
+        PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap()
+    };
+    let mut a = alice
+        .start(true, &bare(&bob_full), expect(&bob_full, BOB))
+        .unwrap();
+    let mut b = bob
+        .start(false, &bare(&alice_full), expect(&alice_full, ALICE))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.stats().path, None, "no candidates, no path");
+
+    // An update that would restart the session is refused and changes nothing.
+    let mut restarted = bob_full.clone();
+    restarted.ice_ufrag = "otherufrag".into();
+    assert!(a.apply_remote_blob(&restarted).is_err());
+    let mut other_certificate = bob_full.clone();
+    other_certificate.fingerprint = "00".repeat(32);
+    assert!(a.apply_remote_blob(&other_certificate).is_err());
+
+    assert_eq!(a.apply_remote_blob(&bob_full).unwrap(), 1);
+    assert_eq!(b.apply_remote_blob(&alice_full).unwrap(), 1);
+    assert_eq!(
+        a.apply_remote_blob(&bob_full).unwrap(),
+        0,
+        "a repeated update adds nothing"
+    );
+    for call in [&mut a, &mut b] {
+        wait_for(call, "a path", |e| {
+            matches!(e, MediaEvent::PathSelected { .. })
+        })
+        .await;
+        wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for call in [&a, &b] {
+        let stats = call.stats();
+        assert!(stats.audio.packets_received >= 30, "{stats:?}");
+        assert_eq!(stats.srtp_failures, 0, "{stats:?}");
+    }
+    a.hang_up();
+    wait_for(&mut a, "the end", |e| *e == MediaEvent::Ended).await;
+    a.close().await;
+    b.close().await;
+}
