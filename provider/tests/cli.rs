@@ -845,9 +845,16 @@ fn sighup_reloads_the_federation_certificate() {
     assert!(daemon.wait().unwrap().success(), "SIGTERM is a clean stop");
 }
 
-/// Two hosts on a bridge, each in its own network namespace, and the demo's providers on the
-/// bridge's address: what the media tests need of a real network. Removed on drop.
+/// What the media tests need of a real network: a Linux bridge in the root namespace on
+/// `10.201.N.0/24`, the demo's providers (and their TURN relays) on its first address, and
+/// network namespaces attached to it, either as hosts on the bridge itself or as hosts on a
+/// private LAN behind a NAT router of their own. Each test takes its own `N`, and the names carry
+/// the process id and a counter, so the tests can run at the same time. Removed on drop, even
+/// after a failed assertion: the namespaces take their veths and nftables with them, the bridge
+/// its routes.
 struct Network {
+    subnet: u8,
+    tag: String,
     bridge: String,
     namespaces: Vec<String>,
 }
@@ -858,63 +865,139 @@ fn run(args: &[&str]) {
 }
 
 impl Network {
-    const HOST: &'static str = "10.201.0.1";
-
-    fn build(hosts: &[(&str, &str)]) -> Network {
-        let tag = std::process::id() % 100_000;
-        let bridge = format!("sybr{tag}");
-        let mut network = Network {
-            bridge: bridge.clone(),
+    /// The bridge on `10.201.{subnet}.0/24`, with no host yet.
+    fn new(subnet: u8) -> Network {
+        static BUILT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let built = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Short (interface names are 15 characters at most), and the same width for every
+        // process, so that no two runs' names meet.
+        let tag = format!("{:05}{built}", std::process::id() % 100_000);
+        let network = Network {
+            subnet,
+            bridge: format!("sybr{tag}"),
+            tag,
             namespaces: Vec::new(),
         };
-        run(&["ip", "link", "add", &bridge, "type", "bridge"]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", Self::HOST),
-            "dev",
-            &bridge,
-        ]);
-        run(&["ip", "link", "set", &bridge, "up"]);
-        for (i, (name, address)) in hosts.iter().enumerate() {
-            let ns = format!("sy{tag}{name}");
-            let veth = format!("syv{tag}{i}");
-            run(&["ip", "netns", "add", &ns]);
-            network.namespaces.push(ns.clone());
-            run(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            run(&["ip", "link", "set", &veth, "master", &bridge, "up"]);
-            for cmd in [
-                vec!["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"],
-                vec!["ip", "link", "set", "eth0", "up"],
-                vec!["ip", "link", "set", "lo", "up"],
-            ] {
-                let mut full = vec!["ip", "netns", "exec", &ns];
-                full.extend(cmd.iter().map(|s| &**s));
-                run(&full);
-            }
-        }
+        run(&["ip", "link", "add", &network.bridge, "type", "bridge"]);
+        let host = format!("{}/24", network.host());
+        run(&["ip", "addr", "add", &host, "dev", &network.bridge]);
+        run(&["ip", "link", "set", &network.bridge, "up"]);
         network
+    }
+
+    /// The bridge's own address in the root namespace, where the demo's providers listen.
+    fn host(&self) -> String {
+        self.address(1)
+    }
+
+    /// `10.201.N.last`: an address on the bridge.
+    fn address(&self, last: u8) -> String {
+        format!("10.201.{}.{last}", self.subnet)
+    }
+
+    /// A new namespace (with `lo` up), known as host `i` from now on.
+    fn add_namespace(&mut self, name: &str) -> usize {
+        let ns = format!("sy{}{name}", self.tag);
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns);
+        let i = self.namespaces.len() - 1;
+        self.exec(i, &["ip", "link", "set", "lo", "up"]);
+        i
+    }
+
+    /// A host on the bridge: its `eth0` has `10.201.N.last`. Returns its index.
+    fn attach(&mut self, name: &str, last: u8) -> usize {
+        let i = self.add_namespace(name);
+        let veth = format!("syv{}{i}", self.tag);
+        let ns = self.namespace(i).to_string();
+        run(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
+        let address = format!("{}/24", self.address(last));
+        self.exec(i, &["ip", "addr", "add", &address, "dev", "eth0"]);
+        self.exec(i, &["ip", "link", "set", "eth0", "up"]);
+        i
+    }
+
+    /// A host at `{lan}.2` on the private LAN `{lan}.0/24`, behind a router on the bridge at
+    /// `10.201.N.wan` (`{lan}.1` on the LAN side, the host's default route) whose NAT maps per
+    /// destination: `masquerade fully-random` gives every new destination of a LAN socket its
+    /// own external port (endpoint-dependent mapping, a "symmetric NAT"), and the router
+    /// forwards nothing from the bridge that is not an answer to what went out. Returns the
+    /// host's index; the router is host `index - 1`.
+    fn behind_nat(&mut self, name: &str, wan: u8, lan: &str) -> usize {
+        let router = self.attach(&format!("{name}r"), wan);
+        let host = self.add_namespace(name);
+        let host_ns = self.namespace(host).to_string();
+        self.exec(
+            router,
+            &[
+                "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",
+                &host_ns,
+            ],
+        );
+        self.exec(
+            router,
+            &["ip", "addr", "add", &format!("{lan}.1/24"), "dev", "lan0"],
+        );
+        self.exec(router, &["ip", "link", "set", "lan0", "up"]);
+        self.exec(router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        self.nft(
+            router,
+            "add table ip synat; \
+             add chain ip synat post { type nat hook postrouting priority srcnat; policy accept; }; \
+             add rule ip synat post oifname eth0 masquerade fully-random; \
+             add chain ip synat forward { type filter hook forward priority 0; policy drop; }; \
+             add rule ip synat forward iifname lan0 oifname eth0 accept; \
+             add rule ip synat forward ct state established,related accept",
+        );
+        self.exec(
+            host,
+            &["ip", "addr", "add", &format!("{lan}.2/24"), "dev", "eth0"],
+        );
+        self.exec(host, &["ip", "link", "set", "eth0", "up"]);
+        self.exec(
+            host,
+            &["ip", "route", "add", "default", "via", &format!("{lan}.1")],
+        );
+        // What the relays send to the LAN address (a host candidate) stays on the bridge, where
+        // nobody answers for it, instead of following the root namespace's default route off
+        // the machine.
+        let route = format!("{lan}.0/24");
+        run(&["ip", "route", "add", &route, "dev", &self.bridge]);
+        host
     }
 
     fn namespace(&self, i: usize) -> &str {
         &self.namespaces[i]
     }
 
+    /// `ARGS` inside host `i`'s namespace.
+    fn exec(&self, i: usize, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", self.namespace(i)];
+        full.extend(args);
+        run(&full);
+    }
+
     /// Runs an nftables script inside host `i`'s namespace (its firewall).
     fn nft(&self, i: usize, script: &str) {
-        run(&["ip", "netns", "exec", self.namespace(i), "nft", script]);
+        self.exec(i, &["nft", script]);
+    }
+
+    /// `PROGRAM ARGS` inside host `i`'s namespace.
+    fn command(&self, i: usize, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", self.namespace(i)])
+            .arg(program);
+        command
     }
 
     /// `switchyard ARGS` inside host `i`'s namespace.
     fn switchyard(&self, i: usize, args: &[String]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", self.namespace(i)])
-            .arg(env!("CARGO_BIN_EXE_switchyard"))
-            .args(args);
+        let mut command = self.command(i, env!("CARGO_BIN_EXE_switchyard"));
+        command.args(args);
         command
     }
 }
@@ -930,6 +1013,127 @@ impl Drop for Network {
     }
 }
 
+/// The demo's providers on a network's bridge, Alice registered at provider A from host
+/// `caller` and Bob at provider B from host `callee`, and calls from Alice to Bob with each
+/// one's media on the given address. The demo is killed on drop; `stop` insists on a clean stop.
+struct Calls<'a> {
+    network: &'a Network,
+    demo: Running,
+    caller: usize,
+    callee: usize,
+    call: Vec<String>,
+    answer: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Calls<'a> {
+    fn start(network: &'a Network, caller: (usize, &str), callee: (usize, &str)) -> Calls<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path();
+        let on_bridge = format!("{}:0", network.host());
+        let mut demo = spawn_logged(
+            switchyard().args([
+                "demo",
+                "--endpoint-listen",
+                &on_bridge,
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--federation-listen",
+                &on_bridge,
+                "--directory-listen",
+                &on_bridge,
+            ]),
+            logs,
+            "demo",
+        );
+        wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
+        let printed = logged(logs, "demo", "out");
+        for (host, device) in [(caller.0, "/alice-1"), (callee.0, "/bob-1")] {
+            let register = printed_command(&printed, "endpoint register", device);
+            let output = network.switchyard(host, &register[..]).output().unwrap();
+            assert!(output.status.success(), "{output:?}");
+        }
+        let mut answer = printed_command(&printed, "endpoint answer", "--auto-accept");
+        answer.extend(["--once", "--media-address", callee.1].map(String::from));
+        let mut call = printed_command(&printed, "endpoint call", "/alice-1");
+        call.extend(["--video", "--media-address", caller.1].map(String::from));
+        Calls {
+            network,
+            demo,
+            caller: caller.0,
+            callee: callee.0,
+            call,
+            answer,
+            dir,
+        }
+    }
+
+    /// A call hung up by the caller after `seconds`; both sides' stdout.
+    fn place(&self, name: &str, answer_extra: &[&str], seconds: &str) -> (String, String) {
+        let (caller, callee, ()) = self.place_watching(name, answer_extra, seconds, |_, _| ());
+        (caller, callee)
+    }
+
+    /// `place`, running `watch` (given the caller's and the callee's stdout files) while the
+    /// call goes on.
+    fn place_watching<T>(
+        &self,
+        name: &str,
+        answer_extra: &[&str],
+        seconds: &str,
+        watch: impl FnOnce(&std::path::Path, &std::path::Path) -> T,
+    ) -> (String, String, T) {
+        let logs = self.dir.path();
+        let mut answer_args = self.answer.clone();
+        answer_args.extend(answer_extra.iter().map(|a| a.to_string()));
+        let mut answerer = spawn_logged(
+            &mut self.network.switchyard(self.callee, &answer_args),
+            logs,
+            name,
+        );
+        wait_for_output(&mut answerer, logs, name, "waiting for calls");
+        let mut call_args = self.call.clone();
+        call_args.extend(["--hangup-after".to_string(), seconds.to_string()]);
+        let caller_name = format!("{name}-caller");
+        let caller = spawn_logged(
+            &mut self.network.switchyard(self.caller, &call_args),
+            logs,
+            &caller_name,
+        );
+        let watched = watch(
+            &logs.join(format!("{caller_name}.out")),
+            &logs.join(format!("{name}.out")),
+        );
+        let (status, caller_out, err) = finish(caller, logs, &caller_name);
+        assert!(status.success(), "{caller_out} {err}");
+        let (status, answer_out, err) = finish(answerer, logs, name);
+        assert!(status.success(), "{answer_out} {err}");
+        (caller_out, answer_out, watched)
+    }
+
+    fn stop(self) {
+        Command::new("kill")
+            .arg(self.demo.0.id().to_string())
+            .status()
+            .unwrap();
+        let (status, _, stderr) = finish(self.demo, self.dir.path(), "demo");
+        assert!(status.success(), "{stderr}");
+    }
+}
+
+/// The figure after `key` (e.g. `audio sent`, then `received`) on a `stats:` line.
+fn figure(line: &str, stream: &str, key: &str) -> i64 {
+    let part = line
+        .split(" | ")
+        .find(|p| p.trim_start_matches("stats: ").starts_with(stream))
+        .unwrap_or_else(|| panic!("no {stream} in {line}"));
+    part.split(&format!(" {key} "))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {stream} {key} in {line}"))
+}
+
 /// The final `stats:` line's figure after `key` (e.g. `audio sent`, then `received`).
 fn final_figure(stdout: &str, stream: &str, key: &str) -> i64 {
     let line = stdout
@@ -937,15 +1141,40 @@ fn final_figure(stdout: &str, stream: &str, key: &str) -> i64 {
         .rev()
         .find(|l| l.starts_with("stats: "))
         .unwrap_or_else(|| panic!("no statistics: {stdout}"));
-    let part = line
-        .split(" | ")
-        .find(|p| p.trim_start_matches("stats: ").starts_with(stream))
-        .unwrap();
-    part.split(&format!(" {key} "))
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {stream} {key} in {line}"))
+    figure(line, stream, key)
+}
+
+/// The lines of a process's stdout file, each stamped with when the test first saw it: the
+/// CLI prints whole lines, and `poll` every 20 ms or so puts the stamps within that of the
+/// printing.
+struct Stamped {
+    path: std::path::PathBuf,
+    read: usize,
+    lines: Vec<(Instant, String)>,
+}
+
+impl Stamped {
+    fn new(path: &std::path::Path) -> Stamped {
+        Stamped {
+            path: path.to_path_buf(),
+            read: 0,
+            lines: Vec::new(),
+        }
+    }
+
+    fn poll(&mut self) {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let now = Instant::now();
+        if let Some(end) = text[self.read..].rfind('\n') {
+            let new = &text[self.read..self.read + end + 1];
+            self.lines.extend(new.lines().map(|l| (now, l.to_string())));
+            self.read += end + 1;
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
 }
 
 /// Calls between two hosts in their own network namespaces, through the demo's providers on the
@@ -955,62 +1184,13 @@ fn final_figure(stdout: &str, stream: &str, key: &str) -> i64 {
 /// otherwise).
 #[test]
 fn media_across_network_namespaces() {
-    let network = Network::build(&[("a", "10.201.0.2"), ("b", "10.201.0.3")]);
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path();
-    let on_bridge = format!("{}:0", Network::HOST);
-    let mut demo = spawn_logged(
-        switchyard().args([
-            "demo",
-            "--endpoint-listen",
-            &on_bridge,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--federation-listen",
-            &on_bridge,
-            "--directory-listen",
-            &on_bridge,
-        ]),
-        logs,
-        "demo",
-    );
-    wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
-    let printed = logged(logs, "demo", "out");
-    for (host, device) in [(0, "/alice-1"), (1, "/bob-1")] {
-        let register = printed_command(&printed, "endpoint register", device);
-        let output = network.switchyard(host, &register[..]).output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
-    let mut answer = printed_command(&printed, "endpoint answer", "--auto-accept");
-    answer.extend([
-        "--once".into(),
-        "--media-address".into(),
-        "10.201.0.3".into(),
-    ]);
-    let mut call = printed_command(&printed, "endpoint call", "/alice-1");
-    call.extend([
-        "--video".into(),
-        "--media-address".into(),
-        "10.201.0.2".into(),
-    ]);
-    let place = |name: &str, answer_extra: &[&str], seconds: &str| {
-        let mut answer_args = answer.clone();
-        answer_args.extend(answer_extra.iter().map(|a| a.to_string()));
-        let mut answerer = spawn_logged(&mut network.switchyard(1, &answer_args), logs, name);
-        wait_for_output(&mut answerer, logs, name, "waiting for calls");
-        let mut call_args = call.clone();
-        call_args.extend(["--hangup-after".to_string(), seconds.to_string()]);
-        let caller_name = format!("{name}-caller");
-        let caller = spawn_logged(&mut network.switchyard(0, &call_args), logs, &caller_name);
-        let (status, caller_out, err) = finish(caller, logs, &caller_name);
-        assert!(status.success(), "{caller_out} {err}");
-        let (status, answer_out, err) = finish(answerer, logs, name);
-        assert!(status.success(), "{answer_out} {err}");
-        (caller_out, answer_out)
-    };
+    let mut network = Network::new(0);
+    let a = network.attach("a", 2);
+    let b = network.attach("b", 3);
+    let calls = Calls::start(&network, (a, "10.201.0.2"), (b, "10.201.0.3"));
 
     // An open network: the direct path between the two hosts.
-    let (caller, callee) = place("open", &[], "3");
+    let (caller, callee) = calls.place("open", &[], "3");
     assert!(
         caller.contains("media path: host -> host (10.201.0.3:"),
         "{caller}"
@@ -1029,13 +1209,13 @@ fn media_across_network_namespaces() {
     // (`tc netem` is the usual tool, but this kernel has no netem qdisc; nftables drops a random
     // 5% of the UDP arriving at the caller instead.)
     network.nft(
-        0,
+        a,
         "add table inet syloss; \
          add chain inet syloss in { type filter hook input priority 0; policy accept; }; \
          add rule inet syloss in meta l4proto udp numgen random mod 100 < 5 drop",
     );
-    let (caller, callee) = place("lossy", &[], "5");
-    network.nft(0, "delete table inet syloss");
+    let (caller, callee) = calls.place("lossy", &[], "5");
+    network.nft(a, "delete table inet syloss");
     let received = final_figure(&caller, "audio", "received");
     let lost = final_figure(&caller, "audio", "lost");
     assert!(received >= 150, "{caller}");
@@ -1047,14 +1227,14 @@ fn media_across_network_namespaces() {
 
     // The callee's firewall drops all UDP: its media goes through provider B's HTTP relay.
     network.nft(
-        1,
+        b,
         "add table inet sy; \
          add chain inet sy out { type filter hook output priority 0; policy accept; }; \
          add chain inet sy in { type filter hook input priority 0; policy accept; }; \
          add rule inet sy out meta l4proto udp drop; \
          add rule inet sy in meta l4proto udp drop",
     );
-    let (caller, callee) = place("no-udp", &["--http-relay", "long-poll"], "3");
+    let (caller, callee) = calls.place("no-udp", &["--http-relay", "long-poll"], "3");
     assert!(callee.contains("media path: relay ->"), "{callee}");
     assert!(caller.contains("-> relay"), "{caller}");
     for out in [&caller, &callee] {
@@ -1062,10 +1242,225 @@ fn media_across_network_namespaces() {
         assert!(out.contains("srtp failures 0"), "{out}");
     }
 
-    Command::new("kill")
-        .arg(demo.0.id().to_string())
-        .status()
+    calls.stop();
+}
+
+/// What a NAT does to one socket behind it that sends to two ports of the bridge's host: the
+/// two sources the host sees (the router's address, a port for each destination), and what the
+/// socket then received of a datagram to the second mapping from the first port (unsolicited:
+/// a NAT that filters drops it) and of one from the second port (an answer: let in).
+fn probe_nat(
+    network: &Network,
+    host: usize,
+) -> (std::net::SocketAddr, std::net::SocketAddr, String) {
+    let listen = || {
+        let socket = std::net::UdpSocket::bind((network.host(), 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    };
+    let listeners = [listen(), listen()];
+    let ports = listeners.each_ref().map(|l| l.local_addr().unwrap().port());
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(1.5)\n\
+         for port in {ports:?}:\n    s.sendto(b'probe', ('{}', port))\n\
+         try:\n    while True:\n        print(s.recv(100).decode(), flush=True)\n\
+         except socket.timeout:\n    pass\n",
+        network.host(),
+        ports = (ports[0], ports[1]),
+    );
+    let probe = network
+        .command(host, "python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
-    let (status, _, stderr) = finish(demo, logs, "demo");
-    assert!(status.success(), "{stderr}");
+    let mut buf = [0u8; 100];
+    let from = listeners
+        .each_ref()
+        .map(|l| l.recv_from(&mut buf).unwrap().1);
+    listeners[0].send_to(b"unsolicited", from[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    listeners[1].send_to(b"answer", from[1]).unwrap();
+    let output = probe.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    (
+        from[0],
+        from[1],
+        String::from_utf8_lossy(&output.stdout).into(),
+    )
+}
+
+/// Both endpoints behind NATs that map per destination ("symmetric" NATs): each on a private
+/// LAN (10.211.1.0/24, 10.211.2.0/24) behind its own router namespace on the bridge
+/// (10.201.2.2, 10.201.2.3) that masquerades with a random port for every new destination and
+/// forwards nothing unsolicited inward. The endpoints reach the providers' HTTP APIs and TURN
+/// relays on the bridge through their NAT, but no direct path between them can work: a host
+/// candidate is a private address the other cannot route to, and a server-reflexive one is the
+/// mapping toward the TURN server, which the NAT neither reuses toward the peer nor opens to
+/// it. So the call must settle on a relayed path (TURN), with media flowing both ways. The NAT
+/// is first checked to be what it claims.
+#[test]
+fn media_between_symmetric_nats_takes_the_relay() {
+    let mut network = Network::new(2);
+    let a = network.behind_nat("a", 2, "10.211.1");
+    let b = network.behind_nat("b", 3, "10.211.2");
+
+    let (first, second, received) = probe_nat(&network, a);
+    assert_eq!(first.ip().to_string(), network.address(2), "{first}");
+    assert_eq!(second.ip(), first.ip());
+    assert_ne!(second.port(), first.port(), "one mapping per destination");
+    assert_eq!(received, "answer\n", "only the answer gets through the NAT");
+    eprintln!("one socket behind the NAT, two destinations: seen from {first} and {second}");
+
+    let calls = Calls::start(&network, (a, "10.211.1.2"), (b, "10.211.2.2"));
+    let (caller, callee) = calls.place("nat", &[], "5");
+    for out in [&caller, &callee] {
+        let paths: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("media path: "))
+            .collect();
+        assert!(!paths.is_empty(), "{out}");
+        for path in paths {
+            eprintln!("{path}");
+            let (kinds, _) = path["media path: ".len()..].split_once(" (").unwrap();
+            assert!(kinds.contains("relay"), "a direct path: {path}\n{out}");
+        }
+        eprintln!(
+            "{}",
+            out.lines()
+                .rev()
+                .find(|l| l.starts_with("stats: "))
+                .unwrap()
+        );
+        assert!(final_figure(out, "audio", "received") >= 150, "{out}");
+        assert!(final_figure(out, "video", "received") >= 40, "{out}");
+        assert!(out.contains("srtp failures 0"), "{out}");
+    }
+    calls.stop();
+}
+
+/// Two hosts on an open network (10.201.1.2 and 10.201.1.3 on the bridge, the providers and
+/// their relays on 10.201.1.1): the call starts on the direct host path, and about 3 s in the
+/// caller's firewall starts dropping all UDP between the two hosts' addresses, both ways, while
+/// the providers stay reachable. The ICE agents keep a relayed pair as the backup of the direct
+/// one (with consent checks on both), so each side must move to a relayed path on its own and
+/// media must flow again within a bound: the design aims at 2 s, the test allows 5 s from the
+/// cut to the first `stats:` line (printed each second) whose received audio grew since one
+/// printed after the cut. The stdout lines are read as they come, stamped with the time.
+#[test]
+fn media_moves_to_the_relay_when_the_direct_link_is_cut() {
+    let mut network = Network::new(1);
+    let a = network.attach("a", 2);
+    let b = network.attach("b", 3);
+    let (caller_address, callee_address) = (network.address(2), network.address(3));
+    let calls = Calls::start(&network, (a, &caller_address), (b, &callee_address));
+    let cut_script = format!(
+        "add table inet sycut; \
+         add chain inet sycut in {{ type filter hook input priority 0; policy accept; }}; \
+         add chain inet sycut out {{ type filter hook output priority 0; policy accept; }}; \
+         add rule inet sycut in ip saddr {callee_address} meta l4proto udp drop; \
+         add rule inet sycut out ip daddr {callee_address} meta l4proto udp drop"
+    );
+
+    let (caller, callee, (cut, stamped)) =
+        calls.place_watching("cut", &[], "10", |caller_out, callee_out| {
+            let mut outs = [Stamped::new(caller_out), Stamped::new(callee_out)];
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let poll_until = |outs: &mut [Stamped; 2], done: &dyn Fn(&[Stamped; 2]) -> bool| {
+                while !done(outs) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "caller:\n{}\ncallee:\n{}",
+                        outs[0].text(),
+                        outs[1].text()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                    outs.iter_mut().for_each(Stamped::poll);
+                }
+            };
+            poll_until(&mut outs, &|outs| {
+                outs.iter().all(|o| {
+                    o.lines
+                        .iter()
+                        .any(|(_, l)| l.starts_with("media path: host -> host"))
+                })
+            });
+            // Polled until the cut, so that what was printed before it is stamped before it.
+            let cut_at = Instant::now() + Duration::from_secs(3);
+            poll_until(&mut outs, &|_| Instant::now() >= cut_at);
+            let cut = Instant::now();
+            network.nft(a, &cut_script);
+            poll_until(&mut outs, &|outs| {
+                outs[0].lines.iter().any(|(_, l)| l == "hung up")
+            });
+            (cut, outs)
+        });
+
+    for ((side, out), stamped) in [("caller", &caller), ("callee", &callee)]
+        .into_iter()
+        .zip(&stamped)
+    {
+        let before: Vec<&str> = stamped
+            .lines
+            .iter()
+            .filter(|(t, _)| *t < cut)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let after: Vec<(Instant, &str)> = stamped
+            .lines
+            .iter()
+            .filter(|(t, _)| *t >= cut)
+            .map(|(t, l)| (*t, l.as_str()))
+            .collect();
+        assert!(
+            before
+                .iter()
+                .any(|l| l.starts_with("media path: host -> host")),
+            "{out}"
+        );
+        let switch = after
+            .iter()
+            .position(|(_, l)| l.starts_with("media path: ") && l.contains("relay"))
+            .unwrap_or_else(|| panic!("the {side} never moved to a relayed path:\n{out}"));
+        let stats: Vec<(Instant, &str)> = after
+            .iter()
+            .copied()
+            .filter(|(_, l)| l.starts_with("stats: "))
+            .collect();
+        let resumed = stats
+            .windows(2)
+            .find(|w| figure(w[1].1, "audio", "received") > figure(w[0].1, "audio", "received"))
+            .map(|w| w[1].0)
+            .unwrap_or_else(|| panic!("the {side}'s audio never resumed:\n{out}"));
+        eprintln!(
+            "{side}: relayed path {:.2} s after the cut ({}), audio flowing again by {:.2} s",
+            (after[switch].0 - cut).as_secs_f64(),
+            after[switch].1,
+            (resumed - cut).as_secs_f64()
+        );
+        assert!(
+            resumed - cut < Duration::from_secs(5),
+            "the {side}'s audio took {:?} to resume:\n{out}",
+            resumed - cut
+        );
+        // Media keeps flowing on the relayed path: from the first statistics after the switch
+        // to the last, both streams grow (the call goes on for several seconds after it).
+        let since_switch: Vec<&str> = after[switch..]
+            .iter()
+            .filter(|(_, l)| l.starts_with("stats: "))
+            .map(|(_, l)| *l)
+            .collect();
+        let (first, last) = (since_switch[0], since_switch[since_switch.len() - 1]);
+        for (stream, least) in [("audio", 100), ("video", 20)] {
+            let grown = figure(last, stream, "received") - figure(first, stream, "received");
+            assert!(grown >= least, "{side} {stream} grew by {grown}:\n{out}");
+        }
+        assert!(out.contains("srtp failures 0"), "{out}");
+        assert!(!out.contains("media failed"), "{out}");
+    }
+    calls.stop();
 }
