@@ -15,7 +15,9 @@
 //! `issued-at` and `expires` (Unix seconds) and `members`, an array of dictionaries with
 //! `provider-id`, `display-name`, `base-uri` (`https://…`), `relay-addresses` (array of
 //! `host:port` strings) and `certificate-sha256` (lowercase hex SHA-256 of the provider's
-//! federation certificate, DER).
+//! federation certificate, DER), and optionally `federation-relay`, the provider id of the member
+//! whose relay serves the calls of providers configured to use a federation-wide relay; that
+//! member must list relay addresses.
 
 use std::collections::HashSet;
 
@@ -67,6 +69,8 @@ pub struct Directory {
     pub issued_at: i64,
     pub expires: i64,
     pub members: Vec<Member>,
+    /// The member whose relay serves calls federation-wide, when the federation runs one.
+    pub federation_relay: Option<String>,
 }
 
 fn invalid(message: impl Into<String>) -> DiscoveryError {
@@ -145,8 +149,11 @@ impl Directory {
     }
 
     pub fn to_dict(&self) -> Dict {
-        Dict::new()
-            .with("federation", self.federation.as_str())
+        let dict = match &self.federation_relay {
+            Some(relay) => Dict::new().with("federation-relay", relay.as_str()),
+            None => Dict::new(),
+        };
+        dict.with("federation", self.federation.as_str())
             .with("version", self.version as i64)
             .with("issued-at", self.issued_at)
             .with("expires", self.expires)
@@ -185,9 +192,25 @@ impl Directory {
             issued_at: non_negative(dict, "issued-at")?,
             expires: non_negative(dict, "expires")?,
             members,
+            federation_relay: dict.opt_str("federation-relay")?.map(str::to_string),
         };
         if directory.expires <= directory.issued_at {
             return Err(invalid("`expires` must be after `issued-at`"));
+        }
+        if let Some(relay) = &directory.federation_relay {
+            match directory.member(relay) {
+                Some(member) if !member.relay_addresses.is_empty() => {}
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "federation-relay `{relay}` lists no relay addresses"
+                    )))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "federation-relay `{relay}` is not a member"
+                    )))
+                }
+            }
         }
         Ok(directory)
     }
@@ -278,6 +301,7 @@ mod tests {
                 relay_addresses: vec!["a.example:3478".into()],
                 certificate_sha256: "ab".repeat(32),
             }],
+            federation_relay: None,
         }
     }
 
@@ -373,6 +397,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+        let mut bad = directory();
+        bad.federation_relay = Some("z.example".into());
+        assert!(Directory::from_dict(&bad.to_dict())
+            .unwrap_err()
+            .to_string()
+            .contains("not a member"));
+        let mut bad = directory();
+        bad.federation_relay = Some("a.example".into());
+        bad.members[0].relay_addresses.clear();
+        assert!(Directory::from_dict(&bad.to_dict())
+            .unwrap_err()
+            .to_string()
+            .contains("no relay addresses"));
+        let mut good = directory();
+        good.federation_relay = Some("a.example".into());
+        assert_eq!(Directory::from_dict(&good.to_dict()).unwrap(), good);
         let mut bad = directory();
         bad.expires = bad.issued_at;
         assert!(Directory::from_dict(&bad.to_dict()).is_err());

@@ -75,7 +75,7 @@ async fn serve(args: &[String]) -> anyhow::Result<()> {
     // The endpoint `bench` is not in the database: keep the revocation re-check from finding out.
     config.push.recheck_interval_ms = 86_400_000;
     let db = Db::connect(&format!("sqlite://{}/bench.db", dir.display()), 2).await?;
-    let relay = Relay::start(&config, db).await?;
+    let relay = Relay::start(&config, db, None).await?;
     // The re-check's first tick fires at once; mark the endpoint active after it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.state.issue(ENDPOINT, unix_now() + 86_400);

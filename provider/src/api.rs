@@ -35,7 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/push/poll", get(push_poll))
         .route(
             "/v1/relay-credentials",
-            post(crate::relay::credentials_route),
+            post(crate::relay::choice::credentials_route),
         )
         .route(
             "/v1/media-relay",

@@ -329,15 +329,26 @@ impl EndpointClient {
         self.request("cancel", &body).await
     }
 
-    /// Short-lived credentials for the provider's TURN relay; None when it runs none.
+    /// Short-lived credentials at the relay of `relay_provider` (this provider's own, or another
+    /// member's, fetched by this provider), or at the relay this provider chooses for a new call
+    /// when None. None when there is no relay to use: this provider runs none, or it is chosen
+    /// only with the answer (the callee's provider's).
     pub async fn relay_credentials(
         &self,
-    ) -> Result<Option<switchyard_media::session::RelayServer>, ClientError> {
-        let answer = match self.request("relay-credentials", &Dict::new()).await {
+        relay_provider: Option<&str>,
+    ) -> Result<Option<RelayGrant>, ClientError> {
+        let body = match relay_provider {
+            Some(provider) => Dict::new().with("relay-provider", provider),
+            None => Dict::new(),
+        };
+        let answer = match self.request("relay-credentials", &body).await {
             Ok(answer) => answer,
             Err(ClientError::Refused { code, .. }) if code == "relay-disabled" => return Ok(None),
             Err(e) => return Err(e),
         };
+        if answer.opt_bool("deferred")? == Some(true) {
+            return Ok(None);
+        }
         let uris = answer.string_array("uris")?;
         let address = uris
             .iter()
@@ -347,11 +358,14 @@ impl EndpointClient {
                     .and_then(|hostport| hostport.parse().ok())
             })
             .ok_or_else(|| ClientError::Protocol(format!("no usable turn: URI in {uris:?}")))?;
-        Ok(Some(switchyard_media::session::RelayServer {
-            address,
-            username: answer.str("username")?.to_string(),
-            password: answer.str("password")?.to_string(),
-            realm: answer.str("realm")?.to_string(),
+        Ok(Some(RelayGrant {
+            provider: answer.str("relay-provider")?.to_string(),
+            server: switchyard_media::session::RelayServer {
+                address,
+                username: answer.str("username")?.to_string(),
+                password: answer.str("password")?.to_string(),
+                realm: answer.str("realm")?.to_string(),
+            },
         }))
     }
 
@@ -410,6 +424,13 @@ impl EndpointClient {
 
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// TURN credentials, and the provider whose relay they are for.
+#[derive(Debug, Clone)]
+pub struct RelayGrant {
+    pub provider: String,
+    pub server: switchyard_media::session::RelayServer,
+}
 
 /// A stream of pushes. Over the WebSocket a push is acknowledged as it is received; over
 /// long-poll, by the next poll (or `ack`), so pushes not yet handled are delivered again.

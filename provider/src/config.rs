@@ -193,6 +193,9 @@ pub struct RelayConfig {
     pub allow_private_peers: bool,
     /// File holding the credential secret; unset: `<data_dir>/relay-secret`, generated.
     pub secret: Option<PathBuf>,
+    /// The relay the calls this provider's endpoints place use: this provider's, the callee's
+    /// provider's, or the federation-wide one the discovery dictionary names.
+    pub calls_use: crate::relay::choice::RelayChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -340,6 +343,7 @@ impl Default for RelayConfig {
             allow_loopback_peers: false,
             allow_private_peers: false,
             secret: None,
+            calls_use: Default::default(),
         }
     }
 }

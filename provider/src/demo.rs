@@ -140,6 +140,7 @@ fn publish(ca: &FederationCa, file: &Path, members: Vec<Member>) -> anyhow::Resu
         issued_at: now,
         expires: now + 30 * 86_400,
         members,
+        federation_relay: None,
     }
     .sign(ca)
     .context("signing the discovery dictionary")?;
@@ -271,7 +272,10 @@ impl Demo {
                     "https://{}",
                     reachable(provider.federation_addr.expect("federation enabled"))
                 ),
-                relay_addresses: vec![],
+                relay_addresses: provider
+                    .relay()
+                    .map(|relay| vec![relay.public_addr.to_string()])
+                    .unwrap_or_default(),
                 certificate_sha256,
             })
             .collect();

@@ -30,19 +30,21 @@ pub struct MediaOptions {
     pub http_relay: Option<TunnelMode>,
 }
 
-/// Binds the media port and gathers candidates (a TURN allocation when the provider runs a
-/// relay); the blob goes in Initiate or Accept.
+/// Binds the media port and gathers candidates, with a TURN allocation at the relay of
+/// `relay_provider` (the one a push named), or at the relay the provider chooses for a new call;
+/// the blob goes in Initiate or Accept. Returns the provider whose relay the candidates use.
 pub async fn prepare(
     client: &EndpointClient,
     uri: &str,
     media: Vec<MediaKind>,
     options: &MediaOptions,
-) -> anyhow::Result<Gathered> {
+    relay_provider: Option<&str>,
+) -> anyhow::Result<(Gathered, Option<String>)> {
     let identity = &client.identity;
-    let (relay, tunnel): (_, Option<Arc<dyn webrtc_util::Conn + Send + Sync>>) =
+    let (grant, tunnel): (_, Option<Arc<dyn webrtc_util::Conn + Send + Sync>>) =
         match options.http_relay {
             Some(mode) => (None, Some(HttpRelayConn::open(client, mode).await?)),
-            None => (client.relay_credentials().await?, None),
+            None => (client.relay_credentials(relay_provider).await?, None),
         };
     let config = SessionConfig {
         identity: EndpointIdentity::from_pem(&identity.certificate_pem, &identity.key_pem)?,
@@ -50,12 +52,16 @@ pub async fn prepare(
         capabilities: Capabilities::default(),
         media,
         bind: SocketAddr::new(options.address, 0),
-        relay,
+        relay: grant.as_ref().map(|g| g.server.clone()),
         tunnel,
         relay_only: options.relay_only || options.http_relay.is_some(),
         check_timeout: Duration::from_secs(10),
     };
-    Ok(Gathered::gather(config).await?)
+    let gathered = Gathered::gather(config).await?;
+    let relay_provider = grant
+        .filter(|_| gathered.relayed_address().is_some())
+        .map(|g| g.provider);
+    Ok((gathered, relay_provider))
 }
 
 /// Starts the media of a call from the other side's push (Initiate Push for the callee, Accept
@@ -67,6 +73,35 @@ pub fn start(gathered: Gathered, caller: bool, push: &Dict) -> anyhow::Result<Me
     })?;
     let peer = PeerExpectation::with_ca_pem(&blob.fingerprint, push.str("peer-uri")?, ca)?;
     Ok(gathered.start(caller, &blob, peer)?)
+}
+
+/// After the answer, when the Accept Push names a relay for the call that the media does not
+/// use yet (the callee's provider's, known only now): allocates there and returns the blob to
+/// send in an Update.
+pub async fn join_call_relay(
+    call: &mut MediaCall,
+    client: &EndpointClient,
+    push: &Dict,
+    relay_provider: Option<&str>,
+    options: &MediaOptions,
+) -> anyhow::Result<Option<MediaBlob>> {
+    let Some(wanted) = push.opt_str("relay-provider")? else {
+        return Ok(None);
+    };
+    if options.http_relay.is_some() || call.has_relay() || relay_provider == Some(wanted) {
+        return Ok(None);
+    }
+    let Some(grant) = client.relay_credentials(Some(wanted)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(call.add_relay(&grant.server).await?))
+}
+
+/// Applies the other side's Update Push to the running media; returns how many new candidates
+/// it brought.
+pub fn apply_update(call: &mut MediaCall, push: &Dict) -> anyhow::Result<usize> {
+    let blob = MediaBlob::from_bytes(&push.data("peer-blob")?)?;
+    Ok(call.apply_remote_blob(&blob)?)
 }
 
 pub fn media_kinds(push: &Dict) -> anyhow::Result<Vec<MediaKind>> {

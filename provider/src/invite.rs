@@ -20,6 +20,7 @@ use crate::db::{
     CallChange, CallRecord, CallState, EndpointRecord,
 };
 use crate::push::Outbox;
+use crate::relay::choice::RelayChoice;
 use crate::wire::ApiError;
 
 /// Reasons a callee may give in a Reject.
@@ -53,6 +54,9 @@ pub struct SessionState {
     pub origin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_state: Option<String>,
+    /// Whose relay serves the call, as the caller's provider chose.
+    #[serde(default)]
+    pub relay_choice: RelayChoice,
 }
 
 /// How the provider that holds a call's record names a remote provider that rang or answered.
@@ -246,7 +250,10 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
         deadline,
         origin: None,
         origin_state: None,
+        relay_choice: app.config.relay.calls_use,
     };
+    let own = &app.config.provider_id;
+    let relay_provider = state.relay_choice.provider(app, own, own);
     let sealed = app.sealer.seal(&state);
     // Nobody to ring: the caller learns it as a Reject Push, as it would from a remote provider.
     let refusal = if rung.is_empty() {
@@ -322,6 +329,7 @@ pub async fn initiate(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Resul
                 .with("peer-capabilities", capabilities_dict(&caller.capabilities))
                 .with("peer-ca", app.ca.cert_pem())
                 .with("peer-verified", true)
+                .with("relay-provider", relay_provider.as_str())
                 .with("media", media_value(&media))
                 .with("ring-deadline", deadline)
                 .with("state", sealed.as_str());
@@ -435,9 +443,14 @@ pub async fn accept(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
             .with("session-id", state.sid.as_str())
             .with("state", sealed));
     }
+    let own = &app.config.provider_id;
     let accept = answer_push("accept", &state, &me.push_token, self_blob)
         .with("state", sealed)
-        .with("peer-ca", app.ca.cert_pem());
+        .with("peer-ca", app.ca.cert_pem())
+        .with(
+            "relay-provider",
+            state.relay_choice.provider(app, own, own).as_str(),
+        );
     outbox
         .push(&mut tx, &state.caller_endpoint, &accept, app.push_ttl_ms())
         .await?;

@@ -418,8 +418,13 @@ async fn hold_call(
             _ = &mut hang_up => return Ok(false),
             push = pushes.next(Duration::from_secs(3600)) => {
                 if let Some(push) = push? {
-                    if push.str("action")? == "cancel" && push.opt_str("session-id")? == Some(sid) {
-                        return Ok(true);
+                    if push.opt_str("session-id")? != Some(sid) {
+                        continue;
+                    }
+                    match push.str("action")? {
+                        "cancel" => return Ok(true),
+                        "update" => report_update(call, &push),
+                        _ => {}
                     }
                 }
             }
@@ -466,8 +471,13 @@ async fn answered_call(
         tokio::select! {
             push = pushes.next(Duration::from_secs(3600)) => {
                 if let Some(push) = push? {
-                    if push.str("action")? == "cancel" && push.opt_str("session-id")? == Some(sid) {
-                        return Ok(push.str("reason")?.to_string());
+                    if push.opt_str("session-id")? != Some(sid) {
+                        continue;
+                    }
+                    match push.str("action")? {
+                        "cancel" => return Ok(push.str("reason")?.to_string()),
+                        "update" => report_update(call, &push),
+                        _ => {}
                     }
                 }
             }
@@ -482,6 +492,17 @@ async fn answered_call(
                 }
             }
         }
+    }
+}
+
+/// Applies the other side's Update Push (a new path or relay) to the running media.
+fn report_update(call: &mut Option<endpoint_media::MediaCall>, push: &Dict) {
+    let Some(call) = call.as_mut() else {
+        return;
+    };
+    match endpoint_media::apply_update(call, push) {
+        Ok(added) => println!("the other side updated its media: {added} new candidate(s)"),
+        Err(e) => println!("the other side's media update was refused: {e:#}"),
     }
 }
 
@@ -849,11 +870,16 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                 vec![MediaKind::Audio]
             };
             let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            let mut gathered = Some(
-                endpoint_media::prepare(&client, client.primary_uri(), kinds.clone(), &options)
-                    .await
-                    .context("preparing the media port")?,
-            );
+            let (gathered, relay_provider) = endpoint_media::prepare(
+                &client,
+                client.primary_uri(),
+                kinds.clone(),
+                &options,
+                None,
+            )
+            .await
+            .context("preparing the media port")?;
+            let mut gathered = Some(gathered);
             let blob = gathered
                 .as_ref()
                 .map(|g| g.blob().to_bytes())
@@ -885,6 +911,29 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                                 None
                             }
                         };
+                        if let Some(media) = call.as_mut() {
+                            let joined = endpoint_media::join_call_relay(
+                                media,
+                                &client,
+                                &push,
+                                relay_provider.as_deref(),
+                                &options,
+                            )
+                            .await;
+                            match joined {
+                                Ok(Some(blob)) => {
+                                    client
+                                        .update(&sid, &self_uri, &peer, &state, &blob.to_bytes())
+                                        .await?;
+                                    println!(
+                                        "media: relay of {} allocated after the answer; update sent",
+                                        push.str("relay-provider")?
+                                    );
+                                }
+                                Ok(None) => {}
+                                Err(e) => println!("media: no relay for the call: {e:#}"),
+                            }
+                        }
                         let hung_up_by_peer =
                             hold_call(&mut call, &mut pushes, &sid, hangup_after, &options).await?;
                         if hung_up_by_peer {
@@ -981,11 +1030,12 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         let kinds = endpoint_media::media_kinds(&push)?;
-                        let gathered = endpoint_media::prepare(
+                        let (gathered, _) = endpoint_media::prepare(
                             &client,
                             push.str("self-uri")?,
                             kinds,
                             &options,
+                            push.opt_str("relay-provider")?,
                         )
                         .await
                         .context("preparing the media port")?;

@@ -4,6 +4,7 @@
 //! federation = "demo"
 //! version = 3            # increase with every publication; providers refuse older ones
 //! valid_days = 7
+//! federation_relay = "a.example"   # optional: the member whose relay serves federation-wide
 //!
 //! [[member]]
 //! provider_id = "a.example"
@@ -26,6 +27,9 @@ struct MembersFile {
     version: u64,
     #[serde(default = "default_valid_days")]
     valid_days: u32,
+    /// The member whose relay serves calls of providers using a federation-wide relay.
+    #[serde(default)]
+    federation_relay: Option<String>,
     #[serde(default, rename = "member")]
     members: Vec<MemberEntry>,
 }
@@ -100,6 +104,7 @@ pub fn directory_from_file(path: &Path, now: i64) -> Result<Directory, MembersEr
         issued_at: now,
         expires: now + i64::from(file.valid_days) * 86_400,
         members,
+        federation_relay: file.federation_relay,
     };
     // The same checks a provider makes on receipt, so nothing unverifiable is ever signed.
     Directory::from_dict(&directory.to_dict()).map_err(|e| invalid(e.to_string()))

@@ -156,7 +156,7 @@ impl Provider {
 
         let relay = if config.relay.enabled {
             Some(Arc::new(
-                crate::relay::Relay::start(&config, db.clone())
+                crate::relay::Relay::start(&config, db.clone(), federation.clone())
                     .await
                     .context("starting the relay")?,
             ))
@@ -195,7 +195,10 @@ impl Provider {
             endpoint_router,
         )));
         if let (Some(fed), Some(listener)) = (app.federation.clone(), federation_listener) {
-            let router = crate::federation::routes::router(app.clone());
+            let mut router = crate::federation::routes::router(app.clone());
+            if let Some(relay) = &relay {
+                router = router.layer(axum::Extension(relay.clone()));
+            }
             let current = fed.clone();
             tasks.push(tokio::spawn(serve_tls(
                 app.clone(),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use switchyard_provider::relay::choice::RelayChoice;
 
 use anyhow::Context;
 use switchyard_federation::discovery::{Directory, Member};
@@ -21,6 +22,8 @@ pub struct TestFederation {
     directory_task: tokio::task::JoinHandle<()>,
     pub providers: Vec<Harness>,
     pub version: u64,
+    /// The member named as the federation-wide relay in the dictionaries this writes.
+    pub federation_relay: Option<String>,
 }
 
 /// How one provider of a test federation is set up.
@@ -29,6 +32,8 @@ pub struct ProviderSpec {
     pub id: &'static str,
     pub encoding: WireEncoding,
     pub false_positive_rate: f64,
+    /// Whose relay the calls of this provider's endpoints use.
+    pub calls_use: RelayChoice,
 }
 
 impl ProviderSpec {
@@ -37,7 +42,12 @@ impl ProviderSpec {
             id,
             encoding: WireEncoding::Plist,
             false_positive_rate: 0.001,
+            calls_use: RelayChoice::CallerProvider,
         }
+    }
+
+    pub fn calls_use(self, calls_use: RelayChoice) -> Self {
+        ProviderSpec { calls_use, ..self }
     }
 
     pub fn json(id: &'static str) -> Self {
@@ -74,6 +84,7 @@ impl TestFederation {
             directory_task,
             providers: Vec::new(),
             version: 0,
+            federation_relay: None,
         };
         for spec in specs {
             federation.add_provider(spec).await?;
@@ -138,6 +149,7 @@ impl TestFederation {
         relay.listen = "127.0.0.1:0".parse()?;
         relay.allow_loopback_peers = true;
         relay.allow_private_peers = true;
+        relay.calls_use = spec.calls_use;
         Ok((config, dir))
     }
 
@@ -171,7 +183,11 @@ impl TestFederation {
                     .context("federation listener")?
                     .port()
             ),
-            relay_addresses: vec![],
+            relay_addresses: h
+                .provider
+                .relay_addr
+                .map(|a| vec![a.to_string()])
+                .unwrap_or_default(),
             certificate_sha256: pki::certificate_fingerprint(&cert[0]),
         })
     }
@@ -190,6 +206,7 @@ impl TestFederation {
             issued_at: now,
             expires: now + valid_seconds,
             members,
+            federation_relay: self.federation_relay.clone(),
         };
         let envelope = directory.sign(&self.ca)?;
         std::fs::write(

@@ -258,6 +258,7 @@ async fn bad_directories_are_refused_and_the_saved_copy_outlives_a_restart() -> 
         issued_at: now,
         expires: now + 86_400,
         members: members.clone(),
+        federation_relay: None,
     };
 
     let envelope = next.sign(&fed.ca)?;

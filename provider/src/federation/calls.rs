@@ -35,6 +35,7 @@ use crate::invite::{
     validate_session_id, RemoteInitiate, SessionState, REJECT_REASONS,
 };
 use crate::push::Outbox;
+use crate::relay::choice::RelayChoice;
 use crate::wire::ApiError;
 
 const MAX_TOKEN: usize = 256;
@@ -288,6 +289,7 @@ pub async fn initiate_remote(
         deadline,
         origin: None,
         origin_state: None,
+        relay_choice: app.config.relay.calls_use,
     };
     let sealed = app.sealer.seal(&state);
     let record = CallRecord {
@@ -345,6 +347,7 @@ pub async fn initiate_remote(
         .with("caller-ca", app.ca.cert_pem())
         .with("media", media_value(&request.media))
         .with("ring-deadline", deadline)
+        .with("relay-choice", state.relay_choice.as_str())
         .with("attestation", attestation);
     let sends = candidates.iter().map(|member| {
         let identity = identity.clone();
@@ -511,6 +514,7 @@ pub async fn receive_initiate(
     let caller_caps = capabilities_of(dict)?;
     let caller_ca = ca_field(dict, "caller-ca")?;
     let media = parse_media(dict)?;
+    let relay_choice = RelayChoice::from_field(dict)?;
     let ring_deadline = dict.int("ring-deadline")?;
     let now = now_ms();
     if ring_deadline <= now {
@@ -590,7 +594,9 @@ pub async fn receive_initiate(
         deadline,
         origin: Some(peer.provider_id.clone()),
         origin_state: Some(origin_state),
+        relay_choice,
     };
+    let relay_provider = relay_choice.provider(app, &peer.provider_id, &fed.provider_id);
     let sealed = app.sealer.seal(&state);
     let record = CallRecord {
         session_id: received.session_id.clone(),
@@ -632,6 +638,7 @@ pub async fn receive_initiate(
             .with("peer-capabilities", capabilities_dict(&caller_caps))
             .with("peer-verified", verified)
             .with("peer-provider", peer.provider_id.as_str())
+            .with("relay-provider", relay_provider.as_str())
             .with("media", media_value(&media))
             .with("ring-deadline", deadline)
             .with("state", sealed.as_str());
@@ -741,9 +748,13 @@ pub async fn receive_accept(
         let current = call_state(&mut tx, &state.sid).await?;
         return Err(call_gone(current));
     }
+    let relay_provider = state
+        .relay_choice
+        .provider(app, &fed.provider_id, &peer.provider_id);
     let mut push = answer_push("accept", &state, &callee_token, callee_blob)
         .with("state", origin_state.as_str())
-        .with("peer-provider", peer.provider_id.as_str());
+        .with("peer-provider", peer.provider_id.as_str())
+        .with("relay-provider", relay_provider.as_str());
     if let Some(pem) = &callee_ca {
         push.insert("peer-ca", pem.as_str());
     }

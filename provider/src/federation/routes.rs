@@ -29,6 +29,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/federation/v1/reject", post(reject))
         .route("/federation/v1/cancel", post(cancel))
         .route("/federation/v1/update", post(update))
+        .route(
+            "/federation/v1/relay-credentials",
+            post(crate::relay::choice::federation_route),
+        )
         .fallback(not_found)
         .with_state(app)
 }

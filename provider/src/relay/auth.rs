@@ -9,6 +9,9 @@
 //! allocations. An endpoint the cache does not know (credentials issued before a restart or by
 //! another replica) is refused once while its status is looked up; the client's next attempt
 //! succeeds. Failing closed there means a revoked endpoint never gets an allocation.
+//!
+//! An endpoint of another member, whose provider fetched credentials over the federation, is the
+//! principal `<provider id>/<endpoint id>`; it stays active while that provider is a member.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,13 +26,39 @@ use turn::Error as TurnError;
 type TurnResult<T> = std::result::Result<T, TurnError>;
 
 use super::filter::PeerPolicy;
-use crate::db::Db;
+use crate::db::{Db, StoreError};
+use crate::federation::Federation;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The principal of an endpoint of member `provider_id` at this relay.
+pub fn peer_principal(provider_id: &str, endpoint_id: &str) -> String {
+    format!("{provider_id}/{endpoint_id}")
+}
+
+/// Where the relay learns whether a principal may still hold allocations: this provider's
+/// database for its own endpoints, the discovery dictionary for other members'.
+#[derive(Clone)]
+pub struct Standing {
+    pub db: Db,
+    pub federation: Option<Arc<Federation>>,
+}
+
+impl Standing {
+    pub async fn is_active(&self, principal: &str) -> Result<bool, StoreError> {
+        match principal.split_once('/') {
+            Some((provider, _)) => Ok(self
+                .federation
+                .as_ref()
+                .is_some_and(|fed| fed.member(provider).is_some())),
+            None => self.db.endpoint_is_active(principal).await,
+        }
+    }
 }
 
 /// `<expiry>:<endpoint id>`.
@@ -101,7 +130,7 @@ pub struct RelayState {
     allocations: Mutex<Allocations>,
     last_authenticated: Mutex<Option<String>>,
     /// Set once the relay runs: used to look up endpoints the cache does not know.
-    db: Option<Db>,
+    standing: Option<Standing>,
 }
 
 impl RelayState {
@@ -111,7 +140,7 @@ impl RelayState {
         policy: PeerPolicy,
         max_per_endpoint: u32,
         max_total: u32,
-        db: Option<Db>,
+        standing: Option<Standing>,
     ) -> Self {
         RelayState {
             secret,
@@ -122,7 +151,7 @@ impl RelayState {
             endpoints: Mutex::default(),
             allocations: Mutex::default(),
             last_authenticated: Mutex::default(),
-            db,
+            standing,
         }
     }
 
@@ -167,14 +196,15 @@ impl RelayState {
 
     /// Looks up an endpoint the cache does not know, in the background.
     fn look_up(self: &Arc<Self>, endpoint: &str, expiry: u64) {
-        let (Some(db), Ok(runtime)) = (self.db.clone(), tokio::runtime::Handle::try_current())
+        let (Some(standing), Ok(runtime)) =
+            (self.standing.clone(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
         let state = self.clone();
         let endpoint = endpoint.to_string();
         runtime.spawn(async move {
-            match db.endpoint_is_active(&endpoint).await {
+            match standing.is_active(&endpoint).await {
                 Ok(active) => {
                     let mut endpoints = state.endpoints.lock().expect("relay endpoints lock");
                     let status = endpoints.entry(endpoint).or_default();
@@ -240,7 +270,10 @@ impl RelayState {
     /// Re-reads the status of every endpoint still holding unexpired credentials; returns the
     /// usernames of endpoints found revoked, whose allocations must go. Entries whose credentials
     /// all expired are forgotten.
-    pub async fn recheck(&self, db: &Db) -> Vec<String> {
+    pub async fn recheck(&self) -> Vec<String> {
+        let Some(standing) = &self.standing else {
+            return Vec::new();
+        };
         let now = unix_now();
         let active: Vec<String> = {
             let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
@@ -253,7 +286,7 @@ impl RelayState {
         };
         let mut doomed = Vec::new();
         for endpoint in active {
-            match db.endpoint_is_active(&endpoint).await {
+            match standing.is_active(&endpoint).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");

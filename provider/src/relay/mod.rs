@@ -7,6 +7,7 @@
 //! total, and peers are filtered by address class (see [`filter`]).
 
 pub mod auth;
+pub mod choice;
 pub mod filter;
 pub mod http;
 
@@ -15,9 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::Extension;
 use switchyard_federation::dict::Dict;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -28,9 +26,6 @@ use turn::server::Server;
 /// The `turn` and `webrtc-util` crates the relay is built on, for clients in tests and tools.
 pub use ::turn;
 pub use ::webrtc_util;
-
-use crate::app::App;
-use crate::auth::AuthEndpoint;
 
 /// A TURN client of `server` on `conn`, already listening: how the tests and the relay benchmark
 /// drive a relay.
@@ -58,7 +53,6 @@ pub async fn turn_client(
 }
 use crate::config::Config;
 use crate::db::Db;
-use crate::wire::{encoding_of, ApiError, Reply};
 use auth::{unix_now, RelayState, RestAuth};
 use filter::{ListenerConn, PeerPolicy, QuotaGenerator};
 
@@ -100,7 +94,11 @@ fn load_or_create_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
 
 impl Relay {
     /// Binds `relay.listen` and starts serving, with the revocation re-check in the background.
-    pub async fn start(config: &Config, db: Db) -> anyhow::Result<Relay> {
+    pub async fn start(
+        config: &Config,
+        db: Db,
+        federation: Option<Arc<crate::federation::Federation>>,
+    ) -> anyhow::Result<Relay> {
         let relay = &config.relay;
         let secret = load_or_create_secret(config)?;
         let state = Arc::new(RelayState::new(
@@ -112,7 +110,7 @@ impl Relay {
             },
             relay.max_allocations_per_endpoint,
             relay.max_allocations,
-            Some(db.clone()),
+            Some(auth::Standing { db, federation }),
         ));
         let socket = UdpSocket::bind(relay.listen)
             .await
@@ -144,7 +142,6 @@ impl Relay {
         let recheck = tokio::spawn(recheck_endpoints(
             state.clone(),
             server.clone(),
-            db,
             Duration::from_millis(config.push.recheck_interval_ms),
             stop.clone(),
         ));
@@ -190,7 +187,6 @@ impl Relay {
 async fn recheck_endpoints(
     state: Arc<RelayState>,
     server: Arc<Server>,
-    db: Db,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -201,38 +197,10 @@ async fn recheck_endpoints(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        for username in state.recheck(&db).await {
+        for username in state.recheck().await {
             if let Err(e) = server.delete_allocations_by_username(username).await {
                 tracing::warn!(error = %e, "relay: deleting a revoked endpoint's allocations failed");
             }
         }
-    }
-}
-
-/// `POST /v1/relay-credentials`: short-lived TURN credentials for the calling endpoint. The body,
-/// if any, is ignored; the answer is in the request's encoding.
-pub async fn credentials_route(
-    State(_app): State<std::sync::Arc<App>>,
-    headers: HeaderMap,
-    relay: Option<Extension<Arc<Relay>>>,
-    auth: AuthEndpoint,
-) -> Reply {
-    let result = match relay {
-        Some(Extension(relay)) => Ok(relay.credentials(&auth.endpoint.id)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "relay-disabled",
-            "this provider runs no relay",
-        )),
-    };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    };
-    metrics::counter!("switchyard_requests_total", "action" => "relay-credentials", "outcome" => outcome)
-        .increment(1);
-    Reply {
-        encoding: encoding_of(&headers),
-        result,
     }
 }
