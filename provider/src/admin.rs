@@ -115,6 +115,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/admin/v1/users/{id}/endpoints", get(list_endpoints))
         .route("/admin/v1/endpoints/{id}/revoke", post(revoke_endpoint))
+        .route(
+            "/admin/v1/users/{id}/sip-accounts",
+            post(add_sip_account).get(list_sip_accounts),
+        )
+        .route("/admin/v1/sip-accounts/{aor}", delete(remove_sip_account))
         .route("/admin/v1/calls", get(list_calls))
         .route("/admin/v1/federation", get(federation_status))
         .route("/admin/v1/federation/resync", post(federation_resync))
@@ -444,6 +449,86 @@ async fn list_endpoints(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     Ok(Json(
         json!({"endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>()}),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipAccountBody {
+    aor: String,
+    username: Option<String>,
+    password: String,
+}
+
+async fn add_sip_account(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SipAccountBody>,
+) -> AdminResult {
+    let account = crate::sip::accounts::new_account(
+        &app.config,
+        &id,
+        &body.aor,
+        body.username.as_deref(),
+        &body.password,
+    )
+    .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, "invalid-field", e.to_string()))?;
+    app.db.add_sip_account(&account).await?;
+    Ok(Json(json!({
+        "aor": account.aor,
+        "user_id": account.user_id,
+        "username": account.username,
+        "realm": account.realm,
+    })))
+}
+
+async fn list_sip_accounts(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
+    if app.db.user(&id).await?.is_none() {
+        return Err(AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no user `{id}`"),
+        ));
+    }
+    let now = crate::db::now_ms();
+    let mut accounts = Vec::new();
+    for account in app.db.sip_accounts_of_user(&id).await? {
+        let contacts: Vec<Value> = app
+            .db
+            .sip_contacts(&account.aor, now)
+            .await?
+            .iter()
+            .map(|c| {
+                json!({
+                    "contact": c.contact,
+                    "expires_in": (c.expires_at - now) / 1000,
+                    "transport": c.transport,
+                    "source": c.source,
+                    "user_agent": c.user_agent,
+                    "q": c.q,
+                })
+            })
+            .collect();
+        accounts.push(json!({
+            "aor": account.aor,
+            "username": account.username,
+            "realm": account.realm,
+            "created_at": account.created_at,
+            "contacts": contacts,
+        }));
+    }
+    Ok(Json(json!({"sip_accounts": accounts})))
+}
+
+async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>) -> AdminResult {
+    let canonical = crate::sip::registrar::canonical_aor(&aor).ok_or_else(|| {
+        AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            format!("aor: `{aor}` is not a sip: address of record"),
+        )
+    })?;
+    app.db.remove_sip_account(&canonical).await?;
+    Ok(Json(json!({"removed": canonical})))
 }
 
 async fn revoke_endpoint(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {

@@ -30,6 +30,7 @@ pub struct Config {
     pub federation: FederationConfig,
     pub directory: DirectoryConfig,
     pub relay: RelayConfig,
+    pub sip: SipConfig,
     pub log: LogConfig,
 }
 
@@ -198,6 +199,55 @@ pub struct RelayConfig {
     pub calls_use: crate::relay::choice::RelayChoice,
 }
 
+/// The SIP edge, for ordinary SIP phones and trunks: a registrar with digest authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SipConfig {
+    /// Off: no SIP port is opened.
+    pub enabled: bool,
+    /// UDP address of the SIP edge; unset: no UDP.
+    pub udp_listen: Option<SocketAddr>,
+    /// TCP address of the SIP edge; unset: no TCP.
+    pub tcp_listen: Option<SocketAddr>,
+    /// The domains whose addresses of record this registrar serves; empty: `provider_id`.
+    pub domains: Vec<String>,
+    /// The digest realm; unset: the first domain.
+    pub realm: Option<String>,
+    /// Shortest registration accepted (423 Interval Too Brief below it).
+    pub min_expires_seconds: u64,
+    /// Longest registration granted (longer requests are shortened to it).
+    pub max_expires_seconds: u64,
+    /// Registration time when the REGISTER asks for none.
+    pub default_expires_seconds: u64,
+    /// Contacts one address of record may have registered at once.
+    pub max_contacts_per_aor: u32,
+    /// How long a digest nonce is good for (a later answer gets a stale challenge).
+    pub nonce_lifetime_seconds: u64,
+    /// Largest SIP message accepted (413 above it).
+    pub max_message_bytes: usize,
+    /// File holding the nonce key; unset: `<data_dir>/sip-secret`, generated. Replicas share it.
+    pub secret: Option<PathBuf>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: false,
+            udp_listen: Some("0.0.0.0:5060".parse().expect("literal address")),
+            tcp_listen: Some("0.0.0.0:5060".parse().expect("literal address")),
+            domains: Vec::new(),
+            realm: None,
+            min_expires_seconds: 60,
+            max_expires_seconds: 3600,
+            default_expires_seconds: 3600,
+            max_contacts_per_aor: 10,
+            nonce_lifetime_seconds: 300,
+            max_message_bytes: 16 * 1024,
+            secret: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -228,6 +278,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             directory: DirectoryConfig::default(),
             relay: RelayConfig::default(),
+            sip: SipConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -672,6 +723,64 @@ impl Config {
                 );
             }
         }
+        for (key, value) in [
+            ("sip.min_expires_seconds", self.sip.min_expires_seconds),
+            ("sip.max_expires_seconds", self.sip.max_expires_seconds),
+            (
+                "sip.default_expires_seconds",
+                self.sip.default_expires_seconds,
+            ),
+            (
+                "sip.max_contacts_per_aor",
+                u64::from(self.sip.max_contacts_per_aor),
+            ),
+            (
+                "sip.nonce_lifetime_seconds",
+                self.sip.nonce_lifetime_seconds,
+            ),
+        ] {
+            if value == 0 {
+                bad(key, "must be greater than 0".into());
+            }
+        }
+        if self.sip.min_expires_seconds > self.sip.max_expires_seconds {
+            bad(
+                "sip.min_expires_seconds",
+                "must not exceed sip.max_expires_seconds".into(),
+            );
+        }
+        if !(1024..=65_507).contains(&self.sip.max_message_bytes) {
+            bad(
+                "sip.max_message_bytes",
+                "must be 1024-65507 (a UDP datagram)".into(),
+            );
+        }
+        if self.sip.enabled && self.sip.udp_listen.is_none() && self.sip.tcp_listen.is_none() {
+            bad(
+                "sip.enabled",
+                "needs sip.udp_listen or sip.tcp_listen".into(),
+            );
+        }
+        for domain in &self.sip.domains {
+            let ok = !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+            if !ok {
+                bad(
+                    "sip.domains",
+                    format!("`{domain}` is not a domain name (letters, digits, `.`, `-`)"),
+                );
+            }
+        }
+        if let Some(realm) = &self.sip.realm {
+            if realm.is_empty() || realm.len() > 127 || realm.contains(['"', '\\']) {
+                bad(
+                    "sip.realm",
+                    "must be 1-127 characters without `\"` or `\\`".into(),
+                );
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level", format!("not a valid filter: {e}"));
         }
@@ -690,6 +799,39 @@ impl Config {
             .token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("admin-token"))
+    }
+
+    pub fn sip_secret_path(&self) -> PathBuf {
+        self.sip
+            .secret
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sip-secret"))
+    }
+
+    /// `sip.domains`, lowercased; `provider_id` when none are listed.
+    pub fn sip_domains(&self) -> Vec<String> {
+        if self.sip.domains.is_empty() {
+            vec![self.provider_id.to_ascii_lowercase()]
+        } else {
+            self.sip
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect()
+        }
+    }
+
+    /// `sip.realm`, else the first domain.
+    pub fn sip_realm(&self) -> &str {
+        match &self.sip.realm {
+            Some(realm) => realm,
+            None => self
+                .sip
+                .domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or(&self.provider_id),
+        }
     }
 
     pub fn relay_secret_path(&self) -> PathBuf {

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod relay;
 pub mod seal;
 pub mod server;
+pub mod sip;
 pub mod wire;
 
 pub use config::Config;

@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         command: EndpointsCommand,
     },
+    /// Manage SIP accounts (for SIP phones and trunks) through the admin API.
+    Sip {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: SipCommand,
+    },
     /// Act as an endpoint (device): register, call, answer.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
@@ -214,6 +221,26 @@ enum EndpointsCommand {
     List { user_id: String },
     /// Revoke an endpoint: its next request is refused and its push channel closes.
     Revoke { endpoint_id: String },
+}
+
+#[derive(Subcommand)]
+enum SipCommand {
+    /// Give a user a SIP account: its phones register as AOR with digest authentication.
+    Add {
+        user_id: String,
+        /// The address of record, `sip:user@domain` in one of `sip.domains`.
+        aor: String,
+        /// Digest username; default: the AoR's user part.
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (its first line), or `-` for standard input.
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+    /// A user's SIP accounts and their registered contacts.
+    List { user_id: String },
+    /// Remove a SIP account and its registrations.
+    Remove { aor: String },
 }
 
 #[derive(Args)]
@@ -385,6 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Federation(command) => federation(command).await,
         Command::Users { admin, command } => users(admin, command).await,
         Command::Endpoints { admin, command } => endpoints(admin, command).await,
+        Command::Sip { admin, command } => sip(admin, command).await,
         Command::Endpoint(command) => {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             endpoint(command).await
@@ -795,6 +823,63 @@ async fn endpoints(admin: AdminArgs, command: EndpointsCommand) -> anyhow::Resul
                     admin
                         .http
                         .post(admin.url(&format!("/admin/v1/endpoints/{endpoint_id}/revoke"))),
+                )
+                .await?
+        }
+    };
+    print_json(&value);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sip(admin: AdminArgs, command: SipCommand) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::new(admin)?;
+    let value = match command {
+        SipCommand::Add {
+            user_id,
+            aor,
+            username,
+            password_file,
+        } => {
+            let text = if password_file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_line(&mut text)
+                    .context("reading the password from standard input")?;
+                text
+            } else {
+                std::fs::read_to_string(&password_file)
+                    .with_context(|| format!("reading {}", password_file.display()))?
+            };
+            let password = text.lines().next().unwrap_or("").to_string();
+            let body = serde_json::json!({
+                "aor": aor,
+                "username": username,
+                "password": password,
+            });
+            admin
+                .send(
+                    admin
+                        .http
+                        .post(admin.url(&format!("/admin/v1/users/{user_id}/sip-accounts")))
+                        .json(&body),
+                )
+                .await?
+        }
+        SipCommand::List { user_id } => {
+            admin
+                .send(
+                    admin
+                        .http
+                        .get(admin.url(&format!("/admin/v1/users/{user_id}/sip-accounts"))),
+                )
+                .await?
+        }
+        SipCommand::Remove { aor } => {
+            admin
+                .send(
+                    admin
+                        .http
+                        .delete(admin.url(&format!("/admin/v1/sip-accounts/{aor}"))),
                 )
                 .await?
         }

@@ -213,6 +213,30 @@ pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiE
     Ok(())
 }
 
+/// Reads a secret token (one line of at least 16 characters), creating it (mode 0600, 32 random
+/// bytes) on first start; `what` names it in errors.
+pub fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if !path.exists() {
+        write_file(
+            path,
+            format!("{}\n", crate::registry::random_token(32)).as_bytes(),
+            true,
+        )
+        .with_context(|| format!("creating the {what} at {}", path.display()))?;
+    }
+    let secret = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} at {}", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        secret.len() >= 16,
+        "the {what} in {} is shorter than 16 characters",
+        path.display()
+    );
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

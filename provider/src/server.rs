@@ -34,8 +34,12 @@ pub struct Provider {
     pub directory_addr: Option<SocketAddr>,
     /// The TURN relay's UDP address, when `relay.enabled`.
     pub relay_addr: Option<SocketAddr>,
+    /// The SIP edge's UDP and TCP addresses, when `sip.enabled`.
+    pub sip_udp_addr: Option<SocketAddr>,
+    pub sip_tcp_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     relay: Option<Arc<crate::relay::Relay>>,
+    sip: Option<crate::sip::SipListeners>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -59,34 +63,12 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn load_or_create_admin_token(config: &Config) -> anyhow::Result<String> {
-    let path = config.admin_token_path();
-    if !path.exists() {
-        pki::write_file(
-            &path,
-            format!("{}\n", crate::registry::random_token(24)).as_bytes(),
-            true,
-        )
-        .with_context(|| format!("creating the admin token at {}", path.display()))?;
-    }
-    let token = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the admin token at {}", path.display()))?
-        .trim()
-        .to_string();
-    anyhow::ensure!(
-        token.len() >= 16,
-        "the admin token in {} is shorter than 16 characters",
-        path.display()
-    );
-    Ok(token)
-}
-
 impl Provider {
     pub async fn start(config: Config) -> anyhow::Result<Provider> {
         install_crypto_provider();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-        let admin_token = load_or_create_admin_token(&config)?;
+        let admin_token = pki::load_or_create_secret(&config.admin_token_path(), "admin token")?;
         let (ca_cert, ca_key) = config.endpoint_ca_paths();
         let ca = EndpointCa::load_or_create(&ca_cert, &ca_key, &config.provider_id)
             .context("loading the endpoint CA")?;
@@ -238,15 +220,31 @@ impl Provider {
             }
         }));
         tasks.push(tokio::spawn(sweep(app.clone())));
-        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, ?relay_addr, provider = %app.config.provider_id, "provider started");
+        let sip = if app.config.sip.enabled {
+            Some(
+                crate::sip::SipEdge::new(app.clone())
+                    .context("setting up the SIP edge")?
+                    .start()
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let (sip_udp_addr, sip_tcp_addr) = sip
+            .as_ref()
+            .map_or((None, None), |s| (s.udp_addr, s.tcp_addr));
+        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, ?relay_addr, ?sip_udp_addr, ?sip_tcp_addr, provider = %app.config.provider_id, "provider started");
         Ok(Provider {
             endpoint_addr,
             admin_addr,
             federation_addr,
             directory_addr,
             relay_addr,
+            sip_udp_addr,
+            sip_tcp_addr,
             app,
             relay,
+            sip,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -261,6 +259,9 @@ impl Provider {
     /// channels, and closes the database.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(sip) = &self.sip {
+            sip.stop();
+        }
         for task in self.tasks {
             let _ = task.await;
         }

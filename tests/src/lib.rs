@@ -11,6 +11,7 @@ use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::{Config, Provider};
 
 pub mod federation;
+pub mod sip;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 

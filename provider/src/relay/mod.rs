@@ -69,29 +69,6 @@ pub struct Relay {
     recheck: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Reads the credential secret, creating it (mode 0600) on first start.
-fn load_or_create_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
-    let path = config.relay_secret_path();
-    if !path.exists() {
-        crate::pki::write_file(
-            &path,
-            format!("{}\n", crate::registry::random_token(32)).as_bytes(),
-            true,
-        )
-        .with_context(|| format!("creating the relay secret at {}", path.display()))?;
-    }
-    let secret = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the relay secret at {}", path.display()))?
-        .trim()
-        .to_string();
-    anyhow::ensure!(
-        secret.len() >= 16,
-        "the relay secret in {} is shorter than 16 characters",
-        path.display()
-    );
-    Ok(secret.into_bytes())
-}
-
 impl Relay {
     /// Binds `relay.listen` and starts serving, with the revocation re-check in the background.
     pub async fn start(
@@ -100,7 +77,9 @@ impl Relay {
         federation: Option<Arc<crate::federation::Federation>>,
     ) -> anyhow::Result<Relay> {
         let relay = &config.relay;
-        let secret = load_or_create_secret(config)?;
+        let secret =
+            crate::pki::load_or_create_secret(&config.relay_secret_path(), "relay secret")?
+                .into_bytes();
         let state = Arc::new(RelayState::new(
             secret,
             config.relay_realm().to_string(),

@@ -1,0 +1,101 @@
+//! SIP accounts, as operators provision them (admin API, `switchyard sip`): an address of record
+//! in one of `sip.domains`, a digest username (the AoR's user part unless given) and a password,
+//! kept only as HA1 in both digest algorithms.
+
+use super::digest::{ha1, Algorithm};
+use super::registrar::canonical_aor;
+use crate::config::Config;
+use crate::db::{now_ms, SipAccount};
+
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("aor: `{0}` is not a sip: address of record (sip:user@domain)")]
+    BadAor(String),
+    #[error("aor: this provider serves SIP domains {domains:?}, not `{domain}`")]
+    ForeignDomain {
+        domain: String,
+        domains: Vec<String>,
+    },
+    #[error("username: 1-64 characters of letters, digits and `-_.!~*'()&=+$,;?/`, not `{0}`")]
+    BadUsername(String),
+    #[error("password: {MIN_PASSWORD}-{MAX_PASSWORD} characters")]
+    BadPassword,
+}
+
+/// A new account for `user_id`, checked against the configuration.
+pub fn new_account(
+    config: &Config,
+    user_id: &str,
+    aor: &str,
+    username: Option<&str>,
+    password: &str,
+) -> Result<SipAccount, AccountError> {
+    let aor = canonical_aor(aor).ok_or_else(|| AccountError::BadAor(aor.to_string()))?;
+    let (user, domain) = aor
+        .strip_prefix("sip:")
+        .and_then(|rest| rest.rsplit_once('@'))
+        .ok_or_else(|| AccountError::BadAor(aor.clone()))?;
+    let domains = config.sip_domains();
+    if !domains.iter().any(|d| d == domain) {
+        return Err(AccountError::ForeignDomain {
+            domain: domain.to_string(),
+            domains,
+        });
+    }
+    let username = username.unwrap_or(user);
+    let username_ok = (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b));
+    if !username_ok {
+        return Err(AccountError::BadUsername(username.to_string()));
+    }
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&password.chars().count()) {
+        return Err(AccountError::BadPassword);
+    }
+    let realm = config.sip_realm();
+    Ok(SipAccount {
+        user_id: user_id.to_string(),
+        username: username.to_string(),
+        realm: realm.to_string(),
+        ha1_md5: ha1(Algorithm::Md5, username, realm, password),
+        ha1_sha256: ha1(Algorithm::Sha256, username, realm, password),
+        created_at: now_ms(),
+        aor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_checked_before_anything_is_stored() {
+        let config = Config {
+            provider_id: "a.test".into(),
+            ..Config::default()
+        };
+        let account = new_account(&config, "u1", "sip:Bob@A.test", None, "correct horse").unwrap();
+        assert_eq!(account.aor, "sip:Bob@a.test");
+        assert_eq!(account.username, "Bob");
+        assert_eq!(account.realm, "a.test");
+        assert_eq!(
+            account.ha1_md5,
+            ha1(Algorithm::Md5, "Bob", "a.test", "correct horse")
+        );
+        for (aor, username, password) in [
+            ("tel:+15551234567", None, "correct horse"),
+            ("sip:bob@b.test", None, "correct horse"),
+            ("sip:bob@a.test", Some("b o b"), "correct horse"),
+            ("sip:bob@a.test", None, "short"),
+        ] {
+            assert!(
+                new_account(&config, "u1", aor, username, password).is_err(),
+                "{aor} {username:?} {password}"
+            );
+        }
+    }
+}

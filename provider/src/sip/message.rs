@@ -1,0 +1,711 @@
+//! The SIP front door, free of I/O: framing on stream transports, and the checks every request
+//! passes before the edge acts on it. Whatever fails a check is answered here with the status
+//! RFC 3261 gives it (400, 413, 416, 420, 483, 501, 505) whenever the message names enough to
+//! answer (a Via, From, To, Call-ID and CSeq); otherwise it is dropped.
+//!
+//! rsip parses headers well but refuses unknown methods and `tel:` Request-URIs outright, so the
+//! start line is read here and rsip is handed the message with a neutral start line; the method
+//! and Request-URI are then judged on their own.
+
+use std::net::SocketAddr;
+
+use rsip::prelude::*;
+use rsip::{headers, Header, Headers, Method, Request, Response};
+
+pub const SIP_VERSION: &str = "SIP/2.0";
+const BRANCH_MAGIC: &str = "z9hG4bK";
+
+/// How a message reached the edge; responses go back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
+}
+
+/// The request methods the edge acts on; other known methods get 405 with this list in Allow.
+pub const ALLOWED: &[Method] = &[Method::Register, Method::Options];
+
+/// A request that passed the front door.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub method: Method,
+    /// The Request-URI as sent (`sip:`, `sips:` or `tel:`).
+    pub request_uri: String,
+    /// The request with its headers and body; its start line is neutral (see the module docs).
+    pub request: Request,
+    pub source: SocketAddr,
+    pub transport: Transport,
+}
+
+/// What the front door made of a message.
+#[derive(Debug)]
+pub enum Received {
+    Request(Box<Inbound>),
+    /// Answered here: send these bytes back to the source.
+    Answered(Vec<u8>),
+    /// Nothing to answer (a response, an ACK to an error, or too broken to answer).
+    Dropped(&'static str),
+}
+
+/// Limits of the front door.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The start line's three parts.
+struct StartLine<'a> {
+    method: &'a str,
+    uri: &'a str,
+    version: &'a str,
+}
+
+fn start_line(text: &str) -> Option<StartLine<'_>> {
+    let mut parts = text.split(' ');
+    let line = StartLine {
+        method: parts.next()?,
+        uri: parts.next()?,
+        version: parts.next()?,
+    };
+    (parts.next().is_none() && !line.uri.is_empty()).then_some(line)
+}
+
+/// RFC 3261 §7.3.3 compact header names, which rsip does not know.
+const COMPACT: &[(&str, &str)] = &[
+    ("i", "Call-ID"),
+    ("m", "Contact"),
+    ("e", "Content-Encoding"),
+    ("l", "Content-Length"),
+    ("c", "Content-Type"),
+    ("f", "From"),
+    ("s", "Subject"),
+    ("k", "Supported"),
+    ("t", "To"),
+    ("v", "Via"),
+];
+
+/// The header block with folded lines joined (RFC 3261 §7.3.1) and compact names spelled out,
+/// then the body as is.
+fn normalize(rest: &[u8]) -> Option<Vec<u8>> {
+    let head_end = find(rest, b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&rest[..head_end]).ok()?;
+    let mut lines: Vec<String> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            let last = lines.last_mut()?;
+            last.push(' ');
+            last.push_str(line.trim_start());
+            continue;
+        }
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim_end();
+        let name = COMPACT
+            .iter()
+            .find(|(short, _)| short.eq_ignore_ascii_case(name))
+            .map_or(name, |(_, long)| long);
+        lines.push(format!("{name}: {}", value.trim_start()));
+    }
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(&rest[head_end..]);
+    Some(out)
+}
+
+/// Parses everything but the start line, which is replaced by a neutral one.
+fn parse_rest(rest: &[u8]) -> Option<Request> {
+    let mut neutral = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
+    neutral.extend_from_slice(&normalize(rest)?);
+    match rsip::SipMessage::try_from(neutral.as_slice()) {
+        Ok(rsip::SipMessage::Request(request)) => Some(request),
+        _ => None,
+    }
+}
+
+/// The values of every header called `name`, whatever rsip made of it.
+pub fn header_values(request: &Request, name: &str) -> Vec<String> {
+    request
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (key, value) = text.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+        .collect()
+}
+
+/// Enough to answer: a Via with a branch, From, To, Call-ID and CSeq.
+fn answerable(request: &Request) -> bool {
+    request.via_header().is_ok()
+        && request.from_header().is_ok()
+        && request.to_header().is_ok()
+        && request.call_id_header().is_ok()
+        && request.cseq_header().is_ok()
+}
+
+/// The `branch` of the top Via (RFC 3261 magic cookie required: transactions are matched on it).
+pub fn top_branch(request: &Request) -> Option<String> {
+    let via = request.via_header().ok()?.value();
+    via.split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix("branch="))
+        .filter(|b| b.starts_with(BRANCH_MAGIC) && b.len() > BRANCH_MAGIC.len())
+        .map(str::to_string)
+}
+
+/// The `CSeq` number and method name.
+pub fn cseq(request: &Request) -> Option<(u32, String)> {
+    let value = request.cseq_header().ok()?.value().trim().to_string();
+    let (number, method) = value.split_once(char::is_whitespace)?;
+    Some((number.parse().ok()?, method.trim().to_string()))
+}
+
+/// A response to `request` (RFC 3261 §8.2.6): its Vias (the top one marked with where it came
+/// from, RFC 3261 §18.2.1 and RFC 3581), From, To (with a tag when it has none), Call-ID and CSeq,
+/// then `extra` headers and an empty body.
+pub fn response(
+    request: &Request,
+    source: SocketAddr,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: Vec<Header>,
+) -> Vec<u8> {
+    let mut headers = Headers::default();
+    let mut first_via = true;
+    for h in request.headers.iter() {
+        match h {
+            Header::Via(via) if first_via => {
+                first_via = false;
+                headers.push(headers::Via::new(mark_via(via.value(), source)).into());
+            }
+            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
+                headers.push(h.clone())
+            }
+            Header::To(to) => {
+                let value = to.value();
+                if value.contains(";tag=") || value.contains("; tag=") {
+                    headers.push(h.clone());
+                } else {
+                    headers.push(headers::To::new(format!("{value};tag={to_tag}")).into());
+                }
+            }
+            _ => {}
+        }
+    }
+    for h in extra {
+        headers.push(h);
+    }
+    headers.push(headers::Server::new(concat!("switchyard/", env!("CARGO_PKG_VERSION"))).into());
+    headers.push(headers::ContentLength::from(0u32).into());
+    let response = Response {
+        status_code: status.into(),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    };
+    // rsip prints its own reason phrase for known codes; ours says why.
+    let text = response.to_string();
+    let first_end = text.find("\r\n").unwrap_or(text.len());
+    format!("{SIP_VERSION} {status} {reason}{}", &text[first_end..]).into_bytes()
+}
+
+/// Adds `received` when the Via's host is not the source address, and fills an empty `rport`.
+fn mark_via(value: &str, source: SocketAddr) -> String {
+    let mut params: Vec<String> = value.split(';').map(|p| p.trim().to_string()).collect();
+    let sent_by_host = params[0]
+        .split_whitespace()
+        .nth(1)
+        .map(|hostport| {
+            let hostport = hostport.trim();
+            if let Some(v6) = hostport.strip_prefix('[') {
+                v6.split(']').next().unwrap_or("").to_string()
+            } else {
+                hostport.split(':').next().unwrap_or("").to_string()
+            }
+        })
+        .unwrap_or_default();
+    let source_ip = source.ip().to_string();
+    let mut has_received = false;
+    for p in params.iter_mut().skip(1) {
+        if p.eq_ignore_ascii_case("rport") {
+            *p = format!("rport={}", source.port());
+        }
+        if p.to_ascii_lowercase().starts_with("received=") {
+            has_received = true;
+        }
+    }
+    if sent_by_host != source_ip && !has_received {
+        params.push(format!("received={source_ip}"));
+    }
+    params.join(";")
+}
+
+fn answer(
+    request: &Request,
+    source: SocketAddr,
+    status: u16,
+    reason: &str,
+    extra: Vec<Header>,
+) -> Received {
+    Received::Answered(response(
+        request,
+        source,
+        status,
+        reason,
+        &crate::registry::random_token(8),
+        extra,
+    ))
+}
+
+pub fn allow_header() -> Header {
+    let methods: Vec<String> = ALLOWED.iter().map(|m| m.to_string()).collect();
+    Header::Other("Allow".into(), methods.join(", "))
+}
+
+/// Checks one complete message (a datagram, or one framed off a stream).
+pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: Limits) -> Received {
+    let line_end = match find(bytes, b"\r\n") {
+        Some(end) => end,
+        None => return Received::Dropped("no start line"),
+    };
+    let Ok(first) = std::str::from_utf8(&bytes[..line_end]) else {
+        return Received::Dropped("start line is not UTF-8");
+    };
+    if first.starts_with(SIP_VERSION) {
+        return Received::Dropped("a response; the edge sends no requests of its own yet");
+    }
+    let rest = &bytes[line_end + 2..];
+    let Some(request) = parse_rest(rest) else {
+        return Received::Dropped("headers do not parse");
+    };
+    if !answerable(&request) {
+        return Received::Dropped("no Via, From, To, Call-ID or CSeq to answer with");
+    }
+    let is_ack = first.starts_with("ACK ");
+    // An ACK is never answered (RFC 3261 §17.2.1): what fails below is dropped for it.
+    let refuse = |status: u16, reason: &str, extra: Vec<Header>| {
+        if is_ack {
+            Received::Dropped("a bad ACK")
+        } else {
+            answer(&request, source, status, reason, extra)
+        }
+    };
+    if bytes.len() > limits.max_message_bytes {
+        return refuse(413, "Message Too Large", vec![]);
+    }
+    let Some(line) = start_line(first) else {
+        return refuse(400, "Bad Request Line", vec![]);
+    };
+    if !line.version.eq_ignore_ascii_case(SIP_VERSION) {
+        return refuse(505, "Version Not Supported", vec![]);
+    }
+    if !is_token(line.method) {
+        return refuse(400, "Bad Method", vec![]);
+    }
+    let Ok(method) = line.method.parse::<Method>() else {
+        return refuse(501, "Not Implemented", vec![allow_header()]);
+    };
+    if top_branch(&request).is_none() {
+        return refuse(400, "Via Lacks An RFC 3261 Branch", vec![]);
+    }
+    match cseq(&request) {
+        Some((_, cseq_method)) if cseq_method.eq_ignore_ascii_case(line.method) => {}
+        _ => return refuse(400, "Bad CSeq", vec![]),
+    }
+    if let Err(reason) = content_length(&request, transport) {
+        return refuse(400, reason, vec![]);
+    }
+    let scheme = line
+        .uri
+        .split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("sip" | "sips" | "tel") => {}
+        _ => return refuse(416, "Unsupported URI Scheme", vec![]),
+    }
+    match header_values(&request, "Max-Forwards")
+        .first()
+        .map(|v| v.parse::<u8>())
+    {
+        None => {}
+        Some(Err(_)) => return refuse(400, "Bad Max-Forwards", vec![]),
+        Some(Ok(0)) if !matches!(method, Method::Register | Method::Options) => {
+            return refuse(483, "Too Many Hops", vec![]);
+        }
+        Some(Ok(_)) => {}
+    }
+    if !matches!(method, Method::Ack | Method::Cancel) {
+        let required: Vec<String> = header_values(&request, "Require")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() {
+            let unsupported = Header::Other("Unsupported".into(), required.join(", "));
+            return refuse(420, "Bad Extension", vec![unsupported]);
+        }
+    }
+    if !ALLOWED.contains(&method) {
+        return refuse(405, "Method Not Allowed", vec![allow_header()]);
+    }
+    Received::Request(Box::new(Inbound {
+        method,
+        request_uri: line.uri.to_string(),
+        request,
+        source,
+        transport,
+    }))
+}
+
+/// Content-Length must match the body on a datagram (RFC 3261 §18.3 lets a receiver refuse a
+/// mismatch); on a stream it was what framed the message.
+fn content_length(request: &Request, transport: Transport) -> Result<(), &'static str> {
+    let declared: Vec<&headers::ContentLength> = request
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::ContentLength(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    match declared.as_slice() {
+        [] if transport.is_stream() => Err("Content-Length Required On A Stream"),
+        [] => Ok(()),
+        [one] => match one.length() {
+            Ok(n) if n as usize == request.body.len() => Ok(()),
+            Ok(_) => Err("Content-Length Does Not Match The Body"),
+            Err(_) => Err("Bad Content-Length"),
+        },
+        _ => Err("Repeated Content-Length"),
+    }
+}
+
+/// Splits a byte stream (TCP, TLS) into messages by their Content-Length.
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    buffer: Vec<u8>,
+}
+
+/// What the framer found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed {
+    Message(Vec<u8>),
+    /// A keep-alive ping (RFC 5626 §3.5.1: CRLFCRLF), answered with CRLF.
+    Ping,
+    /// The stream cannot be read on (no or bad Content-Length, or a message over the limit):
+    /// the connection closes.
+    Broken(&'static str),
+}
+
+impl StreamFramer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, if the buffer holds one.
+    pub fn next(&mut self, max_message_bytes: usize) -> Option<Framed> {
+        if self.buffer.starts_with(b"\r\n\r\n") {
+            self.buffer.drain(..4);
+            return Some(Framed::Ping);
+        }
+        let skip = self
+            .buffer
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if skip > 0 && skip < self.buffer.len() {
+            self.buffer.drain(..skip);
+        }
+        let Some(head_end) = find(&self.buffer, b"\r\n\r\n") else {
+            return (self.buffer.len() > max_message_bytes)
+                .then_some(Framed::Broken("a header block over the size limit"));
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]);
+        let mut lengths = head.split("\r\n").skip(1).filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.trim();
+            (name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l"))
+                .then(|| value.trim().parse::<usize>().ok())
+        });
+        let length = match (lengths.next(), lengths.next()) {
+            (Some(Some(n)), None) => n,
+            (None, _) => return Some(Framed::Broken("no Content-Length on a stream")),
+            _ => return Some(Framed::Broken("a bad or repeated Content-Length")),
+        };
+        let total = head_end + 4 + length;
+        if total > max_message_bytes {
+            return Some(Framed::Broken("a message over the size limit"));
+        }
+        if self.buffer.len() < total {
+            return None;
+        }
+        Some(Framed::Message(self.buffer.drain(..total).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_message_bytes: 4096,
+    };
+
+    fn source() -> SocketAddr {
+        "192.0.2.7:5062".parse().unwrap()
+    }
+
+    fn request(start: &str, extra: &str, body: &str) -> Vec<u8> {
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK776asdhds;rport\r\n\
+             Max-Forwards: 70\r\nTo: <sip:bob@a.test>\r\nFrom: <sip:bob@a.test>;tag=1928301774\r\n\
+             Call-ID: a84b4c76e66710\r\nCSeq: 1 {method}\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            method = start.split(' ').next().unwrap(),
+            len = body.len()
+        )
+        .into_bytes()
+    }
+
+    fn status_of(received: &Received) -> (u16, String) {
+        let Received::Answered(bytes) = received else {
+            panic!("not answered: {received:?}");
+        };
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let line = text.lines().next().unwrap();
+        let mut parts = line.splitn(3, ' ');
+        parts.next();
+        (parts.next().unwrap().parse().unwrap(), text)
+    }
+
+    #[test]
+    fn a_good_register_passes_and_keeps_its_request_uri() {
+        let received = receive(
+            &request("REGISTER sip:a.test SIP/2.0", "", ""),
+            source(),
+            Transport::Udp,
+            LIMITS,
+        );
+        let Received::Request(inbound) = received else {
+            panic!("{received:?}")
+        };
+        assert_eq!(inbound.method, Method::Register);
+        assert_eq!(inbound.request_uri, "sip:a.test");
+    }
+
+    #[test]
+    fn bad_requests_get_the_status_rfc_3261_gives_them() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (request("FROBNICATE sip:a.test SIP/2.0", "", ""), 501),
+            (request("SUBSCRIBE sip:a.test SIP/2.0", "", ""), 405),
+            (request("REGISTER mailto:bob@a.test SIP/2.0", "", ""), 416),
+            (request("REGISTER http://a.test SIP/2.0", "", ""), 416),
+            (request("REGISTER sip:a.test SIP/3.0", "", ""), 505),
+            (request("REGISTER  sip:a.test SIP/2.0", "", ""), 400),
+            (
+                request("REGISTER sip:a.test SIP/2.0", "Require: 100rel\r\n", ""),
+                420,
+            ),
+            (
+                request("INVITE sip:bob@a.test SIP/2.0", "", "").replace_max_forwards("0"),
+                483,
+            ),
+            (
+                request("REGISTER sip:a.test SIP/2.0", "", "").replace_max_forwards("x"),
+                400,
+            ),
+            (
+                request("REGISTER sip:a.test SIP/2.0", "", "v=0\r\n").replace_content_length("99"),
+                400,
+            ),
+            (
+                request("REGISTER sip:a.test SIP/2.0", "", "")
+                    .replace_first("branch=z9hG4bK776asdhds", "branch=1"),
+                400,
+            ),
+            (
+                request("REGISTER sip:a.test SIP/2.0", "", "")
+                    .replace_first("CSeq: 1 REGISTER", "CSeq: 1 INVITE"),
+                400,
+            ),
+            (
+                request(
+                    "REGISTER sip:a.test SIP/2.0",
+                    &format!("X-Padding: {}\r\n", "p".repeat(5000)),
+                    "",
+                ),
+                413,
+            ),
+        ];
+        for (bytes, status) in cases {
+            let received = receive(&bytes, source(), Transport::Udp, LIMITS);
+            assert_eq!(
+                status_of(&received).0,
+                status,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let (_, text) = status_of(&receive(
+            &request("FROBNICATE sip:a.test SIP/2.0", "", ""),
+            source(),
+            Transport::Udp,
+            LIMITS,
+        ));
+        assert!(text.contains("Allow: REGISTER, OPTIONS"), "{text}");
+        assert!(text.contains("CSeq: 1 FROBNICATE"), "{text}");
+        let (_, text) = status_of(&receive(
+            &request(
+                "REGISTER sip:a.test SIP/2.0",
+                "Require: 100rel, path\r\n",
+                "",
+            ),
+            source(),
+            Transport::Udp,
+            LIMITS,
+        ));
+        assert!(text.contains("Unsupported: 100rel, path"), "{text}");
+    }
+
+    #[test]
+    fn compact_and_folded_headers_are_read() {
+        let bytes = b"REGISTER sip:a.test SIP/2.0\r\nv: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKc1\r\n\
+            t: <sip:bob@a.test>\r\nf: <sip:bob@a.test>\r\n ;tag=9\r\ni: c1\r\n\
+            CSeq: 2 REGISTER\r\nl: 0\r\n\r\n";
+        let Received::Request(inbound) = receive(bytes, source(), Transport::Udp, LIMITS) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            inbound.request.from_header().unwrap().value(),
+            "<sip:bob@a.test> ;tag=9"
+        );
+    }
+
+    #[test]
+    fn responses_mark_the_via_and_tag_the_to() {
+        let (_, text) = status_of(&receive(
+            &request("FROBNICATE sip:a.test SIP/2.0", "", ""),
+            source(),
+            Transport::Udp,
+            LIMITS,
+        ));
+        assert!(
+            text.contains("branch=z9hG4bK776asdhds;rport=5062;received=192.0.2.7"),
+            "{text}"
+        );
+        assert!(text.contains("To: <sip:bob@a.test>;tag="), "{text}");
+        assert!(
+            text.starts_with("SIP/2.0 501 Not Implemented\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn unanswerable_messages_responses_and_bad_acks_are_dropped() {
+        for bytes in [
+            b"garbage".to_vec(),
+            b"\x00\xff\r\n\r\n".to_vec(),
+            b"REGISTER sip:a.test SIP/2.0\r\nFrom: <sip:x@a.test>\r\n\r\n".to_vec(),
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n".to_vec(),
+            request("ACK sip:a.test SIP/3.0", "", ""),
+        ] {
+            assert!(
+                matches!(
+                    receive(&bytes, source(), Transport::Udp, LIMITS),
+                    Received::Dropped(_)
+                ),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn streams_are_framed_by_content_length() {
+        let one = request("OPTIONS sip:a.test SIP/2.0", "", "");
+        let two = request("REGISTER sip:a.test SIP/2.0", "", "");
+        let mut framer = StreamFramer::default();
+        let mut stream = b"\r\n\r\n".to_vec();
+        stream.extend_from_slice(&one);
+        stream.extend_from_slice(&two);
+        // Arbitrary chunking must not matter.
+        let mut out = Vec::new();
+        for chunk in stream.chunks(7) {
+            framer.push(chunk);
+            while let Some(framed) = framer.next(4096) {
+                out.push(framed);
+            }
+        }
+        assert_eq!(
+            out,
+            vec![Framed::Ping, Framed::Message(one), Framed::Message(two)]
+        );
+        let mut framer = StreamFramer::default();
+        framer.push(b"OPTIONS sip:a.test SIP/2.0\r\nVia: x\r\n\r\n");
+        assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
+        let mut framer = StreamFramer::default();
+        framer.push(&vec![b'a'; 5000]);
+        assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
+        let mut framer = StreamFramer::default();
+        framer.push(b"OPTIONS sip:a.test SIP/2.0\r\nContent-Length: 9000\r\n\r\n");
+        assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
+    }
+
+    /// Test helpers to edit one header of a built request.
+    trait Edit {
+        fn replace_first(self, from: &str, to: &str) -> Vec<u8>;
+        fn replace_max_forwards(self, value: &str) -> Vec<u8>;
+        fn replace_content_length(self, value: &str) -> Vec<u8>;
+    }
+
+    impl Edit for Vec<u8> {
+        fn replace_first(self, from: &str, to: &str) -> Vec<u8> {
+            String::from_utf8(self)
+                .unwrap()
+                .replacen(from, to, 1)
+                .into_bytes()
+        }
+        fn replace_max_forwards(self, value: &str) -> Vec<u8> {
+            self.replace_first("Max-Forwards: 70", &format!("Max-Forwards: {value}"))
+        }
+        fn replace_content_length(self, value: &str) -> Vec<u8> {
+            let text = String::from_utf8(self).unwrap();
+            let at = text.find("Content-Length: ").unwrap();
+            let end = at + text[at..].find("\r\n").unwrap();
+            format!("{}Content-Length: {value}{}", &text[..at], &text[end..]).into_bytes()
+        }
+    }
+}

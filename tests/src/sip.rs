@@ -1,0 +1,256 @@
+//! A minimal SIP user agent for the SIP edge tests: builds requests by hand, sends them over UDP
+//! or TCP, reads the answers, and answers digest challenges (RFC 7616, computed here, so the
+//! edge's own digest code is not what checks itself).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::WAIT;
+
+/// A parsed SIP response.
+#[derive(Debug, Clone)]
+pub struct SipResponse {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl SipResponse {
+    pub fn parse(bytes: &[u8]) -> anyhow::Result<SipResponse> {
+        let text = String::from_utf8(bytes.to_vec()).context("response is not UTF-8")?;
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap_or("");
+        let mut parts = first.splitn(3, ' ');
+        if parts.next() != Some("SIP/2.0") {
+            bail!("not a SIP response: {first}");
+        }
+        let status = parts.next().unwrap_or("").parse()?;
+        let reason = parts.next().unwrap_or("").to_string();
+        let headers = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
+        Ok(SipResponse {
+            status,
+            reason,
+            headers,
+            text,
+        })
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
+    }
+}
+
+/// One transport to the edge.
+pub enum SipTransport {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpStream),
+}
+
+impl SipTransport {
+    pub async fn udp(server: SocketAddr) -> anyhow::Result<SipTransport> {
+        Ok(SipTransport::Udp(
+            UdpSocket::bind("127.0.0.1:0").await?,
+            server,
+        ))
+    }
+
+    pub async fn tcp(server: SocketAddr) -> anyhow::Result<SipTransport> {
+        Ok(SipTransport::Tcp(TcpStream::connect(server).await?))
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(match self {
+            SipTransport::Udp(socket, _) => socket.local_addr()?,
+            SipTransport::Tcp(stream) => stream.local_addr()?,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SipTransport::Udp(..) => "UDP",
+            SipTransport::Tcp(_) => "TCP",
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            SipTransport::Udp(socket, server) => {
+                socket.send_to(bytes, *server).await?;
+            }
+            SipTransport::Tcp(stream) => stream.write_all(bytes).await?,
+        }
+        Ok(())
+    }
+
+    /// The next message, within `wait`; None if nothing came.
+    pub async fn receive(&mut self, wait: Duration) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; 65_536];
+        match self {
+            SipTransport::Udp(socket, _) => {
+                match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+                    Ok(received) => Ok(Some(buf[..received?.0].to_vec())),
+                    Err(_) => Ok(None),
+                }
+            }
+            SipTransport::Tcp(stream) => {
+                // One response at a time: read until the header block and its Content-Length.
+                let mut data = Vec::new();
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..end]).to_string();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.trim()
+                                    .eq_ignore_ascii_case("Content-Length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if data.len() >= end + 4 + length {
+                            return Ok(Some(data[..end + 4 + length].to_vec()));
+                        }
+                    }
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                        Ok(Ok(0)) => bail!("the edge closed the connection"),
+                        Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request and reads its response.
+    pub async fn exchange(&mut self, bytes: &[u8]) -> anyhow::Result<SipResponse> {
+        self.send(bytes).await?;
+        match self.receive(WAIT).await? {
+            Some(answer) => SipResponse::parse(&answer),
+            None => bail!("no answer within {WAIT:?}"),
+        }
+    }
+}
+
+pub fn md5_hex(input: &str) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(input.as_bytes()))
+}
+
+pub fn sha256_hex(input: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        input.as_bytes(),
+    ))
+}
+
+/// The parameters of one `WWW-Authenticate: Digest` challenge.
+pub fn challenge_params(challenge: &str) -> Vec<(String, String)> {
+    challenge
+        .trim_start_matches("Digest")
+        .split(',')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// An `Authorization` value answering `challenge` for `method uri` (qop=auth, RFC 7616 §3.4).
+pub fn authorization(
+    challenge: &str,
+    username: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    let params = challenge_params(challenge);
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (realm, nonce, algorithm) = (get("realm"), get("nonce"), get("algorithm"));
+    let hash = |s: &str| {
+        if algorithm.eq_ignore_ascii_case("SHA-256") {
+            sha256_hex(s)
+        } else {
+            md5_hex(s)
+        }
+    };
+    let ha1 = hash(&format!("{username}:{realm}:{password}"));
+    let ha2 = hash(&format!("{method}:{uri}"));
+    let cnonce = "0a4f113b";
+    let nc = format!("{nc:08x}");
+    let response = hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{username}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm={algorithm}, cnonce=\"{cnonce}\", qop=auth, nc={nc}"
+    )
+}
+
+/// Where a test user agent sends from: the Via of its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Ua {
+    pub transport: &'static str,
+    pub local: SocketAddr,
+}
+
+impl Ua {
+    pub fn of(transport: &SipTransport) -> anyhow::Result<Ua> {
+        Ok(Ua {
+            transport: transport.name(),
+            local: transport.local_addr()?,
+        })
+    }
+
+    /// A REGISTER for `aor` at `domain`, with `extra` header lines (each ending in CRLF).
+    pub fn register(
+        &self,
+        domain: &str,
+        aor: &str,
+        call_id: &str,
+        cseq: u32,
+        branch: &str,
+        extra: &str,
+    ) -> Vec<u8> {
+        format!(
+            "REGISTER sip:{domain} SIP/2.0\r\n\
+             Via: SIP/2.0/{transport} {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{aor}>;tag=reg{branch}\r\n\
+             To: <{aor}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\n\
+             User-Agent: switchyard-tests\r\n\
+             {extra}Content-Length: 0\r\n\r\n",
+            transport = self.transport,
+            local = self.local,
+        )
+        .into_bytes()
+    }
+}
