@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (PostgreSQL server; coturn for
 # `turnutils_uclient`, the reference TURN client of the relay tests, and `turnserver`, the reference
-# relay of bench/relay), and libsrtp2 with a C compiler for bench/srtp, if missing.
+# relay of bench/relay; sipp, from sip-tester, for the SIP edge's interop tests and bench/sip), and
+# libsrtp2 with a C compiler for bench/srtp, if missing.
 set -euo pipefail
 
 need=()
@@ -14,12 +15,19 @@ fi
 if [ ! -f /usr/include/srtp2/srtp.h ]; then
     need+=(libsrtp2-dev)
 fi
-# The media tests build networks in namespaces: veth, a bridge, nftables firewalls, netem loss.
+if ! command -v sipp >/dev/null 2>&1; then
+    need+=(sip-tester)
+fi
+# The media tests build networks in namespaces: veth, a bridge, nftables firewalls and loss, and
+# check the NAT they build with a python3 probe.
 if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
     need+=(iproute2)
 fi
 if ! command -v nft >/dev/null 2>&1; then
     need+=(nftables)
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+    need+=(python3)
 fi
 if ! command -v gcc >/dev/null 2>&1; then
     need+=(gcc libc6-dev)

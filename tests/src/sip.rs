@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::WAIT;
+use crate::{test_config, Harness, WAIT};
 
 /// A parsed SIP response.
 #[derive(Debug, Clone)]
@@ -252,5 +252,76 @@ impl Ua {
             local = self.local,
         )
         .into_bytes()
+    }
+}
+
+/// A provider with its SIP edge on loopback (UDP and TCP, port 0), serving `domain`, and a user
+/// with `uris` and a SIP account `sip:<user>@<domain>`.
+pub struct SipProvider {
+    pub h: Harness,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub user_id: String,
+}
+
+impl SipProvider {
+    pub async fn start(
+        domain: &str,
+        user: &str,
+        password: &str,
+        uris: &[&str],
+        tune: impl FnOnce(&mut switchyard_provider::Config),
+    ) -> anyhow::Result<SipProvider> {
+        let (mut config, dir) = test_config().await?;
+        config.provider_id = domain.into();
+        config.sip.enabled = true;
+        config.sip.udp_listen = Some("127.0.0.1:0".parse()?);
+        config.sip.tcp_listen = Some("127.0.0.1:0".parse()?);
+        tune(&mut config);
+        let h = Harness::start_with(config, dir).await?;
+        let user_id = h.add_user(user, uris).await?;
+        let provider = SipProvider {
+            udp: h.provider.sip_udp_addr.context("SIP over UDP")?,
+            tcp: h.provider.sip_tcp_addr.context("SIP over TCP")?,
+            h,
+            user_id,
+        };
+        provider
+            .add_account(&format!("sip:{user}@{domain}"), password)
+            .await?;
+        Ok(provider)
+    }
+
+    pub async fn add_account(&self, aor: &str, password: &str) -> anyhow::Result<()> {
+        let (status, body) = self
+            .h
+            .admin_call(
+                reqwest::Method::POST,
+                &format!("/admin/v1/users/{}/sip-accounts", self.user_id),
+                Some(serde_json::json!({"aor": aor, "password": password})),
+            )
+            .await?;
+        if status != 200 {
+            bail!("adding SIP account {aor}: {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// The registered contacts of the user's accounts, as the admin API lists them.
+    pub async fn contacts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (_, body) = self
+            .h
+            .admin_call(
+                reqwest::Method::GET,
+                &format!("/admin/v1/users/{}/sip-accounts", self.user_id),
+                None,
+            )
+            .await?;
+        Ok(body["sip_accounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["contacts"].as_array().cloned().unwrap_or_default())
+            .collect())
     }
 }

@@ -3,50 +3,34 @@
 //! answered from the transaction, the front door's answers to bad input, and the admin API that
 //! provisions the accounts.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use switchyard_tests::sip::{authorization, SipResponse, SipTransport, Ua};
+use switchyard_tests::sip::{authorization, SipProvider, SipResponse, SipTransport, Ua};
 use switchyard_tests::*;
 
 const DOMAIN: &str = "a.test";
 const BOB: &str = "sip:bob@a.test";
 const PASSWORD: &str = "correct horse battery";
 
-struct Edge {
-    h: Harness,
-    udp: SocketAddr,
-    tcp: SocketAddr,
-    user_id: String,
-}
-
-async fn edge() -> anyhow::Result<Edge> {
-    let (mut config, dir) = test_config().await?;
-    config.provider_id = DOMAIN.into();
-    config.sip.enabled = true;
-    config.sip.udp_listen = Some("127.0.0.1:0".parse()?);
-    config.sip.tcp_listen = Some("127.0.0.1:0".parse()?);
-    config.sip.min_expires_seconds = 2;
-    config.sip.nonce_lifetime_seconds = 2;
-    config.sip.max_contacts_per_aor = 3;
-    let h = Harness::start_with(config, dir).await?;
-    let user_id = h.add_user("Bob", &["tel:+16502530001"]).await?;
-    let (status, body) = h
+async fn edge() -> anyhow::Result<SipProvider> {
+    let edge = SipProvider::start(DOMAIN, "bob", PASSWORD, &["tel:+16502530001"], |config| {
+        config.sip.min_expires_seconds = 2;
+        config.sip.nonce_lifetime_seconds = 2;
+        config.sip.max_contacts_per_aor = 3;
+    })
+    .await?;
+    let (status, body) = edge
+        .h
         .admin_call(
-            reqwest::Method::POST,
-            &format!("/admin/v1/users/{user_id}/sip-accounts"),
-            Some(json!({"aor": BOB, "password": PASSWORD})),
+            reqwest::Method::GET,
+            &format!("/admin/v1/users/{}/sip-accounts", edge.user_id),
+            None,
         )
         .await?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["realm"], DOMAIN);
-    Ok(Edge {
-        udp: h.provider.sip_udp_addr.expect("SIP over UDP"),
-        tcp: h.provider.sip_tcp_addr.expect("SIP over TCP"),
-        h,
-        user_id,
-    })
+    assert_eq!(body["sip_accounts"][0]["realm"], DOMAIN);
+    Ok(edge)
 }
 
 /// REGISTER, answering the challenge that comes back; returns the final response.
