@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchyard_tests::sip::{authorization, SipProvider, SipResponse, SipTransport, Ua};
-use switchyard_tests::*;
 
 const DOMAIN: &str = "a.test";
 const BOB: &str = "sip:bob@a.test";
