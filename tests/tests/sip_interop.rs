@@ -6,7 +6,7 @@ use std::process::Command;
 
 use switchyard_tests::sip::SipProvider;
 
-const PASSWORD: &str = "sipp's password";
+const PASSWORD: &str = "sipp-secret-1";
 
 fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
@@ -24,6 +24,10 @@ fn free_port() -> u16 {
 async fn sipp_registers_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
     let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
     let logs = tempfile::tempdir()?;
+    std::fs::write(
+        logs.path().join("accounts.csv"),
+        format!("SEQUENTIAL\nbob;[authentication username=bob password={PASSWORD}]\n"),
+    )?;
     for (transport, server) in [("u1", edge.udp), ("t1", edge.tcp)] {
         let output = tokio::task::spawn_blocking({
             let logs = logs.path().to_path_buf();
@@ -32,8 +36,9 @@ async fn sipp_registers_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
                     .arg(server.to_string())
                     .args(["-sf"])
                     .arg(scenario("register"))
-                    .args(["-key", "domain", "a.test", "-key", "user", "bob"])
-                    .args(["-au", "bob", "-ap", PASSWORD, "-auth_uri", "a.test"])
+                    .args(["-inf"])
+                    .arg(logs.join("accounts.csv"))
+                    .args(["-key", "domain", "a.test", "-auth_uri", "a.test"])
                     .args(["-t", transport, "-i", "127.0.0.1"])
                     .args(["-p", &free_port().to_string()])
                     .args(["-m", "20", "-r", "50", "-timeout", "30s", "-nostdin"])

@@ -115,11 +115,12 @@ const COMPACT: &[(&str, &str)] = &[
 ];
 
 /// The header block with folded lines joined (RFC 3261 §7.3.1) and compact names spelled out,
-/// then the body as is.
-fn normalize(rest: &[u8]) -> Option<Vec<u8>> {
+/// then the body as is; and whether a line that is no header at all was left out.
+fn normalize(rest: &[u8]) -> Option<(Vec<u8>, bool)> {
     let head_end = find(rest, b"\r\n\r\n")?;
     let head = std::str::from_utf8(&rest[..head_end]).ok()?;
     let mut lines: Vec<String> = Vec::new();
+    let mut malformed = false;
     for line in head.split("\r\n") {
         if line.starts_with([' ', '\t']) {
             let last = lines.last_mut()?;
@@ -127,7 +128,10 @@ fn normalize(rest: &[u8]) -> Option<Vec<u8>> {
             last.push_str(line.trim_start());
             continue;
         }
-        let (name, value) = line.split_once(':')?;
+        let Some((name, value)) = line.split_once(':') else {
+            malformed = true;
+            continue;
+        };
         let name = name.trim_end();
         let name = COMPACT
             .iter()
@@ -137,15 +141,17 @@ fn normalize(rest: &[u8]) -> Option<Vec<u8>> {
     }
     let mut out = lines.join("\r\n").into_bytes();
     out.extend_from_slice(&rest[head_end..]);
-    Some(out)
+    Some((out, malformed))
 }
 
-/// Parses everything but the start line, which is replaced by a neutral one.
-fn parse_rest(rest: &[u8]) -> Option<Request> {
+/// Parses everything but the start line, which is replaced by a neutral one; true when a
+/// malformed header line had to be left out.
+fn parse_rest(rest: &[u8]) -> Option<(Request, bool)> {
+    let (normalized, malformed) = normalize(rest)?;
     let mut neutral = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
-    neutral.extend_from_slice(&normalize(rest)?);
+    neutral.extend_from_slice(&normalized);
     match rsip::SipMessage::try_from(neutral.as_slice()) {
-        Ok(rsip::SipMessage::Request(request)) => Some(request),
+        Ok(rsip::SipMessage::Request(request)) => Some((request, malformed)),
         _ => None,
     }
 }
@@ -307,7 +313,7 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         return Received::Dropped("a response; the edge sends no requests of its own yet");
     }
     let rest = &bytes[line_end + 2..];
-    let Some(request) = parse_rest(rest) else {
+    let Some((request, malformed)) = parse_rest(rest) else {
         return Received::Dropped("headers do not parse");
     };
     if !answerable(&request) {
@@ -333,6 +339,9 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
     }
     if !is_token(line.method) {
         return refuse(400, "Bad Method", vec![]);
+    }
+    if malformed {
+        return refuse(400, "Malformed Header Line", vec![]);
     }
     let Ok(method) = line.method.parse::<Method>() else {
         return refuse(501, "Not Implemented", vec![allow_header()]);
@@ -558,6 +567,14 @@ mod tests {
             (
                 request("REGISTER sip:a.test SIP/2.0", "", "")
                     .replace_first("CSeq: 1 REGISTER", "CSeq: 1 INVITE"),
+                400,
+            ),
+            (
+                request(
+                    "REGISTER sip:a.test SIP/2.0",
+                    "a line that is no header\r\n",
+                    "",
+                ),
                 400,
             ),
             (
