@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# SIP registrations per second with digest authentication: sipp (tests/interop/sipp/register.xml:
+# REGISTER, 401, REGISTER with the answer, 200) against a release `switchyard serve` with its SIP
+# edge on loopback and a fresh SQLite database. Loopback only, bounded by the registration count.
+#
+#   bench/sip/run.sh [registrations, default 20000] [accounts, default 1000] [u1|t1, default u1]
+#
+# The provider runs pinned to core 1 and sipp to core 0 (`taskset`). sipp offers registrations
+# faster than they can be served (-r 20000/s) with at most 200 in flight (-l 200); the figure is
+# registrations completed divided by the wall time of the run. Every registration must succeed
+# (sipp exits 0), and each is one database transaction (its bindings) plus one account lookup.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+total=${1:-20000}
+accounts=${2:-1000}
+transport=${3:-u1}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
+command -v sipp >/dev/null || { echo "sipp missing: scripts/ensure-packages.sh" >&2; exit 1; }
+cargo build --locked --release -q -p switchyard-provider --bin switchyard
+bin="$CARGO_TARGET_DIR/release/switchyard"
+
+work=$(mktemp -d /tmp/switchyard-sip-bench.XXXXXX)
+pid=
+trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+admin_port=$(port)
+sip_port=$(port)
+cat > "$work/switchyard.toml" <<TOML
+data_dir = "$work/data"
+provider_id = "bench.test"
+[endpoint_api]
+listen = "127.0.0.1:$(port)"
+[admin]
+listen = "127.0.0.1:$admin_port"
+[sip]
+enabled = true
+udp_listen = "127.0.0.1:$sip_port"
+tcp_listen = "127.0.0.1:$sip_port"
+[log]
+level = "warn"
+TOML
+
+pin_server=()
+pin_load=()
+if [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 1)
+    pin_load=(taskset -c 0)
+fi
+"${pin_server[@]}" "$bin" serve --config "$work/switchyard.toml" 2>"$work/serve.log" &
+pid=$!
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# One user holding <accounts> SIP accounts user0..userN-1, and sipp's injection file for them.
+python3 - "$admin_port" "$work/data/admin-token" "$accounts" "$work/accounts.csv" <<'PY'
+import json, sys, urllib.request
+port, token_file, n, csv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+token = open(token_file).read().strip()
+def call(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))
+user = call("/admin/v1/users", {"display_name": "Bench", "uris": ["tel:+442071234567"]})["id"]
+with open(csv, "w") as out:
+    out.write("SEQUENTIAL\n")
+    for i in range(n):
+        call(f"/admin/v1/users/{user}/sip-accounts", {"aor": f"sip:user{i}@bench.test", "password": f"secret-{i:06d}"})
+        out.write(f"user{i};[authentication username=user{i} password=secret-{i:06d}]\n")
+PY
+
+echo "sipp: $total registrations of $accounts accounts over ${transport/u1/UDP}" >&2
+start=$(date +%s.%N)
+"${pin_load[@]}" sipp "127.0.0.1:$sip_port" -sf tests/interop/sipp/register.xml -inf "$work/accounts.csv" \
+    -key domain bench.test -auth_uri bench.test -t "$transport" -i 127.0.0.1 -p "$(port)" \
+    -r 20000 -rp 1000 -l 200 -m "$total" -timeout 300s -nostdin -trace_err -error_file "$work/errors.log" \
+    >"$work/sipp.out" 2>&1 || { tail -30 "$work/sipp.out" >&2; head -20 "$work/errors.log" >&2; exit 1; }
+end=$(date +%s.%N)
+python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); n=int(sys.argv[3]); print(f'{n} registrations in {t:.2f} s: {n/t:,.0f} registrations/s (each REGISTER, 401, REGISTER, 200)')" "$start" "$end" "$total"
+grep -E "Successful call|Failed call" "$work/sipp.out" | tail -2 >&2
