@@ -26,8 +26,9 @@ use crate::blob::{self, Candidate, CandidateKind, Credentials, MediaBlob, COMPON
 use crate::demux::{classify, PacketKind};
 use crate::ice::{IceAgent, IceEvent, LocalCandidate, Role};
 use crate::rtp::{
-    marshal_compound, ntp_time, parse_compound, receiver_report, round_trip_time, sender_report,
-    AudioCodec, AudioSource, Camera, ReceiveStats, Rotation, RtcpReport, SendStats, VideoSource,
+    marshal_compound, ntp_time, parse_compound, random_cname, receiver_report, round_trip_time,
+    sender_report, AudioCodec, AudioSource, Camera, ReceiveStats, Rotation, RtcpReport, SendStats,
+    VideoSource,
 };
 use crate::sdp::{self, LocalSsrcs, MediaSession};
 use crate::secure::{
@@ -128,6 +129,8 @@ pub struct CallStats {
     pub srtp_failures: u64,
     pub path: Option<(CandidateKind, CandidateKind)>,
     pub remote_orientation: Option<(Rotation, Camera)>,
+    /// The peer's RTCP CNAME (SDES), once a compound packet from it named one of its streams.
+    pub remote_cname: Option<String>,
 }
 
 /// A packet received on the media port or the relayed allocation.
@@ -360,6 +363,7 @@ impl Gathered {
             audio: rand::random(),
             video: rand::random(),
         };
+        let cname = random_cname();
         let (sip_commands_tx, sip_commands_rx) = mpsc::unbounded_channel();
         // Canonicalized here, before the handshake: the first `tel:` parse loads the numbering
         // metadata, which must not stall the packet loop mid-handshake.
@@ -396,6 +400,7 @@ impl Gathered {
             stats: stats.clone(),
             events: events_tx,
             ssrcs,
+            cname: cname.clone(),
             media: None,
             video_muted: false,
             receive: HashMap::new(),
@@ -421,6 +426,7 @@ impl Gathered {
             relay_only: self.config.relay_only,
             blob: self.blob,
             peer_blob: peer_blob.clone(),
+            cname,
         })
     }
 }
@@ -746,6 +752,8 @@ struct MediaIo {
     stats: Arc<Mutex<CallStats>>,
     events: mpsc::UnboundedSender<MediaEvent>,
     ssrcs: LocalSsrcs,
+    /// Our RTCP CNAME, the same for the audio and the video SSRC (RFC 7022).
+    cname: String,
     media: Option<Sending>,
     video_muted: bool,
     receive: HashMap<u32, ReceiveStats>,
@@ -993,8 +1001,8 @@ impl MediaIo {
         }
     }
 
-    /// One compound packet: a Sender Report per stream we send, carrying reception reports
-    /// about what we receive.
+    /// One compound packet: a Sender Report per stream we send (a Receiver Report when we send
+    /// none), carrying reception reports about what we receive, then an SDES with our CNAME.
     fn rtcp_packet(&mut self, now: Instant) -> Option<Bytes> {
         let media = self.media.as_ref()?;
         let reports: Vec<_> = self
@@ -1028,7 +1036,7 @@ impl MediaIo {
                 reports.take().unwrap_or_default(),
             )));
         }
-        let clear = marshal_compound(&compound).ok()?;
+        let clear = marshal_compound(&compound, &self.cname).ok()?;
         media.srtp.protect_rtcp(&clear).ok()
     }
 
@@ -1103,6 +1111,13 @@ impl MediaIo {
                     sr.reports.clone()
                 }
                 RtcpReport::Receiver(rr) => rr.reports.clone(),
+                RtcpReport::Cnames(cnames) => {
+                    // Only a CNAME of one of the negotiated remote streams names the peer.
+                    if let Some(c) = cnames.iter().find(|c| self.receive.contains_key(&c.ssrc)) {
+                        self.stats.lock().expect("stats lock").remote_cname = Some(c.cname.clone());
+                    }
+                    continue;
+                }
             };
             for block in blocks.iter().filter(|b| ours.contains(&b.ssrc)) {
                 if let Some(rtt) = round_trip_time(block, arrival) {
@@ -1130,6 +1145,7 @@ pub struct MediaCall {
     /// Our blob as last sent, and the peer's as last received.
     blob: MediaBlob,
     peer_blob: MediaBlob,
+    cname: String,
 }
 
 impl MediaCall {
@@ -1151,6 +1167,11 @@ impl MediaCall {
     /// Camera orientation, carried in the video RTP header extension.
     pub fn set_orientation(&self, rotation: Rotation, camera: Camera) {
         let _ = self.commands.send(Command::Orientation(rotation, camera));
+    }
+
+    /// Our RTCP CNAME (what the peer sees as its `remote_cname`).
+    pub fn cname(&self) -> &str {
+        &self.cname
     }
 
     /// Our blob as last advertised (with any relay allocated during the call).

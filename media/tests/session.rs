@@ -155,6 +155,10 @@ async fn two_endpoints_hold_an_encrypted_audio_video_call() {
         b.stats().remote_orientation,
         Some((Rotation::Deg90, Camera::Back))
     );
+    // Each side learned the other's RTCP CNAME from its SDES.
+    assert_ne!(a.cname(), b.cname());
+    assert_eq!(a.stats().remote_cname.as_deref(), Some(b.cname()));
+    assert_eq!(b.stats().remote_cname.as_deref(), Some(a.cname()));
 
     // Mute: Bob hears of it over SIP and stops receiving video.
     a.set_video_muted(true);
