@@ -127,6 +127,9 @@ pub struct CallStats {
     pub round_trip: Option<Duration>,
     /// SRTP/SRTCP packets refused (authentication, replay): should stay 0.
     pub srtp_failures: u64,
+    /// DTLS, RTP and RTCP datagrams dropped because they came from no valid candidate pair
+    /// (one whose connectivity check succeeded): injected or stray traffic.
+    pub dropped_unvalidated: u64,
     pub path: Option<(CandidateKind, CandidateKind)>,
     pub remote_orientation: Option<(Rotation, Camera)>,
     /// The peer's RTCP CNAME (SDES), once a compound packet from it named one of its streams.
@@ -738,7 +741,7 @@ struct Sending {
 }
 
 /// The packet loop: connectivity checks, DTLS datagrams to and from the signalling task, SRTP
-/// media out on the selected path and in from any, RTCP every second.
+/// media out on the selected path and in from any valid pair, RTCP every second.
 struct MediaIo {
     socket: Arc<UdpSocket>,
     relay_conn: Option<Arc<dyn Conn + Send + Sync>>,
@@ -900,6 +903,16 @@ impl MediaIo {
                 {
                     tracing::debug!(from = %item.from, error = %e, "STUN datagram refused");
                 }
+            }
+            PacketKind::Dtls | PacketKind::Rtp | PacketKind::Rtcp
+                if !self.agent.is_valid(item.base, item.from) =>
+            {
+                tracing::debug!(
+                    from = %item.from,
+                    base = item.base,
+                    "datagram from no valid pair dropped"
+                );
+                self.stats.lock().expect("stats lock").dropped_unvalidated += 1;
             }
             PacketKind::Dtls => {
                 let _ = self.dtls_in.try_send(item.bytes);

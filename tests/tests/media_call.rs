@@ -309,6 +309,7 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
         assert!(stats.audio.packets_received >= 70, "{name}: {stats:?}");
         assert!(stats.video.packets_received >= 20, "{name}: {stats:?}");
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+        assert_eq!(stats.dropped_unvalidated, 0, "{name}: {stats:?}");
     }
     if relay_only {
         // The providers' relays carried DTLS records, SRTP and connectivity checks: never the
@@ -496,6 +497,8 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = callee.stats();
     assert_eq!(stats.srtp_failures, 0, "{stats:?}");
+    // What came over the backup pair was accepted: that pair was validated too.
+    assert_eq!(stats.dropped_unvalidated, 0, "{stats:?}");
     assert!(stats.audio.packets_received > stalled_at + 40, "{stats:?}");
     eprintln!("media resumed {resumed_after:?} after the direct path was cut");
 
@@ -565,6 +568,7 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
             "{name} ({mode:?}): {stats:?}"
         );
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+        assert_eq!(stats.dropped_unvalidated, 0, "{name}: {stats:?}");
     }
     hang_up(caller, callee).await;
     two.fed.shutdown().await;
