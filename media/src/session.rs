@@ -631,11 +631,14 @@ impl Signalling {
         });
         let mut sip = SipSession::new(self.local_uri.clone(), self.remote_uri.clone());
         let negotiation = |e: &dyn std::fmt::Display| MediaError::Negotiation(e.to_string());
+        // The answer is read against the offer it answers (RFC 3264 §6).
+        let mut offer_sent = None;
         if self.caller {
             let offer = sdp::build_offer(&self.capabilities, &self.media, self.ssrcs)
                 .map_err(|e| negotiation(&e))?;
             sip.start_call(Instant::now(), &offer)
                 .map_err(|e| negotiation(&e))?;
+            offer_sent = Some(offer);
         }
         let mut hung_up = false;
         let mut established = false;
@@ -662,8 +665,11 @@ impl Signalling {
                         self.begin_media(&channel, session);
                     }
                     SipEvent::Established { answer } => {
-                        let session = sdp::parse_answer(&answer, &self.capabilities)
-                            .map_err(|e| negotiation(&e))?;
+                        let offer = offer_sent.as_deref().ok_or_else(|| {
+                            MediaError::Negotiation("an SDP answer to no offer of ours".into())
+                        })?;
+                        let session =
+                            sdp::parse_answer(&answer, offer).map_err(|e| negotiation(&e))?;
                         established = true;
                         self.begin_media(&channel, session);
                     }
