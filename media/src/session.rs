@@ -270,8 +270,7 @@ impl Gathered {
                     relay = Some(allocated.relay);
                 }
                 // Without the relay only the relayed-only set-up is impossible; otherwise the
-                // call goes on with the direct candidates (a lossy network can cost an
-                // Allocate its answer, and a retransmitted Allocate is refused as a mismatch).
+                // call goes on with the direct candidates (the relay may be unreachable).
                 Err(e) if config.relay_only && config.tunnel.is_none() => return Err(e),
                 Err(e) => {
                     tracing::warn!(relay = %server.address, error = %e, "no relayed candidate; going on with the direct ones");
