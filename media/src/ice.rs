@@ -147,6 +147,10 @@ struct Pair {
     nominate_on_success: bool,
     last_response: Option<Instant>,
     next_consent: Option<Instant>,
+    /// A check on the pair succeeded in either direction: a response to ours, or an
+    /// authenticated request of the peer's that we answered. Stays set when the pair later
+    /// dies, since the peer may still be sending on it while it moves to another.
+    validated: bool,
 }
 
 impl Pair {
@@ -374,6 +378,15 @@ impl IceAgent {
         self.events.pop_front()
     }
 
+    /// Whether `(base, remote)` is a valid pair: a connectivity check on it succeeded in
+    /// either direction (RFC 8445 §7.2.5.3 for our checks, §7.3.1.4 for the peer's). The
+    /// shell accepts DTLS and SRTP only from such a pair, so nobody can inject them from an
+    /// address that never proved knowledge of the ICE password.
+    pub fn is_valid(&self, base: usize, remote: SocketAddr) -> bool {
+        self.pair_index(base, remote)
+            .is_some_and(|i| self.pairs[i].validated)
+    }
+
     fn start_clock(&mut self, now: Instant) {
         self.started.get_or_insert(now);
     }
@@ -403,6 +416,7 @@ impl IceAgent {
             nominate_on_success: false,
             last_response: None,
             next_consent: None,
+            validated: false,
         });
         Some(self.pairs.len() - 1)
     }
@@ -712,6 +726,8 @@ impl IceAgent {
             // An IPv6 request on an IPv4 base (or the reverse) cannot be a pair of ours.
             return Ok(());
         };
+        // Answered with a success: the peer has proved it knows our password on this path.
+        self.pairs[pair].validated = true;
 
         // RFC 8445 §7.3.1.4/§7.3.1.5: a live pair is nominated at once; any other gets a
         // triggered check, and USE-CANDIDATE takes effect when that check succeeds.
@@ -780,6 +796,7 @@ impl IceAgent {
         match t.purpose {
             Purpose::Check { use_candidate } => {
                 p.state = PairState::Succeeded;
+                p.validated = true;
                 p.last_response = Some(now);
                 p.nominated |= use_candidate || p.nominate_on_success;
                 self.update_selection(now);
@@ -1279,6 +1296,71 @@ mod tests {
         let t = net.a.agent.poll_transmit(net.now).unwrap();
         assert_eq!((t.base, t.to), (HOST, addr(B_HOST)));
         (net, t.bytes)
+    }
+
+    #[test]
+    fn a_pair_is_valid_once_a_check_on_it_succeeded_in_either_direction() {
+        let (mut net, request) = request_from_a();
+        let now = net.now;
+        assert!(
+            !net.a.agent.is_valid(HOST, addr(B_HOST)),
+            "only checked, not answered"
+        );
+        assert!(!net.b.agent.is_valid(HOST, addr(A_HOST)));
+
+        // A request failing authentication proves nothing.
+        let mut forged = request.clone();
+        let in_hmac = forged.len() - 20;
+        forged[in_hmac] ^= 1;
+        assert!(net
+            .b
+            .agent
+            .handle_packet(now, HOST, addr(A_HOST), &forged)
+            .is_err());
+        assert!(!net.b.agent.is_valid(HOST, addr(A_HOST)));
+
+        // B answers A's authenticated request: valid for B at once (RFC 8445 §7.3.1.4),
+        // before B's own check on the pair.
+        net.b
+            .agent
+            .handle_packet(now, HOST, addr(A_HOST), &request)
+            .unwrap();
+        assert!(net.b.agent.is_valid(HOST, addr(A_HOST)));
+        assert!(!net.b.agent.is_valid(RELAY, addr(A_HOST)), "another base");
+        assert!(
+            !net.b.agent.is_valid(HOST, addr(A_RELAY)),
+            "another address"
+        );
+
+        // A gets the success response: valid for A (§7.2.5.3).
+        let response = net.b.agent.poll_transmit(now).unwrap();
+        assert_eq!((response.base, response.to), (HOST, addr(A_HOST)));
+        net.a
+            .agent
+            .handle_packet(now, HOST, addr(B_HOST), &response.bytes)
+            .unwrap();
+        assert!(net.a.agent.is_valid(HOST, addr(B_HOST)));
+        assert!(
+            !net.a.agent.is_valid(HOST, addr("192.0.2.99:5000")),
+            "unknown"
+        );
+    }
+
+    #[test]
+    fn blocked_pairs_never_become_valid_and_validity_outlives_a_dead_path() {
+        let mut net = Network::new();
+        net.block(A_HOST, B_HOST);
+        net.run_until(Duration::from_secs(3));
+        assert!(!net.a.agent.is_valid(HOST, addr(B_HOST)));
+        assert!(!net.b.agent.is_valid(HOST, addr(A_HOST)));
+        assert!(net.a.agent.is_valid(HOST, addr(B_RELAY)));
+        assert!(net.b.agent.is_valid(RELAY, addr(A_HOST)));
+
+        // The selected path dies: the peer may still send on it while it moves over.
+        net.block(A_HOST, B_RELAY);
+        net.run_until(Duration::from_secs(6));
+        assert!(net.a.agent.is_valid(HOST, addr(B_RELAY)));
+        assert!(net.b.agent.is_valid(RELAY, addr(A_HOST)));
     }
 
     #[test]

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use rtcp::receiver_report::ReceiverReport;
 use rtcp::reception_report::ReceptionReport;
 use rtcp::sender_report::SenderReport;
+use rtcp::source_description::{
+    SdesType, SourceDescription, SourceDescriptionChunk, SourceDescriptionItem,
+};
 use rtp::header::Header;
 use rtp::packet::Packet;
 use webrtc_util::Marshal;
@@ -466,15 +469,74 @@ pub fn round_trip_time(report: &ReceptionReport, arrival_ntp: u64) -> Option<Dur
 pub enum RtcpReport {
     Sender(SenderReport),
     Receiver(ReceiverReport),
+    /// SDES: the CNAME of each source (RFC 3550 §6.5.1); other SDES items are not kept.
+    Cnames(Vec<SourceCname>),
 }
 
-/// Serializes reports into one compound RTCP packet.
-pub fn marshal_compound(reports: &[RtcpReport]) -> Result<Vec<u8>, RtpError> {
+/// One SSRC's canonical name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCname {
+    pub ssrc: u32,
+    pub cname: String,
+}
+
+/// A short-term persistent CNAME (RFC 7022 §4.2): 16 random base64 characters (96 bits), new for
+/// each session so calls cannot be linked through it.
+pub fn random_cname() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..16)
+        .map(|_| ALPHABET[rand::random::<u8>() as usize % 64] as char)
+        .collect()
+}
+
+/// Serializes reports into one compound RTCP packet. RFC 3550 §6.1: it must begin with an SR or
+/// RR, and it must carry an SDES with a CNAME: when `reports` has none, one is appended naming
+/// every reporting SSRC `cname`.
+pub fn marshal_compound(reports: &[RtcpReport], cname: &str) -> Result<Vec<u8>, RtpError> {
+    if !matches!(
+        reports.first(),
+        Some(RtcpReport::Sender(_) | RtcpReport::Receiver(_))
+    ) {
+        return Err(RtpError::Rtcp(
+            "a compound packet must begin with a Sender or Receiver Report".into(),
+        ));
+    }
+    let mut all: Vec<RtcpReport> = reports.to_vec();
+    if !reports.iter().any(|r| matches!(r, RtcpReport::Cnames(_))) {
+        let mut named: Vec<SourceCname> = Vec::new();
+        for r in reports {
+            let ssrc = match r {
+                RtcpReport::Sender(sr) => sr.ssrc,
+                RtcpReport::Receiver(rr) => rr.ssrc,
+                RtcpReport::Cnames(_) => continue,
+            };
+            if !named.iter().any(|c| c.ssrc == ssrc) {
+                named.push(SourceCname {
+                    ssrc,
+                    cname: cname.to_string(),
+                });
+            }
+        }
+        all.push(RtcpReport::Cnames(named));
+    }
     let mut out = Vec::new();
-    for r in reports {
+    for r in &all {
         let bytes = match r {
             RtcpReport::Sender(sr) => sr.marshal(),
             RtcpReport::Receiver(rr) => rr.marshal(),
+            RtcpReport::Cnames(cnames) => SourceDescription {
+                chunks: cnames
+                    .iter()
+                    .map(|c| SourceDescriptionChunk {
+                        source: c.ssrc,
+                        items: vec![SourceDescriptionItem {
+                            sdes_type: SdesType::SdesCname,
+                            text: Bytes::from(c.cname.clone().into_bytes()),
+                        }],
+                    })
+                    .collect(),
+            }
+            .marshal(),
         }
         .map_err(|e| RtpError::Rtcp(e.to_string()))?;
         out.extend_from_slice(&bytes);
@@ -482,8 +544,9 @@ pub fn marshal_compound(reports: &[RtcpReport]) -> Result<Vec<u8>, RtpError> {
     Ok(out)
 }
 
-/// Parses a compound RTCP packet, keeping Sender and Receiver Reports; other packet types (SDES,
-/// BYE, feedback) are valid but skipped.
+/// Parses a compound RTCP packet, keeping Sender and Receiver Reports and the CNAMEs of SDES
+/// packets; other packet types (BYE, feedback) and SDES items are valid but skipped. A compound
+/// packet without SDES is accepted: the CNAME is informative here, not needed to play media.
 pub fn parse_compound(bytes: &[u8]) -> Result<Vec<RtcpReport>, RtpError> {
     let mut buf = bytes;
     let packets = rtcp::packet::unmarshal(&mut buf).map_err(|e| RtpError::Rtcp(e.to_string()))?;
@@ -493,12 +556,32 @@ pub fn parse_compound(bytes: &[u8]) -> Result<Vec<RtcpReport>, RtpError> {
             let any = p.as_any();
             if let Some(sr) = any.downcast_ref::<SenderReport>() {
                 Some(RtcpReport::Sender(sr.clone()))
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                Some(RtcpReport::Receiver(rr.clone()))
             } else {
-                any.downcast_ref::<ReceiverReport>()
-                    .map(|rr| RtcpReport::Receiver(rr.clone()))
+                any.downcast_ref::<SourceDescription>()
+                    .map(|sdes| RtcpReport::Cnames(cnames(sdes)))
             }
         })
         .collect())
+}
+
+fn cnames(sdes: &SourceDescription) -> Vec<SourceCname> {
+    sdes.chunks
+        .iter()
+        .filter_map(|chunk| {
+            let item = chunk
+                .items
+                .iter()
+                .find(|i| i.sdes_type == SdesType::SdesCname)?;
+            // RFC 3550 §6.5: SDES text is UTF-8; a chunk whose CNAME is not is ignored.
+            let cname = std::str::from_utf8(&item.text).ok()?;
+            Some(SourceCname {
+                ssrc: chunk.source,
+                cname: cname.to_string(),
+            })
+        })
+        .collect()
 }
 
 const MAX_DROPOUT: u16 = 3000;
@@ -943,7 +1026,7 @@ mod tests {
             octets: 4000,
         };
         let sr = sender_report(0xA, ntp_time(wall), 1234, sent, vec![]);
-        let wire = marshal_compound(&[RtcpReport::Sender(sr.clone())]).unwrap();
+        let wire = marshal_compound(&[RtcpReport::Sender(sr.clone())], "cname-a").unwrap();
 
         // B: one-way 50 ms later.
         let mut b_stats = ReceiveStats::new(0xA, 48_000, None);
@@ -962,11 +1045,15 @@ mod tests {
         let mut rr = receiver_report(0xB, vec![block]);
         rr.ssrc = 0xB;
         let sr_b = sender_report(0xB, ntp_time(wall), 0, SendStats::default(), vec![]);
-        let wire = marshal_compound(&[RtcpReport::Sender(sr_b), RtcpReport::Receiver(rr)]).unwrap();
+        let wire = marshal_compound(
+            &[RtcpReport::Sender(sr_b), RtcpReport::Receiver(rr)],
+            "cname-b",
+        )
+        .unwrap();
 
         // A: receives at T + 50 + 250 + 50 ms.
         let parsed = parse_compound(&wire).unwrap();
-        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed.len(), 3);
         let RtcpReport::Receiver(rr) = &parsed[1] else {
             panic!("expected an RR, got {parsed:?}");
         };
@@ -981,5 +1068,95 @@ mod tests {
         assert_eq!(round_trip_time(&fresh, arrival), None);
         assert!(parse_compound(b"\x80\xc9\x00").is_err());
         assert!(parse_compound(&[]).is_err());
+    }
+
+    #[test]
+    fn compound_packets_carry_an_sdes_cname_after_the_reports() {
+        let cname = random_cname();
+        assert_eq!(cname.len(), 16);
+        assert!(cname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'));
+        assert_ne!(cname, random_cname(), "a new CNAME per session");
+
+        let sr = |ssrc| sender_report(ssrc, 1 << 32, 0, SendStats::default(), vec![]);
+        let wire = marshal_compound(
+            &[RtcpReport::Sender(sr(1)), RtcpReport::Sender(sr(2))],
+            &cname,
+        )
+        .unwrap();
+        // On the wire: SR (PT 200), SR, then SDES (PT 202) with one CNAME chunk per SSRC.
+        let mut buf = wire.as_slice();
+        let packets = rtcp::packet::unmarshal(&mut buf).unwrap();
+        let types: Vec<u8> = packets
+            .iter()
+            .map(|p| p.header().packet_type as u8)
+            .collect();
+        assert_eq!(types, [200, 200, 202]);
+        let cnames = |ssrcs: &[u32], cname: &str| {
+            RtcpReport::Cnames(
+                ssrcs
+                    .iter()
+                    .map(|&ssrc| SourceCname {
+                        ssrc,
+                        cname: cname.to_string(),
+                    })
+                    .collect(),
+            )
+        };
+        let parsed = parse_compound(&wire).unwrap();
+        assert_eq!(
+            parsed,
+            [
+                RtcpReport::Sender(sr(1)),
+                RtcpReport::Sender(sr(2)),
+                cnames(&[1, 2], &cname)
+            ]
+        );
+
+        // A receiver-only compound: RR then SDES.
+        let wire =
+            marshal_compound(&[RtcpReport::Receiver(receiver_report(9, vec![]))], "x").unwrap();
+        assert_eq!(parse_compound(&wire).unwrap()[1], cnames(&[9], "x"));
+
+        // Other SDES items are skipped, a chunk without CNAME is ignored.
+        let sdes = SourceDescription {
+            chunks: vec![
+                SourceDescriptionChunk {
+                    source: 3,
+                    items: vec![
+                        SourceDescriptionItem {
+                            sdes_type: SdesType::SdesTool,
+                            text: Bytes::from_static(b"other stack"),
+                        },
+                        SourceDescriptionItem {
+                            sdes_type: SdesType::SdesCname,
+                            text: Bytes::from_static(b"peer@example"),
+                        },
+                    ],
+                },
+                SourceDescriptionChunk {
+                    source: 4,
+                    items: vec![SourceDescriptionItem {
+                        sdes_type: SdesType::SdesName,
+                        text: Bytes::from_static(b"Bob"),
+                    }],
+                },
+            ],
+        };
+        let mut wire = receiver_report(3, vec![]).marshal().unwrap().to_vec();
+        wire.extend_from_slice(&sdes.marshal().unwrap());
+        assert_eq!(
+            parse_compound(&wire).unwrap()[1],
+            cnames(&[3], "peer@example")
+        );
+
+        // A compound from a stack that sends no SDES is still accepted.
+        let bare = sr(5).marshal().unwrap();
+        assert_eq!(parse_compound(&bare).unwrap(), [RtcpReport::Sender(sr(5))]);
+
+        // A compound must begin with a report.
+        assert!(marshal_compound(&[], "x").is_err());
+        assert!(marshal_compound(&[cnames(&[1], "x")], "x").is_err());
     }
 }

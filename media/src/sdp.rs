@@ -129,6 +129,21 @@ pub enum SdpError {
     BadAttribute(&'static str, String),
     #[error("the answer accepts no media")]
     NothingAccepted,
+    #[error("the answer has {answered} m= lines for the {offered} offered (RFC 3264 §6)")]
+    MediaLineCount { offered: usize, answered: usize },
+    #[error("m= line {index} of the answer is `{answered}` where `{offered}` was offered")]
+    MediaTypeMismatch {
+        index: usize,
+        offered: String,
+        answered: String,
+    },
+    #[error("the answer's {kind} line uses payload type {pt}, which was not offered for it")]
+    PayloadTypeNotOffered { kind: MediaKind, pt: String },
+    #[error(
+        "the answer's video orientation extension id {answered} is not the offered one ({})",
+        .offered.map_or("none was offered".to_string(), |id| id.to_string())
+    )]
+    OrientationIdMismatch { offered: Option<u8>, answered: u8 },
 }
 
 fn parse(text: &str) -> Result<SessionDescription, SdpError> {
@@ -413,15 +428,48 @@ pub fn build_answer(
     Ok((sd.marshal(), negotiated))
 }
 
-/// Reads the answer to an offer this side built from `caps`.
-pub fn parse_answer(answer: &str, caps: &Capabilities) -> Result<MediaSession, SdpError> {
+/// Reads the answer to `offer`, the offer this side sent. RFC 3264 §6: the answer has the offer's
+/// m= lines in the same order and of the same media types; an accepted line (port not 0) uses a
+/// payload type offered on that line, for the codec it was offered as, and echoes the offered
+/// video orientation extension id if it uses the extension at all.
+pub fn parse_answer(answer: &str, offer: &str) -> Result<MediaSession, SdpError> {
     let answer = parse(answer)?;
+    let offer = parse(offer)?;
+    if answer.media_descriptions.len() != offer.media_descriptions.len() {
+        return Err(SdpError::MediaLineCount {
+            offered: offer.media_descriptions.len(),
+            answered: answer.media_descriptions.len(),
+        });
+    }
     let mut negotiated = MediaSession::default();
-    for md in &answer.media_descriptions {
+    for (index, (md, offered_md)) in answer
+        .media_descriptions
+        .iter()
+        .zip(&offer.media_descriptions)
+        .enumerate()
+    {
+        let (answered_type, offered_type) = (&md.media_name.media, &offered_md.media_name.media);
+        if !answered_type.eq_ignore_ascii_case(offered_type) {
+            return Err(SdpError::MediaTypeMismatch {
+                index,
+                offered: offered_type.clone(),
+                answered: answered_type.clone(),
+            });
+        }
         let p = parse_media(md)?;
+        let offered = parse_media(offered_md)?;
+        // Our own offers carry only audio and video lines.
         let Some(kind) = p.kind else { continue };
         if p.port == 0 {
             continue;
+        }
+        for fmt in &md.media_name.formats {
+            if !offered_md.media_name.formats.contains(fmt) {
+                return Err(SdpError::PayloadTypeNotOffered {
+                    kind,
+                    pt: fmt.clone(),
+                });
+            }
         }
         let first = md.media_name.formats.first().cloned().unwrap_or_default();
         let &(pt, spec) = p
@@ -432,15 +480,24 @@ pub fn parse_answer(answer: &str, caps: &Capabilities) -> Result<MediaSession, S
                 kind,
                 pt: first.clone(),
             })?;
-        if !supports_codec(caps, spec) {
+        // The answer must keep the offered mapping of the payload type (RFC 3264 §6.1).
+        if !offered.codecs.contains(&(pt, spec)) {
             return Err(SdpError::CodecNotOffered {
                 kind,
                 codec: spec.name.into(),
             });
         }
         let remote_ssrc = p.ssrc.ok_or(SdpError::MissingSsrc(kind))?;
-        if kind == MediaKind::Video && p.orientation_ext.is_some() {
-            negotiated.orientation_ext_id = p.orientation_ext;
+        if kind == MediaKind::Video {
+            if let Some(answered) = p.orientation_ext {
+                if offered.orientation_ext != Some(answered) {
+                    return Err(SdpError::OrientationIdMismatch {
+                        offered: offered.orientation_ext,
+                        answered,
+                    });
+                }
+                negotiated.orientation_ext_id = Some(answered);
+            }
         }
         set_stream(
             &mut negotiated,
@@ -554,7 +611,7 @@ mod tests {
                 remote_ssrc: 1111
             })
         );
-        let at_caller = parse_answer(&answer, &caller).unwrap();
+        let at_caller = parse_answer(&answer, &offer).unwrap();
         assert_eq!(
             at_caller,
             MediaSession {
@@ -591,7 +648,7 @@ mod tests {
         );
         assert!(at_callee.video.is_none());
         assert_eq!(at_callee.orientation_ext_id, None);
-        let at_caller = parse_answer(&answer, &Capabilities::default()).unwrap();
+        let at_caller = parse_answer(&answer, &offer).unwrap();
         assert_eq!(at_caller.audio.unwrap().codec, "opus");
         assert!(at_caller.video.is_none());
         assert_eq!(at_caller.orientation_ext_id, None);
@@ -615,13 +672,13 @@ mod tests {
             let err = build_answer(garbage, &caller, THEIRS).unwrap_err();
             assert!(matches!(err, SdpError::Syntax(_)), "{garbage:?}: {err:?}");
         }
+        let offer = build_offer(&caller, &[MediaKind::Audio], OURS).unwrap();
         let huge = "a".repeat(MAX_SDP_LEN + 1);
         assert_eq!(
-            parse_answer(&huge, &caller),
+            parse_answer(&huge, &offer),
             Err(SdpError::TooLarge(MAX_SDP_LEN + 1))
         );
 
-        let offer = build_offer(&caller, &[MediaKind::Audio], OURS).unwrap();
         let no_ssrc = offer.replace("a=ssrc:1111 cname:switchyard\r\n", "");
         assert_eq!(
             build_answer(&no_ssrc, &caller, THEIRS),
@@ -632,20 +689,144 @@ mod tests {
             build_answer(&bad_map, &caller, THEIRS),
             Err(SdpError::BadAttribute("rtpmap", _))
         ));
+    }
 
-        // An answer choosing a codec the offerer does not have is refused.
-        let (answer, _) = build_answer(&offer, &caps(&["opus"], &[]), THEIRS).unwrap();
+    /// An audio and video offer, and the answer a default callee gives to it.
+    fn offer_and_answer() -> (String, String) {
+        let offer = build_offer(
+            &Capabilities::default(),
+            &[MediaKind::Audio, MediaKind::Video],
+            OURS,
+        )
+        .unwrap();
+        let (answer, _) = build_answer(&offer, &Capabilities::default(), THEIRS).unwrap();
+        (offer, answer)
+    }
+
+    #[test]
+    fn answer_must_follow_the_offer_line_by_line() {
+        let (offer, answer) = offer_and_answer();
+        let accepted = parse_answer(&answer, &offer).unwrap();
+        assert_eq!(accepted.audio.unwrap().codec, "opus");
+        assert_eq!(accepted.video.unwrap().codec, "VP8");
+        assert_eq!(accepted.orientation_ext_id, Some(1));
+        let video_at = answer.find("m=video").unwrap();
+        let (audio_part, video_part) = answer.split_at(video_at);
+
+        // A missing or an extra m= line.
         assert_eq!(
-            parse_answer(&answer, &caps(&["PCMU"], &[])),
-            Err(SdpError::CodecNotOffered {
-                kind: MediaKind::Audio,
-                codec: "opus".into()
+            parse_answer(audio_part, &offer),
+            Err(SdpError::MediaLineCount {
+                offered: 2,
+                answered: 1
             })
         );
-        let doubled = format!("{answer}{}", &answer[answer.find("m=audio").unwrap()..]);
+        let extra = format!("{answer}{video_part}");
         assert_eq!(
-            parse_answer(&doubled, &caller),
-            Err(SdpError::DuplicateMedia(MediaKind::Audio))
+            parse_answer(&extra, &offer),
+            Err(SdpError::MediaLineCount {
+                offered: 2,
+                answered: 3
+            })
+        );
+
+        // The lines swapped: the first answered line is video where audio was offered.
+        let head_end = answer.find("m=audio").unwrap();
+        let swapped = format!(
+            "{}{}{}",
+            &answer[..head_end],
+            video_part,
+            &audio_part[head_end..]
+        );
+        let err = parse_answer(&swapped, &offer).unwrap_err();
+        assert_eq!(
+            err,
+            SdpError::MediaTypeMismatch {
+                index: 0,
+                offered: "audio".into(),
+                answered: "video".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "m= line 0 of the answer is `video` where `audio` was offered"
+        );
+
+        // A rejected line (port 0) is fine; everything rejected is not.
+        let no_video = answer.replace(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "m=video 0 UDP/TLS/RTP/SAVPF 96",
+        );
+        let accepted = parse_answer(&no_video, &offer).unwrap();
+        assert!(accepted.audio.is_some() && accepted.video.is_none());
+        assert_eq!(accepted.orientation_ext_id, None);
+        let nothing = no_video.replace("m=audio 9 ", "m=audio 0 ");
+        assert_eq!(
+            parse_answer(&nothing, &offer),
+            Err(SdpError::NothingAccepted)
+        );
+    }
+
+    #[test]
+    fn answer_may_use_only_offered_payload_types_and_extension_ids() {
+        let (offer, answer) = offer_and_answer();
+
+        // A payload type not offered on the line (8, PCMA; 96 is offered, but for video).
+        for (pt, map) in [("8", "8 PCMA/8000"), ("96", "96 VP8/90000")] {
+            let other = answer
+                .replace(
+                    "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                    &format!("m=audio 9 UDP/TLS/RTP/SAVPF {pt}"),
+                )
+                .replace("a=rtpmap:111 opus/48000/2", &format!("a=rtpmap:{map}"));
+            assert_eq!(
+                parse_answer(&other, &offer),
+                Err(SdpError::PayloadTypeNotOffered {
+                    kind: MediaKind::Audio,
+                    pt: pt.into()
+                }),
+                "{other}"
+            );
+        }
+        // An offered payload type mapped to another codec than offered.
+        let remapped = answer.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 PCMU/8000");
+        assert_eq!(
+            parse_answer(&remapped, &offer),
+            Err(SdpError::CodecNotOffered {
+                kind: MediaKind::Audio,
+                codec: "PCMU".into()
+            })
+        );
+        // An orientation extension id other than the offered one.
+        let moved = answer.replace(
+            "a=extmap:1 urn:3gpp:video-orientation",
+            "a=extmap:4 urn:3gpp:video-orientation",
+        );
+        let err = parse_answer(&moved, &offer).unwrap_err();
+        assert_eq!(
+            err,
+            SdpError::OrientationIdMismatch {
+                offered: Some(1),
+                answered: 4
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the answer's video orientation extension id 4 is not the offered one (1)"
+        );
+        let unoffered = offer.replace("a=extmap:1 urn:3gpp:video-orientation\r\n", "");
+        assert_eq!(
+            parse_answer(&answer, &unoffered),
+            Err(SdpError::OrientationIdMismatch {
+                offered: None,
+                answered: 1
+            })
+        );
+        // Not using the offered extension is fine.
+        let without = answer.replace("a=extmap:1 urn:3gpp:video-orientation\r\n", "");
+        assert_eq!(
+            parse_answer(&without, &offer).unwrap().orientation_ext_id,
+            None
         );
     }
 }

@@ -26,8 +26,9 @@ use crate::blob::{self, Candidate, CandidateKind, Credentials, MediaBlob, COMPON
 use crate::demux::{classify, PacketKind};
 use crate::ice::{IceAgent, IceEvent, LocalCandidate, Role};
 use crate::rtp::{
-    marshal_compound, ntp_time, parse_compound, receiver_report, round_trip_time, sender_report,
-    AudioCodec, AudioSource, Camera, ReceiveStats, Rotation, RtcpReport, SendStats, VideoSource,
+    marshal_compound, ntp_time, parse_compound, random_cname, receiver_report, round_trip_time,
+    sender_report, AudioCodec, AudioSource, Camera, ReceiveStats, Rotation, RtcpReport, SendStats,
+    VideoSource,
 };
 use crate::sdp::{self, LocalSsrcs, MediaSession};
 use crate::secure::{
@@ -126,8 +127,13 @@ pub struct CallStats {
     pub round_trip: Option<Duration>,
     /// SRTP/SRTCP packets refused (authentication, replay): should stay 0.
     pub srtp_failures: u64,
+    /// DTLS, RTP and RTCP datagrams dropped because they came from no valid candidate pair
+    /// (one whose connectivity check succeeded): injected or stray traffic.
+    pub dropped_unvalidated: u64,
     pub path: Option<(CandidateKind, CandidateKind)>,
     pub remote_orientation: Option<(Rotation, Camera)>,
+    /// The peer's RTCP CNAME (SDES), once a compound packet from it named one of its streams.
+    pub remote_cname: Option<String>,
 }
 
 /// A packet received on the media port or the relayed allocation.
@@ -264,8 +270,7 @@ impl Gathered {
                     relay = Some(allocated.relay);
                 }
                 // Without the relay only the relayed-only set-up is impossible; otherwise the
-                // call goes on with the direct candidates (a lossy network can cost an
-                // Allocate its answer, and a retransmitted Allocate is refused as a mismatch).
+                // call goes on with the direct candidates (the relay may be unreachable).
                 Err(e) if config.relay_only && config.tunnel.is_none() => return Err(e),
                 Err(e) => {
                     tracing::warn!(relay = %server.address, error = %e, "no relayed candidate; going on with the direct ones");
@@ -360,6 +365,7 @@ impl Gathered {
             audio: rand::random(),
             video: rand::random(),
         };
+        let cname = random_cname();
         let (sip_commands_tx, sip_commands_rx) = mpsc::unbounded_channel();
         // Canonicalized here, before the handshake: the first `tel:` parse loads the numbering
         // metadata, which must not stall the packet loop mid-handshake.
@@ -396,6 +402,7 @@ impl Gathered {
             stats: stats.clone(),
             events: events_tx,
             ssrcs,
+            cname: cname.clone(),
             media: None,
             video_muted: false,
             receive: HashMap::new(),
@@ -421,6 +428,7 @@ impl Gathered {
             relay_only: self.config.relay_only,
             blob: self.blob,
             peer_blob: peer_blob.clone(),
+            cname,
         })
     }
 }
@@ -622,11 +630,14 @@ impl Signalling {
         });
         let mut sip = SipSession::new(self.local_uri.clone(), self.remote_uri.clone());
         let negotiation = |e: &dyn std::fmt::Display| MediaError::Negotiation(e.to_string());
+        // The answer is read against the offer it answers (RFC 3264 §6).
+        let mut offer_sent = None;
         if self.caller {
             let offer = sdp::build_offer(&self.capabilities, &self.media, self.ssrcs)
                 .map_err(|e| negotiation(&e))?;
             sip.start_call(Instant::now(), &offer)
                 .map_err(|e| negotiation(&e))?;
+            offer_sent = Some(offer);
         }
         let mut hung_up = false;
         let mut established = false;
@@ -653,8 +664,11 @@ impl Signalling {
                         self.begin_media(&channel, session);
                     }
                     SipEvent::Established { answer } => {
-                        let session = sdp::parse_answer(&answer, &self.capabilities)
-                            .map_err(|e| negotiation(&e))?;
+                        let offer = offer_sent.as_deref().ok_or_else(|| {
+                            MediaError::Negotiation("an SDP answer to no offer of ours".into())
+                        })?;
+                        let session =
+                            sdp::parse_answer(&answer, offer).map_err(|e| negotiation(&e))?;
                         established = true;
                         self.begin_media(&channel, session);
                     }
@@ -732,7 +746,7 @@ struct Sending {
 }
 
 /// The packet loop: connectivity checks, DTLS datagrams to and from the signalling task, SRTP
-/// media out on the selected path and in from any, RTCP every second.
+/// media out on the selected path and in from any valid pair, RTCP every second.
 struct MediaIo {
     socket: Arc<UdpSocket>,
     relay_conn: Option<Arc<dyn Conn + Send + Sync>>,
@@ -746,6 +760,8 @@ struct MediaIo {
     stats: Arc<Mutex<CallStats>>,
     events: mpsc::UnboundedSender<MediaEvent>,
     ssrcs: LocalSsrcs,
+    /// Our RTCP CNAME, the same for the audio and the video SSRC (RFC 7022).
+    cname: String,
     media: Option<Sending>,
     video_muted: bool,
     receive: HashMap<u32, ReceiveStats>,
@@ -893,6 +909,16 @@ impl MediaIo {
                     tracing::debug!(from = %item.from, error = %e, "STUN datagram refused");
                 }
             }
+            PacketKind::Dtls | PacketKind::Rtp | PacketKind::Rtcp
+                if !self.agent.is_valid(item.base, item.from) =>
+            {
+                tracing::debug!(
+                    from = %item.from,
+                    base = item.base,
+                    "datagram from no valid pair dropped"
+                );
+                self.stats.lock().expect("stats lock").dropped_unvalidated += 1;
+            }
             PacketKind::Dtls => {
                 let _ = self.dtls_in.try_send(item.bytes);
             }
@@ -993,8 +1019,8 @@ impl MediaIo {
         }
     }
 
-    /// One compound packet: a Sender Report per stream we send, carrying reception reports
-    /// about what we receive.
+    /// One compound packet: a Sender Report per stream we send (a Receiver Report when we send
+    /// none), carrying reception reports about what we receive, then an SDES with our CNAME.
     fn rtcp_packet(&mut self, now: Instant) -> Option<Bytes> {
         let media = self.media.as_ref()?;
         let reports: Vec<_> = self
@@ -1028,7 +1054,7 @@ impl MediaIo {
                 reports.take().unwrap_or_default(),
             )));
         }
-        let clear = marshal_compound(&compound).ok()?;
+        let clear = marshal_compound(&compound, &self.cname).ok()?;
         media.srtp.protect_rtcp(&clear).ok()
     }
 
@@ -1103,6 +1129,13 @@ impl MediaIo {
                     sr.reports.clone()
                 }
                 RtcpReport::Receiver(rr) => rr.reports.clone(),
+                RtcpReport::Cnames(cnames) => {
+                    // Only a CNAME of one of the negotiated remote streams names the peer.
+                    if let Some(c) = cnames.iter().find(|c| self.receive.contains_key(&c.ssrc)) {
+                        self.stats.lock().expect("stats lock").remote_cname = Some(c.cname.clone());
+                    }
+                    continue;
+                }
             };
             for block in blocks.iter().filter(|b| ours.contains(&b.ssrc)) {
                 if let Some(rtt) = round_trip_time(block, arrival) {
@@ -1130,6 +1163,7 @@ pub struct MediaCall {
     /// Our blob as last sent, and the peer's as last received.
     blob: MediaBlob,
     peer_blob: MediaBlob,
+    cname: String,
 }
 
 impl MediaCall {
@@ -1151,6 +1185,11 @@ impl MediaCall {
     /// Camera orientation, carried in the video RTP header extension.
     pub fn set_orientation(&self, rotation: Rotation, camera: Camera) {
         let _ = self.commands.send(Command::Orientation(rotation, camera));
+    }
+
+    /// Our RTCP CNAME (what the peer sees as its `remote_cname`).
+    pub fn cname(&self) -> &str {
+        &self.cname
     }
 
     /// Our blob as last advertised (with any relay allocated during the call).

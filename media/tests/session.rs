@@ -155,6 +155,35 @@ async fn two_endpoints_hold_an_encrypted_audio_video_call() {
         b.stats().remote_orientation,
         Some((Rotation::Deg90, Camera::Back))
     );
+    // Each side learned the other's RTCP CNAME from its SDES.
+    assert_ne!(a.cname(), b.cname());
+    assert_eq!(a.stats().remote_cname.as_deref(), Some(b.cname()));
+    assert_eq!(b.stats().remote_cname.as_deref(), Some(a.cname()));
+
+    // DTLS, RTP and RTCP from an address that never passed a connectivity check are dropped
+    // before the DTLS stack or SRTP sees them, and the call goes on.
+    assert_eq!(b.stats().dropped_unvalidated, 0, "{:?}", b.stats());
+    let bob_host = bob_blob
+        .candidates
+        .iter()
+        .find(|c| c.kind == CandidateKind::Host)
+        .unwrap()
+        .address;
+    let intruder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dtls_alert = [21u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 40];
+    let mut rtp = vec![0x80u8, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42];
+    rtp.extend_from_slice(&[0u8; 64]);
+    let mut rtcp = vec![0x80u8, 200, 0, 6];
+    rtcp.extend_from_slice(&[0u8; 40]);
+    let audio_before = b.stats().audio.packets_received;
+    for datagram in [&dtls_alert[..], &rtp, &rtcp] {
+        intruder.send_to(datagram, bob_host).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = b.stats();
+    assert_eq!(stats.dropped_unvalidated, 3, "{stats:?}");
+    assert_eq!(stats.srtp_failures, 0, "never reached SRTP: {stats:?}");
+    assert!(stats.audio.packets_received > audio_before, "{stats:?}");
 
     // Mute: Bob hears of it over SIP and stops receiving video.
     a.set_video_muted(true);

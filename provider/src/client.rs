@@ -11,6 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use switchyard_federation::dict::{Dict, DictError, Encoding, Value};
+use switchyard_media::Capabilities;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -66,6 +67,11 @@ pub struct EndpointIdentity {
     pub certificate_pem: String,
     pub ca_certificate_pem: String,
     pub key_pem: String,
+    /// What the endpoint registered as able to take, which its media negotiates with. Identity
+    /// files saved before this was kept were registered without capabilities, so the provider
+    /// holds its defaults for them.
+    #[serde(default)]
+    pub capabilities: Capabilities,
 }
 
 impl EndpointIdentity {
@@ -174,7 +180,7 @@ pub async fn register(
     uri: &str,
     code: &str,
     name: &str,
-    capabilities: Option<Dict>,
+    capabilities: Option<Capabilities>,
     encoding: Encoding,
 ) -> Result<EndpointIdentity, ClientError> {
     let key = KeyPair::generate().map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -187,8 +193,15 @@ pub async fn register(
         .with("code", code)
         .with("csr", csr)
         .with("name", name);
-    if let Some(caps) = capabilities {
-        body.insert("capabilities", caps);
+    if let Some(caps) = &capabilities {
+        body.insert(
+            "capabilities",
+            Dict::new()
+                .with("audio", caps.audio)
+                .with("video", caps.video)
+                .with("audio-codecs", caps.audio_codecs.clone())
+                .with("video-codecs", caps.video_codecs.clone()),
+        );
     }
     let http = http_client(tls_config(ca_pem, None)?)?;
     let request = http
@@ -204,6 +217,7 @@ pub async fn register(
         certificate_pem: answer.str("certificate")?.to_string(),
         ca_certificate_pem: answer.str("ca-certificate")?.to_string(),
         key_pem: key.serialize_pem(),
+        capabilities: capabilities.unwrap_or_default(),
     })
 }
 
@@ -558,5 +572,46 @@ impl PushChannel {
             exchange(http.get(url), *encoding).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(capabilities: Capabilities) -> EndpointIdentity {
+        EndpointIdentity {
+            provider: "https://provider.test".into(),
+            endpoint_id: "ep1".into(),
+            push_token: "token".into(),
+            uris: vec!["mailto:bob@example.com".into()],
+            certificate_pem: "cert".into(),
+            ca_certificate_pem: "ca".into(),
+            key_pem: "key".into(),
+            capabilities,
+        }
+    }
+
+    #[test]
+    fn identity_keeps_its_capabilities_and_old_files_load_with_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let audio_only = Capabilities {
+            video: false,
+            ..Capabilities::default()
+        };
+        identity(audio_only.clone()).save(dir.path()).unwrap();
+        assert_eq!(
+            EndpointIdentity::load(dir.path()).unwrap().capabilities,
+            audio_only
+        );
+
+        // A file saved before capabilities were kept: the endpoint registered without any, so
+        // the provider holds its defaults.
+        let mut old = serde_json::to_value(identity(audio_only)).unwrap();
+        old.as_object_mut().unwrap().remove("capabilities");
+        std::fs::write(dir.path().join("endpoint.json"), old.to_string()).unwrap();
+        let loaded = EndpointIdentity::load(dir.path()).unwrap();
+        assert_eq!(loaded.capabilities, Capabilities::default());
+        assert_eq!(loaded.endpoint_id, "ep1");
     }
 }

@@ -10,7 +10,7 @@ use switchyard_media::blob::MediaBlob;
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 pub use switchyard_media::session::MediaCall;
 use switchyard_media::session::{CallStats, Gathered, MediaEvent, SessionConfig};
-use switchyard_media::{Capabilities, MediaKind};
+use switchyard_media::MediaKind;
 
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ pub async fn prepare(
     let config = SessionConfig {
         identity: EndpointIdentity::from_pem(&identity.certificate_pem, &identity.key_pem)?,
         local_uri: uri.to_string(),
-        capabilities: Capabilities::default(),
+        capabilities: identity.capabilities.clone(),
         media,
         bind: SocketAddr::new(options.address, 0),
         relay: grant.as_ref().map(|g| g.server.clone()),

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use switchyard_federation::dict::{Dict, Encoding};
 use switchyard_media::session::MediaEvent;
-use switchyard_media::MediaKind;
+use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
 use switchyard_provider::endpoint_media;
@@ -914,8 +914,10 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
         } => {
             let ca_pem = std::fs::read_to_string(&ca)
                 .with_context(|| format!("reading {}", ca.display()))?;
-            let capabilities =
-                audio_only.then(|| Dict::new().with("audio", true).with("video", false));
+            let capabilities = audio_only.then(|| Capabilities {
+                video: false,
+                ..Capabilities::default()
+            });
             let identity = client::register(
                 &provider,
                 &ca_pem,
@@ -946,6 +948,13 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                 EndpointIdentity::load(&endpoint.state)?,
                 encoding(endpoint.json),
             )?;
+            // Refused before anything is sent: the media could not offer video anyway.
+            if video && !client.identity.capabilities.video {
+                bail!(
+                    "this endpoint registered as audio-only (--audio-only); it cannot place a \
+                     video call"
+                );
+            }
             let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
             let sid = session_id();

@@ -189,7 +189,7 @@ fn endpoint_commands_place_answer_and_reject_calls() {
         );
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
-    let register = |uri: &str, name: &str| {
+    let register = |uri: &str, name: &str, extra: &[&str]| {
         let user = admin_cli(&["users", "add", "--uri", uri, "--name", name]);
         let code = admin_cli(&["users", "code", user["id"].as_str().unwrap()]);
         let state = dir.path().join(name);
@@ -207,12 +207,13 @@ fn endpoint_commands_place_answer_and_reject_calls() {
                 // `=`: a code may start with `-`.
                 .arg(format!("--code={}", code["code"].as_str().unwrap()))
                 .arg("--state")
-                .arg(&state),
+                .arg(&state)
+                .args(extra),
         );
         state
     };
-    let alice = register("tel:+16502530000", "alice");
-    let bob = register("mailto:bob@example.com", "bob");
+    let alice = register("tel:+16502530000", "alice", &[]);
+    let bob = register("mailto:bob@example.com", "bob", &[]);
 
     let answer = |mode: &[&str]| {
         let child = switchyard()
@@ -275,6 +276,23 @@ fn endpoint_commands_place_answer_and_reject_calls() {
     assert_eq!(caller.status.code(), Some(3), "a rejected call exits 3");
     assert!(String::from_utf8_lossy(&caller.stdout).contains("rejected: busy"));
     assert!(answerer.wait_with_output().unwrap().status.success());
+
+    // The identity keeps the registered capabilities; an audio-only endpoint's media cannot
+    // offer video, so `call --video` is refused before anything is sent.
+    let carol = register("mailto:carol@example.com", "carol", &["--audio-only"]);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(carol.join("endpoint.json")).unwrap()).unwrap();
+    assert_eq!(saved["capabilities"]["video"], false, "{saved}");
+    assert_eq!(saved["capabilities"]["audio"], true, "{saved}");
+    let refused = switchyard()
+        .args(["endpoint", "call", "mailto:bob@example.com", "--video"])
+        .arg("--state")
+        .arg(&carol)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("registered as audio-only"), "{stderr}");
 
     daemon.kill().unwrap();
     daemon.wait().unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_media::Capabilities;
 use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::{Config, Provider};
 
@@ -143,7 +144,7 @@ impl Harness {
         &self,
         user_id: &str,
         uri: &str,
-        capabilities: Option<Dict>,
+        capabilities: Option<Capabilities>,
         encoding: Encoding,
     ) -> anyhow::Result<EndpointClient> {
         let code = self.code(user_id).await?;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_federation::dict::Encoding;
+use switchyard_media::Capabilities;
 use switchyard_provider::client::PushMode;
 use switchyard_tests::*;
 
@@ -253,7 +254,10 @@ async fn endpoints_lacking_capabilities_are_not_rung() -> anyhow::Result<()> {
     let alice_id = h.add_user("Alice", &[ALICE]).await?;
     let bob_id = h.add_user("Bob", &[BOB]).await?;
     let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
-    let audio_only = Dict::new().with("audio", true).with("video", false);
+    let audio_only = Capabilities {
+        video: false,
+        ..Capabilities::default()
+    };
     let bob_phone = h
         .endpoint(&bob_id, BOB, Some(audio_only), Encoding::Plist)
         .await?;

@@ -15,6 +15,7 @@ use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
+use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::http_relay_client::{HttpRelayConn, TunnelMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
@@ -309,6 +310,7 @@ async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
         assert!(stats.audio.packets_received >= 70, "{name}: {stats:?}");
         assert!(stats.video.packets_received >= 20, "{name}: {stats:?}");
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+        assert_eq!(stats.dropped_unvalidated, 0, "{name}: {stats:?}");
     }
     if relay_only {
         // The providers' relays carried DTLS records, SRTP and connectivity checks: never the
@@ -496,6 +498,8 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = callee.stats();
     assert_eq!(stats.srtp_failures, 0, "{stats:?}");
+    // What came over the backup pair was accepted: that pair was validated too.
+    assert_eq!(stats.dropped_unvalidated, 0, "{stats:?}");
     assert!(stats.audio.packets_received > stalled_at + 40, "{stats:?}");
     eprintln!("media resumed {resumed_after:?} after the direct path was cut");
 
@@ -565,6 +569,7 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
             "{name} ({mode:?}): {stats:?}"
         );
         assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
+        assert_eq!(stats.dropped_unvalidated, 0, "{name}: {stats:?}");
     }
     hang_up(caller, callee).await;
     two.fed.shutdown().await;
@@ -579,4 +584,85 @@ async fn a_callee_without_udp_takes_the_call_over_a_websocket_relay() -> anyhow:
 #[tokio::test]
 async fn a_callee_without_udp_or_websocket_takes_the_call_over_long_polls() -> anyhow::Result<()> {
     call_to_a_callee_without_udp(TunnelMode::LongPoll).await
+}
+
+/// The terminal endpoint's media negotiates with the capabilities it registered: an audio-only
+/// callee answers an offer that also carries video with audio alone (its video line at port 0).
+#[tokio::test]
+async fn an_audio_only_callee_answers_the_video_of_an_offer_with_port_zero() -> anyhow::Result<()> {
+    let fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
+            .await?;
+    let (a, b) = (fed.provider("a.test"), fed.provider("b.test"));
+    let alice_user = a.add_user("Alice", &[ALICE]).await?;
+    let bob_user = b.add_user("Bob", &[BOB]).await?;
+    let alice = a
+        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+        .await?;
+    let audio_only = Capabilities {
+        video: false,
+        ..Capabilities::default()
+    };
+    let bob = b
+        .endpoint(&bob_user, BOB, Some(audio_only.clone()), Encoding::Plist)
+        .await?;
+    assert_eq!(bob.identity.capabilities, audio_only);
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+
+    // Signalled as an audio call (no provider rings an audio-only device for video), while
+    // Alice's SDP offer has a video line as well.
+    let mut no_taps = Vec::new();
+    let caller_media =
+        Gathered::gather(session_config(&alice, ALICE, false, &mut no_taps).await?).await?;
+    let sid = session_id();
+    alice
+        .initiate(&sid, BOB, &caller_media.blob().to_bytes(), &["audio"])
+        .await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let options = MediaOptions {
+        address: "127.0.0.1".parse()?,
+        relay_only: false,
+        mute_video_after: None,
+        http_relay: None,
+    };
+    let (callee_media, _) = endpoint_media::prepare(
+        &bob,
+        BOB,
+        endpoint_media::media_kinds(&ring)?,
+        &options,
+        None,
+    )
+    .await?;
+    bob.accept(&ring, &callee_media.blob().to_bytes()).await?;
+    let accepted = expect_push(&mut alice_push, "accept").await?;
+    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+    let mut caller = caller_media.start(
+        true,
+        &answer,
+        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
+    )?;
+    let mut callee = endpoint_media::start(callee_media, false, &ring)?;
+    for call in [&mut caller, &mut callee] {
+        let negotiated =
+            wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
+        assert_eq!(
+            negotiated,
+            MediaEvent::Negotiated {
+                audio: Some("opus".into()),
+                video: None
+            }
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, call) in [("caller", &caller), ("callee", &callee)] {
+        let stats = call.stats();
+        assert!(stats.audio.packets_received >= 30, "{name}: {stats:?}");
+        assert_eq!(stats.video.packets_sent, 0, "{name}: {stats:?}");
+        assert_eq!(stats.video.packets_received, 0, "{name}: {stats:?}");
+    }
+    hang_up(caller, callee).await;
+    fed.shutdown().await;
+    Ok(())
 }

@@ -394,3 +394,110 @@ async fn allocation_quotas_per_endpoint_and_in_total() -> anyhow::Result<()> {
     h.provider.shutdown().await;
     Ok(())
 }
+
+/// A raw Allocate request (RFC 8656 §7.1), with long-term credentials once `nonce` is known.
+fn allocate_request(id: [u8; 12], auth: Option<(&Creds, &str)>) -> anyhow::Result<Vec<u8>> {
+    use stun::agent::TransactionId;
+    use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+    use stun::integrity::MessageIntegrity;
+    use stun::message::{Message, MessageType, Setter, CLASS_REQUEST, METHOD_ALLOCATE};
+    use stun::textattrs::TextAttribute;
+    use switchyard_provider::relay::turn::proto::{reqtrans::RequestedTransport, PROTO_UDP};
+
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId(id)),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        Box::new(RequestedTransport {
+            protocol: PROTO_UDP,
+        }),
+    ];
+    if let Some((creds, nonce)) = auth {
+        setters.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            creds.username.clone(),
+        )));
+        setters.push(Box::new(TextAttribute::new(
+            ATTR_REALM,
+            creds.realm.clone(),
+        )));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_string())));
+        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            creds.username.clone(),
+            creds.realm.clone(),
+            creds.password.clone(),
+        )));
+    }
+    let mut m = Message::new();
+    m.build(&setters)?;
+    Ok(m.raw)
+}
+
+/// The STUN message type and transaction id of an answer.
+fn answer_of(bytes: &[u8]) -> anyhow::Result<(u16, [u8; 12], stun::message::Message)> {
+    let mut m = stun::message::Message::new();
+    m.raw = bytes.to_vec();
+    m.decode()?;
+    Ok((m.typ.value(), m.transaction_id.0, m))
+}
+
+/// RFC 8656 §7.2: a retransmitted Allocate (its success response lost) gets the same success
+/// response again, not `437 Allocation Mismatch`; a new Allocate on the same 5-tuple is still a
+/// mismatch.
+#[tokio::test]
+async fn a_retransmitted_allocate_gets_the_same_success_response() -> anyhow::Result<()> {
+    use stun::attributes::ATTR_NONCE;
+    use stun::error_code::ErrorCodeAttribute;
+    use stun::message::Getter;
+    use stun::textattrs::TextAttribute;
+
+    let (config, dir) = relay_config().await?;
+    let h = Harness::start_with(config, dir).await?;
+    let alice = endpoint(&h, "alice").await?;
+    let creds = credentials(&alice).await?;
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let server = relay_addr(&h);
+    let exchange = |request: Vec<u8>| {
+        let socket = &socket;
+        async move {
+            socket.send_to(&request, server).await?;
+            let (bytes, from) = recv_within(socket, Duration::from_secs(3))
+                .await
+                .context("no answer from the relay")?;
+            anyhow::ensure!(from == server);
+            anyhow::Ok(bytes)
+        }
+    };
+
+    // The first try is refused 401 with the nonce to use.
+    let unauthenticated = exchange(allocate_request([1; 12], None)?).await?;
+    let (typ, _, challenge) = answer_of(&unauthenticated)?;
+    assert_eq!(typ, 0x0113, "401 error response");
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)?.text;
+
+    let request = allocate_request([2; 12], Some((&creds, &nonce)))?;
+    let first = exchange(request.clone()).await?;
+    let (typ, id, _) = answer_of(&first)?;
+    assert_eq!((typ, id), (0x0103, [2; 12]), "Allocate success");
+    let again = exchange(request).await?;
+    assert_eq!(
+        again, first,
+        "the retransmission gets the same success response"
+    );
+    let relay = h.provider.relay().expect("relay");
+    assert_eq!(
+        relay
+            .state
+            .allocation_count(Some(&alice.identity.endpoint_id)),
+        1
+    );
+
+    // Another transaction on the same 5-tuple: the allocation exists, so it is a mismatch.
+    let other = exchange(allocate_request([3; 12], Some((&creds, &nonce)))?).await?;
+    let (typ, id, mismatch) = answer_of(&other)?;
+    assert_eq!((typ, id), (0x0113, [3; 12]));
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&mismatch)?;
+    assert_eq!(code.code.0, 437);
+    h.provider.shutdown().await;
+    Ok(())
+}

@@ -4,14 +4,18 @@
 //! two places of our own:
 //! - [`ListenerConn`], the server's listening socket, answers an authenticated CreatePermission or
 //!   ChannelBind naming a forbidden peer with `403 Forbidden` itself, before the server sees it;
+//!   it also answers a retransmitted Allocate with the server's success response to it (RFC 8656
+//!   §7.2), which the `turn` server would answer with `437 Allocation Mismatch`;
 //! - [`RelayedConn`], each allocation's relayed socket, drops every datagram sent to a forbidden
 //!   peer (Send indications and ChannelData) and every datagram received from one, so nothing
 //!   crosses the relay in either direction whatever reached the server. The same socket holds the
 //!   allocation's quota slot and gives it back when the allocation is closed (or dropped).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::net::UdpSocket;
@@ -134,13 +138,75 @@ impl RelayAddressGenerator for QuotaGenerator {
     }
 }
 
-/// The TURN server's listening socket, refusing permissions and channels for forbidden peers.
+/// How long a client may retransmit a request: a STUN transaction over UDP lasts 39.5 s (RFC 8489
+/// §6.2.1: Rc = 7, Rm = 16, RTO 500 ms).
+const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
+
+/// STUN message types (RFC 8489 §5) of an Allocate request and its success response.
+const ALLOCATE_REQUEST: [u8; 2] = [0x00, 0x03];
+const ALLOCATE_SUCCESS: [u8; 2] = [0x01, 0x03];
+
+/// The transaction id of a STUN message of type `typ`, if `datagram` is one.
+fn transaction_of(datagram: &[u8], typ: [u8; 2]) -> Option<[u8; 12]> {
+    if !stun::message::is_message(datagram) || datagram[..2] != typ {
+        return None;
+    }
+    datagram[8..20].try_into().ok()
+}
+
+/// The last Allocate success response sent to a client, kept to answer its retransmissions.
+struct AllocateAnswer {
+    transaction: [u8; 12],
+    response: Vec<u8>,
+    sent: Instant,
+}
+
+/// The TURN server's listening socket, refusing permissions and channels for forbidden peers and
+/// answering retransmitted Allocates.
 pub struct ListenerConn {
-    pub socket: UdpSocket,
-    pub state: Arc<RelayState>,
+    socket: UdpSocket,
+    state: Arc<RelayState>,
+    /// Per client address (the listener's end of the 5-tuple is fixed).
+    allocate_answers: Mutex<HashMap<SocketAddr, AllocateAnswer>>,
 }
 
 impl ListenerConn {
+    pub fn new(socket: UdpSocket, state: Arc<RelayState>) -> Self {
+        ListenerConn {
+            socket,
+            state,
+            allocate_answers: Mutex::default(),
+        }
+    }
+
+    /// For a retransmission of the Allocate request last answered with a success on this
+    /// 5-tuple, within the transaction's lifetime: that success response again.
+    fn repeated_allocate_answer(&self, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+        let transaction = transaction_of(datagram, ALLOCATE_REQUEST)?;
+        let answers = self.allocate_answers.lock().expect("allocate answers lock");
+        answers
+            .get(&from)
+            .filter(|a| a.transaction == transaction && a.sent.elapsed() < TRANSACTION_LIFETIME)
+            .map(|a| a.response.clone())
+    }
+
+    /// Notes an Allocate success response the server sends, and forgets expired ones.
+    fn remember_allocate_answer(&self, datagram: &[u8], to: SocketAddr) {
+        let Some(transaction) = transaction_of(datagram, ALLOCATE_SUCCESS) else {
+            return;
+        };
+        let mut answers = self.allocate_answers.lock().expect("allocate answers lock");
+        answers.retain(|_, a| a.sent.elapsed() < TRANSACTION_LIFETIME);
+        answers.insert(
+            to,
+            AllocateAnswer {
+                transaction,
+                response: datagram.to_vec(),
+                sent: Instant::now(),
+            },
+        );
+    }
+
     /// For a CreatePermission or ChannelBind request with valid integrity naming a forbidden
     /// peer: the `403` answer to send back.
     fn forbidden_answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
@@ -220,6 +286,11 @@ impl Conn for ListenerConn {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.socket.recv_from(buf).await?;
+            if let Some(answer) = self.repeated_allocate_answer(&buf[..n], from) {
+                tracing::debug!(client = %from, "relay: retransmitted Allocate answered again");
+                let _ = self.socket.send_to(&answer, from).await;
+                continue;
+            }
             match self.forbidden_answer(&buf[..n]) {
                 None => return Ok((n, from)),
                 Some(answer) => {
@@ -236,6 +307,7 @@ impl Conn for ListenerConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.remember_allocate_answer(buf, target);
         Ok(self.socket.send_to(buf, target).await?)
     }
 

@@ -98,10 +98,7 @@ impl Relay {
         let public_ip = config.relay_public_ip();
         let server = Server::new(ServerConfig {
             conn_configs: vec![ConnConfig {
-                conn: Arc::new(ListenerConn {
-                    socket,
-                    state: state.clone(),
-                }),
+                conn: Arc::new(ListenerConn::new(socket, state.clone())),
                 relay_addr_generator: Box::new(QuotaGenerator {
                     state: state.clone(),
                     bind_ip: relay.listen.ip(),
