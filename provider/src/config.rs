@@ -205,10 +205,12 @@ pub struct RelayConfig {
 pub struct SipConfig {
     /// Off: no SIP port is opened.
     pub enabled: bool,
-    /// UDP address of the SIP edge; unset: no UDP.
-    pub udp_listen: Option<SocketAddr>,
-    /// TCP address of the SIP edge; unset: no TCP.
-    pub tcp_listen: Option<SocketAddr>,
+    /// The transports served: `udp`, `tcp`, or both.
+    pub transports: Vec<SipTransport>,
+    /// UDP address of the SIP edge.
+    pub udp_listen: SocketAddr,
+    /// TCP address of the SIP edge.
+    pub tcp_listen: SocketAddr,
     /// The domains whose addresses of record this registrar serves; empty: `provider_id`.
     pub domains: Vec<String>,
     /// The digest realm; unset: the first domain.
@@ -229,12 +231,20 @@ pub struct SipConfig {
     pub secret: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             enabled: false,
-            udp_listen: Some("0.0.0.0:5060".parse().expect("literal address")),
-            tcp_listen: Some("0.0.0.0:5060".parse().expect("literal address")),
+            transports: vec![SipTransport::Udp, SipTransport::Tcp],
+            udp_listen: "0.0.0.0:5060".parse().expect("literal address"),
+            tcp_listen: "0.0.0.0:5060".parse().expect("literal address"),
             domains: Vec::new(),
             realm: None,
             min_expires_seconds: 60,
@@ -755,11 +765,8 @@ impl Config {
                 "must be 1024-65507 (a UDP datagram)".into(),
             );
         }
-        if self.sip.enabled && self.sip.udp_listen.is_none() && self.sip.tcp_listen.is_none() {
-            bad(
-                "sip.enabled",
-                "needs sip.udp_listen or sip.tcp_listen".into(),
-            );
+        if self.sip.transports.is_empty() {
+            bad("sip.transports", "name udp, tcp or both".into());
         }
         for domain in &self.sip.domains {
             let ok = !domain.is_empty()

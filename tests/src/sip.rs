@@ -275,8 +275,8 @@ impl SipProvider {
         let (mut config, dir) = test_config().await?;
         config.provider_id = domain.into();
         config.sip.enabled = true;
-        config.sip.udp_listen = Some("127.0.0.1:0".parse()?);
-        config.sip.tcp_listen = Some("127.0.0.1:0".parse()?);
+        config.sip.udp_listen = "127.0.0.1:0".parse()?;
+        config.sip.tcp_listen = "127.0.0.1:0".parse()?;
         tune(&mut config);
         let h = Harness::start_with(config, dir).await?;
         let user_id = h.add_user(user, uris).await?;

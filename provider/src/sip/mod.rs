@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::SipConfig;
+use crate::config::{SipConfig, SipTransport};
 use digest::Digest;
 use message::{Framed, Inbound, Limits, Received, StreamFramer, Transport};
 
@@ -101,20 +101,23 @@ impl SipEdge {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// Binds `sip.udp_listen` and `sip.tcp_listen` and serves them.
+    /// Binds `sip.udp_listen` and `sip.tcp_listen` (as `sip.transports` says) and serves them.
     pub async fn start(self) -> anyhow::Result<SipListeners> {
         let edge = Arc::new(self);
         let mut tasks = Vec::new();
         let mut udp_addr = None;
         let mut tcp_addr = None;
-        if let Some(listen) = edge.config.udp_listen {
+        let serves = |t: SipTransport| edge.config.transports.contains(&t);
+        if serves(SipTransport::Udp) {
+            let listen = edge.config.udp_listen;
             let socket = UdpSocket::bind(listen)
                 .await
                 .with_context(|| format!("binding sip.udp_listen {listen}"))?;
             udp_addr = Some(socket.local_addr()?);
             tasks.push(tokio::spawn(serve_udp(edge.clone(), Arc::new(socket))));
         }
-        if let Some(listen) = edge.config.tcp_listen {
+        if serves(SipTransport::Tcp) {
+            let listen = edge.config.tcp_listen;
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding sip.tcp_listen {listen}"))?;
