@@ -25,6 +25,9 @@ const ALLOCATED: u8 = 0x01;
 const DATA: u8 = 0x02;
 /// How long one long-poll waits for data before it is asked again.
 const POLL_WAIT_MS: u64 = 20_000;
+/// Most bytes of datagrams one long-poll send carries (within the endpoint API's default body
+/// limit of 64 KiB).
+const SEND_BATCH_BYTES: usize = 48 * 1024;
 
 /// How the tunnel reaches the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,19 +98,14 @@ fn split_frames(mut body: &[u8]) -> Vec<&[u8]> {
     frames
 }
 
-enum Sender {
-    WebSocket(mpsc::UnboundedSender<Vec<u8>>),
-    LongPoll {
-        http: reqwest::Client,
-        send_url: String,
-        delete_url: String,
-    },
-}
-
-/// An allocation at the provider's HTTP relay.
+/// An allocation at the provider's HTTP relay. Sending only queues the frame: a writer task
+/// carries it (over the WebSocket, or batched into long-poll sends), so a slow HTTP round trip
+/// never holds up the media loop, as sending on a UDP socket would not.
 pub struct HttpRelayConn {
     address: SocketAddr,
-    sender: Sender,
+    outbound: mpsc::UnboundedSender<Vec<u8>>,
+    /// For long-polls: how to free the allocation on close.
+    delete: Option<(reqwest::Client, String)>,
     inbound: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -180,7 +178,8 @@ impl HttpRelayConn {
         });
         Ok(Arc::new(HttpRelayConn {
             address,
-            sender: Sender::WebSocket(outbound),
+            outbound,
+            delete: None,
             inbound: Mutex::new(inbound),
             tasks: vec![reader, writer],
         }))
@@ -231,15 +230,46 @@ impl HttpRelayConn {
                 }
             })
         };
+        let (outbound, mut outbound_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = {
+            let http = http.clone();
+            let send_url = format!("{base}/send");
+            tokio::spawn(async move {
+                while let Some(first) = outbound_rx.recv().await {
+                    // Whatever queued up during the last send goes in this one.
+                    let mut body = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(frame) = next.take() {
+                        body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+                        body.extend_from_slice(&frame);
+                        if body.len() < SEND_BATCH_BYTES {
+                            next = outbound_rx.try_recv().ok();
+                        }
+                    }
+                    let response = http
+                        .post(&send_url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(body)
+                        .send()
+                        .await;
+                    match response {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => {
+                            tracing::warn!(status = %r.status(), "HTTP relay send refused; the allocation is gone");
+                            return;
+                        }
+                        // Lost, as datagrams on a congested path are.
+                        Err(e) => tracing::debug!(error = %e, "HTTP relay send failed"),
+                    }
+                }
+            })
+        };
         Ok(Arc::new(HttpRelayConn {
             address,
-            sender: Sender::LongPoll {
-                http,
-                send_url: format!("{base}/send"),
-                delete_url: base,
-            },
+            outbound,
+            delete: Some((http, base)),
             inbound: Mutex::new(inbound),
-            tasks: vec![poller],
+            tasks: vec![poller, writer],
         }))
     }
 }
@@ -273,30 +303,9 @@ impl Conn for HttpRelayConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        let frame = data_frame(target, buf);
-        match &self.sender {
-            Sender::WebSocket(outbound) => outbound
-                .send(frame)
-                .map_err(|_| webrtc_util::Error::ErrUseClosedNetworkConn)?,
-            Sender::LongPoll { http, send_url, .. } => {
-                let mut body = Vec::with_capacity(frame.len() + 2);
-                body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
-                body.extend_from_slice(&frame);
-                let response = http
-                    .post(send_url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| webrtc_util::Error::Other(e.to_string()))?;
-                if !response.status().is_success() {
-                    return Err(webrtc_util::Error::Other(format!(
-                        "the HTTP relay refused a datagram: {}",
-                        response.status()
-                    )));
-                }
-            }
-        }
+        self.outbound
+            .send(data_frame(target, buf))
+            .map_err(|_| webrtc_util::Error::ErrUseClosedNetworkConn)?;
         Ok(buf.len())
     }
 
@@ -312,11 +321,8 @@ impl Conn for HttpRelayConn {
         for task in &self.tasks {
             task.abort();
         }
-        if let Sender::LongPoll {
-            http, delete_url, ..
-        } = &self.sender
-        {
-            let _ = http.delete(delete_url).send().await;
+        if let Some((http, url)) = &self.delete {
+            let _ = http.delete(url).send().await;
         }
         Ok(())
     }
