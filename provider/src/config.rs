@@ -211,6 +211,11 @@ pub struct SipConfig {
     pub udp_listen: SocketAddr,
     /// TCP address of the SIP edge.
     pub tcp_listen: SocketAddr,
+    /// TLS address of the SIP edge (`sips:`, RFC 3261 §26.2).
+    pub tls_listen: SocketAddr,
+    /// PEM certificate chain and key for SIP over TLS; unset: the endpoint API's.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// The domains whose addresses of record this registrar serves; empty: `provider_id`.
     pub domains: Vec<String>,
     /// The digest realm; unset: the first domain.
@@ -236,6 +241,7 @@ pub struct SipConfig {
 pub enum SipTransport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Default for SipConfig {
@@ -245,6 +251,9 @@ impl Default for SipConfig {
             transports: vec![SipTransport::Udp, SipTransport::Tcp],
             udp_listen: "0.0.0.0:5060".parse().expect("literal address"),
             tcp_listen: "0.0.0.0:5060".parse().expect("literal address"),
+            tls_listen: "0.0.0.0:5061".parse().expect("literal address"),
+            tls_cert: None,
+            tls_key: None,
             domains: Vec::new(),
             realm: None,
             min_expires_seconds: 60,
@@ -766,7 +775,16 @@ impl Config {
             );
         }
         if self.sip.transports.is_empty() {
-            bad("sip.transports", "name udp, tcp or both".into());
+            bad(
+                "sip.transports",
+                "name at least one of udp, tcp, tls".into(),
+            );
+        }
+        if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
+            bad(
+                "sip.tls_cert",
+                "sip.tls_cert and sip.tls_key go together".into(),
+            );
         }
         for domain in &self.sip.domains {
             let ok = !domain.is_empty()

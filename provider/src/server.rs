@@ -34,9 +34,10 @@ pub struct Provider {
     pub directory_addr: Option<SocketAddr>,
     /// The TURN relay's UDP address, when `relay.enabled`.
     pub relay_addr: Option<SocketAddr>,
-    /// The SIP edge's UDP and TCP addresses, when `sip.enabled`.
+    /// The SIP edge's UDP, TCP and TLS addresses, when `sip.enabled` (and the transport is on).
     pub sip_udp_addr: Option<SocketAddr>,
     pub sip_tcp_addr: Option<SocketAddr>,
+    pub sip_tls_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     relay: Option<Arc<crate::relay::Relay>>,
     sip: Option<crate::sip::SipListeners>,
@@ -79,6 +80,7 @@ impl Provider {
             ),
             _ => ca.issue_server(&config.endpoint_api.server_names)?,
         };
+        let sip_tls = sip_tls_config(&config, &chain, &key)?;
         let tls = ca.server_config(chain, key)?;
         let db = Db::connect(&config.database_url(), config.database.max_connections)
             .await
@@ -224,16 +226,16 @@ impl Provider {
             Some(
                 crate::sip::SipEdge::new(app.clone())
                     .context("setting up the SIP edge")?
-                    .start()
+                    .start(sip_tls)
                     .await?,
             )
         } else {
             None
         };
-        let (sip_udp_addr, sip_tcp_addr) = sip
+        let (sip_udp_addr, sip_tcp_addr, sip_tls_addr) = sip
             .as_ref()
-            .map_or((None, None), |s| (s.udp_addr, s.tcp_addr));
-        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, ?relay_addr, ?sip_udp_addr, ?sip_tcp_addr, provider = %app.config.provider_id, "provider started");
+            .map_or((None, None, None), |s| (s.udp_addr, s.tcp_addr, s.tls_addr));
+        tracing::info!(%endpoint_addr, %admin_addr, ?federation_addr, ?directory_addr, ?relay_addr, ?sip_udp_addr, ?sip_tcp_addr, ?sip_tls_addr, provider = %app.config.provider_id, "provider started");
         Ok(Provider {
             endpoint_addr,
             admin_addr,
@@ -242,6 +244,7 @@ impl Provider {
             relay_addr,
             sip_udp_addr,
             sip_tcp_addr,
+            sip_tls_addr,
             app,
             relay,
             sip,
@@ -271,6 +274,27 @@ impl Provider {
         self.app.db.close().await;
         tracing::info!("provider stopped");
     }
+}
+
+/// The SIP edge's TLS server configuration: `sip.tls_cert`/`sip.tls_key`, else the endpoint API's
+/// chain; no client certificates (phones have none) and no ALPN.
+fn sip_tls_config(
+    config: &Config,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    key: &rustls::pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (chain, key) = match (&config.sip.tls_cert, &config.sip.tls_key) {
+        (Some(cert), Some(key)) => (
+            switchyard_federation::pki::load_certs(cert)?,
+            switchyard_federation::pki::load_key(key)?,
+        ),
+        _ => (chain.to_vec(), key.clone_key()),
+    };
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the SIP edge's TLS certificate")?;
+    Ok(Arc::new(tls))
 }
 
 fn rotation_ms(config: &Config) -> i64 {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::{test_config, Harness, WAIT};
@@ -59,10 +59,18 @@ impl SipResponse {
     }
 }
 
+/// A byte stream to the edge: TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// One transport to the edge.
 pub enum SipTransport {
     Udp(UdpSocket, SocketAddr),
-    Tcp(TcpStream),
+    Stream {
+        io: Box<dyn Stream>,
+        local: SocketAddr,
+        tls: bool,
+    },
 }
 
 impl SipTransport {
@@ -74,20 +82,50 @@ impl SipTransport {
     }
 
     pub async fn tcp(server: SocketAddr) -> anyhow::Result<SipTransport> {
-        Ok(SipTransport::Tcp(TcpStream::connect(server).await?))
+        let stream = TcpStream::connect(server).await?;
+        Ok(SipTransport::Stream {
+            local: stream.local_addr()?,
+            io: Box::new(stream),
+            tls: false,
+        })
+    }
+
+    /// TLS to `server`, trusting only `ca_pem` and checking the certificate names `server`'s IP.
+    pub async fn tls(server: SocketAddr, ca_pem: &str) -> anyhow::Result<SipTransport> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let stream = TcpStream::connect(server).await?;
+        let local = stream.local_addr()?;
+        let name = rustls::pki_types::ServerName::from(server.ip());
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, stream)
+            .await?;
+        Ok(SipTransport::Stream {
+            io: Box::new(stream),
+            local,
+            tls: true,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(match self {
             SipTransport::Udp(socket, _) => socket.local_addr()?,
-            SipTransport::Tcp(stream) => stream.local_addr()?,
+            SipTransport::Stream { local, .. } => *local,
         })
     }
 
+    /// The transport as a Via names it.
     pub fn name(&self) -> &'static str {
         match self {
             SipTransport::Udp(..) => "UDP",
-            SipTransport::Tcp(_) => "TCP",
+            SipTransport::Stream { tls: false, .. } => "TCP",
+            SipTransport::Stream { tls: true, .. } => "TLS",
         }
     }
 
@@ -96,7 +134,7 @@ impl SipTransport {
             SipTransport::Udp(socket, server) => {
                 socket.send_to(bytes, *server).await?;
             }
-            SipTransport::Tcp(stream) => stream.write_all(bytes).await?,
+            SipTransport::Stream { io, .. } => io.write_all(bytes).await?,
         }
         Ok(())
     }
@@ -111,7 +149,7 @@ impl SipTransport {
                     Err(_) => Ok(None),
                 }
             }
-            SipTransport::Tcp(stream) => {
+            SipTransport::Stream { io: stream, .. } => {
                 // One response at a time: read until the header block and its Content-Length.
                 let mut data = Vec::new();
                 let deadline = tokio::time::Instant::now() + wait;
@@ -255,12 +293,13 @@ impl Ua {
     }
 }
 
-/// A provider with its SIP edge on loopback (UDP and TCP, port 0), serving `domain`, and a user
+/// A provider with its SIP edge on loopback (UDP, TCP and TLS, port 0), serving `domain`, and a user
 /// with `uris` and a SIP account `sip:<user>@<domain>`.
 pub struct SipProvider {
     pub h: Harness,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    pub tls: SocketAddr,
     pub user_id: String,
 }
 
@@ -277,12 +316,19 @@ impl SipProvider {
         config.sip.enabled = true;
         config.sip.udp_listen = "127.0.0.1:0".parse()?;
         config.sip.tcp_listen = "127.0.0.1:0".parse()?;
+        config.sip.tls_listen = "127.0.0.1:0".parse()?;
+        config.sip.transports = vec![
+            switchyard_provider::config::SipTransport::Udp,
+            switchyard_provider::config::SipTransport::Tcp,
+            switchyard_provider::config::SipTransport::Tls,
+        ];
         tune(&mut config);
         let h = Harness::start_with(config, dir).await?;
         let user_id = h.add_user(user, uris).await?;
         let provider = SipProvider {
             udp: h.provider.sip_udp_addr.context("SIP over UDP")?,
             tcp: h.provider.sip_tcp_addr.context("SIP over TCP")?,
+            tls: h.provider.sip_tls_addr.context("SIP over TLS")?,
             h,
             user_id,
         };

@@ -1,4 +1,4 @@
-//! The SIP edge's registrar over UDP and TCP: digest challenges and answers (MD5 and SHA-256),
+//! The SIP edge's registrar over UDP, TCP and TLS: digest challenges and answers (MD5 and SHA-256),
 //! contacts with their expiry, several contacts per AoR, the RFC 3261 refusals, retransmissions
 //! answered from the transaction, the front door's answers to bad input, and the admin API that
 //! provisions the accounts.
@@ -16,7 +16,7 @@ async fn edge() -> anyhow::Result<SipProvider> {
     let edge = SipProvider::start(DOMAIN, "bob", PASSWORD, &["tel:+16502530001"], |config| {
         config.sip.min_expires_seconds = 2;
         config.sip.nonce_lifetime_seconds = 2;
-        config.sip.max_contacts_per_aor = 3;
+        config.sip.max_contacts_per_aor = 4;
     })
     .await?;
     let (status, body) = edge
@@ -91,11 +91,13 @@ fn contacts(response: &SipResponse) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn phones_register_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
+async fn phones_register_with_digest_over_udp_tcp_and_tls() -> anyhow::Result<()> {
     let e = edge().await?;
+    let ca = e.h.provider.app.ca.cert_pem().to_string();
     for (i, (mut t, algorithm)) in [
         (SipTransport::udp(e.udp).await?, "MD5"),
         (SipTransport::tcp(e.tcp).await?, "SHA-256"),
+        (SipTransport::tls(e.tls, &ca).await?, "MD5"),
     ]
     .into_iter()
     .enumerate()
@@ -152,14 +154,16 @@ async fn phones_register_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 200);
     let listed = body["sip_accounts"][0]["contacts"].as_array().unwrap();
-    assert_eq!(listed.len(), 3, "{body}");
-    assert!(listed.iter().any(|c| c["transport"] == "tcp"), "{body}");
+    assert_eq!(listed.len(), 4, "{body}");
+    for transport in ["udp", "tcp", "tls"] {
+        assert!(listed.iter().any(|c| c["transport"] == transport), "{body}");
+    }
     assert!(
         listed.iter().all(|c| c["user_agent"] == "switchyard-tests"),
         "{body}"
     );
 
-    // A fourth contact is over sip.max_contacts_per_aor (3).
+    // A fifth contact is over sip.max_contacts_per_aor (4).
     let refused = register_with(
         &mut t,
         BOB,

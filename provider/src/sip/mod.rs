@@ -1,4 +1,4 @@
-//! The SIP edge: ordinary SIP phones and trunks join the provider over UDP and TCP.
+//! The SIP edge: ordinary SIP phones and trunks join the provider over UDP, TCP and TLS.
 //!
 //! What runs today is the front door ([`message`]: framing, checks and the error answers RFC
 //! 3261 gives bad requests), the non-INVITE server transactions (a retransmitted request is
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rsip::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
@@ -35,6 +35,8 @@ const TIMER_J: Duration = Duration::from_secs(32);
 /// A stream connection idle this long is closed (phones re-register well within it, and send
 /// CRLF keep-alives, RFC 5626).
 const STREAM_IDLE: Duration = Duration::from_secs(15 * 60);
+/// A TLS handshake not done by then is given up.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Completed transactions remembered at most; the oldest are forgotten first.
 const MAX_TRANSACTIONS: usize = 100_000;
 
@@ -61,6 +63,7 @@ pub struct SipEdge {
 pub struct SipListeners {
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
     pub edge: Arc<SipEdge>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -101,12 +104,14 @@ impl SipEdge {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// Binds `sip.udp_listen` and `sip.tcp_listen` (as `sip.transports` says) and serves them.
-    pub async fn start(self) -> anyhow::Result<SipListeners> {
+    /// Binds `sip.udp_listen`, `sip.tcp_listen` and `sip.tls_listen` (as `sip.transports` says)
+    /// and serves them; TLS with `tls`, the server side only (phones present no certificate).
+    pub async fn start(self, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<SipListeners> {
         let edge = Arc::new(self);
         let mut tasks = Vec::new();
         let mut udp_addr = None;
         let mut tcp_addr = None;
+        let mut tls_addr = None;
         let serves = |t: SipTransport| edge.config.transports.contains(&t);
         if serves(SipTransport::Udp) {
             let listen = edge.config.udp_listen;
@@ -122,13 +127,27 @@ impl SipEdge {
                 .await
                 .with_context(|| format!("binding sip.tcp_listen {listen}"))?;
             tcp_addr = Some(listener.local_addr()?);
-            tasks.push(tokio::spawn(serve_tcp(edge.clone(), listener)));
+            tasks.push(tokio::spawn(serve_tcp(edge.clone(), listener, None)));
+        }
+        if serves(SipTransport::Tls) {
+            let listen = edge.config.tls_listen;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding sip.tls_listen {listen}"))?;
+            tls_addr = Some(listener.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            tasks.push(tokio::spawn(serve_tcp(
+                edge.clone(),
+                listener,
+                Some(acceptor),
+            )));
         }
         tasks.push(tokio::spawn(purge_contacts(edge.clone())));
-        tracing::info!(?udp_addr, ?tcp_addr, domains = ?edge.domains, realm = edge.digest.realm(), "SIP edge started");
+        tracing::info!(?udp_addr, ?tcp_addr, ?tls_addr, domains = ?edge.domains, realm = edge.digest.realm(), "SIP edge started");
         Ok(SipListeners {
             udp_addr,
             tcp_addr,
+            tls_addr,
             edge,
             tasks,
         })
@@ -233,11 +252,35 @@ async fn serve_udp(edge: Arc<SipEdge>, socket: Arc<UdpSocket>) {
     }
 }
 
-async fn serve_tcp(edge: Arc<SipEdge>, listener: TcpListener) {
+/// Accepts connections, each served by a task of its own (after its TLS handshake, for TLS).
+async fn serve_tcp(
+    edge: Arc<SipEdge>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, source)) => {
-                tokio::spawn(serve_stream(edge.clone(), stream, source));
+                let edge = edge.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_stream(edge, stream, source, Transport::Tcp));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await
+                            {
+                                Ok(Ok(stream)) => {
+                                    serve_stream(edge, stream, source, Transport::Tls).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(%source, error = %e, "SIP TLS handshake failed")
+                                }
+                                Err(_) => tracing::info!(%source, "SIP TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "SIP TCP accept failed");
@@ -248,7 +291,12 @@ async fn serve_tcp(edge: Arc<SipEdge>, listener: TcpListener) {
 }
 
 /// One connection: messages framed off the stream, answered in order on it.
-async fn serve_stream(edge: Arc<SipEdge>, mut stream: TcpStream, source: SocketAddr) {
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    edge: Arc<SipEdge>,
+    mut stream: S,
+    source: SocketAddr,
+    transport: Transport,
+) {
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -263,10 +311,10 @@ async fn serve_stream(edge: Arc<SipEdge>, mut stream: TcpStream, source: SocketA
         framer.push(&buf[..n]);
         while let Some(framed) = framer.next(edge.limits.max_message_bytes) {
             let answer = match framed {
-                Framed::Message(message) => edge.handle(&message, source, Transport::Tcp).await,
+                Framed::Message(message) => edge.handle(&message, source, transport).await,
                 Framed::Ping => Some(b"\r\n".to_vec()),
                 Framed::Broken(why) => {
-                    tracing::info!(%source, why, "SIP TCP connection closed");
+                    tracing::info!(%source, why, transport = transport.as_str(), "SIP connection closed");
                     return;
                 }
             };
