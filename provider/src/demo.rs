@@ -14,7 +14,7 @@ use switchyard_federation::pki::{self as fed_pki, FederationCa};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, SipTransport};
 use crate::registry;
 use crate::server::Provider;
 
@@ -73,6 +73,8 @@ pub struct Listen {
     pub federation: SocketAddr,
     /// The directory (plain HTTP).
     pub directory: SocketAddr,
+    /// The SIP edge, UDP and TCP on the same port (TLS on the port 100 above).
+    pub sip: SocketAddr,
 }
 
 /// A demo user as registered: canonical URIs and one provisioning code per device.
@@ -80,6 +82,11 @@ pub struct Account {
     pub name: &'static str,
     pub uris: Vec<String>,
     pub codes: Vec<String>,
+    /// The user's SIP account (`sip:<name>@<provider id>`), its password, and a sipp injection
+    /// file holding both.
+    pub sip_aor: String,
+    pub sip_password: String,
+    pub sipp_accounts: PathBuf,
 }
 
 /// The running demo federation.
@@ -227,6 +234,20 @@ impl Demo {
             relay.allow_loopback_peers = true;
             // The demo may also run on a private network (the network-namespace tests do).
             relay.allow_private_peers = true;
+            // Each provider's SIP edge registers SIP phones of its user.
+            let sip = &mut config.sip;
+            sip.enabled = true;
+            sip.transports = vec![SipTransport::Udp, SipTransport::Tcp, SipTransport::Tls];
+            sip.udp_listen = nth(listen.sip, i, "--sip-listen")?;
+            sip.tcp_listen = sip.udp_listen;
+            sip.tls_listen = match sip.udp_listen.port() {
+                0 => sip.udp_listen,
+                port => SocketAddr::new(
+                    sip.udp_listen.ip(),
+                    port.checked_add(100)
+                        .context("--sip-listen: TLS takes the port 100 above")?,
+                ),
+            };
             configs.push(config);
         }
         let mut demo = Demo {
@@ -335,10 +356,31 @@ impl Demo {
                 let (code, _) = registry::issue_provisioning_code(app, &created.id, None).await?;
                 codes.push(code);
             }
+            let sip_user = user.name.to_lowercase();
+            let sip_password = registry::random_token(12);
+            let sip_account = crate::sip::accounts::new_account(
+                &app.config,
+                &created.id,
+                &format!("sip:{sip_user}@{}", spec.provider_id),
+                None,
+                &sip_password,
+            )?;
+            app.db.add_sip_account(&sip_account).await?;
+            let sipp_accounts = self.dir.path().join(format!("sipp-{sip_user}.csv"));
+            std::fs::write(
+                &sipp_accounts,
+                format!(
+                    "SEQUENTIAL\n{sip_user};[authentication username={sip_user} password={sip_password}]\n"
+                ),
+            )
+            .with_context(|| format!("writing {}", sipp_accounts.display()))?;
             self.accounts.push(Account {
                 name: user.name,
                 uris,
                 codes,
+                sip_aor: sip_account.aor,
+                sip_password,
+                sipp_accounts,
             });
         }
         Ok(())
@@ -467,6 +509,25 @@ impl Demo {
                     out,
                     "  federation   : https://{}   (mutual TLS with the other providers)",
                     reachable(addr)
+                );
+            }
+            if let (Some(udp), Some(tls)) = (provider.sip_udp_addr, provider.sip_tls_addr) {
+                let udp = reachable(udp);
+                let _ = writeln!(
+                    out,
+                    "  SIP edge     : {udp} (UDP and TCP), {} (TLS)   (a registrar for SIP phones)",
+                    reachable(tls)
+                );
+                let _ = writeln!(
+                    out,
+                    "  SIP account  : {} password {}   (register a phone with it; calls through SIP are not there yet)",
+                    account.sip_aor, account.sip_password
+                );
+                let _ = writeln!(
+                    out,
+                    "    sipp {udp} -sf tests/interop/sipp/register.xml -inf {} -key domain {id} -auth_uri {id} -m 1 -nostdin",
+                    shell_word(&account.sipp_accounts),
+                    id = spec.provider_id
                 );
             }
             let _ = writeln!(

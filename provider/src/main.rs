@@ -83,6 +83,10 @@ enum Command {
         /// The directory serving the signed discovery dictionary (plain HTTP).
         #[arg(long, default_value = "127.0.0.1:7090")]
         directory_listen: std::net::SocketAddr,
+        /// Provider A's SIP edge, UDP and TCP (TLS on the port 100 above); B and C take the
+        /// next two ports.
+        #[arg(long, default_value = "127.0.0.1:7060")]
+        sip_listen: std::net::SocketAddr,
     },
 }
 
@@ -397,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_listen,
             federation_listen,
             directory_listen,
+            sip_listen,
         } => {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             switchyard_provider::demo::run(switchyard_provider::demo::Listen {
@@ -404,6 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin: admin_listen,
                 federation: federation_listen,
                 directory: directory_listen,
+                sip: sip_listen,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -417,6 +417,8 @@ fn demo_walkthrough_calls_across_providers() {
             "127.0.0.1:0",
             "--directory-listen",
             "127.0.0.1:0",
+            "--sip-listen",
+            "127.0.0.1:0",
         ]),
         logs,
         "demo",
@@ -428,6 +430,25 @@ fn demo_walkthrough_calls_across_providers() {
     for provider in ["Provider A", "Provider B", "Provider C"] {
         assert!(printed.contains(provider), "{printed}");
     }
+
+    // Step 1 also prints each provider's SIP edge and a sipp command registering its user's SIP
+    // account: a SIP phone registers at provider A with digest authentication.
+    let sipp = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sipp "))
+        .unwrap_or_else(|| panic!("no sipp command in:\n{printed}"));
+    let output = Command::new("sipp")
+        .args(sipp.split_whitespace().skip(1))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{sipp}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // Step 2: one device each for Alice (at A) and Bob (at B), with the printed commands.
     for device in ["/alice-1", "/bob-1"] {
@@ -1060,6 +1081,8 @@ impl<'a> Calls<'a> {
                 &on_bridge,
                 "--directory-listen",
                 &on_bridge,
+                "--sip-listen",
+                "127.0.0.1:0",
             ]),
             logs,
             "demo",
