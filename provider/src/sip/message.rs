@@ -474,7 +474,8 @@ impl StreamFramer {
             (None, _) => return Some(Framed::Broken("no Content-Length on a stream")),
             _ => return Some(Framed::Broken("a bad or repeated Content-Length")),
         };
-        let total = head_end + 4 + length;
+        // Saturating: a Content-Length near usize::MAX must not wrap round to a short frame.
+        let total = (head_end + 4).saturating_add(length);
         if total > max_message_bytes {
             return Some(Framed::Broken("a message over the size limit"));
         }
@@ -698,6 +699,10 @@ mod tests {
         assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
         let mut framer = StreamFramer::default();
         framer.push(b"OPTIONS sip:a.test SIP/2.0\r\nContent-Length: 9000\r\n\r\n");
+        assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
+        // Found by the fuzz seed `huge_content_length`: the frame's length overflowed.
+        let mut framer = StreamFramer::default();
+        framer.push(b"OPTIONS sip:a.test SIP/2.0\r\nContent-Length: 18446744073709551615\r\n\r\n");
         assert!(matches!(framer.next(4096), Some(Framed::Broken(_))));
     }
 

@@ -10,6 +10,8 @@
 
 pub mod accounts;
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod message;
 pub mod registrar;
 
