@@ -24,24 +24,12 @@ for i in range(n):
     out.write(f"User {i},tel:{prefix}{1_000_000 + i % 9_000_000:07d} mailto:user{i}@bench.example\n")
 PY
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-admin_port=$(port)
-cat > "$work/switchyard.toml" <<TOML
-data_dir = "$work/data"
-provider_id = "bench.switchyard.invalid"
-[endpoint_api]
-listen = "127.0.0.1:$(port)"
-[admin]
-listen = "127.0.0.1:$admin_port"
-TOML
+. bench/lib.sh
+admin_port=$(free_port)
+provider_config "$work" bench.switchyard.invalid "$admin_port"
 
 run() {
-    "$bin" serve --config "$work/switchyard.toml" 2>"$work/serve.log" &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    start_provider "$bin" "$work" "$admin_port"
     echo "importing $rows rows ($(du -h "$work/users.csv" | cut -f1)) into $backend" >&2
     "$bin" users import "$work/users.csv" --admin-url "http://127.0.0.1:$admin_port" \
         --admin-token-file "$work/data/admin-token"
@@ -50,7 +38,7 @@ run() {
 case "$backend" in
     sqlite) run ;;
     postgres)
-        export -f run port
+        export -f run free_port start_provider
         export bin work rows backend admin_port
         SYTEST_PG_FSYNC=on scripts/with-postgres.sh bash -c '
             psql "$SYTEST_POSTGRES_URL/postgres" -qc "CREATE DATABASE bench" >/dev/null

@@ -22,16 +22,11 @@ bin="$CARGO_TARGET_DIR/release/switchyard"
 work=$(mktemp -d /tmp/switchyard-sip-bench.XXXXXX)
 pid=
 trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-admin_port=$(port)
-sip_port=$(port)
-cat > "$work/switchyard.toml" <<TOML
-data_dir = "$work/data"
-provider_id = "bench.test"
-[endpoint_api]
-listen = "127.0.0.1:$(port)"
-[admin]
-listen = "127.0.0.1:$admin_port"
+. bench/lib.sh
+admin_port=$(free_port)
+sip_port=$(free_port)
+provider_config "$work" bench.test "$admin_port"
+cat >> "$work/switchyard.toml" <<TOML
 [sip]
 enabled = true
 udp_listen = "127.0.0.1:$sip_port"
@@ -46,12 +41,7 @@ if [ "$(nproc)" -ge 2 ]; then
     pin_server=(taskset -c 1)
     pin_load=(taskset -c 0)
 fi
-"${pin_server[@]}" "$bin" serve --config "$work/switchyard.toml" 2>"$work/serve.log" &
-pid=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_provider "$bin" "$work" "$admin_port" "${pin_server[@]}"
 
 # One user holding <accounts> SIP accounts user0..userN-1, and sipp's injection file for them.
 python3 - "$admin_port" "$work/data/admin-token" "$accounts" "$work/accounts.csv" <<'PY'
@@ -73,7 +63,7 @@ PY
 echo "sipp: $total registrations of $accounts accounts over ${transport/u1/UDP}" >&2
 start=$(date +%s.%N)
 "${pin_load[@]}" sipp "127.0.0.1:$sip_port" -sf tests/interop/sipp/register.xml -inf "$work/accounts.csv" \
-    -key domain bench.test -auth_uri bench.test -t "$transport" -i 127.0.0.1 -p "$(port)" \
+    -key domain bench.test -auth_uri bench.test -t "$transport" -i 127.0.0.1 -p "$(free_port)" \
     -r 20000 -rp 1000 -l 200 -m "$total" -timeout 300s -nostdin -trace_err -error_file "$work/errors.log" \
     >"$work/sipp.out" 2>&1 || { tail -30 "$work/sipp.out" >&2; head -20 "$work/errors.log" >&2; exit 1; }
 end=$(date +%s.%N)

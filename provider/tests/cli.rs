@@ -320,6 +320,32 @@ impl Drop for Running {
 }
 
 /// Starts `command` with stdout and stderr going to `dir/name.out` and `dir/name.err`.
+/// `switchyard demo` with its endpoint API, federation and directory listening on `public` (the
+/// admin API and the SIP edge on loopback, free ports), once it has printed its instructions;
+/// and what it printed.
+fn start_demo(logs: &std::path::Path, public: &str) -> (Running, String) {
+    let mut demo = spawn_logged(
+        switchyard().args([
+            "demo",
+            "--endpoint-listen",
+            public,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            public,
+            "--directory-listen",
+            public,
+            "--sip-listen",
+            "127.0.0.1:0",
+        ]),
+        logs,
+        "demo",
+    );
+    wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
+    let printed = logged(logs, "demo", "out");
+    (demo, printed)
+}
+
 fn spawn_logged(command: &mut Command, dir: &std::path::Path, name: &str) -> Running {
     let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
     let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
@@ -406,25 +432,7 @@ fn printed_value(printed: &str, label: &str, n: usize) -> String {
 fn demo_walkthrough_calls_across_providers() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path();
-    let mut demo = spawn_logged(
-        switchyard().args([
-            "demo",
-            "--endpoint-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--federation-listen",
-            "127.0.0.1:0",
-            "--directory-listen",
-            "127.0.0.1:0",
-            "--sip-listen",
-            "127.0.0.1:0",
-        ]),
-        logs,
-        "demo",
-    );
-    wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
-    let printed = logged(logs, "demo", "out");
+    let (demo, printed) = start_demo(logs, "127.0.0.1:0");
     let temporary = printed_value(&printed, "temporary directory", 0);
     assert!(std::path::Path::new(&temporary).is_dir(), "{printed}");
     for provider in ["Provider A", "Provider B", "Provider C"] {
@@ -1070,25 +1078,7 @@ impl<'a> Calls<'a> {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path();
         let on_bridge = format!("{}:0", network.host());
-        let mut demo = spawn_logged(
-            switchyard().args([
-                "demo",
-                "--endpoint-listen",
-                &on_bridge,
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--federation-listen",
-                &on_bridge,
-                "--directory-listen",
-                &on_bridge,
-                "--sip-listen",
-                "127.0.0.1:0",
-            ]),
-            logs,
-            "demo",
-        );
-        wait_for_output(&mut demo, logs, "demo", "Press Ctrl-C to stop");
-        let printed = logged(logs, "demo", "out");
+        let (demo, printed) = start_demo(logs, &on_bridge);
         for (host, device) in [(caller.0, "/alice-1"), (callee.0, "/bob-1")] {
             let register = printed_command(&printed, "endpoint register", device);
             let output = network.switchyard(host, &register[..]).output().unwrap();

@@ -14,6 +14,27 @@ use switchyard_provider::{Config, Provider};
 pub mod federation;
 pub mod sip;
 
+/// The next media event that `matches`, within 15 s; panics naming `what` if the call fails,
+/// ends or stays silent first.
+pub async fn wait_for(
+    call: &mut switchyard_media::session::MediaCall,
+    what: &str,
+    matches: impl Fn(&switchyard_media::session::MediaEvent) -> bool,
+) -> switchyard_media::session::MediaEvent {
+    use switchyard_media::session::MediaEvent;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, call.next_event()).await {
+            Ok(Some(event)) if matches(&event) => return event,
+            Ok(Some(MediaEvent::Failed(why))) => panic!("call failed waiting for {what}: {why}"),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the call ended waiting for {what}"),
+            Err(_) => panic!("no {what} within 15 s"),
+        }
+    }
+}
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Harness {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_federation::dict::{Dict, Encoding};
 use switchyard_media::blob::CandidateKind;
-use switchyard_media::session::{MediaCall, MediaEvent};
+use switchyard_media::session::MediaEvent;
 use switchyard_media::MediaKind;
 use switchyard_provider::client::{ClientError, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::endpoint_media::{self, MediaOptions};
@@ -65,24 +65,6 @@ fn relay_only() -> MediaOptions {
         relay_only: true,
         mute_video_after: None,
         http_relay: None,
-    }
-}
-
-async fn wait_for(
-    call: &mut MediaCall,
-    what: &str,
-    matches: impl Fn(&MediaEvent) -> bool,
-) -> MediaEvent {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, call.next_event()).await {
-            Ok(Some(event)) if matches(&event) => return event,
-            Ok(Some(MediaEvent::Failed(why))) => panic!("call failed waiting for {what}: {why}"),
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the call ended waiting for {what}"),
-            Err(_) => panic!("no {what} within 15 s"),
-        }
     }
 }
 

@@ -138,24 +138,6 @@ async fn session_config(
     })
 }
 
-async fn wait_for(
-    call: &mut MediaCall,
-    what: &str,
-    matches: impl Fn(&MediaEvent) -> bool,
-) -> MediaEvent {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, call.next_event()).await {
-            Ok(Some(event)) if matches(&event) => return event,
-            Ok(Some(MediaEvent::Failed(why))) => panic!("call failed waiting for {what}: {why}"),
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the call ended waiting for {what}"),
-            Err(_) => panic!("no {what} within 15 s"),
-        }
-    }
-}
-
 /// Alice at provider A and Bob at provider B (B and Bob speaking `bob_encoding`), registered,
 /// with push channels, filters exchanged.
 struct TwoProviders {

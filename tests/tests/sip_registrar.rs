@@ -32,18 +32,46 @@ async fn edge() -> anyhow::Result<SipProvider> {
     Ok(edge)
 }
 
-/// REGISTER, answering the challenge that comes back; returns the final response.
-#[allow(clippy::too_many_arguments)]
-async fn register_with(
-    t: &mut SipTransport,
-    aor: &str,
-    username: &str,
-    password: &str,
-    call_id: &str,
+/// One registration attempt; the defaults are Bob's account with a contact of his.
+struct Attempt<'a> {
+    aor: &'a str,
+    username: &'a str,
+    password: &'a str,
+    call_id: &'a str,
     cseq: u32,
-    contact: &str,
-    algorithm: &str,
-) -> anyhow::Result<SipResponse> {
+    contact: &'a str,
+    algorithm: &'a str,
+    /// More header lines, each ending in CRLF.
+    headers: &'a str,
+}
+
+impl Default for Attempt<'_> {
+    fn default() -> Self {
+        Attempt {
+            aor: BOB,
+            username: "bob",
+            password: PASSWORD,
+            call_id: "c",
+            cseq: 1,
+            contact: "<sip:bob@10.0.0.1>",
+            algorithm: "MD5",
+            headers: "",
+        }
+    }
+}
+
+/// REGISTER, answering the challenge that comes back; returns the final response.
+async fn register_with(t: &mut SipTransport, attempt: Attempt<'_>) -> anyhow::Result<SipResponse> {
+    let Attempt {
+        aor,
+        username,
+        password,
+        call_id,
+        cseq,
+        contact,
+        algorithm,
+        headers,
+    } = attempt;
     let ua = Ua::of(t)?;
     let first = ua.register(
         DOMAIN,
@@ -51,7 +79,7 @@ async fn register_with(
         call_id,
         cseq,
         &format!("{call_id}{cseq}a"),
-        &format!("Contact: {contact}\r\n"),
+        &format!("Contact: {contact}\r\n{headers}"),
     );
     let challenged = t.exchange(&first).await?;
     assert_eq!(challenged.status, 401, "{}", challenged.text);
@@ -75,7 +103,7 @@ async fn register_with(
         call_id,
         cseq + 1,
         &format!("{call_id}{cseq}b"),
-        &format!("Contact: {contact}\r\nAuthorization: {answer}\r\n"),
+        &format!("Contact: {contact}\r\n{headers}Authorization: {answer}\r\n"),
     );
     t.exchange(&second).await
 }
@@ -105,13 +133,12 @@ async fn phones_register_with_digest_over_udp_tcp_and_tls() -> anyhow::Result<()
         let contact = format!("<sip:bob@10.0.0.{}:5060>;expires=600", i + 1);
         let ok = register_with(
             &mut t,
-            BOB,
-            "bob",
-            PASSWORD,
-            &format!("c{i}"),
-            1,
-            &contact,
-            algorithm,
+            Attempt {
+                call_id: &format!("c{i}"),
+                contact: &contact,
+                algorithm,
+                ..Attempt::default()
+            },
         )
         .await?;
         assert_eq!(ok.status, 200, "{}", ok.text);
@@ -129,13 +156,11 @@ async fn phones_register_with_digest_over_udp_tcp_and_tls() -> anyhow::Result<()
     let mut t = SipTransport::udp(e.udp).await?;
     let ok = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "c9",
-        1,
-        "<sip:bob@10.0.0.9>;expires=99999",
-        "MD5",
+        Attempt {
+            call_id: "c9",
+            contact: "<sip:bob@10.0.0.9>;expires=99999",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert!(
@@ -166,41 +191,28 @@ async fn phones_register_with_digest_over_udp_tcp_and_tls() -> anyhow::Result<()
     // A fifth contact is over sip.max_contacts_per_aor (4).
     let refused = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "c10",
-        1,
-        "<sip:bob@10.0.0.10>",
-        "MD5",
+        Attempt {
+            call_id: "c10",
+            contact: "<sip:bob@10.0.0.10>",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(refused.status, 403, "{}", refused.text);
 
     // Contact: * with Expires: 0 removes them all.
     let mut t = SipTransport::udp(e.udp).await?;
-    let ua = Ua::of(&t)?;
-    let challenged = t
-        .exchange(&ua.register(DOMAIN, BOB, "c11", 1, "x1", "Contact: *\r\nExpires: 0\r\n"))
-        .await?;
-    let answer = authorization(
-        challenged.all("WWW-Authenticate")[1],
-        "bob",
-        PASSWORD,
-        "REGISTER",
-        "sip:a.test",
-        1,
-    );
-    let cleared = t
-        .exchange(&ua.register(
-            DOMAIN,
-            BOB,
-            "c11",
-            2,
-            "x2",
-            &format!("Contact: *\r\nExpires: 0\r\nAuthorization: {answer}\r\n"),
-        ))
-        .await?;
+    let cleared = register_with(
+        &mut t,
+        Attempt {
+            call_id: "c11",
+            contact: "*",
+            headers: "Expires: 0\r\n",
+            algorithm: "SHA-256",
+            ..Attempt::default()
+        },
+    )
+    .await?;
     assert_eq!(cleared.status, 200, "{}", cleared.text);
     assert!(contacts(&cleared).is_empty(), "{}", cleared.text);
     e.h.provider.shutdown().await;
@@ -216,13 +228,14 @@ async fn registrations_are_refused_as_rfc_3261_says() -> anyhow::Result<()> {
     {
         let refused = register_with(
             &mut t,
-            aor,
-            username,
-            password,
-            "r1",
-            1,
-            "<sip:x@10.0.0.1>",
-            "MD5",
+            Attempt {
+                aor,
+                username,
+                password,
+                call_id: "r1",
+                contact: "<sip:x@10.0.0.1>",
+                ..Attempt::default()
+            },
         )
         .await?;
         assert_eq!(refused.status, 403, "{aor} {username}: {}", refused.text);
@@ -237,13 +250,12 @@ async fn registrations_are_refused_as_rfc_3261_says() -> anyhow::Result<()> {
     assert_eq!(status, 200, "{body}");
     let refused = register_with(
         &mut t,
-        "sip:alice@a.test",
-        "bob",
-        PASSWORD,
-        "r2",
-        1,
-        "<sip:x@10.0.0.1>",
-        "MD5",
+        Attempt {
+            aor: "sip:alice@a.test",
+            call_id: "r2",
+            contact: "<sip:x@10.0.0.1>",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(refused.status, 403, "{}", refused.text);
@@ -251,13 +263,11 @@ async fn registrations_are_refused_as_rfc_3261_says() -> anyhow::Result<()> {
     // Too brief an interval: 423 with Min-Expires.
     let brief = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "r3",
-        1,
-        "<sip:x@10.0.0.1>;expires=1",
-        "MD5",
+        Attempt {
+            call_id: "r3",
+            contact: "<sip:x@10.0.0.1>;expires=1",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(brief.status, 423, "{}", brief.text);
@@ -280,25 +290,23 @@ async fn registrations_are_refused_as_rfc_3261_says() -> anyhow::Result<()> {
     // A REGISTER with the same Call-ID and a CSeq not above the binding's is out of order.
     let ok = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "r5",
-        10,
-        "<sip:bob@10.0.0.5>",
-        "MD5",
+        Attempt {
+            call_id: "r5",
+            cseq: 10,
+            contact: "<sip:bob@10.0.0.5>",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(ok.status, 200, "{}", ok.text);
     let stale = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "r5",
-        3,
-        "<sip:bob@10.0.0.5>",
-        "MD5",
+        Attempt {
+            call_id: "r5",
+            cseq: 3,
+            contact: "<sip:bob@10.0.0.5>",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(stale.status, 400, "{}", stale.text);
@@ -333,13 +341,11 @@ async fn registrations_are_refused_as_rfc_3261_says() -> anyhow::Result<()> {
     // Contacts expire: the 10-minute one from above stays, a 2-second one goes.
     let short = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "r7",
-        1,
-        "<sip:bob@10.0.0.7>;expires=2",
-        "MD5",
+        Attempt {
+            call_id: "r7",
+            contact: "<sip:bob@10.0.0.7>;expires=2",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(short.status, 200, "{}", short.text);
@@ -487,13 +493,12 @@ async fn sip_accounts_are_checked_and_removed_through_the_admin_api() -> anyhow:
     let mut t = SipTransport::tcp(e.tcp).await?;
     let ok = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "d1",
-        1,
-        "<sip:bob@10.0.0.1;transport=tcp>",
-        "SHA-256",
+        Attempt {
+            call_id: "d1",
+            contact: "<sip:bob@10.0.0.1;transport=tcp>",
+            algorithm: "SHA-256",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(ok.status, 200, "{}", ok.text);
@@ -507,13 +512,10 @@ async fn sip_accounts_are_checked_and_removed_through_the_admin_api() -> anyhow:
     assert_eq!(got, 200);
     let gone = register_with(
         &mut t,
-        BOB,
-        "bob",
-        PASSWORD,
-        "d2",
-        1,
-        "<sip:bob@10.0.0.1>",
-        "MD5",
+        Attempt {
+            call_id: "d2",
+            ..Attempt::default()
+        },
     )
     .await?;
     assert_eq!(gone.status, 403, "{}", gone.text);
