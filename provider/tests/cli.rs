@@ -1247,6 +1247,12 @@ fn media_across_network_namespaces() {
     );
     let (caller, callee) = calls.place("lossy", &[], "5");
     network.nft(a, "delete table inet syloss");
+    assert!(caller.contains("media path: host -> host"), "{caller}");
+    assert!(callee.contains("media path: host -> host"), "{callee}");
+    for out in [&caller, &callee] {
+        assert!(out.contains("srtp failures 0"), "{out}");
+    }
+    assert!(final_figure(&callee, "audio", "received") >= 150, "{callee}");
     let received = final_figure(&caller, "audio", "received");
     let lost = final_figure(&caller, "audio", "lost");
     assert!(received >= 150, "{caller}");
