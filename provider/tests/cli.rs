@@ -1252,7 +1252,10 @@ fn media_across_network_namespaces() {
     for out in [&caller, &callee] {
         assert!(out.contains("srtp failures 0"), "{out}");
     }
-    assert!(final_figure(&callee, "audio", "received") >= 150, "{callee}");
+    assert!(
+        final_figure(&callee, "audio", "received") >= 150,
+        "{callee}"
+    );
     let received = final_figure(&caller, "audio", "received");
     let lost = final_figure(&caller, "audio", "lost");
     assert!(received >= 150, "{caller}");
