@@ -56,7 +56,8 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn observe(action: &'static str, result: &Result<Dict, ApiError>) {
+/// Counts an endpoint request by outcome and logs a refusal.
+pub(crate) fn observe(action: &'static str, result: &Result<Dict, ApiError>) {
     let outcome = match result {
         Ok(_) => "ok",
         Err(e) => e.code,

@@ -131,7 +131,8 @@ impl FromRequestParts<Arc<App>> for AuthPeer {
     }
 }
 
-fn observe(action: &'static str, peer: &str, result: &Result<Dict, ApiError>) {
+/// Counts a request from a peer by outcome and logs a refusal.
+pub(crate) fn observe(action: &'static str, peer: &str, result: &Result<Dict, ApiError>) {
     let outcome = match result {
         Ok(_) => "ok",
         Err(e) => e.code,
@@ -139,7 +140,7 @@ fn observe(action: &'static str, peer: &str, result: &Result<Dict, ApiError>) {
     metrics::counter!("switchyard_federation_requests_total", "action" => action, "outcome" => outcome)
         .increment(1);
     if let Err(e) = result {
-        tracing::info!(action, peer, status = e.status.as_u16(), error = e.code, message = %e.message, "Forward refused");
+        tracing::info!(action, peer, status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
     }
 }
 

@@ -22,7 +22,7 @@ use axum::Extension;
 use serde::{Deserialize, Serialize};
 use switchyard_federation::dict::Dict;
 
-use super::Relay;
+use super::{relay_disabled, Relay};
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::federation::routes::{federation_of, AuthPeer};
@@ -88,14 +88,6 @@ fn federation_relay(app: &App) -> Option<String> {
         .as_ref()
         .and_then(|fed| fed.directory.current())
         .and_then(|directory| directory.federation_relay.clone())
-}
-
-fn relay_disabled() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "relay-disabled",
-        "this provider runs no relay",
-    )
 }
 
 /// Credentials at the relay an endpoint asks for (`relay-provider`), or at the one this
@@ -169,13 +161,6 @@ async fn peer_credentials(app: &App, provider: &str, endpoint_id: &str) -> Resul
         .with("realm", answer.str("realm").map_err(bad)?))
 }
 
-fn outcome(result: &Result<Dict, ApiError>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    }
-}
-
 /// `POST /v1/relay-credentials`: short-lived TURN credentials for the calling endpoint, at the
 /// relay named by `relay-provider` or the one this provider chooses for a new call;
 /// `deferred` when that relay is known only with the answer.
@@ -187,8 +172,7 @@ pub async fn credentials_route(
 ) -> Reply {
     let relay = relay.map(|Extension(r)| r);
     let result = endpoint_credentials(&app, relay.as_deref(), &auth.endpoint.id, &body.dict).await;
-    metrics::counter!("switchyard_requests_total", "action" => "relay-credentials", "outcome" => outcome(&result))
-        .increment(1);
+    crate::api::observe("relay-credentials", &result);
     Reply {
         encoding: body.encoding,
         result,
@@ -221,8 +205,7 @@ pub async fn federation_route(
         };
         Ok(relay.credentials(&super::auth::peer_principal(&peer.provider_id, endpoint)))
     })();
-    metrics::counter!("switchyard_federation_requests_total", "action" => "relay-credentials", "outcome" => outcome(&result))
-        .increment(1);
+    crate::federation::routes::observe("relay-credentials", &peer.provider_id, &result);
     Reply {
         encoding: body.encoding,
         result,

@@ -358,14 +358,6 @@ async fn pump(relay: Arc<HttpRelay>, id: String, alloc: Arc<PolledAllocation>, a
     relay.forget(&id);
 }
 
-fn disabled() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "relay-disabled",
-        "this provider runs no relay",
-    )
-}
-
 fn unknown_allocation() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -402,6 +394,28 @@ fn fail(headers: &HeaderMap, action: &'static str, e: ApiError) -> Response {
 
 type RelayExt = Option<Extension<Arc<HttpRelay>>>;
 
+/// The relay, or the `relay-disabled` refusal.
+fn relay_in(relay: RelayExt) -> Result<Arc<HttpRelay>, ApiError> {
+    relay
+        .map(|Extension(relay)| relay)
+        .ok_or_else(super::relay_disabled)
+}
+
+/// A new allocation for `endpoint`, and the relay holding it.
+async fn allocation_in(
+    relay: RelayExt,
+    endpoint: &str,
+) -> Result<(Arc<HttpRelay>, Allocation), ApiError> {
+    let relay = relay_in(relay)?;
+    let allocation = relay.allocate(endpoint).await?;
+    Ok((relay, allocation))
+}
+
+/// The long-poll allocation `id` of `endpoint`.
+fn polled_in(relay: RelayExt, id: &str, endpoint: &str) -> Result<Arc<PolledAllocation>, ApiError> {
+    relay_in(relay)?.polled(id, endpoint)
+}
+
 /// `GET /v1/media-relay`: a WebSocket carrying one allocation.
 pub async fn websocket_route(
     State(app): State<Arc<App>>,
@@ -410,11 +424,8 @@ pub async fn websocket_route(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(Extension(relay)) = relay else {
-        return fail(&headers, "media-relay", disabled());
-    };
-    let allocation = match relay.allocate(&auth.endpoint.id).await {
-        Ok(a) => a,
+    let (_, allocation) = match allocation_in(relay, &auth.endpoint.id).await {
+        Ok(allocated) => allocated,
         Err(e) => return fail(&headers, "media-relay", e),
     };
     observe("media-relay", &Ok(()));
@@ -501,11 +512,8 @@ pub async fn create_route(
     auth: AuthEndpoint,
     headers: HeaderMap,
 ) -> Response {
-    let Some(Extension(relay)) = relay else {
-        return fail(&headers, "media-relay", disabled());
-    };
-    let allocation = match relay.allocate(&auth.endpoint.id).await {
-        Ok(a) => a,
+    let (relay, allocation) = match allocation_in(relay, &auth.endpoint.id).await {
+        Ok(allocated) => allocated,
         Err(e) => return fail(&headers, "media-relay", e),
     };
     let id = crate::registry::random_token(24);
@@ -541,10 +549,7 @@ pub async fn send_route(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(Extension(relay)) = relay else {
-        return fail(&headers, "media-relay-send", disabled());
-    };
-    let alloc = match relay.polled(&id, &auth.endpoint.id) {
+    let alloc = match polled_in(relay, &id, &auth.endpoint.id) {
         Ok(a) => a,
         Err(e) => return fail(&headers, "media-relay-send", e),
     };
@@ -593,10 +598,7 @@ pub async fn recv_route(
     headers: HeaderMap,
     params: Result<Query<RecvParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(Extension(relay)) = relay else {
-        return fail(&headers, "media-relay-recv", disabled());
-    };
-    let alloc = match relay.polled(&id, &auth.endpoint.id) {
+    let alloc = match polled_in(relay, &id, &auth.endpoint.id) {
         Ok(a) => a,
         Err(e) => return fail(&headers, "media-relay-recv", e),
     };
@@ -644,8 +646,9 @@ pub async fn delete_route(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(Extension(relay)) = relay else {
-        return fail(&headers, "media-relay-delete", disabled());
+    let relay = match relay_in(relay) {
+        Ok(relay) => relay,
+        Err(e) => return fail(&headers, "media-relay-delete", e),
     };
     if let Err(e) = relay.polled(&id, &auth.endpoint.id) {
         return fail(&headers, "media-relay-delete", e);

@@ -56,6 +56,15 @@ use crate::db::Db;
 use auth::{unix_now, RelayState, RestAuth};
 use filter::{ListenerConn, PeerPolicy, QuotaGenerator};
 
+/// The refusal of relay requests to a provider that runs no relay.
+pub(crate) fn relay_disabled() -> crate::wire::ApiError {
+    crate::wire::ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "relay-disabled",
+        "this provider runs no relay",
+    )
+}
+
 /// A running relay.
 pub struct Relay {
     /// The UDP address the TURN server is bound to.
