@@ -7,6 +7,7 @@ pub mod blob;
 mod capabilities;
 pub mod demux;
 pub mod ice;
+pub mod inbox;
 pub mod rtp;
 pub mod sdp;
 pub mod secure;

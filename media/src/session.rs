@@ -25,6 +25,7 @@ use webrtc_util::{Conn, Marshal, Unmarshal};
 use crate::blob::{self, Candidate, CandidateKind, Credentials, MediaBlob, COMPONENT_RTP};
 use crate::demux::{classify, PacketKind};
 use crate::ice::{IceAgent, IceEvent, LocalCandidate, Role};
+use crate::inbox::DatagramInbox;
 use crate::rtp::{
     marshal_compound, ntp_time, parse_compound, random_cname, receiver_report, round_trip_time,
     sender_report, AudioCodec, AudioSource, Camera, ReceiveStats, Rotation, RtcpReport, SendStats,
@@ -146,7 +147,7 @@ struct Inbound {
 /// The TURN client's view of the shared socket: it receives what the router picks out for it.
 struct TurnSide {
     socket: Arc<UdpSocket>,
-    inbound: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+    inbound: DatagramInbox,
 }
 
 #[async_trait]
@@ -160,15 +161,7 @@ impl Conn for TurnSide {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let mut inbound = self.inbound.lock().await;
-        match inbound.recv().await {
-            Some((bytes, from)) => {
-                let n = bytes.len().min(buf.len());
-                buf[..n].copy_from_slice(&bytes[..n]);
-                Ok((n, from))
-            }
-            None => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
-        }
+        self.inbound.recv_from(buf).await
     }
 
     async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
@@ -468,7 +461,7 @@ async fn allocate(
     *tap.lock().expect("turn tap lock") = Some((server.address, turn_tx));
     let turn_side = Arc::new(TurnSide {
         socket: socket.clone(),
-        inbound: tokio::sync::Mutex::new(turn_rx),
+        inbound: DatagramInbox::new(turn_rx),
     });
     let client = turn::client::Client::new(turn::client::ClientConfig {
         stun_serv_addr: server.address.to_string(),

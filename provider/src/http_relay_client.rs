@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, Mutex};
+use switchyard_media::inbox::DatagramInbox;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -76,12 +77,12 @@ fn data_frame(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A DATA frame's source and payload.
-fn parse_data(frame: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+fn parse_data(frame: &[u8]) -> Option<(Vec<u8>, SocketAddr)> {
     if frame.first() != Some(&DATA) {
         return None;
     }
     let (from, payload) = decode_addr(&frame[1..])?;
-    Some((from, payload.to_vec()))
+    Some((payload.to_vec(), from))
 }
 
 /// Length-prefixed frames, as the long-poll bodies carry them.
@@ -106,7 +107,7 @@ pub struct HttpRelayConn {
     outbound: mpsc::UnboundedSender<Vec<u8>>,
     /// For long-polls: how to free the allocation on close.
     delete: Option<(reqwest::Client, String)>,
-    inbound: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    inbound: DatagramInbox,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -180,7 +181,7 @@ impl HttpRelayConn {
             address,
             outbound,
             delete: None,
-            inbound: Mutex::new(inbound),
+            inbound: DatagramInbox::new(inbound),
             tasks: vec![reader, writer],
         }))
     }
@@ -268,7 +269,7 @@ impl HttpRelayConn {
             address,
             outbound,
             delete: Some((http, base)),
-            inbound: Mutex::new(inbound),
+            inbound: DatagramInbox::new(inbound),
             tasks: vec![poller, writer],
         }))
     }
@@ -285,15 +286,7 @@ impl Conn for HttpRelayConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let mut inbound = self.inbound.lock().await;
-        match inbound.recv().await {
-            Some((from, payload)) => {
-                let n = payload.len().min(buf.len());
-                buf[..n].copy_from_slice(&payload[..n]);
-                Ok((n, from))
-            }
-            None => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
-        }
+        self.inbound.recv_from(buf).await
     }
 
     async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
@@ -341,7 +334,7 @@ mod tests {
         for addr in ["192.0.2.7:3478", "[2001:db8::1]:65535"] {
             let addr: SocketAddr = addr.parse().unwrap();
             let frame = data_frame(addr, b"payload");
-            assert_eq!(parse_data(&frame), Some((addr, b"payload".to_vec())));
+            assert_eq!(parse_data(&frame), Some((b"payload".to_vec(), addr)));
         }
     }
 
