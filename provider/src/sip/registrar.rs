@@ -248,22 +248,19 @@ impl SipEdge {
             .await
             .map_err(server_error)?;
         // RFC 3261 §10.3 step 7: a binding made by this Call-ID is only changed by a higher CSeq.
-        let out_of_order = |contact: &str| {
-            existing
-                .iter()
-                .any(|e| e.contact == contact && e.call_id == call_id && e.cseq >= cseq)
-        };
+        let out_of_order = existing.iter().any(|e| {
+            e.call_id == call_id
+                && e.cseq >= cseq
+                && (remove_all || bindings.iter().any(|b| b.contact == e.contact))
+        });
+        if out_of_order {
+            return Err(refuse(400, "CSeq Not Above The Binding's"));
+        }
         if remove_all {
-            if existing.iter().any(|e| out_of_order(&e.contact)) {
-                return Err(refuse(400, "CSeq Not Above The Binding's"));
-            }
             delete_sip_contacts(&mut tx, &aor, None)
                 .await
                 .map_err(server_error)?;
         } else {
-            if bindings.iter().any(|b| out_of_order(&b.contact)) {
-                return Err(refuse(400, "CSeq Not Above The Binding's"));
-            }
             let kept = existing
                 .iter()
                 .filter(|e| !bindings.iter().any(|b| b.contact == e.contact))
