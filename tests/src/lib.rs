@@ -14,6 +14,50 @@ use switchyard_provider::{Config, Provider};
 pub mod federation;
 pub mod sip;
 
+/// The candidate kinds of the path `call` selects first.
+pub async fn first_path(
+    call: &mut switchyard_media::session::MediaCall,
+) -> (
+    switchyard_media::blob::CandidateKind,
+    switchyard_media::blob::CandidateKind,
+) {
+    use switchyard_media::session::MediaEvent;
+    match wait_for(call, "a path", |e| {
+        matches!(e, MediaEvent::PathSelected { .. })
+    })
+    .await
+    {
+        MediaEvent::PathSelected { local, remote, .. } => (local, remote),
+        _ => unreachable!("wait_for returns a matching event"),
+    }
+}
+
+/// Two seconds of a negotiated call: each side has received at least 70 audio and 20 video
+/// packets, refused no SRTP and dropped nothing from an unvalidated address.
+pub async fn assert_two_seconds_of_media(
+    caller: &switchyard_media::session::MediaCall,
+    callee: &switchyard_media::session::MediaCall,
+    context: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, call) in [("caller", caller), ("callee", callee)] {
+        let stats = call.stats();
+        assert!(
+            stats.audio.packets_received >= 70,
+            "{name} ({context}): {stats:?}"
+        );
+        assert!(
+            stats.video.packets_received >= 20,
+            "{name} ({context}): {stats:?}"
+        );
+        assert_eq!(stats.srtp_failures, 0, "{name} ({context}): {stats:?}");
+        assert_eq!(
+            stats.dropped_unvalidated, 0,
+            "{name} ({context}): {stats:?}"
+        );
+    }
+}
+
 /// The next media event that `matches`, within 15 s; panics naming `what` if the call fails,
 /// ends or stays silent first.
 pub async fn wait_for(

@@ -141,26 +141,14 @@ async fn call_through(choice: RelayChoice, expected: &str) -> anyhow::Result<()>
     }
 
     for call in [&mut caller, &mut callee] {
-        let path = wait_for(call, "a path", |e| {
-            matches!(e, MediaEvent::PathSelected { .. })
-        })
-        .await;
-        let MediaEvent::PathSelected { local, remote, .. } = path else {
-            unreachable!()
-        };
+        let (local, remote) = first_path(call).await;
         assert!(
             local == CandidateKind::Relayed || remote == CandidateKind::Relayed,
             "{local:?} -> {remote:?}"
         );
         wait_for(call, "SIP", |e| matches!(e, MediaEvent::Negotiated { .. })).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (name, call) in [("caller", &caller), ("callee", &callee)] {
-        let stats = call.stats();
-        assert!(stats.audio.packets_received >= 70, "{name}: {stats:?}");
-        assert!(stats.video.packets_received >= 20, "{name}: {stats:?}");
-        assert_eq!(stats.srtp_failures, 0, "{name}: {stats:?}");
-    }
+    assert_two_seconds_of_media(&caller, &callee, &format!("{choice:?}")).await;
     for id in PROVIDERS {
         let want = if id == expected { 2 } else { 0 };
         assert_eq!(
