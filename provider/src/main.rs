@@ -451,15 +451,8 @@ async fn hold_call(
         tokio::select! {
             _ = &mut hang_up => return Ok(false),
             push = pushes.next(Duration::from_secs(3600)) => {
-                if let Some(push) = push? {
-                    if push.opt_str("session-id")? != Some(sid) {
-                        continue;
-                    }
-                    match push.str("action")? {
-                        "cancel" => return Ok(true),
-                        "update" => report_update(call, &push),
-                        _ => {}
-                    }
+                if call_push(push?, call, sid)?.is_some() {
+                    return Ok(true);
                 }
             }
             event = next_media_event(call) => {
@@ -504,15 +497,8 @@ async fn answered_call(
     loop {
         tokio::select! {
             push = pushes.next(Duration::from_secs(3600)) => {
-                if let Some(push) = push? {
-                    if push.opt_str("session-id")? != Some(sid) {
-                        continue;
-                    }
-                    match push.str("action")? {
-                        "cancel" => return Ok(push.str("reason")?.to_string()),
-                        "update" => report_update(call, &push),
-                        _ => {}
-                    }
+                if let Some(cancel) = call_push(push?, call, sid)? {
+                    return Ok(cancel.str("reason")?.to_string());
                 }
             }
             event = next_media_event(call) => {
@@ -527,6 +513,27 @@ async fn answered_call(
             }
         }
     }
+}
+
+/// A push received during call `sid`: an Update is applied to the media; a Cancel (the call
+/// ended) is returned. Pushes of other sessions are ignored.
+fn call_push(
+    push: Option<Dict>,
+    call: &mut Option<endpoint_media::MediaCall>,
+    sid: &str,
+) -> anyhow::Result<Option<Dict>> {
+    let Some(push) = push else {
+        return Ok(None);
+    };
+    if push.opt_str("session-id")? != Some(sid) {
+        return Ok(None);
+    }
+    match push.str("action")? {
+        "cancel" => return Ok(Some(push)),
+        "update" => report_update(call, &push),
+        _ => {}
+    }
+    Ok(None)
 }
 
 /// Applies the other side's Update Push (a new path or relay) to the running media.
