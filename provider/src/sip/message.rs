@@ -48,6 +48,8 @@ pub struct Inbound {
     pub request_uri: String,
     /// The request with its headers and body; its start line is neutral (see the module docs).
     pub request: Request,
+    /// Its header fields as read (names spelled out), for lookups by name.
+    pub fields: Fields,
     pub source: SocketAddr,
     pub transport: Transport,
 }
@@ -114,18 +116,36 @@ const COMPACT: &[(&str, &str)] = &[
     ("v", "Via"),
 ];
 
-/// The header block with folded lines joined (RFC 3261 §7.3.1) and compact names spelled out,
-/// then the body as is; and whether a line that is no header at all was left out.
-fn normalize(rest: &[u8]) -> Option<(Vec<u8>, bool)> {
+/// A message's header fields in order, names spelled out, values trimmed.
+#[derive(Debug, Clone, Default)]
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    /// The values of every field called `name`.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn first<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.values(name).next()
+    }
+}
+
+/// The header fields with folded lines joined (RFC 3261 §7.3.1) and compact names spelled out,
+/// where the body starts, and whether a line that is no header at all was left out.
+fn read_fields(rest: &[u8]) -> Option<(Fields, usize, bool)> {
     let head_end = find(rest, b"\r\n\r\n")?;
     let head = std::str::from_utf8(&rest[..head_end]).ok()?;
-    let mut lines: Vec<String> = Vec::new();
+    let mut fields: Vec<(String, String)> = Vec::new();
     let mut malformed = false;
     for line in head.split("\r\n") {
         if line.starts_with([' ', '\t']) {
-            let last = lines.last_mut()?;
-            last.push(' ');
-            last.push_str(line.trim_start());
+            let (_, value) = fields.last_mut()?;
+            value.push(' ');
+            value.push_str(line.trim());
             continue;
         }
         let Some((name, value)) = line.split_once(':') else {
@@ -137,38 +157,24 @@ fn normalize(rest: &[u8]) -> Option<(Vec<u8>, bool)> {
             .iter()
             .find(|(short, _)| short.eq_ignore_ascii_case(name))
             .map_or(name, |(_, long)| long);
-        lines.push(format!("{name}: {}", value.trim_start()));
+        fields.push((name.to_string(), value.trim().to_string()));
     }
-    let mut out = lines.join("\r\n").into_bytes();
-    out.extend_from_slice(&rest[head_end..]);
-    Some((out, malformed))
+    Some((Fields(fields), head_end, malformed))
 }
 
-/// Parses everything but the start line, which is replaced by a neutral one; true when a
-/// malformed header line had to be left out.
-fn parse_rest(rest: &[u8]) -> Option<(Request, bool)> {
-    let (normalized, malformed) = normalize(rest)?;
-    let mut neutral = b"OPTIONS sip:invalid SIP/2.0\r\n".to_vec();
-    neutral.extend_from_slice(&normalized);
+/// Parses everything but the start line, which is replaced by a neutral one, from the fields
+/// as read; true when a malformed header line had to be left out.
+fn parse_rest(rest: &[u8]) -> Option<(Request, Fields, bool)> {
+    let (fields, head_end, malformed) = read_fields(rest)?;
+    let mut neutral = b"OPTIONS sip:invalid SIP/2.0".to_vec();
+    for (name, value) in &fields.0 {
+        neutral.extend_from_slice(format!("\r\n{name}: {value}").as_bytes());
+    }
+    neutral.extend_from_slice(&rest[head_end..]);
     match rsip::SipMessage::try_from(neutral.as_slice()) {
-        Ok(rsip::SipMessage::Request(request)) => Some((request, malformed)),
+        Ok(rsip::SipMessage::Request(request)) => Some((request, fields, malformed)),
         _ => None,
     }
-}
-
-/// The values of every header called `name`, whatever rsip made of it.
-pub fn header_values(request: &Request, name: &str) -> Vec<String> {
-    request
-        .headers
-        .iter()
-        .filter_map(|h| {
-            let text = h.to_string();
-            let (key, value) = text.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_string())
-        })
-        .collect()
 }
 
 /// Enough to answer: a Via with a branch, From, To, Call-ID and CSeq.
@@ -313,7 +319,7 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         return Received::Dropped("a response; the edge sends no requests of its own yet");
     }
     let rest = &bytes[line_end + 2..];
-    let Some((request, malformed)) = parse_rest(rest) else {
+    let Some((request, fields, malformed)) = parse_rest(rest) else {
         return Received::Dropped("headers do not parse");
     };
     if !answerable(&request) {
@@ -364,10 +370,7 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         Some("sip" | "sips" | "tel") => {}
         _ => return refuse(416, "Unsupported URI Scheme", vec![]),
     }
-    match header_values(&request, "Max-Forwards")
-        .first()
-        .map(|v| v.parse::<u8>())
-    {
+    match fields.first("Max-Forwards").map(|v| v.parse::<u8>()) {
         None => {}
         Some(Err(_)) => return refuse(400, "Bad Max-Forwards", vec![]),
         Some(Ok(0)) if !matches!(method, Method::Register | Method::Options) => {
@@ -376,10 +379,10 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         Some(Ok(_)) => {}
     }
     if !matches!(method, Method::Ack | Method::Cancel) {
-        let required: Vec<String> = header_values(&request, "Require")
-            .iter()
+        let required: Vec<&str> = fields
+            .values("Require")
             .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_string())
+            .map(str::trim)
             .filter(|t| !t.is_empty())
             .collect();
         if !required.is_empty() {
@@ -394,6 +397,7 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         method,
         request_uri: line.uri.to_string(),
         request,
+        fields,
         source,
         transport,
     }))

@@ -6,7 +6,7 @@ use rsip::prelude::*;
 use rsip::Header;
 
 use super::digest::{Algorithm, Credentials, DigestError};
-use super::message::{cseq, header_values, response, Inbound};
+use super::message::{cseq, response, Inbound};
 use super::SipEdge;
 use crate::db::{delete_sip_contacts, now_ms, save_sip_contact, sip_contacts_in, SipContact};
 
@@ -200,13 +200,14 @@ impl SipEdge {
                 .to_string(),
             cseq(request).map_or(0, |(n, _)| i64::from(n)),
         );
-        let default_expires = match header_values(request, "Expires").first() {
+        let default_expires = match inbound.fields.first("Expires") {
             Some(v) => v.parse::<u64>().map_err(|_| refuse(400, "Bad Expires"))?,
             None => self.config.default_expires_seconds,
         };
-        let contacts: Vec<String> = header_values(request, "Contact")
-            .iter()
-            .flat_map(|v| split_list(v))
+        let contacts: Vec<String> = inbound
+            .fields
+            .values("Contact")
+            .flat_map(split_list)
             .collect();
         let now = now_ms();
         let remove_all = contacts.iter().any(|c| c == "*");
@@ -241,7 +242,7 @@ impl SipEdge {
                 });
             }
         }
-        let user_agent = header_values(request, "User-Agent").into_iter().next();
+        let user_agent = inbound.fields.first("User-Agent").map(str::to_string);
 
         let mut tx = self.app.db.begin_write().await.map_err(server_error)?;
         let existing = sip_contacts_in(&mut tx, &aor, now)
@@ -331,8 +332,9 @@ impl SipEdge {
                 .collect();
             Refusal(401, "Unauthorized".into(), headers)
         };
-        let credentials = header_values(&inbound.request, "Authorization")
-            .iter()
+        let credentials = inbound
+            .fields
+            .values("Authorization")
             .filter_map(|v| Credentials::parse(v).ok())
             .find(|c| c.realm == self.digest.realm());
         let Some(credentials) = credentials else {
