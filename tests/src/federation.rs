@@ -4,16 +4,58 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use switchyard_provider::relay::choice::RelayChoice;
 
 use anyhow::Context;
+use switchyard_federation::dict::Encoding;
 use switchyard_federation::discovery::{Directory, Member};
 use switchyard_federation::pki::{self, FederationCa};
+use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_provider::config::WireEncoding;
 use switchyard_provider::federation::Federation;
+use switchyard_provider::relay::choice::RelayChoice;
 use switchyard_provider::Config;
 
 use crate::{test_config, Harness};
+
+pub const ALICE: &str = "tel:+16502530000";
+pub const BOB: &str = "mailto:bob@b.example";
+
+/// Alice ([`ALICE`]) at `a.test` and Bob ([`BOB`]) at `b.test` of a running federation,
+/// registered (Bob's endpoint speaking `bob_encoding`), with push channels, filters exchanged.
+pub struct AliceAndBob {
+    pub fed: TestFederation,
+    pub alice: EndpointClient,
+    pub bob: EndpointClient,
+    pub alice_push: PushChannel,
+    pub bob_push: PushChannel,
+}
+
+impl AliceAndBob {
+    pub async fn join(
+        fed: TestFederation,
+        bob_encoding: Encoding,
+        bob_push: PushMode,
+    ) -> anyhow::Result<AliceAndBob> {
+        let a = fed.provider("a.test");
+        let b = fed.provider("b.test");
+        let alice_user = a.add_user("Alice", &[ALICE]).await?;
+        let bob_user = b.add_user("Bob", &[BOB]).await?;
+        let alice = a
+            .endpoint(&alice_user, ALICE, None, Encoding::Plist)
+            .await?;
+        let bob = b.endpoint(&bob_user, BOB, None, bob_encoding).await?;
+        fed.sync().await?;
+        let alice_push = alice.push_channel(PushMode::WebSocket).await?;
+        let bob_push = bob.push_channel(bob_push).await?;
+        Ok(AliceAndBob {
+            fed,
+            alice,
+            bob,
+            alice_push,
+            bob_push,
+        })
+    }
+}
 
 pub struct TestFederation {
     pub dir: tempfile::TempDir,

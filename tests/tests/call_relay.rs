@@ -11,26 +11,16 @@ use switchyard_federation::dict::{Dict, Encoding};
 use switchyard_media::blob::CandidateKind;
 use switchyard_media::session::MediaEvent;
 use switchyard_media::MediaKind;
-use switchyard_provider::client::{ClientError, EndpointClient, PushChannel, PushMode};
+use switchyard_provider::client::{ClientError, PushMode};
 use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::relay::choice::RelayChoice;
-use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_tests::federation::{AliceAndBob, ProviderSpec, TestFederation, ALICE, BOB};
 use switchyard_tests::*;
 
-const ALICE: &str = "tel:+16502530000";
-const BOB: &str = "mailto:bob@b.example";
 const PROVIDERS: [&str; 3] = ["a.test", "b.test", "c.test"];
 
-struct Federated {
-    fed: TestFederation,
-    alice: EndpointClient,
-    bob: EndpointClient,
-    alice_push: PushChannel,
-    bob_push: PushChannel,
-}
-
 /// Alice at A (whose calls use `choice`), Bob at B, and C, named the federation-wide relay.
-async fn federation(choice: RelayChoice) -> anyhow::Result<Federated> {
+async fn federation(choice: RelayChoice) -> anyhow::Result<AliceAndBob> {
     let mut fed = TestFederation::start(&[
         ProviderSpec::plist("a.test").calls_use(choice),
         ProviderSpec::json("b.test"),
@@ -39,24 +29,7 @@ async fn federation(choice: RelayChoice) -> anyhow::Result<Federated> {
     .await?;
     fed.federation_relay = Some("c.test".into());
     fed.publish(&PROVIDERS).await?;
-    let a = fed.provider("a.test");
-    let b = fed.provider("b.test");
-    let alice_user = a.add_user("Alice", &[ALICE]).await?;
-    let bob_user = b.add_user("Bob", &[BOB]).await?;
-    let alice = a
-        .endpoint(&alice_user, ALICE, None, Encoding::Plist)
-        .await?;
-    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Json).await?;
-    fed.sync().await?;
-    let alice_push = alice.push_channel(PushMode::WebSocket).await?;
-    let bob_push = bob.push_channel(PushMode::WebSocket).await?;
-    Ok(Federated {
-        fed,
-        alice,
-        bob,
-        alice_push,
-        bob_push,
-    })
+    AliceAndBob::join(fed, Encoding::Json, PushMode::WebSocket).await
 }
 
 fn relay_only() -> MediaOptions {

@@ -14,14 +14,11 @@ use switchyard_media::blob::{CandidateKind, MediaBlob};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
-use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
+use switchyard_provider::client::{EndpointClient, PushMode};
 use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::http_relay_client::{HttpRelayConn, TunnelMode};
-use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_tests::federation::{AliceAndBob, ProviderSpec, TestFederation, ALICE, BOB};
 use switchyard_tests::*;
-
-const ALICE: &str = "tel:+16502530000";
-const BOB: &str = "mailto:bob@b.example";
 
 /// A UDP forwarder in front of a provider's TURN server that keeps a copy of every datagram:
 /// what the provider's relay sees of a call.
@@ -138,16 +135,6 @@ async fn session_config(
     })
 }
 
-/// Alice at provider A and Bob at provider B (B and Bob speaking `bob_encoding`), registered,
-/// with push channels, filters exchanged.
-struct TwoProviders {
-    fed: TestFederation,
-    alice: EndpointClient,
-    bob: EndpointClient,
-    alice_push: PushChannel,
-    bob_push: PushChannel,
-}
-
 /// What the signalling of a call carried: the Initiate and Accept Pushes and the blobs in them.
 struct Signalled {
     sid: String,
@@ -157,64 +144,46 @@ struct Signalled {
     answer: MediaBlob,
 }
 
-impl TwoProviders {
-    async fn start(bob_encoding: Encoding, bob_push: PushMode) -> anyhow::Result<TwoProviders> {
-        let b_spec = match bob_encoding {
-            Encoding::Json => ProviderSpec::json("b.test"),
-            Encoding::Plist => ProviderSpec::plist("b.test"),
-        };
-        let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), b_spec]).await?;
-        let a = fed.provider("a.test");
-        let b = fed.provider("b.test");
-        let alice_user = a.add_user("Alice", &[ALICE]).await?;
-        let bob_user = b.add_user("Bob", &[BOB]).await?;
-        let alice = a
-            .endpoint(&alice_user, ALICE, None, Encoding::Plist)
-            .await?;
-        let bob = b.endpoint(&bob_user, BOB, None, bob_encoding).await?;
-        fed.sync().await?;
-        let alice_push = alice.push_channel(PushMode::WebSocket).await?;
-        let bob_push = bob.push_channel(bob_push).await?;
-        Ok(TwoProviders {
-            fed,
-            alice,
-            bob,
-            alice_push,
-            bob_push,
-        })
-    }
+/// Alice at provider A and Bob at provider B (B and Bob speaking `bob_encoding`).
+async fn two_providers(bob_encoding: Encoding, bob_push: PushMode) -> anyhow::Result<AliceAndBob> {
+    let b_spec = match bob_encoding {
+        Encoding::Json => ProviderSpec::json("b.test"),
+        Encoding::Plist => ProviderSpec::plist("b.test"),
+    };
+    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), b_spec]).await?;
+    AliceAndBob::join(fed, bob_encoding, bob_push).await
+}
 
-    /// Alice calls Bob with her media's blob; Bob gathers his media while it rings and accepts
-    /// with its blob.
-    async fn signal(
-        &mut self,
-        caller_media: &Gathered,
-        callee_config: SessionConfig,
-        media: &[&str],
-    ) -> anyhow::Result<(Gathered, Signalled)> {
-        let sid = session_id();
-        self.alice
-            .initiate(&sid, BOB, &caller_media.blob().to_bytes(), media)
-            .await?;
-        let ring = expect_push(&mut self.bob_push, "initiate").await?;
-        let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
-        let callee_media = Gathered::gather(callee_config).await?;
-        self.bob
-            .accept(&ring, &callee_media.blob().to_bytes())
-            .await?;
-        let accepted = expect_push(&mut self.alice_push, "accept").await?;
-        let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
-        Ok((
-            callee_media,
-            Signalled {
-                sid,
-                ring,
-                accepted,
-                offer,
-                answer,
-            },
-        ))
-    }
+/// Alice calls Bob with her media's blob; Bob gathers his media while it rings and accepts with
+/// its blob.
+async fn signal(
+    two: &mut AliceAndBob,
+    caller_media: &Gathered,
+    callee_config: SessionConfig,
+    media: &[&str],
+) -> anyhow::Result<(Gathered, Signalled)> {
+    let sid = session_id();
+    two.alice
+        .initiate(&sid, BOB, &caller_media.blob().to_bytes(), media)
+        .await?;
+    let ring = expect_push(&mut two.bob_push, "initiate").await?;
+    let offer = MediaBlob::from_bytes(&ring.data("peer-blob")?)?;
+    let callee_media = Gathered::gather(callee_config).await?;
+    two.bob
+        .accept(&ring, &callee_media.blob().to_bytes())
+        .await?;
+    let accepted = expect_push(&mut two.alice_push, "accept").await?;
+    let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
+    Ok((
+        callee_media,
+        Signalled {
+            sid,
+            ring,
+            accepted,
+            offer,
+            answer,
+        },
+    ))
 }
 
 impl Signalled {
@@ -258,15 +227,14 @@ async fn hang_up(caller: MediaCall, mut callee: MediaCall) {
 }
 
 async fn call_between_providers(relay_only: bool) -> anyhow::Result<()> {
-    let mut two = TwoProviders::start(Encoding::Json, PushMode::WebSocket).await?;
+    let mut two = two_providers(Encoding::Json, PushMode::WebSocket).await?;
     let mut taps = Vec::new();
     let caller_media =
         Gathered::gather(session_config(&two.alice, ALICE, relay_only, &mut taps).await?).await?;
     let caller_relayed = caller_media.relayed_address().expect("A's relay allocated");
     let callee_config = session_config(&two.bob, BOB, relay_only, &mut taps).await?;
-    let (callee_media, signalled) = two
-        .signal(&caller_media, callee_config, &["audio", "video"])
-        .await?;
+    let (callee_media, signalled) =
+        signal(&mut two, &caller_media, callee_config, &["audio", "video"]).await?;
     let (mut caller, mut callee) = signalled.start(caller_media, callee_media)?;
     for call in [&mut caller, &mut callee] {
         let (local, remote) = first_path(call).await;
@@ -395,13 +363,13 @@ impl DirectPath {
 #[tokio::test]
 async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_path_dies(
 ) -> anyhow::Result<()> {
-    let mut two = TwoProviders::start(Encoding::Plist, PushMode::WebSocket).await?;
+    let mut two = two_providers(Encoding::Plist, PushMode::WebSocket).await?;
     let mut no_taps = Vec::new();
     let caller_media =
         Gathered::gather(session_config(&two.alice, ALICE, false, &mut no_taps).await?).await?;
     let callee_config = session_config(&two.bob, BOB, false, &mut no_taps).await?;
     let (callee_media, mut signalled) =
-        two.signal(&caller_media, callee_config, &["audio"]).await?;
+        signal(&mut two, &caller_media, callee_config, &["audio"]).await?;
     // Each side reaches the other's host address only through a forwarder the test can cut,
     // as if both sat behind NATs; the relayed candidates stay reachable.
     let mut direct = Vec::new();
@@ -485,7 +453,7 @@ async fn media_moves_to_the_relayed_backup_within_two_seconds_when_the_direct_pa
 /// A callee whose network lets no UDP out: its only candidate is an allocation at its provider's
 /// HTTP relay, reached over the endpoint API (a WebSocket, or long-polls).
 async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
-    let mut two = TwoProviders::start(Encoding::Plist, PushMode::LongPoll).await?;
+    let mut two = two_providers(Encoding::Plist, PushMode::LongPoll).await?;
     let mut no_taps = Vec::new();
     let caller_media =
         Gathered::gather(session_config(&two.alice, ALICE, false, &mut no_taps).await?).await?;
@@ -501,9 +469,8 @@ async fn call_to_a_callee_without_udp(mode: TunnelMode) -> anyhow::Result<()> {
         relay_only: true,
         check_timeout: Duration::from_secs(10),
     };
-    let (callee_media, signalled) = two
-        .signal(&caller_media, callee_config, &["audio", "video"])
-        .await?;
+    let (callee_media, signalled) =
+        signal(&mut two, &caller_media, callee_config, &["audio", "video"]).await?;
     assert!(
         callee_media
             .blob()
