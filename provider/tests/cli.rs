@@ -1131,6 +1131,8 @@ impl<'a> Calls<'a> {
             logs,
             &caller_name,
         );
+        // A call left ringing is reported with the answerer's own logs, not only the caller's.
+        wait_for_output(&mut answerer, logs, name, "accepted");
         let watched = watch(
             &logs.join(format!("{caller_name}.out")),
             &logs.join(format!("{name}.out")),
