@@ -472,7 +472,9 @@ async fn add_sip_account(
         &body.password,
     )
     .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, "invalid-field", e.to_string()))?;
-    app.db.add_sip_account(&account).await?;
+    app.db
+        .add_sip_account(&account, crate::sip::gateway_capabilities())
+        .await?;
     Ok(Json(json!({
         "aor": account.aor,
         "user_id": account.user_id,
@@ -527,7 +529,9 @@ async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>
             format!("aor: `{aor}` is not a sip: address of record"),
         )
     })?;
-    app.db.remove_sip_account(&canonical).await?;
+    if let Some(endpoint) = app.db.remove_sip_account(&canonical).await? {
+        app.hub.revoke(&endpoint);
+    }
     Ok(Json(json!({"removed": canonical})))
 }
 

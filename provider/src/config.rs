@@ -234,6 +234,11 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// File holding the nonce key; unset: `<data_dir>/sip-secret`, generated. Replicas share it.
     pub secret: Option<PathBuf>,
+    /// The digest algorithms challenged with, one challenge each, in this order (`MD5`,
+    /// `SHA-256`); answers in others are refused. MD5 comes first by default: many phones read
+    /// only the first challenge, and some (libre-based ones such as baresip 1.0) give up when
+    /// any challenge names an algorithm they lack, so such fleets list `MD5` alone.
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +268,10 @@ impl Default for SipConfig {
             nonce_lifetime_seconds: 300,
             max_message_bytes: 16 * 1024,
             secret: None,
+            digest_algorithms: vec![
+                crate::sip::digest::Algorithm::Md5,
+                crate::sip::digest::Algorithm::Sha256,
+            ],
         }
     }
 }
@@ -772,6 +781,17 @@ impl Config {
             bad(
                 "sip.max_message_bytes",
                 "must be 1024-65507 (a UDP datagram)".into(),
+            );
+        }
+        let algorithms = &self.sip.digest_algorithms;
+        let repeated = algorithms
+            .iter()
+            .enumerate()
+            .any(|(i, a)| algorithms[..i].contains(a));
+        if algorithms.is_empty() || repeated {
+            bad(
+                "sip.digest_algorithms",
+                "list MD5, SHA-256 or both, each once".into(),
             );
         }
         if self.sip.transports.is_empty() {

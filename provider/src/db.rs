@@ -636,7 +636,13 @@ impl Db {
 
     // ---- SIP accounts ----
 
-    pub async fn add_sip_account(&self, account: &SipAccount) -> StoreResult<()> {
+    /// Stores the account with its gateway endpoint (made with `capabilities`), in one
+    /// transaction; returns the endpoint.
+    pub async fn add_sip_account(
+        &self,
+        account: &SipAccount,
+        capabilities: Capabilities,
+    ) -> StoreResult<EndpointRecord> {
         let mut tx = self.begin_write().await?;
         if !user_exists(&mut tx, &account.user_id).await? {
             return Err(StoreError::NotFound(format!(
@@ -667,12 +673,98 @@ impl Db {
                 e.into()
             }
         })?;
+        let endpoint = gateway_endpoint(account, capabilities);
+        insert_gateway(&mut tx, account, &endpoint).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(endpoint)
     }
 
-    pub async fn remove_sip_account(&self, aor: &str) -> StoreResult<()> {
+    /// Gives every account without a gateway endpoint one; returns how many were made.
+    pub async fn ensure_sip_gateways(&self, capabilities: &Capabilities) -> StoreResult<usize> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE endpoint_id IS NULL"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut made = 0;
+        for account in rows.iter().map(sip_account_from_row) {
+            let mut tx = self.begin_write().await?;
+            let endpoint = gateway_endpoint(&account, capabilities.clone());
+            insert_gateway(&mut tx, &account, &endpoint).await?;
+            tx.commit().await?;
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// Accounts with a gateway endpoint, made after `created_after` (ms), oldest first.
+    pub async fn sip_gateways_since(&self, created_after: i64) -> StoreResult<Vec<SipAccount>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts \
+             WHERE endpoint_id IS NOT NULL AND created_at > $1 ORDER BY created_at"
+        )))
+        .bind(created_after)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(sip_account_from_row).collect())
+    }
+
+    pub async fn sip_account(&self, aor: &str) -> StoreResult<Option<SipAccount>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE aor = $1"
+        )))
+        .bind(aor)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(sip_account_from_row))
+    }
+
+    pub async fn endpoint(&self, endpoint_id: &str) -> StoreResult<Option<EndpointRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1 AND revoked_at IS NULL"
+        )))
+        .bind(endpoint_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    /// Takes one push off the queue for whoever asks first: of several replicas reading an
+    /// endpoint's queue, only the one that gets `true` acts on it.
+    pub async fn claim_push(&self, endpoint_id: &str, seq: i64) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq = $2")
+            .bind(endpoint_id)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(claimed == 1)
+    }
+
+    /// Removes the account, its contacts and its gateway endpoint (revoked, its pushes dropped).
+    pub async fn remove_sip_account(&self, aor: &str) -> StoreResult<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let endpoint_id: Option<String> =
+            sqlx::query("SELECT endpoint_id FROM sip_accounts WHERE aor = $1")
+                .bind(aor)
+                .fetch_optional(&mut **tx)
+                .await?
+                .and_then(|r| r.get(0));
+        if let Some(id) = &endpoint_id {
+            sqlx::query(
+                "UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM sip_contacts WHERE aor = $1")
             .bind(aor)
             .execute(&mut **tx)
@@ -686,7 +778,7 @@ impl Db {
             return Err(StoreError::NotFound(format!("no SIP account `{aor}`")));
         }
         tx.commit().await?;
-        Ok(())
+        Ok(endpoint_id)
     }
 
     pub async fn sip_account_by_credential(
@@ -1353,7 +1445,8 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
     })
 }
 
-const SIP_ACCOUNT_COLUMNS: &str = "aor, user_id, username, realm, ha1_md5, ha1_sha256, created_at";
+const SIP_ACCOUNT_COLUMNS: &str =
+    "aor, user_id, username, realm, ha1_md5, ha1_sha256, created_at, endpoint_id";
 
 /// A SIP phone's account: its address of record, the user it acts for, and digest HA1s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1365,6 +1458,56 @@ pub struct SipAccount {
     pub ha1_md5: String,
     pub ha1_sha256: String,
     pub created_at: i64,
+    /// The gateway endpoint the edge acts as for this account (see [`gateway_endpoint`]); none
+    /// only for an account made before gateways existed, until the edge starts.
+    pub endpoint_id: Option<String>,
+}
+
+/// The endpoint record of a SIP account's gateway: it rings like any endpoint of the user, and
+/// the SIP edge turns its pushes into requests to the account's contacts. It holds no
+/// certificate: its fingerprint column names it instead, which no TLS client can present.
+pub fn gateway_endpoint(account: &SipAccount, capabilities: Capabilities) -> EndpointRecord {
+    let id = format!("sip-{}", uuid::Uuid::new_v4());
+    EndpointRecord {
+        cert_fingerprint: format!("sip-gateway:{id}"),
+        id,
+        user_id: account.user_id.clone(),
+        name: format!("SIP {}", account.aor),
+        push_token: crate::registry::random_token(24),
+        capabilities,
+        cert_not_after: i64::MAX,
+        created_at: now_ms(),
+        revoked_at: None,
+    }
+}
+
+async fn insert_gateway(
+    conn: &mut AnyConnection,
+    account: &SipAccount,
+    endpoint: &EndpointRecord,
+) -> StoreResult<()> {
+    let capabilities =
+        serde_json::to_string(&endpoint.capabilities).expect("capabilities serialize");
+    sqlx::query(
+        "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
+         cert_fingerprint, cert_not_after, created_at) VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8)",
+    )
+    .bind(&endpoint.id)
+    .bind(&endpoint.user_id)
+    .bind(&endpoint.name)
+    .bind(&endpoint.push_token)
+    .bind(capabilities)
+    .bind(&endpoint.cert_fingerprint)
+    .bind(endpoint.cert_not_after)
+    .bind(endpoint.created_at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE sip_accounts SET endpoint_id = $2 WHERE aor = $1")
+        .bind(&account.aor)
+        .bind(&endpoint.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 fn sip_account_from_row(r: &sqlx::any::AnyRow) -> SipAccount {
@@ -1376,6 +1519,7 @@ fn sip_account_from_row(r: &sqlx::any::AnyRow) -> SipAccount {
         ha1_md5: r.get(4),
         ha1_sha256: r.get(5),
         created_at: r.get(6),
+        endpoint_id: r.get(7),
     }
 }
 

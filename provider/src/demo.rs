@@ -365,7 +365,9 @@ impl Demo {
                 None,
                 &sip_password,
             )?;
-            app.db.add_sip_account(&sip_account).await?;
+            app.db
+                .add_sip_account(&sip_account, crate::sip::gateway_capabilities())
+                .await?;
             let sipp_accounts = self.dir.path().join(format!("sipp-{sip_user}.csv"));
             std::fs::write(
                 &sipp_accounts,

@@ -76,6 +76,8 @@ pub struct ProviderSpec {
     pub false_positive_rate: f64,
     /// Whose relay the calls of this provider's endpoints use.
     pub calls_use: RelayChoice,
+    /// Whether the provider runs its SIP edge (UDP, TCP and TLS on loopback, port 0).
+    pub sip: bool,
 }
 
 impl ProviderSpec {
@@ -85,7 +87,12 @@ impl ProviderSpec {
             encoding: WireEncoding::Plist,
             false_positive_rate: 0.001,
             calls_use: RelayChoice::CallerProvider,
+            sip: false,
         }
+    }
+
+    pub fn with_sip(self) -> Self {
+        ProviderSpec { sip: true, ..self }
     }
 
     pub fn calls_use(self, calls_use: RelayChoice) -> Self {
@@ -192,6 +199,9 @@ impl TestFederation {
         relay.allow_loopback_peers = true;
         relay.allow_private_peers = true;
         relay.calls_use = spec.calls_use;
+        if spec.sip {
+            crate::sip::enable_sip_on_loopback(&mut config)?;
+        }
         Ok((config, dir))
     }
 

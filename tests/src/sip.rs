@@ -293,6 +293,40 @@ impl Ua {
     }
 }
 
+/// Runs the SIP edge on UDP, TCP and TLS, each on a loopback port of its own.
+pub fn enable_sip_on_loopback(config: &mut switchyard_provider::Config) -> anyhow::Result<()> {
+    config.sip.enabled = true;
+    config.sip.udp_listen = "127.0.0.1:0".parse()?;
+    config.sip.tcp_listen = "127.0.0.1:0".parse()?;
+    config.sip.tls_listen = "127.0.0.1:0".parse()?;
+    config.sip.transports = vec![
+        switchyard_provider::config::SipTransport::Udp,
+        switchyard_provider::config::SipTransport::Tcp,
+        switchyard_provider::config::SipTransport::Tls,
+    ];
+    Ok(())
+}
+
+/// Gives `user_id` the SIP account `aor` through the admin API.
+pub async fn add_account(
+    h: &Harness,
+    user_id: &str,
+    aor: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let (status, body) = h
+        .admin_call(
+            reqwest::Method::POST,
+            &format!("/admin/v1/users/{user_id}/sip-accounts"),
+            Some(serde_json::json!({"aor": aor, "password": password})),
+        )
+        .await?;
+    if status != 200 {
+        bail!("adding SIP account {aor}: {status} {body}");
+    }
+    Ok(())
+}
+
 /// A provider with its SIP edge on loopback (UDP, TCP and TLS, port 0), serving `domain`, and a user
 /// with `uris` and a SIP account `sip:<user>@<domain>`.
 pub struct SipProvider {
@@ -313,15 +347,7 @@ impl SipProvider {
     ) -> anyhow::Result<SipProvider> {
         let (mut config, dir) = test_config().await?;
         config.provider_id = domain.into();
-        config.sip.enabled = true;
-        config.sip.udp_listen = "127.0.0.1:0".parse()?;
-        config.sip.tcp_listen = "127.0.0.1:0".parse()?;
-        config.sip.tls_listen = "127.0.0.1:0".parse()?;
-        config.sip.transports = vec![
-            switchyard_provider::config::SipTransport::Udp,
-            switchyard_provider::config::SipTransport::Tcp,
-            switchyard_provider::config::SipTransport::Tls,
-        ];
+        enable_sip_on_loopback(&mut config)?;
         tune(&mut config);
         let h = Harness::start_with(config, dir).await?;
         let user_id = h.add_user(user, uris).await?;
@@ -339,18 +365,7 @@ impl SipProvider {
     }
 
     pub async fn add_account(&self, aor: &str, password: &str) -> anyhow::Result<()> {
-        let (status, body) = self
-            .h
-            .admin_call(
-                reqwest::Method::POST,
-                &format!("/admin/v1/users/{}/sip-accounts", self.user_id),
-                Some(serde_json::json!({"aor": aor, "password": password})),
-            )
-            .await?;
-        if status != 200 {
-            bail!("adding SIP account {aor}: {status} {body}");
-        }
-        Ok(())
+        add_account(&self.h, &self.user_id, aor, password).await
     }
 
     /// The registered contacts of the user's accounts, as the admin API lists them.

@@ -65,6 +65,7 @@ pub fn new_account(
         ha1_sha256: ha1(Algorithm::Sha256, username, realm, password),
         created_at: now_ms(),
         aor,
+        endpoint_id: None,
     })
 }
 

@@ -21,9 +21,11 @@ use ring::hmac;
 /// Nonces remembered for replay checks at most; the oldest go first.
 const MAX_TRACKED_NONCES: usize = 100_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Algorithm {
+    #[serde(rename = "MD5")]
     Md5,
+    #[serde(rename = "SHA-256")]
     Sha256,
 }
 
@@ -222,17 +224,25 @@ pub struct Digest {
 }
 
 impl Digest {
-    pub fn new(realm: &str, secret: &[u8], lifetime_seconds: u64) -> Digest {
+    /// A challenger offering `algorithms`, one challenge each, in that order.
+    pub fn new(
+        realm: &str,
+        secret: &[u8],
+        lifetime_seconds: u64,
+        algorithms: &[Algorithm],
+    ) -> Digest {
         Digest {
             realm: realm.to_string(),
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
             lifetime_seconds,
-            // MD5 first: clients that read only the first challenge (sipp 3.6, many deployed
-            // phones) refuse a SHA-256 one instead of reading on (RFC 8760 §2.4 would have the
-            // preferred algorithm first).
-            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            algorithms: algorithms.to_vec(),
             counts: Mutex::default(),
         }
+    }
+
+    /// Whether answers in `algorithm` are taken (it is one of those offered).
+    pub fn offers(&self, algorithm: Algorithm) -> bool {
+        self.algorithms.contains(&algorithm)
     }
 
     pub fn realm(&self) -> &str {
@@ -366,7 +376,12 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn digest() -> Digest {
-        Digest::new("a.test", b"0123456789abcdef0123456789abcdef", 300)
+        Digest::new(
+            "a.test",
+            b"0123456789abcdef0123456789abcdef",
+            300,
+            &[Algorithm::Md5, Algorithm::Sha256],
+        )
     }
 
     /// What a client computes (RFC 7616 §3.4.1).
@@ -446,7 +461,12 @@ mod tests {
     fn forged_and_old_nonces_are_refused() {
         let d = digest();
         let ha1 = ha1(Algorithm::Md5, "bob", "a.test", "secret");
-        let other = Digest::new("a.test", b"another key, another provider!!!", 300);
+        let other = Digest::new(
+            "a.test",
+            b"another key, another provider!!!",
+            300,
+            &[Algorithm::Md5],
+        );
         let forged = answer(
             Algorithm::Md5,
             "secret",

@@ -26,6 +26,11 @@ fn check(bytes: &[u8], transport: Transport) {
             assert!(bytes.len() <= LIMITS.max_message_bytes);
             assert_eq!(inbound.transport, transport);
         }
+        Received::Response(response) => {
+            assert!(bytes.starts_with(b"SIP/2.0 "));
+            assert!((100..700).contains(&response.status));
+            assert!(response.branch().is_some());
+        }
         Received::Answered(answer) => {
             assert!(
                 !bytes.starts_with(b"ACK "),

@@ -38,7 +38,15 @@ impl Transport {
 }
 
 /// The request methods the edge acts on; other known methods get 405 with this list in Allow.
-pub const ALLOWED: &[Method] = &[Method::Register, Method::Options];
+pub const ALLOWED: &[Method] = &[
+    Method::Register,
+    Method::Options,
+    Method::Invite,
+    Method::Ack,
+    Method::Cancel,
+    Method::Bye,
+    Method::Update,
+];
 
 /// A request that passed the front door.
 #[derive(Debug, Clone)]
@@ -54,10 +62,53 @@ pub struct Inbound {
     pub transport: Transport,
 }
 
+/// A response to one of the edge's own requests.
+#[derive(Debug, Clone)]
+pub struct InboundResponse {
+    pub status: u16,
+    pub fields: Fields,
+    pub body: Vec<u8>,
+    pub source: SocketAddr,
+    pub transport: Transport,
+}
+
+impl InboundResponse {
+    /// The branch of the top Via: which of the edge's client transactions it answers.
+    pub fn branch(&self) -> Option<&str> {
+        let top = self.fields.first("Via")?.split(',').next()?;
+        top.split(';')
+            .skip(1)
+            .find_map(|p| p.trim().strip_prefix("branch="))
+    }
+
+    /// The CSeq method (a CANCEL and its INVITE share a branch).
+    pub fn cseq_method(&self) -> Option<&str> {
+        self.fields.first("CSeq")?.split_whitespace().nth(1)
+    }
+
+    pub fn to_tag(&self) -> Option<&str> {
+        tag_of(self.fields.first("To")?)
+    }
+}
+
+/// The `tag` parameter of a From or To value.
+pub fn tag_of(value: &str) -> Option<&str> {
+    let params = match value.rfind('>') {
+        Some(end) => &value[end + 1..],
+        None => value,
+    };
+    params
+        .split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix("tag="))
+        .filter(|t| !t.is_empty())
+}
+
 /// What the front door made of a message.
 #[derive(Debug)]
 pub enum Received {
     Request(Box<Inbound>),
+    Response(Box<InboundResponse>),
     /// Answered here: send these bytes back to the source.
     Answered(Vec<u8>),
     /// Nothing to answer (a response, an ACK to an error, or too broken to answer).
@@ -214,6 +265,19 @@ pub fn response(
     to_tag: &str,
     extra: Vec<Header>,
 ) -> Vec<u8> {
+    response_with_body(request, source, status, reason, to_tag, extra, &[])
+}
+
+/// [`response`] with a body (its Content-Type among `extra`).
+pub fn response_with_body(
+    request: &Request,
+    source: SocketAddr,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: Vec<Header>,
+    body: &[u8],
+) -> Vec<u8> {
     let mut headers = Headers::default();
     let mut first_via = true;
     for h in request.headers.iter() {
@@ -240,17 +304,19 @@ pub fn response(
         headers.push(h);
     }
     headers.push(headers::Server::new(concat!("switchyard/", env!("CARGO_PKG_VERSION"))).into());
-    headers.push(headers::ContentLength::from(0u32).into());
+    headers.push(headers::ContentLength::from(body.len() as u32).into());
     let response = Response {
         status_code: status.into(),
         version: rsip::Version::V2,
         headers,
-        body: Vec::new(),
+        body: body.to_vec(),
     };
     // rsip prints its own reason phrase for known codes; ours says why.
     let text = response.to_string();
     let first_end = text.find("\r\n").unwrap_or(text.len());
-    format!("{SIP_VERSION} {status} {reason}{}", &text[first_end..]).into_bytes()
+    let mut bytes = format!("{SIP_VERSION} {status} {reason}").into_bytes();
+    bytes.extend_from_slice(&text.as_bytes()[first_end..]);
+    bytes
 }
 
 /// Adds `received` when the Via's host is not the source address, and fills an empty `rport`.
@@ -315,10 +381,10 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
     let Ok(first) = std::str::from_utf8(&bytes[..line_end]) else {
         return Received::Dropped("start line is not UTF-8");
     };
-    if first.starts_with(SIP_VERSION) {
-        return Received::Dropped("a response; the edge sends no requests of its own yet");
-    }
     let rest = &bytes[line_end + 2..];
+    if let Some(status_line) = first.strip_prefix("SIP/2.0 ") {
+        return receive_response(status_line, rest, source, transport);
+    }
     let Some((request, fields, malformed)) = parse_rest(rest) else {
         return Received::Dropped("headers do not parse");
     };
@@ -401,6 +467,37 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
         source,
         transport,
     }))
+}
+
+fn receive_response(
+    status_line: &str,
+    rest: &[u8],
+    source: SocketAddr,
+    transport: Transport,
+) -> Received {
+    let Some(status) = status_line
+        .split(' ')
+        .next()
+        .and_then(|code| code.parse::<u16>().ok())
+        .filter(|code| (100..700).contains(code))
+    else {
+        return Received::Dropped("a response with a bad status line");
+    };
+    let Some((fields, head_end, _)) = read_fields(rest) else {
+        return Received::Dropped("a response whose headers do not parse");
+    };
+    let body = rest[head_end + 4..].to_vec();
+    let response = InboundResponse {
+        status,
+        fields,
+        body,
+        source,
+        transport,
+    };
+    if response.branch().is_none() || response.cseq_method().is_none() {
+        return Received::Dropped("a response without a Via branch or CSeq");
+    }
+    Received::Response(Box::new(response))
 }
 
 /// Content-Length must match the body on a datagram (RFC 3261 §18.3 lets a receiver refuse a
@@ -544,6 +641,7 @@ mod tests {
         let cases: Vec<(Vec<u8>, u16)> = vec![
             (request("FROBNICATE sip:a.test SIP/2.0", "", ""), 501),
             (request("SUBSCRIBE sip:a.test SIP/2.0", "", ""), 405),
+            (request("MESSAGE sip:a.test SIP/2.0", "", ""), 405),
             (request("REGISTER mailto:bob@a.test SIP/2.0", "", ""), 416),
             (request("REGISTER http://a.test SIP/2.0", "", ""), 416),
             (request("REGISTER sip:a.test SIP/3.0", "", ""), 505),
@@ -606,7 +704,10 @@ mod tests {
             Transport::Udp,
             LIMITS,
         ));
-        assert!(text.contains("Allow: REGISTER, OPTIONS"), "{text}");
+        assert!(
+            text.contains("Allow: REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE"),
+            "{text}"
+        );
         assert!(text.contains("CSeq: 1 FROBNICATE"), "{text}");
         let (_, text) = status_of(&receive(
             &request(

@@ -1,35 +1,55 @@
 //! The SIP edge: ordinary SIP phones and trunks join the provider over UDP, TCP and TLS.
 //!
-//! What runs today is the front door ([`message`]: framing, checks and the error answers RFC
-//! 3261 gives bad requests), the non-INVITE server transactions (a retransmitted request is
-//! answered again from the stored response, RFC 3261 §17.2.2), OPTIONS, and the registrar
-//! ([`registrar`]: REGISTER with digest authentication, [`digest`]). An account's address of
-//! record (`sip:user@domain`) acts for a user, and so for the user's `tel:` and `mailto:` URIs.
-//! Calls (INVITE and the rest) are refused with `405` and `Allow: REGISTER, OPTIONS` until the
-//! edge translates them to the invitation protocol.
+//! The parts: the front door ([`message`]: framing, checks and the error answers RFC 3261 gives
+//! bad requests), the non-INVITE server transactions (a retransmitted request is answered again
+//! from the stored response, RFC 3261 §17.2.2), OPTIONS, the registrar ([`registrar`]: REGISTER
+//! with digest authentication, [`digest`]) and calls ([`calls`]: a back-to-back user agent
+//! between phones and the invitation protocol, the SDP carried as the blob, [`sdp`]). An
+//! account's address of record (`sip:user@domain`) acts for a user, and so for the user's `tel:`
+//! and `mailto:` URIs, through the account's gateway endpoint.
 
 pub mod accounts;
+pub mod calls;
 pub mod digest;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod message;
 pub mod registrar;
+pub mod sdp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rsip::Method;
+use switchyard_federation::dict::Dict;
+use switchyard_media::Capabilities;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::{SipConfig, SipTransport};
+use crate::db::SipAccount;
+use calls::Flow;
 use digest::Digest;
 use message::{Framed, Inbound, Limits, Received, StreamFramer, Transport};
+
+/// What a gateway endpoint can answer: the codecs SIP phones and trunks commonly offer. The
+/// phones negotiate between themselves; this only decides which calls ring the gateway.
+pub fn gateway_capabilities() -> Capabilities {
+    Capabilities {
+        audio: true,
+        video: true,
+        audio_codecs: ["opus", "PCMU", "PCMA", "G722", "G729"]
+            .map(String::from)
+            .to_vec(),
+        video_codecs: ["H264", "VP8"].map(String::from).to_vec(),
+    }
+}
 
 /// RFC 3261 Timer J (64 × T1): how long a completed non-INVITE transaction absorbs
 /// retransmissions over UDP.
@@ -59,6 +79,12 @@ pub struct SipEdge {
     domains: Vec<String>,
     limits: Limits,
     transactions: Mutex<HashMap<TransactionKey, (Instant, TransactionState)>>,
+    calls: calls::Calls,
+    udp: OnceLock<Arc<UdpSocket>>,
+    bound: Mutex<HashMap<Transport, SocketAddr>>,
+    /// Open TCP and TLS connections by peer address: requests to a phone go back over the
+    /// connection it registered or called on.
+    streams: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
 }
 
 /// The running edge: its bound addresses and tasks.
@@ -88,6 +114,7 @@ impl SipEdge {
             app.config.sip_realm(),
             secret.as_bytes(),
             config.nonce_lifetime_seconds,
+            &config.digest_algorithms,
         );
         Ok(SipEdge {
             limits: Limits {
@@ -98,7 +125,62 @@ impl SipEdge {
             domains,
             app,
             transactions: Mutex::default(),
+            calls: calls::Calls::default(),
+            udp: OnceLock::new(),
+            bound: Mutex::default(),
+            streams: Mutex::default(),
         })
+    }
+
+    fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.bound.lock().expect("bound").get(&transport).copied()
+    }
+
+    /// Calls in progress at this edge.
+    pub fn active_calls(&self) -> usize {
+        self.calls.active()
+    }
+
+    /// Sends `bytes` over `flow`: the UDP socket, the flow's open connection, or (TCP only) a
+    /// new connection to it. Failures are logged: SIP's timers deal with lost messages.
+    pub(crate) async fn send(self: &Arc<Self>, flow: Flow, bytes: &[u8]) {
+        match flow.transport {
+            Transport::Udp => {
+                if let Some(socket) = self.udp.get() {
+                    if let Err(e) = socket.send_to(bytes, flow.addr).await {
+                        tracing::debug!(to = %flow.addr, error = %e, "SIP UDP send failed");
+                    }
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                let open = self
+                    .streams
+                    .lock()
+                    .expect("streams")
+                    .get(&flow.addr)
+                    .cloned();
+                if let Some(writer) = open {
+                    if writer.send(bytes.to_vec()).is_ok() {
+                        return;
+                    }
+                }
+                if flow.transport == Transport::Tls {
+                    tracing::info!(to = %flow.addr, "SIP: no open TLS connection to the phone");
+                    return;
+                }
+                match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(flow.addr))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let writer = spawn_stream(self.clone(), stream, flow.addr, Transport::Tcp);
+                        let _ = writer.send(bytes.to_vec());
+                    }
+                    _ => {
+                        tracing::info!(to = %flow.addr, "SIP: cannot connect to the phone over TCP")
+                    }
+                }
+            }
+        }
     }
 
     /// Whether `domain` is one of `sip.domains`.
@@ -121,7 +203,9 @@ impl SipEdge {
                 .await
                 .with_context(|| format!("binding sip.udp_listen {listen}"))?;
             udp_addr = Some(socket.local_addr()?);
-            tasks.push(tokio::spawn(serve_udp(edge.clone(), Arc::new(socket))));
+            let socket = Arc::new(socket);
+            let _ = edge.udp.set(socket.clone());
+            tasks.push(tokio::spawn(serve_udp(edge.clone(), socket)));
         }
         if serves(SipTransport::Tcp) {
             let listen = edge.config.tcp_listen;
@@ -144,7 +228,29 @@ impl SipEdge {
                 Some(acceptor),
             )));
         }
+        {
+            let mut bound = edge.bound.lock().expect("bound");
+            for (transport, addr) in [
+                (Transport::Udp, udp_addr),
+                (Transport::Tcp, tcp_addr),
+                (Transport::Tls, tls_addr),
+            ] {
+                if let Some(addr) = addr {
+                    bound.insert(transport, addr);
+                }
+            }
+        }
+        let made = edge
+            .app
+            .db
+            .ensure_sip_gateways(&gateway_capabilities())
+            .await
+            .context("giving SIP accounts their gateway endpoints")?;
+        if made > 0 {
+            tracing::info!(made, "SIP accounts given gateway endpoints");
+        }
         tasks.push(tokio::spawn(purge_contacts(edge.clone())));
+        tasks.push(tokio::spawn(watch_gateways(edge.clone())));
         tracing::info!(?udp_addr, ?tcp_addr, ?tls_addr, domains = ?edge.domains, realm = edge.digest.realm(), "SIP edge started");
         Ok(SipListeners {
             udp_addr,
@@ -157,13 +263,17 @@ impl SipEdge {
 
     /// One message in, at most one answer out.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         bytes: &[u8],
         source: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
         let inbound = match message::receive(bytes, source, transport, self.limits) {
             Received::Request(inbound) => inbound,
+            Received::Response(response) => {
+                self.on_response(*response);
+                return None;
+            }
             Received::Answered(answer) => {
                 metrics::counter!("switchyard_sip_refused_total").increment(1);
                 return Some(answer);
@@ -173,6 +283,16 @@ impl SipEdge {
                 return None;
             }
         };
+        metrics::counter!("switchyard_sip_requests_total", "method" => inbound.method.to_string())
+            .increment(1);
+        match inbound.method {
+            Method::Invite => return self.on_invite(inbound).await,
+            Method::Ack => {
+                self.on_ack(inbound);
+                return None;
+            }
+            _ => {}
+        }
         let key = match message::top_branch(&inbound.request) {
             Some(branch) => (branch, inbound.method.to_string(), source),
             None => return None,
@@ -192,17 +312,27 @@ impl SipEdge {
             transactions.insert(key.clone(), (now, TransactionState::Proceeding));
         }
         let answer = self.dispatch(&inbound).await;
-        metrics::counter!("switchyard_sip_requests_total", "method" => inbound.method.to_string())
-            .increment(1);
-        let mut transactions = self.transactions.lock().expect("transactions lock");
-        if transport.is_stream() {
-            // Reliable transports retransmit nothing (Timer J is 0).
-            transactions.remove(&key);
-        } else {
-            transactions.insert(
-                key,
-                (Instant::now(), TransactionState::Completed(answer.clone())),
-            );
+        {
+            let mut transactions = self.transactions.lock().expect("transactions lock");
+            if transport.is_stream() {
+                // Reliable transports retransmit nothing (Timer J is 0).
+                transactions.remove(&key);
+            } else {
+                transactions.insert(
+                    key,
+                    (Instant::now(), TransactionState::Completed(answer.clone())),
+                );
+            }
+        }
+        if inbound.method == Method::Cancel && answer.starts_with(b"SIP/2.0 200") {
+            // The CANCEL's 200 goes out before the INVITE's 487 that its call task sends next.
+            let flow = Flow {
+                transport,
+                addr: source,
+            };
+            self.send(flow, &answer).await;
+            self.cancel_invite(inbound);
+            return None;
         }
         Some(answer)
     }
@@ -210,6 +340,7 @@ impl SipEdge {
     async fn dispatch(&self, inbound: &Inbound) -> Vec<u8> {
         match inbound.method {
             Method::Register => self.register(inbound).await,
+            Method::Cancel | Method::Bye | Method::Update => self.on_call_request(inbound).await,
             Method::Options => message::response(
                 &inbound.request,
                 inbound.source,
@@ -266,14 +397,14 @@ async fn serve_tcp(
                 let edge = edge.clone();
                 match tls.clone() {
                     None => {
-                        tokio::spawn(serve_stream(edge, stream, source, Transport::Tcp));
+                        spawn_stream(edge, stream, source, Transport::Tcp);
                     }
                     Some(acceptor) => {
                         tokio::spawn(async move {
                             match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await
                             {
                                 Ok(Ok(stream)) => {
-                                    serve_stream(edge, stream, source, Transport::Tls).await
+                                    spawn_stream(edge, stream, source, Transport::Tls);
                                 }
                                 Ok(Err(e)) => {
                                     tracing::info!(%source, error = %e, "SIP TLS handshake failed")
@@ -292,21 +423,58 @@ async fn serve_tcp(
     }
 }
 
-/// One connection: messages framed off the stream, answered in order on it.
-async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+/// Serves a connection: a writer task fed by a channel (registered for the edge's own requests
+/// to this peer) and a reader answering messages in order. Returns the writer's channel.
+fn spawn_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     edge: Arc<SipEdge>,
-    mut stream: S,
+    stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    edge.streams
+        .lock()
+        .expect("streams")
+        .insert(peer, tx.clone());
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answers = tx.clone();
+    let registered = tx.clone();
+    tokio::spawn(async move {
+        read_stream(edge.clone(), reader, peer, transport, answers).await;
+        let mut streams = edge.streams.lock().expect("streams");
+        if streams
+            .get(&peer)
+            .is_some_and(|t| t.same_channel(&registered))
+        {
+            streams.remove(&peer);
+        }
+    });
+    tx
+}
+
+/// Reads messages off a connection and answers each in order through `answers`.
+async fn read_stream<R: AsyncRead + Unpin>(
+    edge: Arc<SipEdge>,
+    mut reader: R,
     source: SocketAddr,
     transport: Transport,
+    answers: mpsc::UnboundedSender<Vec<u8>>,
 ) {
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match tokio::time::timeout(STREAM_IDLE, stream.read(&mut buf)).await {
+        let n = match tokio::time::timeout(STREAM_IDLE, reader.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => return,
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
-                tracing::debug!(%source, error = %e, "SIP TCP read failed");
+                tracing::debug!(%source, error = %e, "SIP stream read failed");
                 return;
             }
         };
@@ -321,7 +489,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             if let Some(answer) = answer {
-                if stream.write_all(&answer).await.is_err() {
+                if answers.send(answer).is_err() {
                     return;
                 }
             }
@@ -329,6 +497,95 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Starts reading the pushes of every SIP account's gateway endpoint, and of accounts added
+/// later (looked for once a second).
+async fn watch_gateways(edge: Arc<SipEdge>) {
+    let mut watched: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut since = i64::MIN;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        watched.retain(|_, task| !task.is_finished());
+        match edge.app.db.sip_gateways_since(since).await {
+            Ok(accounts) => {
+                for account in accounts {
+                    since = since.max(account.created_at - 1);
+                    let Some(endpoint) = account.endpoint_id.clone() else {
+                        continue;
+                    };
+                    if watched.contains_key(&endpoint) {
+                        continue;
+                    }
+                    let task = tokio::spawn(gateway_pushes(edge.clone(), account));
+                    watched.insert(endpoint, task);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "SIP edge: reading gateway endpoints"),
+        }
+    }
+}
+
+/// Takes the pushes of one account's gateway endpoint off its queue and acts on them: an
+/// Initiate starts a call to the account's phones; the rest go to the call they belong to. A
+/// push for a call another replica holds is left for it.
+async fn gateway_pushes(edge: Arc<SipEdge>, account: SipAccount) {
+    let Some(endpoint) = account.endpoint_id.clone() else {
+        return;
+    };
+    let mut signal = edge.app.hub.subscribe(&endpoint);
+    loop {
+        if signal.borrow().revoked {
+            break;
+        }
+        match edge.app.db.pending_pushes(&endpoint, 0, 100).await {
+            Ok(pushes) => {
+                for stored in pushes {
+                    let Ok(push) = Dict::decode(
+                        stored.body.as_bytes(),
+                        switchyard_federation::dict::Encoding::Plist,
+                    ) else {
+                        continue;
+                    };
+                    edge.on_gateway_push(&account, &endpoint, stored.seq, push)
+                        .await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "SIP edge: reading a gateway's pushes"),
+        }
+        // Woken by this replica's pushes at once; other replicas' are found within a second.
+        let _ = tokio::time::timeout(Duration::from_secs(1), signal.changed()).await;
+    }
+    edge.app.hub.release(&endpoint);
+}
+
+impl SipEdge {
+    async fn on_gateway_push(
+        self: &Arc<Self>,
+        account: &SipAccount,
+        endpoint: &str,
+        seq: i64,
+        push: Dict,
+    ) {
+        let session = push.str("session-id").unwrap_or_default().to_string();
+        let initiate = push.str("action") == Ok("initiate");
+        if !initiate && !self.calls.has_leg(&session) {
+            return;
+        }
+        match self.app.db.claim_push(endpoint, seq).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP edge: claiming a push");
+                return;
+            }
+        }
+        if initiate {
+            self.start_incoming(account.clone(), push).await;
+        } else {
+            self.calls.send_event(&session, calls::Event::Push(push));
+        }
+    }
+}
 /// Deletes expired contacts once a minute.
 async fn purge_contacts(edge: Arc<SipEdge>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));

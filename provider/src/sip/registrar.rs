@@ -11,7 +11,7 @@ use super::SipEdge;
 use crate::db::{delete_sip_contacts, now_ms, save_sip_contact, sip_contacts_in, SipContact};
 
 /// A refusal: status, reason phrase and extra headers.
-struct Refusal(u16, String, Vec<Header>);
+pub(super) struct Refusal(pub u16, pub String, pub Vec<Header>);
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal(status, reason.into(), Vec::new())
@@ -184,7 +184,7 @@ impl SipEdge {
         if !self.serves(aor_host) {
             return Err(refuse(403, format!("Domain {aor_host} Not Served Here")));
         }
-        let account = self.authenticate(inbound).await?;
+        let account = self.authenticate(inbound, false).await?;
         if account.aor != aor {
             return Err(refuse(
                 403,
@@ -320,21 +320,40 @@ impl SipEdge {
     }
 
     /// Checks the digest credentials of `inbound`, challenging when there are none (or stale
-    /// ones).
-    async fn authenticate(&self, inbound: &Inbound) -> Result<crate::db::SipAccount, Refusal> {
+    /// ones): as a registrar (401, Authorization) or, for `proxy`, as a proxy (407,
+    /// Proxy-Authorization, RFC 3261 §22.3).
+    pub(super) async fn authenticate(
+        &self,
+        inbound: &Inbound,
+        proxy: bool,
+    ) -> Result<crate::db::SipAccount, Refusal> {
         let now = (now_ms() / 1000) as u64;
         let challenge = |stale: bool| {
             let headers = self
                 .digest
                 .challenges(now, stale)
                 .into_iter()
-                .map(|c| Header::WwwAuthenticate(c.into()))
+                .map(|c| {
+                    if proxy {
+                        Header::ProxyAuthenticate(c.into())
+                    } else {
+                        Header::WwwAuthenticate(c.into())
+                    }
+                })
                 .collect();
-            Refusal(401, "Unauthorized".into(), headers)
+            if proxy {
+                Refusal(407, "Proxy Authentication Required".into(), headers)
+            } else {
+                Refusal(401, "Unauthorized".into(), headers)
+            }
         };
         let credentials = inbound
             .fields
-            .values("Authorization")
+            .values(if proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            })
             .filter_map(|v| Credentials::parse(v).ok())
             .find(|c| c.realm == self.digest.realm());
         let Some(credentials) = credentials else {
@@ -343,6 +362,9 @@ impl SipEdge {
         let algorithm = credentials
             .algorithm()
             .map_err(|e| refuse(400, format!("Bad Authorization: {e}")))?;
+        if !self.digest.offers(algorithm) {
+            return Err(challenge(false));
+        }
         let account = self
             .app
             .db
@@ -357,10 +379,13 @@ impl SipEdge {
             Algorithm::Md5 => &account.ha1_md5,
             Algorithm::Sha256 => &account.ha1_sha256,
         };
-        match self
-            .digest
-            .verify(&credentials, "REGISTER", &inbound.request_uri, ha1, now)
-        {
+        match self.digest.verify(
+            &credentials,
+            &inbound.method.to_string(),
+            &inbound.request_uri,
+            ha1,
+            now,
+        ) {
             Ok(()) => Ok(account),
             Err(DigestError::Stale) => Err(challenge(true)),
             Err(DigestError::BadNonce) => Err(challenge(false)),

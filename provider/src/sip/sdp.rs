@@ -1,0 +1,196 @@
+//! A SIP phone's session description, as it travels through the invitation protocol.
+//!
+//! The edge does not terminate media: the phone's SDP offer or answer becomes the call's blob,
+//! wrapped in a property list (`{sdp = "v=0..."}`) so that no endpoint can take it for a native
+//! media blob, and the other side's blob becomes SDP again. What is checked here is only what
+//! the edge relies on: that the body is a session description at all, and which media it offers.
+
+use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_media::MediaKind;
+
+/// The largest SDP body the edge carries (the blob limit of the invitation protocol, less the
+/// property-list wrapping).
+pub const MAX_SDP: usize = 15 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("the body is not UTF-8")]
+    NotText,
+    #[error("the session description exceeds {MAX_SDP} bytes")]
+    TooLarge,
+    #[error("the session description does not start with v=0")]
+    NoVersion,
+    #[error("the session description has no o= line")]
+    NoOrigin,
+    #[error("the session description offers no audio or video stream")]
+    NoMedia,
+}
+
+/// Checks a phone's SDP body.
+pub fn check(body: &[u8]) -> Result<String, SdpError> {
+    if body.len() > MAX_SDP {
+        return Err(SdpError::TooLarge);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
+    if !text.starts_with("v=0") {
+        return Err(SdpError::NoVersion);
+    }
+    if !lines(text).any(|l| l.starts_with("o=")) {
+        return Err(SdpError::NoOrigin);
+    }
+    if media_kinds(text).is_empty() {
+        return Err(SdpError::NoMedia);
+    }
+    Ok(text.to_string())
+}
+
+fn lines(sdp: &str) -> impl Iterator<Item = &str> {
+    sdp.lines().map(|l| l.trim_end_matches('\r'))
+}
+
+/// The kinds of media with a stream that is not disabled (port 0), in order, each once.
+pub fn media_kinds(sdp: &str) -> Vec<MediaKind> {
+    let mut kinds = Vec::new();
+    for line in lines(sdp) {
+        let Some(media) = line.strip_prefix("m=") else {
+            continue;
+        };
+        let mut parts = media.split_whitespace();
+        let kind = match parts.next() {
+            Some("audio") => MediaKind::Audio,
+            Some("video") => MediaKind::Video,
+            _ => continue,
+        };
+        if parts.next().is_some_and(|port| port != "0") && !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// The blob that carries `sdp`.
+pub fn blob_of(sdp: &str) -> Vec<u8> {
+    Dict::new().with("sdp", sdp).encode(Encoding::Plist)
+}
+
+/// The SDP a blob carries, if it is an SDP blob (a native endpoint's blob is not).
+pub fn sdp_of(blob: &[u8]) -> Option<String> {
+    let dict = Dict::decode(blob, Encoding::Plist).ok()?;
+    let sdp = dict.str("sdp").ok()?;
+    check(sdp.as_bytes()).ok()
+}
+
+/// The `a=` direction attributes of RFC 3264 §6.1.
+const DIRECTIONS: &[&str] = &["sendrecv", "sendonly", "recvonly", "inactive"];
+
+/// The direction an offer asks for (its first direction attribute; sendrecv when none).
+pub fn direction(sdp: &str) -> &'static str {
+    lines(sdp)
+        .filter_map(|l| l.strip_prefix("a="))
+        .find_map(|a| DIRECTIONS.iter().find(|d| **d == a).copied())
+        .unwrap_or("sendrecv")
+}
+
+/// The answer to a direction (RFC 3264 §6.1): what the other side is asked to send, it receives.
+fn mirrored(direction: &str) -> &'static str {
+    match direction {
+        "sendonly" => "recvonly",
+        "recvonly" => "sendonly",
+        "inactive" => "inactive",
+        _ => "sendrecv",
+    }
+}
+
+/// `sdp` as a new version of itself (RFC 3264 §8: each new description in a dialog increments
+/// the o= session version), its streams set to answer `offer_direction`.
+pub fn revised(sdp: &str, version_step: u64, offer_direction: &str) -> String {
+    let answer = mirrored(offer_direction);
+    let mut out = String::with_capacity(sdp.len() + 32);
+    let mut in_media = false;
+    let push_line = |out: &mut String, line: &str| {
+        out.push_str(line);
+        out.push_str("\r\n");
+    };
+    for line in lines(sdp).filter(|l| !l.is_empty()) {
+        if let Some(origin) = line.strip_prefix("o=") {
+            let mut fields: Vec<String> = origin.split(' ').map(str::to_string).collect();
+            if let Some(version) = fields.get_mut(2) {
+                let bumped = version.parse::<u64>().unwrap_or(0) + version_step;
+                *version = bumped.to_string();
+            }
+            push_line(&mut out, &format!("o={}", fields.join(" ")));
+            continue;
+        }
+        if line
+            .strip_prefix("a=")
+            .is_some_and(|a| DIRECTIONS.contains(&a))
+        {
+            continue;
+        }
+        if line.starts_with("m=") {
+            if in_media {
+                push_line(&mut out, &format!("a={answer}"));
+            }
+            in_media = true;
+        }
+        push_line(&mut out, line);
+    }
+    if in_media {
+        push_line(&mut out, &format!("a={answer}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.1\r\ns=-\r\n\
+        c=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n\
+        a=sendrecv\r\nm=video 0 RTP/AVP 96\r\n";
+
+    #[test]
+    fn a_phone_sdp_round_trips_through_its_blob() {
+        let sdp = check(OFFER.as_bytes()).unwrap();
+        assert_eq!(media_kinds(&sdp), vec![MediaKind::Audio]);
+        assert_eq!(sdp_of(&blob_of(&sdp)).as_deref(), Some(OFFER));
+        let native = Dict::new()
+            .with("ice-ufrag", "abcd")
+            .encode(Encoding::Plist);
+        assert_eq!(sdp_of(&native), None);
+        assert_eq!(sdp_of(b"not a plist"), None);
+    }
+
+    #[test]
+    fn bodies_that_are_no_session_description_are_refused() {
+        assert_eq!(check(b"\xff\xfe"), Err(SdpError::NotText));
+        assert_eq!(check(b"hello"), Err(SdpError::NoVersion));
+        assert_eq!(
+            check(b"v=0\r\nm=audio 1 RTP/AVP 0\r\n"),
+            Err(SdpError::NoOrigin)
+        );
+        assert_eq!(
+            check(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\nm=audio 0 RTP/AVP 0\r\n"),
+            Err(SdpError::NoMedia)
+        );
+        let huge = format!("{OFFER}a={}\r\n", "x".repeat(MAX_SDP));
+        assert_eq!(check(huge.as_bytes()), Err(SdpError::TooLarge));
+    }
+
+    #[test]
+    fn a_hold_offer_is_answered_with_the_mirrored_direction_and_a_new_version() {
+        let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+        assert_eq!(direction(&hold), "sendonly");
+        assert_eq!(direction("v=0\r\nm=audio 1 RTP/AVP 0\r\n"), "sendrecv");
+        let answer = revised(OFFER, 1, direction(&hold));
+        assert!(
+            answer.contains("o=alice 2890844526 2890844527 IN IP4"),
+            "{answer}"
+        );
+        assert!(!answer.contains("a=sendrecv"), "{answer}");
+        assert_eq!(answer.matches("a=recvonly").count(), 2, "{answer}");
+        let resumed = revised(&answer, 1, "sendrecv");
+        assert!(resumed.contains(" 2890844528 IN IP4"), "{resumed}");
+        assert_eq!(resumed.matches("a=sendrecv").count(), 2, "{resumed}");
+    }
+}

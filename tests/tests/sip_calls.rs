@@ -1,0 +1,281 @@
+//! Calls between SIP phones at two providers of a federation, with sipp (Debian's `sip-tester`,
+//! installed by `scripts/ensure-packages.sh`) playing the phones: a call answered and hung up by
+//! either side, a call rejected, a call cancelled while ringing, each from provider A's phone to
+//! provider B's and the other way round.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
+use switchyard_tests::sip::add_account;
+use switchyard_tests::Harness;
+
+const PASSWORD: &str = "sipp-secret-1";
+
+fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
+}
+
+/// A free local port for a sipp socket (sipp needs a number).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One side of the federation: its provider, and the phone's SIP account there.
+struct Side {
+    id: &'static str,
+    user: &'static str,
+    /// How the other side's phone dials this one (the Request-URI without `sip:`).
+    dialled_as: &'static str,
+    sip: SocketAddr,
+}
+
+struct Federation {
+    fed: TestFederation,
+    a: Side,
+    b: Side,
+    logs: tempfile::TempDir,
+}
+
+impl Federation {
+    /// Alice ([`ALICE`], `sip:alice@a.test`) at a.test and Bob ([`BOB`], `sip:bob@b.test`) at
+    /// b.test, with SIP accounts and no native endpoint.
+    async fn start() -> anyhow::Result<Federation> {
+        // The providers' logs, with RUST_LOG set, when a call goes wrong.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let fed = TestFederation::start(&[
+            ProviderSpec::plist("a.test").with_sip(),
+            ProviderSpec::plist("b.test").with_sip(),
+        ])
+        .await?;
+        for (id, name, uri, aor) in [
+            ("a.test", "Alice", ALICE, "sip:alice@a.test"),
+            ("b.test", "Bob", BOB, "sip:bob@b.test"),
+        ] {
+            let h = fed.provider(id);
+            let user = h.add_user(name, &[uri]).await?;
+            add_account(h, &user, aor, PASSWORD).await?;
+        }
+        fed.sync().await?;
+        let sip = |h: &Harness| h.provider.sip_udp_addr.expect("SIP over UDP");
+        let logs = tempfile::tempdir()?;
+        for user in ["alice", "bob"] {
+            std::fs::write(
+                logs.path().join(format!("{user}.csv")),
+                format!(
+                    "SEQUENTIAL\n{user};[authentication username={user} password={PASSWORD}]\n"
+                ),
+            )?;
+        }
+        Ok(Federation {
+            a: Side {
+                id: "a.test",
+                user: "alice",
+                dialled_as: "+16502530000@b.test",
+                sip: sip(fed.provider("a.test")),
+            },
+            b: Side {
+                id: "b.test",
+                user: "bob",
+                dialled_as: "bob@b.example",
+                sip: sip(fed.provider("b.test")),
+            },
+            fed,
+            logs,
+        })
+    }
+
+    /// Runs sipp to completion (bounded by its own -timeout); the scenario's log goes to
+    /// `<name>-errors.log` in the log directory.
+    async fn sipp(&self, name: &str, args: Vec<String>) -> anyhow::Result<Output> {
+        let logs = self.logs.path().to_path_buf();
+        let errors = logs.join(format!("{name}-errors.log"));
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("sipp")
+                .args(&args)
+                .args(["-i", "127.0.0.1", "-m", "1", "-timeout", "40s", "-nostdin"])
+                .args(["-trace_err", "-error_file"])
+                .arg(&errors)
+                .current_dir(&logs)
+                .output()
+        })
+        .await??;
+        Ok(output)
+    }
+
+    fn errors(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(format!("{name}-errors.log")))
+            .unwrap_or_default()
+    }
+
+    /// Registers `side`'s phone with its provider from `port`, where it then answers calls.
+    async fn register(&self, side: &Side, port: u16) -> anyhow::Result<()> {
+        let output = self
+            .sipp(
+                &format!("register-{}", side.user),
+                vec![
+                    side.sip.to_string(),
+                    "-sf".into(),
+                    path(&scenario("register")),
+                    "-inf".into(),
+                    path(&self.logs.path().join(format!("{}.csv", side.user))),
+                    "-key".into(),
+                    "domain".into(),
+                    side.id.into(),
+                    "-auth_uri".into(),
+                    side.id.into(),
+                    "-p".into(),
+                    port.to_string(),
+                ],
+            )
+            .await?;
+        check(
+            &output,
+            "register",
+            &self.errors(&format!("register-{}", side.user)),
+        );
+        Ok(())
+    }
+
+    /// `caller`'s phone runs `uac` against its provider while `callee`'s runs `uas`; both must
+    /// finish their scenarios.
+    async fn call(&self, caller: &Side, callee: &Side, uac: &str, uas: &str) -> anyhow::Result<()> {
+        let port = free_port();
+        self.register(callee, port).await?;
+        let uas_log = format!("{uas}-{}", callee.user);
+        let uas_run = self.sipp(
+            &uas_log,
+            vec![
+                "-sf".into(),
+                path(&scenario(uas)),
+                "-p".into(),
+                port.to_string(),
+            ],
+        );
+        let uac_run = async {
+            // The phone being called listens before this one dials.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            self.sipp(
+                &format!("{uac}-{}", caller.user),
+                vec![
+                    caller.sip.to_string(),
+                    "-sf".into(),
+                    path(&scenario(uac)),
+                    "-inf".into(),
+                    path(&self.logs.path().join(format!("{}.csv", caller.user))),
+                    "-key".into(),
+                    "domain".into(),
+                    caller.id.into(),
+                    "-key".into(),
+                    "callee".into(),
+                    callee.dialled_as.into(),
+                    "-auth_uri".into(),
+                    callee.dialled_as.into(),
+                    "-p".into(),
+                    free_port().to_string(),
+                ],
+            )
+            .await
+        };
+        let (uas_output, uac_output) = tokio::join!(uas_run, uac_run);
+        check(
+            &uac_output?,
+            &format!("{uac} at {}", caller.id),
+            &self.errors(&format!("{uac}-{}", caller.user)),
+        );
+        check(
+            &uas_output?,
+            &format!("{uas} at {}", callee.id),
+            &self.errors(&format!("{uas}-{}", callee.user)),
+        );
+        Ok(())
+    }
+
+    /// The newest call record at `side`'s provider.
+    async fn last_call(&self, side: &Side) -> anyhow::Result<serde_json::Value> {
+        let calls = self.fed.provider(side.id).calls().await?;
+        calls
+            .into_iter()
+            .max_by_key(|c| c["initiated_at"].as_i64().unwrap_or(0))
+            .ok_or_else(|| anyhow::anyhow!("no call recorded at {}", side.id))
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn check(output: &Output, what: &str, errors: &str) {
+    assert!(
+        output.status.success(),
+        "sipp {what} failed ({:?}):\n{}\n{}\n{errors}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The call ends the way `expect` says at the caller's provider (which keeps the record that
+/// arbitrates the call), within a few seconds of the phones' scenarios ending.
+async fn assert_outcome(
+    f: &Federation,
+    caller: &Side,
+    state: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        last = f.last_call(caller).await?;
+        if last["state"] == state && reason.is_none_or(|r| last["outcome_reason"] == r) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "expected the call to end {state} ({reason:?}) at {}: {last}",
+        caller.id
+    );
+}
+
+#[tokio::test]
+async fn sip_phones_call_each_other_across_providers() -> anyhow::Result<()> {
+    let f = Federation::start().await?;
+    for (caller, callee) in [(&f.a, &f.b), (&f.b, &f.a)] {
+        f.call(caller, callee, "uac-call", "uas-answer").await?;
+        assert_outcome(&f, caller, "ended", Some("caller-hung-up")).await?;
+
+        f.call(
+            caller,
+            callee,
+            "uac-call-callee-hangs-up",
+            "uas-answer-hang-up",
+        )
+        .await?;
+        assert_outcome(&f, caller, "ended", Some("callee-hung-up")).await?;
+    }
+    f.fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sip_calls_are_rejected_and_cancelled_across_providers() -> anyhow::Result<()> {
+    let f = Federation::start().await?;
+    for (caller, callee) in [(&f.a, &f.b), (&f.b, &f.a)] {
+        f.call(caller, callee, "uac-call-rejected", "uas-reject")
+            .await?;
+        assert_outcome(&f, caller, "rejected", Some("busy")).await?;
+
+        f.call(caller, callee, "uac-call-cancelled", "uas-ring")
+            .await?;
+        assert_outcome(&f, caller, "cancelled", Some("caller-cancelled")).await?;
+    }
+    f.fed.shutdown().await;
+    Ok(())
+}
