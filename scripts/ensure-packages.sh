@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (PostgreSQL server; coturn for
 # `turnutils_uclient`, the reference TURN client of the relay tests, and `turnserver`, the reference
-# relay of bench/relay; sipp, from sip-tester, for the SIP edge's interop tests and bench/sip), and
-# libsrtp2 with a C compiler for bench/srtp, if missing.
+# relay of bench/relay; sipp, from sip-tester, for the SIP edge's interop tests and bench/sip;
+# kamailio, the reference stateful proxy of bench/sip/calls.sh; baresip, the SIP phones with real
+# audio of the SIP gateway's interop tests, see tests/interop/baresip/README.md), and libsrtp2 with
+# a C compiler for bench/srtp, if missing.
 set -euo pipefail
 
 need=()
@@ -17,6 +19,14 @@ if [ ! -f /usr/include/srtp2/srtp.h ]; then
 fi
 if ! command -v sipp >/dev/null 2>&1; then
     need+=(sip-tester)
+fi
+# kamailio lives in /usr/sbin, which is not on an ordinary user's PATH.
+if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
+    need+=(kamailio)
+fi
+# baresip-core holds the binary and every module the tests load (aufile, aubridge, sndfile, g711).
+if ! command -v baresip >/dev/null 2>&1; then
+    need+=(baresip-core)
 fi
 # The media tests build networks in namespaces: veth, a bridge, nftables firewalls and loss, and
 # check the NAT they build with a python3 probe.

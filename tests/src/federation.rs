@@ -78,6 +78,8 @@ pub struct ProviderSpec {
     pub calls_use: RelayChoice,
     /// Whether the provider runs its SIP edge (UDP, TCP and TLS on loopback, port 0).
     pub sip: bool,
+    /// Last changes to the provider's configuration.
+    pub tune: Option<fn(&mut Config)>,
 }
 
 impl ProviderSpec {
@@ -88,6 +90,14 @@ impl ProviderSpec {
             false_positive_rate: 0.001,
             calls_use: RelayChoice::CallerProvider,
             sip: false,
+            tune: None,
+        }
+    }
+
+    pub fn tune(self, tune: fn(&mut Config)) -> Self {
+        ProviderSpec {
+            tune: Some(tune),
+            ..self
         }
     }
 
@@ -201,6 +211,9 @@ impl TestFederation {
         relay.calls_use = spec.calls_use;
         if spec.sip {
             crate::sip::enable_sip_on_loopback(&mut config)?;
+        }
+        if let Some(tune) = spec.tune {
+            tune(&mut config);
         }
         Ok((config, dir))
     }
