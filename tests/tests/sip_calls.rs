@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
-use switchyard_tests::sip::add_account;
+use switchyard_tests::sip::{
+    add_account, authorization, SipProvider, SipResponse, SipTransport, Ua,
+};
 use switchyard_tests::Harness;
 
 const PASSWORD: &str = "sipp-secret-1";
@@ -277,5 +279,177 @@ async fn sip_calls_are_rejected_and_cancelled_across_providers() -> anyhow::Resu
         assert_outcome(&f, caller, "cancelled", Some("caller-cancelled")).await?;
     }
     f.fed.shutdown().await;
+    Ok(())
+}
+
+/// An INVITE from `ua` to `request_uri` as `from`, with `body` as SDP and `extra` header lines;
+/// with `credentials` (username, password), the 407 challenge is answered first. Returns the final response (100 Trying
+/// and the challenge are read past, failures acknowledged).
+#[allow(clippy::too_many_arguments)]
+async fn invite(
+    t: &mut SipTransport,
+    ua: &Ua,
+    branch: &str,
+    request_uri: &str,
+    from: &str,
+    body: &str,
+    extra: &str,
+    credentials: Option<(&str, &str)>,
+) -> anyhow::Result<SipResponse> {
+    let build = |branch: &str, cseq: u32, auth: &str| {
+        format!(
+            "INVITE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <{from}>;tag=t{branch}\r\nTo: <{request_uri}>\r\n\
+             Call-ID: {branch}@test\r\nCSeq: {cseq} INVITE\r\nContact: <sip:phone@{local}>\r\n{auth}{extra}\
+             Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{body}",
+            transport = ua.transport,
+            local = ua.local,
+            len = body.len(),
+        )
+        .into_bytes()
+    };
+    let mut response = final_response(t, &build(branch, 1, "")).await?;
+    if let (407, Some((user, password))) = (response.status, credentials) {
+        ack_failure(t, ua, branch, request_uri, from, &response, 1).await?;
+        let challenge = response
+            .header("Proxy-Authenticate")
+            .unwrap_or_default()
+            .to_string();
+        let auth = format!(
+            "Proxy-Authorization: {}\r\n",
+            authorization(&challenge, user, password, "INVITE", request_uri, 1)
+        );
+        let second = format!("{branch}-2");
+        response = final_response(t, &build(&second, 2, &auth)).await?;
+        if response.status >= 300 {
+            ack_failure(t, ua, &second, request_uri, from, &response, 2).await?;
+        }
+    } else if response.status >= 300 {
+        ack_failure(t, ua, branch, request_uri, from, &response, 1).await?;
+    }
+    Ok(response)
+}
+
+/// Sends `request` and reads responses until a final one.
+async fn final_response(t: &mut SipTransport, request: &[u8]) -> anyhow::Result<SipResponse> {
+    t.send(request).await?;
+    loop {
+        let bytes = t
+            .receive(std::time::Duration::from_secs(10))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no final response"))?;
+        let response = SipResponse::parse(&bytes)?;
+        if response.status >= 200 {
+            return Ok(response);
+        }
+    }
+}
+
+async fn ack_failure(
+    t: &mut SipTransport,
+    ua: &Ua,
+    branch: &str,
+    request_uri: &str,
+    from: &str,
+    response: &SipResponse,
+    cseq: u32,
+) -> anyhow::Result<()> {
+    let call_id = response.header("Call-ID").unwrap_or_default();
+    let to = response.header("To").unwrap_or_default();
+    t.send(
+        format!(
+            "ACK {request_uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <{from}>;tag=t{branch_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            transport = ua.transport,
+            local = ua.local,
+            branch_tag = branch.trim_end_matches("-2"),
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+#[tokio::test]
+async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<()> {
+    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
+    let mut t = SipTransport::udp(edge.udp).await?;
+    let ua = Ua::of(&t)?;
+    let bob = "sip:bob@a.test";
+
+    let challenged = invite(&mut t, &ua, "c1", "sip:alice@a.test", bob, SDP, "", None).await?;
+    assert_eq!(challenged.status, 407, "{}", challenged.text);
+    let challenges = challenged.all("Proxy-Authenticate");
+    assert!(challenges[0].contains("algorithm=MD5"), "{challenges:?}");
+
+    let cases: Vec<(&str, &str, &str, &str, &str, u16)> = vec![
+        // (branch, Request-URI, From, body, extra headers, status)
+        ("c2", "sip:alice@a.test", "sip:mallory@a.test", SDP, "", 403),
+        ("c3", "sip:alice@a.test", bob, "", "", 488),
+        ("c4", "sip:alice@a.test", bob, "hello", "", 400),
+        ("c5", "sip:nobody@elsewhere.test", bob, SDP, "", 404),
+        ("c6", "tel:+1", bob, SDP, "", 484),
+    ];
+    for (branch, uri, from, body, extra, status) in cases {
+        let answer = invite(
+            &mut t,
+            &ua,
+            branch,
+            uri,
+            from,
+            body,
+            extra,
+            Some(("bob", PASSWORD)),
+        )
+        .await?;
+        assert_eq!(answer.status, status, "{branch}: {}", answer.text);
+    }
+    // No hops left: refused at the front door, before any challenge.
+    let no_hops = String::from_utf8(
+        format!(
+            "INVITE sip:alice@a.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKmf0\r\n\
+             Max-Forwards: 0\r\nFrom: <{bob}>;tag=1\r\nTo: <sip:alice@a.test>\r\nCall-ID: mf0\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            local = ua.local
+        )
+        .into_bytes(),
+    )?;
+    assert_eq!(
+        final_response(&mut t, no_hops.as_bytes()).await?.status,
+        483
+    );
+    // A request that already passed this edge (a branch of its own in the Vias) is a loop.
+    let looped = invite(
+        &mut t,
+        &ua,
+        "c8",
+        "sip:alice@a.test",
+        bob,
+        SDP,
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-sy-abc\r\n",
+        None,
+    )
+    .await?;
+    assert_eq!(looped.status, 482, "{}", looped.text);
+    // In-dialog requests for no call.
+    for method in ["BYE", "CANCEL"] {
+        let stray = format!(
+            "{method} sip:alice@a.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKs{method}\r\n\
+             Max-Forwards: 70\r\nFrom: <{bob}>;tag=1\r\nTo: <sip:alice@a.test>;tag=2\r\nCall-ID: stray\r\n\
+             CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
+            local = ua.local
+        );
+        assert_eq!(
+            final_response(&mut t, stray.as_bytes()).await?.status,
+            481,
+            "{method}"
+        );
+    }
+    let calls = edge.h.calls().await?;
+    assert!(calls.is_empty(), "no call was placed: {calls:?}");
+    edge.h.provider.shutdown().await;
     Ok(())
 }
