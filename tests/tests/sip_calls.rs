@@ -1,7 +1,7 @@
 //! Calls between SIP phones at two providers of a federation, with sipp (Debian's `sip-tester`,
 //! installed by `scripts/ensure-packages.sh`) playing the phones: a call answered and hung up by
-//! either side, a call rejected, a call cancelled while ringing, each from provider A's phone to
-//! provider B's and the other way round.
+//! either side, put on hold, rejected, cancelled while ringing, each from provider A's phone to
+//! provider B's and the other way round; and bad INVITEs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

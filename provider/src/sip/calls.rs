@@ -1750,6 +1750,18 @@ impl Leg {
             }
             Method::Invite | Method::Update => {
                 let cseq = message::cseq(&inbound.request).map_or(0, |(n, _)| n);
+                if inbound.method == Method::Invite {
+                    if let Some(r) = self.retransmit.as_ref().filter(|r| r.cseq == cseq) {
+                        // A retransmitted re-INVITE: its 200 again.
+                        let bytes = r.bytes.clone();
+                        let flow = Flow {
+                            transport: inbound.transport,
+                            addr: inbound.source,
+                        };
+                        self.edge.send(flow, &bytes).await;
+                        return;
+                    }
+                }
                 let stale = self.dialog.as_ref().is_some_and(|d| cseq <= d.remote_cseq);
                 let bytes = if self.phase != Phase::Answered {
                     answer(491, "Request Pending", vec![], "")
