@@ -70,6 +70,8 @@ pub enum SipTransport {
         io: Box<dyn Stream>,
         local: SocketAddr,
         tls: bool,
+        /// Bytes read past the last message returned.
+        pending: Vec<u8>,
     },
 }
 
@@ -87,6 +89,7 @@ impl SipTransport {
             local: stream.local_addr()?,
             io: Box::new(stream),
             tls: false,
+            pending: Vec::new(),
         })
     }
 
@@ -110,6 +113,7 @@ impl SipTransport {
             io: Box::new(stream),
             local,
             tls: true,
+            pending: Vec::new(),
         })
     }
 
@@ -149,9 +153,14 @@ impl SipTransport {
                     Err(_) => Ok(None),
                 }
             }
-            SipTransport::Stream { io: stream, .. } => {
-                // One response at a time: read until the header block and its Content-Length.
-                let mut data = Vec::new();
+            SipTransport::Stream {
+                io: stream,
+                pending,
+                ..
+            } => {
+                // One message at a time: read until the header block and its Content-Length,
+                // keeping what follows for the next call.
+                let data = pending;
                 let deadline = tokio::time::Instant::now() + wait;
                 loop {
                     if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -166,7 +175,7 @@ impl SipTransport {
                             })
                             .unwrap_or(0);
                         if data.len() >= end + 4 + length {
-                            return Ok(Some(data[..end + 4 + length].to_vec()));
+                            return Ok(Some(data.drain(..end + 4 + length).collect()));
                         }
                     }
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());

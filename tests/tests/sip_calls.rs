@@ -47,11 +47,7 @@ impl Federation {
     /// Alice ([`ALICE`], `sip:alice@a.test`) at a.test and Bob ([`BOB`], `sip:bob@b.test`) at
     /// b.test, with SIP accounts and no native endpoint.
     async fn start() -> anyhow::Result<Federation> {
-        // The providers' logs, with RUST_LOG set, when a call goes wrong.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        show_logs();
         let fed = TestFederation::start(&[
             ProviderSpec::plist("a.test").with_sip(),
             ProviderSpec::plist("b.test").with_sip(),
@@ -208,6 +204,14 @@ impl Federation {
             .max_by_key(|c| c["initiated_at"].as_i64().unwrap_or(0))
             .ok_or_else(|| anyhow::anyhow!("no call recorded at {}", side.id))
     }
+}
+
+/// The providers' logs, with RUST_LOG set, for when a call goes wrong.
+fn show_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 fn path(p: &Path) -> String {
@@ -375,6 +379,7 @@ const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\
 
 #[tokio::test]
 async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<()> {
+    show_logs();
     let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
     let mut t = SipTransport::udp(edge.udp).await?;
     let ua = Ua::of(&t)?;
@@ -450,6 +455,182 @@ async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<
     }
     let calls = edge.h.calls().await?;
     assert!(calls.is_empty(), "no call was placed: {calls:?}");
+    edge.h.provider.shutdown().await;
+    Ok(())
+}
+
+/// A request as a test phone reads it: its start line and header fields.
+struct Request {
+    start: String,
+    fields: Vec<(String, String)>,
+    body: String,
+}
+
+impl Request {
+    fn parse(bytes: &[u8]) -> anyhow::Result<Request> {
+        let text = String::from_utf8(bytes.to_vec())?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.split("\r\n");
+        let start = lines.next().unwrap_or_default().to_string();
+        let fields = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Ok(Request {
+            start,
+            fields,
+            body: body.to_string(),
+        })
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn header<'a>(&'a self, name: &'a str) -> &'a str {
+        self.all(name).next().unwrap_or_default()
+    }
+
+    /// A response to this request, with `to_tag` added to its To and `extra` lines.
+    fn response(&self, status: &str, to_tag: &str, extra: &str, body: &str) -> Vec<u8> {
+        let mut text = format!("SIP/2.0 {status}\r\n");
+        for via in self.all("Via") {
+            text.push_str(&format!("Via: {via}\r\n"));
+        }
+        let to = self.header("To");
+        let to = if to.contains(";tag=") {
+            to.to_string()
+        } else {
+            format!("{to};tag={to_tag}")
+        };
+        text.push_str(&format!(
+            "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.header("From"),
+            self.header("Call-ID"),
+            self.header("CSeq"),
+            body.len()
+        ));
+        text.into_bytes()
+    }
+}
+
+async fn next_request(t: &mut SipTransport) -> anyhow::Result<Request> {
+    let bytes = t
+        .receive(std::time::Duration::from_secs(10))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no request from the edge"))?;
+    Request::parse(&bytes)
+}
+
+/// Two phones of one provider: Alice's (sipp, UDP) calls Bob's account, whose phone is registered
+/// over TLS; the edge's INVITE and BYE reach Bob over the connection he registered on.
+#[tokio::test]
+async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::Result<()> {
+    show_logs();
+    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
+    let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
+    add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
+
+    let mut bob = SipTransport::tls(edge.tls, edge.h.ca_pem()).await?;
+    let ua = Ua::of(&bob)?;
+    let contact = format!("Contact: <sip:bob@{};transport=tls>\r\n", ua.local);
+    let challenge = bob
+        .exchange(&ua.register("a.test", "sip:bob@a.test", "tls-reg", 1, "tr1", &contact))
+        .await?;
+    assert_eq!(challenge.status, 401, "{}", challenge.text);
+    let auth = format!(
+        "Authorization: {}\r\n{contact}",
+        authorization(
+            challenge.header("WWW-Authenticate").unwrap_or_default(),
+            "bob",
+            PASSWORD,
+            "REGISTER",
+            "sip:a.test",
+            1
+        )
+    );
+    let registered = bob
+        .exchange(&ua.register("a.test", "sip:bob@a.test", "tls-reg", 2, "tr2", &auth))
+        .await?;
+    assert_eq!(registered.status, 200, "{}", registered.text);
+
+    let logs = tempfile::tempdir()?;
+    std::fs::write(
+        logs.path().join("alice.csv"),
+        format!("SEQUENTIAL\nalice;[authentication username=alice password={PASSWORD}]\n"),
+    )?;
+    let server = edge.udp;
+    let dir = logs.path().to_path_buf();
+    let caller = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .arg(server.to_string())
+            .arg("-sf")
+            .arg(scenario("uac-call"))
+            .arg("-inf")
+            .arg(dir.join("alice.csv"))
+            .args(["-key", "domain", "a.test", "-key", "callee", "bob@a.test"])
+            .args(["-auth_uri", "bob@a.test", "-i", "127.0.0.1"])
+            .args(["-p", &free_port().to_string()])
+            .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
+            .args(["-error_file"])
+            .arg(dir.join("errors.log"))
+            .current_dir(&dir)
+            .output()
+    });
+
+    let invite = next_request(&mut bob).await?;
+    assert!(
+        invite.start.starts_with("INVITE sip:bob@"),
+        "{}",
+        invite.start
+    );
+    assert!(
+        invite.header("Via").starts_with("SIP/2.0/TLS "),
+        "{}",
+        invite.header("Via")
+    );
+    assert!(
+        invite
+            .header("From")
+            .contains("+16502530001@a.test;user=phone"),
+        "the caller is shown as her number: {}",
+        invite.header("From")
+    );
+    assert!(invite.body.contains("m=audio"), "{}", invite.body);
+    let contact = format!("Contact: <sip:bob@{};transport=tls>\r\n", ua.local);
+    bob.send(&invite.response("180 Ringing", "bobtag", &contact, ""))
+        .await?;
+    let answer = SDP.replace("o=- 1 1", "o=bob 7 7");
+    bob.send(&invite.response(
+        "200 OK",
+        "bobtag",
+        &format!("{contact}Content-Type: application/sdp\r\n"),
+        &answer,
+    ))
+    .await?;
+    let ack = next_request(&mut bob).await?;
+    assert!(ack.start.starts_with("ACK "), "{}", ack.start);
+    let bye = next_request(&mut bob).await?;
+    assert!(bye.start.starts_with("BYE "), "{}", bye.start);
+    assert!(bye.header("To").contains("tag="), "{}", bye.header("To"));
+    bob.send(&bye.response("200 OK", "bobtag", "", "")).await?;
+
+    let output = caller.await??;
+    check(
+        &output,
+        "uac-call to a TLS phone",
+        &std::fs::read_to_string(logs.path().join("errors.log")).unwrap_or_default(),
+    );
+    let calls = edge.h.calls().await?;
+    assert!(
+        calls.iter().any(|c| c["state"] == "ended"
+            && c["outcome_reason"] == "caller-hung-up"
+            && c["to"] == "tel:+16502530002"),
+        "{calls:?}"
+    );
     edge.h.provider.shutdown().await;
     Ok(())
 }

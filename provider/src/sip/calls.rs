@@ -161,14 +161,20 @@ pub enum Event {
 
 /// A phone's INVITE transaction: its top Via branch and where it came from.
 type InviteKey = (String, SocketAddr);
-/// The call it started (empty until it has one), and the response a retransmission of it gets
+/// The call task it started (its leg key; empty until it has one), and the response a retransmission of it gets
 /// (none once acknowledged).
 type InviteEntry = (String, Option<Vec<u8>>);
 
-/// The calls in progress at this edge.
+/// A call's task at this edge is named by the session and the gateway endpoint it acts as: in a
+/// call between two phones of this provider both sides run here, under one session id.
+pub fn leg_key(session: &str, endpoint: &str) -> String {
+    format!("{session} {endpoint}")
+}
+
+/// The calls in progress at this edge, by [`leg_key`].
 #[derive(Default)]
 pub struct Calls {
-    /// Each call's task, by session id.
+    /// Each call's task.
     legs: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
     /// In-dialog requests find their call by Call-ID and the edge's tag.
     dialogs: std::sync::Mutex<HashMap<(String, String), String>>,
@@ -185,13 +191,13 @@ pub struct Calls {
 const ENDED_MEMORY: Duration = Duration::from_secs(120);
 
 impl Calls {
-    pub fn has_leg(&self, session: &str) -> bool {
-        self.legs.lock().expect("legs").contains_key(session)
-            || self.ended.lock().expect("ended").contains_key(session)
+    pub fn has_leg(&self, leg: &str) -> bool {
+        self.legs.lock().expect("legs").contains_key(leg)
+            || self.ended.lock().expect("ended").contains_key(leg)
     }
 
-    pub(super) fn send_event(&self, session: &str, event: Event) -> bool {
-        match self.legs.lock().expect("legs").get(session) {
+    pub(super) fn send_event(&self, leg: &str, event: Event) -> bool {
+        match self.legs.lock().expect("legs").get(leg) {
             Some(tx) => tx.send(event).is_ok(),
             None => false,
         }
@@ -392,6 +398,8 @@ struct ServerInvite {
 
 pub struct Leg {
     edge: Arc<SipEdge>,
+    /// Its [`leg_key`].
+    leg_id: String,
     session: String,
     role: Role,
     account: SipAccount,
@@ -583,13 +591,12 @@ impl SipEdge {
     pub(super) fn on_ack(&self, inbound: Box<Inbound>) {
         if let Some(branch) = message::top_branch(&inbound.request) {
             let mut invites = self.calls.invites.lock().expect("invites");
-            if let Some((session, last)) = invites.get_mut(&(branch, inbound.source)) {
+            if let Some((leg, last)) = invites.get_mut(&(branch, inbound.source)) {
                 *last = None;
-                let session = session.clone();
+                let leg = leg.clone();
                 drop(invites);
-                if !session.is_empty() {
-                    self.calls
-                        .send_event(&session, Event::Request(inbound, None));
+                if !leg.is_empty() {
+                    self.calls.send_event(&leg, Event::Request(inbound, None));
                 }
                 return;
             }
@@ -815,17 +822,18 @@ impl SipEdge {
             .with("peer-uri", callee.as_str())
             .with("media", crate::invite::media_value(&media));
         let (sender, events) = mpsc::unbounded_channel();
+        let leg_id = leg_key(&session, &gateway.endpoint.id);
         // Registered before the Initiate, whose pushes may come back at once.
         self.calls
             .legs
             .lock()
             .expect("legs")
-            .insert(session.clone(), sender.clone());
+            .insert(leg_id.clone(), sender.clone());
         let initiated = crate::invite::initiate(&self.app, &gateway, &request).await;
         let result = match initiated {
             Ok(result) => result,
             Err(e) => {
-                self.calls.legs.lock().expect("legs").remove(&session);
+                self.calls.legs.lock().expect("legs").remove(&leg_id);
                 tracing::info!(error = %e.message, code = e.code, "SIP call's Initiate refused");
                 return Err(refusal_of(&e));
             }
@@ -859,15 +867,16 @@ impl SipEdge {
         };
         self.calls.dialogs.lock().expect("dialogs").insert(
             (dialog.call_id.clone(), dialog.local_tag.clone()),
-            session.clone(),
+            leg_id.clone(),
         );
         if let Some(entry) = self.calls.invites.lock().expect("invites").get_mut(&key) {
-            entry.0 = session.clone();
+            entry.0 = leg_id.clone();
         }
         tracing::info!(%session, caller = %self_uri, %callee, aor = %account.aor, "SIP call placed");
         metrics::counter!("switchyard_sip_calls_total", "direction" => "from-phone").increment(1);
         let mut leg = Leg {
             edge: self.clone(),
+            leg_id,
             session,
             role: Role::Caller,
             account,
@@ -911,13 +920,15 @@ impl SipEdge {
             Err(_) => return,
         };
         let (sender, events) = mpsc::unbounded_channel();
+        let leg_id = leg_key(&session, &gateway.endpoint.id);
         self.calls
             .legs
             .lock()
             .expect("legs")
-            .insert(session.clone(), sender.clone());
+            .insert(leg_id.clone(), sender.clone());
         let mut leg = Leg {
             edge: self.clone(),
+            leg_id,
             session,
             role: Role::Callee,
             account,
@@ -1090,7 +1101,7 @@ impl Leg {
             .dialogs
             .lock()
             .expect("dialogs")
-            .insert((call_id.clone(), local_tag.clone()), self.session.clone());
+            .insert((call_id.clone(), local_tag.clone()), self.leg_id.clone());
         for contact in contacts {
             let Some(flow) = Flow::of_contact(&contact.transport, &contact.source) else {
                 continue;
@@ -1187,7 +1198,7 @@ impl Leg {
 
     fn finish(&mut self) {
         let calls = &self.edge.calls;
-        calls.legs.lock().expect("legs").remove(&self.session);
+        calls.legs.lock().expect("legs").remove(&self.leg_id);
         if let Some(dialog) = &self.dialog {
             calls
                 .dialogs
@@ -1198,7 +1209,7 @@ impl Leg {
         let mut ended = calls.ended.lock().expect("ended");
         let now = Instant::now();
         ended.retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
-        ended.insert(self.session.clone(), now);
+        ended.insert(self.leg_id.clone(), now);
         drop(ended);
         if let Some(invite) = self.invite.take() {
             self.edge.forget_invite_later(invite.key);

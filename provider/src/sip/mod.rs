@@ -566,9 +566,10 @@ impl SipEdge {
         seq: i64,
         push: Dict,
     ) {
-        let session = push.str("session-id").unwrap_or_default().to_string();
+        let session = push.str("session-id").unwrap_or_default();
+        let leg = calls::leg_key(session, endpoint);
         let initiate = push.str("action") == Ok("initiate");
-        if !initiate && !self.calls.has_leg(&session) {
+        if !initiate && !self.calls.has_leg(&leg) {
             return;
         }
         match self.app.db.claim_push(endpoint, seq).await {
@@ -582,7 +583,7 @@ impl SipEdge {
         if initiate {
             self.start_incoming(account.clone(), push).await;
         } else {
-            self.calls.send_event(&session, calls::Event::Push(push));
+            self.calls.send_event(&leg, calls::Event::Push(push));
         }
     }
 }
