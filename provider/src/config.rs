@@ -239,6 +239,20 @@ pub struct SipConfig {
     /// only the first challenge, and some (libre-based ones such as baresip 1.0) give up when
     /// any challenge names an algorithm they lack, so such fleets list `MD5` alone.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
+    /// Which calls get their media anchored at the edge (`sip::anchor`): `auto`, those whose SDP
+    /// offer has no ICE; `always`; `never`.
+    pub anchor_media: AnchorMedia,
+    /// The address anchored media is received on, as SDP names it; unset: the IP `udp_listen`
+    /// is bound to (or, for `0.0.0.0`, the local address towards the phone).
+    pub media_address: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnchorMedia {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +286,8 @@ impl Default for SipConfig {
                 crate::sip::digest::Algorithm::Md5,
                 crate::sip::digest::Algorithm::Sha256,
             ],
+            anchor_media: AnchorMedia::Auto,
+            media_address: None,
         }
     }
 }

@@ -367,13 +367,18 @@ impl Db {
         row.as_ref().map(endpoint_from_row).transpose()
     }
 
-    /// Active endpoints reached by a URI, oldest first.
+    /// Active endpoints reached by a URI, oldest first: a SIP account's gateway endpoint only
+    /// while a phone of the account is registered (there is nothing to ring otherwise).
     pub async fn endpoints_for_uri(&self, uri: &str) -> StoreResult<Vec<EndpointRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE revoked_at IS NULL AND user_id = \
-             (SELECT user_id FROM user_uris WHERE uri = $1) ORDER BY created_at, id"
+             (SELECT user_id FROM user_uris WHERE uri = $1) \
+             AND (cert_fingerprint NOT LIKE '{GATEWAY_FINGERPRINT}%' OR EXISTS (SELECT 1 FROM sip_contacts c \
+             JOIN sip_accounts a ON a.aor = c.aor WHERE a.endpoint_id = endpoints.id \
+             AND c.expires_at > $2)) ORDER BY created_at, id"
         )))
         .bind(uri)
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
@@ -1463,13 +1468,16 @@ pub struct SipAccount {
     pub endpoint_id: Option<String>,
 }
 
+/// What the fingerprint column of a gateway endpoint starts with.
+const GATEWAY_FINGERPRINT: &str = "sip-gateway:";
+
 /// The endpoint record of a SIP account's gateway: it rings like any endpoint of the user, and
 /// the SIP edge turns its pushes into requests to the account's contacts. It holds no
 /// certificate: its fingerprint column names it instead, which no TLS client can present.
 pub fn gateway_endpoint(account: &SipAccount, capabilities: Capabilities) -> EndpointRecord {
     let id = format!("sip-{}", uuid::Uuid::new_v4());
     EndpointRecord {
-        cert_fingerprint: format!("sip-gateway:{id}"),
+        cert_fingerprint: format!("{GATEWAY_FINGERPRINT}{id}"),
         id,
         user_id: account.user_id.clone(),
         name: format!("SIP {}", account.aor),

@@ -1,7 +1,7 @@
 //! Two real softphones across the federation: baresip (Debian's, installed by
 //! `scripts/ensure-packages.sh`) registers Alice at provider A and Bob at provider B; Alice dials
 //! Bob's `mailto:` address as a SIP URI, Bob's phone answers, and each phone must hear the other's
-//! tone (`tests/interop/baresip/tone.py`). The recipe and baresip's quirks are in
+//! tone (`tests/interop/baresip/tone.py`), through the media anchors of both providers. The recipe and baresip's quirks are in
 //! `tests/interop/baresip/README.md`.
 
 use std::path::{Path, PathBuf};
@@ -245,6 +245,23 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
         .await?;
     alice.assert_heard(BOB_HZ)?;
     bob.assert_heard(ALICE_HZ)?;
+    // Neither phone does ICE, so both providers anchored the media (sip.anchor_media = auto):
+    // the tones went phone → A's anchor → B's anchor → phone and back.
+    let a = fed.provider("a.test");
+    let metrics = a
+        .admin
+        .get(format!("{}/metrics", a.admin_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let anchored: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_sip_anchored_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    // Two tones of about 3 s, 50 packets a second, each through two anchors.
+    assert!(anchored > 400.0, "anchored packets: {anchored}\n{metrics}");
 
     let calls = fed.provider("a.test").calls().await?;
     assert!(

@@ -455,6 +455,22 @@ async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<
     }
     let calls = edge.h.calls().await?;
     assert!(calls.is_empty(), "no call was placed: {calls:?}");
+
+    // An account with no phone registered is not rung: the call is refused at once.
+    let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
+    add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
+    let unavailable = invite(
+        &mut t,
+        &ua,
+        "c9",
+        "sip:alice@a.test",
+        bob,
+        SDP,
+        "",
+        Some(("bob", PASSWORD)),
+    )
+    .await?;
+    assert_eq!(unavailable.status, 480, "{}", unavailable.text);
     edge.h.provider.shutdown().await;
     Ok(())
 }

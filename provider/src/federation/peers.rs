@@ -47,6 +47,8 @@ impl PeerError {
 #[derive(Default)]
 struct Peer {
     generation: u64,
+    /// The pull whose filter is held (see [`Peers::pull`]).
+    installed_pull: u64,
     filter: Option<Arc<BloomFilter>>,
     fetched_at_ms: Option<i64>,
     last_error: Option<String>,
@@ -73,6 +75,8 @@ pub struct PeerStatus {
 
 pub struct Peers {
     map: RwLock<HashMap<String, Peer>>,
+    /// Numbers the pulls in the order they start.
+    pulls: std::sync::atomic::AtomicU64,
     breaker_failures: u32,
     breaker_open: Duration,
     timeout: Duration,
@@ -84,6 +88,7 @@ impl Peers {
     pub fn new(config: &FederationConfig) -> Self {
         Peers {
             map: RwLock::new(HashMap::new()),
+            pulls: std::sync::atomic::AtomicU64::new(0),
             breaker_failures: config.breaker_failures,
             breaker_open: Duration::from_secs(config.breaker_open_seconds),
             timeout: Duration::from_millis(config.request_timeout_ms),
@@ -344,13 +349,23 @@ impl Peers {
     }
 
     /// Pulls a member's filter (incrementally when this provider holds an earlier generation),
-    /// saves it, and returns its generation.
+    /// saves it, and returns its generation. Of pulls of one member that overlap, the one that
+    /// started last wins: an answer that took longer never puts an older filter back.
     pub async fn pull(
         &self,
         db: &Db,
         identity: &Identity,
         member: &Member,
     ) -> Result<u64, PeerError> {
+        let ticket = self
+            .pulls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let superseded = |map: &HashMap<String, Peer>| {
+            map.get(&member.provider_id)
+                .filter(|p| p.installed_pull > ticket)
+                .map(|p| p.generation)
+        };
         let held = {
             let map = self.map.read().expect("peers lock");
             map.get(&member.provider_id)
@@ -410,6 +425,9 @@ impl Peers {
             filter_base64: base64::engine::general_purpose::STANDARD.encode(filter.bytes()),
             fetched_at: now_ms(),
         };
+        if let Some(newer) = superseded(&self.map.read().expect("peers lock")) {
+            return Ok(newer);
+        }
         if held.as_ref().map(|(g, _)| *g) != Some(generation) {
             db.save_peer_filter(&stored)
                 .await
@@ -417,7 +435,11 @@ impl Peers {
             tracing::debug!(peer = %member.provider_id, generation, items = filter.items(), "peer filter updated");
         }
         let mut map = self.map.write().expect("peers lock");
+        if let Some(newer) = superseded(&map) {
+            return Ok(newer);
+        }
         let peer = map.entry(member.provider_id.clone()).or_default();
+        peer.installed_pull = ticket;
         peer.generation = generation;
         peer.filter = Some(Arc::new(filter));
         peer.fetched_at_ms = Some(stored.fetched_at);

@@ -24,6 +24,7 @@ use switchyard_federation::dict::Dict;
 use switchyard_media::MediaKind;
 use tokio::sync::{mpsc, oneshot};
 
+use super::anchor::Anchor;
 use super::message::{self, tag_of, Inbound, InboundResponse, Transport};
 use super::registrar::{canonical_aor, name_addr, Refusal};
 use super::sdp;
@@ -416,8 +417,10 @@ pub struct Leg {
     /// Client transactions still open (BYE, re-INVITE), by id.
     requests: HashMap<u32, OutRequest>,
     retransmit: Option<Retransmit>,
-    /// The other side's latest SDP, and how far the edge moved its version on.
+    /// The other side's latest SDP (as it sent it), and how far the edge moved its version on.
     peer_sdp: Option<String>,
+    /// The call's media anchored here (see [`super::anchor`]).
+    anchor: Option<Anchor>,
     version_step: u64,
     events: mpsc::UnboundedReceiver<Event>,
     sender: mpsc::UnboundedSender<Event>,
@@ -807,6 +810,10 @@ impl SipEdge {
         })?;
         let callee = callee_of(&self, &inbound.request_uri).await?;
         let gateway = gateway_of(&self, &account).await?;
+        let anchor = self
+            .open_anchor(&[inbound.source.ip()], inbound.source, &offer)
+            .await?;
+        let sent_sdp = anchor.as_ref().map_or(offer.clone(), |a| a.rewrite(&offer));
         let self_uri = gateway
             .uris
             .first()
@@ -818,7 +825,7 @@ impl SipEdge {
             .with("session-id", session.as_str())
             .with("self-uri", self_uri.as_str())
             .with("self-token", gateway.endpoint.push_token.as_str())
-            .with("self-blob", sdp::blob_of(&offer))
+            .with("self-blob", sdp::blob_of(&sent_sdp))
             .with("peer-uri", callee.as_str())
             .with("media", crate::invite::media_value(&media));
         let (sender, events) = mpsc::unbounded_channel();
@@ -897,6 +904,7 @@ impl SipEdge {
             requests: HashMap::new(),
             retransmit: None,
             peer_sdp: None,
+            anchor,
             version_step: 0,
             events,
             sender,
@@ -949,6 +957,7 @@ impl SipEdge {
                 .ok()
                 .flatten()
                 .and_then(|b| sdp::sdp_of(&b)),
+            anchor: None,
             version_step: 0,
             events,
             sender,
@@ -956,6 +965,41 @@ impl SipEdge {
         metrics::counter!("switchyard_sip_calls_total", "direction" => "to-phone").increment(1);
         leg.ring().await;
         tokio::spawn(leg.run());
+    }
+
+    /// Anchors the media of a call whose offer is `offer` when `sip.anchor_media` says so, the
+    /// phone's packets accepted from `phone_ips`; `toward` picks the media address when the edge
+    /// listens on every interface.
+    async fn open_anchor(
+        &self,
+        phone_ips: &[std::net::IpAddr],
+        toward: SocketAddr,
+        offer: &str,
+    ) -> Result<Option<Anchor>, Refusal> {
+        let anchored = match self.config.anchor_media {
+            crate::config::AnchorMedia::Always => true,
+            crate::config::AnchorMedia::Never => false,
+            crate::config::AnchorMedia::Auto => !sdp::has_ice(offer),
+        };
+        if !anchored {
+            return Ok(None);
+        }
+        let bind = self.config.udp_listen.ip();
+        let advertise = self
+            .config
+            .media_address
+            .unwrap_or(if bind.is_unspecified() {
+                local_ip_toward(toward)
+            } else {
+                bind
+            });
+        match Anchor::open(bind, advertise, phone_ips, offer).await {
+            Ok(anchor) => Ok(Some(anchor)),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP edge: no sockets to anchor media");
+                Err(Refusal(503, "No Media Ports".into(), vec![]))
+            }
+        }
     }
 
     /// Where the edge says it is, for the Via and Contact of what it sends over `flow`.
@@ -1051,11 +1095,28 @@ impl Leg {
     /// revisions.
     fn peer_sdp_for_phone(&self, direction: Option<&str>) -> Option<String> {
         let sdp = self.peer_sdp.as_ref()?;
-        Some(match direction {
+        let sdp = match direction {
             Some(d) => sdp::revised(sdp, self.version_step, d),
             None if self.version_step == 0 => sdp.clone(),
             None => sdp::revised(sdp, self.version_step, sdp::direction(sdp)),
-        })
+        };
+        Some(self.anchored(sdp))
+    }
+
+    /// An SDP of either side as the other sees it: moved to the anchor when there is one.
+    fn anchored(&self, sdp: String) -> String {
+        match &self.anchor {
+            Some(anchor) => anchor.rewrite(&sdp),
+            None => sdp,
+        }
+    }
+
+    /// Takes the other side's new SDP (and its addresses, for the anchor).
+    fn set_peer_sdp(&mut self, sdp: String) {
+        if let Some(anchor) = &self.anchor {
+            anchor.set_remote(&sdp);
+        }
+        self.peer_sdp = Some(sdp);
     }
 
     /// Rings every contact of the account with the caller's SDP.
@@ -1086,6 +1147,25 @@ impl Leg {
                 .await;
             return;
         }
+        let flows: Vec<Flow> = contacts
+            .iter()
+            .filter_map(|c| Flow::of_contact(&c.transport, &c.source))
+            .collect();
+        let phone_ips: Vec<std::net::IpAddr> = flows.iter().map(|f| f.addr.ip()).collect();
+        if let Some(first) = flows.first() {
+            match self.edge.open_anchor(&phone_ips, first.addr, &offer).await {
+                Ok(anchor) => {
+                    self.anchor = anchor;
+                    self.set_peer_sdp(offer.clone());
+                }
+                Err(_) => {
+                    self.reject("unavailable", "no sockets to anchor the call's media")
+                        .await;
+                    return;
+                }
+            }
+        }
+        let offer = self.anchored(offer);
         let domain = self
             .account
             .aor
@@ -1344,7 +1424,7 @@ impl Leg {
         if let Ok(Some(blob)) = push.opt_data("peer-blob") {
             if let Some(sdp) = sdp::sdp_of(&blob) {
                 if self.peer_sdp.as_deref() != Some(sdp.as_str()) {
-                    self.peer_sdp = Some(sdp);
+                    self.set_peer_sdp(sdp);
                 }
             }
         }
@@ -1364,6 +1444,7 @@ impl Leg {
                 match answer {
                     Some(answer) => {
                         self.phase = Phase::Answered;
+                        let answer = self.anchored(answer);
                         self.answer_invite(200, "OK", Some(&answer)).await;
                         tracing::info!(session = %self.session, "SIP call answered");
                     }
@@ -1580,6 +1661,10 @@ impl Leg {
             self.send_bye().await;
             return;
         };
+        if let Some(anchor) = &self.anchor {
+            anchor.restrict_phone(&[flow.addr.ip()]);
+        }
+        let answer = self.anchored(answer);
         let request_dict = self
             .request()
             .with("self-blob", sdp::blob_of(&answer))
@@ -1836,7 +1921,8 @@ impl Leg {
 
     /// The phone's new SDP (hold, resume, a new address) goes to the other side as an Update.
     async fn update_peer(&mut self, sdp: &str) {
-        let request = self.request().with("self-blob", sdp::blob_of(sdp));
+        let sdp = self.anchored(sdp.to_string());
+        let request = self.request().with("self-blob", sdp::blob_of(&sdp));
         if let Err(e) = crate::invite::update(&self.edge.app, &self.gateway, &request).await {
             tracing::info!(session = %self.session, error = %e.message, "SIP edge: Update refused");
         }

@@ -9,6 +9,7 @@
 //! and `mailto:` URIs, through the account's gateway endpoint.
 
 pub mod accounts;
+pub mod anchor;
 pub mod calls;
 pub mod digest;
 #[doc(hidden)]

@@ -68,6 +68,105 @@ pub fn media_kinds(sdp: &str) -> Vec<MediaKind> {
     kinds
 }
 
+/// One `m=` section, as far as anchoring it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub port: u16,
+    /// Its `c=` address, else the session's.
+    pub address: Option<std::net::IpAddr>,
+    /// `a=rtcp-mux`: RTCP on the RTP port.
+    pub rtcp_mux: bool,
+}
+
+fn connection_address(line: &str) -> Option<std::net::IpAddr> {
+    let mut parts = line.strip_prefix("c=")?.split_whitespace();
+    let (_net, _family, address) = (parts.next()?, parts.next()?, parts.next()?);
+    address.split('/').next()?.parse().ok()
+}
+
+/// The `m=` sections in order.
+pub fn streams(sdp: &str) -> Vec<Stream> {
+    let mut session_address = None;
+    let mut streams: Vec<Stream> = Vec::new();
+    for line in lines(sdp) {
+        if let Some(media) = line.strip_prefix("m=") {
+            let port = media
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            streams.push(Stream {
+                port,
+                address: session_address,
+                rtcp_mux: false,
+            });
+        } else if line.starts_with("c=") {
+            let address = connection_address(line);
+            match streams.last_mut() {
+                Some(stream) => stream.address = address.or(stream.address),
+                None => session_address = address,
+            }
+        } else if line == "a=rtcp-mux" {
+            if let Some(stream) = streams.last_mut() {
+                stream.rtcp_mux = true;
+            }
+        }
+    }
+    streams
+}
+
+/// Whether the description runs ICE (RFC 8839: `a=ice-ufrag`).
+pub fn has_ice(sdp: &str) -> bool {
+    lines(sdp).any(|l| l.starts_with("a=ice-ufrag:"))
+}
+
+/// `sdp` with its enabled streams moved to `addresses` (in order; streams beyond them are
+/// disabled): one session `c=` line, each `m=` port replaced, and `a=rtcp:` lines dropped (RTCP
+/// goes to the next port, or the same one with `a=rtcp-mux`).
+pub fn moved_to(sdp: &str, addresses: &[std::net::SocketAddr]) -> String {
+    let connection =
+        |ip: std::net::IpAddr| format!("c=IN {} {ip}", if ip.is_ipv4() { "IP4" } else { "IP6" });
+    let mut out = String::with_capacity(sdp.len() + 32);
+    let mut next = addresses.iter();
+    let mut wrote_connection = false;
+    for line in lines(sdp).filter(|l| !l.is_empty()) {
+        if line.starts_with("c=") || line.starts_with("a=rtcp:") {
+            continue;
+        }
+        if let Some(media) = line.strip_prefix("m=") {
+            if !wrote_connection {
+                if let Some(first) = addresses.first() {
+                    out.push_str(&connection(first.ip()));
+                    out.push_str("\r\n");
+                }
+                wrote_connection = true;
+            }
+            let mut parts: Vec<&str> = media.split(' ').collect();
+            let enabled = parts.get(1).is_some_and(|p| *p != "0");
+            let port = match (enabled, next.next().filter(|_| enabled)) {
+                (true, Some(address)) => address.port().to_string(),
+                _ => "0".to_string(),
+            };
+            if parts.len() > 1 {
+                parts[1] = &port;
+            }
+            out.push_str(&format!("m={}\r\n", parts.join(" ")));
+            continue;
+        }
+        if line.starts_with("t=") && !wrote_connection {
+            if let Some(first) = addresses.first() {
+                out.push_str(&connection(first.ip()));
+                out.push_str("\r\n");
+            }
+            wrote_connection = true;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// The blob that carries `sdp`.
 pub fn blob_of(sdp: &str) -> Vec<u8> {
     Dict::new().with("sdp", sdp).encode(Encoding::Plist)
@@ -175,6 +274,40 @@ mod tests {
         );
         let huge = format!("{OFFER}a={}\r\n", "x".repeat(MAX_SDP));
         assert_eq!(check(huge.as_bytes()), Err(SdpError::TooLarge));
+    }
+
+    #[test]
+    fn streams_are_read_and_moved_to_the_anchor() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 0\r\na=rtcp:4005\r\nm=video 5000 RTP/AVP 96\r\n\
+            c=IN IP4 192.0.2.2\r\na=rtcp-mux\r\nm=text 0 RTP/AVP 98\r\n";
+        let found = streams(sdp);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0].port, 4000);
+        assert_eq!(found[0].address, Some("192.0.2.1".parse().unwrap()));
+        assert!(!found[0].rtcp_mux);
+        assert_eq!(found[1].address, Some("192.0.2.2".parse().unwrap()));
+        assert!(found[1].rtcp_mux);
+        assert_eq!(found[2].port, 0);
+        assert!(!has_ice(sdp));
+        assert!(has_ice(&format!("{sdp}a=ice-ufrag:abcd\r\n")));
+
+        let moved = moved_to(sdp, &["203.0.113.5:30000".parse().unwrap()]);
+        assert_eq!(moved.matches("c=").count(), 1, "{moved}");
+        assert!(
+            moved.contains("t=0 0\r\nc=IN IP4 203.0.113.5\r\n")
+                || moved.contains("c=IN IP4 203.0.113.5\r\nt=0 0"),
+            "{moved}"
+        );
+        assert!(moved.contains("m=audio 30000 RTP/AVP 0"), "{moved}");
+        assert!(
+            moved.contains("m=video 0 RTP/AVP 96"),
+            "no address left for video: {moved}"
+        );
+        assert!(moved.contains("m=text 0 RTP/AVP 98"), "{moved}");
+        assert!(!moved.contains("a=rtcp:"), "{moved}");
+        assert!(moved.contains("a=rtcp-mux"), "{moved}");
+        assert_eq!(check(moved.as_bytes()).map(|_| ()), Ok(()));
     }
 
     #[test]
