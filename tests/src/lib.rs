@@ -155,6 +155,17 @@ impl Harness {
         &self.provider.app.admin_token
     }
 
+    /// The provider's Prometheus metrics, as its admin listener serves them.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .admin
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// Calls the admin API; returns (status, JSON body).
     pub async fn admin_call(
         &self,

@@ -302,6 +302,42 @@ impl Ua {
     }
 }
 
+/// A sipp scenario of `tests/interop/sipp`.
+pub fn sipp_scenario(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
+}
+
+/// A free local port for a sipp or baresip socket (they need a number).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Alice ([`crate::federation::ALICE`]) with SIP account `sip:alice@a.test` at a.test and Bob
+/// ([`crate::federation::BOB`]) with `sip:bob@b.test` at b.test, both with `password` and no
+/// native endpoint, their filters exchanged.
+pub async fn sip_alice_and_bob(
+    fed: &crate::federation::TestFederation,
+    password: &str,
+) -> anyhow::Result<()> {
+    for (id, name, uri, aor) in [
+        (
+            "a.test",
+            "Alice",
+            crate::federation::ALICE,
+            "sip:alice@a.test",
+        ),
+        ("b.test", "Bob", crate::federation::BOB, "sip:bob@b.test"),
+    ] {
+        let h = fed.provider(id);
+        let user = h.add_user(name, &[uri]).await?;
+        add_account(h, &user, aor, password).await?;
+    }
+    fed.sync().await
+}
+
 /// Runs the SIP edge on UDP, TCP and TLS, each on a loopback port of its own.
 pub fn enable_sip_on_loopback(config: &mut switchyard_provider::Config) -> anyhow::Result<()> {
     config.sip.enabled = true;

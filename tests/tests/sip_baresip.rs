@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use switchyard_provider::sip::digest::Algorithm;
-use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
-use switchyard_tests::sip::add_account;
+use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_tests::sip::sip_alice_and_bob;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -176,15 +176,7 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
         ProviderSpec::plist("b.test").with_sip().tune(md5_only),
     ])
     .await?;
-    for (id, name, uri, aor) in [
-        ("a.test", "Alice", ALICE, "sip:alice@a.test"),
-        ("b.test", "Bob", BOB, "sip:bob@b.test"),
-    ] {
-        let h = fed.provider(id);
-        let user = h.add_user(name, &[uri]).await?;
-        add_account(h, &user, aor, PASSWORD).await?;
-    }
-    fed.sync().await?;
+    sip_alice_and_bob(&fed, PASSWORD).await?;
     let proxy = |id: &str| {
         fed.provider(id)
             .provider
@@ -247,14 +239,7 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
     bob.assert_heard(ALICE_HZ)?;
     // Neither phone does ICE, so both providers anchored the media (sip.anchor_media = auto):
     // the tones went phone → A's anchor → B's anchor → phone and back.
-    let a = fed.provider("a.test");
-    let metrics = a
-        .admin
-        .get(format!("{}/metrics", a.admin_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = fed.provider("a.test").metrics().await?;
     let anchored: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("switchyard_sip_anchored_packets_total "))

@@ -4,28 +4,17 @@
 //! provider B's and the other way round; and bad INVITEs.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
+use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::sip::{
-    add_account, authorization, SipProvider, SipResponse, SipTransport, Ua,
+    add_account, authorization, free_udp_port, sip_alice_and_bob, sipp_scenario, SipProvider,
+    SipResponse, SipTransport, Ua,
 };
 use switchyard_tests::Harness;
 
 const PASSWORD: &str = "sipp-secret-1";
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
-}
-
-/// A free local port for a sipp socket (sipp needs a number).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One side of the federation: its provider, and the phone's SIP account there.
 struct Side {
@@ -44,8 +33,7 @@ struct Federation {
 }
 
 impl Federation {
-    /// Alice ([`ALICE`], `sip:alice@a.test`) at a.test and Bob ([`BOB`], `sip:bob@b.test`) at
-    /// b.test, with SIP accounts and no native endpoint.
+    /// Alice and Bob with SIP accounts at a.test and b.test ([`sip_alice_and_bob`]).
     async fn start() -> anyhow::Result<Federation> {
         show_logs();
         let fed = TestFederation::start(&[
@@ -53,15 +41,7 @@ impl Federation {
             ProviderSpec::plist("b.test").with_sip(),
         ])
         .await?;
-        for (id, name, uri, aor) in [
-            ("a.test", "Alice", ALICE, "sip:alice@a.test"),
-            ("b.test", "Bob", BOB, "sip:bob@b.test"),
-        ] {
-            let h = fed.provider(id);
-            let user = h.add_user(name, &[uri]).await?;
-            add_account(h, &user, aor, PASSWORD).await?;
-        }
-        fed.sync().await?;
+        sip_alice_and_bob(&fed, PASSWORD).await?;
         let sip = |h: &Harness| h.provider.sip_udp_addr.expect("SIP over UDP");
         let logs = tempfile::tempdir()?;
         for user in ["alice", "bob"] {
@@ -121,7 +101,7 @@ impl Federation {
                 vec![
                     side.sip.to_string(),
                     "-sf".into(),
-                    path(&scenario("register")),
+                    path(&sipp_scenario("register")),
                     "-inf".into(),
                     path(&self.logs.path().join(format!("{}.csv", side.user))),
                     "-key".into(),
@@ -145,14 +125,14 @@ impl Federation {
     /// `caller`'s phone runs `uac` against its provider while `callee`'s runs `uas`; both must
     /// finish their scenarios.
     async fn call(&self, caller: &Side, callee: &Side, uac: &str, uas: &str) -> anyhow::Result<()> {
-        let port = free_port();
+        let port = free_udp_port();
         self.register(callee, port).await?;
         let uas_log = format!("{uas}-{}", callee.user);
         let uas_run = self.sipp(
             &uas_log,
             vec![
                 "-sf".into(),
-                path(&scenario(uas)),
+                path(&sipp_scenario(uas)),
                 "-p".into(),
                 port.to_string(),
             ],
@@ -165,7 +145,7 @@ impl Federation {
                 vec![
                     caller.sip.to_string(),
                     "-sf".into(),
-                    path(&scenario(uac)),
+                    path(&sipp_scenario(uac)),
                     "-inf".into(),
                     path(&self.logs.path().join(format!("{}.csv", caller.user))),
                     "-key".into(),
@@ -177,7 +157,7 @@ impl Federation {
                     "-auth_uri".into(),
                     callee.dialled_as.into(),
                     "-p".into(),
-                    free_port().to_string(),
+                    free_udp_port().to_string(),
                 ],
             )
             .await
@@ -584,12 +564,12 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
         Command::new("sipp")
             .arg(server.to_string())
             .arg("-sf")
-            .arg(scenario("uac-call"))
+            .arg(sipp_scenario("uac-call"))
             .arg("-inf")
             .arg(dir.join("alice.csv"))
             .args(["-key", "domain", "a.test", "-key", "callee", "bob@a.test"])
             .args(["-auth_uri", "bob@a.test", "-i", "127.0.0.1"])
-            .args(["-p", &free_port().to_string()])
+            .args(["-p", &free_udp_port().to_string()])
             .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
             .args(["-error_file"])
             .arg(dir.join("errors.log"))

@@ -1,24 +1,11 @@
 //! The SIP edge with real SIP programs: sipp (Debian's `sip-tester`, installed by
 //! `scripts/ensure-packages.sh`) registers with digest authentication over UDP and TCP.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use switchyard_tests::sip::SipProvider;
+use switchyard_tests::sip::{free_udp_port, sipp_scenario, SipProvider};
 
 const PASSWORD: &str = "sipp-secret-1";
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
-}
-
-/// A free local port for sipp's own socket (sipp needs a number).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test]
 async fn sipp_registers_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
@@ -35,12 +22,12 @@ async fn sipp_registers_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
                 Command::new("sipp")
                     .arg(server.to_string())
                     .args(["-sf"])
-                    .arg(scenario("register"))
+                    .arg(sipp_scenario("register"))
                     .args(["-inf"])
                     .arg(logs.join("accounts.csv"))
                     .args(["-key", "domain", "a.test", "-auth_uri", "a.test"])
                     .args(["-t", transport, "-i", "127.0.0.1"])
-                    .args(["-p", &free_port().to_string()])
+                    .args(["-p", &free_udp_port().to_string()])
                     .args(["-m", "20", "-r", "50", "-timeout", "30s", "-nostdin"])
                     .args(["-trace_err", "-error_file"])
                     .arg(logs.join(format!("{transport}-errors.log")))

@@ -204,6 +204,14 @@ impl Calls {
         }
     }
 
+    /// The response a retransmission of the INVITE `key` gets from now on (RFC 3261 §17.2.1;
+    /// for a 2xx, §13.3.1.4).
+    fn remember_response(&self, key: &InviteKey, bytes: &[u8]) {
+        if let Some(entry) = self.invites.lock().expect("invites").get_mut(key) {
+            entry.1 = Some(bytes.to_vec());
+        }
+    }
+
     pub fn active(&self) -> usize {
         self.legs.lock().expect("legs").len()
     }
@@ -386,8 +394,23 @@ struct Retransmit {
     next: Instant,
     interval: Duration,
     give_up: Instant,
-    /// A 2xx not acknowledged in time ends the call (RFC 3261 §13.3.1.4).
-    is_2xx: bool,
+    /// The call's answer (its first 2xx): not acknowledged in time, it ends the call (RFC 3261
+    /// §13.3.1.4).
+    answers_call: bool,
+}
+
+impl Retransmit {
+    fn new(bytes: Vec<u8>, cseq: u32, answers_call: bool) -> Retransmit {
+        let now = Instant::now();
+        Retransmit {
+            bytes,
+            cseq,
+            next: now + T1,
+            interval: T1,
+            give_up: now + TRANSACTION_TIMEOUT,
+            answers_call,
+        }
+    }
 }
 
 /// The phone's INVITE, kept to answer it.
@@ -828,19 +851,13 @@ impl SipEdge {
             .with("self-blob", sdp::blob_of(&sent_sdp))
             .with("peer-uri", callee.as_str())
             .with("media", crate::invite::media_value(&media));
-        let (sender, events) = mpsc::unbounded_channel();
-        let leg_id = leg_key(&session, &gateway.endpoint.id);
         // Registered before the Initiate, whose pushes may come back at once.
-        self.calls
-            .legs
-            .lock()
-            .expect("legs")
-            .insert(leg_id.clone(), sender.clone());
-        let initiated = crate::invite::initiate(&self.app, &gateway, &request).await;
+        let mut leg = self.new_leg(session, Role::Caller, account, gateway);
+        let initiated = crate::invite::initiate(&self.app, &leg.gateway, &request).await;
         let result = match initiated {
             Ok(result) => result,
             Err(e) => {
-                self.calls.legs.lock().expect("legs").remove(&leg_id);
+                self.calls.legs.lock().expect("legs").remove(&leg.leg_id);
                 tracing::info!(error = %e.message, code = e.code, "SIP call's Initiate refused");
                 return Err(refusal_of(&e));
             }
@@ -874,41 +891,23 @@ impl SipEdge {
         };
         self.calls.dialogs.lock().expect("dialogs").insert(
             (dialog.call_id.clone(), dialog.local_tag.clone()),
-            leg_id.clone(),
+            leg.leg_id.clone(),
         );
         if let Some(entry) = self.calls.invites.lock().expect("invites").get_mut(&key) {
-            entry.0 = leg_id.clone();
+            entry.0 = leg.leg_id.clone();
         }
-        tracing::info!(%session, caller = %self_uri, %callee, aor = %account.aor, "SIP call placed");
+        tracing::info!(session = %leg.session, caller = %self_uri, %callee, aor = %leg.account.aor, "SIP call placed");
         metrics::counter!("switchyard_sip_calls_total", "direction" => "from-phone").increment(1);
-        let mut leg = Leg {
-            edge: self.clone(),
-            leg_id,
-            session,
-            role: Role::Caller,
-            account,
-            gateway,
-            self_uri,
-            peer_uri: callee,
-            state,
-            peer_token: None,
-            phase: Phase::Ringing,
-            dialog: Some(dialog),
-            invite: Some(ServerInvite {
-                inbound,
-                key,
-                answered: false,
-            }),
-            branches: Vec::new(),
-            next_tx: 0,
-            requests: HashMap::new(),
-            retransmit: None,
-            peer_sdp: None,
-            anchor,
-            version_step: 0,
-            events,
-            sender,
-        };
+        leg.self_uri = self_uri;
+        leg.peer_uri = callee;
+        leg.state = state;
+        leg.dialog = Some(dialog);
+        leg.invite = Some(ServerInvite {
+            inbound,
+            key,
+            answered: false,
+        });
+        leg.anchor = anchor;
         // A local callee with no endpoint to ring is told by a Reject Push instead.
         if result.int("rung").map_or(true, |n| n > 0) {
             leg.send_provisional(180, "Ringing").await;
@@ -927,41 +926,16 @@ impl SipEdge {
             Ok(g) => g,
             Err(_) => return,
         };
-        let (sender, events) = mpsc::unbounded_channel();
-        let leg_id = leg_key(&session, &gateway.endpoint.id);
-        self.calls
-            .legs
-            .lock()
-            .expect("legs")
-            .insert(leg_id.clone(), sender.clone());
-        let mut leg = Leg {
-            edge: self.clone(),
-            leg_id,
-            session,
-            role: Role::Callee,
-            account,
-            gateway,
-            self_uri: push.str("self-uri").unwrap_or_default().to_string(),
-            peer_uri: push.str("peer-uri").unwrap_or_default().to_string(),
-            state: push.str("state").unwrap_or_default().to_string(),
-            peer_token: push.str("peer-token").ok().map(str::to_string),
-            phase: Phase::Ringing,
-            dialog: None,
-            invite: None,
-            branches: Vec::new(),
-            next_tx: 0,
-            requests: HashMap::new(),
-            retransmit: None,
-            peer_sdp: push
-                .opt_data("peer-blob")
-                .ok()
-                .flatten()
-                .and_then(|b| sdp::sdp_of(&b)),
-            anchor: None,
-            version_step: 0,
-            events,
-            sender,
-        };
+        let mut leg = self.new_leg(session, Role::Callee, account, gateway);
+        leg.self_uri = push.str("self-uri").unwrap_or_default().to_string();
+        leg.peer_uri = push.str("peer-uri").unwrap_or_default().to_string();
+        leg.state = push.str("state").unwrap_or_default().to_string();
+        leg.peer_token = push.str("peer-token").ok().map(str::to_string);
+        leg.peer_sdp = push
+            .opt_data("peer-blob")
+            .ok()
+            .flatten()
+            .and_then(|b| sdp::sdp_of(&b));
         metrics::counter!("switchyard_sip_calls_total", "direction" => "to-phone").increment(1);
         leg.ring().await;
         tokio::spawn(leg.run());
@@ -999,6 +973,48 @@ impl SipEdge {
                 tracing::warn!(error = %e, "SIP edge: no sockets to anchor media");
                 Err(Refusal(503, "No Media Ports".into(), vec![]))
             }
+        }
+    }
+
+    /// A call task's state, registered under its [`leg_key`] so that pushes and requests find it
+    /// from now on; the caller fills in what it knows of the call.
+    fn new_leg(
+        self: &Arc<Self>,
+        session: String,
+        role: Role,
+        account: SipAccount,
+        gateway: AuthEndpoint,
+    ) -> Leg {
+        let (sender, events) = mpsc::unbounded_channel();
+        let leg_id = leg_key(&session, &gateway.endpoint.id);
+        self.calls
+            .legs
+            .lock()
+            .expect("legs")
+            .insert(leg_id.clone(), sender.clone());
+        Leg {
+            edge: self.clone(),
+            leg_id,
+            session,
+            role,
+            account,
+            gateway,
+            self_uri: String::new(),
+            peer_uri: String::new(),
+            state: String::new(),
+            peer_token: None,
+            phase: Phase::Ringing,
+            dialog: None,
+            invite: None,
+            branches: Vec::new(),
+            next_tx: 0,
+            requests: HashMap::new(),
+            retransmit: None,
+            peer_sdp: None,
+            anchor: None,
+            version_step: 0,
+            events,
+            sender,
         }
     }
 
@@ -1303,9 +1319,9 @@ impl Leg {
         };
         let now = Instant::now();
         if now >= r.give_up {
-            let was_2xx = r.is_2xx;
+            let answered_call = r.answers_call;
             self.retransmit = None;
-            if was_2xx && self.phase == Phase::Answered {
+            if answered_call && self.phase == Phase::Answered {
                 tracing::info!(session = %self.session, "SIP phone never acknowledged the 200 OK: hanging up");
                 self.cancel_call().await;
                 self.send_bye().await;
@@ -1365,28 +1381,9 @@ impl Leg {
         let flow = dialog.flow;
         let cseq = message::cseq(&invite.inbound.request).map_or(0, |(n, _)| n);
         self.edge.send(flow, &bytes).await;
-        let last = (status >= 300).then(|| bytes.clone());
-        if let Some(entry) = self
-            .edge
-            .calls
-            .invites
-            .lock()
-            .expect("invites")
-            .get_mut(&invite.key)
-        {
-            // A retransmitted INVITE gets the final response again; a 2xx is the call's to
-            // retransmit (RFC 3261 §13.3.1.4).
-            entry.1 = last.or(Some(bytes.clone()));
-        }
+        self.edge.calls.remember_response(&invite.key, &bytes);
         if !flow.transport.is_stream() {
-            self.retransmit = Some(Retransmit {
-                bytes,
-                cseq,
-                next: Instant::now() + T1,
-                interval: T1,
-                give_up: Instant::now() + TRANSACTION_TIMEOUT,
-                is_2xx: status < 300,
-            });
+            self.retransmit = Some(Retransmit::new(bytes, cseq, status < 300));
         }
     }
 
@@ -1406,16 +1403,7 @@ impl Leg {
             &dialog.local_tag,
             vec![Header::Contact(self.contact(dialog.flow).into())],
         );
-        if let Some(entry) = self
-            .edge
-            .calls
-            .invites
-            .lock()
-            .expect("invites")
-            .get_mut(&invite.key)
-        {
-            entry.1 = Some(bytes.clone());
-        }
+        self.edge.calls.remember_response(&invite.key, &bytes);
         self.edge.send(dialog.flow, &bytes).await;
     }
 
@@ -1898,14 +1886,7 @@ impl Leg {
                     };
                     self.edge.send(flow, &bytes).await;
                     if !flow.transport.is_stream() && bytes.starts_with(b"SIP/2.0 2") {
-                        self.retransmit = Some(Retransmit {
-                            bytes,
-                            cseq,
-                            next: Instant::now() + T1,
-                            interval: T1,
-                            give_up: Instant::now() + TRANSACTION_TIMEOUT,
-                            is_2xx: false,
-                        });
+                        self.retransmit = Some(Retransmit::new(bytes, cseq, false));
                     }
                 } else if let Some(reply) = reply {
                     let _ = reply.send(bytes);
