@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use switchyard_tests::federation::{ProviderSpec, TestFederation};
+use switchyard_federation::dict::Encoding;
+use switchyard_provider::client::PushMode;
+use switchyard_tests::federation::{ProviderSpec, TestFederation, BOB};
 use switchyard_tests::sip::{
     add_account, authorization, free_udp_port, sip_alice_and_bob, sipp_scenario, SipProvider,
     SipResponse, SipTransport, Ua,
 };
-use switchyard_tests::Harness;
+use switchyard_tests::{expect_push, session_id, Harness};
 
 const PASSWORD: &str = "sipp-secret-1";
 
@@ -513,6 +515,42 @@ impl Request {
     }
 }
 
+/// Registers `user`'s phone at `domain` from `t` (its contact on `transport`), answering the
+/// digest challenge.
+async fn register(
+    t: &mut SipTransport,
+    ua: &Ua,
+    domain: &str,
+    user: &str,
+    transport: &str,
+) -> anyhow::Result<()> {
+    let aor = format!("sip:{user}@{domain}");
+    let contact = format!(
+        "Contact: <sip:{user}@{};transport={transport}>\r\n",
+        ua.local
+    );
+    let challenge = t
+        .exchange(&ua.register(domain, &aor, "reg", 1, "reg1", &contact))
+        .await?;
+    assert_eq!(challenge.status, 401, "{}", challenge.text);
+    let auth = format!(
+        "Authorization: {}\r\n{contact}",
+        authorization(
+            challenge.header("WWW-Authenticate").unwrap_or_default(),
+            user,
+            PASSWORD,
+            "REGISTER",
+            &format!("sip:{domain}"),
+            1
+        )
+    );
+    let registered = t
+        .exchange(&ua.register(domain, &aor, "reg", 2, "reg2", &auth))
+        .await?;
+    assert_eq!(registered.status, 200, "{}", registered.text);
+    Ok(())
+}
+
 async fn next_request(t: &mut SipTransport) -> anyhow::Result<Request> {
     let bytes = t
         .receive(std::time::Duration::from_secs(10))
@@ -532,26 +570,7 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
 
     let mut bob = SipTransport::tls(edge.tls, edge.h.ca_pem()).await?;
     let ua = Ua::of(&bob)?;
-    let contact = format!("Contact: <sip:bob@{};transport=tls>\r\n", ua.local);
-    let challenge = bob
-        .exchange(&ua.register("a.test", "sip:bob@a.test", "tls-reg", 1, "tr1", &contact))
-        .await?;
-    assert_eq!(challenge.status, 401, "{}", challenge.text);
-    let auth = format!(
-        "Authorization: {}\r\n{contact}",
-        authorization(
-            challenge.header("WWW-Authenticate").unwrap_or_default(),
-            "bob",
-            PASSWORD,
-            "REGISTER",
-            "sip:a.test",
-            1
-        )
-    );
-    let registered = bob
-        .exchange(&ua.register("a.test", "sip:bob@a.test", "tls-reg", 2, "tr2", &auth))
-        .await?;
-    assert_eq!(registered.status, 200, "{}", registered.text);
+    register(&mut bob, &ua, "a.test", "bob", "tls").await?;
 
     let logs = tempfile::tempdir()?;
     std::fs::write(
@@ -628,5 +647,47 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
         "{calls:?}"
     );
     edge.h.provider.shutdown().await;
+    Ok(())
+}
+
+/// A native endpoint calling a user whose phone is a SIP phone: the phone cannot use the native
+/// media blob, so its gateway refuses the call (unsupported-media) without ringing it.
+#[tokio::test]
+async fn a_native_endpoint_calling_a_sip_phone_is_refused_as_unsupported_media(
+) -> anyhow::Result<()> {
+    show_logs();
+    let fed = TestFederation::start(&[
+        ProviderSpec::plist("a.test").with_sip(),
+        ProviderSpec::plist("b.test").with_sip(),
+    ])
+    .await?;
+    sip_alice_and_bob(&fed, PASSWORD).await?;
+    let a = fed.provider("a.test");
+    let carol_user = a.add_user("Carol", &["tel:+16502530009"]).await?;
+    let carol = a
+        .endpoint(&carol_user, "tel:+16502530009", None, Encoding::Plist)
+        .await?;
+    let mut carol_push = carol.push_channel(PushMode::WebSocket).await?;
+    let b_sip = fed
+        .provider("b.test")
+        .provider
+        .sip_udp_addr
+        .expect("SIP over UDP");
+    let mut bob = SipTransport::udp(b_sip).await?;
+    let ua = Ua::of(&bob)?;
+    register(&mut bob, &ua, "b.test", "bob", "udp").await?;
+
+    carol
+        .initiate(&session_id(), BOB, b"a native media blob", &["audio"])
+        .await?;
+    let reject = expect_push(&mut carol_push, "reject").await?;
+    assert_eq!(reject.str("reason")?, "unsupported-media");
+    assert!(
+        bob.receive(std::time::Duration::from_millis(500))
+            .await?
+            .is_none(),
+        "the SIP phone was not rung"
+    );
+    fed.shutdown().await;
     Ok(())
 }
