@@ -245,6 +245,9 @@ pub struct SipConfig {
     /// The address anchored media is received on, as SDP names it; unset: the IP `udp_listen`
     /// is bound to (or, for `0.0.0.0`, the local address towards the phone).
     pub media_address: Option<std::net::IpAddr>,
+    /// Receive buffer of the SIP UDP socket: a burst of calls must not overflow it (the kernel
+    /// caps it at net.core.rmem_max).
+    pub udp_receive_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +291,7 @@ impl Default for SipConfig {
             ],
             anchor_media: AnchorMedia::Auto,
             media_address: None,
+            udp_receive_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -797,6 +801,12 @@ impl Config {
             bad(
                 "sip.max_message_bytes",
                 "must be 1024-65507 (a UDP datagram)".into(),
+            );
+        }
+        if self.sip.udp_receive_buffer_bytes < 65_536 {
+            bad(
+                "sip.udp_receive_buffer_bytes",
+                "must be at least 65536".into(),
             );
         }
         let algorithms = &self.sip.digest_algorithms;

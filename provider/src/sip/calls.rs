@@ -65,7 +65,7 @@ impl Flow {
 }
 
 pub fn new_branch() -> String {
-    format!("{BRANCH_PREFIX}{}", crate::registry::random_token(12))
+    format!("{BRANCH_PREFIX}{}", message::new_tag(9))
 }
 
 /// A request the edge sends to a phone.
@@ -531,7 +531,7 @@ impl SipEdge {
                     inbound.source,
                     status,
                     &reason,
-                    &crate::registry::random_token(8),
+                    &message::new_tag(6),
                     extra,
                 );
                 tracing::info!(source = %inbound.source, status, reason, "SIP INVITE refused");
@@ -556,7 +556,7 @@ impl SipEdge {
             inbound.source,
             status,
             reason,
-            &crate::registry::random_token(8),
+            &message::new_tag(6),
             vec![],
         )
     }
@@ -668,7 +668,7 @@ impl SipEdge {
                     inbound.source,
                     200,
                     "OK",
-                    &crate::registry::random_token(8),
+                    &message::new_tag(6),
                     vec![],
                 ),
                 None => self.refuse(inbound, 481, "Call/Transaction Does Not Exist"),
@@ -863,7 +863,7 @@ impl SipEdge {
             }
         };
         let state = result.str("state").unwrap_or_default().to_string();
-        let local_tag = crate::registry::random_token(8);
+        let local_tag = message::new_tag(6);
         let remote = from.to_string();
         let to = inbound.fields.first("To").unwrap_or("").to_string();
         let dialog = Dialog {
@@ -1188,8 +1188,8 @@ impl Leg {
             .rsplit_once('@')
             .map(|(_, d)| d.to_string())
             .unwrap_or_default();
-        let local_tag = crate::registry::random_token(8);
-        let call_id = format!("{}@{}", crate::registry::random_token(12), domain);
+        let local_tag = message::new_tag(6);
+        let call_id = format!("{}@{}", message::new_tag(9), domain);
         let from = format!("{};tag={local_tag}", sip_form(&self.peer_uri, &domain));
         let to = format!("<{}>", self.account.aor);
         self.edge

@@ -362,9 +362,18 @@ fn answer(
         source,
         status,
         reason,
-        &crate::registry::random_token(8),
+        &new_tag(6),
         extra,
     ))
+}
+
+/// A fresh tag, Call-ID part or branch suffix: lowercase hex, so that no header of the edge
+/// holds a word such as `CSeq` that lenient parsers (sipp's) search whole messages for.
+pub fn new_tag(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .expect("system randomness");
+    hex::encode(buf)
 }
 
 pub fn allow_header() -> Header {

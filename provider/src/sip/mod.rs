@@ -200,8 +200,7 @@ impl SipEdge {
         let serves = |t: SipTransport| edge.config.transports.contains(&t);
         if serves(SipTransport::Udp) {
             let listen = edge.config.udp_listen;
-            let socket = UdpSocket::bind(listen)
-                .await
+            let socket = bind_udp(listen, edge.config.udp_receive_buffer_bytes)
                 .with_context(|| format!("binding sip.udp_listen {listen}"))?;
             udp_addr = Some(socket.local_addr()?);
             let socket = Arc::new(socket);
@@ -347,7 +346,7 @@ impl SipEdge {
                 inbound.source,
                 200,
                 "OK",
-                &crate::registry::random_token(8),
+                &message::new_tag(6),
                 vec![message::allow_header()],
             ),
             // The front door lets through only the methods in `message::ALLOWED`.
@@ -356,11 +355,34 @@ impl SipEdge {
                 inbound.source,
                 405,
                 "Method Not Allowed",
-                &crate::registry::random_token(8),
+                &message::new_tag(6),
                 vec![message::allow_header()],
             ),
         }
     }
+}
+
+/// The SIP UDP socket, with the receive buffer asked for (or what the kernel allows of it).
+fn bind_udp(listen: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(receive_buffer)?;
+    // Linux reports twice what it grants (the bookkeeping overhead is included).
+    let granted = socket.recv_buffer_size()?;
+    if granted < receive_buffer {
+        tracing::warn!(
+            asked = receive_buffer,
+            granted,
+            "SIP UDP receive buffer smaller than sip.udp_receive_buffer_bytes (raise net.core.rmem_max)"
+        );
+    }
+    socket.bind(&listen.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 async fn serve_udp(edge: Arc<SipEdge>, socket: Arc<UdpSocket>) {

@@ -6,7 +6,7 @@ use rsip::prelude::*;
 use rsip::Header;
 
 use super::digest::{Algorithm, Credentials, DigestError};
-use super::message::{cseq, response, Inbound};
+use super::message::{self, cseq, response, Inbound};
 use super::SipEdge;
 use crate::db::{delete_sip_contacts, now_ms, save_sip_contact, sip_contacts_in, SipContact};
 
@@ -155,7 +155,7 @@ impl SipEdge {
             inbound.source,
             status,
             &reason,
-            &crate::registry::random_token(8),
+            &message::new_tag(6),
             extra,
         )
     }
