@@ -1210,6 +1210,21 @@ impl Stamped {
     }
 }
 
+/// Polls the caller's and the callee's output (in that order) until `done`, failing with both
+/// after `deadline`.
+fn poll_until(outs: &mut [Stamped; 2], deadline: Instant, done: &dyn Fn(&[Stamped; 2]) -> bool) {
+    while !done(outs) {
+        assert!(
+            Instant::now() < deadline,
+            "caller:\n{}\ncallee:\n{}",
+            outs[0].text(),
+            outs[1].text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        outs.iter_mut().for_each(Stamped::poll);
+    }
+}
+
 /// Calls between two hosts in their own network namespaces, through the demo's providers on the
 /// bridge: an open network gives a direct path; 5% loss toward the caller shows in its statistics
 /// while the call holds; a callee whose firewall drops all UDP takes the call through its
@@ -1247,19 +1262,10 @@ fn media_across_network_namespaces() {
     let (caller, callee, ()) = calls.place_watching("lossy", &[], "5", |caller_out, callee_out| {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut outs = [Stamped::new(caller_out), Stamped::new(callee_out)];
-        while !outs
-            .iter()
-            .all(|o| o.text().contains("media secured end to end"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "caller:\n{}\ncallee:\n{}",
-                outs[0].text(),
-                outs[1].text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-            outs.iter_mut().for_each(Stamped::poll);
-        }
+        poll_until(&mut outs, deadline, &|outs| {
+            outs.iter()
+                .all(|o| o.text().contains("media secured end to end"))
+        });
         network.nft(
             a,
             "add table inet syloss; \
@@ -1431,19 +1437,7 @@ fn media_moves_to_the_relay_when_the_direct_link_is_cut() {
         calls.place_watching("cut", &[], "10", |caller_out, callee_out| {
             let mut outs = [Stamped::new(caller_out), Stamped::new(callee_out)];
             let deadline = Instant::now() + Duration::from_secs(40);
-            let poll_until = |outs: &mut [Stamped; 2], done: &dyn Fn(&[Stamped; 2]) -> bool| {
-                while !done(outs) {
-                    assert!(
-                        Instant::now() < deadline,
-                        "caller:\n{}\ncallee:\n{}",
-                        outs[0].text(),
-                        outs[1].text()
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                    outs.iter_mut().for_each(Stamped::poll);
-                }
-            };
-            poll_until(&mut outs, &|outs| {
+            poll_until(&mut outs, deadline, &|outs| {
                 outs.iter().all(|o| {
                     o.lines
                         .iter()
@@ -1452,10 +1446,10 @@ fn media_moves_to_the_relay_when_the_direct_link_is_cut() {
             });
             // Polled until the cut, so that what was printed before it is stamped before it.
             let cut_at = Instant::now() + Duration::from_secs(3);
-            poll_until(&mut outs, &|_| Instant::now() >= cut_at);
+            poll_until(&mut outs, deadline, &|_| Instant::now() >= cut_at);
             let cut = Instant::now();
             network.nft(a, &cut_script);
-            poll_until(&mut outs, &|outs| {
+            poll_until(&mut outs, deadline, &|outs| {
                 outs[0].lines.iter().any(|(_, l)| l == "hung up")
             });
             (cut, outs)

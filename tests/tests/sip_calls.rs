@@ -95,25 +95,33 @@ impl Federation {
             .unwrap_or_default()
     }
 
+    /// sipp as `side`'s phone talking to its provider: `scenario`, the account's credentials and
+    /// domain, then `more`.
+    fn phone_args(&self, side: &Side, scenario: &str, more: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            side.sip.to_string(),
+            "-sf".into(),
+            path(&sipp_scenario(scenario)),
+            "-inf".into(),
+            path(&self.logs.path().join(format!("{}.csv", side.user))),
+            "-key".into(),
+            "domain".into(),
+            side.id.into(),
+        ];
+        args.extend(more.iter().map(|a| a.to_string()));
+        args
+    }
+
     /// Registers `side`'s phone with its provider from `port`, where it then answers calls.
     async fn register(&self, side: &Side, port: u16) -> anyhow::Result<()> {
         let output = self
             .sipp(
                 &format!("register-{}", side.user),
-                vec![
-                    side.sip.to_string(),
-                    "-sf".into(),
-                    path(&sipp_scenario("register")),
-                    "-inf".into(),
-                    path(&self.logs.path().join(format!("{}.csv", side.user))),
-                    "-key".into(),
-                    "domain".into(),
-                    side.id.into(),
-                    "-auth_uri".into(),
-                    side.id.into(),
-                    "-p".into(),
-                    port.to_string(),
-                ],
+                self.phone_args(
+                    side,
+                    "register",
+                    &["-auth_uri", side.id, "-p", &port.to_string()],
+                ),
             )
             .await?;
         check(
@@ -144,23 +152,19 @@ impl Federation {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             self.sipp(
                 &format!("{uac}-{}", caller.user),
-                vec![
-                    caller.sip.to_string(),
-                    "-sf".into(),
-                    path(&sipp_scenario(uac)),
-                    "-inf".into(),
-                    path(&self.logs.path().join(format!("{}.csv", caller.user))),
-                    "-key".into(),
-                    "domain".into(),
-                    caller.id.into(),
-                    "-key".into(),
-                    "callee".into(),
-                    callee.dialled_as.into(),
-                    "-auth_uri".into(),
-                    callee.dialled_as.into(),
-                    "-p".into(),
-                    free_udp_port().to_string(),
-                ],
+                self.phone_args(
+                    caller,
+                    uac,
+                    &[
+                        "-key",
+                        "callee",
+                        callee.dialled_as,
+                        "-auth_uri",
+                        callee.dialled_as,
+                        "-p",
+                        &free_udp_port().to_string(),
+                    ],
+                ),
             )
             .await
         };

@@ -211,10 +211,6 @@ impl Calls {
             entry.1 = Some(bytes.to_vec());
         }
     }
-
-    pub fn active(&self) -> usize {
-        self.legs.lock().expect("legs").len()
-    }
 }
 
 /// The SIP status a Reject reason becomes, and back.
@@ -276,7 +272,7 @@ async fn callee_of(edge: &SipEdge, request_uri: &str) -> Result<String, Refusal>
         .and_then(|r| r.rsplit_once('@'))
         .map(|(user, _)| user)
         .unwrap_or("");
-    let user = percent_decode(user_part);
+    let user = decoded_user(user_part);
     let phone = lower.contains(";user=phone")
         || (user.starts_with('+')
             && user.len() > 1
@@ -285,34 +281,22 @@ async fn callee_of(edge: &SipEdge, request_uri: &str) -> Result<String, Refusal>
         return canonical(&format!("tel:{user}"));
     }
     if let Some(account) = edge.app.db.sip_account(&aor).await.map_err(db_refusal)? {
-        let uris = edge
-            .app
-            .db
-            .uris_of(&account.user_id)
-            .await
-            .map_err(db_refusal)?;
-        return uris.into_iter().next().ok_or_else(not_found);
+        return uris_of(edge, &account)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(not_found);
     }
     let host = aor.rsplit_once('@').map(|(_, h)| h).unwrap_or("");
     canonical(&format!("mailto:{user}@{host}"))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A SIP URI's user part with its `%XX` escapes decoded (`alice%40b.test` is `alice@b.test`);
+/// a `%` not followed by two hex digits stays as it is.
+fn decoded_user(part: &str) -> String {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// How a phone is shown an invitation-protocol URI: `tel:` numbers as `sip:number@domain;
@@ -460,13 +444,17 @@ async fn gateway_of(edge: &SipEdge, account: &SipAccount) -> Result<AuthEndpoint
         .await
         .map_err(db_refusal)?
         .ok_or_else(unavailable)?;
-    let uris = edge
-        .app
+    let uris = uris_of(edge, account).await?;
+    Ok(AuthEndpoint { endpoint, uris })
+}
+
+/// The URIs of the user an account acts for.
+async fn uris_of(edge: &SipEdge, account: &SipAccount) -> Result<Vec<String>, Refusal> {
+    edge.app
         .db
         .uris_of(&account.user_id)
         .await
-        .map_err(db_refusal)?;
-    Ok(AuthEndpoint { endpoint, uris })
+        .map_err(db_refusal)
 }
 
 impl SipEdge {
@@ -511,9 +499,8 @@ impl SipEdge {
         if self.is_loop(&inbound) {
             return Some(self.refuse(&inbound, 482, "Loop Detected"));
         }
+        // No To tag: 100 Trying comes from no dialog (RFC 3261 §8.2.6.2).
         let trying = message::response(&inbound.request, inbound.source, 100, "Trying", "", vec![]);
-        // rsip would add a To tag to 100 Trying, which must carry none: strip it.
-        let trying = strip_to_tag(trying);
         self.calls
             .invites
             .lock()
@@ -1044,22 +1031,6 @@ fn local_ip_toward(peer: SocketAddr) -> std::net::IpAddr {
         })
         .map(|a| a.ip())
         .unwrap_or(unspecified.ip())
-}
-
-fn strip_to_tag(response: Vec<u8>) -> Vec<u8> {
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive("\r\n") {
-        if line.starts_with("To:") {
-            if let Some(at) = line.find(";tag=") {
-                out.push_str(&line[..at]);
-                out.push_str("\r\n");
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    out.into_bytes()
 }
 
 fn transport_param(transport: Transport) -> &'static str {
@@ -1622,7 +1593,7 @@ impl Leg {
         if !won {
             // Another contact answered first, or the call ended: this one is hung up.
             let loser = self.dialog_from_answer(&request, &response, flow);
-            let ack = self.ack_request(&loser, &request, &response);
+            let ack = self.ack_request(&loser, &request);
             self.edge.send(flow, &ack.bytes()).await;
             let bye = OutRequest {
                 method: Method::Bye,
@@ -1722,13 +1693,8 @@ impl Leg {
         }
     }
 
-    fn ack_request(
-        &self,
-        dialog: &Dialog,
-        request: &OutRequest,
-        response: &InboundResponse,
-    ) -> OutRequest {
-        let _ = response;
+    /// The ACK of the 2xx to `request` in `dialog` (a new transaction, RFC 3261 §13.2.2.4).
+    fn ack_request(&self, dialog: &Dialog, request: &OutRequest) -> OutRequest {
         OutRequest {
             method: Method::Ack,
             uri: dialog.remote_target.clone(),
@@ -1752,7 +1718,7 @@ impl Leg {
         let Some(dialog) = &self.dialog else {
             return;
         };
-        let ack = self.ack_request(dialog, request, response);
+        let ack = self.ack_request(dialog, request);
         self.edge.send(dialog.flow, &ack.bytes()).await;
     }
 
@@ -1939,8 +1905,8 @@ mod tests {
             "<sip:+15551234567@a.test;user=phone>"
         );
         assert_eq!(sip_form("mailto:bob@b.test", "a.test"), "<sip:bob@b.test>");
-        assert_eq!(percent_decode("alice%40b.test"), "alice@b.test");
-        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(decoded_user("alice%40b.test"), "alice@b.test");
+        assert_eq!(decoded_user("100%"), "100%");
     }
 
     #[test]

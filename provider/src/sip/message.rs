@@ -255,7 +255,8 @@ pub fn cseq(request: &Request) -> Option<(u32, String)> {
 }
 
 /// A response to `request` (RFC 3261 §8.2.6): its Vias (the top one marked with where it came
-/// from, RFC 3261 §18.2.1 and RFC 3581), From, To (with a tag when it has none), Call-ID and CSeq,
+/// from, RFC 3261 §18.2.1 and RFC 3581), From, To (with `to_tag` when it has none and `to_tag` is
+/// not empty), Call-ID and CSeq,
 /// then `extra` headers and an empty body.
 pub fn response(
     request: &Request,
@@ -291,7 +292,8 @@ pub fn response_with_body(
             }
             Header::To(to) => {
                 let value = to.value();
-                if value.contains(";tag=") || value.contains("; tag=") {
+                // An empty `to_tag` answers outside any dialog (100 Trying): no tag added.
+                if value.contains(";tag=") || value.contains("; tag=") || to_tag.is_empty() {
                     headers.push(h.clone());
                 } else {
                     headers.push(headers::To::new(format!("{value};tag={to_tag}")).into());

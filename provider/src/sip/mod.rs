@@ -137,11 +137,6 @@ impl SipEdge {
         self.bound.lock().expect("bound").get(&transport).copied()
     }
 
-    /// Calls in progress at this edge.
-    pub fn active_calls(&self) -> usize {
-        self.calls.active()
-    }
-
     /// Sends `bytes` over `flow`: the UDP socket, the flow's open connection, or (TCP only) a
     /// new connection to it. Failures are logged: SIP's timers deal with lost messages.
     pub(crate) async fn send(self: &Arc<Self>, flow: Flow, bytes: &[u8]) {
