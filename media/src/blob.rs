@@ -32,7 +32,39 @@ pub struct MediaBlob {
     /// SHA-256 of the endpoint's DTLS certificate (DER), 64 lowercase hex digits.
     pub fingerprint: String,
     pub candidates: Vec<Candidate>,
+    /// The same media as a session description with ICE and DTLS-SRTP attributes (RFC 8839,
+    /// RFC 5763), for a peer that speaks SDP instead: a SIP phone behind the provider's SIP edge.
+    /// The caller's is an offer, a callee's the answer to such a peer's offer.
+    pub sdp: Option<String>,
 }
+
+/// What the other side of a call sent as its blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMedia {
+    /// A Switchyard endpoint's blob.
+    Endpoint(MediaBlob),
+    /// Only a session description (`{sdp = "v=0…"}`): a SIP phone, through the SIP edge.
+    Sdp(String),
+}
+
+impl PeerMedia {
+    /// Reads a peer's blob: a native blob when it has a `version`, else an SDP blob.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlobError> {
+        let dict = Dict::decode(bytes, Encoding::Plist)?;
+        if dict.get("version").is_none() {
+            if let Some(sdp) = dict.opt_str("sdp")? {
+                if sdp.len() > MAX_SDP {
+                    return Err(invalid("sdp", "longer than 15 KiB"));
+                }
+                return Ok(PeerMedia::Sdp(sdp.to_owned()));
+            }
+        }
+        MediaBlob::from_bytes(bytes).map(PeerMedia::Endpoint)
+    }
+}
+
+/// The longest session description a blob carries (the blob itself is limited to 16 KiB).
+pub const MAX_SDP: usize = 15 * 1024;
 
 /// An ICE candidate (RFC 8445 §5.1), for the single UDP component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +208,7 @@ impl MediaBlob {
     /// `version` (1), `ice-ufrag`, `ice-pwd`, `fingerprint` and `candidates`, an array of
     /// dictionaries with `foundation`, `priority`, `address` (`ip:port`, IPv6 in
     /// brackets), `type` (`host`, `srflx`, `prflx` or `relay`) and, when known,
-    /// `related`.
+    /// `related`; then `sdp` when there is one.
     pub fn to_bytes(&self) -> Vec<u8> {
         let candidates: Vec<Value> = self
             .candidates
@@ -193,13 +225,16 @@ impl MediaBlob {
                 Value::Dict(d)
             })
             .collect();
-        Dict::new()
+        let mut dict = Dict::new()
             .with("version", BLOB_VERSION)
             .with("ice-ufrag", self.ice_ufrag.as_str())
             .with("ice-pwd", self.ice_pwd.as_str())
             .with("fingerprint", self.fingerprint.as_str())
-            .with("candidates", candidates)
-            .encode(Encoding::Plist)
+            .with("candidates", candidates);
+        if let Some(sdp) = &self.sdp {
+            dict.insert("sdp", sdp.as_str());
+        }
+        dict.encode(Encoding::Plist)
     }
 
     /// Decodes and validates a blob; unknown keys are ignored so later versions can add
@@ -239,16 +274,21 @@ impl MediaBlob {
                 _ => Err(invalid(format!("candidates[{i}]"), "must be a dictionary")),
             })
             .collect::<Result<_, _>>()?;
+        let sdp = dict.opt_str("sdp")?;
+        if sdp.is_some_and(|s| s.len() > MAX_SDP) {
+            return Err(invalid("sdp", "longer than 15 KiB"));
+        }
         Ok(Self {
             ice_ufrag: ice_ufrag.to_owned(),
             ice_pwd: ice_pwd.to_owned(),
             fingerprint: fingerprint.to_owned(),
             candidates,
+            sdp: sdp.map(str::to_owned),
         })
     }
 }
 
-fn check_ice_chars(
+pub(crate) fn check_ice_chars(
     field: &str,
     value: &str,
     len: std::ops::RangeInclusive<usize>,
@@ -351,6 +391,7 @@ mod tests {
                     related: Some("[2001:db8::2]:40000".parse().unwrap()),
                 },
             ],
+            sdp: None,
         }
     }
 
@@ -532,5 +573,34 @@ mod tests {
                 format!("candidates[0].{key}")
             );
         }
+    }
+
+    #[test]
+    fn an_sdp_travels_with_the_blob_and_an_sdp_only_blob_is_an_sdp_peer() {
+        let blob = MediaBlob {
+            sdp: Some("v=0\r\n".into()),
+            ..sample()
+        };
+        let bytes = blob.to_bytes();
+        assert_eq!(MediaBlob::from_bytes(&bytes).unwrap(), blob);
+        assert_eq!(
+            PeerMedia::from_bytes(&bytes).unwrap(),
+            PeerMedia::Endpoint(blob)
+        );
+        let phone = Dict::new().with("sdp", "v=0\r\n").encode(Encoding::Plist);
+        assert_eq!(
+            PeerMedia::from_bytes(&phone).unwrap(),
+            PeerMedia::Sdp("v=0\r\n".into())
+        );
+        let huge = Dict::new()
+            .with("sdp", "a".repeat(MAX_SDP + 1))
+            .encode(Encoding::Plist);
+        assert_eq!(
+            PeerMedia::from_bytes(&huge).unwrap_err().field(),
+            Some("sdp")
+        );
+        // Neither a native blob nor an SDP: the native reading's error names what is missing.
+        let neither = Dict::new().with("other", 1i64).encode(Encoding::Plist);
+        assert!(PeerMedia::from_bytes(&neither).is_err());
     }
 }

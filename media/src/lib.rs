@@ -10,6 +10,7 @@ pub mod ice;
 pub mod inbox;
 pub mod rtp;
 pub mod sdp;
+pub mod sdp_peer;
 pub mod secure;
 pub mod session;
 pub mod sip;

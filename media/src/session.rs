@@ -7,7 +7,9 @@
 //! takes the peer's blob and runs the call: connectivity checks choose a path, DTLS secures it
 //! end to end (the provider relays only DTLS records and SRTP packets), SIP over DTLS negotiates
 //! audio and video, and synthetic media flows both ways with RTCP reports until either side hangs
-//! up.
+//! up. With a peer that speaks SDP instead (a SIP phone through the provider's SIP edge,
+//! [`crate::sdp_peer`]), the offer and answer travel in the blobs, the peer's certificate is
+//! checked by the fingerprint its SDP gave, and media starts once DTLS is up.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use crate::rtp::{
     VideoSource,
 };
 use crate::sdp::{self, LocalSsrcs, MediaSession};
+use crate::sdp_peer::{self, Answered, PeerTransport};
 use crate::secure::{
     DtlsRole, EndpointIdentity, PacketConn, PeerExpectation, SecureChannel, SrtpSession,
 };
@@ -201,12 +204,27 @@ struct Relay {
 /// at gathering or later in the call (a relay learned from the other side's provider).
 type TurnTap = Arc<Mutex<Option<(SocketAddr, mpsc::Sender<(Vec<u8>, SocketAddr)>)>>>;
 
+/// The other side of a call, as its blob describes it.
+pub enum Peer {
+    /// A Switchyard endpoint: its blob, and what its certificate must show.
+    Endpoint {
+        blob: MediaBlob,
+        expectation: PeerExpectation,
+    },
+    /// A peer that speaks SDP: its answer to our [`Gathered::offer_sdp`] when we call, its offer
+    /// (already answered with [`Gathered::answer_sdp`]) when it calls.
+    Sdp(String),
+}
+
 /// A media port with its candidates, ready to start a call.
 pub struct Gathered {
     config: SessionConfig,
     socket: Arc<UdpSocket>,
     credentials: Credentials,
     blob: MediaBlob,
+    ssrcs: LocalSsrcs,
+    /// Our answer to an SDP peer's offer, made before the Accept that carries it.
+    answered: Option<Answered>,
     local: Vec<LocalCandidate>,
     relay: Option<Relay>,
     tunnel: Option<Arc<dyn Conn + Send + Sync>>,
@@ -293,12 +311,18 @@ impl Gathered {
             ice_pwd: credentials.pwd.clone(),
             fingerprint: config.identity.fingerprint_sha256_hex(),
             candidates: advertised,
+            sdp: None,
         };
         Ok(Gathered {
             config,
             socket,
             credentials,
             blob,
+            ssrcs: LocalSsrcs {
+                audio: rand::random(),
+                video: rand::random(),
+            },
+            answered: None,
             local,
             relay,
             tunnel,
@@ -319,14 +343,54 @@ impl Gathered {
         self.relay.as_ref().map(|r| r.address)
     }
 
-    /// Runs the call with the peer whose blob is `peer_blob`: the caller controls the checks,
-    /// is the DTLS client and sends the SIP INVITE.
-    pub fn start(
-        self,
-        caller: bool,
-        peer_blob: &MediaBlob,
-        peer: PeerExpectation,
-    ) -> Result<MediaCall, MediaError> {
+    /// Puts an SDP offer (audio, with our ICE and DTLS transport) in the blob, for a callee that
+    /// turns out to be an SDP peer.
+    pub fn offer_sdp(&mut self) -> Result<(), MediaError> {
+        let offer = sdp_peer::offer(&self.blob, &self.config.capabilities, self.ssrcs)
+            .map_err(|e| MediaError::Negotiation(e.to_string()))?;
+        self.blob.sdp = Some(offer);
+        Ok(())
+    }
+
+    /// Answers an SDP peer's offer: the answer goes in the blob (for the Accept), and the call
+    /// [`Gathered::start`]s with what it settled.
+    pub fn answer_sdp(&mut self, offer: &str) -> Result<(), MediaError> {
+        let answered = sdp_peer::answer(offer, &self.blob, &self.config.capabilities, self.ssrcs)
+            .map_err(|e| MediaError::Negotiation(e.to_string()))?;
+        self.blob.sdp = Some(answered.sdp.clone());
+        self.answered = Some(answered);
+        Ok(())
+    }
+
+    /// Runs the call with `peer`: the caller controls the checks; with an endpoint it is the
+    /// DTLS client and sends the SIP INVITE, with an SDP peer the SDP's `a=setup` decides.
+    pub fn start(mut self, caller: bool, peer: Peer) -> Result<MediaCall, MediaError> {
+        let negotiation = |e: &dyn std::fmt::Display| MediaError::Negotiation(e.to_string());
+        let (peer_blob, expectation, sdp_peer) = match peer {
+            Peer::Endpoint { blob, expectation } => {
+                let expectation = PeerExpectation {
+                    fingerprint_sha256_hex: blob.fingerprint.clone(),
+                    ..expectation
+                };
+                (blob, expectation, None)
+            }
+            Peer::Sdp(text) => {
+                let (session, transport, role) = if caller {
+                    let offer = self.blob.sdp.as_deref().ok_or_else(|| {
+                        MediaError::Negotiation("an SDP answer to no offer of ours".into())
+                    })?;
+                    sdp_peer::read_answer(&text, offer).map_err(|e| negotiation(&e))?
+                } else {
+                    let answered = self.answered.take().ok_or_else(|| {
+                        MediaError::Negotiation("the peer's SDP offer was not answered".into())
+                    })?;
+                    (answered.session, answered.peer, answered.role)
+                };
+                let blob = transport_blob(transport);
+                let expectation = PeerExpectation::fingerprint_only(blob.fingerprint.clone());
+                (blob, expectation, Some((session, role)))
+            }
+        };
         let role = if caller {
             Role::Controlling
         } else {
@@ -347,17 +411,13 @@ impl Gathered {
         for remote in &peer_blob.candidates {
             agent.add_remote_candidate(remote.clone());
         }
-        let mut peer = peer;
-        peer.fingerprint_sha256_hex = peer_blob.fingerprint.clone();
+        let peer = expectation;
         let stats = Arc::new(Mutex::new(CallStats::default()));
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (dtls_conn, dtls_shell) = PacketConn::new(256);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let ssrcs = LocalSsrcs {
-            audio: rand::random(),
-            video: rand::random(),
-        };
+        let ssrcs = self.ssrcs;
         let cname = random_cname();
         let (sip_commands_tx, sip_commands_rx) = mpsc::unbounded_channel();
         // Canonicalized here, before the handshake: the first `tel:` parse loads the numbering
@@ -368,9 +428,15 @@ impl Gathered {
                 .map_err(|e| MediaError::Negotiation(format!("{uri}: {e}")))
         };
         let local_uri = canonical(&self.config.local_uri)?;
-        let remote_uri = canonical(&peer.uri)?;
+        // An SDP peer is known by its fingerprint; its URI is not checked.
+        let remote_uri = canonical(if sdp_peer.is_some() {
+            &self.config.local_uri
+        } else {
+            &peer.uri
+        })?;
         let signalling = Signalling {
             caller,
+            sdp_peer,
             identity: self.config.identity,
             local_uri,
             remote_uri,
@@ -420,9 +486,20 @@ impl Gathered {
             inbound: self.inbound_tx,
             relay_only: self.config.relay_only,
             blob: self.blob,
-            peer_blob: peer_blob.clone(),
+            peer_blob,
             cname,
         })
+    }
+}
+
+/// An SDP peer's transport in the shape of a blob, so that Updates are checked the same way.
+fn transport_blob(transport: PeerTransport) -> MediaBlob {
+    MediaBlob {
+        ice_ufrag: transport.credentials.ufrag,
+        ice_pwd: transport.credentials.pwd,
+        fingerprint: transport.fingerprint,
+        candidates: transport.candidates,
+        sdp: None,
     }
 }
 
@@ -584,6 +661,8 @@ struct MediaStart {
 /// DTLS, then SIP over it: the call's signalling, end to end between the two endpoints.
 struct Signalling {
     caller: bool,
+    /// With an SDP peer: the media its offer/answer settled and our DTLS role; no SIP runs.
+    sdp_peer: Option<(MediaSession, DtlsRole)>,
     identity: EndpointIdentity,
     local_uri: CanonicalUri,
     remote_uri: CanonicalUri,
@@ -610,10 +689,10 @@ impl Signalling {
     }
 
     async fn negotiate(&mut self, conn: Arc<PacketConn>) -> Result<(), MediaError> {
-        let role = if self.caller {
-            DtlsRole::Client
-        } else {
-            DtlsRole::Server
+        let role = match (&self.sdp_peer, self.caller) {
+            (Some((_, role)), _) => *role,
+            (None, true) => DtlsRole::Client,
+            (None, false) => DtlsRole::Server,
         };
         let channel =
             SecureChannel::establish(conn, role, &self.identity, self.peer.clone(), DTLS_TIMEOUT)
@@ -621,6 +700,9 @@ impl Signalling {
         let _ = self.events.send(MediaEvent::Secured {
             profile: channel.profile().to_string(),
         });
+        if let Some((session, _)) = self.sdp_peer.take() {
+            return self.hold_sdp_call(channel, session).await;
+        }
         let mut sip = SipSession::new(self.local_uri.clone(), self.remote_uri.clone());
         let negotiation = |e: &dyn std::fmt::Display| MediaError::Negotiation(e.to_string());
         // The answer is read against the offer it answers (RFC 3264 §6).
@@ -713,6 +795,32 @@ impl Signalling {
                     Some(SipCommand::HangUp) | None => {
                         hung_up = true;
                         sip.hang_up(Instant::now()).map_err(|e| negotiation(&e))?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// An SDP peer's call: media at once (the offer/answer is done), until we hang up or the
+    /// peer's DTLS association goes away. The SIP dialog that ends it runs at the SIP edge.
+    async fn hold_sdp_call(
+        &mut self,
+        channel: SecureChannel,
+        session: MediaSession,
+    ) -> Result<(), MediaError> {
+        self.begin_media(&channel, session);
+        loop {
+            tokio::select! {
+                received = channel.recv_app() => {
+                    if received.is_err() {
+                        return Ok(());
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(SipCommand::MuteVideo(_)) => {}
+                    Some(SipCommand::HangUp) | None => {
+                        let _ = channel.close().await;
+                        return Ok(());
                     }
                 },
             }
@@ -1257,7 +1365,16 @@ impl MediaCall {
         Ok(count)
     }
 
-    /// Sends SIP BYE; the call ends when the peer answers (or the request times out).
+    /// Applies an SDP peer's new offer or answer (a re-INVITE through the SIP edge) as
+    /// [`MediaCall::apply_remote_blob`] does a blob.
+    pub fn apply_remote_sdp(&mut self, sdp: &str) -> Result<usize, MediaError> {
+        let transport =
+            sdp_peer::transport(sdp).map_err(|e| MediaError::Negotiation(e.to_string()))?;
+        self.apply_remote_blob(&transport_blob(transport))
+    }
+
+    /// Sends SIP BYE; the call ends when the peer answers (or the request times out). With an
+    /// SDP peer, closes the DTLS association (the SIP edge sends the BYE).
     pub fn hang_up(&self) {
         let _ = self.sip_commands.send(SipCommand::HangUp);
     }

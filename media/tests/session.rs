@@ -10,7 +10,7 @@ use rcgen::{
 use switchyard_media::blob::CandidateKind;
 use switchyard_media::rtp::{Camera, Rotation};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
-use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
+use switchyard_media::session::{Gathered, MediaCall, MediaEvent, Peer, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
 
 const ALICE: &str = "tel:+16502530000";
@@ -91,15 +91,12 @@ async fn two_endpoints_hold_an_encrypted_audio_video_call() {
     // The blobs travel as bytes through the providers.
     let alice_blob = switchyard_media::blob::MediaBlob::from_bytes(&alice_blob.to_bytes()).unwrap();
     let bob_blob = switchyard_media::blob::MediaBlob::from_bytes(&bob_blob.to_bytes()).unwrap();
-    let expect = |blob: &switchyard_media::blob::MediaBlob, uri: &str| {
-        PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap()
+    let endpoint = |blob: &switchyard_media::blob::MediaBlob, uri: &str| Peer::Endpoint {
+        blob: blob.clone(),
+        expectation: PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap(),
     };
-    let mut a = alice
-        .start(true, &bob_blob, expect(&bob_blob, BOB))
-        .unwrap();
-    let mut b = bob
-        .start(false, &alice_blob, expect(&alice_blob, ALICE))
-        .unwrap();
+    let mut a = alice.start(true, endpoint(&bob_blob, BOB)).unwrap();
+    let mut b = bob.start(false, endpoint(&alice_blob, ALICE)).unwrap();
 
     for call in [&mut a, &mut b] {
         let path = wait_for(call, "a path", |e| {
@@ -237,14 +234,13 @@ async fn candidates_from_an_update_make_the_path() {
         bare.candidates.clear();
         bare
     };
-    let expect = |blob: &switchyard_media::blob::MediaBlob, uri: &str| {
-        PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap()
+    let endpoint = |blob: &switchyard_media::blob::MediaBlob, uri: &str| Peer::Endpoint {
+        blob: blob.clone(),
+        expectation: PeerExpectation::with_ca_pem(blob.fingerprint.clone(), uri, &ca.pem).unwrap(),
     };
-    let mut a = alice
-        .start(true, &bare(&bob_full), expect(&bob_full, BOB))
-        .unwrap();
+    let mut a = alice.start(true, endpoint(&bare(&bob_full), BOB)).unwrap();
     let mut b = bob
-        .start(false, &bare(&alice_full), expect(&alice_full, ALICE))
+        .start(false, endpoint(&bare(&alice_full), ALICE))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(a.stats().path, None, "no candidates, no path");

@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use switchyard_federation::dict::Dict;
-use switchyard_media::blob::MediaBlob;
+use switchyard_media::blob::{MediaBlob, PeerMedia};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 pub use switchyard_media::session::MediaCall;
-use switchyard_media::session::{CallStats, Gathered, MediaEvent, SessionConfig};
+use switchyard_media::session::{CallStats, Gathered, MediaEvent, Peer, SessionConfig};
 use switchyard_media::MediaKind;
 
 use std::sync::Arc;
@@ -64,15 +64,25 @@ pub async fn prepare(
     Ok((gathered, relay_provider))
 }
 
-/// Starts the media of a call from the other side's push (Initiate Push for the callee, Accept
-/// Push for the caller), which carries its blob, URI and endpoint CA.
+/// The other side's media, from its push (Initiate Push for the callee, Accept Push for the
+/// caller): an endpoint's blob, checked against its URI and endpoint CA, or a SIP phone's SDP.
+pub fn peer(push: &Dict) -> anyhow::Result<Peer> {
+    Ok(match PeerMedia::from_bytes(&push.data("peer-blob")?)? {
+        PeerMedia::Endpoint(blob) => {
+            let ca = push.opt_str("peer-ca")?.ok_or_else(|| {
+                anyhow::anyhow!("the push names no certificate authority for the other endpoint")
+            })?;
+            let expectation =
+                PeerExpectation::with_ca_pem(&blob.fingerprint, push.str("peer-uri")?, ca)?;
+            Peer::Endpoint { blob, expectation }
+        }
+        PeerMedia::Sdp(sdp) => Peer::Sdp(sdp),
+    })
+}
+
+/// Starts the media of a call with the peer its push described ([`peer`]).
 pub fn start(gathered: Gathered, caller: bool, push: &Dict) -> anyhow::Result<MediaCall> {
-    let blob = MediaBlob::from_bytes(&push.data("peer-blob")?)?;
-    let ca = push.opt_str("peer-ca")?.ok_or_else(|| {
-        anyhow::anyhow!("the push names no certificate authority for the other endpoint")
-    })?;
-    let peer = PeerExpectation::with_ca_pem(&blob.fingerprint, push.str("peer-uri")?, ca)?;
-    Ok(gathered.start(caller, &blob, peer)?)
+    Ok(gathered.start(caller, peer(push)?)?)
 }
 
 /// After the answer, when the Accept Push names a relay for the call that the media does not
@@ -100,8 +110,10 @@ pub async fn join_call_relay(
 /// Applies the other side's Update Push to the running media; returns how many new candidates
 /// it brought.
 pub fn apply_update(call: &mut MediaCall, push: &Dict) -> anyhow::Result<usize> {
-    let blob = MediaBlob::from_bytes(&push.data("peer-blob")?)?;
-    Ok(call.apply_remote_blob(&blob)?)
+    Ok(match PeerMedia::from_bytes(&push.data("peer-blob")?)? {
+        PeerMedia::Endpoint(blob) => call.apply_remote_blob(&blob)?,
+        PeerMedia::Sdp(sdp) => call.apply_remote_sdp(&sdp)?,
+    })
 }
 
 pub fn media_kinds(push: &Dict) -> anyhow::Result<Vec<MediaKind>> {
@@ -132,7 +144,7 @@ pub fn report(event: &MediaEvent) -> bool {
             return true;
         }
         MediaEvent::Ended => {
-            println!("media: ended (SIP BYE answered)");
+            println!("media: ended");
             return true;
         }
         MediaEvent::Failed(why) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use switchyard_federation::dict::{Dict, Encoding};
-use switchyard_media::session::MediaEvent;
+use switchyard_media::session::{MediaEvent, Peer};
 use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
@@ -986,6 +986,11 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             )
             .await
             .context("preparing the media port")?;
+            let mut gathered = gathered;
+            // For a callee that is a SIP phone; a callee endpoint reads the rest of the blob.
+            if let Err(e) = gathered.offer_sdp() {
+                tracing::warn!(error = %e, "no SDP offer in the blob: a SIP phone cannot take the call");
+            }
             let mut gathered = Some(gathered);
             let blob = gathered
                 .as_ref()
@@ -1018,7 +1023,9 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                                 None
                             }
                         };
-                        if let Some(media) = call.as_mut() {
+                        // A SIP phone runs its own ICE: no relay is added behind its back.
+                        let phone = matches!(endpoint_media::peer(&push), Ok(Peer::Sdp(_)));
+                        if let Some(media) = call.as_mut().filter(|_| !phone) {
                             let joined = endpoint_media::join_call_relay(
                                 media,
                                 &client,
@@ -1137,7 +1144,7 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         let kinds = endpoint_media::media_kinds(&push)?;
-                        let (gathered, _) = endpoint_media::prepare(
+                        let (mut gathered, _) = endpoint_media::prepare(
                             &client,
                             push.str("self-uri")?,
                             kinds,
@@ -1146,6 +1153,20 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                         )
                         .await
                         .context("preparing the media port")?;
+                        if let Ok(Peer::Sdp(offer)) = endpoint_media::peer(&push) {
+                            if let Err(e) = gathered.answer_sdp(&offer) {
+                                let why = format!("{e:#}");
+                                client
+                                    .reject(&push, "unsupported-media", Some(&why))
+                                    .await?;
+                                println!("rejected (unsupported-media): {why}");
+                                if once {
+                                    pushes.ack().await?;
+                                    return Ok(ExitCode::SUCCESS);
+                                }
+                                continue;
+                            }
+                        }
                         if let Err(e) = client.accept(&push, &gathered.blob().to_bytes()).await {
                             println!("could not accept: {e}");
                             continue;

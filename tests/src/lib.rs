@@ -12,6 +12,7 @@ use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::{Config, Provider};
 
 pub mod federation;
+pub mod netns;
 pub mod sip;
 
 /// The candidate kinds of the path `call` selects first.

@@ -12,7 +12,7 @@ use switchyard_federation::dict::Dict;
 use switchyard_federation::dict::Encoding;
 use switchyard_media::blob::{CandidateKind, MediaBlob};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
-use switchyard_media::session::{Gathered, MediaCall, MediaEvent, SessionConfig};
+use switchyard_media::session::{Gathered, MediaCall, MediaEvent, Peer, SessionConfig};
 use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{EndpointClient, PushMode};
 use switchyard_provider::endpoint_media::{self, MediaOptions};
@@ -195,21 +195,25 @@ impl Signalled {
     ) -> anyhow::Result<(MediaCall, MediaCall)> {
         let caller = caller_media.start(
             true,
-            &self.answer,
-            PeerExpectation::with_ca_pem(
-                &self.answer.fingerprint,
-                BOB,
-                self.accepted.str("peer-ca")?,
-            )?,
+            Peer::Endpoint {
+                blob: self.answer.clone(),
+                expectation: PeerExpectation::with_ca_pem(
+                    &self.answer.fingerprint,
+                    BOB,
+                    self.accepted.str("peer-ca")?,
+                )?,
+            },
         )?;
         let callee = callee_media.start(
             false,
-            &self.offer,
-            PeerExpectation::with_ca_pem(
-                &self.offer.fingerprint,
-                ALICE,
-                self.ring.str("peer-ca")?,
-            )?,
+            Peer::Endpoint {
+                blob: self.offer.clone(),
+                expectation: PeerExpectation::with_ca_pem(
+                    &self.offer.fingerprint,
+                    ALICE,
+                    self.ring.str("peer-ca")?,
+                )?,
+            },
         )?;
         Ok((caller, callee))
     }
@@ -568,8 +572,14 @@ async fn an_audio_only_callee_answers_the_video_of_an_offer_with_port_zero() -> 
     let answer = MediaBlob::from_bytes(&accepted.data("peer-blob")?)?;
     let mut caller = caller_media.start(
         true,
-        &answer,
-        PeerExpectation::with_ca_pem(&answer.fingerprint, BOB, accepted.str("peer-ca")?)?,
+        Peer::Endpoint {
+            expectation: PeerExpectation::with_ca_pem(
+                &answer.fingerprint,
+                BOB,
+                accepted.str("peer-ca")?,
+            )?,
+            blob: answer,
+        },
     )?;
     let mut callee = endpoint_media::start(callee_media, false, &ring)?;
     for call in [&mut caller, &mut callee] {

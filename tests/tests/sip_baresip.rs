@@ -4,15 +4,23 @@
 //! tone (`tests/interop/baresip/tone.py`), through the media anchors of both providers. The recipe and baresip's quirks are in
 //! `tests/interop/baresip/README.md`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use switchyard_federation::dict::Encoding;
+use switchyard_media::session::{MediaCall, MediaEvent, Peer};
+use switchyard_media::MediaKind;
+use switchyard_provider::client::PushMode;
+use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::sip::digest::Algorithm;
-use switchyard_tests::federation::{ProviderSpec, TestFederation};
-use switchyard_tests::sip::sip_alice_and_bob;
+use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
+use switchyard_tests::netns::Lan;
+use switchyard_tests::sip::{add_account, sip_alice_and_bob};
+use switchyard_tests::{expect_push, session_id};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -33,18 +41,33 @@ struct Phone {
     recordings: PathBuf,
 }
 
+/// How a phone runs.
+struct PhoneSpec<'a> {
+    name: &'static str,
+    aor: &'a str,
+    proxy: SocketAddr,
+    tone_hz: u32,
+    /// A URI to call once it is up.
+    dial: Option<&'a str>,
+    /// When baresip stops (hanging up its call).
+    stop_after: Duration,
+    /// On a LAN of its own, with ICE and DTLS-SRTP (the media a native endpoint takes);
+    /// otherwise on loopback with plain RTP.
+    lan: Option<&'a Lan>,
+}
+
 impl Phone {
-    /// Writes the phone's configuration into `dir` (see the recipe) and starts it; `dial` is a
-    /// URI to call once it is up.
-    async fn start(
-        name: &'static str,
-        dir: &Path,
-        aor: &str,
-        proxy: std::net::SocketAddr,
-        tone_hz: u32,
-        dial: Option<&str>,
-        stop_after: Duration,
-    ) -> anyhow::Result<Phone> {
+    /// Writes the phone's configuration into `dir` (see the recipe) and starts it.
+    async fn start(dir: &Path, spec: PhoneSpec<'_>) -> anyhow::Result<Phone> {
+        let PhoneSpec {
+            name,
+            aor,
+            proxy,
+            tone_hz,
+            dial,
+            stop_after,
+            lan,
+        } = spec;
         std::fs::create_dir_all(dir)?;
         let recordings = dir.join("recordings");
         std::fs::create_dir_all(&recordings)?;
@@ -59,15 +82,24 @@ impl Phone {
         if !status.success() {
             bail!("tone.py write failed");
         }
+        let (address, rtcp_mux, secure_modules, secure_params) = match lan {
+            Some(lan) => (
+                lan.host,
+                "yes",
+                "module\tice.so\nmodule\tdtls_srtp.so\n",
+                ";medianat=ice;mediaenc=dtls_srtp",
+            ),
+            None => (IpAddr::from([127, 0, 0, 1]), "no", "", ""),
+        };
         let config = format!(
-            "poll_method\tepoll\nsip_listen\t127.0.0.1:0\nnet_interface\t127.0.0.1\n\
+            "poll_method\tepoll\nsip_listen\t{address}:0\nnet_interface\t{address}\n\
              call_local_timeout\t120\ncall_max_calls\t4\naudio_player\taubridge,{name}\n\
              audio_alert\taubridge,{name}\naudio_source\taufile,{tone}\naudio_level\tno\n\
              ausrc_format\ts16\nauplay_format\ts16\nauenc_format\ts16\naudec_format\ts16\n\
-             audio_buffer\t20-160\nrtp_ports\t20000-29999\nrtcp_mux\tno\n\
+             audio_buffer\t20-160\nrtp_ports\t20000-29999\nrtcp_mux\t{rtcp_mux}\n\
              jitter_buffer_delay\t5-10\nrtp_stats\tno\nrtp_timeout\t10\nstatmode_default\toff\n\
              ringback_disabled\tyes\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\n\
-             module\taufile.so\nmodule\taubridge.so\nmodule\tsndfile.so\n\
+             module\taufile.so\nmodule\taubridge.so\nmodule\tsndfile.so\n{secure_modules}\
              module_tmp\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{recordings}\n",
             tone = tone.display(),
             recordings = recordings.display(),
@@ -77,11 +109,14 @@ impl Phone {
             dir.join("accounts"),
             format!(
                 "<{aor}>;auth_pass={PASSWORD};outbound=\"sip:{proxy}\";regint=600;\
-                 answermode=auto;audio_codecs=pcmu\n"
+                 answermode=auto;audio_codecs=pcmu{secure_params}\n"
             ),
         )?;
         std::fs::write(dir.join("contacts"), "")?;
-        let mut command = Command::new("baresip");
+        let mut command = match lan {
+            Some(lan) => lan.command("baresip"),
+            None => Command::new("baresip"),
+        };
         command
             .arg("-f")
             .arg(dir)
@@ -186,26 +221,32 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
     let bob = Phone::start(
-        "bob",
         &dir.path().join("bob"),
-        "sip:bob@b.test",
-        proxy("b.test"),
-        BOB_HZ,
-        None,
-        Duration::from_secs(40),
+        PhoneSpec {
+            name: "bob",
+            aor: "sip:bob@b.test",
+            proxy: proxy("b.test"),
+            tone_hz: BOB_HZ,
+            dial: None,
+            stop_after: Duration::from_secs(40),
+            lan: None,
+        },
     )
     .await?;
     bob.wait_for("} 200 OK", Duration::from_secs(10)).await?;
 
     // Alice dials Bob's mailto: address as a SIP URI; her phone hangs up when it stops, 6 s in.
     let mut alice = Phone::start(
-        "alice",
         &dir.path().join("alice"),
-        "sip:alice@a.test",
-        proxy("a.test"),
-        ALICE_HZ,
-        Some("sip:bob@b.example"),
-        Duration::from_secs(6),
+        PhoneSpec {
+            name: "alice",
+            aor: "sip:alice@a.test",
+            proxy: proxy("a.test"),
+            tone_hz: ALICE_HZ,
+            dial: Some("sip:bob@b.example"),
+            stop_after: Duration::from_secs(6),
+            lan: None,
+        },
     )
     .await?;
     alice
@@ -256,6 +297,182 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
         "{calls:?}"
     );
     drop(bob);
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// The LAN of [`a_phone_and_a_native_endpoint_call_each_other`]: provider A's SIP edge and Bob's
+/// media listen on its root side, the phone lives on the other.
+const PHONE_LAN: u8 = 7;
+
+/// Waits (up to 15 s) for the media of a call with a phone to be secured, negotiated as PCMU,
+/// and to have brought at least 100 authenticated packets from the phone; returns the
+/// address the checks chose.
+async fn phone_media_flows(call: &mut MediaCall, phone: &Phone) -> anyhow::Result<SocketAddr> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (mut path, mut secured, mut negotiated) = (None, false, false);
+    while !(secured && negotiated && path.is_some()) {
+        let event = tokio::time::timeout_at(deadline, call.next_event())
+            .await
+            .with_context(|| format!("media events stopped; the phone said:\n{}", phone.output()))?
+            .context("the media session ended")?;
+        match event {
+            MediaEvent::PathSelected { remote_address, .. } => path = Some(remote_address),
+            MediaEvent::Secured { .. } => secured = true,
+            MediaEvent::Negotiated { audio, video } => {
+                assert_eq!((audio.as_deref(), video), (Some("PCMU"), None));
+                negotiated = true;
+            }
+            MediaEvent::Failed(why) => bail!("media failed: {why}\n{}", phone.output()),
+            _ => {}
+        }
+    }
+    while call.stats().audio.packets_received < 100 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("too little audio from the phone: {:?}", call.stats());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = call.stats();
+    assert_eq!(stats.srtp_failures, 0, "{stats:?}");
+    assert!(stats.audio.packets_sent >= 100, "{stats:?}");
+    phone
+        .wait_for("DTLS-SRTP complete", Duration::from_secs(1))
+        .await?;
+    // The phone decrypted our SRTP: its RTP stream is up.
+    phone
+        .wait_for(
+            "incoming rtp for 'audio' established",
+            Duration::from_secs(1),
+        )
+        .await?;
+    path.context("no path")
+}
+
+/// A baresip phone with ICE and DTLS-SRTP registered at provider A, and Bob's native endpoint
+/// at provider B, call each other: the phone's SDP offer is Bob's peer blob and his SDP answer
+/// goes back in the 200 OK; then Bob's blob carries an SDP offer the phone answers. Media runs
+/// straight between them (the edge anchors nothing: the phone does ICE), encrypted end to end
+/// with keys from a DTLS handshake checked against the fingerprints of the SDP.
+#[tokio::test]
+async fn a_phone_and_a_native_endpoint_call_each_other() -> anyhow::Result<()> {
+    // The phone is on a LAN of its own: baresip's ICE gathers no loopback candidates.
+    let lan = Lan::new(PHONE_LAN)?;
+    let sip_on_the_lan: fn(&mut switchyard_provider::Config) = |config| {
+        config.sip.digest_algorithms = vec![Algorithm::Md5];
+        config.sip.udp_listen = SocketAddr::from(([10, 202, PHONE_LAN, 1], 0));
+    };
+    let fed = TestFederation::start(&[
+        ProviderSpec::plist("a.test")
+            .with_sip()
+            .tune(sip_on_the_lan),
+        ProviderSpec::plist("b.test"),
+    ])
+    .await?;
+    assert_eq!(
+        fed.provider("a.test").provider.sip_udp_addr.map(|a| a.ip()),
+        Some(lan.gateway)
+    );
+    let (a, b) = (fed.provider("a.test"), fed.provider("b.test"));
+    let alice_user = a.add_user("Alice", &[ALICE]).await?;
+    add_account(a, &alice_user, "sip:alice@a.test", PASSWORD).await?;
+    let bob_user = b.add_user("Bob", &[BOB]).await?;
+    let bob = b.endpoint(&bob_user, BOB, None, Encoding::Plist).await?;
+    fed.sync().await?;
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    let options = MediaOptions {
+        address: lan.gateway,
+        relay_only: false,
+        mute_video_after: None,
+        http_relay: None,
+    };
+    let proxy = a.provider.sip_udp_addr.context("SIP over UDP")?;
+    let dir = tempfile::tempdir()?;
+
+    // The phone calls Bob's mailto: address; it hangs up when it stops, 10 s in.
+    let mut phone = Phone::start(
+        &dir.path().join("caller"),
+        PhoneSpec {
+            name: "alice",
+            aor: "sip:alice@a.test",
+            proxy,
+            tone_hz: ALICE_HZ,
+            dial: Some("sip:bob@b.example"),
+            stop_after: Duration::from_secs(10),
+            lan: Some(&lan),
+        },
+    )
+    .await?;
+    let ring = expect_push(&mut bob_push, "initiate").await?;
+    let Peer::Sdp(offer) = endpoint_media::peer(&ring)? else {
+        bail!("the phone's blob is not an SDP blob");
+    };
+    assert!(offer.contains("a=ice-ufrag:"), "{offer}");
+    let (mut media, _) = endpoint_media::prepare(
+        &bob,
+        BOB,
+        endpoint_media::media_kinds(&ring)?,
+        &options,
+        ring.opt_str("relay-provider")?,
+    )
+    .await?;
+    media.answer_sdp(&offer)?;
+    bob.accept(&ring, &media.blob().to_bytes()).await?;
+    let mut call = endpoint_media::start(media, false, &ring)?;
+    let path = phone_media_flows(&mut call, &phone).await?;
+    assert_eq!(path.ip(), lan.host, "straight to the phone");
+    phone
+        .wait_for("Call established", Duration::from_secs(1))
+        .await?;
+    // The phone's BYE ends the call at Bob's end too.
+    let ended = expect_push(&mut bob_push, "cancel").await?;
+    assert_eq!(ended.str("reason")?, "ended");
+    let status = tokio::time::timeout(Duration::from_secs(20), phone.child.wait())
+        .await
+        .context("the phone did not stop")??;
+    assert!(status.success(), "{status}\n{}", phone.output());
+    call.close().await;
+
+    // Bob calls the phone, which answers at once.
+    let phone = Phone::start(
+        &dir.path().join("callee"),
+        PhoneSpec {
+            name: "alice",
+            aor: "sip:alice@a.test",
+            proxy,
+            tone_hz: ALICE_HZ,
+            dial: None,
+            stop_after: Duration::from_secs(40),
+            lan: Some(&lan),
+        },
+    )
+    .await?;
+    phone.wait_for("} 200 OK", Duration::from_secs(10)).await?;
+    let (mut media, _) =
+        endpoint_media::prepare(&bob, BOB, vec![MediaKind::Audio], &options, None).await?;
+    media.offer_sdp()?;
+    let sid = session_id();
+    bob.initiate(&sid, ALICE, &media.blob().to_bytes(), &["audio"])
+        .await?;
+    let accepted = expect_push(&mut bob_push, "accept").await?;
+    assert!(matches!(endpoint_media::peer(&accepted)?, Peer::Sdp(_)));
+    let mut call = endpoint_media::start(media, true, &accepted)?;
+    let path = phone_media_flows(&mut call, &phone).await?;
+    assert_eq!(path.ip(), lan.host, "straight to the phone");
+    // Bob hangs up: the edge sends the phone a BYE.
+    call.hang_up();
+    bob.cancel(
+        &sid,
+        accepted.str("self-uri")?,
+        accepted.str("peer-uri")?,
+        accepted.str("state")?,
+    )
+    .await?;
+    phone
+        .wait_for("terminated (duration", Duration::from_secs(10))
+        .await?;
+    call.close().await;
+    drop(phone);
     fed.shutdown().await;
     Ok(())
 }

@@ -654,10 +654,11 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
     Ok(())
 }
 
-/// A native endpoint calling a user whose phone is a SIP phone: the phone cannot use the native
-/// media blob, so its gateway refuses the call (unsupported-media) without ringing it.
+/// A caller whose blob holds no SDP offer (`endpoint call` always puts one in; here, bytes that
+/// are no blob at all) calling a user whose phone is a SIP phone: the phone could not use it, so
+/// its gateway refuses the call (unsupported-media) without ringing it.
 #[tokio::test]
-async fn a_native_endpoint_calling_a_sip_phone_is_refused_as_unsupported_media(
+async fn a_blob_without_an_sdp_offer_for_a_sip_phone_is_refused_as_unsupported_media(
 ) -> anyhow::Result<()> {
     show_logs();
     let fed = TestFederation::start(&[

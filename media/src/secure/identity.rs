@@ -128,6 +128,9 @@ pub struct PeerExpectation {
     /// DER of the peer provider's endpoint CA certificate(s); the peer's leaf must be signed
     /// directly by one of them.
     pub ca_certs_der: Vec<Vec<u8>>,
+    /// Check the fingerprint only (`uri` and `ca_certs_der` unused): a SIP phone's self-signed
+    /// certificate, vouched for by the `a=fingerprint` of the SDP its provider carried (RFC 5763).
+    pub fingerprint_only: bool,
 }
 
 impl PeerExpectation {
@@ -145,12 +148,32 @@ impl PeerExpectation {
             fingerprint_sha256_hex: fingerprint_sha256_hex.into(),
             uri: uri.into(),
             ca_certs_der,
+            fingerprint_only: false,
         })
+    }
+
+    /// A peer known by its certificate's fingerprint alone (see
+    /// [`PeerExpectation::fingerprint_only`]).
+    pub fn fingerprint_only(fingerprint_sha256_hex: impl Into<String>) -> Self {
+        PeerExpectation {
+            fingerprint_sha256_hex: fingerprint_sha256_hex.into(),
+            uri: String::new(),
+            ca_certs_der: Vec::new(),
+            fingerprint_only: true,
+        }
     }
 
     /// Validate and normalise into a verifier.
     pub(crate) fn verifier(&self) -> Result<PeerVerifier, SecureError> {
         let fingerprint = normalize_fingerprint(&self.fingerprint_sha256_hex)?;
+        if self.fingerprint_only {
+            return Ok(PeerVerifier {
+                fingerprint,
+                uri: String::new(),
+                ca_certs_der: Vec::new(),
+                fingerprint_only: true,
+            });
+        }
         if self.uri.is_empty() {
             return Err(SecureError::InvalidPeerExpectation("empty peer URI".into()));
         }
@@ -168,6 +191,7 @@ impl PeerExpectation {
             fingerprint,
             uri: self.uri.clone(),
             ca_certs_der: self.ca_certs_der.clone(),
+            fingerprint_only: false,
         })
     }
 }
@@ -178,6 +202,7 @@ pub(crate) struct PeerVerifier {
     fingerprint: String,
     uri: String,
     ca_certs_der: Vec<Vec<u8>>,
+    fingerprint_only: bool,
 }
 
 impl PeerVerifier {
@@ -196,6 +221,9 @@ impl PeerVerifier {
                 expected: self.fingerprint.clone(),
                 actual,
             });
+        }
+        if self.fingerprint_only {
+            return Ok(());
         }
 
         let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|e| {

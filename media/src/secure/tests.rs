@@ -454,6 +454,53 @@ async fn server_refuses_wrong_client_fingerprint() {
     assert!(ra.is_err(), "client must not complete: {ra:?}");
 }
 
+/// A SIP phone's certificate: self-signed, no URI, known only by the fingerprint in its SDP.
+fn phone_identity() -> EndpointIdentity {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = CertificateParams::new(vec!["phone".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    EndpointIdentity::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+}
+
+#[tokio::test]
+async fn a_phone_is_checked_by_its_fingerprint_alone() {
+    let s = setup();
+    let phone = phone_identity();
+    let (a, b, _) = wired_pair();
+    let (ra, rb) = handshake(
+        a,
+        b,
+        &s.alice,
+        PeerExpectation::fingerprint_only(phone.fingerprint_sha256_hex()),
+        &phone,
+        PeerExpectation::fingerprint_only(s.alice.fingerprint_sha256_hex()),
+        HANDSHAKE,
+    )
+    .await;
+    ra.unwrap();
+    rb.unwrap();
+
+    // Another self-signed certificate than the SDP announced is refused all the same.
+    let impostor = phone_identity();
+    let (a, b, _) = wired_pair();
+    let (ra, _) = handshake(
+        a,
+        b,
+        &s.alice,
+        PeerExpectation::fingerprint_only(phone.fingerprint_sha256_hex()),
+        &impostor,
+        PeerExpectation::fingerprint_only(s.alice.fingerprint_sha256_hex()),
+        HANDSHAKE,
+    )
+    .await;
+    assert!(
+        matches!(ra, Err(SecureError::FingerprintMismatch { .. })),
+        "{ra:?}"
+    );
+}
+
 #[tokio::test]
 async fn certificate_from_another_ca_refused() {
     let s = setup();

@@ -1111,7 +1111,7 @@ impl Leg {
         let Some(offer) = self.peer_sdp.clone() else {
             self.reject(
                 "unsupported-media",
-                "the caller's media blob is not SDP, which a SIP phone cannot use",
+                "the caller's media blob holds no SDP offer, which a SIP phone needs",
             )
             .await;
             return;
