@@ -52,8 +52,10 @@ struct PhoneSpec<'a> {
     /// When baresip stops (hanging up its call).
     stop_after: Duration,
     /// On a LAN of its own, with ICE and DTLS-SRTP (the media a native endpoint takes);
-    /// otherwise on loopback with plain RTP.
+    /// otherwise on loopback, without ICE.
     lan: Option<&'a Lan>,
+    /// Without ICE: DTLS-SRTP rather than plain RTP.
+    dtls_srtp: bool,
 }
 
 impl Phone {
@@ -67,6 +69,7 @@ impl Phone {
             dial,
             stop_after,
             lan,
+            dtls_srtp,
         } = spec;
         std::fs::create_dir_all(dir)?;
         let recordings = dir.join("recordings");
@@ -88,6 +91,12 @@ impl Phone {
                 "yes",
                 "module\tice.so\nmodule\tdtls_srtp.so\n",
                 ";medianat=ice;mediaenc=dtls_srtp",
+            ),
+            None if dtls_srtp => (
+                IpAddr::from([127, 0, 0, 1]),
+                "no",
+                "module\tdtls_srtp.so\n",
+                ";mediaenc=dtls_srtp",
             ),
             None => (IpAddr::from([127, 0, 0, 1]), "no", "", ""),
         };
@@ -202,6 +211,17 @@ impl Phone {
 
 #[tokio::test]
 async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
+    phones_at_two_providers_talk(false).await
+}
+
+/// The same with DTLS-SRTP and no ICE: the anchors forward the phones' DTLS handshake (RTP's and
+/// RTCP's, without rtcp-mux) and SRTP untouched, holding no key.
+#[tokio::test]
+async fn dtls_srtp_phones_talk_through_the_anchors() -> anyhow::Result<()> {
+    phones_at_two_providers_talk(true).await
+}
+
+async fn phones_at_two_providers_talk(dtls_srtp: bool) -> anyhow::Result<()> {
     // baresip 1.0 gives up on a SHA-256 digest challenge, so these providers offer MD5 only.
     let md5_only: fn(&mut switchyard_provider::Config) = |config| {
         config.sip.digest_algorithms = vec![Algorithm::Md5];
@@ -230,6 +250,7 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
             dial: None,
             stop_after: Duration::from_secs(40),
             lan: None,
+            dtls_srtp,
         },
     )
     .await?;
@@ -246,6 +267,7 @@ async fn baresip_phones_at_two_providers_talk() -> anyhow::Result<()> {
             dial: Some("sip:bob@b.example"),
             stop_after: Duration::from_secs(6),
             lan: None,
+            dtls_srtp,
         },
     )
     .await?;
@@ -400,6 +422,7 @@ async fn a_phone_and_a_native_endpoint_call_each_other() -> anyhow::Result<()> {
             dial: Some("sip:bob@b.example"),
             stop_after: Duration::from_secs(10),
             lan: Some(&lan),
+            dtls_srtp: true,
         },
     )
     .await?;
@@ -444,6 +467,7 @@ async fn a_phone_and_a_native_endpoint_call_each_other() -> anyhow::Result<()> {
             dial: None,
             stop_after: Duration::from_secs(40),
             lan: Some(&lan),
+            dtls_srtp: true,
         },
     )
     .await?;

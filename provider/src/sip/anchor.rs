@@ -22,6 +22,8 @@ use super::sdp;
 #[derive(Default)]
 struct Peers {
     phone: Option<SocketAddr>,
+    /// The phone's address as its SDP gave it (see [`Anchor::set_phone`]).
+    phone_sdp: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     /// The IP addresses the phone may send from (its SIP flows').
     phone_ips: Vec<IpAddr>,
@@ -178,6 +180,40 @@ impl Anchor {
         }
     }
 
+    /// Where to reach the phone before it has sent anything: the addresses of its SDP, when they
+    /// are on one of its IP addresses (never elsewhere: an SDP must not aim the other side's media
+    /// at a third party). A DTLS server phone sends nothing until the other side's ClientHello
+    /// reaches it. What it sends later still moves the latch.
+    pub fn set_phone(&self, phone_sdp: &str) {
+        let phone: Vec<sdp::Stream> = sdp::streams(phone_sdp)
+            .into_iter()
+            .filter(|s| s.port != 0)
+            .collect();
+        for (stream, ours) in self.streams.iter().zip(phone) {
+            let Some(ip) = ours.address else {
+                continue;
+            };
+            let rtcp_port = if ours.rtcp_mux {
+                ours.port
+            } else {
+                ours.port.saturating_add(1)
+            };
+            let targets = [
+                (Some(&stream.rtp), ours.port),
+                (stream.rtcp.as_ref(), rtcp_port),
+            ];
+            for (socket, port) in targets {
+                let Some(socket) = socket else { continue };
+                let mut peers = socket.peers.lock().expect("anchor peers");
+                if peers.phone_ips.contains(&ip) {
+                    let address = SocketAddr::new(ip, port);
+                    peers.phone_sdp = Some(address);
+                    peers.phone.get_or_insert(address);
+                }
+            }
+        }
+    }
+
     /// Accepts the phone's packets from `ips` only (once it is known which phone answered).
     pub fn restrict_phone(&self, ips: &[IpAddr]) {
         for stream in &self.streams {
@@ -193,7 +229,7 @@ fn set_remote(socket: &Socket, remote: SocketAddr) {
     // The other side may have sent before its address was known here, and been taken for the
     // phone (both can be on one host): learn the phone again.
     if peers.phone == Some(remote) {
-        peers.phone = None;
+        peers.phone = peers.phone_sdp.filter(|a| *a != remote);
     }
     peers.remote = Some(remote);
 }
@@ -277,5 +313,52 @@ mod tests {
         let rtp = anchor.addresses()[0];
         let rtcp = anchor.streams[0].rtcp.as_ref().expect("an RTCP socket");
         assert_eq!(rtcp.advertised.port(), rtp.port() + 1);
+    }
+
+    fn sdp_at(port: u16, ip: &str) -> String {
+        format!(
+            "v=0\r\no=- 3 3 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_silent_phone_is_reached_at_its_sdp_address_on_its_own_ips_only() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let remote = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let phone_sdp = sdp_at(phone.local_addr().unwrap().port(), "127.0.0.1");
+        let remote_sdp = sdp_at(remote.local_addr().unwrap().port(), "127.0.0.1");
+
+        // An SDP naming another host than the phone's is not followed.
+        let anchor = Anchor::open(loopback, loopback, &[loopback], OFFER)
+            .await
+            .unwrap();
+        let at = anchor.addresses()[0];
+        anchor.set_remote(&remote_sdp);
+        anchor.set_phone(&sdp_at(4000, "192.0.2.1"));
+        remote.send_to(b"nowhere", at).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), phone.recv_from(&mut buf))
+                .await
+                .is_err()
+        );
+
+        // A DTLS server phone waits for the ClientHello: it gets it at its SDP address, even when
+        // the first one came before the other side's address was known (and, from an IP of the
+        // phone's, was taken for the phone).
+        let anchor = Anchor::open(loopback, loopback, &[loopback], OFFER)
+            .await
+            .unwrap();
+        let at = anchor.addresses()[0];
+        anchor.set_phone(&phone_sdp);
+        remote.send_to(b"early ClientHello", at).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        anchor.set_remote(&remote_sdp);
+        remote.send_to(b"ClientHello", at).await.unwrap();
+        assert_eq!(receive(&phone).await.0, b"ClientHello");
+        phone.send_to(b"ServerHello", at).await.unwrap();
+        assert_eq!(receive(&remote).await.0, b"ServerHello");
     }
 }

@@ -823,6 +823,9 @@ impl SipEdge {
         let anchor = self
             .open_anchor(&[inbound.source.ip()], inbound.source, &offer)
             .await?;
+        if let Some(anchor) = &anchor {
+            anchor.set_phone(&offer);
+        }
         let sent_sdp = anchor.as_ref().map_or(offer.clone(), |a| a.rewrite(&offer));
         let self_uri = gateway
             .uris
@@ -1622,6 +1625,7 @@ impl Leg {
         };
         if let Some(anchor) = &self.anchor {
             anchor.restrict_phone(&[flow.addr.ip()]);
+            anchor.set_phone(&answer);
         }
         let answer = self.anchored(answer);
         let request_dict = self
