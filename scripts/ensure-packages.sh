@@ -24,7 +24,8 @@ fi
 if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
     need+=(kamailio)
 fi
-# baresip-core holds the binary and every module the tests load (aufile, aubridge, sndfile, g711).
+# baresip-core holds the binary and every module the tests load (aufile, aubridge, sndfile, g711,
+# dtls_srtp, ice).
 if ! command -v baresip >/dev/null 2>&1; then
     need+=(baresip-core)
 fi
