@@ -1,10 +1,11 @@
-//! The operators' API (JSON, bearer token) plus `/healthz`, `/readyz` and `/metrics`.
+//! The operators' API (JSON; the bearer token, or an operator's session cookie with its CSRF
+//! token) plus `/healthz`, `/readyz` and `/metrics`. Every change is written to the audit log.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::db::{CallRecord, EndpointRecord, StoreError, User};
 use crate::import::{import_csv, ImportError, ImportEvent};
+use crate::operators::{self, OperatorError, Role};
 use crate::registry::{self, RegistryError};
 
 pub struct AdminError {
@@ -127,34 +129,376 @@ pub fn router(app: Arc<App>) -> Router {
             "/admin/v1/import",
             post(import).layer(DefaultBodyLimit::disable()),
         )
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+        .route("/admin/v1/session", get(whoami).delete(logout))
+        .route(
+            "/admin/v1/operators",
+            post(add_operator).get(list_operators),
+        )
+        .route("/admin/v1/operators/{name}", delete(remove_operator))
+        .route("/admin/v1/audit", get(audit_log))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
+        // Logging in is the one admin request without credentials.
+        .route("/admin/v1/session", post(login))
         .merge(api)
         .with_state(app)
 }
 
-async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
+/// Who makes an admin request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The bearer token (`admin.token_file`): the provider's own tools, with every right.
+    Token,
+    Operator {
+        name: String,
+        role: Role,
+        csrf_token: String,
+    },
+}
+
+impl Principal {
+    /// The name the audit log records.
+    fn actor(&self) -> String {
+        match self {
+            Principal::Token => "token".into(),
+            Principal::Operator { name, .. } => name.clone(),
+        }
+    }
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    // Comparing digests keeps the comparison's timing independent of the secret's bytes.
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    digest(a).as_ref() == digest(b).as_ref()
+}
+
+fn unauthorized() -> AdminError {
+    AdminError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "log in (POST /admin/v1/session) or present the admin bearer token",
+    )
+}
+
+/// The principal of a request: the bearer token, else a live session cookie.
+async fn principal_of(app: &App, headers: &HeaderMap) -> Result<Principal, AdminError> {
+    if let Some(presented) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Comparing digests keeps the comparison's timing independent of the token's bytes.
-    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    let valid = presented.is_some_and(|t| digest(t).as_ref() == digest(&app.admin_token).as_ref());
-    if valid {
-        next.run(req).await
-    } else {
-        AdminError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong admin bearer token",
-        )
-        .into_response()
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return if same_secret(presented, &app.admin_token) {
+            Ok(Principal::Token)
+        } else {
+            Err(AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong admin bearer token",
+            ))
+        };
     }
+    let Some(id) = session_id(headers) else {
+        return Err(unauthorized());
+    };
+    let (session, role) = app
+        .db
+        .operator_session(&operators::session_digest(id), crate::db::now_ms())
+        .await?
+        .ok_or_else(unauthorized)?;
+    let role = role
+        .parse()
+        .map_err(|_| AdminError::new(StatusCode::FORBIDDEN, "forbidden", "unknown role"))?;
+    Ok(Principal::Operator {
+        name: session.operator,
+        role,
+        csrf_token: session.csrf_token,
+    })
+}
+
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(operators::session_id_in)
+}
+
+/// What a principal may not do: a cookie-authenticated change without the session's CSRF token,
+/// and any change by a viewer (but logging out).
+fn refusal(
+    principal: &Principal,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<AdminError> {
+    let Principal::Operator {
+        role, csrf_token, ..
+    } = principal
+    else {
+        return None;
+    };
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return None;
+    }
+    let presented = headers
+        .get(operators::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !same_secret(presented, csrf_token) {
+        return Some(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a change needs the session's CSRF token in the X-CSRF-Token header",
+        ));
+    }
+    let logout = *method == Method::DELETE && path == "/admin/v1/session";
+    if *role == Role::Viewer && !logout {
+        return Some(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "read-only",
+            "viewers cannot change anything",
+        ));
+    }
+    None
+}
+
+/// Authenticates every admin request but logging in, refuses what the principal may not do,
+/// and writes each change (attempted or made) to the audit log.
+async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let principal = match principal_of(&app, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match refusal(&principal, &method, &path, req.headers()) {
+        Some(refused) => refused.into_response(),
+        None => {
+            req.extensions_mut().insert(principal.clone());
+            next.run(req).await
+        }
+    };
+    if !matches!(method, Method::GET | Method::HEAD) {
+        audit(&app, &principal.actor(), &method, &path, response.status()).await;
+    }
+    response
+}
+
+async fn audit(app: &App, actor: &str, method: &Method, path: &str, status: StatusCode) {
+    let entry = crate::db::AuditEntry {
+        id: crate::registry::random_token(12),
+        at: crate::db::now_ms(),
+        actor: actor.to_string(),
+        method: method.to_string(),
+        path: path.to_string(),
+        status: status.as_u16(),
+    };
+    if let Err(e) = app.db.add_audit(&entry).await {
+        tracing::error!(error = %e, ?entry, "writing the audit log failed");
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+    password: String,
+}
+
+/// Logs an operator in: the session cookie, and the CSRF token its changes must carry.
+async fn login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    JsonBody(body): JsonBody<Login>,
+) -> Response {
+    let now = std::time::Instant::now();
+    if let Err(wait) = app.login_limiter.check(&body.name, peer.ip(), now) {
+        let mut response = AdminError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-logins",
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return response;
+    }
+    let record = match app.db.operator(&body.name).await {
+        Ok(r) => r,
+        Err(e) => return AdminError::from(e).into_response(),
+    };
+    let hash = record.as_ref().map_or_else(
+        || operators::decoy_hash().to_string(),
+        |r| r.password_hash.clone(),
+    );
+    let password = body.password.clone();
+    let matches =
+        tokio::task::spawn_blocking(move || operators::password_matches(&hash, &password))
+            .await
+            .unwrap_or(false);
+    let Some(record) = record.filter(|_| matches) else {
+        app.login_limiter.failed(&body.name, peer.ip(), now);
+        audit(
+            &app,
+            &body.name,
+            &Method::POST,
+            "/admin/v1/session",
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+        return AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad-credentials",
+            "wrong operator name or password",
+        )
+        .into_response();
+    };
+    app.login_limiter.succeeded(&record.name);
+    let (id, session) = operators::new_session(&record.name);
+    if let Err(e) = app.db.add_operator_session(&session).await {
+        return AdminError::from(e).into_response();
+    }
+    audit(
+        &app,
+        &record.name,
+        &Method::POST,
+        "/admin/v1/session",
+        StatusCode::OK,
+    )
+    .await;
+    let mut response = Json(json!({
+        "name": record.name,
+        "role": record.role,
+        "csrf_token": session.csrf_token,
+        "expires_at": session.expires_at,
+    }))
+    .into_response();
+    if let Ok(cookie) = header::HeaderValue::from_str(&operators::session_cookie(&id)) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Who the request's credentials are, and the CSRF token of a session (a page reads it here:
+/// the cookie itself is out of the page's reach).
+async fn whoami(axum::Extension(principal): axum::Extension<Principal>) -> AdminResult {
+    Ok(Json(match principal {
+        Principal::Token => json!({"name": null, "role": "operator", "via": "token"}),
+        Principal::Operator {
+            name,
+            role,
+            csrf_token,
+        } => json!({"name": name, "role": role, "via": "session", "csrf_token": csrf_token}),
+    }))
+}
+
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, AdminError> {
+    let id = session_id(&headers).ok_or_else(|| {
+        AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "no-session",
+            "only a session logs out; the bearer token stays valid",
+        )
+    })?;
+    app.db
+        .remove_operator_session(&operators::session_digest(id))
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(cookie) = header::HeaderValue::from_str(&operators::cleared_cookie()) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+impl From<OperatorError> for AdminError {
+    fn from(e: OperatorError) -> Self {
+        match e {
+            OperatorError::Invalid(..) => {
+                AdminError::new(StatusCode::BAD_REQUEST, "invalid-field", e.to_string())
+            }
+            OperatorError::Hashing(_) => {
+                AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct NewOperator {
+    name: String,
+    role: String,
+    password: String,
+}
+
+fn operator_json(record: &crate::db::OperatorRecord) -> Value {
+    json!({"name": record.name, "role": record.role, "created_at": record.created_at})
+}
+
+async fn add_operator(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<NewOperator>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let role: Role = body.role.parse()?;
+    let record = tokio::task::spawn_blocking(move || {
+        operators::new_operator(&body.name, role, &body.password)
+    })
+    .await
+    .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    app.db.add_operator(&record).await?;
+    Ok((StatusCode::CREATED, Json(operator_json(&record))))
+}
+
+async fn list_operators(State(app): State<Arc<App>>) -> AdminResult {
+    let operators: Vec<Value> = app
+        .db
+        .operators()
+        .await?
+        .iter()
+        .map(operator_json)
+        .collect();
+    Ok(Json(json!({ "operators": operators })))
+}
+
+async fn remove_operator(State(app): State<Arc<App>>, Path(name): Path<String>) -> AdminResult {
+    app.db.remove_operator(&name).await?;
+    Ok(Json(json!({ "removed": name })))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    before: Option<i64>,
+    before_id: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The audit log, newest first, a page at a time: the next page is the one `next` names.
+async fn audit_log(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> AdminResult {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "limit must be 1 to 1000",
+        ));
+    }
+    // Without a cursor: from the newest (ids are base64url, all below `~`).
+    let (before, before_id) = match q.before {
+        Some(at) => (at, q.before_id.unwrap_or_default()),
+        None => (i64::MAX, "~".to_string()),
+    };
+    let entries = app.db.audit(before, &before_id, limit).await?;
+    let next = entries
+        .last()
+        .filter(|_| entries.len() as i64 == limit)
+        .map(|e| json!({"before": e.at, "before_id": e.id}));
+    Ok(Json(json!({ "entries": entries, "next": next })))
 }
 
 fn federation_or_404(app: &App) -> Result<&Arc<crate::federation::Federation>, AdminError> {

@@ -19,6 +19,8 @@ pub struct App {
     pub ca: EndpointCa,
     pub canonicalizer: Canonicalizer,
     pub admin_token: String,
+    /// Failed operator logins, for rate limiting.
+    pub login_limiter: crate::operators::LoginLimiter,
     /// Present when `federation.enabled`.
     pub federation: Option<std::sync::Arc<Federation>>,
     pub metrics: PrometheusHandle,

@@ -14,6 +14,7 @@ pub mod http_relay_client;
 pub mod import;
 pub mod invite;
 pub mod members;
+pub mod operators;
 pub mod pki;
 pub mod push;
 pub mod registry;

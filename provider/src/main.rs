@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         command: EndpointsCommand,
     },
+    /// Manage the operators of the admin API and web pages, through the admin API.
+    Admin {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Manage SIP accounts (for SIP phones and trunks) through the admin API.
     Sip {
         #[command(flatten)]
@@ -247,6 +254,43 @@ enum SipCommand {
     Remove { aor: String },
 }
 
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Add an operator (may change things) or a viewer (may only look).
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["operator", "viewer"])]
+        role: String,
+        /// File holding the password (its first line; at least 12 bytes), or `-` for standard
+        /// input.
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+    /// The operators and their roles.
+    List,
+    /// Remove an operator and end its sessions.
+    Remove { name: String },
+    /// The audit log of changes, newest first.
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// The first line of a password file, or of standard input for `-`.
+fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_line(&mut text)
+            .context("reading the password from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
 #[derive(Args)]
 struct EndpointArgs {
     /// Folder holding this endpoint's identity (key, certificate, push token).
@@ -419,6 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users { admin, command } => users(admin, command).await,
         Command::Endpoints { admin, command } => endpoints(admin, command).await,
         Command::Sip { admin, command } => sip(admin, command).await,
+        Command::Admin { admin, command } => operators(admin, command).await,
         Command::Endpoint(command) => {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             endpoint(command).await
@@ -844,6 +889,54 @@ async fn endpoints(admin: AdminArgs, command: EndpointsCommand) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+async fn operators(admin: AdminArgs, command: OperatorCommand) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::new(admin)?;
+    let value = match command {
+        OperatorCommand::Add {
+            name,
+            role,
+            password_file,
+        } => {
+            let body = serde_json::json!({
+                "name": name,
+                "role": role,
+                "password": read_password(&password_file)?,
+            });
+            admin
+                .send(
+                    admin
+                        .http
+                        .post(admin.url("/admin/v1/operators"))
+                        .json(&body),
+                )
+                .await?
+        }
+        OperatorCommand::List => {
+            admin
+                .send(admin.http.get(admin.url("/admin/v1/operators")))
+                .await?
+        }
+        OperatorCommand::Remove { name } => {
+            let path = format!(
+                "/admin/v1/operators/{}",
+                percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+            );
+            admin.send(admin.http.delete(admin.url(&path))).await?
+        }
+        OperatorCommand::Audit { limit } => {
+            admin
+                .send(
+                    admin
+                        .http
+                        .get(admin.url(&format!("/admin/v1/audit?limit={limit}"))),
+                )
+                .await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn sip(admin: AdminArgs, command: SipCommand) -> anyhow::Result<ExitCode> {
     let admin = AdminClient::new(admin)?;
     let value = match command {
@@ -853,17 +946,7 @@ async fn sip(admin: AdminArgs, command: SipCommand) -> anyhow::Result<ExitCode> 
             username,
             password_file,
         } => {
-            let text = if password_file.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_line(&mut text)
-                    .context("reading the password from standard input")?;
-                text
-            } else {
-                std::fs::read_to_string(&password_file)
-                    .with_context(|| format!("reading {}", password_file.display()))?
-            };
-            let password = text.lines().next().unwrap_or("").to_string();
+            let password = read_password(&password_file)?;
             let body = serde_json::json!({
                 "aor": aor,
                 "username": username,

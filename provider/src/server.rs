@@ -158,6 +158,7 @@ impl Provider {
             hub: PushHub::default(),
             ca,
             admin_token,
+            login_limiter: Default::default(),
             federation,
             metrics: metrics_handle(),
             shutdown: shutdown_rx.clone(),
@@ -212,11 +213,14 @@ impl Provider {
         let admin = crate::admin::router(app.clone());
         let mut admin_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let result = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(async move {
-                    crate::app::shutting_down(&mut admin_shutdown).await;
-                })
-                .await;
+            let result = axum::serve(
+                admin_listener,
+                admin.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                crate::app::shutting_down(&mut admin_shutdown).await;
+            })
+            .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "admin listener failed");
             }
@@ -429,6 +433,13 @@ async fn sweep(app: Arc<App>) {
                 tracing::warn!(error = %e, "rotating sealing keys failed");
             }
             crate::registry::refresh_endpoint_gauge(&app).await;
+            if let Err(e) = app
+                .db
+                .purge_expired_operator_sessions(crate::db::now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "purging expired operator sessions failed");
+            }
         }
     }
 }

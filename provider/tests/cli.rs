@@ -189,6 +189,30 @@ fn endpoint_commands_place_answer_and_reject_calls() {
         );
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
+    // Operators of the web pages are made through the same API.
+    let password_file = dir.path().join("viewer-password");
+    std::fs::write(&password_file, "viewer password 22\n").unwrap();
+    let added = admin_cli(
+        &[
+            "admin",
+            "add",
+            "watcher",
+            "--role",
+            "viewer",
+            "--password-file",
+        ]
+        .into_iter()
+        .chain([password_file.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(added["role"], "viewer", "{added}");
+    let listed = admin_cli(&["admin", "list"]);
+    assert_eq!(listed["operators"][0]["name"], "watcher", "{listed}");
+    let audit = admin_cli(&["admin", "audit"]);
+    assert_eq!(
+        audit["entries"][0]["path"], "/admin/v1/operators",
+        "{audit}"
+    );
     let register = |uri: &str, name: &str, extra: &[&str]| {
         let user = admin_cli(&["users", "add", "--uri", uri, "--name", name]);
         let code = admin_cli(&["users", "code", user["id"].as_str().unwrap()]);

@@ -156,27 +156,32 @@ impl Anchor {
         sdp::moved_to(sdp, &self.addresses())
     }
 
-    /// Takes the other side's addresses from its SDP (stream by stream, RTCP on the next port
-    /// unless multiplexed).
-    pub fn set_remote(&self, remote_sdp: &str) {
-        let remote: Vec<sdp::Stream> = sdp::streams(remote_sdp)
-            .into_iter()
-            .filter(|s| s.port != 0)
-            .collect();
-        for (stream, theirs) in self.streams.iter().zip(remote) {
+    /// Each of our sockets with the address `sdp` names for it: stream by stream, RTCP on the
+    /// next port unless multiplexed.
+    fn addresses_in<'a>(&'a self, sdp: &str) -> Vec<(&'a Socket, SocketAddr)> {
+        let enabled = sdp::streams(sdp).into_iter().filter(|s| s.port != 0);
+        let mut pairs = Vec::new();
+        for (stream, theirs) in self.streams.iter().zip(enabled) {
             let Some(ip) = theirs.address else {
                 continue;
             };
-            let rtp = SocketAddr::new(ip, theirs.port);
-            set_remote(&stream.rtp, rtp);
+            pairs.push((&stream.rtp, SocketAddr::new(ip, theirs.port)));
             if let Some(rtcp) = &stream.rtcp {
                 let port = if theirs.rtcp_mux {
                     theirs.port
                 } else {
                     theirs.port.saturating_add(1)
                 };
-                set_remote(rtcp, SocketAddr::new(ip, port));
+                pairs.push((rtcp, SocketAddr::new(ip, port)));
             }
+        }
+        pairs
+    }
+
+    /// Takes the other side's addresses from its SDP.
+    pub fn set_remote(&self, remote_sdp: &str) {
+        for (socket, address) in self.addresses_in(remote_sdp) {
+            set_remote(socket, address);
         }
     }
 
@@ -185,31 +190,11 @@ impl Anchor {
     /// at a third party). A DTLS server phone sends nothing until the other side's ClientHello
     /// reaches it. What it sends later still moves the latch.
     pub fn set_phone(&self, phone_sdp: &str) {
-        let phone: Vec<sdp::Stream> = sdp::streams(phone_sdp)
-            .into_iter()
-            .filter(|s| s.port != 0)
-            .collect();
-        for (stream, ours) in self.streams.iter().zip(phone) {
-            let Some(ip) = ours.address else {
-                continue;
-            };
-            let rtcp_port = if ours.rtcp_mux {
-                ours.port
-            } else {
-                ours.port.saturating_add(1)
-            };
-            let targets = [
-                (Some(&stream.rtp), ours.port),
-                (stream.rtcp.as_ref(), rtcp_port),
-            ];
-            for (socket, port) in targets {
-                let Some(socket) = socket else { continue };
-                let mut peers = socket.peers.lock().expect("anchor peers");
-                if peers.phone_ips.contains(&ip) {
-                    let address = SocketAddr::new(ip, port);
-                    peers.phone_sdp = Some(address);
-                    peers.phone.get_or_insert(address);
-                }
+        for (socket, address) in self.addresses_in(phone_sdp) {
+            let mut peers = socket.peers.lock().expect("anchor peers");
+            if peers.phone_ips.contains(&address.ip()) {
+                peers.phone_sdp = Some(address);
+                peers.phone.get_or_insert(address);
             }
         }
     }
