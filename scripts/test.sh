@@ -7,6 +7,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/ensure-packages.sh
+# The admin UI's checks run on Node (admin-ui/package.json, locked).
+(cd admin-ui && npm ci --no-audit --no-fund --loglevel=error)
 log=$(mktemp /tmp/switchyard-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 

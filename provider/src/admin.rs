@@ -8,11 +8,12 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
 use crate::db::{CallRecord, EndpointRecord, StoreError, User};
@@ -105,46 +106,104 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<App>> for Js
     }
 }
 
+/// The admin listener's routes, and the OpenAPI document that describes them: both come from
+/// the same handlers (`utoipa::path`), so the document cannot miss or invent a route.
 pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/admin/v1/users", post(add_user).get(list_users))
-        .route("/admin/v1/users/{id}", get(get_user).delete(remove_user))
-        .route("/admin/v1/users/{id}/uris", post(add_uri))
-        .route("/admin/v1/uris/{uri}", delete(remove_uri))
-        .route(
-            "/admin/v1/users/{id}/provisioning-codes",
-            post(provisioning_code),
-        )
-        .route("/admin/v1/users/{id}/endpoints", get(list_endpoints))
-        .route("/admin/v1/endpoints/{id}/revoke", post(revoke_endpoint))
-        .route(
-            "/admin/v1/users/{id}/sip-accounts",
-            post(add_sip_account).get(list_sip_accounts),
-        )
-        .route("/admin/v1/sip-accounts/{aor}", delete(remove_sip_account))
-        .route("/admin/v1/calls", get(list_calls))
-        .route("/admin/v1/federation", get(federation_status))
-        .route("/admin/v1/federation/resync", post(federation_resync))
-        .route(
-            "/admin/v1/import",
-            post(import).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/admin/v1/session", get(whoami).delete(logout))
-        .route(
-            "/admin/v1/operators",
-            post(add_operator).get(list_operators),
-        )
-        .route("/admin/v1/operators/{name}", delete(remove_operator))
-        .route("/admin/v1/audit", get(audit_log))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics_text))
+    let (router, mut document) = routes(app.clone()).split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").to_string();
+    // Every provider of the process builds the same document; the first one is kept.
+    let _ = DOCUMENT.set(document.to_json().unwrap_or_default());
+    router.with_state(app)
+}
+
+/// The OpenAPI document (JSON) that `GET /admin/api/openapi.json` serves.
+static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn routes(app: Arc<App>) -> OpenApiRouter<Arc<App>> {
+    let (schemas, paths, import_route) = utoipa_axum::routes!(import);
+    let api = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(add_user, list_users))
+        .routes(utoipa_axum::routes!(get_user, remove_user))
+        .routes(utoipa_axum::routes!(add_uri))
+        .routes(utoipa_axum::routes!(remove_uri))
+        .routes(utoipa_axum::routes!(provisioning_code))
+        .routes(utoipa_axum::routes!(list_endpoints))
+        .routes(utoipa_axum::routes!(revoke_endpoint))
+        .routes(utoipa_axum::routes!(add_sip_account, list_sip_accounts))
+        .routes(utoipa_axum::routes!(remove_sip_account))
+        .routes(utoipa_axum::routes!(list_calls))
+        .routes(utoipa_axum::routes!(federation_status))
+        .routes(utoipa_axum::routes!(federation_resync))
+        .routes((
+            schemas,
+            paths,
+            import_route.layer(DefaultBodyLimit::disable()),
+        ))
+        .routes(utoipa_axum::routes!(whoami, logout))
+        .routes(utoipa_axum::routes!(add_operator, list_operators))
+        .routes(utoipa_axum::routes!(remove_operator))
+        .routes(utoipa_axum::routes!(audit_log))
+        .route_layer(middleware::from_fn_with_state(app, authenticate));
+    OpenApiRouter::with_openapi(AdminApi::openapi())
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(ready))
+        .routes(utoipa_axum::routes!(metrics_text))
+        .routes(utoipa_axum::routes!(openapi_document))
         // Logging in is the one admin request without credentials.
-        .route("/admin/v1/session", post(login))
+        .routes(utoipa_axum::routes!(login))
         .merge(api)
-        .with_state(app)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard admin API",
+        description = "Operate a Switchyard provider: users, endpoints, SIP accounts, calls, \
+                       federation, operators and the audit log. Credentials: the bearer token \
+                       (`admin.token_file`) or an operator's session cookie, with the session's \
+                       CSRF token in `X-CSRF-Token` on every change (docs/protocol.md, Admin API).",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&Credentials),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "users", description = "Users, their URIs and provisioning codes"),
+        (name = "endpoints", description = "Devices of users"),
+        (name = "sip", description = "SIP accounts of users"),
+        (name = "calls", description = "Call detail records"),
+        (name = "federation", description = "The federation as this provider sees it"),
+        (name = "operators", description = "Operator accounts, sessions and the audit log"),
+        (name = "health", description = "Liveness, readiness and metrics")
+    )
+)]
+struct AdminApi;
+
+/// The two kinds of credentials, and every route but the open ones requiring either.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(operators::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// Every admin error: a machine-readable code and a sentence for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `invalid-field`, `not-found`, `conflict`, `unauthorized`, `csrf`, `read-only`, …
+    pub error: String,
+    pub message: String,
 }
 
 /// Who makes an admin request.
@@ -301,13 +360,14 @@ async fn audit(app: &App, actor: &str, method: &Method, path: &str, status: Stat
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Login {
     name: String,
     password: String,
 }
 
 /// Logs an operator in: the session cookie, and the CSRF token its changes must carry.
+#[utoipa::path(post, path = "/admin/v1/session", tag = "operators", request_body = Login, responses((status = 200, description = "name, role, csrf_token, expires_at; the session cookie is set", body = Object), (status = 401, description = "Wrong name or password", body = ErrorBody), (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody)))]
 async fn login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -388,6 +448,7 @@ async fn login(
 
 /// Who the request's credentials are, and the CSRF token of a session (a page reads it here:
 /// the cookie itself is out of the page's reach).
+#[utoipa::path(get, path = "/admin/v1/session", tag = "operators", security(("token" = []), ("session" = [])), responses((status = 200, description = "name, role, via (session or token), csrf_token", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn whoami(axum::Extension(principal): axum::Extension<Principal>) -> AdminResult {
     Ok(Json(match principal {
         Principal::Token => json!({"name": null, "role": "operator", "via": "token"}),
@@ -399,6 +460,7 @@ async fn whoami(axum::Extension(principal): axum::Extension<Principal>) -> Admin
     }))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/session", tag = "operators", security(("token" = []), ("session" = [])), responses((status = 204, description = "The session ended; the cookie is cleared"), (status = 400, description = "Not a session", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, AdminError> {
     let id = session_id(&headers).ok_or_else(|| {
         AdminError::new(
@@ -430,7 +492,7 @@ impl From<OperatorError> for AdminError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewOperator {
     name: String,
     role: String,
@@ -441,6 +503,7 @@ fn operator_json(record: &crate::db::OperatorRecord) -> Value {
     json!({"name": record.name, "role": record.role, "created_at": record.created_at})
 }
 
+#[utoipa::path(post, path = "/admin/v1/operators", tag = "operators", security(("token" = []), ("session" = [])), request_body = NewOperator, responses((status = 201, description = "name, role, created_at", body = Object), (status = 409, description = "The name is taken", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn add_operator(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<NewOperator>,
@@ -455,6 +518,7 @@ async fn add_operator(
     Ok((StatusCode::CREATED, Json(operator_json(&record))))
 }
 
+#[utoipa::path(get, path = "/admin/v1/operators", tag = "operators", security(("token" = []), ("session" = [])), responses((status = 200, description = "operators: name, role, created_at", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_operators(State(app): State<Arc<App>>) -> AdminResult {
     let operators: Vec<Value> = app
         .db
@@ -466,19 +530,25 @@ async fn list_operators(State(app): State<Arc<App>>) -> AdminResult {
     Ok(Json(json!({ "operators": operators })))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/operators/{name}", tag = "operators", security(("token" = []), ("session" = [])), params(("name" = String, Path, description = "Operator name")), responses((status = 200, description = "Removed, its sessions ended", body = Object), (status = 404, description = "No such operator", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_operator(State(app): State<Arc<App>>, Path(name): Path<String>) -> AdminResult {
     app.db.remove_operator(&name).await?;
     Ok(Json(json!({ "removed": name })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// `next.before` of the previous page.
     before: Option<i64>,
+    /// `next.before_id` of the previous page.
     before_id: Option<String>,
+    /// 1 to 1000; default 100.
     limit: Option<i64>,
 }
 
 /// The audit log, newest first, a page at a time: the next page is the one `next` names.
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "operators", security(("token" = []), ("session" = [])), params(AuditQuery), responses((status = 200, description = "entries (id, at, actor, method, path, status), newest first, and next", body = Object), (status = 400, description = "Invalid limit", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn audit_log(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> AdminResult {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -512,6 +582,7 @@ fn federation_or_404(app: &App) -> Result<&Arc<crate::federation::Federation>, A
 }
 
 /// The discovery dictionary in force, this provider's filter, and each peer as seen from here.
+#[utoipa::path(get, path = "/admin/v1/federation", tag = "federation", security(("token" = []), ("session" = [])), responses((status = 200, description = "provider_id, certificate, directory, filter, peers", body = Object), (status = 404, description = "Federation disabled", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn federation_status(State(app): State<Arc<App>>) -> AdminResult {
     let fed = federation_or_404(&app)?;
     let directory = fed.directory.current();
@@ -573,6 +644,7 @@ async fn federation_status(State(app): State<Arc<App>>) -> AdminResult {
 }
 
 /// Fetches the discovery dictionary, rebuilds this provider's filter and pulls every peer's, now.
+#[utoipa::path(post, path = "/admin/v1/federation/resync", tag = "federation", security(("token" = []), ("session" = [])), responses((status = 200, description = "directory_error, version", body = Object), (status = 404, description = "Federation disabled", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn federation_resync(State(app): State<Arc<App>>) -> AdminResult {
     let fed = federation_or_404(&app)?;
     let directory_error = fed
@@ -588,6 +660,23 @@ async fn federation_resync(State(app): State<Arc<App>>) -> AdminResult {
     })))
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This document.
+#[utoipa::path(get, path = "/admin/api/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI document of this API", body = Object)))]
+async fn openapi_document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.get().cloned().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "The database answers and the provider is not stopping", body = String, content_type = "text/plain"), (status = 503, description = "Not ready", body = String, content_type = "text/plain")))]
 async fn ready(State(app): State<Arc<App>>) -> Response {
     match app.db.ping().await {
         Ok(()) if !*app.shutdown.borrow() => (StatusCode::OK, "ready\n").into_response(),
@@ -600,6 +689,7 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -649,7 +739,7 @@ fn call_json(c: &CallRecord) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
     #[serde(default)]
@@ -657,6 +747,7 @@ struct NewUserBody {
     uris: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/users", tag = "users", security(("token" = []), ("session" = [])), request_body = NewUserBody, responses((status = 200, description = "The user: id, display_name, uris, active_endpoints, created_at", body = Object), (status = 409, description = "A URI is taken", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn add_user(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<NewUserBody>,
@@ -665,13 +756,18 @@ async fn add_user(
     Ok(Json(user_json(&user)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Matches names and URIs, case-insensitively.
     q: Option<String>,
+    /// The `next_after` of the previous page.
     after: Option<String>,
+    /// 1 to 1000; default 100.
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/users", tag = "users", security(("token" = []), ("session" = [])), params(ListParams), responses((status = 200, description = "users, next_after, total", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_users(State(app): State<Arc<App>>, Query(params): Query<ListParams>) -> AdminResult {
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -697,6 +793,7 @@ async fn list_users(State(app): State<Arc<App>>, Query(params): Query<ListParams
     })))
 }
 
+#[utoipa::path(get, path = "/admin/v1/users/{id}", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn get_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     let user = app.db.user(&id).await?.ok_or_else(|| {
         AdminError::new(
@@ -708,17 +805,19 @@ async fn get_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminR
     Ok(Json(user_json(&user)))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/users/{id}", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "Removed, its URIs removed and its endpoints revoked", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     registry::remove_user(&app, &id).await?;
     Ok(Json(json!({"removed": id})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UriBody {
     uri: String,
 }
 
+#[utoipa::path(post, path = "/admin/v1/users/{id}/uris", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), request_body = UriBody, responses((status = 200, description = "user_id and the canonical uri", body = Object), (status = 409, description = "The URI is taken", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn add_uri(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -740,6 +839,7 @@ async fn add_uri(
     Ok(Json(json!({"user_id": id, "uri": uri})))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/uris/{uri}", tag = "users", security(("token" = []), ("session" = [])), params(("uri" = String, Path, description = "The URI, percent-encoded")), responses((status = 200, description = "removed: the canonical URI", body = Object), (status = 404, description = "No such URI", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_uri(State(app): State<Arc<App>>, Path(uri): Path<String>) -> AdminResult {
     let uri = app
         .canonicalizer
@@ -757,12 +857,13 @@ async fn remove_uri(State(app): State<Arc<App>>, Path(uri): Path<String>) -> Adm
     Ok(Json(json!({"removed": uri})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeBody {
     ttl_seconds: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/users/{id}/provisioning-codes", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), request_body(content = Option<CodeBody>, description = "Optional; an empty body takes the default lifetime"), responses((status = 200, description = "user_id, code (one-time), expires_at", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn provisioning_code(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -781,6 +882,7 @@ async fn provisioning_code(
     ))
 }
 
+#[utoipa::path(get, path = "/admin/v1/users/{id}/endpoints", tag = "endpoints", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "endpoints: id, user_id, name, capabilities, certificate_sha256, certificate_not_after, created_at, revoked_at", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_endpoints(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     if app.db.user(&id).await?.is_none() {
         return Err(AdminError::new(
@@ -795,7 +897,7 @@ async fn list_endpoints(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SipAccountBody {
     aor: String,
@@ -803,6 +905,7 @@ struct SipAccountBody {
     password: String,
 }
 
+#[utoipa::path(post, path = "/admin/v1/users/{id}/sip-accounts", tag = "sip", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), request_body = SipAccountBody, responses((status = 200, description = "aor, user_id, username, realm", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 409, description = "The AoR or username is taken", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn add_sip_account(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -827,6 +930,7 @@ async fn add_sip_account(
     })))
 }
 
+#[utoipa::path(get, path = "/admin/v1/users/{id}/sip-accounts", tag = "sip", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "sip_accounts with their registered contacts", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_sip_accounts(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     if app.db.user(&id).await?.is_none() {
         return Err(AdminError::new(
@@ -865,6 +969,7 @@ async fn list_sip_accounts(State(app): State<Arc<App>>, Path(id): Path<String>) 
     Ok(Json(json!({"sip_accounts": accounts})))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/sip-accounts/{aor}", tag = "sip", security(("token" = []), ("session" = [])), params(("aor" = String, Path, description = "The address of record, percent-encoded")), responses((status = 200, description = "removed: the AoR", body = Object), (status = 404, description = "No such account", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>) -> AdminResult {
     let canonical = crate::sip::registrar::canonical_aor(&aor).ok_or_else(|| {
         AdminError::new(
@@ -879,17 +984,22 @@ async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>
     Ok(Json(json!({"removed": canonical})))
 }
 
+#[utoipa::path(post, path = "/admin/v1/endpoints/{id}/revoke", tag = "endpoints", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "Endpoint id")), responses((status = 200, description = "Revoked: its next request is refused and its push channel closes", body = Object), (status = 404, description = "No such endpoint", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn revoke_endpoint(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     registry::revoke_endpoint(&app, &id).await?;
     Ok(Json(json!({"revoked": id})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallParams {
+    /// Calls initiated before this time (ms since the epoch).
     before: Option<i64>,
+    /// 1 to 1000; default 100.
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/calls", tag = "calls", security(("token" = []), ("session" = [])), params(CallParams), responses((status = 200, description = "calls: call detail records, newest first", body = Object), (status = 400, description = "Invalid limit", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_calls(State(app): State<Arc<App>>, Query(params): Query<CallParams>) -> AdminResult {
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -907,6 +1017,7 @@ async fn list_calls(State(app): State<Arc<App>>, Query(params): Query<CallParams
 
 /// Streams the CSV into the importer and answers with NDJSON: progress lines as rows are
 /// written, then one line with the outcome (`done` or `failed`).
+#[utoipa::path(post, path = "/admin/v1/import", tag = "users", security(("token" = []), ("session" = [])), request_body(content = String, content_type = "text/csv", description = "A header naming display_name and uris; one user per row"), responses((status = 200, description = "NDJSON: progress lines, then done or failed", content_type = "application/x-ndjson", body = String), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn import(State(app): State<Arc<App>>, body: Body) -> Response {
     let limit = app.config.admin.max_import_bytes;
     let mut seen = 0u64;
