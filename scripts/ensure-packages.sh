@@ -40,9 +40,13 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     need+=(python3)
 fi
-# Node and npm for the admin UI's checks (admin-ui/package.json).
+# Node and npm for the admin UI's checks (admin-ui/package.json), and the browser its tests
+# drive with playwright-core.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     need+=(nodejs npm)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    need+=(chromium)
 fi
 if ! command -v gcc >/dev/null 2>&1; then
     need+=(gcc libc6-dev)

@@ -113,7 +113,7 @@ pub fn router(app: Arc<App>) -> Router {
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
     // Every provider of the process builds the same document; the first one is kept.
     let _ = DOCUMENT.set(document.to_json().unwrap_or_default());
-    router.with_state(app)
+    router.merge(crate::admin_ui::router()).with_state(app)
 }
 
 /// The OpenAPI document (JSON) that `GET /admin/api/openapi.json` serves.
@@ -132,6 +132,9 @@ fn routes(app: Arc<App>) -> OpenApiRouter<Arc<App>> {
         .routes(utoipa_axum::routes!(add_sip_account, list_sip_accounts))
         .routes(utoipa_axum::routes!(remove_sip_account))
         .routes(utoipa_axum::routes!(list_calls))
+        .routes(utoipa_axum::routes!(calls_csv))
+        .routes(utoipa_axum::routes!(live_calls))
+        .routes(utoipa_axum::routes!(dashboard))
         .routes(utoipa_axum::routes!(federation_status))
         .routes(utoipa_axum::routes!(federation_resync))
         .routes((
@@ -1093,4 +1096,218 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
+}
+
+/// The columns of the CDR export, in order.
+const CDR_COLUMNS: [&str; 12] = [
+    "session_id",
+    "from",
+    "to",
+    "caller_endpoint",
+    "answered_by",
+    "media",
+    "state",
+    "outcome_reason",
+    "providers",
+    "initiated_at",
+    "answered_at",
+    "ended_at",
+];
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180), and defused when
+/// a spreadsheet would take it for a formula.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn time_field(ms: Option<i64>) -> String {
+    ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+    .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_default()
+}
+
+/// Call detail records as CSV, newest first (times in RFC 3339, UTC).
+#[utoipa::path(get, path = "/admin/v1/calls.csv", tag = "calls", security(("token" = []), ("session" = [])), params(CallParams), responses((status = 200, description = "A header line, then one record per call", content_type = "text/csv", body = String), (status = 400, description = "Invalid limit", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+async fn calls_csv(
+    State(app): State<Arc<App>>,
+    Query(params): Query<CallParams>,
+) -> Result<Response, AdminError> {
+    let limit = params.limit.unwrap_or(10_000);
+    if !(1..=100_000).contains(&limit) {
+        return Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "limit must be 1-100000",
+        ));
+    }
+    let calls = app.db.list_calls(params.before, limit).await?;
+    let mut csv = CDR_COLUMNS.join(",");
+    csv.push_str("\r\n");
+    for c in &calls {
+        let fields = [
+            c.session_id.clone(),
+            c.caller_uri.clone(),
+            c.callee_uri.clone(),
+            c.caller_endpoint.clone(),
+            c.answered_by.clone().unwrap_or_default(),
+            c.media.join(" "),
+            c.state.as_str().to_string(),
+            c.reason.clone().unwrap_or_default(),
+            c.providers.join(" "),
+            time_field(Some(c.initiated_at)),
+            time_field(c.answered_at),
+            time_field(c.ended_at),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        csv.push_str(&line.join(","));
+        csv.push_str("\r\n");
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"calls.csv\"",
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+/// Calls in progress as server-sent events: an event `calls` (`{"calls": [...]}`, the
+/// records as `GET /admin/v1/calls` has them) at once and whenever the set changes, read from
+/// the database every second, so every replica's calls show.
+#[utoipa::path(get, path = "/admin/v1/calls/live", tag = "calls", security(("token" = []), ("session" = [])), responses((status = 200, description = "text/event-stream of `calls` events", content_type = "text/event-stream", body = String), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+async fn live_calls(State(app): State<Arc<App>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream =
+        futures_util::stream::unfold((app, None::<String>), |(app, mut last)| async move {
+            let mut shutdown = app.shutdown.clone();
+            loop {
+                if *shutdown.borrow() {
+                    return None;
+                }
+                let current = match app.db.calls_in_progress(500).await {
+                    Ok(calls) => json!({"calls": calls.iter().map(call_json).collect::<Vec<_>>()})
+                        .to_string(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live calls: reading the database");
+                        String::new()
+                    }
+                };
+                if !current.is_empty() && last.as_deref() != Some(current.as_str()) {
+                    last = Some(current.clone());
+                    let event = Event::default().event("calls").data(current);
+                    return Some((Ok::<_, std::convert::Infallible>(event), (app, last)));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = crate::app::shutting_down(&mut shutdown) => return None,
+                }
+            }
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The value below which `share` of `sorted` lies (nearest rank).
+fn percentile(sorted: &[i64], share: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((share * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// Certificates expiring within this many days are flagged.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// What the dashboard shows: health, counts, the last hour's calls per minute with their setup
+/// latency, peers up and down, and certificates about to expire.
+#[utoipa::path(get, path = "/admin/v1/dashboard", tag = "calls", security(("token" = []), ("session" = [])), responses((status = 200, description = "ready, users, active_endpoints, calls_now, minutes (minute, calls, answered, setup_p50_ms, setup_p95_ms), peers, certificates", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+async fn dashboard(State(app): State<Arc<App>>) -> AdminResult {
+    let now = crate::db::now_ms();
+    let hour_ago = now - 3_600_000;
+    let first_minute = hour_ago - hour_ago % 60_000;
+    let times = app.db.call_times(hour_ago, 200_000).await?;
+    let mut minutes: Vec<(i64, u64, Vec<i64>)> = (0..=60)
+        .map(|i| (first_minute + i * 60_000, 0, Vec::new()))
+        .filter(|(m, _, _)| *m <= now)
+        .collect();
+    for (initiated, answered) in times {
+        let index = ((initiated - first_minute) / 60_000) as usize;
+        if let Some((_, calls, setups)) = minutes.get_mut(index) {
+            *calls += 1;
+            if let Some(answered) = answered {
+                setups.push(answered - initiated);
+            }
+        }
+    }
+    let minutes: Vec<Value> = minutes
+        .into_iter()
+        .map(|(minute, calls, mut setups)| {
+            setups.sort_unstable();
+            json!({
+                "minute": minute,
+                "calls": calls,
+                "answered": setups.len(),
+                "setup_p50_ms": percentile(&setups, 0.5),
+                "setup_p95_ms": percentile(&setups, 0.95),
+            })
+        })
+        .collect();
+    let peers = app.federation.as_ref().map(|fed| {
+        let directory = fed.directory.current();
+        let status = fed.peers.status(directory.as_deref(), &fed.provider_id);
+        let down = status
+            .iter()
+            .filter(|p| p.breaker_open || p.last_error.is_some())
+            .count();
+        json!({"up": status.len() - down, "down": down})
+    });
+    let mut certificates = Vec::new();
+    let mut certificate = |name: &str, not_after: i64| {
+        let days_left = (not_after - now).div_euclid(86_400_000);
+        certificates.push(json!({
+            "name": name,
+            "not_after": not_after,
+            "days_left": days_left,
+            "warning": days_left < CERTIFICATE_WARNING_DAYS,
+        }));
+    };
+    if let Some(not_after) = app.ca.not_after_ms() {
+        certificate("endpoint CA", not_after);
+    }
+    if let Some(fed) = &app.federation {
+        // The federation identity keeps Unix seconds.
+        certificate(
+            "federation certificate",
+            fed.identity.current().not_after * 1000,
+        );
+    }
+    Ok(Json(json!({
+        "ready": app.db.ping().await.is_ok() && !*app.shutdown.borrow(),
+        "users": app.db.count_users().await?,
+        "active_endpoints": app.db.count_active_endpoints().await?,
+        "calls_now": app.db.count_calls_in_progress().await?,
+        "minutes": minutes,
+        "peers": peers,
+        "certificates": certificates,
+    })))
 }

@@ -535,6 +535,43 @@ impl Db {
         rows.iter().map(call_from_row).collect()
     }
 
+    /// Calls ringing or answered, newest first.
+    pub async fn calls_in_progress(&self, limit: i64) -> StoreResult<Vec<CallRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE state IN ('ringing', 'answered') \
+             ORDER BY initiated_at DESC, session_id LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
+    pub async fn count_calls_in_progress(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM calls WHERE state IN ('ringing', 'answered')")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    /// When each call since `since` (ms) started and, if it was, was answered: the newest
+    /// `limit` of them.
+    pub async fn call_times(&self, since: i64, limit: i64) -> StoreResult<Vec<(i64, Option<i64>)>> {
+        Ok(sqlx::query(
+            "SELECT initiated_at, answered_at FROM calls WHERE initiated_at >= $1 \
+             ORDER BY initiated_at DESC LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+    }
+
     /// One call record by session id.
     pub async fn call(&self, session_id: &str) -> StoreResult<Option<CallRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

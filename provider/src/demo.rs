@@ -522,7 +522,7 @@ impl Demo {
                 );
                 let _ = writeln!(
                     out,
-                    "  SIP account  : {} password {}   (register a phone with it; calls through SIP are not there yet)",
+                    "  SIP account  : {} password {}   (register a phone with it, then call across the federation)",
                     account.sip_aor, account.sip_password
                 );
                 let _ = writeln!(

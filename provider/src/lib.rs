@@ -1,6 +1,7 @@
 //! The Switchyard provider daemon: registry, endpoint API, invitations, pushes, admin API.
 
 pub mod admin;
+mod admin_ui;
 pub mod api;
 pub mod app;
 pub mod auth;

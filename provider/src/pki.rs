@@ -88,6 +88,12 @@ impl EndpointCa {
         self.ca.cert_der()
     }
 
+    /// When the CA certificate expires (ms since the epoch).
+    pub fn not_after_ms(&self) -> Option<i64> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.ca.cert_der()).ok()?;
+        Some(cert.validity().not_after.timestamp() * 1000)
+    }
+
     /// Issues an endpoint certificate for the key in `request`: a PEM CSR (its signature is
     /// checked) or a PEM SubjectPublicKeyInfo. Only the key is taken from the request; the
     /// subject, URIs and validity are the provider's.
