@@ -131,6 +131,18 @@ async function main() {
     await addForm.getByRole("button", { name: "Add user" }).click();
     await page.getByRole("cell", { name: "Erin Example" }).waitFor();
     await page.getByRole("cell", { name: "mailto:erin@demo.example tel:+16502530077" }).waitFor();
+
+    step("import users from CSV");
+    const importForm = page.getByRole("form", { name: "Import users from CSV" });
+    await importForm.getByLabel(/CSV file/).setInputFiles({
+      name: "users.csv",
+      mimeType: "text/csv",
+      buffer: Buffer.from("display_name,uris\nFrank,tel:+16502530079\nGrace,mailto:grace@demo.example\n"),
+    });
+    await importForm.getByRole("button", { name: "Import" }).click();
+    await page.getByText("Import finished.").waitFor();
+    await page.getByRole("cell", { name: "Frank", exact: true }).waitFor();
+    await page.getByRole("cell", { name: "Grace", exact: true }).waitFor();
     await page.screenshot({ path: join(shots, "users.png"), fullPage: true });
 
     step("a call appears live, then ends");
@@ -148,12 +160,29 @@ async function main() {
     await live.getByRole("cell", { name: "answered" }).waitFor({ timeout: 15_000 });
     await live.getByRole("cell", { name: callArgs[2] }).waitFor();
     await page.screenshot({ path: join(shots, "calls-live.png"), fullPage: true });
+    // Meanwhile the caller's media holds an allocation at provider A's relay.
+    const relayPage = await operator.newPage();
+    await relayPage.goto(`${adminUrl}/admin/#/relay`);
+    await relayPage.getByRole("heading", { name: "Allocations" }).waitFor();
+    await relayPage.locator("#relay-allocations").getByRole("row").nth(1).waitFor();
+    await relayPage.getByText(/kbit\/s now/).waitFor();
+    await relayPage.waitForTimeout(2500);
+    await relayPage.screenshot({ path: join(shots, "relay.png"), fullPage: true });
+    await relayPage.close();
     await waitFor(caller, "hung up", 20_000);
     await live.getByText("No call in progress.").waitFor({ timeout: 10_000 });
     await waitFor(answerer, "ended", 10_000);
     await page.reload();
     await page.getByRole("heading", { name: "History" }).waitFor();
     await page.getByRole("cell", { name: "ended" }).first().waitFor();
+    const filters = page.getByRole("form", { name: "Filter the history" });
+    await filters.getByLabel("State").selectOption("rejected");
+    await filters.getByRole("button", { name: "Filter" }).click();
+    await page.getByText("No call matches.").waitFor();
+    await filters.getByLabel("State").selectOption("ended");
+    await filters.getByLabel("Caller or callee contains").fill("BOB@demo");
+    await filters.getByRole("button", { name: "Filter" }).click();
+    await page.getByRole("cell", { name: callArgs[2] }).first().waitFor();
     await page.screenshot({ path: join(shots, "calls-history.png"), fullPage: true });
     const csv = await page.evaluate(async () => (await fetch("/admin/v1/calls.csv")).text());
     assert.match(csv, /^session_id,from,to,/);
@@ -175,6 +204,12 @@ async function main() {
     await page.getByRole("heading", { name: "Peers" }).waitFor();
     await page.getByText(/Discovery dictionary of/).waitFor();
     await page.screenshot({ path: join(shots, "federation.png"), fullPage: true });
+
+    step("settings");
+    await page.getByRole("link", { name: "Settings" }).click();
+    await page.getByRole("cell", { name: "database.url" }).waitFor();
+    await page.getByRole("cell", { name: "admin.listen" }).waitFor();
+    await page.screenshot({ path: join(shots, "settings.png"), fullPage: true });
 
     step("a viewer is refused");
     const viewerContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
@@ -208,6 +243,8 @@ async function main() {
       ["Users", "Users and endpoints"],
       ["Calls", "Calls"],
       ["Federation", "Federation"],
+      ["Relay", "Relay"],
+      ["Settings", "Settings"],
       ["Dashboard", "Dashboard"],
     ]) {
       // From the page (where Enter left the focus), back up to the navigation.

@@ -409,14 +409,45 @@ async function callsPage() {
   });
   source.onerror = () => live.replaceChildren(h("p", { class: "error" }, "The live view lost its connection; it retries by itself."));
   state.live = source;
-  const history = await api("GET", "/admin/v1/calls?limit=100");
+  const params = new URLSearchParams(location.hash.split("?")[1] ?? "");
+  const filter = new URLSearchParams();
+  for (const key of ["state", "party"]) if (params.get(key)) filter.set(key, params.get(key));
+  const history = await api("GET", `/admin/v1/calls?limit=100&${filter}`);
+  const form = h(
+    "form",
+    {
+      "aria-label": "Filter the history",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const data = new FormData(form);
+        const chosen = new URLSearchParams();
+        for (const key of ["state", "party"]) if (data.get(key)) chosen.set(key, data.get(key));
+        location.hash = `#/calls?${chosen}`;
+      },
+    },
+    h(
+      "label",
+      {},
+      "State",
+      h(
+        "select",
+        { name: "state" },
+        ["", "ringing", "answered", "rejected", "cancelled", "timeout", "ended"].map((s) =>
+          h("option", { value: s, selected: s === (params.get("state") ?? "") }, s || "any"),
+        ),
+      ),
+    ),
+    h("label", {}, "Caller or callee contains", h("input", { name: "party", type: "search", value: params.get("party") ?? "" })),
+    h("button", { type: "submit" }, "Filter"),
+  );
   return [
     h("h1", {}, "Calls"),
     h("h2", {}, "In progress (live)"),
     live,
     h("h2", {}, "History"),
-    h("p", {}, h("a", { href: "/admin/v1/calls.csv", download: "calls.csv" }, "Export call detail records (CSV)")),
-    table(CALL_COLUMNS, callRows(history.calls)),
+    form,
+    h("p", {}, h("a", { href: `/admin/v1/calls.csv?${filter}`, download: "calls.csv" }, "Export these call detail records (CSV)")),
+    history.calls.length === 0 ? h("p", {}, "No call matches.") : table(CALL_COLUMNS, callRows(history.calls)),
   ];
 }
 
@@ -469,6 +500,121 @@ async function federationPage() {
   ];
 }
 
+// ---- relay ----
+
+/** Total relayed bandwidth over the last samples, as a line (both directions added). */
+function bandwidthChart(samples) {
+  const width = 640, height = 160, left = 44, top = 10, bottom = 20;
+  const plotWidth = width - left - 8, plotHeight = height - top - bottom;
+  const max = Math.max(1, ...samples);
+  const x = (i) => left + (i / Math.max(1, RELAY_SAMPLES - 1)) * plotWidth;
+  const y = (v) => top + plotHeight - (v / max) * plotHeight;
+  const offset = RELAY_SAMPLES - samples.length;
+  return h(
+    "svg",
+    {
+      class: "chart",
+      viewBox: `0 0 ${width} ${height}`,
+      role: "img",
+      "aria-label": `Relayed bandwidth over the last two minutes, now ${kbits(samples.at(-1) ?? 0)}`,
+    },
+    h("title", {}, "Relayed bandwidth, both directions"),
+    h("polyline", { class: "p50", points: samples.map((v, i) => `${x(i + offset)},${y(v)}`).join(" ") }),
+    h("text", { x: 2, y: top + 8 }, kbits(max)),
+    h("text", { x: left, y: height - 4 }, "2 min ago"),
+    h("text", { x: width - 30, y: height - 4 }, "now"),
+  );
+}
+
+const RELAY_SAMPLES = 60;
+const RELAY_EVERY_MS = 2000;
+
+function kbits(bitsPerSecond) {
+  return `${(bitsPerSecond / 1000).toFixed(1)} kbit/s`;
+}
+
+async function relayPage() {
+  const first = await api("GET", "/admin/v1/relay");
+  if (!first.enabled) return [h("h1", {}, "Relay"), h("p", {}, "This provider runs no TURN relay (relay.enabled is false).")];
+  const samples = [];
+  const chartBox = h("div", {}, bandwidthChart(samples));
+  const tableBox = h("div", { id: "relay-allocations", "aria-live": "polite" });
+  const summary = h("p", {});
+  let previous = { at: performance.now(), relay: first };
+  const show = (relay, rates) => {
+    const total = rates.reduce((sum, r) => sum + r, 0);
+    summary.replaceChildren(
+      `Relay ${relay.address}: ${relay.total.allocations} allocations; ${kbits(total)} now; ` +
+        `${(relay.total.bytes_to_peer / 1e6).toFixed(2)} MB to peers and ${(relay.total.bytes_from_peer / 1e6).toFixed(2)} MB from peers by the live allocations.`,
+    );
+    tableBox.replaceChildren(
+      relay.allocations.length === 0
+        ? h("p", {}, "No allocation.")
+        : table(
+            ["endpoint", "relayed address", "since", "to peers", "from peers", "bandwidth"],
+            relay.allocations.map((a, i) => [
+              h("code", {}, a.endpoint),
+              a.relayed_address,
+              time(a.created_at),
+              `${(a.bytes_to_peer / 1000).toFixed(1)} kB`,
+              `${(a.bytes_from_peer / 1000).toFixed(1)} kB`,
+              kbits(rates[i]),
+            ]),
+          ),
+    );
+  };
+  show(first, first.allocations.map(() => 0));
+  const timer = setInterval(async () => {
+    let relay;
+    try {
+      relay = await api("GET", "/admin/v1/relay");
+    } catch {
+      return;
+    }
+    const now = performance.now();
+    const seconds = (now - previous.at) / 1000;
+    const before = new Map(previous.relay.allocations.map((a) => [a.relayed_address, a]));
+    const rates = relay.allocations.map((a) => {
+      const old = before.get(a.relayed_address);
+      const bytes = a.bytes_to_peer + a.bytes_from_peer - (old ? old.bytes_to_peer + old.bytes_from_peer : 0);
+      return seconds > 0 ? (bytes * 8) / seconds : 0;
+    });
+    samples.push(rates.reduce((sum, r) => sum + r, 0));
+    if (samples.length > RELAY_SAMPLES) samples.shift();
+    chartBox.replaceChildren(bandwidthChart(samples));
+    show(relay, rates);
+    previous = { at: now, relay };
+  }, RELAY_EVERY_MS);
+  state.live = { close: () => clearInterval(timer) };
+  return [
+    h("h1", {}, "Relay"),
+    summary,
+    h("h2", {}, "Bandwidth"),
+    chartBox,
+    h("h2", {}, "Allocations"),
+    tableBox,
+  ];
+}
+
+// ---- settings ----
+
+/** Rows of `key = value` for every leaf of the configuration, as `config defaults` names keys. */
+function flatten(value, prefix = "") {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    return Object.entries(value).flatMap(([key, item]) => flatten(item, prefix ? `${prefix}.${key}` : key));
+  }
+  return [[prefix, value === null ? "(unset)" : JSON.stringify(value)]];
+}
+
+async function settingsPage() {
+  const config = await api("GET", "/admin/v1/settings");
+  return [
+    h("h1", {}, "Settings"),
+    h("p", {}, "The configuration in force (read-only; change it in the configuration file or the environment and restart). Passwords are masked."),
+    table(["key", "value"], flatten(config).map(([key, value]) => [h("code", {}, key), h("code", {}, value)])),
+  ];
+}
+
 // ---- frame ----
 
 const PAGES = {
@@ -476,6 +622,8 @@ const PAGES = {
   users: usersPage,
   calls: callsPage,
   federation: federationPage,
+  relay: relayPage,
+  settings: settingsPage,
 };
 
 async function render() {

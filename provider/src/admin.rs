@@ -135,6 +135,8 @@ fn routes(app: Arc<App>) -> OpenApiRouter<Arc<App>> {
         .routes(utoipa_axum::routes!(calls_csv))
         .routes(utoipa_axum::routes!(live_calls))
         .routes(utoipa_axum::routes!(dashboard))
+        .routes(utoipa_axum::routes!(settings))
+        .routes(utoipa_axum::routes!(relay_status))
         .routes(utoipa_axum::routes!(federation_status))
         .routes(utoipa_axum::routes!(federation_resync))
         .routes((
@@ -998,6 +1000,10 @@ async fn revoke_endpoint(State(app): State<Arc<App>>, Path(id): Path<String>) ->
 struct CallParams {
     /// Calls initiated before this time (ms since the epoch).
     before: Option<i64>,
+    /// Only calls in this state: ringing, answered, rejected, cancelled, timeout or ended.
+    state: Option<String>,
+    /// Only calls whose caller or callee URI contains this text (case-insensitively).
+    party: Option<String>,
     /// 1 to 1000; default 100.
     limit: Option<i64>,
 }
@@ -1012,7 +1018,7 @@ async fn list_calls(State(app): State<Arc<App>>, Query(params): Query<CallParams
             "limit must be 1-1000",
         ));
     }
-    let calls = app.db.list_calls(params.before, limit).await?;
+    let calls = filtered_calls(&app, &params, limit).await?;
     Ok(Json(
         json!({"calls": calls.iter().map(call_json).collect::<Vec<_>>()}),
     ))
@@ -1154,7 +1160,7 @@ async fn calls_csv(
             "limit must be 1-100000",
         ));
     }
-    let calls = app.db.list_calls(params.before, limit).await?;
+    let calls = filtered_calls(&app, &params, limit).await?;
     let mut csv = CDR_COLUMNS.join(",");
     csv.push_str("\r\n");
     for c in &calls {
@@ -1310,4 +1316,146 @@ async fn dashboard(State(app): State<Arc<App>>) -> AdminResult {
         "peers": peers,
         "certificates": certificates,
     })))
+}
+
+/// The TURN relay's live allocations with the payload bytes each carried, and their totals.
+#[utoipa::path(get, path = "/admin/v1/relay", tag = "federation", security(("token" = []), ("session" = [])), responses((status = 200, description = "enabled, address, allocations (endpoint, relayed_address, created_at, bytes_to_peer, bytes_from_peer), total", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+async fn relay_status(relay: Option<axum::Extension<Arc<crate::relay::Relay>>>) -> AdminResult {
+    let Some(axum::Extension(relay)) = relay else {
+        return Ok(Json(json!({"enabled": false})));
+    };
+    use std::sync::atomic::Ordering;
+    let (mut to_peer, mut from_peer) = (0u64, 0u64);
+    let allocations: Vec<Value> = relay
+        .state
+        .live_allocations()
+        .iter()
+        .map(|a| {
+            let (to, from) = (
+                a.to_peer.load(Ordering::Relaxed),
+                a.from_peer.load(Ordering::Relaxed),
+            );
+            to_peer += to;
+            from_peer += from;
+            json!({
+                "endpoint": a.endpoint,
+                "relayed_address": a.relayed.to_string(),
+                "created_at": a.created_at,
+                "bytes_to_peer": to,
+                "bytes_from_peer": from,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "enabled": true,
+        "address": relay.public_addr.to_string(),
+        "total": {
+            "allocations": allocations.len(),
+            "bytes_to_peer": to_peer,
+            "bytes_from_peer": from_peer,
+        },
+        "allocations": allocations,
+    })))
+}
+
+const CALL_STATES: [&str; 6] = [
+    "ringing",
+    "answered",
+    "rejected",
+    "cancelled",
+    "timeout",
+    "ended",
+];
+
+/// The calls `params` asks for; an unknown state is refused rather than matching nothing.
+async fn filtered_calls(
+    app: &App,
+    params: &CallParams,
+    limit: i64,
+) -> Result<Vec<CallRecord>, AdminError> {
+    let state = params.state.as_deref().filter(|s| !s.is_empty());
+    if let Some(state) = state {
+        if !CALL_STATES.contains(&state) {
+            return Err(AdminError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-field",
+                format!("state must be one of {}", CALL_STATES.join(", ")),
+            ));
+        }
+    }
+    let party = params.party.as_deref().filter(|p| !p.is_empty());
+    Ok(app
+        .db
+        .list_calls(params.before, state, party, limit)
+        .await?)
+}
+
+/// The configuration in force, as `switchyard config defaults` names its keys, with the
+/// password of a database URL masked (secrets themselves live in files the keys name).
+#[utoipa::path(get, path = "/admin/v1/settings", tag = "operators", security(("token" = []), ("session" = [])), responses((status = 200, description = "The effective configuration", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+async fn settings(State(app): State<Arc<App>>) -> AdminResult {
+    let mut value = serde_json::to_value(&app.config).map_err(|e| {
+        AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })?;
+    mask_secrets(&mut value);
+    Ok(Json(value))
+}
+
+/// Masks what could hold a secret inline: the password of any URL, and any value under a key
+/// naming a password.
+fn mask_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if key.contains("password") && item.is_string() {
+                    *item = Value::String("********".into());
+                } else {
+                    mask_secrets(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        Value::String(text) => {
+            if let Ok(mut url) = reqwest::Url::parse(text) {
+                if url.password().is_some() && url.set_password(Some("********")).is_ok() {
+                    *text = url.to_string();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_and_the_rest_kept() {
+        let mut value = json!({
+            "database": {"url": "postgres://switchyard:hunter2@db.example:5432/sy"},
+            "sip": {"password": "inline", "domains": ["a.test"]},
+            "admin": {"token_file": "/var/lib/switchyard/admin-token"},
+        });
+        mask_secrets(&mut value);
+        assert_eq!(
+            value["database"]["url"],
+            "postgres://switchyard:********@db.example:5432/sy"
+        );
+        assert_eq!(value["sip"]["password"], "********");
+        assert_eq!(value["sip"]["domains"][0], "a.test");
+        assert_eq!(
+            value["admin"]["token_file"],
+            "/var/lib/switchyard/admin-token"
+        );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=cmd()"), "'=cmd()");
+        assert_eq!(csv_field("+1,2"), "\"'+1,2\"");
+    }
 }

@@ -518,17 +518,34 @@ impl Db {
         rows.iter().map(call_from_row).collect()
     }
 
-    /// Call records, newest first, started before `before` (Unix ms).
+    /// Call records, newest first, started before `before` (Unix ms), in `state` and with a
+    /// caller or callee URI containing `party` (case-insensitively) when those are given.
     pub async fn list_calls(
         &self,
         before: Option<i64>,
+        state: Option<&str>,
+        party: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<CallRecord>> {
+        // LIKE's own wildcards in `party` are taken literally.
+        let pattern = party.map(|p| {
+            let escaped = p
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE initiated_at < $1 \
-             ORDER BY initiated_at DESC, session_id LIMIT $2"
+             AND ($2 IS NULL OR state = $2) \
+             AND ($3 IS NULL OR LOWER(caller_uri) LIKE $3 ESCAPE '\\' \
+                  OR LOWER(callee_uri) LIKE $3 ESCAPE '\\') \
+             ORDER BY initiated_at DESC, session_id LIMIT $4"
         )))
         .bind(before.unwrap_or(i64::MAX))
+        .bind(state)
+        .bind(pattern)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -210,7 +210,10 @@ impl Provider {
                 }
             }));
         }
-        let admin = crate::admin::router(app.clone());
+        let mut admin = crate::admin::router(app.clone());
+        if let Some(relay) = &relay {
+            admin = admin.layer(axum::Extension(relay.clone()));
+        }
         let mut admin_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let result = axum::serve(

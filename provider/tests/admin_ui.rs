@@ -33,6 +33,8 @@ fn operators_use_the_admin_pages_in_a_browser() {
         "calls-history",
         "endpoints",
         "federation",
+        "settings",
+        "relay",
         "users-viewer",
     ] {
         assert!(

@@ -117,6 +117,20 @@ struct EndpointStatus {
 struct Allocations {
     total: u32,
     per_endpoint: HashMap<String, u32>,
+    /// The traffic of each live allocation, by its relayed address.
+    live: HashMap<SocketAddr, Arc<AllocationTraffic>>,
+}
+
+/// What one allocation carried: its endpoint, relayed address, start, and payload bytes each
+/// way (counted by its relayed socket).
+#[derive(Debug)]
+pub struct AllocationTraffic {
+    pub endpoint: String,
+    pub relayed: SocketAddr,
+    /// Unix ms.
+    pub created_at: i64,
+    pub to_peer: std::sync::atomic::AtomicU64,
+    pub from_peer: std::sync::atomic::AtomicU64,
 }
 
 /// Everything the relay's callbacks share.
@@ -256,6 +270,45 @@ impl RelayState {
             }
         }
         metrics::gauge!("switchyard_relay_allocations").set(f64::from(allocations.total));
+    }
+
+    /// Starts counting the traffic of a new allocation.
+    pub fn track(&self, endpoint: &str, relayed: SocketAddr) -> Arc<AllocationTraffic> {
+        let traffic = Arc::new(AllocationTraffic {
+            endpoint: endpoint.to_string(),
+            relayed,
+            created_at: crate::db::now_ms(),
+            to_peer: Default::default(),
+            from_peer: Default::default(),
+        });
+        self.allocations
+            .lock()
+            .expect("relay allocations lock")
+            .live
+            .insert(relayed, traffic.clone());
+        traffic
+    }
+
+    pub fn untrack(&self, relayed: SocketAddr) {
+        self.allocations
+            .lock()
+            .expect("relay allocations lock")
+            .live
+            .remove(&relayed);
+    }
+
+    /// The live allocations, oldest first.
+    pub fn live_allocations(&self) -> Vec<Arc<AllocationTraffic>> {
+        let mut live: Vec<Arc<AllocationTraffic>> = self
+            .allocations
+            .lock()
+            .expect("relay allocations lock")
+            .live
+            .values()
+            .cloned()
+            .collect();
+        live.sort_by_key(|a| (a.created_at, a.relayed));
+        live
     }
 
     /// Live allocations: in total, and of one endpoint.

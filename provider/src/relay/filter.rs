@@ -130,6 +130,7 @@ impl RelayAddressGenerator for QuotaGenerator {
         let conn = RelayedConn {
             socket,
             state: self.state.clone(),
+            traffic: self.state.track(&endpoint, relay_addr),
             endpoint,
             released: AtomicBool::new(false),
             closed: CancellationToken::new(),
@@ -335,6 +336,7 @@ pub struct RelayedConn {
     socket: UdpSocket,
     state: Arc<RelayState>,
     endpoint: String,
+    traffic: Arc<super::auth::AllocationTraffic>,
     released: AtomicBool,
     closed: CancellationToken,
 }
@@ -343,6 +345,7 @@ impl RelayedConn {
     fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
             self.state.release_allocation_slot(&self.endpoint);
+            self.state.untrack(self.traffic.relayed);
         }
     }
 }
@@ -378,6 +381,9 @@ impl Conn for RelayedConn {
             if self.state.policy.permits(from.ip()) {
                 metrics::counter!("switchyard_relay_bytes_total", "direction" => "from-peer")
                     .increment(n as u64);
+                self.traffic
+                    .from_peer
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 return Ok((n, from));
             }
             refused("from-peer");
@@ -399,6 +405,7 @@ impl Conn for RelayedConn {
         let n = self.socket.send_to(buf, target).await?;
         metrics::counter!("switchyard_relay_bytes_total", "direction" => "to-peer")
             .increment(n as u64);
+        self.traffic.to_peer.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
