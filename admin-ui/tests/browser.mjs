@@ -89,7 +89,8 @@ async function main() {
   const admin = demo.output.match(/admin API +: (http:\/\/[0-9.:]+) +\(Authorization: Bearer (\S+)\)/);
   assert.ok(admin, `no admin API in:\n${demo.output}`);
   const [, adminUrl, token] = admin;
-  const cli = ["--admin-url", adminUrl, "--admin-token", token];
+  // `=`: a token may start with `-`.
+  const cli = ["--admin-url", adminUrl, `--admin-token=${token}`];
   run(["admin", "add", "ops", "--role", "operator", "--password-file", "-", ...cli], "operator password 1\n");
   run(["admin", "add", "watcher", "--role", "viewer", "--password-file", "-", ...cli], "viewer password 22\n");
 
@@ -211,6 +212,12 @@ async function main() {
     await page.getByRole("cell", { name: "admin.listen" }).waitFor();
     await page.screenshot({ path: join(shots, "settings.png"), fullPage: true });
 
+    step("audit log");
+    await page.getByRole("link", { name: "Audit log" }).click();
+    const audit = page.getByRole("row").filter({ hasText: "/admin/v1/users" }).filter({ hasText: "POST" });
+    await audit.filter({ hasText: "ops" }).first().waitFor();
+    await page.screenshot({ path: join(shots, "audit.png"), fullPage: true });
+
     step("a viewer is refused");
     const viewerContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const viewer = await viewerContext.newPage();
@@ -244,6 +251,7 @@ async function main() {
       ["Calls", "Calls"],
       ["Federation", "Federation"],
       ["Relay", "Relay"],
+      ["Audit log", "Audit log"],
       ["Settings", "Settings"],
       ["Dashboard", "Dashboard"],
     ]) {

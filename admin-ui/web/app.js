@@ -596,6 +596,36 @@ async function relayPage() {
   ];
 }
 
+// ---- audit log ----
+
+async function auditPage() {
+  const rows = h("tbody", {});
+  const more = h("button", { type: "button" }, "Older entries");
+  let next = null;
+  const load = async () => {
+    const query = next ? `&before=${next.before}&before_id=${encodeURIComponent(next.before_id)}` : "";
+    const page = await api("GET", `/admin/v1/audit?limit=50${query}`);
+    for (const e of page.entries) {
+      rows.append(h("tr", {}, [time(e.at), e.actor, e.method, h("code", {}, e.path), e.status].map((c) => h("td", {}, c))));
+    }
+    next = page.next;
+    more.hidden = !next;
+  };
+  more.addEventListener("click", () => load().catch((e) => say(e.message, "error")));
+  await load();
+  return [
+    h("h1", {}, "Audit log"),
+    h("p", {}, "Every change made through the admin API, and every login, newest first: who, what, when, and the answer."),
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, ["when", "who", "method", "path", "status"].map((c) => h("th", { scope: "col" }, c)))),
+      rows,
+    ),
+    more,
+  ];
+}
+
 // ---- settings ----
 
 /** Rows of `key = value` for every leaf of the configuration, as `config defaults` names keys. */
@@ -623,6 +653,7 @@ const PAGES = {
   calls: callsPage,
   federation: federationPage,
   relay: relayPage,
+  audit: auditPage,
   settings: settingsPage,
 };
 

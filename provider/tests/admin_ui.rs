@@ -35,6 +35,7 @@ fn operators_use_the_admin_pages_in_a_browser() {
         "federation",
         "settings",
         "relay",
+        "audit",
         "users-viewer",
     ] {
         assert!(

@@ -376,3 +376,40 @@ async fn failed_logins_are_limited_and_give_nothing_away() -> anyhow::Result<()>
     h.provider.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_call_history_filters_by_state_and_party() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    for query in [
+        "state=ended",
+        "party=bob%40example",
+        "state=answered&party=%25_",
+        "state=",
+    ] {
+        let (status, body) = h
+            .admin_call(Method::GET, &format!("/admin/v1/calls?{query}"), None)
+            .await?;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(body["calls"].as_array().map(Vec::len), Some(0), "{query}");
+    }
+    let (status, body) = h
+        .admin_call(Method::GET, "/admin/v1/calls?state=lost", None)
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid-field"))
+    );
+    let response = h
+        .admin
+        .get(format!("{}/admin/v1/calls.csv?state=ended", h.admin_url))
+        .bearer_auth(h.token())
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.text().await?,
+        "session_id,from,to,caller_endpoint,answered_by,media,state,outcome_reason,providers,initiated_at,answered_at,ended_at\r\n"
+    );
+    h.provider.shutdown().await;
+    Ok(())
+}
