@@ -555,14 +555,7 @@ struct AuditQuery {
 /// The audit log, newest first, a page at a time: the next page is the one `next` names.
 #[utoipa::path(get, path = "/admin/v1/audit", tag = "operators", security(("token" = []), ("session" = [])), params(AuditQuery), responses((status = 200, description = "entries (id, at, actor, method, path, status), newest first, and next", body = Object), (status = 400, description = "Invalid limit", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn audit_log(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> AdminResult {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AdminError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-field",
-            "limit must be 1 to 1000",
-        ));
-    }
+    let limit = page_limit(q.limit, 100, 1000)?;
     // Without a cursor: from the newest (ids are base64url, all below `~`).
     let (before, before_id) = match q.before {
         Some(at) => (at, q.before_id.unwrap_or_default()),
@@ -774,14 +767,7 @@ struct ListParams {
 
 #[utoipa::path(get, path = "/admin/v1/users", tag = "users", security(("token" = []), ("session" = [])), params(ListParams), responses((status = 200, description = "users, next_after, total", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_users(State(app): State<Arc<App>>, Query(params): Query<ListParams>) -> AdminResult {
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AdminError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-field",
-            "limit must be 1-1000",
-        ));
-    }
+    let limit = page_limit(params.limit, 100, 1000)?;
     let users = app
         .db
         .list_users(params.q.as_deref(), params.after.as_deref(), limit)
@@ -1010,14 +996,7 @@ struct CallParams {
 
 #[utoipa::path(get, path = "/admin/v1/calls", tag = "calls", security(("token" = []), ("session" = [])), params(CallParams), responses((status = 200, description = "calls: call detail records, newest first", body = Object), (status = 400, description = "Invalid limit", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn list_calls(State(app): State<Arc<App>>, Query(params): Query<CallParams>) -> AdminResult {
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AdminError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-field",
-            "limit must be 1-1000",
-        ));
-    }
+    let limit = page_limit(params.limit, 100, 1000)?;
     let calls = filtered_calls(&app, &params, limit).await?;
     Ok(Json(
         json!({"calls": calls.iter().map(call_json).collect::<Vec<_>>()}),
@@ -1152,14 +1131,7 @@ async fn calls_csv(
     State(app): State<Arc<App>>,
     Query(params): Query<CallParams>,
 ) -> Result<Response, AdminError> {
-    let limit = params.limit.unwrap_or(10_000);
-    if !(1..=100_000).contains(&limit) {
-        return Err(AdminError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-field",
-            "limit must be 1-100000",
-        ));
-    }
+    let limit = page_limit(params.limit, 10_000, 100_000)?;
     let calls = filtered_calls(&app, &params, limit).await?;
     let mut csv = CDR_COLUMNS.join(",");
     csv.push_str("\r\n");
@@ -1423,6 +1395,20 @@ fn mask_secrets(value: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A page size: `default` when not given, else 1 to `max`.
+fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, AdminError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            format!("limit must be 1-{max}"),
+        ))
     }
 }
 
