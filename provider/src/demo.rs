@@ -506,6 +506,11 @@ impl Demo {
                 app.admin_token
             );
             let _ = writeln!(out, "  metrics      : http://{admin}/metrics");
+            let _ = writeln!(
+                out,
+                "  admin pages  : http://{admin}/admin/   (log in as an operator: switchyard admin add NAME --role operator --password-file - --admin-url http://{admin} --admin-token={})",
+                app.admin_token
+            );
             if let Some(addr) = provider.federation_addr {
                 let _ = writeln!(
                     out,
