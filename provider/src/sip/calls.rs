@@ -173,7 +173,6 @@ pub fn leg_key(session: &str, endpoint: &str) -> String {
 }
 
 /// The calls in progress at this edge, by [`leg_key`].
-#[derive(Default)]
 pub struct Calls {
     /// Each call's task.
     legs: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
@@ -185,16 +184,38 @@ pub struct Calls {
     /// The edge's client transactions by branch.
     clients: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<InboundResponse>>>,
     /// Sessions that ended here lately, so late pushes for them are taken off the queue.
-    ended: std::sync::Mutex<HashMap<String, Instant>>,
+    ended: std::sync::Mutex<super::expiry::ExpiringMap<String, ()>>,
 }
 
 /// How long an ended call's late pushes are still recognised.
 const ENDED_MEMORY: Duration = Duration::from_secs(120);
+/// Ended calls remembered at most (a bound on memory whatever the call rate).
+const ENDED_REMEMBERED: usize = 1_000_000;
+
+impl Default for Calls {
+    fn default() -> Self {
+        Calls {
+            legs: Default::default(),
+            dialogs: Default::default(),
+            invites: Default::default(),
+            clients: Default::default(),
+            ended: std::sync::Mutex::new(super::expiry::ExpiringMap::new(
+                ENDED_MEMORY,
+                ENDED_REMEMBERED,
+            )),
+        }
+    }
+}
 
 impl Calls {
     pub fn has_leg(&self, leg: &str) -> bool {
         self.legs.lock().expect("legs").contains_key(leg)
-            || self.ended.lock().expect("ended").contains_key(leg)
+            || self
+                .ended
+                .lock()
+                .expect("ended")
+                .get(&leg.to_string(), Instant::now())
+                .is_some()
     }
 
     pub(super) fn send_event(&self, leg: &str, event: Event) -> bool {
@@ -1276,11 +1297,11 @@ impl Leg {
                 .expect("dialogs")
                 .remove(&(dialog.call_id.clone(), dialog.local_tag.clone()));
         }
-        let mut ended = calls.ended.lock().expect("ended");
-        let now = Instant::now();
-        ended.retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
-        ended.insert(self.leg_id.clone(), now);
-        drop(ended);
+        calls
+            .ended
+            .lock()
+            .expect("ended")
+            .insert(self.leg_id.clone(), (), Instant::now());
         if let Some(invite) = self.invite.take() {
             self.edge.forget_invite_later(invite.key);
         }

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod anchor;
 pub mod calls;
 pub mod digest;
+mod expiry;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod message;
@@ -79,7 +80,7 @@ pub struct SipEdge {
     digest: Digest,
     domains: Vec<String>,
     limits: Limits,
-    transactions: Mutex<HashMap<TransactionKey, (Instant, TransactionState)>>,
+    transactions: Mutex<expiry::ExpiringMap<TransactionKey, TransactionState>>,
     calls: calls::Calls,
     udp: OnceLock<Arc<UdpSocket>>,
     bound: Mutex<HashMap<Transport, SocketAddr>>,
@@ -125,7 +126,7 @@ impl SipEdge {
             digest,
             domains,
             app,
-            transactions: Mutex::default(),
+            transactions: Mutex::new(expiry::ExpiringMap::new(TIMER_J, MAX_TRANSACTIONS)),
             calls: calls::Calls::default(),
             udp: OnceLock::new(),
             bound: Mutex::default(),
@@ -295,16 +296,12 @@ impl SipEdge {
         {
             let mut transactions = self.transactions.lock().expect("transactions lock");
             let now = Instant::now();
-            if transactions.len() >= MAX_TRANSACTIONS {
-                transactions.retain(|_, (at, _)| now.duration_since(*at) < TIMER_J);
-            }
-            match transactions.get(&key) {
-                Some((at, _)) if now.duration_since(*at) >= TIMER_J => {}
-                Some((_, TransactionState::Proceeding)) => return None,
-                Some((_, TransactionState::Completed(answer))) => return Some(answer.clone()),
+            match transactions.get(&key, now) {
+                Some(TransactionState::Proceeding) => return None,
+                Some(TransactionState::Completed(answer)) => return Some(answer.clone()),
                 None => {}
             }
-            transactions.insert(key.clone(), (now, TransactionState::Proceeding));
+            transactions.insert(key.clone(), TransactionState::Proceeding, now);
         }
         let answer = self.dispatch(&inbound).await;
         {
@@ -315,7 +312,8 @@ impl SipEdge {
             } else {
                 transactions.insert(
                     key,
-                    (Instant::now(), TransactionState::Completed(answer.clone())),
+                    TransactionState::Completed(answer.clone()),
+                    Instant::now(),
                 );
             }
         }

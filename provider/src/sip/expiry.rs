@@ -1,0 +1,94 @@
+//! A map whose entries expire a fixed time after they were last written, pruned as it is used in
+//! O(1) amortised time: an insertion-ordered queue of (time, key) says what is oldest. The SIP
+//! edge remembers transactions and ended calls this way; scanning the whole map on every
+//! insertion cost more than the calls themselves at a few hundred calls a second.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+pub struct ExpiringMap<K, V> {
+    entries: HashMap<K, (Instant, V)>,
+    order: VecDeque<(Instant, K)>,
+    lifetime: Duration,
+    /// Past this many entries the oldest go, expired or not.
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
+    pub fn new(lifetime: Duration, capacity: usize) -> Self {
+        ExpiringMap {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            lifetime,
+            capacity,
+        }
+    }
+
+    /// Drops what expired by `now`, and the oldest beyond the capacity.
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, key)) = self.order.front() {
+            let expired = now.duration_since(*at) >= self.lifetime;
+            if !expired && self.entries.len() <= self.capacity {
+                break;
+            }
+            // Only the queue entry of the latest write removes the key: an older one is stale.
+            if self
+                .entries
+                .get(key)
+                .is_some_and(|(written, _)| written == at)
+            {
+                self.entries.remove(key);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    pub fn insert(&mut self, key: K, value: V, now: Instant) {
+        self.entries.insert(key.clone(), (now, value));
+        self.order.push_back((now, key));
+        self.prune(now);
+    }
+
+    /// The value written under `key` less than the lifetime before `now`.
+    pub fn get(&mut self, key: &K, now: Instant) -> Option<&V> {
+        self.prune(now);
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    pub fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_after_their_last_write_and_the_oldest_go_past_the_capacity() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut map = ExpiringMap::new(Duration::from_secs(10), 3);
+        map.insert("a", 1, start);
+        map.insert("b", 2, start + second);
+        // Rewritten: lives ten seconds from now on.
+        map.insert("a", 3, start + 5 * second);
+        assert_eq!(map.get(&"a", start + 12 * second), Some(&3));
+        assert_eq!(map.get(&"b", start + 12 * second), None);
+        assert_eq!(map.len(), 1);
+        map.insert("c", 4, start + 13 * second);
+        map.insert("d", 5, start + 13 * second);
+        map.insert("e", 6, start + 13 * second);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(&"a", start + 13 * second), None, "the oldest went");
+        map.remove(&"d");
+        assert_eq!(map.get(&"d", start + 13 * second), None);
+        assert_eq!(map.get(&"e", start + 13 * second), Some(&6));
+    }
+}
