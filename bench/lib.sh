@@ -31,3 +31,29 @@ start_provider() {
     tail -20 "$work/serve.log" >&2
     return 1
 }
+
+# sip_accounts ADMIN_PORT TOKEN_FILE DISPLAY_NAME TEL CSV NAME [COUNT]: makes a user (with the
+# `tel:` URI TEL) holding SIP accounts in domain bench.test, NAME0..NAME{COUNT-1} or NAME alone,
+# each with password NAME-secret, and writes sipp's injection file for them to CSV
+# (`SEQUENTIAL`, then `user;[authentication username=user password=…]` per account).
+sip_accounts() {
+    python3 - "$@" <<'PY'
+import json, sys, urllib.error, urllib.request
+port, token_file, display_name, tel, csv, name = sys.argv[1:7]
+names = [f"{name}{i}" for i in range(int(sys.argv[7]))] if len(sys.argv) > 7 else [name]
+token = open(token_file).read().strip()
+def call(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        return json.load(urllib.request.urlopen(req, timeout=10))
+    except urllib.error.HTTPError as e:
+        sys.exit(f"switchyard: POST {path} {json.dumps(body)}: {e.code} {e.read().decode()}")
+user = call("/admin/v1/users", {"display_name": display_name, "uris": [tel]})["id"]
+with open(csv, "w") as out:
+    out.write("SEQUENTIAL\n")
+    for n in names:
+        call(f"/admin/v1/users/{user}/sip-accounts", {"aor": f"sip:{n}@bench.test", "password": f"{n}-secret"})
+        out.write(f"{n};[authentication username={n} password={n}-secret]\n")
+PY
+}

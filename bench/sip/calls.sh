@@ -406,28 +406,10 @@ TOML
     start_provider "$bin" "$dir" "$admin_port" "${pin_server[@]}" || rc=$?
     pids+=("$pid")
     [ "$rc" -eq 0 ] || return 1
-    python3 - "$admin_port" "$dir/data/admin-token" "$callers" "$dir" <<'PY'
-import json, sys, urllib.error, urllib.request
-port, token_file, callers, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-token = open(token_file).read().strip()
-def call(path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        return json.load(urllib.request.urlopen(req, timeout=10))
-    except urllib.error.HTTPError as e:
-        sys.exit(f"switchyard: POST {path} {json.dumps(body)}: {e.code} {e.read().decode()}")
-caller = call("/admin/v1/users", {"display_name": "Caller", "uris": ["tel:+442071234567"]})["id"]
-callee = call("/admin/v1/users", {"display_name": "Callee", "uris": ["tel:+442071234568"]})["id"]
-with open(f"{out}/callers.csv", "w") as f:
-    f.write("SEQUENTIAL\n")
-    for i in range(callers):
-        call(f"/admin/v1/users/{caller}/sip-accounts", {"aor": f"sip:caller{i}@bench.test", "password": f"caller-secret-{i}"})
-        f.write(f"caller{i};[authentication username=caller{i} password=caller-secret-{i}]\n")
-call(f"/admin/v1/users/{callee}/sip-accounts", {"aor": "sip:callee@bench.test", "password": "callee-secret"})
-with open(f"{out}/callee.csv", "w") as f:
-    f.write("SEQUENTIAL\ncallee;[authentication username=callee password=callee-secret]\n")
-PY
+    sip_accounts "$admin_port" "$dir/data/admin-token" Caller tel:+442071234567 "$dir/callers.csv" \
+        caller "$callers" || return 1
+    sip_accounts "$admin_port" "$dir/data/admin-token" Callee tel:+442071234568 "$dir/callee.csv" \
+        callee || return 1
     # The callee's phone registers from the UAS's port, so the edge's INVITEs go to the UAS.
     "${pin_load[@]}" sipp "127.0.0.1:$sip_port" -sf tests/interop/sipp/register.xml \
         -inf "$dir/callee.csv" -key domain bench.test -auth_uri bench.test -t u1 -i 127.0.0.1 \

@@ -44,21 +44,8 @@ fi
 start_provider "$bin" "$work" "$admin_port" "${pin_server[@]}"
 
 # One user holding <accounts> SIP accounts user0..userN-1, and sipp's injection file for them.
-python3 - "$admin_port" "$work/data/admin-token" "$accounts" "$work/accounts.csv" <<'PY'
-import json, sys, urllib.request
-port, token_file, n, csv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-token = open(token_file).read().strip()
-def call(path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req))
-user = call("/admin/v1/users", {"display_name": "Bench", "uris": ["tel:+442071234567"]})["id"]
-with open(csv, "w") as out:
-    out.write("SEQUENTIAL\n")
-    for i in range(n):
-        call(f"/admin/v1/users/{user}/sip-accounts", {"aor": f"sip:user{i}@bench.test", "password": f"secret-{i:06d}"})
-        out.write(f"user{i};[authentication username=user{i} password=secret-{i:06d}]\n")
-PY
+sip_accounts "$admin_port" "$work/data/admin-token" Bench tel:+442071234567 "$work/accounts.csv" \
+    user "$accounts"
 
 echo "sipp: $total registrations of $accounts accounts over ${transport/u1/UDP}" >&2
 start=$(date +%s.%N)
