@@ -660,25 +660,14 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
 #[tokio::test]
 async fn a_blob_without_an_sdp_offer_for_a_sip_phone_is_refused_as_unsupported_media(
 ) -> anyhow::Result<()> {
-    show_logs();
-    let fed = TestFederation::start(&[
-        ProviderSpec::plist("a.test").with_sip(),
-        ProviderSpec::plist("b.test").with_sip(),
-    ])
-    .await?;
-    sip_alice_and_bob(&fed, PASSWORD).await?;
-    let a = fed.provider("a.test");
+    let f = Federation::start().await?;
+    let a = f.fed.provider("a.test");
     let carol_user = a.add_user("Carol", &["tel:+16502530009"]).await?;
     let carol = a
         .endpoint(&carol_user, "tel:+16502530009", None, Encoding::Plist)
         .await?;
     let mut carol_push = carol.push_channel(PushMode::WebSocket).await?;
-    let b_sip = fed
-        .provider("b.test")
-        .provider
-        .sip_udp_addr
-        .expect("SIP over UDP");
-    let mut bob = SipTransport::udp(b_sip).await?;
+    let mut bob = SipTransport::udp(f.b.sip).await?;
     let ua = Ua::of(&bob)?;
     register(&mut bob, &ua, "b.test", "bob", "udp").await?;
 
@@ -693,6 +682,6 @@ async fn a_blob_without_an_sdp_offer_for_a_sip_phone_is_refused_as_unsupported_m
             .is_none(),
         "the SIP phone was not rung"
     );
-    fed.shutdown().await;
+    f.fed.shutdown().await;
     Ok(())
 }
