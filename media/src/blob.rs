@@ -59,7 +59,7 @@ impl PeerMedia {
                 return Ok(PeerMedia::Sdp(sdp.to_owned()));
             }
         }
-        MediaBlob::from_bytes(bytes).map(PeerMedia::Endpoint)
+        MediaBlob::from_dict(&dict).map(PeerMedia::Endpoint)
     }
 }
 
@@ -240,7 +240,10 @@ impl MediaBlob {
     /// Decodes and validates a blob; unknown keys are ignored so later versions can add
     /// optional fields.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlobError> {
-        let dict = Dict::decode(bytes, Encoding::Plist)?;
+        Self::from_dict(&Dict::decode(bytes, Encoding::Plist)?)
+    }
+
+    fn from_dict(dict: &Dict) -> Result<Self, BlobError> {
         let version = dict.int("version")?;
         if version != BLOB_VERSION {
             return Err(BlobError::Version(version));

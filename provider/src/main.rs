@@ -1099,15 +1099,16 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                         let peer = push.str("peer-uri")?.to_string();
                         let self_uri = push.str("self-uri")?.to_string();
                         let gathered = gathered.take().expect("one Accept per call");
-                        let mut call = match endpoint_media::start(gathered, true, &push) {
+                        let answerer = endpoint_media::peer(&push);
+                        // A SIP phone runs its own ICE: no relay is added behind its back.
+                        let phone = matches!(answerer, Ok(Peer::Sdp(_)));
+                        let mut call = match answerer.and_then(|p| Ok(gathered.start(true, p)?)) {
                             Ok(call) => Some(call),
                             Err(e) => {
                                 println!("media failed: {e:#}");
                                 None
                             }
                         };
-                        // A SIP phone runs its own ICE: no relay is added behind its back.
-                        let phone = matches!(endpoint_media::peer(&push), Ok(Peer::Sdp(_)));
                         if let Some(media) = call.as_mut().filter(|_| !phone) {
                             let joined = endpoint_media::join_call_relay(
                                 media,
@@ -1236,8 +1237,9 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                         )
                         .await
                         .context("preparing the media port")?;
-                        if let Ok(Peer::Sdp(offer)) = endpoint_media::peer(&push) {
-                            if let Err(e) = gathered.answer_sdp(&offer) {
+                        let caller = endpoint_media::peer(&push);
+                        if let Ok(Peer::Sdp(offer)) = &caller {
+                            if let Err(e) = gathered.answer_sdp(offer) {
                                 let why = format!("{e:#}");
                                 client
                                     .reject(&push, "unsupported-media", Some(&why))
@@ -1255,7 +1257,7 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         println!("accepted");
-                        let mut call = match endpoint_media::start(gathered, false, &push) {
+                        let mut call = match caller.and_then(|p| Ok(gathered.start(false, p)?)) {
                             Ok(call) => Some(call),
                             Err(e) => {
                                 println!("media failed: {e:#}");

@@ -214,7 +214,7 @@ impl Calls {
                 .ended
                 .lock()
                 .expect("ended")
-                .get(&leg.to_string(), Instant::now())
+                .get(leg, Instant::now())
                 .is_some()
     }
 

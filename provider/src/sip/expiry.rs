@@ -3,6 +3,7 @@
 //! edge remembers transactions and ended calls this way; scanning the whole map on every
 //! insertion cost more than the calls themselves at a few hundred calls a second.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -51,7 +52,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
     }
 
     /// The value written under `key` less than the lifetime before `now`.
-    pub fn get(&mut self, key: &K, now: Instant) -> Option<&V> {
+    pub fn get<Q>(&mut self, key: &Q, now: Instant) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.prune(now);
         self.entries.get(key).map(|(_, v)| v)
     }
