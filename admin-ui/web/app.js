@@ -83,12 +83,16 @@ function time(ms) {
   return Number.isNaN(date.getTime()) ? "never" : date.toISOString().replace("T", " ").slice(0, 19);
 }
 
+function tableRow(cells) {
+  return h("tr", {}, cells.map((c) => h("td", {}, c)));
+}
+
 function table(columns, rows) {
   return h(
     "table",
     {},
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))),
+    h("tbody", {}, rows.map(tableRow)),
   );
 }
 
@@ -599,15 +603,15 @@ async function relayPage() {
 // ---- audit log ----
 
 async function auditPage() {
-  const rows = h("tbody", {});
+  const entries = table(["when", "who", "method", "path", "status"], []);
+  const rows = entries.querySelector("tbody");
   const more = h("button", { type: "button" }, "Older entries");
   let next = null;
   const load = async () => {
     const query = next ? `&before=${next.before}&before_id=${encodeURIComponent(next.before_id)}` : "";
     const page = await api("GET", `/admin/v1/audit?limit=50${query}`);
-    for (const e of page.entries) {
-      rows.append(h("tr", {}, [time(e.at), e.actor, e.method, h("code", {}, e.path), e.status].map((c) => h("td", {}, c))));
-    }
+    const cells = page.entries.map((e) => [time(e.at), e.actor, e.method, h("code", {}, e.path), e.status]);
+    rows.append(...cells.map(tableRow));
     next = page.next;
     more.hidden = !next;
   };
@@ -616,12 +620,7 @@ async function auditPage() {
   return [
     h("h1", {}, "Audit log"),
     h("p", {}, "Every change made through the admin API, and every login, newest first: who, what, when, and the answer."),
-    h(
-      "table",
-      {},
-      h("thead", {}, h("tr", {}, ["when", "who", "method", "path", "status"].map((c) => h("th", { scope: "col" }, c)))),
-      rows,
-    ),
+    entries,
     more,
   ];
 }
