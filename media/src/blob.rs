@@ -11,7 +11,7 @@ use std::num::NonZeroU8;
 use std::str::FromStr;
 
 use rand::Rng;
-use switchyard_federation::dict::{Dict, DictError, Encoding, Value};
+use switchyard_protocol::dict::{Dict, DictError, Encoding, Value};
 
 /// The blob format this code writes and the only one it reads.
 pub const BLOB_VERSION: i64 = 1;

@@ -40,7 +40,7 @@ use crate::secure::{
 };
 use crate::sip::{SipEvent, SipSession};
 use crate::{Capabilities, MediaKind};
-use switchyard_federation::CanonicalUri;
+use switchyard_protocol::CanonicalUri;
 
 /// The local socket is base 0 for the connectivity checks; the TURN allocation is base 1.
 const HOST_BASE: usize = 0;
@@ -423,7 +423,7 @@ impl Gathered {
         // Canonicalized here, before the handshake: the first `tel:` parse loads the numbering
         // metadata, which must not stall the packet loop mid-handshake.
         let canonical = |uri: &str| {
-            switchyard_federation::Canonicalizer::new(None)
+            switchyard_protocol::Canonicalizer::new(None)
                 .canonicalize(uri)
                 .map_err(|e| MediaError::Negotiation(format!("{uri}: {e}")))
         };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 use rsip::{headers, Header, Headers, Method, Request, Response, SipMessage};
-use switchyard_federation::CanonicalUri;
+use switchyard_protocol::CanonicalUri;
 
 /// Largest SIP message accepted or produced.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -722,7 +722,7 @@ impl SipSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_federation::Canonicalizer;
+    use switchyard_protocol::Canonicalizer;
 
     const OFFER: &str =
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use switchyard_federation::dict::{Dict, Encoding, Value};
+use switchyard_protocol::dict::{Dict, Encoding, Value};
 use switchyard_media::Capabilities;
 
 use crate::app::App;

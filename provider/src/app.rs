@@ -1,7 +1,7 @@
 //! The state shared by every request of one provider process.
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use switchyard_federation::uri::Canonicalizer;
+use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::watch;
 
 use crate::config::Config;

@@ -548,7 +548,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty".into());
         }
-        if !switchyard_federation::pki::valid_provider_id(&self.provider_id) {
+        if !switchyard_protocol::pki::valid_provider_id(&self.provider_id) {
             bad(
                 "provider_id",
                 "must be 1-253 characters of letters, digits, `.`, `-` and `_`".into(),

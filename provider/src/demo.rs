@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use switchyard_federation::dict::Encoding;
-use switchyard_federation::discovery::{Directory, Member};
-use switchyard_federation::pki::{self as fed_pki, FederationCa};
+use switchyard_protocol::dict::Encoding;
+use switchyard_protocol::discovery::{Directory, Member};
+use switchyard_protocol::pki::{self as fed_pki, FederationCa};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -162,7 +162,7 @@ impl Demo {
         crate::server::install_crypto_provider();
         // The first phone number parsed loads the numbering plans (a second or more in a debug
         // build): done now, not while the providers wait for the directory.
-        let canonicalizer = switchyard_federation::uri::Canonicalizer::new(None);
+        let canonicalizer = switchyard_protocol::uri::Canonicalizer::new(None);
         for spec in &DEMO_PROVIDERS {
             for uri in spec.user.uris {
                 canonicalizer.canonicalize(uri)?;

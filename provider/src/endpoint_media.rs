@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use switchyard_federation::dict::Dict;
+use switchyard_protocol::dict::Dict;
 use switchyard_media::blob::{MediaBlob, PeerMedia};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 pub use switchyard_media::session::MediaCall;

@@ -188,7 +188,7 @@ impl HttpRelayConn {
 
     async fn open_long_poll(client: &EndpointClient) -> Result<Arc<HttpRelayConn>, ClientError> {
         let answer = client
-            .request("media-relay", &switchyard_federation::dict::Dict::new())
+            .request("media-relay", &switchyard_protocol::dict::Dict::new())
             .await?;
         let id = answer.str("id")?.to_string();
         let address: SocketAddr = answer

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::io::Read;
 
 use sqlx::{AssertSqlSafe, Row};
-use switchyard_federation::uri::Canonicalizer;
+use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
 use crate::db::{now_ms, Db, StoreError};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use switchyard_federation::dict::{Dict, Value};
+use switchyard_protocol::dict::{Dict, Value};
 use switchyard_media::{Capabilities, MediaKind, Unsupported};
 
 use crate::app::App;
@@ -363,7 +363,7 @@ pub(crate) fn ca_field(dict: &Dict, field: &str) -> Result<Option<String>, ApiEr
             format!("`{field}` exceeds {MAX_CA_PEM} bytes"),
         ));
     }
-    switchyard_federation::pki::certs_from_pem(pem)
+    switchyard_protocol::pki::certs_from_pem(pem)
         .map_err(|e| ApiError::field(field, format!("`{field}`: {e}")))?;
     Ok(Some(pem.to_string()))
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_media::session::{MediaEvent, Peer};
 use switchyard_media::{Capabilities, MediaKind};
 use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
@@ -608,7 +608,7 @@ fn unix_now() -> i64 {
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
-    use switchyard_federation::pki::FederationCa;
+    use switchyard_protocol::pki::FederationCa;
     match command {
         CaCommand::Init { files, name } => {
             FederationCa::init(&files.ca_cert, &files.ca_key, &name)?;
@@ -641,8 +641,8 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn federation(command: FederationCommand) -> anyhow::Result<ExitCode> {
-    use switchyard_federation::discovery::Directory;
-    use switchyard_federation::pki::{self, FederationCa};
+    use switchyard_protocol::discovery::Directory;
+    use switchyard_protocol::pki::{self, FederationCa};
     match command {
         FederationCommand::Sign {
             files,

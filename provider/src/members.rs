@@ -17,8 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use switchyard_federation::discovery::{Directory, Member};
-use switchyard_federation::pki;
+use switchyard_protocol::discovery::{Directory, Member};
+use switchyard_protocol::pki;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

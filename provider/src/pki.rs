@@ -12,7 +12,7 @@ use rcgen::{
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use switchyard_federation::pki::{self, CertificateAuthority};
+use switchyard_protocol::pki::{self, CertificateAuthority};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +36,10 @@ pub enum PkiError {
     #[error("TLS configuration failed: {0}")]
     Tls(String),
     #[error(transparent)]
-    Federation(#[from] switchyard_federation::pki::PkiError),
+    Federation(#[from] switchyard_protocol::pki::PkiError),
 }
 
-pub use switchyard_federation::pki::certificate_fingerprint as fingerprint;
+pub use switchyard_protocol::pki::certificate_fingerprint as fingerprint;
 
 pub struct EndpointCa {
     ca: CertificateAuthority,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use switchyard_federation::dict::{Dict, Encoding, Value};
+use switchyard_protocol::dict::{Dict, Encoding, Value};
 use tokio::sync::watch;
 
 use crate::db::{enqueue_push, now_ms, StoreError, StoreResult, StoredPush};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
-use switchyard_federation::uri::Canonicalizer;
+use switchyard_protocol::uri::Canonicalizer;
 use switchyard_media::Capabilities;
 
 use crate::app::App;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use switchyard_federation::uri::Canonicalizer;
+use switchyard_protocol::uri::Canonicalizer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -75,8 +75,8 @@ impl Provider {
             .context("loading the endpoint CA")?;
         let (chain, key) = match (&config.endpoint_api.tls_cert, &config.endpoint_api.tls_key) {
             (Some(cert), Some(key)) => (
-                switchyard_federation::pki::load_certs(cert)?,
-                switchyard_federation::pki::load_key(key)?,
+                switchyard_protocol::pki::load_certs(cert)?,
+                switchyard_protocol::pki::load_key(key)?,
             ),
             _ => ca.issue_server(&config.endpoint_api.server_names)?,
         };
@@ -292,8 +292,8 @@ fn sip_tls_config(
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (chain, key) = match (&config.sip.tls_cert, &config.sip.tls_key) {
         (Some(cert), Some(key)) => (
-            switchyard_federation::pki::load_certs(cert)?,
-            switchyard_federation::pki::load_key(key)?,
+            switchyard_protocol::pki::load_certs(cert)?,
+            switchyard_protocol::pki::load_key(key)?,
         ),
         _ => (chain.to_vec(), key.clone_key()),
     };

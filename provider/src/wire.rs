@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use switchyard_federation::dict::{Dict, DictError, Encoding};
+use switchyard_protocol::dict::{Dict, DictError, Encoding};
 
 use crate::app::App;
 use crate::db::StoreError;

@@ -3,7 +3,7 @@
 
 Reads a full-filter dictionary (XML plist, or JSON with --json where `key` and
 `filter` are base64 strings) and prints `1 uri` or `0 uri` for every line of a probe
-file, computing membership from the wire format alone (see federation/src/bloom.rs).
+file, computing membership from the wire format alone (see protocol/src/bloom.rs).
 
 With --indexes URI, prints the URI's bit indexes instead, one per line; the parameters
 come from the dictionary file or from --key/--bits/--hashes.

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use switchyard_federation::dict::Encoding;
-use switchyard_federation::discovery::{Directory, Member};
-use switchyard_federation::pki::{self, FederationCa};
+use switchyard_protocol::dict::Encoding;
+use switchyard_protocol::discovery::{Directory, Member};
+use switchyard_protocol::pki::{self, FederationCa};
 use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_provider::config::WireEncoding;
 use switchyard_provider::federation::Federation;
@@ -276,7 +276,7 @@ impl TestFederation {
         let envelope = directory.sign(&self.ca)?;
         std::fs::write(
             self.dir.path().join("directory.plist"),
-            envelope.encode(switchyard_federation::dict::Encoding::Plist),
+            envelope.encode(switchyard_protocol::dict::Encoding::Plist),
         )?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Every refused request gets its 4xx with a stable error code, and changes nothing: no call
 //! record, no push to anyone.
 
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_tests::*;
 

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_media::blob::CandidateKind;
 use switchyard_media::session::MediaEvent;
 use switchyard_media::MediaKind;

@@ -1,7 +1,7 @@
 //! Calls across providers: four providers on loopback, each with its own database and
 //! federation certificate, a signed discovery dictionary, Bloom filters, and Forwards.
 
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::client::{EndpointClient, PushMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
@@ -283,7 +283,7 @@ async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()
         .text()
         .await?;
     assert!(
-        metrics.contains("switchyard_federation_false_positives_total"),
+        metrics.contains("switchyard_protocol_false_positives_total"),
         "{metrics}"
     );
     fed.shutdown().await;
@@ -335,8 +335,8 @@ async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
         "switchyard_bloom_generation",
         "switchyard_bloom_estimated_false_positive_rate",
         "switchyard_bloom_sent_bytes_total",
-        "switchyard_federation_peer_latency_seconds",
-        "switchyard_federation_members",
+        "switchyard_protocol_peer_latency_seconds",
+        "switchyard_protocol_members",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
@@ -403,7 +403,7 @@ async fn a_refused_forward_id_stays_used() -> anyhow::Result<()> {
         TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::plist("b.test")])
             .await?;
     let client = fed.peer_client_of("b.test")?;
-    let body = switchyard_federation::dict::Dict::new()
+    let body = switchyard_protocol::dict::Dict::new()
         .with("session-id", session_id().as_str())
         .with("timestamp", switchyard_tests::federation::now_seconds())
         .with("forward-id", "b-forward-0000000001")
@@ -421,7 +421,7 @@ async fn a_refused_forward_id_stays_used() -> anyhow::Result<()> {
             .await?;
         let status = response.status().as_u16();
         let answer =
-            switchyard_federation::dict::Dict::decode(&response.bytes().await?, Encoding::Plist)?;
+            switchyard_protocol::dict::Dict::decode(&response.bytes().await?, Encoding::Plist)?;
         codes.push((status, answer.str("error")?.to_string()));
     }
     assert_eq!(

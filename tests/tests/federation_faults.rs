@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_federation::attestation::Attestation;
-use switchyard_federation::dict::{Dict, Encoding};
-use switchyard_federation::discovery::Directory;
-use switchyard_federation::pki::{self, FederationCa, SigningKey};
+use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::dict::{Dict, Encoding};
+use switchyard_protocol::discovery::Directory;
+use switchyard_protocol::pki::{self, FederationCa, SigningKey};
 use switchyard_provider::client::{ClientError, EndpointClient, PushMode};
 use switchyard_provider::federation::peers::PeerError;
 use switchyard_provider::federation::Federation;

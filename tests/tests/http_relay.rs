@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::client::EndpointClient;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::Message;

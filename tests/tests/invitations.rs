@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_media::Capabilities;
 use switchyard_provider::client::PushMode;
 use switchyard_tests::*;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use switchyard_federation::dict::Dict;
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Dict;
+use switchyard_protocol::dict::Encoding;
 use switchyard_media::blob::{CandidateKind, MediaBlob};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, Peer, SessionConfig};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::client::{ClientError, PushMode};
 use switchyard_provider::Provider;
 use switchyard_tests::*;

@@ -1,7 +1,7 @@
 //! Registration with provisioning codes, identity certificates, and the admin API.
 
 use serde_json::json;
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_provider::client;
 use switchyard_tests::*;
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_media::session::{MediaCall, MediaEvent, Peer};
 use switchyard_media::MediaKind;
 use switchyard_provider::client::PushMode;

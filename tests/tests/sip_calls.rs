@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use switchyard_federation::dict::Encoding;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::client::PushMode;
 use switchyard_tests::federation::{ProviderSpec, TestFederation, BOB};
 use switchyard_tests::sip::{

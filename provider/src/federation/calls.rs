@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use switchyard_federation::attestation::Attestation;
-use switchyard_federation::dict::{Dict, Encoding};
+use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_media::Capabilities;
 
 use super::identity::unix_now;
@@ -257,7 +257,7 @@ pub async fn initiate_remote(
     let (candidates, skipped) =
         fed.peers
             .candidates(&directory, &fed.provider_id, &request.callee_uri);
-    metrics::histogram!("switchyard_federation_dispatch_candidates")
+    metrics::histogram!("switchyard_protocol_dispatch_candidates")
         .record(candidates.len() as f64);
     if candidates.is_empty() {
         if skipped > 0 {
@@ -373,7 +373,7 @@ pub async fn initiate_remote(
                     Err(e) => Outcome::Failed(format!("{}: {e}", member.provider_id)),
                 },
                 Err(PeerError::Refused { status: 404, code, .. }) if code == "unknown-peer" => {
-                    metrics::counter!("switchyard_federation_false_positives_total", "peer" => member.provider_id.clone())
+                    metrics::counter!("switchyard_protocol_false_positives_total", "peer" => member.provider_id.clone())
                         .increment(1);
                     Outcome::FalsePositive
                 }
@@ -491,7 +491,7 @@ pub async fn initiate_remote(
         .with("ring-deadline", deadline)
         .with(
             "providers",
-            switchyard_federation::dict::Value::Array(
+            switchyard_protocol::dict::Value::Array(
                 ringing.iter().map(|p| p.as_str().into()).collect(),
             ),
         ))

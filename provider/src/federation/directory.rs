@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use switchyard_federation::dict::{Dict, Encoding};
-use switchyard_federation::discovery::{Directory, DiscoveryError};
+use switchyard_protocol::dict::{Dict, Encoding};
+use switchyard_protocol::discovery::{Directory, DiscoveryError};
 
 use super::identity::{unix_now, Identity};
 use crate::wire::{dict_response, encoding_of, ApiError};
@@ -228,7 +228,7 @@ fn saved_version(bytes: &[u8], ca_der: &[u8]) -> Option<u64> {
     let envelope = Dict::decode(bytes, Encoding::Plist).ok()?;
     let document = envelope.data("document").ok()?;
     let signature = envelope.data("signature").ok()?;
-    switchyard_federation::pki::verify_signature(ca_der, &document, &signature).ok()?;
+    switchyard_protocol::pki::verify_signature(ca_der, &document, &signature).ok()?;
     let members = Dict::decode(&document, Encoding::Plist).ok()?;
     u64::try_from(members.int("version").ok()?).ok()
 }

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use switchyard_federation::bloom::{self, BloomFilter, BloomParams};
-use switchyard_federation::dict::Dict;
+use switchyard_protocol::bloom::{self, BloomFilter, BloomParams};
+use switchyard_protocol::dict::Dict;
 
 /// Generations kept for incremental answers.
 const HISTORY: usize = 8;

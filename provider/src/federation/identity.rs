@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use switchyard_federation::pki::{self, PkiError, SigningKey};
+use switchyard_protocol::pki::{self, PkiError, SigningKey};
 
 use crate::config::FederationConfig;
 

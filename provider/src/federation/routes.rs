@@ -11,8 +11,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use switchyard_federation::dict::Dict;
-use switchyard_federation::pki;
+use switchyard_protocol::dict::Dict;
+use switchyard_protocol::pki;
 
 use super::identity::unix_now;
 use super::Federation;
@@ -121,7 +121,7 @@ impl FromRequestParts<Arc<App>> for AuthPeer {
     ) -> Result<Self, Self::Rejection> {
         authenticate(app, parts).map_err(|e| {
             tracing::info!(status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
-            metrics::counter!("switchyard_federation_requests_total", "action" => "auth", "outcome" => e.code)
+            metrics::counter!("switchyard_protocol_requests_total", "action" => "auth", "outcome" => e.code)
                 .increment(1);
             Reply {
                 encoding: encoding_of(&parts.headers),
@@ -137,7 +137,7 @@ pub(crate) fn observe(action: &'static str, peer: &str, result: &Result<Dict, Ap
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    metrics::counter!("switchyard_federation_requests_total", "action" => action, "outcome" => outcome)
+    metrics::counter!("switchyard_protocol_requests_total", "action" => action, "outcome" => outcome)
         .increment(1);
     if let Err(e) = result {
         tracing::info!(action, peer, status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Extension;
 use serde::{Deserialize, Serialize};
-use switchyard_federation::dict::Dict;
+use switchyard_protocol::dict::Dict;
 
 use super::{relay_disabled, Relay};
 use crate::app::App;
@@ -146,7 +146,7 @@ async fn peer_credentials(app: &App, provider: &str, endpoint_id: &str) -> Resul
                 format!("credentials at the relay of `{provider}`: {e}"),
             )
         })?;
-    let bad = |e: switchyard_federation::dict::DictError| {
+    let bad = |e: switchyard_protocol::dict::DictError| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "relay-unavailable",

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rsip::{Header, Method};
-use switchyard_federation::dict::Dict;
+use switchyard_protocol::dict::Dict;
 use switchyard_media::MediaKind;
 use tokio::sync::{mpsc, oneshot};
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rsip::Method;
-use switchyard_federation::dict::Dict;
+use switchyard_protocol::dict::Dict;
 use switchyard_media::Capabilities;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -558,7 +558,7 @@ async fn gateway_pushes(edge: Arc<SipEdge>, account: SipAccount) {
                 for stored in pushes {
                     let Ok(push) = Dict::decode(
                         stored.body.as_bytes(),
-                        switchyard_federation::dict::Encoding::Plist,
+                        switchyard_protocol::dict::Encoding::Plist,
                     ) else {
                         continue;
                     };

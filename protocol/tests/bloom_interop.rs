@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use switchyard_federation::bloom::{to_full_dict, BloomFilter};
-use switchyard_federation::Encoding;
+use switchyard_protocol::bloom::{to_full_dict, BloomFilter};
+use switchyard_protocol::Encoding;
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

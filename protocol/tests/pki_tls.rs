@@ -9,7 +9,7 @@ use std::thread;
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
-use switchyard_federation::pki::{
+use switchyard_protocol::pki::{
     certs_from_pem, client_config, provider_identity, server_config, FederationCa, IssuedProvider,
 };
 

@@ -1,11 +1,11 @@
 //! Bloom filter figures: size against the information-theoretic limit, false-positive rate,
 //! lookups, incremental update size after churn, and dispatch of one URI against 1,000 peer
-//! filters of 1,000,000 URIs each. `cargo bench -p switchyard-federation --bench bloom`
+//! filters of 1,000,000 URIs each. `cargo bench -p switchyard-protocol --bench bloom`
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use switchyard_federation::bloom::{BloomFilter, BloomParams, Probe};
+use switchyard_protocol::bloom::{BloomFilter, BloomParams, Probe};
 
 const N: u64 = 1_000_000;
 const P: f64 = 0.001;
@@ -71,7 +71,7 @@ fn main() {
     }
     let flips = rebuilt.diff(&filter).expect("same parameters");
     let full_bytes = params.bits / 8;
-    let incremental = switchyard_federation::bloom::to_incremental_dict(&rebuilt, 1, 2, &flips);
+    let incremental = switchyard_protocol::bloom::to_incremental_dict(&rebuilt, 1, 2, &flips);
     let incremental_bytes = incremental.data("flips").expect("flips").len() as u64;
     println!(
         "after 1% churn: {} flipped bits, incremental {} bytes vs full {} bytes ({:.1}%)",

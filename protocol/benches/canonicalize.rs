@@ -1,9 +1,9 @@
-//! URI canonicalization throughput (one core): `cargo bench -p switchyard-federation`.
+//! URI canonicalization throughput (one core): `cargo bench -p switchyard-protocol`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use switchyard_federation::Canonicalizer;
+use switchyard_protocol::Canonicalizer;
 
 fn measure(label: &str, inputs: &[String], canonicalizer: &Canonicalizer) {
     // One pass to warm caches, then the timed passes.
