@@ -1,10 +1,9 @@
-//! Switchyard's media layer.
-//!
-//! This crate holds what an endpoint can do with media and decides whether an endpoint can take a
-//! call. The DTLS/SRTP stack, SIP-over-DTLS negotiation and the relays build on it.
+//! Switchyard's media layer: the endpoint's media session between two endpoints (ICE, DTLS-SRTP,
+//! SIP over DTLS, RTP and RTCP), as sans-I/O state machines and the tokio shell that drives them.
+//! What an endpoint can take (`Capabilities`) is part of the wire protocol, in
+//! `switchyard_protocol::capabilities`.
 
 pub mod blob;
-mod capabilities;
 pub mod demux;
 pub mod ice;
 pub mod inbox;
@@ -14,5 +13,3 @@ pub mod sdp_peer;
 pub mod secure;
 pub mod session;
 pub mod sip;
-
-pub use capabilities::{Capabilities, CapabilityError, MediaKind, Unsupported};

@@ -12,7 +12,7 @@ use sdp::description::common::{Address, Attribute, ConnectionInformation};
 use sdp::description::media::{MediaName, RangedPort};
 use sdp::{MediaDescription, SessionDescription};
 
-use crate::capabilities::{Capabilities, MediaKind};
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 
 /// Extension URI of the coordination of video orientation (3GPP TS 26.114 §7.4.5).
 pub const VIDEO_ORIENTATION_URI: &str = "urn:3gpp:video-orientation";

@@ -15,9 +15,9 @@ use sdp::description::media::RangedPort;
 use sdp::{MediaDescription, SessionDescription};
 
 use crate::blob::{self, Candidate, CandidateKind, Credentials, MediaBlob, COMPONENT_RTP};
-use crate::capabilities::{Capabilities, MediaKind};
 use crate::sdp::{self as offer_answer, LocalSsrcs, MediaSession, SdpError};
 use crate::secure::DtlsRole;
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 
 /// The `a=setup` role of RFC 4145 as RFC 5763 uses it for DTLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,7 +39,7 @@ use crate::secure::{
     DtlsRole, EndpointIdentity, PacketConn, PeerExpectation, SecureChannel, SrtpSession,
 };
 use crate::sip::{SipEvent, SipSession};
-use crate::{Capabilities, MediaKind};
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::CanonicalUri;
 
 /// The local socket is base 0 for the connectivity checks; the TURN allocation is base 1.

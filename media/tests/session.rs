@@ -11,7 +11,7 @@ use switchyard_media::blob::CandidateKind;
 use switchyard_media::rtp::{Camera, Rotation};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, Peer, SessionConfig};
-use switchyard_media::{Capabilities, MediaKind};
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 
 const ALICE: &str = "tel:+16502530000";
 const BOB: &str = "mailto:bob@example.com";

@@ -1,4 +1,4 @@
-//! Switchyard's inter-provider federation protocol building blocks.
+//! Switchyard's wire protocol, shared by every party: providers, endpoints, peers' test suites.
 //!
 //! - [`uri`]: canonical user URIs (`tel:+14155550123`, `mailto:Bob@example.com`), so
 //!   every provider names the same user with the same string.
@@ -8,11 +8,15 @@
 //! - [`discovery`]: the signed dictionary listing the federation's member providers.
 //! - [`bloom`]: the Bloom filter of a provider's URIs, in Switchyard's own wire format.
 //! - [`attestation`]: the originating provider's signature over each Initiate Forward.
+//! - [`capabilities`]: what media an endpoint can take, and whether it can answer a call.
+//! - [`invitation`]: the invitation protocol's messages, typed: Requests, Forwards, Pushes.
 
 pub mod attestation;
 pub mod bloom;
+pub mod capabilities;
 pub mod dict;
 pub mod discovery;
+pub mod invitation;
 pub mod pki;
 pub mod uri;
 

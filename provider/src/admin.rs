@@ -16,10 +16,11 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
-use crate::db::{CallRecord, EndpointRecord, StoreError, User};
+use crate::db::{EndpointRecord, StoreError, User};
 use crate::import::{import_csv, ImportError, ImportEvent};
 use crate::operators::{self, OperatorError, Role};
 use crate::registry::{self, RegistryError};
+use switchyard_calls::CallRecord;
 
 pub struct AdminError {
     status: StatusCode,

@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::{Dict, Encoding, Value};
-use switchyard_media::Capabilities;
 
 use crate::app::App;
 use crate::auth::AuthEndpoint;
-use crate::invite;
+use crate::invitation;
 use crate::push::delivered_form;
 use crate::registry::{self, RegistryError};
 use crate::wire::{encoding_of, ApiError, DictBody, Reply};
@@ -80,23 +80,6 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-fn capabilities_from(dict: Option<&Dict>) -> Result<Capabilities, ApiError> {
-    let Some(dict) = dict else {
-        return Ok(Capabilities::default());
-    };
-    let defaults = Capabilities::default();
-    Ok(Capabilities {
-        audio: dict.opt_bool("audio")?.unwrap_or(true),
-        video: dict.opt_bool("video")?.unwrap_or(true),
-        audio_codecs: dict
-            .opt_string_array("audio-codecs")?
-            .unwrap_or(defaults.audio_codecs),
-        video_codecs: dict
-            .opt_string_array("video-codecs")?
-            .unwrap_or(defaults.video_codecs),
-    })
-}
-
 async fn register(State(app): State<Arc<App>>, body: DictBody) -> Reply {
     let result = async {
         let dict = &body.dict;
@@ -104,7 +87,7 @@ async fn register(State(app): State<Arc<App>>, body: DictBody) -> Reply {
         let code = dict.str("code")?;
         let csr = dict.str("csr")?;
         let name = dict.opt_str("name")?.unwrap_or("endpoint");
-        let capabilities = capabilities_from(dict.opt_dict("capabilities")?)?;
+        let capabilities = Capabilities::from_dict(dict.opt_dict("capabilities")?)?;
         let registration =
             registry::register_endpoint(&app, uri, code, csr, name, capabilities).await?;
         Ok(Dict::new()
@@ -125,7 +108,7 @@ async fn register(State(app): State<Arc<App>>, body: DictBody) -> Reply {
 macro_rules! invitation_action {
     ($name:ident, $label:literal) => {
         async fn $name(State(app): State<Arc<App>>, auth: AuthEndpoint, body: DictBody) -> Reply {
-            let result = invite::$name(&app, &auth, &body.dict).await;
+            let result = invitation::$name(&app, &auth, &body.dict).await;
             observe($label, &result);
             Reply {
                 encoding: body.encoding,

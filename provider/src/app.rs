@@ -24,6 +24,8 @@ pub struct App {
     /// Present when `federation.enabled`.
     pub federation: Option<std::sync::Arc<Federation>>,
     pub metrics: PrometheusHandle,
+    /// What the call core reads of the configuration and the endpoint CA.
+    pub call_settings: switchyard_calls::Settings,
     /// Turns true when the provider begins shutting down; long-lived channels close on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -31,12 +33,6 @@ pub struct App {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-}
-
-impl App {
-    pub fn push_ttl_ms(&self) -> i64 {
-        (self.config.push.ttl_seconds * 1000) as i64
-    }
 }
 
 impl App {

@@ -10,8 +10,8 @@ use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::{Dict, DictError, Encoding, Value};
-use switchyard_media::Capabilities;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 

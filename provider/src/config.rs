@@ -196,7 +196,7 @@ pub struct RelayConfig {
     pub secret: Option<PathBuf>,
     /// The relay the calls this provider's endpoints place use: this provider's, the callee's
     /// provider's, or the federation-wide one the discovery dictionary names.
-    pub calls_use: crate::relay::choice::RelayChoice,
+    pub calls_use: switchyard_protocol::invitation::RelayChoice,
 }
 
 /// The SIP edge, for ordinary SIP phones and trunks: a registrar with digest authentication.

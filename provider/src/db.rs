@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
-use switchyard_media::Capabilities;
+use switchyard_calls::{CallRecord, CallState};
+use switchyard_protocol::capabilities::Capabilities;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -1233,7 +1234,7 @@ pub async fn call_state(
         .bind(session_id)
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| CallState::parse(&r.get::<String, _>(0)))
+        .map(|r| call_state_of(&r.get::<String, _>(0)))
         .transpose()
 }
 
@@ -1586,45 +1587,6 @@ pub struct StoredPush {
     pub body: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallState {
-    Ringing,
-    Answered,
-    Rejected,
-    Cancelled,
-    Timeout,
-    Ended,
-}
-
-impl CallState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallState::Ringing => "ringing",
-            CallState::Answered => "answered",
-            CallState::Rejected => "rejected",
-            CallState::Cancelled => "cancelled",
-            CallState::Timeout => "timeout",
-            CallState::Ended => "ended",
-        }
-    }
-
-    pub fn parse(s: &str) -> StoreResult<CallState> {
-        Ok(match s {
-            "ringing" => CallState::Ringing,
-            "answered" => CallState::Answered,
-            "rejected" => CallState::Rejected,
-            "cancelled" => CallState::Cancelled,
-            "timeout" => CallState::Timeout,
-            "ended" => CallState::Ended,
-            other => return Err(StoreError::Corrupt(format!("call state `{other}`"))),
-        })
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, CallState::Ringing | CallState::Answered)
-    }
-}
-
 /// A peer's Bloom filter as stored: key in hex, bits in base64.
 #[derive(Debug, Clone)]
 pub struct StoredPeerFilter {
@@ -1638,30 +1600,13 @@ pub struct StoredPeerFilter {
     pub fetched_at: i64,
 }
 
-#[derive(Debug, Clone)]
-pub struct CallRecord {
-    pub session_id: String,
-    pub caller_uri: String,
-    pub callee_uri: String,
-    pub caller_endpoint: String,
-    pub rung_endpoints: Vec<String>,
-    /// Parties ringing: the endpoints rung here, or the providers an Initiate was forwarded to.
-    pub rung_count: i64,
-    pub rejections: i64,
-    pub media: Vec<String>,
-    pub state: CallState,
-    pub reason: Option<String>,
-    pub answered_by: Option<String>,
-    pub providers: Vec<String>,
-    pub initiated_at: i64,
-    pub ring_deadline: i64,
-    pub answered_at: Option<i64>,
-    pub ended_at: Option<i64>,
-}
-
 const CALL_COLUMNS: &str = "session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
                             rung_count, rejections, media, state, reason, answered_by, providers, initiated_at, \
                             ring_deadline, answered_at, ended_at";
+
+fn call_state_of(text: &str) -> StoreResult<CallState> {
+    CallState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("call state `{text}`")))
+}
 
 fn split_list(s: String) -> Vec<String> {
     if s.is_empty() {
@@ -1681,7 +1626,7 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
         rung_count: row.get(5),
         rejections: row.get(6),
         media: split_list(row.get(7)),
-        state: CallState::parse(&row.get::<String, _>(8))?,
+        state: call_state_of(&row.get::<String, _>(8))?,
         reason: row.get(9),
         answered_by: row.get(10),
         providers: split_list(row.get(11)),

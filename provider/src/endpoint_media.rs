@@ -5,12 +5,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use switchyard_protocol::dict::Dict;
 use switchyard_media::blob::{MediaBlob, PeerMedia};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 pub use switchyard_media::session::MediaCall;
 use switchyard_media::session::{CallStats, Gathered, MediaEvent, Peer, SessionConfig};
-use switchyard_media::MediaKind;
+use switchyard_protocol::capabilities::MediaKind;
+use switchyard_protocol::dict::Dict;
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ pub mod endpoint_media;
 pub mod federation;
 pub mod http_relay_client;
 pub mod import;
-pub mod invite;
+pub mod invitation;
 pub mod members;
 pub mod operators;
 pub mod pki;

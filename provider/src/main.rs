@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_media::session::{MediaEvent, Peer};
-use switchyard_media::{Capabilities, MediaKind};
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
+use switchyard_protocol::dict::{Dict, Encoding};
+use switchyard_protocol::invitation::RejectReason;
 use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
 use switchyard_provider::endpoint_media;
-use switchyard_provider::invite::REJECT_REASONS;
 use switchyard_provider::Provider;
 
 #[derive(Parser)]
@@ -376,7 +376,7 @@ enum EndpointCommand {
         #[arg(long, conflicts_with = "auto_reject")]
         auto_accept: bool,
         /// Reject every call with this reason.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(REJECT_REASONS))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(RejectReason::ALL.iter().map(|r| r.as_str())))]
         auto_reject: Option<String>,
         /// Exit after the first call ends.
         #[arg(long)]

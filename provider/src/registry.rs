@@ -5,8 +5,8 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
+use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::uri::Canonicalizer;
-use switchyard_media::Capabilities;
 
 use crate::app::App;
 use crate::db::{now_ms, EndpointRecord, NewUser, StoreError, User};

@@ -152,6 +152,7 @@ impl Provider {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app = Arc::new(App {
             canonicalizer: Canonicalizer::new(config.registry.default_country_code),
+            call_settings: crate::invitation::ports::settings(&config, ca.cert_pem()),
             config,
             db,
             sealer,
@@ -422,7 +423,7 @@ async fn sweep(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = crate::app::shutting_down(&mut shutdown) => return,
         }
-        if let Err(e) = crate::invite::expire_overdue_calls(&app).await {
+        if let Err(e) = crate::invitation::expire_overdue_calls(&app).await {
             tracing::warn!(error = %e, "expiring overdue calls failed");
         }
         match app.db.delete_expired_pushes().await {

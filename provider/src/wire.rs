@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use switchyard_protocol::dict::{Dict, DictError, Encoding};
 
+use switchyard_calls::{CallError, Refusal, RefusalCode};
+
 use crate::app::App;
 use crate::db::StoreError;
 
@@ -83,6 +85,52 @@ impl From<DictError> for ApiError {
                 }
                 err
             }
+        }
+    }
+}
+
+/// The one table from the protocol's refusal codes to HTTP statuses. The SIP edge maps the same
+/// codes to SIP statuses (`sip::calls`).
+pub fn http_status(code: RefusalCode) -> StatusCode {
+    match code {
+        RefusalCode::InvalidField | RefusalCode::MissingField | RefusalCode::MalformedBody => {
+            StatusCode::BAD_REQUEST
+        }
+        RefusalCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        RefusalCode::NotAuthorized
+        | RefusalCode::ProviderMismatch
+        | RefusalCode::StaleForward
+        | RefusalCode::BadAttestation => StatusCode::FORBIDDEN,
+        RefusalCode::UnknownPeer | RefusalCode::UnknownSession => StatusCode::NOT_FOUND,
+        RefusalCode::DuplicateSession
+        | RefusalCode::AlreadyAnswered
+        | RefusalCode::NotAnswered
+        | RefusalCode::ReplayedForward => StatusCode::CONFLICT,
+        RefusalCode::CallEnded => StatusCode::GONE,
+        RefusalCode::OriginRefused | RefusalCode::UpdateUndelivered => StatusCode::BAD_GATEWAY,
+        RefusalCode::PeersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        RefusalCode::PeersUnreachable | RefusalCode::OriginUnreachable => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError {
+            status: http_status(refusal.code),
+            code: refusal.code.as_str(),
+            message: refusal.message,
+            field: refusal.field,
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Refused(refusal) => refusal.into(),
+            CallError::Store(e) => ApiError::internal(e),
         }
     }
 }

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use switchyard_protocol::dict::Encoding;
 use switchyard_protocol::discovery::{Directory, Member};
+use switchyard_protocol::invitation::RelayChoice;
 use switchyard_protocol::pki::{self, FederationCa};
 use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_provider::config::WireEncoding;
 use switchyard_provider::federation::Federation;
-use switchyard_provider::relay::choice::RelayChoice;
 use switchyard_provider::Config;
 
 use crate::{test_config, Harness};

@@ -283,7 +283,7 @@ async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()
         .text()
         .await?;
     assert!(
-        metrics.contains("switchyard_protocol_false_positives_total"),
+        metrics.contains("switchyard_federation_false_positives_total"),
         "{metrics}"
     );
     fed.shutdown().await;
@@ -335,8 +335,8 @@ async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
         "switchyard_bloom_generation",
         "switchyard_bloom_estimated_false_positive_rate",
         "switchyard_bloom_sent_bytes_total",
-        "switchyard_protocol_peer_latency_seconds",
-        "switchyard_protocol_members",
+        "switchyard_federation_peer_latency_seconds",
+        "switchyard_federation_members",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

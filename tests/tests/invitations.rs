@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::Encoding;
-use switchyard_media::Capabilities;
 use switchyard_provider::client::PushMode;
 use switchyard_tests::*;
 

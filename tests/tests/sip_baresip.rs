@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use switchyard_protocol::dict::Encoding;
 use switchyard_media::session::{MediaCall, MediaEvent, Peer};
-use switchyard_media::MediaKind;
+use switchyard_protocol::capabilities::MediaKind;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::client::PushMode;
 use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::sip::digest::Algorithm;

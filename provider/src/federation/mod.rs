@@ -116,9 +116,8 @@ impl Federation {
             }
         }
         if let Some(directory) = self.directory.current() {
-            metrics::gauge!("switchyard_protocol_directory_version")
-                .set(directory.version as f64);
-            metrics::gauge!("switchyard_protocol_members").set(directory.members.len() as f64);
+            metrics::gauge!("switchyard_federation_directory_version").set(directory.version as f64);
+            metrics::gauge!("switchyard_federation_members").set(directory.members.len() as f64);
             if directory.member(&self.provider_id).is_none() {
                 tracing::warn!(
                     provider = %self.provider_id,
@@ -318,7 +317,7 @@ impl Federation {
             }
             let now = identity::unix_now();
             let expires_in = self.identity.current().not_after - now;
-            metrics::gauge!("switchyard_protocol_certificate_expires_seconds")
+            metrics::gauge!("switchyard_federation_certificate_expires_seconds")
                 .set(expires_in as f64);
             let changes = self.directory.expire(now);
             if !changes.removed.is_empty() {

@@ -213,7 +213,7 @@ impl Peers {
         let mut map = self.map.write().expect("peers lock");
         let peer = map.entry(peer_id.to_string()).or_default();
         let elapsed = started.elapsed();
-        metrics::histogram!("switchyard_protocol_peer_latency_seconds", "peer" => peer_id.to_string())
+        metrics::histogram!("switchyard_federation_peer_latency_seconds", "peer" => peer_id.to_string())
             .record(elapsed.as_secs_f64());
         match result {
             Ok(()) => {
@@ -230,7 +230,7 @@ impl Peers {
                 peer.errors += 1;
                 peer.last_error = Some(e.to_string());
                 peer.consecutive_failures += 1;
-                metrics::counter!("switchyard_protocol_peer_errors_total", "peer" => peer_id.to_string())
+                metrics::counter!("switchyard_federation_peer_errors_total", "peer" => peer_id.to_string())
                     .increment(1);
                 if peer.consecutive_failures >= self.breaker_failures {
                     if peer.open_until.is_none() {

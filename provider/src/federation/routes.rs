@@ -121,7 +121,7 @@ impl FromRequestParts<Arc<App>> for AuthPeer {
     ) -> Result<Self, Self::Rejection> {
         authenticate(app, parts).map_err(|e| {
             tracing::info!(status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
-            metrics::counter!("switchyard_protocol_requests_total", "action" => "auth", "outcome" => e.code)
+            metrics::counter!("switchyard_federation_requests_total", "action" => "auth", "outcome" => e.code)
                 .increment(1);
             Reply {
                 encoding: encoding_of(&parts.headers),
@@ -137,7 +137,7 @@ pub(crate) fn observe(action: &'static str, peer: &str, result: &Result<Dict, Ap
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    metrics::counter!("switchyard_protocol_requests_total", "action" => action, "outcome" => outcome)
+    metrics::counter!("switchyard_federation_requests_total", "action" => action, "outcome" => outcome)
         .increment(1);
     if let Err(e) = result {
         tracing::info!(action, peer, status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
@@ -221,7 +221,7 @@ macro_rules! forward_route {
     ($name:ident, $action:literal, $handler:path) => {
         async fn $name(State(app): State<Arc<App>>, peer: AuthPeer, body: DictBody) -> Reply {
             let result = match federation_of(&app) {
-                Ok(fed) => $handler(&app, fed, &peer, &body.dict).await,
+                Ok(_) => $handler(&app, &peer, &body.dict).await,
                 Err(e) => Err(e),
             };
             observe($action, &peer.provider_id, &result);

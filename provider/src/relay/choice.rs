@@ -19,8 +19,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Extension;
-use serde::{Deserialize, Serialize};
 use switchyard_protocol::dict::Dict;
+use switchyard_protocol::invitation::RelayChoice;
 
 use super::{relay_disabled, Relay};
 use crate::app::App;
@@ -28,58 +28,16 @@ use crate::auth::AuthEndpoint;
 use crate::federation::routes::{federation_of, AuthPeer};
 use crate::wire::{ApiError, DictBody, Reply};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RelayChoice {
-    #[default]
-    CallerProvider,
-    CalleeProvider,
-    Federation,
-}
-
-impl RelayChoice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayChoice::CallerProvider => "caller-provider",
-            RelayChoice::CalleeProvider => "callee-provider",
-            RelayChoice::Federation => "federation",
-        }
-    }
-
-    /// Reads the optional `relay-choice` of a Forward; absent means the default.
-    pub fn from_field(dict: &Dict) -> Result<RelayChoice, ApiError> {
-        match dict.opt_str("relay-choice")? {
-            None | Some("caller-provider") => Ok(RelayChoice::CallerProvider),
-            Some("callee-provider") => Ok(RelayChoice::CalleeProvider),
-            Some("federation") => Ok(RelayChoice::Federation),
-            Some(other) => Err(ApiError::field(
-                "relay-choice",
-                format!(
-                    "relay-choice must be caller-provider, callee-provider or federation, not `{other}`"
-                ),
-            )),
-        }
-    }
-
-    /// The provider whose relay serves a call between endpoints of these two providers. A
-    /// federation without a federation-wide relay falls back to the caller's provider.
-    pub fn provider(self, app: &App, caller_provider: &str, callee_provider: &str) -> String {
-        match self {
-            RelayChoice::CallerProvider => caller_provider.to_string(),
-            RelayChoice::CalleeProvider => callee_provider.to_string(),
-            RelayChoice::Federation => {
-                federation_relay(app).unwrap_or_else(|| caller_provider.to_string())
-            }
-        }
-    }
-
-    /// The relay for a call an endpoint of this provider is about to place; None when it is
-    /// known only with the answer (the callee's provider's).
-    fn for_new_call(self, app: &App) -> Option<String> {
-        match self {
-            RelayChoice::CalleeProvider => None,
-            choice => Some(choice.provider(app, &app.config.provider_id, "")),
-        }
+/// The relay for a call an endpoint of this provider is about to place; None when it is known
+/// only with the answer (the callee's provider's).
+fn for_new_call(app: &App) -> Option<String> {
+    match app.config.relay.calls_use {
+        RelayChoice::CalleeProvider => None,
+        choice => Some(choice.provider(
+            &app.config.provider_id,
+            "",
+            federation_relay(app).as_deref(),
+        )),
     }
 }
 
@@ -100,7 +58,7 @@ async fn endpoint_credentials(
 ) -> Result<Dict, ApiError> {
     let wanted = match dict.opt_str("relay-provider")? {
         Some(provider) => Some(provider.to_string()),
-        None => app.config.relay.calls_use.for_new_call(app),
+        None => for_new_call(app),
     };
     let Some(provider) = wanted else {
         return Ok(Dict::new().with("deferred", true));

@@ -20,8 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rsip::{Header, Method};
+use switchyard_calls::{CallError, RefusalCode};
 use switchyard_protocol::dict::Dict;
-use switchyard_media::MediaKind;
+use switchyard_protocol::invitation::{
+    AcceptRequest, CancelRequest, InitiateRequest, RejectReason, RejectRequest, SessionId,
+    UpdateRequest,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::anchor::Anchor;
@@ -31,7 +35,7 @@ use super::sdp;
 use super::SipEdge;
 use crate::auth::AuthEndpoint;
 use crate::db::{EndpointRecord, SipAccount};
-use crate::wire::ApiError;
+use crate::invitation;
 
 /// RFC 3261 timer values.
 pub const T1: Duration = Duration::from_millis(500);
@@ -245,13 +249,13 @@ pub fn status_of_reason(reason: &str) -> (u16, &'static str) {
     }
 }
 
-pub fn reason_of_status(status: u16) -> &'static str {
+pub fn reason_of_status(status: u16) -> RejectReason {
     match status {
-        486 | 600 => "busy",
-        603 => "declined",
-        488 | 606 => "unsupported-media",
-        401 | 403 | 407 => "not-authorized",
-        _ => "unavailable",
+        486 | 600 => RejectReason::Busy,
+        603 => RejectReason::Declined,
+        488 | 606 => RejectReason::UnsupportedMedia,
+        401 | 403 | 407 => RejectReason::NotAuthorized,
+        _ => RejectReason::Unavailable,
     }
 }
 
@@ -337,15 +341,20 @@ fn db_refusal(e: crate::db::StoreError) -> Refusal {
     Refusal(500, "Database Unavailable".into(), vec![])
 }
 
-/// The SIP answer to a refused Initiate Request.
-fn refusal_of(e: &ApiError) -> Refusal {
-    let (status, reason) = match e.code {
-        "unknown-peer" => (404, "Not Found"),
-        "not-authorized" => (403, "Forbidden"),
-        "duplicate-session" => (482, "Loop Detected"),
-        "unsupported-media" => (488, "Not Acceptable Here"),
-        _ if e.status.is_server_error() => (503, "Service Unavailable"),
-        _ => (403, "Forbidden"),
+/// The SIP answer to a refused Initiate Request: from the protocol's refusal code, as the
+/// endpoint API answers it over HTTP from the same code (`wire::http_status`).
+fn refusal_of(e: &CallError) -> Refusal {
+    let (status, reason) = match e {
+        CallError::Refused(refusal) => match refusal.code {
+            RefusalCode::UnknownPeer => (404, "Not Found"),
+            RefusalCode::NotAuthorized => (403, "Forbidden"),
+            RefusalCode::DuplicateSession => (482, "Loop Detected"),
+            code if crate::wire::http_status(code).is_server_error() => {
+                (503, "Service Unavailable")
+            }
+            _ => (403, "Forbidden"),
+        },
+        CallError::Store(_) => (503, "Service Unavailable"),
     };
     Refusal(status, reason.into(), vec![])
 }
@@ -854,26 +863,28 @@ impl SipEdge {
             .cloned()
             .ok_or_else(|| Refusal(403, "The Account's User Has No URI".into(), vec![]))?;
         let session = format!("sip-{}", crate::registry::random_token(16));
-        let media: Vec<MediaKind> = sdp::media_kinds(&offer);
-        let request = Dict::new()
-            .with("session-id", session.as_str())
-            .with("self-uri", self_uri.as_str())
-            .with("self-token", gateway.endpoint.push_token.as_str())
-            .with("self-blob", sdp::blob_of(&sent_sdp))
-            .with("peer-uri", callee.as_str())
-            .with("media", crate::invite::media_value(&media));
+        let request = InitiateRequest {
+            session_id: SessionId::parse(&session)
+                .map_err(|_| Refusal(500, "Server Internal Error".into(), vec![]))?,
+            self_uri: self_uri.clone(),
+            self_token: gateway.endpoint.push_token.clone(),
+            self_blob: sdp::blob_of(&sent_sdp),
+            peer_uri: callee.clone(),
+            media: sdp::media_kinds(&offer),
+        };
         // Registered before the Initiate, whose pushes may come back at once.
         let mut leg = self.new_leg(session, Role::Caller, account, gateway);
-        let initiated = crate::invite::initiate(&self.app, &leg.gateway, &request).await;
-        let result = match initiated {
-            Ok(result) => result,
+        let initiated = invitation::core(&self.app)
+            .initiate(&invitation::requester(&leg.gateway), request)
+            .await;
+        let (state, rung) = match initiated {
+            Ok(response) => (response.state, response.rung),
             Err(e) => {
                 self.calls.legs.lock().expect("legs").remove(&leg.leg_id);
-                tracing::info!(error = %e.message, code = e.code, "SIP call's Initiate refused");
+                tracing::info!(error = %e, "SIP call's Initiate refused");
                 return Err(refusal_of(&e));
             }
         };
-        let state = result.str("state").unwrap_or_default().to_string();
         let local_tag = message::new_tag(6);
         let remote = from.to_string();
         let to = inbound.fields.first("To").unwrap_or("").to_string();
@@ -920,7 +931,7 @@ impl SipEdge {
         });
         leg.anchor = anchor;
         // A local callee with no endpoint to ring is told by a Reject Push instead.
-        if result.int("rung").map_or(true, |n| n > 0) {
+        if rung > 0 {
             leg.send_provisional(180, "Ringing").await;
         }
         tokio::spawn(leg.run());
@@ -1089,17 +1100,21 @@ impl Leg {
     }
 
     /// The base of an invitation-protocol request about this call.
-    fn request(&self) -> Dict {
-        let mut dict = Dict::new()
-            .with("session-id", self.session.as_str())
-            .with("self-uri", self.self_uri.as_str())
-            .with("self-token", self.gateway.endpoint.push_token.as_str())
-            .with("peer-uri", self.peer_uri.as_str())
-            .with("state", self.state.as_str());
-        if let Some(token) = &self.peer_token {
-            dict.insert("peer-token", token.as_str());
-        }
-        dict
+    fn session_id(&self) -> Result<SessionId, CallError> {
+        Ok(SessionId::parse(&self.session)?)
+    }
+
+    /// The gateway's Accept (or, with a reason, Reject) of the call.
+    fn answer(&self, self_blob: Vec<u8>) -> Result<AcceptRequest, CallError> {
+        Ok(AcceptRequest {
+            session_id: self.session_id()?,
+            self_uri: self.self_uri.clone(),
+            self_token: self.gateway.endpoint.push_token.clone(),
+            self_blob,
+            peer_uri: self.peer_uri.clone(),
+            peer_token: self.peer_token.clone().unwrap_or_default(),
+            state: self.state.clone(),
+        })
     }
 
     /// The SDP to show the phone: the other side's, its version moved on by the edge's own
@@ -1134,7 +1149,7 @@ impl Leg {
     async fn ring(&mut self) {
         let Some(offer) = self.peer_sdp.clone() else {
             self.reject(
-                "unsupported-media",
+                RejectReason::UnsupportedMedia,
                 "the caller's media blob holds no SDP offer, which a SIP phone needs",
             )
             .await;
@@ -1154,8 +1169,11 @@ impl Leg {
             }
         };
         if contacts.is_empty() {
-            self.reject("unavailable", "no SIP phone of the account is registered")
-                .await;
+            self.reject(
+                RejectReason::Unavailable,
+                "no SIP phone of the account is registered",
+            )
+            .await;
             return;
         }
         let flows: Vec<Flow> = contacts
@@ -1170,8 +1188,11 @@ impl Leg {
                     self.set_peer_sdp(offer.clone());
                 }
                 Err(_) => {
-                    self.reject("unavailable", "no sockets to anchor the call's media")
-                        .await;
+                    self.reject(
+                        RejectReason::Unavailable,
+                        "no sockets to anchor the call's media",
+                    )
+                    .await;
                     return;
                 }
             }
@@ -1240,29 +1261,47 @@ impl Leg {
             ),
         });
         if self.branches.is_empty() {
-            self.reject("unavailable", "no registered contact can be reached")
-                .await;
+            self.reject(
+                RejectReason::Unavailable,
+                "no registered contact can be reached",
+            )
+            .await;
         }
     }
 
-    async fn reject(&mut self, reason: &str, text: &str) {
-        let request = self
-            .request()
-            .with("self-blob", Vec::<u8>::new())
-            .with("peer-blob", Vec::<u8>::new())
-            .with("reason", reason)
-            .with("reason-text", text);
-        if let Err(e) = crate::invite::reject(&self.edge.app, &self.gateway, &request).await {
-            tracing::info!(session = %self.session, error = %e.message, "SIP edge: Reject refused");
+    async fn reject(&mut self, reason: RejectReason, text: &str) {
+        let rejected = async {
+            let request = RejectRequest {
+                answer: self.answer(Vec::new())?,
+                reason,
+                reason_text: Some(text.to_string()),
+            };
+            let core = invitation::core(&self.edge.app);
+            core.reject(&invitation::requester(&self.gateway), request)
+                .await
+        };
+        if let Err(e) = rejected.await {
+            tracing::info!(session = %self.session, error = %e, "SIP edge: Reject refused");
         }
         self.phase = Phase::Ended;
     }
 
     /// Ends the call on the protocol side (Cancel while ringing, hang-up once answered).
     async fn cancel_call(&mut self) {
-        let request = self.request();
-        if let Err(e) = crate::invite::cancel(&self.edge.app, &self.gateway, &request).await {
-            tracing::info!(session = %self.session, error = %e.message, "SIP edge: Cancel refused");
+        let cancelled = async {
+            let request = CancelRequest {
+                session_id: self.session_id()?,
+                self_uri: self.self_uri.clone(),
+                self_token: self.gateway.endpoint.push_token.clone(),
+                peer_uri: self.peer_uri.clone(),
+                state: self.state.clone(),
+            };
+            let core = invitation::core(&self.edge.app);
+            core.cancel(&invitation::requester(&self.gateway), request)
+                .await
+        };
+        if let Err(e) = cancelled.await {
+            tracing::info!(session = %self.session, error = %e, "SIP edge: Cancel refused");
         }
     }
 
@@ -1639,8 +1678,11 @@ impl Leg {
         let answer = sdp::check(&response.body).ok();
         let Some(answer) = answer else {
             tracing::info!(session = %self.session, "SIP phone answered without SDP: hanging up");
-            self.reject("unsupported-media", "the SIP phone answered without SDP")
-                .await;
+            self.reject(
+                RejectReason::UnsupportedMedia,
+                "the SIP phone answered without SDP",
+            )
+            .await;
             self.send_bye().await;
             return;
         };
@@ -1649,20 +1691,21 @@ impl Leg {
             anchor.set_phone(&answer);
         }
         let answer = self.anchored(answer);
-        let request_dict = self
-            .request()
-            .with("self-blob", sdp::blob_of(&answer))
-            .with(
-                "peer-blob",
-                self.peer_sdp
-                    .as_deref()
-                    .map(sdp::blob_of)
-                    .unwrap_or_default(),
-            );
-        match crate::invite::accept(&self.edge.app, &self.gateway, &request_dict).await {
+        let accepted = match self.answer(sdp::blob_of(&answer)) {
+            Ok(request) => {
+                let core = invitation::core(&self.edge.app);
+                let (result, deferred) = core
+                    .accept(&invitation::requester(&self.gateway), request)
+                    .await;
+                invitation::spawn_deferred(&self.edge.app, deferred);
+                result
+            }
+            Err(e) => Err(e),
+        };
+        match accepted {
             Ok(_) => tracing::info!(session = %self.session, "SIP phone answered"),
             Err(e) => {
-                tracing::info!(session = %self.session, error = %e.message, "SIP edge: Accept refused: hanging up");
+                tracing::info!(session = %self.session, error = %e, "SIP edge: Accept refused: hanging up");
                 self.send_bye().await;
                 self.phase = Phase::Ended;
             }
@@ -1894,9 +1937,21 @@ impl Leg {
     /// The phone's new SDP (hold, resume, a new address) goes to the other side as an Update.
     async fn update_peer(&mut self, sdp: &str) {
         let sdp = self.anchored(sdp.to_string());
-        let request = self.request().with("self-blob", sdp::blob_of(&sdp));
-        if let Err(e) = crate::invite::update(&self.edge.app, &self.gateway, &request).await {
-            tracing::info!(session = %self.session, error = %e.message, "SIP edge: Update refused");
+        let updated = async {
+            let request = UpdateRequest {
+                session_id: self.session_id()?,
+                self_uri: self.self_uri.clone(),
+                self_token: self.gateway.endpoint.push_token.clone(),
+                peer_uri: self.peer_uri.clone(),
+                self_blob: sdp::blob_of(&sdp),
+                state: self.state.clone(),
+            };
+            let core = invitation::core(&self.edge.app);
+            core.update(&invitation::requester(&self.gateway), request)
+                .await
+        };
+        if let Err(e) = updated.await {
+            tracing::info!(session = %self.session, error = %e, "SIP edge: Update refused");
         }
     }
 }
@@ -1907,12 +1962,12 @@ mod tests {
 
     #[test]
     fn reasons_and_statuses_map_both_ways() {
-        for reason in crate::invite::REJECT_REASONS {
-            let (status, _) = status_of_reason(reason);
+        for reason in RejectReason::ALL {
+            let (status, _) = status_of_reason(reason.as_str());
             assert_eq!(reason_of_status(status), *reason, "{reason}");
         }
-        assert_eq!(reason_of_status(408), "unavailable");
-        assert_eq!(reason_of_status(600), "busy");
+        assert_eq!(reason_of_status(408), RejectReason::Unavailable);
+        assert_eq!(reason_of_status(600), RejectReason::Busy);
     }
 
     #[test]

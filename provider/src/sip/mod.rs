@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rsip::Method;
+use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::Dict;
-use switchyard_media::Capabilities;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

@@ -5,8 +5,8 @@
 //! media blob, and the other side's blob becomes SDP again. What is checked here is only what
 //! the edge relies on: that the body is a session description at all, and which media it offers.
 
+use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::dict::{Dict, Encoding};
-use switchyard_media::MediaKind;
 
 /// The largest SDP body the edge carries (the blob limit of the invitation protocol, less the
 /// property-list wrapping).

@@ -3,6 +3,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dict::{Dict, DictError};
+
 /// A kind of media a call can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +88,33 @@ pub enum Unsupported {
 const MAX_CODECS: usize = 32;
 
 impl Capabilities {
+    /// Reads the `capabilities` dictionary of registration (and `caller-capabilities` of an
+    /// Initiate Forward); what it leaves out takes the defaults.
+    pub fn from_dict(dict: Option<&Dict>) -> Result<Capabilities, DictError> {
+        let defaults = Capabilities::default();
+        let Some(dict) = dict else {
+            return Ok(defaults);
+        };
+        Ok(Capabilities {
+            audio: dict.opt_bool("audio")?.unwrap_or(true),
+            video: dict.opt_bool("video")?.unwrap_or(true),
+            audio_codecs: dict
+                .opt_string_array("audio-codecs")?
+                .unwrap_or(defaults.audio_codecs),
+            video_codecs: dict
+                .opt_string_array("video-codecs")?
+                .unwrap_or(defaults.video_codecs),
+        })
+    }
+
+    pub fn to_dict(&self) -> Dict {
+        Dict::new()
+            .with("audio", self.audio)
+            .with("video", self.video)
+            .with("audio-codecs", self.audio_codecs.clone())
+            .with("video-codecs", self.video_codecs.clone())
+    }
+
     /// Checks codec names (RFC 4855 media subtype names: letters, digits, `-`, `.`, `_`, up to 32).
     pub fn validate(&self) -> Result<(), CapabilityError> {
         for (kind, enabled, codecs) in [

@@ -1,0 +1,353 @@
+//! The answerer's flow: another member forwarded a call here, and this provider rings its
+//! endpoints of the callee. Its own record counts its endpoints; what they do goes back to the
+//! originator, which arbitrates.
+
+use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::dict::Dict;
+use switchyard_protocol::invitation::{
+    AcceptForward, CancelForward, CancelReason, EndReason, ForwardAction, ForwardCancelReason,
+    InitiateAnswer, InitiateForward, InitiatePush, Push, RejectForward, RejectReason,
+};
+
+use super::local::duplicate_session;
+use super::originator::{Opened, Sender};
+use super::{push_cancels, CallResult, Core, Deferred};
+use crate::ports::{
+    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, RefusalClass, WriteUnit,
+};
+use crate::record::{CallRecord, CallState};
+use crate::refusal::{Refusal, RefusalCode};
+use crate::rules::{self, PeerAnswer};
+use crate::session::SessionState;
+
+impl<P: Ports> Core<P> {
+    /// `POST /federation/v1/initiate`: ring this provider's endpoints of the callee.
+    pub async fn receive_initiate(
+        &self,
+        sender: &Sender,
+        forward: InitiateForward,
+    ) -> CallResult<Dict> {
+        let envelope = &forward.envelope;
+        self.check_window(envelope)?;
+        let now = self.now_ms();
+        if forward.ring_deadline <= now {
+            return Err(Refusal::field("ring-deadline", "ring-deadline has passed").into());
+        }
+        let deadline = forward
+            .ring_deadline
+            .min(now + self.settings().ring_timeout_ms);
+        let verified = match &forward.attestation {
+            None => false,
+            Some(signature) => {
+                Attestation {
+                    session_id: envelope.session_id.to_string(),
+                    caller_uri: forward.caller_uri.clone(),
+                    callee_uri: forward.callee_uri.clone(),
+                    provider_id: sender.provider_id.clone(),
+                    timestamp: envelope.timestamp,
+                }
+                .verify(
+                    signature,
+                    &sender.cert_der,
+                    now.div_euclid(1000),
+                    self.settings().timestamp_window_s,
+                )
+                .map_err(|e| Refusal::new(RefusalCode::BadAttestation, e.to_string()))?;
+                true
+            }
+        };
+        self.claim(sender, envelope).await?;
+        let store = self.ports.store();
+        // Read before the unit: a unit waiting for a second pooled connection could exhaust
+        // the pool under load.
+        if !store.hosts(&forward.callee_uri).await? {
+            return Err(Refusal::new(
+                RefusalCode::UnknownPeer,
+                format!("{} is not hosted here", forward.callee_uri),
+            )
+            .into());
+        }
+        let candidates = store.endpoints_for(&forward.callee_uri).await?;
+        let (rung, unsupported): (Vec<Endpoint>, _) = rules::who_rings(
+            candidates,
+            |e| &e.capabilities,
+            &forward.caller_capabilities,
+            &forward.media,
+        );
+        let sid = &envelope.session_id;
+        let mut unit = match self
+            .open_forward(sender, sid, ForwardAction::Initiate)
+            .await?
+        {
+            Opened::Fresh(unit) => unit,
+            Opened::Retried(answer) => return Ok(answer),
+        };
+        let refusal = rung
+            .is_empty()
+            .then(|| rules::nobody_rang(unsupported.as_ref()));
+        let own = &self.settings().provider_id;
+        let state = SessionState {
+            sid: sid.to_string(),
+            caller_uri: forward.caller_uri.clone(),
+            caller_token: forward.caller_token.clone(),
+            caller_endpoint: String::new(),
+            callee_uri: forward.callee_uri.clone(),
+            rung: rung.iter().map(|e| e.id.clone()).collect(),
+            media: forward.media.clone(),
+            providers: vec![sender.provider_id.clone(), own.clone()],
+            deadline,
+            origin: Some(sender.provider_id.clone()),
+            origin_state: Some(forward.origin_state.clone()),
+            relay_choice: forward.relay_choice,
+        };
+        let relay_provider = self.relay_provider(forward.relay_choice, &sender.provider_id, own);
+        let sealed = self.seal(&state);
+        let record = CallRecord {
+            session_id: sid.to_string(),
+            caller_uri: forward.caller_uri.clone(),
+            callee_uri: forward.callee_uri.clone(),
+            caller_endpoint: String::new(),
+            rung_endpoints: state.rung.clone(),
+            rung_count: state.rung.len() as i64,
+            rejections: 0,
+            media: forward
+                .media
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+            state: if refusal.is_some() {
+                CallState::Rejected
+            } else {
+                CallState::Ringing
+            },
+            reason: refusal.as_ref().map(|(r, _)| r.as_str().to_string()),
+            answered_by: None,
+            providers: state.providers.clone(),
+            initiated_at: now,
+            ring_deadline: deadline,
+            answered_at: None,
+            ended_at: refusal.as_ref().map(|_| now),
+        };
+        if !unit.insert_call(&record).await? {
+            return Err(duplicate_session(sid.as_str()).into());
+        }
+        let ttl = self.settings().push_ttl_ms.min(deadline - now);
+        for callee in &rung {
+            let push = Push::Initiate(InitiatePush {
+                session_id: sid.clone(),
+                self_uri: forward.callee_uri.clone(),
+                self_token: callee.push_token.clone(),
+                peer_uri: forward.caller_uri.clone(),
+                peer_token: forward.caller_token.clone(),
+                peer_blob: forward.caller_blob.clone(),
+                peer_capabilities: forward.caller_capabilities.clone(),
+                peer_ca: forward.caller_ca.clone(),
+                peer_verified: verified,
+                peer_provider: Some(sender.provider_id.clone()),
+                relay_provider: relay_provider.clone(),
+                media: forward.media.clone(),
+                ring_deadline: deadline,
+                state: sealed.clone(),
+            });
+            unit.push(&callee.id, &push, ttl).await?;
+        }
+        let answer = InitiateAnswer {
+            answering_provider: own.clone(),
+            rung: rung.len() as i64,
+            refusal: refusal.map(|(reason, text)| (reason, Some(text))),
+        };
+        let rejected = answer.refusal.is_some();
+        let answer = self
+            .finish_forward(
+                unit,
+                sender,
+                sid,
+                ForwardAction::Initiate,
+                answer.to_dict(sid),
+            )
+            .await?;
+        if rejected {
+            self.observe(Event::Outcome(CallState::Rejected));
+        }
+        Ok(answer)
+    }
+
+    /// After a local endpoint won the race here: ask the originator, which arbitrates between
+    /// providers. If another provider won (or the originator cannot be reached) the call is
+    /// over here too. What it defers is a Cancel to the originator when the answer was lost.
+    pub(super) async fn accept_forwarded(
+        &self,
+        state: &SessionState,
+        me: &Endpoint,
+        blob: Vec<u8>,
+    ) -> (CallResult<()>, Option<Deferred>) {
+        match self.confirm_accept(state, me, blob).await {
+            Ok((None, deferred)) => (Ok(()), deferred),
+            Ok((Some(refusal), deferred)) => (Err(refusal.into()), deferred),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn confirm_accept(
+        &self,
+        state: &SessionState,
+        me: &Endpoint,
+        blob: Vec<u8>,
+    ) -> CallResult<(Option<Refusal>, Option<Deferred>)> {
+        let session_id = switchyard_protocol::invitation::SessionId::parse(&state.sid)?;
+        let (Some(origin), Some(forwarder), Some(envelope)) = (
+            state.origin.as_deref(),
+            self.ports.forwarder(),
+            self.fresh_envelope(&session_id),
+        ) else {
+            return Err(super::CallError::Store(
+                "a forwarded call without federation".into(),
+            ));
+        };
+        let forward = AcceptForward {
+            envelope,
+            answering_provider: self.settings().provider_id.clone(),
+            origin_state: state.origin_state.clone().unwrap_or_default(),
+            callee_uri: state.callee_uri.clone(),
+            callee_token: me.push_token.clone(),
+            callee_blob: blob,
+            callee_ca: Some(self.settings().endpoint_ca_pem.clone()),
+        };
+        let answer = match forwarder
+            .send(origin, ForwardAction::Accept, forward.to_dict())
+            .await
+        {
+            Ok(_) => PeerAnswer::Confirmed,
+            Err(PeerFailure::Refused {
+                code,
+                message,
+                class,
+                description,
+            }) => PeerAnswer::Refused {
+                code,
+                message,
+                gone: class == RefusalClass::Gone,
+                description,
+            },
+            Err(PeerFailure::Undelivered(why)) => PeerAnswer::Unconfirmed(why),
+        };
+        let outcome = rules::origin_answer(&answer);
+        let push_reason = match &outcome {
+            None => CancelReason::AnsweredElsewhere,
+            Some((reason, _, _)) => *reason,
+        };
+        let mut unit = self.ports.store().begin().await?;
+        if let Some((reason, _, _)) = &outcome {
+            let why = match reason {
+                CancelReason::AnsweredElsewhere => EndReason::AnsweredElsewhere,
+                _ => EndReason::Cancelled,
+            };
+            unit.transition(
+                &state.sid,
+                &[CallState::Answered],
+                CallState::Cancelled,
+                CallChange {
+                    reason: Some(why),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        let others: Vec<_> = state
+            .rung
+            .iter()
+            .filter(|id| **id != me.id)
+            .map(|id| {
+                (
+                    id.clone(),
+                    state.callee_uri.clone(),
+                    state.caller_uri.clone(),
+                    push_reason,
+                )
+            })
+            .collect();
+        push_cancels(&mut unit, &session_id, &others, self.settings().push_ttl_ms).await?;
+        unit.commit().await?;
+        Ok(match outcome {
+            None => (None, None),
+            Some((_, refusal, unconfirmed)) => {
+                // The originator may have taken the Accept before the answer was lost: end the
+                // call there too, so the caller is not left in a call nobody is in.
+                let deferred = unconfirmed.then(|| Deferred::CancelOrigin {
+                    state: Box::new(state.clone()),
+                    reason: ForwardCancelReason::Ended,
+                });
+                (Some(refusal), deferred)
+            }
+        })
+    }
+
+    /// Every endpoint rung here rejected: tell the originator. Undelivered, the originator's
+    /// ring timeout ends the call.
+    pub(super) async fn reject_forwarded(
+        &self,
+        state: &SessionState,
+        reason: RejectReason,
+        text: Option<&str>,
+    ) {
+        let Ok(session_id) = switchyard_protocol::invitation::SessionId::parse(&state.sid) else {
+            return;
+        };
+        let (Some(origin), Some(forwarder), Some(envelope)) = (
+            state.origin.as_deref(),
+            self.ports.forwarder(),
+            self.fresh_envelope(&session_id),
+        ) else {
+            return;
+        };
+        let forward = RejectForward {
+            envelope,
+            answering_provider: self.settings().provider_id.clone(),
+            origin_state: state.origin_state.clone().unwrap_or_default(),
+            reason,
+            reason_text: text.map(str::to_string),
+        };
+        if let Err(e) = forwarder
+            .send(origin, ForwardAction::Reject, forward.to_dict())
+            .await
+        {
+            self.observe(Event::Undelivered {
+                session_id: state.sid.clone(),
+                peer: origin.to_string(),
+                what: "the Reject Forward was not delivered; the caller's provider will time the call out",
+                error: e.to_string(),
+            });
+        }
+    }
+
+    /// A callee here cancelled or hung up: tell the originator.
+    pub async fn cancel_to_origin(&self, state: &SessionState, reason: ForwardCancelReason) {
+        let Ok(session_id) = switchyard_protocol::invitation::SessionId::parse(&state.sid) else {
+            return;
+        };
+        let (Some(origin), Some(forwarder), Some(envelope)) = (
+            state.origin.as_deref(),
+            self.ports.forwarder(),
+            self.fresh_envelope(&session_id),
+        ) else {
+            return;
+        };
+        let forward = CancelForward {
+            envelope,
+            from_provider: self.settings().provider_id.clone(),
+            reason,
+            origin_state: Some(state.origin_state.clone().unwrap_or_default()),
+        };
+        if let Err(e) = forwarder
+            .send(origin, ForwardAction::Cancel, forward.to_dict())
+            .await
+        {
+            self.observe(Event::Undelivered {
+                session_id: state.sid.clone(),
+                peer: origin.to_string(),
+                what: "the Cancel Forward to the caller's provider was not delivered",
+                error: e.to_string(),
+            });
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The invitation protocol's flows, written once against the ports: the local flow (a Request
+//! from an endpoint here), the originator's (the caller is here, the callee elsewhere) and the
+//! answerer's (this provider rings for another's caller). Each opens a write unit, reads the
+//! call record, asks [`crate::rules`], writes the change and its pushes, commits, and only then
+//! sends Forwards.
+
+mod answerer;
+mod local;
+mod originator;
+
+pub use originator::Sender;
+
+use switchyard_protocol::invitation::{
+    CancelPush, CancelReason, ForwardCancelReason, MessageError, Push, RelayChoice, SessionId,
+};
+
+use crate::ports::{Event, Ports, StoreFailure, WriteUnit};
+use crate::refusal::Refusal;
+use crate::session::SessionState;
+
+/// What a flow ends with when it does not answer: a refusal for the sender, or a store failure
+/// (an internal error; the message may be retried).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("store: {0}")]
+    Store(StoreFailure),
+}
+
+impl From<StoreFailure> for CallError {
+    fn from(e: StoreFailure) -> CallError {
+        CallError::Store(e)
+    }
+}
+
+impl From<MessageError> for CallError {
+    fn from(e: MessageError) -> CallError {
+        CallError::Refused(e.into())
+    }
+}
+
+pub type CallResult<T> = Result<T, CallError>;
+
+/// The provider's settings the flows read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub provider_id: String,
+    pub ring_timeout_ms: i64,
+    pub push_ttl_ms: i64,
+    /// This provider's endpoint CA certificate (PEM), which the other endpoint checks this
+    /// side's DTLS identity against.
+    pub endpoint_ca_pem: String,
+    /// Whose relay serves the calls this provider's callers place (`relay.calls_use`).
+    pub relay_choice: RelayChoice,
+    /// How far a Forward's timestamp may be from this provider's clock.
+    pub timestamp_window_s: i64,
+}
+
+/// Work a flow leaves for after its answer: Forwards the sender need not wait for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deferred {
+    /// Cancel Forwards to providers that rang (another answered, or the caller left).
+    CancelProviders {
+        session_id: SessionId,
+        providers: Vec<String>,
+        reason: ForwardCancelReason,
+    },
+    /// A Cancel Forward to the originator of a call this provider rang for.
+    CancelOrigin {
+        state: Box<SessionState>,
+        reason: ForwardCancelReason,
+    },
+}
+
+/// The call core of one provider, over its ports.
+pub struct Core<P: Ports> {
+    pub ports: P,
+}
+
+impl<P: Ports> Core<P> {
+    pub fn new(ports: P) -> Self {
+        Core { ports }
+    }
+
+    fn settings(&self) -> &Settings {
+        self.ports.settings()
+    }
+
+    fn now_ms(&self) -> i64 {
+        crate::ports::Clock::now_ms(self.ports.clock())
+    }
+
+    fn seal(&self, state: &SessionState) -> String {
+        crate::ports::Sealer::seal(self.ports.sealer(), state)
+    }
+
+    /// Opens a sealed state carried in `field`, checking it belongs to the session.
+    fn open(&self, token: &str, session_id: &str, field: &str) -> Result<SessionState, Refusal> {
+        let state = crate::ports::Sealer::open(self.ports.sealer(), token)
+            .map_err(|e| Refusal::field(field, e))?;
+        state.check_session(session_id, field)?;
+        Ok(state)
+    }
+
+    fn observe(&self, event: Event) {
+        self.ports.observe(event);
+    }
+
+    /// The provider whose relay serves a call between these two providers.
+    fn relay_provider(&self, choice: RelayChoice, caller: &str, callee: &str) -> String {
+        let federation_relay = self
+            .ports
+            .forwarder()
+            .and_then(crate::ports::Forwarder::federation_relay);
+        choice.provider(caller, callee, federation_relay.as_deref())
+    }
+
+    /// Runs what a flow deferred.
+    pub async fn run_deferred(&self, work: Deferred) {
+        match work {
+            Deferred::CancelProviders {
+                session_id,
+                providers,
+                reason,
+            } => {
+                self.cancel_to_providers(&session_id, &providers, reason)
+                    .await
+            }
+            Deferred::CancelOrigin { state, reason } => self.cancel_to_origin(&state, reason).await,
+        }
+    }
+}
+
+/// Queues a Cancel Push for each of `pushes` (endpoint, self-uri, peer-uri, reason).
+async fn push_cancels<U: WriteUnit>(
+    unit: &mut U,
+    session_id: &SessionId,
+    pushes: &[(String, String, String, CancelReason)],
+    ttl_ms: i64,
+) -> Result<(), StoreFailure> {
+    for (endpoint, self_uri, peer_uri, reason) in pushes {
+        let push = Push::Cancel(CancelPush {
+            session_id: session_id.clone(),
+            self_uri: self_uri.clone(),
+            peer_uri: peer_uri.clone(),
+            reason: *reason,
+        });
+        unit.push(endpoint, &push, ttl_ms).await?;
+    }
+    Ok(())
+}
+
+/// The session id of a stored record: checked when the call was made, so a bad one means the
+/// store is corrupt.
+fn session_id_of(id: &str) -> Result<SessionId, StoreFailure> {
+    SessionId::parse(id).map_err(|e| format!("stored session id `{id}`: {e}").into())
+}
