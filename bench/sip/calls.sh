@@ -35,7 +35,6 @@ command -v sipp >/dev/null || { echo "sipp missing: scripts/ensure-packages.sh" 
 # Debian puts kamailio in /usr/sbin, which an ordinary user's PATH lacks.
 kamailio=$(command -v kamailio || echo /usr/sbin/kamailio)
 [ -x "$kamailio" ] || { echo "kamailio missing: scripts/ensure-packages.sh" >&2; exit 1; }
-# Not SWITCHYARD_BIN: the provider reads SWITCHYARD_* as configuration.
 if [ -n "${BENCH_BIN:-}" ]; then
     bin=$BENCH_BIN
 else

@@ -1,4 +1,5 @@
-//! Daemon configuration: a TOML file, overridden by `SWITCHYARD_...` environment variables.
+//! Daemon configuration: a TOML file, overridden by `SWITCHYARD_...` environment variables
+//! ([`is_env_override`]).
 //!
 //! Every key is optional and documented in `docs/configuration.md`. Checking reports every error
 //! with its key path instead of stopping at the first, so an operator fixes a file in one pass.
@@ -10,8 +11,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Prefix of environment overrides; `__` separates levels: `SWITCHYARD_DATABASE__URL`.
+/// Prefix of environment overrides: `SWITCHYARD_DATA_DIR` for a top-level key, `__` between
+/// levels below: `SWITCHYARD_DATABASE__URL`.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
+
+/// Whether the environment variable `name` overrides a configuration key. A key in a section is
+/// spelled with `__`; a name without one overrides only a top-level key, so that the other
+/// `SWITCHYARD_` variables (the admin command line's `SWITCHYARD_ADMIN_TOKEN`, which never contain
+/// `__`) are not taken for unknown keys while an unknown `SWITCHYARD_X__Y` is still reported.
+pub fn is_env_override(name: &str) -> bool {
+    let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+        return false;
+    };
+    path.contains("__") || top_level_keys().contains(&path.to_ascii_lowercase())
+}
+
+/// The keys outside every section (`data_dir`, `provider_id`).
+fn top_level_keys() -> Vec<String> {
+    toml::Table::try_from(Config::default())
+        .expect("configuration serializes")
+        .into_iter()
+        .filter(|(_, value)| !value.is_table())
+        .map(|(key, _)| key)
+        .collect()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -515,8 +538,8 @@ impl Config {
             }])
         })?;
         let mut issues = Vec::new();
-        apply_env_overrides(&mut table, env, &mut issues);
-        issues.extend(leaf_issues(&table));
+        let overrides = apply_env_overrides(&mut table, env, &mut issues);
+        issues.extend(name_overrides(leaf_issues(&table), &overrides));
         if !issues.is_empty() {
             return Err(ConfigError::Invalid(issues));
         }
@@ -529,7 +552,7 @@ impl Config {
                         message: e.message().to_string(),
                     }])
                 })?;
-        let issues = config.semantic_issues();
+        let issues = name_overrides(config.semantic_issues(), &overrides);
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -941,16 +964,18 @@ impl Config {
     }
 }
 
+/// Applies the overrides in `env` to `table`; returns each one applied as (variable, key path).
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
     issues: &mut Vec<ConfigIssue>,
-) {
+) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| is_env_override(name))
         .collect();
     vars.sort();
+    let mut applied = Vec::new();
     for (name, raw) in vars {
         let path: Vec<String> = name[ENV_PREFIX.len()..]
             .split("__")
@@ -969,13 +994,33 @@ fn apply_env_overrides(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
-        if let Err(part) = insert_at(table, &path, value) {
-            issues.push(ConfigIssue {
+        match insert_at(table, &path, value) {
+            Ok(()) => applied.push((name, path.join("."))),
+            Err(part) => issues.push(ConfigIssue {
                 key: path.join("."),
                 message: format!("{name} overrides a key inside `{part}`, which is not a table"),
-            });
+            }),
         }
     }
+    applied
+}
+
+/// Names the variable behind each issue whose key (or a section above it, for an unknown
+/// section) an override set: the operator would look for it in the file in vain.
+fn name_overrides(
+    mut issues: Vec<ConfigIssue>,
+    overrides: &[(String, String)],
+) -> Vec<ConfigIssue> {
+    for issue in &mut issues {
+        let section = format!("{}.", issue.key);
+        if let Some((name, _)) = overrides
+            .iter()
+            .find(|(_, key)| *key == issue.key || key.starts_with(&section))
+        {
+            issue.message.push_str(&format!(" (set by {name})"));
+        }
+    }
+    issues
 }
 
 /// Sets `path` in `table`, making intermediate tables; Err names a segment that is not a table.
@@ -1128,13 +1173,97 @@ mod tests {
     }
 
     #[test]
-    fn bad_environment_override_is_reported_by_key() {
+    fn bad_environment_override_is_reported_by_key_and_variable() {
         let err = Config::from_toml_with_env(
             "",
             vec![("SWITCHYARD_PUSH__TTL_SECONDS".into(), "soon".into())],
         )
         .unwrap_err();
         assert_eq!(err.issues()[0].key, "push.ttl_seconds");
+        assert!(
+            err.issues()[0]
+                .message
+                .ends_with("(set by SWITCHYARD_PUSH__TTL_SECONDS)"),
+            "{err}"
+        );
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn overrides_are_keys_with_double_underscores_or_top_level_keys() {
+        for name in [
+            "SWITCHYARD_DATABASE__URL",
+            "SWITCHYARD_ADMIN__TOKEN_FILE",
+            "SWITCHYARD_NO_SUCH__KEY",
+            "SWITCHYARD_DATA_DIR",
+            "SWITCHYARD_PROVIDER_ID",
+        ] {
+            assert!(is_env_override(name), "{name}");
+        }
+        for name in [
+            "SWITCHYARD_ADMIN_URL",
+            "SWITCHYARD_ADMIN_TOKEN",
+            "SWITCHYARD_ADMIN_TOKEN_FILE",
+            "SWITCHYARD_BIN",
+            "SWITCHYARD_ADMIN",
+            "DATABASE__URL",
+        ] {
+            assert!(!is_env_override(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_admin_command_lines_variables_are_not_configuration() {
+        let config = Config::from_toml_with_env(
+            "provider_id = \"a.example\"\n",
+            env(&[
+                ("SWITCHYARD_ADMIN_URL", "http://127.0.0.1:7080"),
+                ("SWITCHYARD_ADMIN_TOKEN", "0123456789abcdef"),
+                (
+                    "SWITCHYARD_ADMIN_TOKEN_FILE",
+                    "/var/lib/switchyard/admin-token",
+                ),
+                ("SWITCHYARD_DATA_DIR", "/srv/switchyard"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.provider_id, "a.example");
+        assert_eq!(config.data_dir, Path::new("/srv/switchyard"));
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_reported_with_their_variable() {
+        let err = Config::from_toml_with_env(
+            "",
+            env(&[
+                ("SWITCHYARD_DATABASE__URLL", "sqlite:x"),
+                ("SWITCHYARD_NO_SUCH__KEY", "1"),
+            ]),
+        )
+        .unwrap_err();
+        let issues: Vec<String> = err.issues().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            issues,
+            [
+                "database.urll: unknown key (set by SWITCHYARD_DATABASE__URLL)",
+                "no_such: unknown key (set by SWITCHYARD_NO_SUCH__KEY)",
+            ]
+        );
+
+        let err = Config::from_toml_with_env("", env(&[("SWITCHYARD_PROVIDER_ID", "bad id!")]))
+            .unwrap_err();
+        assert_eq!(err.issues()[0].key, "provider_id");
+        assert!(
+            err.issues()[0]
+                .message
+                .ends_with("(set by SWITCHYARD_PROVIDER_ID)"),
+            "{err}"
+        );
     }
 
     #[test]

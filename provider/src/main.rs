@@ -1304,3 +1304,38 @@ async fn ask(prompt: &str) -> anyhow::Result<bool> {
         .await?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+    use switchyard_provider::config::is_env_override;
+
+    use super::Cli;
+
+    fn variables(command: &clap::Command, names: &mut BTreeSet<String>) {
+        names.extend(
+            command
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+                .map(|name| name.to_string_lossy().into_owned()),
+        );
+        for subcommand in command.get_subcommands() {
+            variables(subcommand, names);
+        }
+    }
+
+    /// An operator exports the admin variables in the shell that also starts `switchyard serve`.
+    #[test]
+    fn no_command_line_variable_is_a_configuration_override() {
+        let mut names = BTreeSet::new();
+        variables(&Cli::command(), &mut names);
+        assert!(names.contains("SWITCHYARD_ADMIN_TOKEN"), "{names:?}");
+        let overrides: Vec<&String> = names.iter().filter(|name| is_env_override(name)).collect();
+        assert!(
+            overrides.is_empty(),
+            "read as configuration by the daemon: {overrides:?}"
+        );
+    }
+}

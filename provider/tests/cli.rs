@@ -108,10 +108,12 @@ fn write_config(dir: &std::path::Path) -> (std::path::PathBuf, String, u16) {
     (config, admin, endpoint_port)
 }
 
-fn serve(config: &std::path::Path, admin: &str) -> std::process::Child {
+/// `switchyard serve --config config` with `env` added to the environment, once it is ready.
+fn serve(config: &std::path::Path, admin: &str, env: &[(&str, String)]) -> std::process::Child {
     let daemon = switchyard()
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().cloned())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -138,7 +140,7 @@ fn admin_request(admin: &str, token: &str, method: &str, path: &str, body: &str)
 fn acknowledged_writes_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let (config, admin, _) = write_config(dir.path());
-    let start = || serve(&config, &admin);
+    let start = || serve(&config, &admin, &[]);
     let mut daemon = start();
     let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
     let token = token.trim();
@@ -170,6 +172,44 @@ fn acknowledged_writes_survive_kill_dash_nine() {
     daemon.wait().unwrap();
 }
 
+/// A provider restarted from the shell of the README walkthrough's step 5, where the admin
+/// command line's variables (`export SWITCHYARD_ADMIN_TOKEN=…`) are exported: `config check`
+/// and `serve` take them for no configuration key, and the command line still reaches the
+/// provider with them.
+#[test]
+fn a_provider_restarts_with_the_admin_variables_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin, _) = write_config(dir.path());
+    let mut daemon = serve(&config, &admin, &[]);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let token_file = dir.path().join("data/admin-token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let shell = [
+        ("SWITCHYARD_ADMIN_URL", format!("http://{admin}")),
+        ("SWITCHYARD_ADMIN_TOKEN", token.trim().to_string()),
+        (
+            "SWITCHYARD_ADMIN_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+    ];
+
+    succeed(
+        switchyard()
+            .args(["config", "check"])
+            .arg(&config)
+            .envs(shell.iter().cloned()),
+    );
+    let mut daemon = serve(&config, &admin, &shell);
+    succeed(
+        switchyard()
+            .args(["users", "list"])
+            .envs(shell.iter().cloned()),
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
+
 /// Running a provider (README, "Running a provider") with the binary: users added and codes
 /// issued with the admin CLI, `endpoint register`, `endpoint answer --auto-accept --once`,
 /// `endpoint call --hangup-after`, then `--auto-reject busy`, all on one provider.
@@ -177,7 +217,7 @@ fn acknowledged_writes_survive_kill_dash_nine() {
 fn endpoint_commands_place_answer_and_reject_calls() {
     let dir = tempfile::tempdir().unwrap();
     let (config, admin, endpoint_port) = write_config(dir.path());
-    let mut daemon = serve(&config, &admin);
+    let mut daemon = serve(&config, &admin, &[]);
     let token_file = dir.path().join("data/admin-token");
     let admin_url = format!("http://{admin}");
     let admin_cli = |args: &[&str]| {
