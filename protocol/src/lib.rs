@@ -8,12 +8,14 @@
 //! - [`discovery`]: the signed dictionary listing the federation's member providers.
 //! - [`bloom`]: the Bloom filter of a provider's URIs, in Switchyard's own wire format.
 //! - [`attestation`]: the originating provider's signature over each Initiate Forward.
+//! - [`relay_frame`]: the frames an endpoint and its provider exchange over the HTTP relay.
 
 pub mod attestation;
 pub mod bloom;
 pub mod dict;
 pub mod discovery;
 pub mod pki;
+pub mod relay_frame;
 pub mod uri;
 
 pub use dict::{Dict, DictError, Encoding, Value};
