@@ -10,6 +10,7 @@
 //! - [`attestation`]: the originating provider's signature over each Initiate Forward.
 //! - [`capabilities`]: what media an endpoint can take, and whether it can answer a call.
 //! - [`invitation`]: the invitation protocol's messages, typed: Requests, Forwards, Pushes.
+//! - [`relay_frame`]: the frames an endpoint and its provider exchange over the HTTP relay.
 
 pub mod attestation;
 pub mod bloom;
@@ -18,6 +19,7 @@ pub mod dict;
 pub mod discovery;
 pub mod invitation;
 pub mod pki;
+pub mod relay_frame;
 pub mod uri;
 
 pub use dict::{Dict, DictError, Encoding, Value};

@@ -2,18 +2,19 @@
 //! networks that let no UDP out. Over a WebSocket (`GET /v1/media-relay`), or, where upgrades
 //! are blocked too, over long-polls (`POST /v1/media-relay`, then `.../send` and `.../recv`).
 //! Either way it is a `webrtc_util::Conn`, so the media session uses it like any relayed socket;
-//! DTLS and SRTP run end to end inside it.
-//!
-//! Frames (docs/protocol.md, "HTTP relay"): one type byte (0x01 ALLOCATED, 0x02 DATA), then an
-//! address (family byte 4 or 6, the IP, the port big-endian), then for DATA the payload.
+//! DTLS and SRTP run end to end inside it. Frames are encoded and decoded by
+//! [`switchyard_protocol::relay_frame`], as on the provider's side.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use switchyard_media::inbox::DatagramInbox;
+use switchyard_protocol::relay_frame::{
+    append_length_prefixed, split_length_prefixed, Datagram, Frame,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,8 +23,6 @@ use webrtc_util::Conn;
 
 use crate::client::{ClientError, EndpointClient};
 
-const ALLOCATED: u8 = 0x01;
-const DATA: u8 = 0x02;
 /// How long one long-poll waits for data before it is asked again.
 const POLL_WAIT_MS: u64 = 20_000;
 /// Most bytes of datagrams one long-poll send carries (within the endpoint API's default body
@@ -37,66 +36,15 @@ pub enum TunnelMode {
     LongPoll,
 }
 
-fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
+/// A DATA frame's payload and source, as the inbox takes them; other frames are dropped.
+fn inbound_datagram(frame: &[u8]) -> Option<(Vec<u8>, SocketAddr)> {
+    match Datagram::decode(frame) {
+        Ok(datagram) => Some((datagram.payload().to_vec(), datagram.peer())),
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP relay: a malformed frame from the provider dropped");
+            None
         }
     }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
-/// Reads an address; returns it and the bytes after it.
-fn decode_addr(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
-    let (ip, rest): (IpAddr, &[u8]) = match bytes.first()? {
-        4 => {
-            let octets: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
-            (Ipv4Addr::from(octets).into(), &bytes[5..])
-        }
-        6 => {
-            let octets: [u8; 16] = bytes.get(1..17)?.try_into().ok()?;
-            (Ipv6Addr::from(octets).into(), &bytes[17..])
-        }
-        _ => return None,
-    };
-    let port = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
-    Some((SocketAddr::new(ip, port), &rest[2..]))
-}
-
-fn data_frame(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 20);
-    frame.push(DATA);
-    encode_addr(&mut frame, to);
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// A DATA frame's source and payload.
-fn parse_data(frame: &[u8]) -> Option<(Vec<u8>, SocketAddr)> {
-    if frame.first() != Some(&DATA) {
-        return None;
-    }
-    let (from, payload) = decode_addr(&frame[1..])?;
-    Some((payload.to_vec(), from))
-}
-
-/// Length-prefixed frames, as the long-poll bodies carry them.
-fn split_frames(mut body: &[u8]) -> Vec<&[u8]> {
-    let mut frames = Vec::new();
-    while body.len() >= 2 {
-        let len = u16::from_be_bytes([body[0], body[1]]) as usize;
-        let Some(frame) = body.get(2..2 + len) else {
-            break;
-        };
-        frames.push(frame);
-        body = &body[2 + len..];
-    }
-    frames
 }
 
 /// An allocation at the provider's HTTP relay. Sending only queues the frame: a writer task
@@ -138,11 +86,17 @@ impl HttpRelayConn {
         let (mut sink, mut stream) = socket.split();
         let address = loop {
             match stream.next().await {
-                Some(Ok(Message::Binary(frame))) if frame.first() == Some(&ALLOCATED) => {
-                    break decode_addr(&frame[1..]).map(|(a, _)| a).ok_or_else(|| {
-                        ClientError::Protocol("a malformed ALLOCATED frame".into())
-                    })?;
-                }
+                Some(Ok(Message::Binary(frame))) => match Frame::decode(&frame) {
+                    Ok(Frame::Allocated(address)) => break address,
+                    Ok(Frame::Data(_)) => {
+                        return Err(ClientError::Protocol("expected ALLOCATED, got DATA".into()))
+                    }
+                    Err(e) => {
+                        return Err(ClientError::Protocol(format!(
+                            "a malformed frame where ALLOCATED was expected: {e}"
+                        )))
+                    }
+                },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => {
                     return Err(ClientError::Protocol(format!(
@@ -162,7 +116,7 @@ impl HttpRelayConn {
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Binary(frame) = message {
-                    if let Some(datagram) = parse_data(&frame) {
+                    if let Some(datagram) = inbound_datagram(&frame) {
                         // Full: drop, as a congested UDP path would.
                         let _ = inbound_tx.try_send(datagram);
                     }
@@ -223,8 +177,15 @@ impl HttpRelayConn {
                             continue;
                         }
                     };
-                    for frame in split_frames(&body) {
-                        if let Some(datagram) = parse_data(frame) {
+                    for frame in split_length_prefixed(&body) {
+                        let datagram = match frame {
+                            Ok(frame) => inbound_datagram(frame),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "HTTP relay: malformed poll answer");
+                                None
+                            }
+                        };
+                        if let Some(datagram) = datagram {
                             let _ = inbound_tx.try_send(datagram);
                         }
                     }
@@ -241,11 +202,16 @@ impl HttpRelayConn {
                     let mut body = Vec::new();
                     let mut next = Some(first);
                     while let Some(frame) = next.take() {
-                        body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
-                        body.extend_from_slice(&frame);
+                        if let Err(e) = append_length_prefixed(&mut body, &frame) {
+                            // Lost, as a datagram too big for its path is.
+                            tracing::debug!(error = %e, "HTTP relay: dropped a datagram too long");
+                        }
                         if body.len() < SEND_BATCH_BYTES {
                             next = outbound_rx.try_recv().ok();
                         }
+                    }
+                    if body.is_empty() {
+                        continue;
                     }
                     let response = http
                         .post(&send_url)
@@ -296,8 +262,10 @@ impl Conn for HttpRelayConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let datagram =
+            Datagram::new(target, buf).map_err(|e| webrtc_util::Error::Other(e.to_string()))?;
         self.outbound
-            .send(data_frame(target, buf))
+            .send(datagram.encode())
             .map_err(|_| webrtc_util::Error::ErrUseClosedNetworkConn)?;
         Ok(buf.len())
     }
@@ -322,40 +290,5 @@ impl Conn for HttpRelayConn {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip_for_both_families() {
-        for addr in ["192.0.2.7:3478", "[2001:db8::1]:65535"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            let frame = data_frame(addr, b"payload");
-            assert_eq!(parse_data(&frame), Some((b"payload".to_vec(), addr)));
-        }
-    }
-
-    #[test]
-    fn malformed_frames_are_refused() {
-        assert_eq!(parse_data(&[]), None);
-        assert_eq!(parse_data(&[DATA, 4, 1, 2]), None);
-        assert_eq!(parse_data(&[DATA, 5, 1, 2, 3, 4, 0, 1]), None);
-        assert_eq!(parse_data(&[ALLOCATED, 4, 1, 2, 3, 4, 0, 1]), None);
-    }
-
-    #[test]
-    fn length_prefixed_bodies_split() {
-        let a = data_frame("10.0.0.1:1".parse().unwrap(), b"a");
-        let b = data_frame("10.0.0.2:2".parse().unwrap(), b"bb");
-        let mut body = Vec::new();
-        for frame in [&a, &b] {
-            body.extend_from_slice(&(frame.len() as u16).to_be_bytes());
-            body.extend_from_slice(frame);
-        }
-        body.push(0);
-        assert_eq!(split_frames(&body), vec![&a[..], &b[..]]);
     }
 }

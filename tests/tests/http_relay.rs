@@ -12,13 +12,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use switchyard_protocol::dict::Encoding;
+use switchyard_protocol::relay_frame::{
+    append_length_prefixed, split_length_prefixed, Datagram, Frame, FrameError, DATA,
+};
 use switchyard_provider::client::EndpointClient;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::Message;
 use switchyard_provider::relay::http::tokio_tungstenite::{self, MaybeTlsStream, WebSocketStream};
-use switchyard_provider::relay::http::{
-    allocated_frame, data_frame, decode_addr, join_frames, split_frames, ALLOCATED, DATA,
-};
 use switchyard_provider::Config;
 use switchyard_tests::{test_config, Harness};
 use tokio::net::{TcpStream, UdpSocket};
@@ -94,19 +94,32 @@ async fn next_binary(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
 }
 
 fn parse_allocated(frame: &[u8]) -> anyhow::Result<SocketAddr> {
-    anyhow::ensure!(
-        frame.first() == Some(&ALLOCATED),
-        "not ALLOCATED: {frame:?}"
-    );
-    let (addr, rest) = decode_addr(&frame[1..]).context("bad ADDR")?;
-    anyhow::ensure!(rest.is_empty(), "trailing bytes after ALLOCATED");
-    Ok(addr)
+    match Frame::decode(frame)? {
+        Frame::Allocated(addr) => Ok(addr),
+        Frame::Data(_) => bail!("not ALLOCATED: {frame:?}"),
+    }
 }
 
 fn parse_data(frame: &[u8]) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
-    anyhow::ensure!(frame.first() == Some(&DATA), "not DATA: {frame:?}");
-    let (addr, rest) = decode_addr(&frame[1..]).context("bad ADDR")?;
-    Ok((addr, rest.to_vec()))
+    let datagram = Datagram::decode(frame)?;
+    Ok((datagram.peer(), datagram.payload().to_vec()))
+}
+
+fn data_frame(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    Datagram::new(peer, payload).expect("payload").encode()
+}
+
+/// A long-poll body of `frames`, malformed ones included.
+fn join_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for frame in frames {
+        append_length_prefixed(&mut body, frame).expect("frame length");
+    }
+    body
+}
+
+fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
+    split_length_prefixed(body).collect()
 }
 
 async fn peer() -> anyhow::Result<(UdpSocket, SocketAddr)> {
@@ -416,7 +429,7 @@ async fn malformed_frames_are_refused() -> anyhow::Result<()> {
     let bad_bodies: Vec<Vec<u8>> = vec![
         join_frames([&good[..], &[DATA, 4, 127, 0, 0][..]]), // truncated ADDR
         join_frames([&good[..], &[DATA, 5, 1, 2, 3, 4, 0, 9][..]]), // unknown family
-        join_frames([&good[..], &allocated_frame(peer_addr)[..]]), // not DATA
+        join_frames([&good[..], &Frame::Allocated(peer_addr).encode()[..]]), // not DATA
         [join_frames([&good[..]]), vec![0, 40, 2]].concat(), // length past the end
         vec![0],                                             // half a length
     ];

@@ -9,17 +9,13 @@
 //!
 //! An allocation is a UDP socket bound on the relay's IP (as the TURN relay binds its relayed
 //! sockets: on the IP of `relay.listen`, announced with `relay.relay_address`); peers are
-//! filtered by the TURN relay's [`PeerPolicy`]. Frames:
-//!
-//! * `ADDR` = family (1 byte: 4 or 6) ++ IP (4 or 16 bytes) ++ port (2 bytes, big-endian);
-//! * `0x01 ALLOCATED` ++ `ADDR` (server → endpoint): the allocation's public address;
-//! * `0x02 DATA` ++ `ADDR` ++ payload: endpoint → server, send to `ADDR`; server → endpoint,
-//!   arrived from `ADDR`.
+//! filtered by the TURN relay's [`PeerPolicy`]. Frames are encoded and decoded by
+//! [`switchyard_protocol::relay_frame`], as on the endpoint's side.
 //!
 //! Like the TURN relay, it carries media the endpoints encrypted end to end.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
 use switchyard_protocol::dict::Dict;
+use switchyard_protocol::relay_frame::{
+    append_length_prefixed, split_length_prefixed, Datagram, Frame, FrameError,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -45,10 +44,6 @@ use crate::auth::AuthEndpoint;
 use crate::config::Config;
 use crate::wire::{encoding_of, ApiError, Reply};
 
-/// Frame type: the allocation's public address (server → endpoint).
-pub const ALLOCATED: u8 = 0x01;
-/// Frame type: a datagram to or from a peer.
-pub const DATA: u8 = 0x02;
 /// Frames queued per long-poll allocation; the oldest is dropped beyond this.
 pub const QUEUE_LIMIT: usize = 1024;
 /// The longest `wait` of `GET /v1/media-relay/{id}/recv`, in milliseconds.
@@ -58,93 +53,11 @@ pub const IDLE: Duration = Duration::from_secs(30);
 /// The largest UDP datagram.
 const DATAGRAM: usize = 65_535;
 
-/// Encodes an address as `ADDR`; IPv4-mapped IPv6 addresses are written as IPv4.
-pub fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    match addr.ip().to_canonical() {
-        IpAddr::V4(v4) => {
-            out.push(4);
-            out.extend_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            out.push(6);
-            out.extend_from_slice(&v6.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
-/// Decodes an `ADDR` at the start of `bytes`; returns it and the rest.
-pub fn decode_addr(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
-    let (&family, rest) = bytes.split_first()?;
-    let (ip, rest) = match family {
-        4 if rest.len() >= 4 => {
-            let octets: [u8; 4] = rest[..4].try_into().ok()?;
-            (IpAddr::V4(Ipv4Addr::from(octets)), &rest[4..])
-        }
-        6 if rest.len() >= 16 => {
-            let octets: [u8; 16] = rest[..16].try_into().ok()?;
-            (IpAddr::V6(Ipv6Addr::from(octets)), &rest[16..])
-        }
-        _ => return None,
-    };
-    if rest.len() < 2 {
-        return None;
-    }
-    let port = u16::from_be_bytes([rest[0], rest[1]]);
-    Some((SocketAddr::new(ip, port), &rest[2..]))
-}
-
-/// `0x01 ALLOCATED ++ ADDR`.
-pub fn allocated_frame(addr: SocketAddr) -> Vec<u8> {
-    let mut frame = vec![ALLOCATED];
-    encode_addr(&mut frame, addr);
-    frame
-}
-
-/// `0x02 DATA ++ ADDR ++ payload`.
-pub fn data_frame(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 19);
-    frame.push(DATA);
-    encode_addr(&mut frame, addr);
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// Parses a DATA frame sent by an endpoint: its destination and payload. Anything else
-/// (another type, a truncated or unknown address family, nothing at all) is malformed.
-pub fn parse_data_frame(frame: &[u8]) -> Option<(SocketAddr, &[u8])> {
-    match frame.split_first() {
-        Some((&DATA, rest)) => decode_addr(rest),
-        _ => None,
-    }
-}
-
-/// Splits a long-poll body: frames each prefixed by its length (2 bytes, big-endian).
-/// `None` if a length runs past the end or is zero.
-pub fn split_frames(mut body: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut frames = Vec::new();
-    while !body.is_empty() {
-        if body.len() < 2 {
-            return None;
-        }
-        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        if len == 0 || body.len() < 2 + len {
-            return None;
-        }
-        frames.push(&body[2..2 + len]);
-        body = &body[2 + len..];
-    }
-    Some(frames)
-}
-
-/// Joins frames each prefixed by its length (2 bytes, big-endian).
-pub fn join_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for frame in frames {
-        out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
-        out.extend_from_slice(frame);
-    }
-    out
+/// The datagrams of a long-poll send body, or why it is malformed: one bad frame refuses all.
+fn datagrams_of(body: &[u8]) -> Result<Vec<Datagram<'_>>, FrameError> {
+    split_length_prefixed(body)
+        .map(|frame| frame.and_then(Datagram::decode))
+        .collect()
 }
 
 /// The HTTP relay's state: per-endpoint allocation counts and the long-poll allocations.
@@ -292,7 +205,8 @@ impl Allocation {
             }
             metrics::counter!("switchyard_http_relay_bytes_total", "direction" => "from-peer")
                 .increment(n as u64);
-            return Ok(data_frame(from, &buf[..n]));
+            let datagram = Datagram::new(from, &buf[..n]).map_err(std::io::Error::other)?;
+            return Ok(datagram.encode());
         }
     }
 }
@@ -301,6 +215,7 @@ impl Allocation {
 struct PolledAllocation {
     endpoint: String,
     allocation: Allocation,
+    /// Each frame already prefixed by its length, as `recv` answers them.
     queue: Mutex<VecDeque<Vec<u8>>>,
     arrived: Notify,
     last_used: Mutex<Instant>,
@@ -332,12 +247,20 @@ async fn pump(relay: Arc<HttpRelay>, id: String, alloc: Arc<PolledAllocation>, a
         tokio::select! {
             frame = alloc.allocation.recv_frame(&mut buf) => match frame {
                 Ok(frame) => {
+                    let mut prefixed = Vec::with_capacity(2 + frame.len());
+                    if let Err(e) = append_length_prefixed(&mut prefixed, &frame) {
+                        // Only an IPv6 datagram of nearly 64 KiB makes a frame too long to prefix.
+                        tracing::debug!(error = %e, "http relay: datagram too long to poll");
+                        metrics::counter!("switchyard_http_relay_frames_dropped_total")
+                            .increment(1);
+                        continue;
+                    }
                     let mut queue = alloc.queue.lock().expect("http relay queue");
                     if queue.len() >= QUEUE_LIMIT {
                         queue.pop_front();
                         metrics::counter!("switchyard_http_relay_frames_dropped_total").increment(1);
                     }
-                    queue.push_back(frame);
+                    queue.push_back(prefixed);
                     drop(queue);
                     alloc.arrived.notify_waiters();
                 }
@@ -366,11 +289,11 @@ fn unknown_allocation() -> ApiError {
     )
 }
 
-fn malformed() -> ApiError {
+fn malformed(e: FrameError) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "malformed-frame",
-        "a frame is malformed",
+        format!("a frame is malformed: {e}"),
     )
 }
 
@@ -460,7 +383,9 @@ async fn serve_websocket(
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; DATAGRAM];
     if socket
-        .send(Message::Binary(allocated_frame(allocation.public).into()))
+        .send(Message::Binary(
+            Frame::Allocated(allocation.public).encode().into(),
+        ))
         .await
         .is_err()
     {
@@ -469,11 +394,11 @@ async fn serve_websocket(
     loop {
         tokio::select! {
             message = socket.recv() => match message {
-                Some(Ok(Message::Binary(frame))) => match parse_data_frame(&frame) {
-                    Some((peer, payload)) => allocation.send_to(peer, payload).await,
-                    None => {
+                Some(Ok(Message::Binary(frame))) => match Datagram::decode(&frame) {
+                    Ok(datagram) => allocation.send_to(datagram.peer(), datagram.payload()).await,
+                    Err(e) => {
                         close(&mut socket, 1007, "malformed-frame").await;
-                        return Err("malformed frame".into());
+                        return Err(format!("malformed frame: {e}"));
                     }
                 },
                 Some(Ok(Message::Text(_))) => {
@@ -566,17 +491,15 @@ pub async fn send_route(
             return fail(&headers, "media-relay-send", e);
         }
     };
-    let parsed = split_frames(&bytes).and_then(|frames| {
-        frames
-            .into_iter()
-            .map(parse_data_frame)
-            .collect::<Option<Vec<_>>>()
-    });
-    let Some(datagrams) = parsed else {
-        return fail(&headers, "media-relay-send", malformed());
+    let datagrams = match datagrams_of(&bytes) {
+        Ok(datagrams) => datagrams,
+        Err(e) => return fail(&headers, "media-relay-send", malformed(e)),
     };
-    for (peer, payload) in datagrams {
-        alloc.allocation.send_to(peer, payload).await;
+    for datagram in datagrams {
+        alloc
+            .allocation
+            .send_to(datagram.peer(), datagram.payload())
+            .await;
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -634,7 +557,7 @@ pub async fn recv_route(
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        join_frames(frames.iter().map(Vec::as_slice)),
+        frames.concat(),
     )
         .into_response()
 }
@@ -664,33 +587,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_round_trip() {
-        let v4: SocketAddr = "192.0.2.7:4242".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
-        let frame = data_frame(v4, b"hi");
-        assert_eq!(frame, [2, 4, 192, 0, 2, 7, 0x10, 0x92, b'h', b'i']);
-        assert_eq!(parse_data_frame(&frame), Some((v4, &b"hi"[..])));
-        let frame = data_frame(v6, b"");
-        assert_eq!(frame.len(), 1 + 1 + 16 + 2);
-        assert_eq!(parse_data_frame(&frame), Some((v6, &b""[..])));
-        assert_eq!(allocated_frame(v4), [1, 4, 192, 0, 2, 7, 0x10, 0x92]);
-        let mapped: SocketAddr = "[::ffff:192.0.2.7]:4242".parse().unwrap();
-        assert_eq!(data_frame(mapped, b"hi"), data_frame(v4, b"hi"));
-        assert_eq!(parse_data_frame(&allocated_frame(v4)), None);
-        assert_eq!(parse_data_frame(&[2, 4, 1, 2, 3]), None);
-        assert_eq!(parse_data_frame(&[2, 5, 1, 2, 3, 4, 0, 1]), None);
-        assert_eq!(parse_data_frame(&[]), None);
-    }
+    fn send_bodies_are_all_or_nothing() {
+        let peer: SocketAddr = "192.0.2.7:4242".parse().unwrap();
+        let one = Datagram::new(peer, b"one").unwrap();
+        let two = Datagram::new(peer, b"two").unwrap();
+        let mut body = Vec::new();
+        for frame in [one.encode(), two.encode()] {
+            append_length_prefixed(&mut body, &frame).unwrap();
+        }
+        assert_eq!(datagrams_of(&body), Ok(vec![one, two]));
+        assert_eq!(datagrams_of(&[]), Ok(vec![]));
 
-    #[test]
-    fn length_prefixed_bodies() {
-        let a = [2u8, 4, 1, 2, 3, 4, 0, 1, 9];
-        let joined = join_frames([&a[..], &a[..3]]);
-        assert_eq!(&joined[..2], &[0, 9]);
-        assert_eq!(split_frames(&joined), Some(vec![&a[..], &a[..3]]));
-        assert_eq!(split_frames(&[]), Some(vec![]));
-        assert_eq!(split_frames(&[0]), None);
-        assert_eq!(split_frames(&[0, 0]), None);
-        assert_eq!(split_frames(&[0, 3, 1, 2]), None);
+        let mut with_allocated = body.clone();
+        append_length_prefixed(&mut with_allocated, &Frame::Allocated(peer).encode()).unwrap();
+        assert!(matches!(
+            datagrams_of(&with_allocated),
+            Err(FrameError::NotData(_))
+        ));
+        let mut cut_short = body;
+        cut_short.pop();
+        assert!(matches!(
+            datagrams_of(&cut_short),
+            Err(FrameError::LengthOverrun { .. })
+        ));
     }
 }
