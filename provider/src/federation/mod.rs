@@ -116,7 +116,8 @@ impl Federation {
             }
         }
         if let Some(directory) = self.directory.current() {
-            metrics::gauge!("switchyard_federation_directory_version").set(directory.version as f64);
+            metrics::gauge!("switchyard_federation_directory_version")
+                .set(directory.version as f64);
             metrics::gauge!("switchyard_federation_members").set(directory.members.len() as f64);
             if directory.member(&self.provider_id).is_none() {
                 tracing::warn!(
