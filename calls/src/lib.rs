@@ -10,6 +10,7 @@
 //! - [`rules`]: the decisions of `docs/protocol.md`, "Call flows".
 //! - [`ports`]: what the core needs from the world (store, forwarder, sealer, clock).
 //! - [`flows`]: the local, originator's and answerer's flows, written once against the ports.
+//! - `testing` (feature): an in-memory harness, several providers on a simulated network.
 
 pub mod flows;
 pub mod ports;
@@ -17,6 +18,8 @@ pub mod record;
 pub mod refusal;
 pub mod rules;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use flows::Sender;
 pub use flows::{CallError, CallResult, Core, Deferred, Settings};

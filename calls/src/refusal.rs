@@ -7,6 +7,7 @@ use std::fmt;
 use switchyard_protocol::dict::DictError;
 use switchyard_protocol::invitation::MessageError;
 
+use crate::ports::RefusalClass;
 use crate::record::CallState;
 
 macro_rules! codes {
@@ -57,6 +58,22 @@ codes! {
     PeersUnavailable = "peers-unavailable",
     PeersUnreachable = "peers-unreachable",
     OriginUnreachable = "origin-unreachable",
+}
+
+impl RefusalCode {
+    /// How a transport classes the refusal (the daemon's HTTP status table agrees, tested
+    /// there): what a sender of Forwards tells apart.
+    pub fn class(self) -> RefusalClass {
+        match self {
+            RefusalCode::UnknownPeer | RefusalCode::UnknownSession => RefusalClass::NotFound,
+            RefusalCode::DuplicateSession
+            | RefusalCode::AlreadyAnswered
+            | RefusalCode::NotAnswered
+            | RefusalCode::ReplayedForward => RefusalClass::Conflict,
+            RefusalCode::CallEnded => RefusalClass::Gone,
+            _ => RefusalClass::Other,
+        }
+    }
 }
 
 impl fmt::Display for RefusalCode {

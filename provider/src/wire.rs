@@ -222,3 +222,24 @@ impl FromRequest<Arc<App>> for DictBody {
         Ok(DictBody { encoding, dict })
     }
 }
+
+#[cfg(test)]
+mod refusal_table {
+    use super::*;
+    use switchyard_calls::ports::RefusalClass;
+
+    /// The originator tells a peer's refusals apart by class; the class the core gives a code
+    /// must be the one its HTTP status says, or a Switchyard peer and the harness would differ.
+    #[test]
+    fn every_code_has_the_status_its_class_says() {
+        for code in RefusalCode::ALL {
+            let class = match http_status(*code) {
+                StatusCode::NOT_FOUND => RefusalClass::NotFound,
+                StatusCode::CONFLICT => RefusalClass::Conflict,
+                StatusCode::GONE => RefusalClass::Gone,
+                _ => RefusalClass::Other,
+            };
+            assert_eq!(code.class(), class, "{code}");
+        }
+    }
+}

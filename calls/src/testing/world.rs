@@ -1,0 +1,749 @@
+//! N providers in one process, each a call core over a memory store, joined by a simulated
+//! network that holds every Forward until the test says what becomes of it: delivered (in any
+//! order), dropped, delivered with its answer lost, or delivered twice. A manual clock drives
+//! the ring timeouts. Every task is polled by [`World::settle`] until nothing moves, so a test
+//! decides each interleaving and replays it exactly.
+//!
+//! The receiving side reads each Forward from its dictionary with the protocol's `from_dict`,
+//! as the daemon does, so the wire forms are exercised too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
+use switchyard_protocol::dict::Dict;
+use switchyard_protocol::invitation::{
+    AcceptForward, AcceptRequest, CancelForward, CancelRequest, ForwardAction, InitiateForward,
+    InitiatePush, InitiateRequest, Push, RejectForward, RejectReason, RejectRequest, RelayChoice,
+    SessionId, UpdateForward, UpdateRequest,
+};
+use switchyard_protocol::pki::{certs_from_pem, FederationCa, SigningKey};
+use switchyard_protocol::uri::Canonicalizer;
+
+use super::store::{MemStore, Tables};
+use crate::flows::{CallError, Core, Deferred, Sender, Settings};
+use crate::ports::{
+    Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports, Requester, Sealer,
+};
+use crate::refusal::Refusal;
+use crate::session::SessionState;
+
+/// The simulated clock starts here (Unix ms), so Forward timestamps look like real ones.
+pub const EPOCH_MS: i64 = 1_800_000_000_000;
+pub const RING_TIMEOUT_MS: i64 = 60_000;
+
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+pub type Answer = Result<Dict, Refusal>;
+
+/// A Forward on the wire.
+#[derive(Debug, Clone)]
+pub struct Flight {
+    pub id: u64,
+    pub from: String,
+    pub to: String,
+    pub action: ForwardAction,
+    pub body: Dict,
+}
+
+#[derive(Default)]
+struct Net {
+    next: u64,
+    flights: Vec<Flight>,
+    replies: BTreeMap<u64, Result<Dict, PeerFailure>>,
+}
+
+/// What the network does with a Forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Delivered, its answer returned to the sender.
+    Deliver,
+    /// Never delivered; the sender sees it fail.
+    Drop,
+    /// Delivered and acted on, but the answer is lost: the sender sees a timeout.
+    LoseAnswer,
+    /// Delivered twice (a retransmission by the network); the sender gets the first answer.
+    Duplicate,
+}
+
+/// An endpoint of a user at one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub provider: String,
+    pub uri: String,
+    pub endpoint: Endpoint,
+}
+
+impl Device {
+    pub fn requester(&self) -> Requester {
+        Requester {
+            endpoint: self.endpoint.clone(),
+            uris: vec![self.uri.clone()],
+        }
+    }
+}
+
+pub struct MemPorts {
+    store: MemStore,
+    forwarder: MemForwarder,
+    sealer: MemSealer,
+    clock: MemClock,
+    settings: Settings,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Ports for MemPorts {
+    type Store = MemStore;
+    type Forwarder = MemForwarder;
+    type Sealer = MemSealer;
+    type Clock = MemClock;
+
+    fn store(&self) -> &MemStore {
+        &self.store
+    }
+    fn forwarder(&self) -> Option<&MemForwarder> {
+        Some(&self.forwarder)
+    }
+    fn sealer(&self) -> &MemSealer {
+        &self.sealer
+    }
+    fn clock(&self) -> &MemClock {
+        &self.clock
+    }
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    fn observe(&self, event: Event) {
+        self.events.lock().expect("events").push(event);
+    }
+}
+
+pub struct MemClock(Arc<AtomicI64>);
+
+impl Clock for MemClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Seals as JSON behind the provider's name: not secret, but a state opens only at the
+/// provider that sealed it and only unaltered, which is what the flows rely on.
+pub struct MemSealer {
+    provider: String,
+}
+
+impl Sealer for MemSealer {
+    fn seal(&self, state: &SessionState) -> String {
+        let json = serde_json::to_string(state).expect("session state serializes");
+        format!("{}|{json}", self.provider)
+    }
+
+    fn open(&self, token: &str) -> Result<SessionState, String> {
+        let json = token
+            .strip_prefix(&self.provider)
+            .and_then(|rest| rest.strip_prefix('|'))
+            .ok_or_else(|| "state token was sealed by another provider".to_string())?;
+        serde_json::from_str(json).map_err(|_| "state token failed authentication".to_string())
+    }
+}
+
+pub struct MemForwarder {
+    me: String,
+    net: Arc<Mutex<Net>>,
+    filters: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    breakers_open: Arc<Mutex<BTreeSet<String>>>,
+    next_id: Mutex<u64>,
+}
+
+impl Forwarder for MemForwarder {
+    fn send(
+        &self,
+        to: &str,
+        action: ForwardAction,
+        forward: Dict,
+    ) -> impl Future<Output = Result<Dict, PeerFailure>> + Send {
+        let net = self.net.clone();
+        let id = {
+            let mut net = net.lock().expect("net");
+            net.next += 1;
+            let id = net.next;
+            net.flights.push(Flight {
+                id,
+                from: self.me.clone(),
+                to: to.to_string(),
+                action,
+                body: forward,
+            });
+            id
+        };
+        poll_fn(
+            move |_| match net.lock().expect("net").replies.remove(&id) {
+                Some(reply) => Poll::Ready(reply),
+                None => Poll::Pending,
+            },
+        )
+    }
+
+    fn candidates(&self, uri: &str) -> Candidates {
+        let filters = self.filters.lock().expect("filters");
+        let open = self.breakers_open.lock().expect("breakers");
+        let mut members = Vec::new();
+        let mut skipped = 0;
+        for (member, uris) in filters.iter().filter(|(m, _)| **m != self.me) {
+            if !uris.contains(uri) {
+                continue;
+            }
+            if open.contains(member) {
+                skipped += 1;
+            } else {
+                members.push(member.clone());
+            }
+        }
+        Candidates::Members { members, skipped }
+    }
+
+    fn forward_id(&self) -> String {
+        let mut next = self.next_id.lock().expect("forward ids");
+        *next += 1;
+        format!("{}-forward-{:06}", self.me.replace('.', "-"), *next)
+    }
+
+    fn attest(&self, attestation: &Attestation) -> Result<Vec<u8>, String> {
+        attestation
+            .sign(&identity(&self.me).0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn federation_relay(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A provider's federation signing key and its certificate (DER).
+type Identity = Arc<(SigningKey, Vec<u8>)>;
+
+struct Pki {
+    ca: FederationCa,
+    _dir: tempfile::TempDir,
+    issued: Mutex<BTreeMap<String, Identity>>,
+}
+
+/// One test CA per process: it issues the providers' federation certificates, and its own
+/// certificate stands for every provider's endpoint CA (the core only carries it along).
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = FederationCa::init(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca.key"),
+            "test",
+        )
+        .expect("a test federation CA");
+        Pki {
+            ca,
+            _dir: dir,
+            issued: Mutex::default(),
+        }
+    })
+}
+
+fn identity(provider: &str) -> Identity {
+    let pki = pki();
+    let mut issued = pki.issued.lock().expect("issued");
+    issued
+        .entry(provider.to_string())
+        .or_insert_with(|| {
+            let cert = pki
+                .ca
+                .issue_provider(provider, &[provider.to_string()], 30)
+                .expect("a provider certificate");
+            let der = certs_from_pem(&cert.cert_pem).expect("its PEM")[0].to_vec();
+            let key = SigningKey::from_pem(&cert.key_pem).expect("its key");
+            Arc::new((key, der))
+        })
+        .clone()
+}
+
+/// One provider of the world.
+pub struct Member {
+    pub core: Arc<Core<MemPorts>>,
+    pub store: MemStore,
+    pub events: Arc<Mutex<Vec<Event>>>,
+    canon: Canonicalizer,
+}
+
+pub struct World {
+    clock: Arc<AtomicI64>,
+    members: BTreeMap<String, Member>,
+    net: Arc<Mutex<Net>>,
+    filters: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    breakers_open: Arc<Mutex<BTreeSet<String>>>,
+    tasks: Vec<Task>,
+    answers: Arc<Mutex<BTreeMap<u64, Answer>>>,
+    next_request: u64,
+    next_session: u64,
+}
+
+impl World {
+    /// Providers with these ids (each a valid provider id, e.g. `a.test`), all members of one
+    /// federation.
+    pub fn new(provider_ids: &[&str]) -> World {
+        let clock = Arc::new(AtomicI64::new(EPOCH_MS));
+        let net = Arc::new(Mutex::new(Net::default()));
+        let filters: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+        let breakers_open: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let mut members = BTreeMap::new();
+        for id in provider_ids {
+            filters
+                .lock()
+                .expect("filters")
+                .insert(id.to_string(), BTreeSet::new());
+            let store = MemStore::new(clock.clone());
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let ports = MemPorts {
+                store: store.clone(),
+                forwarder: MemForwarder {
+                    me: id.to_string(),
+                    net: net.clone(),
+                    filters: filters.clone(),
+                    breakers_open: breakers_open.clone(),
+                    next_id: Mutex::new(0),
+                },
+                sealer: MemSealer {
+                    provider: id.to_string(),
+                },
+                clock: MemClock(clock.clone()),
+                settings: Settings {
+                    provider_id: id.to_string(),
+                    ring_timeout_ms: RING_TIMEOUT_MS,
+                    push_ttl_ms: 300_000,
+                    endpoint_ca_pem: pki().ca.cert_pem().to_string(),
+                    relay_choice: RelayChoice::CallerProvider,
+                    timestamp_window_s: 300,
+                },
+                events: events.clone(),
+            };
+            members.insert(
+                id.to_string(),
+                Member {
+                    core: Arc::new(Core::new(ports)),
+                    store,
+                    events,
+                    canon: Canonicalizer::new(Some(1)),
+                },
+            );
+        }
+        World {
+            clock,
+            members,
+            net,
+            filters,
+            breakers_open,
+            tasks: Vec::new(),
+            answers: Arc::default(),
+            next_request: 0,
+            next_session: 0,
+        }
+    }
+
+    pub fn member(&self, provider: &str) -> &Member {
+        &self.members[provider]
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    /// A user at `provider` holding `uri`, with one device per name (the endpoint id is the
+    /// name). Its URI enters the provider's Bloom filter.
+    pub fn add_user(&mut self, provider: &str, uri: &str, devices: &[&str]) -> Vec<Device> {
+        let devices: Vec<Device> = devices
+            .iter()
+            .map(|name| Device {
+                provider: provider.to_string(),
+                uri: uri.to_string(),
+                endpoint: Endpoint {
+                    id: name.to_string(),
+                    push_token: format!("token-{name}"),
+                    capabilities: Capabilities::default(),
+                },
+            })
+            .collect();
+        self.members[provider]
+            .store
+            .add_user(uri, devices.iter().map(|d| d.endpoint.clone()).collect());
+        self.claim(provider, uri);
+        devices
+    }
+
+    /// Makes `provider`'s filter match `uri` (a false positive when it does not host it).
+    pub fn claim(&mut self, provider: &str, uri: &str) {
+        self.filters
+            .lock()
+            .expect("filters")
+            .get_mut(provider)
+            .expect("a member")
+            .insert(uri.to_string());
+    }
+
+    pub fn open_breaker(&mut self, provider: &str) {
+        self.breakers_open
+            .lock()
+            .expect("breakers")
+            .insert(provider.to_string());
+    }
+
+    pub fn new_session(&mut self) -> SessionId {
+        self.next_session += 1;
+        SessionId::parse(&format!("session-{:04}", self.next_session)).expect("a valid id")
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = ()> + 'static) {
+        self.tasks.push(Box::pin(task));
+    }
+
+    /// Starts a request whose answer [`World::answer`] returns once it is in.
+    fn request<F>(&mut self, provider: &str, run: impl FnOnce(Arc<Core<MemPorts>>) -> F) -> u64
+    where
+        F: Future<Output = (Result<Dict, CallError>, Option<Deferred>)> + 'static,
+    {
+        self.next_request += 1;
+        let id = self.next_request;
+        let core = self.members[provider].core.clone();
+        let answers = self.answers.clone();
+        let work = run(core.clone());
+        self.spawn(async move {
+            let (answer, deferred) = work.await;
+            answers
+                .lock()
+                .expect("answers")
+                .insert(id, settle_answer(answer));
+            if let Some(deferred) = deferred {
+                core.run_deferred(deferred).await;
+            }
+        });
+        id
+    }
+
+    /// The answer to a request, once it is in.
+    pub fn answer(&self, request: u64) -> Option<Answer> {
+        self.answers.lock().expect("answers").get(&request).cloned()
+    }
+
+    pub fn initiate(
+        &mut self,
+        caller: &Device,
+        session: &SessionId,
+        callee: &str,
+        video: bool,
+    ) -> u64 {
+        let mut media = vec![MediaKind::Audio];
+        if video {
+            media.push(MediaKind::Video);
+        }
+        let request = InitiateRequest {
+            session_id: session.clone(),
+            self_uri: caller.uri.clone(),
+            self_token: caller.endpoint.push_token.clone(),
+            self_blob: format!("blob of {}", caller.endpoint.id).into_bytes(),
+            peer_uri: callee.to_string(),
+            media,
+        };
+        let who = caller.requester();
+        self.request(&caller.provider, move |core| async move {
+            let answer = core.initiate(&who, request).await.map(|r| r.to_dict());
+            (answer, None)
+        })
+    }
+
+    fn answer_request(device: &Device, ring: &InitiatePush) -> AcceptRequest {
+        AcceptRequest {
+            session_id: ring.session_id.clone(),
+            self_uri: ring.self_uri.clone(),
+            self_token: device.endpoint.push_token.clone(),
+            self_blob: format!("blob of {}", device.endpoint.id).into_bytes(),
+            peer_uri: ring.peer_uri.clone(),
+            peer_token: ring.peer_token.clone(),
+            state: ring.state.clone(),
+        }
+    }
+
+    pub fn accept(&mut self, device: &Device, ring: &InitiatePush) -> u64 {
+        let request = World::answer_request(device, ring);
+        let who = device.requester();
+        self.request(&device.provider, move |core| async move {
+            let (state, deferred) = core.accept(&who, request).await;
+            (state.map(|s| Dict::new().with("state", s)), deferred)
+        })
+    }
+
+    pub fn reject(&mut self, device: &Device, ring: &InitiatePush, reason: RejectReason) -> u64 {
+        let request = RejectRequest {
+            answer: World::answer_request(device, ring),
+            reason,
+            reason_text: None,
+        };
+        let who = device.requester();
+        self.request(&device.provider, move |core| async move {
+            let remaining = core.reject(&who, request).await;
+            (remaining.map(|n| Dict::new().with("remaining", n)), None)
+        })
+    }
+
+    /// A Cancel (or, once answered, a hang-up) by either party: the caller names the callee's
+    /// URI and its state from the Initiate answer; a callee the caller's URI and the state of
+    /// its Initiate Push.
+    pub fn cancel(
+        &mut self,
+        device: &Device,
+        session: &SessionId,
+        peer_uri: &str,
+        state: &str,
+    ) -> u64 {
+        let request = CancelRequest {
+            session_id: session.clone(),
+            self_uri: device.uri.clone(),
+            self_token: device.endpoint.push_token.clone(),
+            peer_uri: peer_uri.to_string(),
+            state: state.to_string(),
+        };
+        let who = device.requester();
+        self.request(&device.provider, move |core| async move {
+            let done = core.cancel(&who, request).await;
+            (done.map(|()| Dict::new()), None)
+        })
+    }
+
+    pub fn update(
+        &mut self,
+        device: &Device,
+        session: &SessionId,
+        peer_uri: &str,
+        state: &str,
+    ) -> u64 {
+        let request = UpdateRequest {
+            session_id: session.clone(),
+            self_uri: device.uri.clone(),
+            self_token: device.endpoint.push_token.clone(),
+            peer_uri: peer_uri.to_string(),
+            self_blob: format!("new blob of {}", device.endpoint.id).into_bytes(),
+            state: state.to_string(),
+        };
+        let who = device.requester();
+        self.request(&device.provider, move |core| async move {
+            let done = core.update(&who, request).await;
+            (done.map(|()| Dict::new()), None)
+        })
+    }
+
+    /// Every push queued for a device, in order.
+    pub fn pushes(&self, device: &Device) -> Vec<Push> {
+        self.members[&device.provider]
+            .store
+            .tables()
+            .pushes
+            .get(&device.endpoint.id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The Initiate Push a device got for a session, if any.
+    pub fn ring(&self, device: &Device, session: &SessionId) -> Option<InitiatePush> {
+        self.pushes(device).into_iter().find_map(|p| match p {
+            Push::Initiate(ring) if ring.session_id == *session => Some(ring),
+            _ => None,
+        })
+    }
+
+    pub fn tables(&self, provider: &str) -> Tables {
+        self.members[provider].store.tables()
+    }
+
+    pub fn flights(&self) -> Vec<Flight> {
+        self.net.lock().expect("net").flights.clone()
+    }
+
+    /// Polls every task until none moves: each is then done, or waits for a Forward's answer.
+    pub fn settle(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let before = (self.tasks.len(), self.flights().len());
+            self.tasks
+                .retain_mut(|task| task.as_mut().poll(&mut cx).is_pending());
+            // A second pass lets a task that waited for a write unit take it.
+            self.tasks
+                .retain_mut(|task| task.as_mut().poll(&mut cx).is_pending());
+            if (self.tasks.len(), self.flights().len()) == before {
+                return;
+            }
+        }
+    }
+
+    /// Decides the fate of the `index`-th Forward on the wire (in the order they were sent),
+    /// then settles.
+    pub fn route(&mut self, index: usize, fate: Fate) {
+        let flight = {
+            let mut net = self.net.lock().expect("net");
+            if index >= net.flights.len() {
+                return;
+            }
+            net.flights.remove(index)
+        };
+        match fate {
+            Fate::Drop => self.reply(flight.id, Err(undelivered("dropped by the network"))),
+            Fate::Deliver => self.deliver(flight, true),
+            Fate::LoseAnswer => {
+                self.reply(flight.id, Err(undelivered("timed out")));
+                self.deliver(flight, false);
+            }
+            Fate::Duplicate => {
+                self.deliver(flight.clone(), true);
+                self.deliver(flight, false);
+            }
+        }
+        self.settle();
+    }
+
+    /// Delivers every Forward in flight, in order, until none is left.
+    pub fn deliver_all(&mut self) {
+        self.settle();
+        while !self.flights().is_empty() {
+            self.route(0, Fate::Deliver);
+        }
+    }
+
+    fn reply(&mut self, id: u64, reply: Result<Dict, PeerFailure>) {
+        self.net.lock().expect("net").replies.insert(id, reply);
+    }
+
+    fn deliver(&mut self, flight: Flight, answered: bool) {
+        let member = &self.members[&flight.to];
+        let core = member.core.clone();
+        let canon = member.canon.clone();
+        let net = self.net.clone();
+        self.spawn(async move {
+            let sender = Sender {
+                provider_id: flight.from.clone(),
+                cert_der: identity(&flight.from).1.clone(),
+            };
+            let (answer, deferred) =
+                receive(&core, &canon, &sender, flight.action, &flight.body).await;
+            if answered {
+                let reply = answer.map_err(|e| match e {
+                    CallError::Refused(refusal) => PeerFailure::Refused {
+                        code: refusal.code.as_str().to_string(),
+                        message: refusal.message.clone(),
+                        class: refusal.code.class(),
+                        description: format!("{} refused: {refusal}", flight.to),
+                    },
+                    CallError::Store(e) => panic!("store failure at {}: {e}", flight.to),
+                });
+                net.lock().expect("net").replies.insert(flight.id, reply);
+            }
+            if let Some(deferred) = deferred {
+                core.run_deferred(deferred).await;
+            }
+        });
+    }
+
+    /// Moves the clock on and runs every provider's ring timeout sweep.
+    pub fn advance(&mut self, ms: i64) {
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+        let cores: Vec<(Arc<Core<MemPorts>>, MemStore)> = self
+            .members
+            .values()
+            .map(|m| (m.core.clone(), m.store.clone()))
+            .collect();
+        for (core, store) in cores {
+            self.spawn(async move {
+                let overdue = store.overdue();
+                if let Err(e) = core.expire(overdue).await {
+                    panic!("ring timeout sweep: {e}");
+                }
+            });
+        }
+        self.settle();
+    }
+
+    /// Runs a Forward from `from` to `to` outside the network, to completion, as a rogue or
+    /// broken peer would send it; the caller checks what it changed.
+    pub fn send_now(&mut self, from: &str, to: &str, action: ForwardAction, body: Dict) -> Answer {
+        let member = &self.members[to];
+        let (core, canon) = (member.core.clone(), member.canon.clone());
+        let sender = Sender {
+            provider_id: from.to_string(),
+            cert_der: identity(from).1.clone(),
+        };
+        let mut task =
+            Box::pin(async move { receive(&core, &canon, &sender, action, &body).await });
+        let mut cx = Context::from_waker(Waker::noop());
+        match task.as_mut().poll(&mut cx) {
+            Poll::Ready((answer, _)) => settle_answer(answer),
+            Poll::Pending => panic!("a received Forward waited for something"),
+        }
+    }
+
+    /// Runs a request to completion at once, alone.
+    pub fn request_now(&mut self, request: u64) -> Answer {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.tasks
+            .retain_mut(|task| task.as_mut().poll(&mut cx).is_pending());
+        self.answer(request)
+            .expect("the request did not wait for anything")
+    }
+}
+
+fn undelivered(why: &str) -> PeerFailure {
+    PeerFailure::Undelivered(why.to_string())
+}
+
+fn settle_answer(answer: Result<Dict, CallError>) -> Answer {
+    answer.map_err(|e| match e {
+        CallError::Refused(refusal) => refusal,
+        CallError::Store(e) => panic!("store failure: {e}"),
+    })
+}
+
+/// What the daemon's Forward shell does: read the Forward, run the core.
+async fn receive(
+    core: &Core<MemPorts>,
+    canon: &Canonicalizer,
+    sender: &Sender,
+    action: ForwardAction,
+    body: &Dict,
+) -> (Result<Dict, CallError>, Option<Deferred>) {
+    let from = sender.provider_id.as_str();
+    let result = match action {
+        ForwardAction::Initiate => match InitiateForward::from_dict(body, canon, from) {
+            Ok(forward) => core.receive_initiate(sender, forward).await,
+            Err(e) => Err(e.into()),
+        },
+        ForwardAction::Accept => match AcceptForward::from_dict(body, canon, from) {
+            Ok(forward) => {
+                return match core.receive_accept(sender, forward).await {
+                    Ok((answer, deferred)) => (Ok(answer), deferred),
+                    Err(e) => (Err(e), None),
+                }
+            }
+            Err(e) => Err(e.into()),
+        },
+        ForwardAction::Reject => match RejectForward::from_dict(body, from) {
+            Ok(forward) => core.receive_reject(sender, forward).await,
+            Err(e) => Err(e.into()),
+        },
+        ForwardAction::Cancel => match CancelForward::from_dict(body, from) {
+            Ok(forward) => core.receive_cancel(sender, forward).await,
+            Err(e) => Err(e.into()),
+        },
+        ForwardAction::Update => match UpdateForward::from_dict(body, from) {
+            Ok(forward) => core.receive_update(sender, forward).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    (result, None)
+}
