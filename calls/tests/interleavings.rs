@@ -144,11 +144,11 @@ impl Sim {
     fn act(&mut self, device: usize, session: usize, action: u8) {
         let (sid, caller, callee_uri, _) = self.sessions[session].clone();
         // Device 0 is the caller; the others the callee's devices.
-        if device % (self.callees[session].len() + 1) == 0 {
+        if device.is_multiple_of(self.callees[session].len() + 1) {
             let Some(state) = self.caller_state(session) else {
                 return;
             };
-            if action % 2 == 0 {
+            if action.is_multiple_of(2) {
                 let request = self.world.cancel(&caller, &sid, &callee_uri, &state);
                 self.part(session, &caller).ended_itself.push(request);
                 self.part(session, &caller).cancelled.push(request);
