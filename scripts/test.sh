@@ -17,6 +17,14 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The call core stays free of I/O: none of these may ever be among its dependencies.
+echo "== switchyard-calls has no I/O dependencies" >&2
+forbidden=$(cargo tree --locked -p switchyard-calls -e normal --prefix none | grep -E '^(tokio|sqlx|axum|reqwest|hyper) ' || true)
+if [ -n "$forbidden" ]; then
+    echo "switchyard-calls depends on: $forbidden" >&2
+    exit 1
+fi
+
 echo "== tests on SQLite" >&2
 SYTEST_DATABASE=sqlite cargo test --workspace --locked 2>&1 | tee -a "$log"
 
