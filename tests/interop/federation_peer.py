@@ -11,7 +11,7 @@ PARAMS_JSON holds `provider-id` (this peer), `peer-id` and `peer-fingerprint` (t
 at PEER_URL and the SHA-256 of its certificate, as the discovery dictionary lists it) and
 `hosted` (the URIs this peer's filter starts with).
 
-The driver (tests/tests/federation_interop.rs) sends one JSON command a line on stdin; each
+The driver (tests/tests/main/federation_interop.rs) sends one JSON command a line on stdin; each
 gets one JSON line on stdout: `{"ok": true, "failures": [...], ...}` or `{"ok": false,
 "error": ...}`. The first stdout line is `{"port": N}`. Every check that fails is recorded
 (also when it fails in a request handler thread) and reported with the next answer; the

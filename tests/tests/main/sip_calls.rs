@@ -32,12 +32,14 @@ struct Federation {
     a: Side,
     b: Side,
     logs: tempfile::TempDir,
+    /// The providers' logs for this test ([`show_logs`]).
+    _tracing: tracing::subscriber::DefaultGuard,
 }
 
 impl Federation {
     /// Alice and Bob with SIP accounts at a.test and b.test ([`sip_alice_and_bob`]).
     async fn start() -> anyhow::Result<Federation> {
-        show_logs();
+        let tracing = show_logs();
         let fed = TestFederation::start(&[
             ProviderSpec::plist("a.test").with_sip(),
             ProviderSpec::plist("b.test").with_sip(),
@@ -69,6 +71,7 @@ impl Federation {
             },
             fed,
             logs,
+            _tracing: tracing,
         })
     }
 
@@ -192,12 +195,16 @@ impl Federation {
     }
 }
 
-/// The providers' logs, with RUST_LOG set, for when a call goes wrong.
-fn show_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+/// The providers' logs, with RUST_LOG set, for when a call goes wrong, while the guard lives.
+/// Scoped to the test's thread, where its runtime runs the providers: a process-wide subscriber
+/// would also catch the other modules' tests in this binary, depending on which ran first.
+fn show_logs() -> tracing::subscriber::DefaultGuard {
+    tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .finish(),
+    )
 }
 
 fn path(p: &Path) -> String {
@@ -365,7 +372,7 @@ const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\
 
 #[tokio::test]
 async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<()> {
-    show_logs();
+    let _logs = show_logs();
     let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
     let mut t = SipTransport::udp(edge.udp).await?;
     let ua = Ua::of(&t)?;
@@ -567,7 +574,7 @@ async fn next_request(t: &mut SipTransport) -> anyhow::Result<Request> {
 /// over TLS; the edge's INVITE and BYE reach Bob over the connection he registered on.
 #[tokio::test]
 async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::Result<()> {
-    show_logs();
+    let _logs = show_logs();
     let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
     let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
     add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
