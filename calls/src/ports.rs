@@ -12,10 +12,26 @@ use std::future::Future;
 use switchyard_protocol::attestation::Attestation;
 use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::Dict;
-use switchyard_protocol::invitation::{EndReason, ForwardAction, Push};
+use switchyard_protocol::invitation::{EndReason, ForwardAction, Push, RelayChoice};
 
 use crate::record::{CallRecord, CallState};
+use crate::refusal::RefusalClass;
 use crate::session::SessionState;
+
+/// The provider's settings the flows read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub provider_id: String,
+    pub ring_timeout_ms: i64,
+    pub push_ttl_ms: i64,
+    /// This provider's endpoint CA certificate (PEM), which the other endpoint checks this
+    /// side's DTLS identity against.
+    pub endpoint_ca_pem: String,
+    /// Whose relay serves the calls this provider's callers place (`relay.calls_use`).
+    pub relay_choice: RelayChoice,
+    /// How far a Forward's timestamp may be from this provider's clock.
+    pub timestamp_window_s: i64,
+}
 
 /// A store failure: the core does not look inside, it refuses the message as an internal error.
 pub type StoreFailure = Box<dyn std::error::Error + Send + Sync>;
@@ -181,16 +197,6 @@ impl std::fmt::Display for PeerFailure {
     }
 }
 
-/// The classes of peer refusal the core tells apart: unknown (404), in conflict (409), gone
-/// (410), anything else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalClass {
-    NotFound,
-    Conflict,
-    Gone,
-    Other,
-}
-
 /// The members whose Bloom filter may hold a URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Candidates {
@@ -266,6 +272,6 @@ pub trait Ports: Send + Sync {
     fn forwarder(&self) -> Option<&Self::Forwarder>;
     fn sealer(&self) -> &Self::Sealer;
     fn clock(&self) -> &Self::Clock;
-    fn settings(&self) -> &crate::flows::Settings;
+    fn settings(&self) -> &Settings;
     fn observe(&self, event: Event);
 }

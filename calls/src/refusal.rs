@@ -7,7 +7,6 @@ use std::fmt;
 use switchyard_protocol::dict::DictError;
 use switchyard_protocol::invitation::MessageError;
 
-use crate::ports::RefusalClass;
 use crate::record::CallState;
 
 macro_rules! codes {
@@ -80,6 +79,16 @@ impl fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The classes of peer refusal the core tells apart: unknown (404), in conflict (409), gone
+/// (410), anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    NotFound,
+    Conflict,
+    Gone,
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -354,7 +354,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
 
 async fn audit(app: &App, actor: &str, method: &Method, path: &str, status: StatusCode) {
     let entry = crate::db::AuditEntry {
-        id: crate::registry::random_token(12),
+        id: crate::shared::random_token(12),
         at: crate::db::now_ms(),
         actor: actor.to_string(),
         method: method.to_string(),
@@ -646,13 +646,9 @@ async fn federation_status(State(app): State<Arc<App>>) -> AdminResult {
 #[utoipa::path(post, path = "/admin/v1/federation/resync", tag = "federation", security(("token" = []), ("session" = [])), responses((status = 200, description = "directory_error, version", body = Object), (status = 404, description = "Federation disabled", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn federation_resync(State(app): State<Arc<App>>) -> AdminResult {
     let fed = federation_or_404(&app)?;
-    let directory_error = fed
-        .refresh_directory(&app)
-        .await
-        .err()
-        .map(|e| e.to_string());
-    fed.rebuild_filter(&app).await?;
-    fed.pull_all(&app).await;
+    let directory_error = fed.refresh_directory().await.err().map(|e| e.to_string());
+    fed.rebuild_filter().await?;
+    fed.pull_all().await;
     Ok(Json(json!({
         "directory_error": directory_error,
         "version": fed.directory.current().map(|d| d.version),
@@ -1196,7 +1192,7 @@ async fn live_calls(State(app): State<Arc<App>>) -> Response {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = crate::app::shutting_down(&mut shutdown) => return None,
+                    _ = crate::shared::shutting_down(&mut shutdown) => return None,
                 }
             }
         });

@@ -19,7 +19,7 @@ use crate::auth::AuthEndpoint;
 use crate::invitation;
 use crate::push::delivered_form;
 use crate::registry::{self, RegistryError};
-use crate::wire::{encoding_of, ApiError, DictBody, Reply};
+use crate::wire::{encoding_of, observe, ApiError, DictBody, Reply};
 
 const PUSH_BATCH: i64 = 100;
 
@@ -54,19 +54,6 @@ pub fn router(app: Arc<App>) -> Router {
             get(crate::relay::http::recv_route),
         )
         .with_state(app)
-}
-
-/// Counts an endpoint request by outcome and logs a refusal.
-pub(crate) fn observe(action: &'static str, result: &Result<Dict, ApiError>) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    };
-    metrics::counter!("switchyard_requests_total", "action" => action, "outcome" => outcome)
-        .increment(1);
-    if let Err(e) = result {
-        tracing::info!(action, status = e.status.as_u16(), error = e.code, message = %e.message, "request refused");
-    }
 }
 
 impl From<RegistryError> for ApiError {
@@ -237,7 +224,7 @@ async fn poll_once(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = crate::app::shutting_down(&mut shutdown) => {
+            _ = crate::shared::shutting_down(&mut shutdown) => {
                 break Ok(Dict::new().with("pushes", Vec::<Value>::new()).with("last-push-id", after));
             }
         }
@@ -349,7 +336,7 @@ async fn serve_websocket(
                     return Ok(());
                 }
             }
-            _ = crate::app::shutting_down(&mut shutdown) => {
+            _ = crate::shared::shutting_down(&mut shutdown) => {
                 close(&mut socket, 1001, "provider shutting down").await;
                 return Ok(());
             }

@@ -30,11 +30,6 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-}
-
 impl App {
     /// Tells the federation that URIs were added or removed, so its filter is rebuilt soon.
     pub fn registry_changed(&self, count: u64) {

@@ -1668,7 +1668,7 @@ pub fn gateway_endpoint(account: &SipAccount, capabilities: Capabilities) -> End
         id,
         user_id: account.user_id.clone(),
         name: format!("SIP {}", account.aor),
-        push_token: crate::registry::random_token(24),
+        push_token: crate::shared::random_token(24),
         capabilities,
         cert_not_after: i64::MAX,
         created_at: now_ms(),

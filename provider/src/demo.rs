@@ -357,7 +357,7 @@ impl Demo {
                 codes.push(code);
             }
             let sip_user = user.name.to_lowercase();
-            let sip_password = registry::random_token(12);
+            let sip_password = crate::shared::random_token(12);
             let sip_account = crate::sip::accounts::new_account(
                 &app.config,
                 &created.id,
@@ -427,18 +427,16 @@ impl Demo {
     async fn sync(&self) -> anyhow::Result<()> {
         for (spec, provider) in DEMO_PROVIDERS.iter().zip(&self.providers) {
             let fed = federation(provider);
-            fed.refresh_directory(&provider.app)
-                .await
-                .with_context(|| {
-                    format!(
-                        "provider {} fetching the discovery dictionary from {}",
-                        spec.letter, self.directory_url
-                    )
-                })?;
-            fed.rebuild_filter(&provider.app).await?;
+            fed.refresh_directory().await.with_context(|| {
+                format!(
+                    "provider {} fetching the discovery dictionary from {}",
+                    spec.letter, self.directory_url
+                )
+            })?;
+            fed.rebuild_filter().await?;
         }
         for provider in &self.providers {
-            federation(provider).pull_all(&provider.app).await;
+            federation(provider).pull_all().await;
         }
         for (spec, provider) in DEMO_PROVIDERS.iter().zip(&self.providers) {
             let fed = federation(provider);

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod relay;
 pub mod seal;
 pub mod server;
+pub mod shared;
 pub mod sip;
 pub mod wire;
 

@@ -136,12 +136,12 @@ pub fn session_digest(id: &str) -> String {
 
 /// A new session for `operator`: the id for the cookie, and the record to store.
 pub fn new_session(operator: &str) -> (String, SessionRecord) {
-    let id = crate::registry::random_token(32);
+    let id = crate::shared::random_token(32);
     let now = now_ms();
     let record = SessionRecord {
         id_sha256: session_digest(&id),
         operator: operator.to_string(),
-        csrf_token: crate::registry::random_token(32),
+        csrf_token: crate::shared::random_token(32),
         created_at: now,
         expires_at: now + SESSION_TTL.as_millis() as i64,
     };

@@ -226,7 +226,7 @@ pub fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<String> 
     if !path.exists() {
         write_file(
             path,
-            format!("{}\n", crate::registry::random_token(32)).as_bytes(),
+            format!("{}\n", crate::shared::random_token(32)).as_bytes(),
             true,
         )
         .with_context(|| format!("creating the {what} at {}", path.display()))?;

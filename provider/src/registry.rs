@@ -2,15 +2,13 @@
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
 use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::uri::Canonicalizer;
 
 use crate::app::App;
 use crate::db::{now_ms, EndpointRecord, NewUser, StoreError, User};
 use crate::pki::PkiError;
+use crate::shared::random_token;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -29,14 +27,6 @@ fn invalid(field: &str, message: impl Into<String>) -> RegistryError {
         field: field.into(),
         message: message.into(),
     }
-}
-
-pub fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    SystemRandom::new()
-        .fill(&mut buf)
-        .expect("system randomness");
-    URL_SAFE_NO_PAD.encode(buf)
 }
 
 pub fn hash_code(code: &str) -> String {

@@ -85,9 +85,10 @@ impl Provider {
         let db = Db::connect(&config.database_url(), config.database.max_connections)
             .await
             .with_context(|| format!("opening the database {}", redact(&config.database_url())))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let federation = if config.federation.enabled {
             Some(Arc::new(
-                crate::federation::Federation::new(&config)
+                crate::federation::Federation::new(&config, db.clone(), shutdown_rx.clone())
                     .context("loading the federation certificate")?,
             ))
         } else {
@@ -149,7 +150,6 @@ impl Provider {
         };
         let relay_addr = relay.as_ref().map(|r| r.addr);
 
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app = Arc::new(App {
             canonicalizer: Canonicalizer::new(config.registry.default_country_code),
             call_settings: crate::invitation::ports::settings(&config, ca.cert_pem()),
@@ -192,7 +192,7 @@ impl Provider {
                 Box::new(move || current.identity.current().server.clone()),
                 router,
             )));
-            tasks.extend(fed.spawn_tasks(&app));
+            tasks.extend(fed.spawn_tasks());
             tasks.push(tokio::spawn(reload_on_sighup(app.clone())));
         }
         if let (Some(file), Some(listener)) =
@@ -203,7 +203,7 @@ impl Provider {
             tasks.push(tokio::spawn(async move {
                 let result = axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
-                        crate::app::shutting_down(&mut stop).await;
+                        crate::shared::shutting_down(&mut stop).await;
                     })
                     .await;
                 if let Err(e) = result {
@@ -222,7 +222,7 @@ impl Provider {
                 admin.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(async move {
-                crate::app::shutting_down(&mut admin_shutdown).await;
+                crate::shared::shutting_down(&mut admin_shutdown).await;
             })
             .await;
             if let Err(e) = result {
@@ -341,7 +341,7 @@ async fn reload_on_sighup(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = hangup.recv() => {}
-            _ = crate::app::shutting_down(&mut shutdown) => return,
+            _ = crate::shared::shutting_down(&mut shutdown) => return,
         }
         match fed.identity.reload() {
             Ok(()) => tracing::info!("SIGHUP: federation certificate reloaded"),
@@ -365,7 +365,7 @@ async fn serve_tls(app: Arc<App>, listener: TcpListener, tls: TlsSource, router:
                     continue;
                 }
             },
-            _ = crate::app::shutting_down(&mut shutdown) => break,
+            _ = crate::shared::shutting_down(&mut shutdown) => break,
         };
         let acceptor = TlsAcceptor::from(tls());
         let router = router.clone();
@@ -421,7 +421,7 @@ async fn sweep(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::app::shutting_down(&mut shutdown) => return,
+            _ = crate::shared::shutting_down(&mut shutdown) => return,
         }
         if let Err(e) = crate::invitation::expire_overdue_calls(&app).await {
             tracing::warn!(error = %e, "expiring overdue calls failed");

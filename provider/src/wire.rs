@@ -145,6 +145,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Counts an endpoint request by outcome and logs a refusal.
+pub(crate) fn observe(action: &'static str, result: &Result<Dict, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    metrics::counter!("switchyard_requests_total", "action" => action, "outcome" => outcome)
+        .increment(1);
+    if let Err(e) = result {
+        tracing::info!(action, status = e.status.as_u16(), error = e.code, message = %e.message, "request refused");
+    }
+}
+
 /// The encoding a client speaks: its Content-Type, else its Accept, else XML property lists.
 pub fn encoding_of(headers: &HeaderMap) -> Encoding {
     let get = |name| {
@@ -226,7 +239,7 @@ impl FromRequest<Arc<App>> for DictBody {
 #[cfg(test)]
 mod refusal_table {
     use super::*;
-    use switchyard_calls::ports::RefusalClass;
+    use switchyard_calls::refusal::RefusalClass;
 
     /// The originator tells a peer's refusals apart by class; the class the core gives a code
     /// must be the one its HTTP status says, or a Switchyard peer and the harness would differ.

@@ -210,7 +210,7 @@ impl TestFederation {
         relay.allow_private_peers = true;
         relay.calls_use = spec.calls_use;
         if spec.sip {
-            crate::sip::enable_sip_on_loopback(&mut config)?;
+            crate::enable_sip_on_loopback(&mut config)?;
         }
         if let Some(tune) = spec.tune {
             tune(&mut config);
@@ -299,7 +299,7 @@ impl TestFederation {
                 .federation
                 .as_ref()
                 .expect("federation enabled");
-            fed.refresh_directory(&h.provider.app)
+            fed.refresh_directory()
                 .await
                 .with_context(|| format!("{} refreshing the directory", fed.provider_id))?;
         }
@@ -315,7 +315,7 @@ impl TestFederation {
                 .federation
                 .as_ref()
                 .expect("federation enabled");
-            fed.rebuild_filter(&h.provider.app).await?;
+            fed.rebuild_filter().await?;
         }
         for h in &self.providers {
             let fed = h
@@ -324,7 +324,7 @@ impl TestFederation {
                 .federation
                 .as_ref()
                 .expect("federation enabled");
-            fed.pull_all(&h.provider.app).await;
+            fed.pull_all().await;
         }
         Ok(())
     }

@@ -118,6 +118,20 @@ async fn fresh_database_url(dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
+/// Runs the SIP edge on UDP, TCP and TLS, each on a loopback port of its own.
+pub fn enable_sip_on_loopback(config: &mut switchyard_provider::Config) -> anyhow::Result<()> {
+    config.sip.enabled = true;
+    config.sip.udp_listen = "127.0.0.1:0".parse()?;
+    config.sip.tcp_listen = "127.0.0.1:0".parse()?;
+    config.sip.tls_listen = "127.0.0.1:0".parse()?;
+    config.sip.transports = vec![
+        switchyard_provider::config::SipTransport::Udp,
+        switchyard_provider::config::SipTransport::Tcp,
+        switchyard_provider::config::SipTransport::Tls,
+    ];
+    Ok(())
+}
+
 /// A configuration for a test provider on loopback with its own database.
 pub async fn test_config() -> anyhow::Result<(Config, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;

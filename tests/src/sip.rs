@@ -338,20 +338,6 @@ pub async fn sip_alice_and_bob(
     fed.sync().await
 }
 
-/// Runs the SIP edge on UDP, TCP and TLS, each on a loopback port of its own.
-pub fn enable_sip_on_loopback(config: &mut switchyard_provider::Config) -> anyhow::Result<()> {
-    config.sip.enabled = true;
-    config.sip.udp_listen = "127.0.0.1:0".parse()?;
-    config.sip.tcp_listen = "127.0.0.1:0".parse()?;
-    config.sip.tls_listen = "127.0.0.1:0".parse()?;
-    config.sip.transports = vec![
-        switchyard_provider::config::SipTransport::Udp,
-        switchyard_provider::config::SipTransport::Tcp,
-        switchyard_provider::config::SipTransport::Tls,
-    ];
-    Ok(())
-}
-
 /// Gives `user_id` the SIP account `aor` through the admin API.
 pub async fn add_account(
     h: &Harness,
@@ -392,7 +378,7 @@ impl SipProvider {
     ) -> anyhow::Result<SipProvider> {
         let (mut config, dir) = test_config().await?;
         config.provider_id = domain.into();
-        enable_sip_on_loopback(&mut config)?;
+        crate::enable_sip_on_loopback(&mut config)?;
         tune(&mut config);
         let h = Harness::start_with(config, dir).await?;
         let user_id = h.add_user(user, uris).await?;

@@ -13,10 +13,10 @@ use super::local::duplicate_session;
 use super::originator::{Opened, Sender};
 use super::{push_cancels, CallResult, Core, Deferred};
 use crate::ports::{
-    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, RefusalClass, WriteUnit,
+    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, WriteUnit,
 };
 use crate::record::{CallRecord, CallState};
-use crate::refusal::{Refusal, RefusalCode};
+use crate::refusal::{Refusal, RefusalClass, RefusalCode};
 use crate::rules::{self, PeerAnswer};
 use crate::session::SessionState;
 

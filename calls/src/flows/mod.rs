@@ -14,6 +14,8 @@ use switchyard_protocol::invitation::{
     CancelPush, CancelReason, ForwardCancelReason, MessageError, Push, RelayChoice, SessionId,
 };
 
+pub use crate::ports::Settings;
+
 use crate::ports::{Event, Ports, StoreFailure, WriteUnit};
 use crate::refusal::Refusal;
 use crate::session::SessionState;
@@ -41,21 +43,6 @@ impl From<MessageError> for CallError {
 }
 
 pub type CallResult<T> = Result<T, CallError>;
-
-/// The provider's settings the flows read.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub provider_id: String,
-    pub ring_timeout_ms: i64,
-    pub push_ttl_ms: i64,
-    /// This provider's endpoint CA certificate (PEM), which the other endpoint checks this
-    /// side's DTLS identity against.
-    pub endpoint_ca_pem: String,
-    /// Whose relay serves the calls this provider's callers place (`relay.calls_use`).
-    pub relay_choice: RelayChoice,
-    /// How far a Forward's timestamp may be from this provider's clock.
-    pub timestamp_window_s: i64,
-}
 
 /// Work a flow leaves for after its answer: Forwards the sender need not wait for.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,11 +12,10 @@ use switchyard_protocol::invitation::{
 use super::local::duplicate_session;
 use super::{push_cancels, CallError, CallResult, Core, Deferred};
 use crate::ports::{
-    CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, RefusalClass,
-    Requester, WriteUnit,
+    CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, WriteUnit,
 };
 use crate::record::{provider_party, CallRecord, CallState};
-use crate::refusal::{Refusal, RefusalCode};
+use crate::refusal::{Refusal, RefusalClass, RefusalCode};
 use crate::rules::{self, Dispatch, DispatchOutcome};
 use crate::session::SessionState;
 

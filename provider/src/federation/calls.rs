@@ -11,7 +11,7 @@ use switchyard_protocol::invitation::{
     AcceptForward, CancelForward, InitiateForward, RejectForward, UpdateForward,
 };
 
-use super::routes::AuthPeer;
+use super::auth::AuthPeer;
 use crate::app::App;
 use crate::invitation::{core, spawn_deferred};
 use crate::wire::ApiError;

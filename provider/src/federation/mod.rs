@@ -9,6 +9,7 @@
 //! - [`routes`]: the `/federation/v1/...` paths peers call;
 //! - [`calls`]: the Forwards of the invitation protocol, both ways.
 
+pub mod auth;
 pub mod calls;
 pub mod directory;
 pub mod filters;
@@ -21,11 +22,11 @@ use std::time::Duration;
 
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::discovery::Member;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::app::App;
 use crate::config::FederationConfig;
+use crate::db::Db;
 use directory::{DirectoryCell, MemberChanges};
 use filters::OwnFilter;
 use identity::IdentityCell;
@@ -43,10 +44,18 @@ pub struct Federation {
     rebuild_now: Notify,
     /// Failed pulls in a row, per member, for the retry back-off.
     pull_retries: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Where peers' filters are kept and this provider's URIs are read from.
+    db: Db,
+    /// Turns true when the provider shuts down; the background work stops on it.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Federation {
-    pub fn new(config: &crate::config::Config) -> Result<Federation, identity::IdentityError> {
+    pub fn new(
+        config: &crate::config::Config,
+        db: Db,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Federation, identity::IdentityError> {
         let identity = IdentityCell::load(&config.federation, &config.provider_id)?;
         let (pull_tx, pull_rx) = mpsc::unbounded_channel();
         Ok(Federation {
@@ -60,6 +69,8 @@ impl Federation {
             pull_rx: std::sync::Mutex::new(Some(pull_rx)),
             rebuild_now: Notify::new(),
             pull_retries: Default::default(),
+            db,
+            shutdown,
         })
     }
 
@@ -86,7 +97,7 @@ impl Federation {
     }
 
     /// Fetches the discovery dictionary now and applies the member changes.
-    pub async fn refresh_directory(&self, app: &App) -> Result<(), directory::DirectoryError> {
+    pub async fn refresh_directory(&self) -> Result<(), directory::DirectoryError> {
         let uri = self
             .config
             .bootstrap_uri
@@ -95,20 +106,20 @@ impl Federation {
         let result = self.directory.fetch(&self.identity.current(), &uri).await;
         match result {
             Ok(changes) => {
-                self.apply(app, changes).await;
+                self.apply(changes).await;
                 Ok(())
             }
             Err(e) => {
                 let changes = self.directory.expire(identity::unix_now());
-                self.apply(app, changes).await;
+                self.apply(changes).await;
                 Err(e)
             }
         }
     }
 
-    async fn apply(&self, app: &App, changes: MemberChanges) {
+    async fn apply(&self, changes: MemberChanges) {
         for removed in &changes.removed {
-            self.peers.forget(&app.db, removed).await;
+            self.peers.forget(&self.db, removed).await;
         }
         for added in changes.added {
             if added != self.provider_id {
@@ -129,11 +140,8 @@ impl Federation {
     }
 
     /// Rebuilds this provider's filter; on a new generation, tells every member to pull it.
-    pub async fn rebuild_filter(
-        self: &Arc<Self>,
-        app: &App,
-    ) -> Result<Option<u64>, crate::db::StoreError> {
-        let uris = app.db.all_uris().await?;
+    pub async fn rebuild_filter(self: &Arc<Self>) -> Result<Option<u64>, crate::db::StoreError> {
+        let uris = self.db.all_uris().await?;
         let generation = self.own.rebuild(&uris);
         if let Some(generation) = generation {
             tracing::debug!(generation, items = uris.len(), "own filter rebuilt");
@@ -180,12 +188,12 @@ impl Federation {
     /// A failed pull is retried after 2, 4, 8... seconds (at most the pull period): members get a
     /// new dictionary at slightly different times, and one that does not list this provider yet
     /// refuses it for a moment.
-    pub async fn pull(self: &Arc<Self>, app: &Arc<App>, provider_id: &str) {
+    pub async fn pull(self: &Arc<Self>, provider_id: &str) {
         let Some(member) = self.member(provider_id) else {
             return;
         };
         let identity = self.identity.current();
-        match self.peers.pull(&app.db, &identity, &member).await {
+        match self.peers.pull(&self.db, &identity, &member).await {
             Ok(_) => {
                 self.pull_retries
                     .lock()
@@ -208,11 +216,11 @@ impl Federation {
                     tracing::warn!(peer = provider_id, error = %e, attempt, retry_in = ?delay, "pulling the peer's filter failed again");
                 }
                 let (fed, id, mut shutdown) =
-                    (self.clone(), provider_id.to_string(), app.shutdown.clone());
+                    (self.clone(), provider_id.to_string(), self.shutdown.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => fed.pull_soon(&id),
-                        _ = crate::app::shutting_down(&mut shutdown) => {}
+                        _ = crate::shared::shutting_down(&mut shutdown) => {}
                     }
                 });
             }
@@ -220,7 +228,7 @@ impl Federation {
     }
 
     /// Pulls every member's filter, in parallel.
-    pub async fn pull_all(self: &Arc<Self>, app: &Arc<App>) {
+    pub async fn pull_all(self: &Arc<Self>) {
         let Some(directory) = self.directory.current() else {
             return;
         };
@@ -228,86 +236,82 @@ impl Federation {
             .members
             .iter()
             .filter(|m| m.provider_id != self.provider_id)
-            .map(|m| self.pull(app, &m.provider_id));
+            .map(|m| self.pull(&m.provider_id));
         futures_util::future::join_all(pulls).await;
     }
 
     /// Starts the background work: directory refresh, filter rebuilds and pulls, certificate
     /// reloads, and the purge of old Forward ids.
-    pub fn spawn_tasks(self: &Arc<Self>, app: &Arc<App>) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        let (fed, a) = (self.clone(), app.clone());
-        tasks.push(tokio::spawn(async move { fed.directory_loop(&a).await }));
-        let (fed, a) = (self.clone(), app.clone());
-        tasks.push(tokio::spawn(async move { fed.filter_loop(&a).await }));
-        let (fed, a) = (self.clone(), app.clone());
-        tasks.push(tokio::spawn(async move { fed.pull_loop(&a).await }));
-        let (fed, a) = (self.clone(), app.clone());
-        tasks.push(tokio::spawn(async move { fed.housekeeping_loop(&a).await }));
-        tasks
+    pub fn spawn_tasks(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().directory_loop()),
+            tokio::spawn(self.clone().filter_loop()),
+            tokio::spawn(self.clone().pull_loop()),
+            tokio::spawn(self.clone().housekeeping_loop()),
+        ]
     }
 
-    async fn directory_loop(self: Arc<Self>, app: &Arc<App>) {
-        let mut shutdown = app.shutdown.clone();
+    async fn directory_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
         let changes = self.directory.load_saved(&self.identity.current());
-        self.apply(app, changes).await;
+        self.apply(changes).await;
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.config.directory_refresh_seconds));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = crate::app::shutting_down(&mut shutdown) => return,
+                _ = crate::shared::shutting_down(&mut shutdown) => return,
             }
-            if let Err(e) = self.refresh_directory(app).await {
+            if let Err(e) = self.refresh_directory().await {
                 tracing::warn!(error = %e, "discovery dictionary not refreshed; running on the copy in force");
             }
         }
     }
 
-    async fn filter_loop(self: Arc<Self>, app: &Arc<App>) {
-        let mut shutdown = app.shutdown.clone();
+    async fn filter_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
         let period = Duration::from_secs(self.config.bloom_rebuild_seconds);
         loop {
-            if let Err(e) = self.rebuild_filter(app).await {
+            if let Err(e) = self.rebuild_filter().await {
                 tracing::warn!(error = %e, "rebuilding the filter failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.rebuild_now.notified() => {}
-                _ = crate::app::shutting_down(&mut shutdown) => return,
+                _ = crate::shared::shutting_down(&mut shutdown) => return,
             }
         }
     }
 
-    async fn pull_loop(self: Arc<Self>, app: &Arc<App>) {
-        let mut shutdown = app.shutdown.clone();
+    async fn pull_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
         let Some(mut requests) = self.pull_rx.lock().expect("pull lock").take() else {
             return;
         };
-        if let Err(e) = self.peers.load(&app.db).await {
+        if let Err(e) = self.peers.load(&self.db).await {
             tracing::warn!(error = %e, "loading saved peer filters failed");
         }
         let mut tick = tokio::time::interval(Duration::from_secs(self.config.bloom_pull_seconds));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.pull_all(app).await,
+                _ = tick.tick() => self.pull_all().await,
                 Some(id) = requests.recv() => {
-                    let (fed, a) = (self.clone(), app.clone());
-                    tokio::spawn(async move { fed.pull(&a, &id).await });
+                    let fed = self.clone();
+                    tokio::spawn(async move { fed.pull(&id).await });
                 }
-                _ = crate::app::shutting_down(&mut shutdown) => return,
+                _ = crate::shared::shutting_down(&mut shutdown) => return,
             }
         }
     }
 
-    async fn housekeeping_loop(self: Arc<Self>, app: &Arc<App>) {
-        let mut shutdown = app.shutdown.clone();
+    async fn housekeeping_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(self.config.cert_check_seconds));
         let mut last_purge = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = crate::app::shutting_down(&mut shutdown) => return,
+                _ = crate::shared::shutting_down(&mut shutdown) => return,
             }
             match self.identity.reload_if_changed() {
                 Ok(true) => tracing::info!("federation certificate files changed; reloaded"),
@@ -322,12 +326,12 @@ impl Federation {
                 .set(expires_in as f64);
             let changes = self.directory.expire(now);
             if !changes.removed.is_empty() {
-                self.apply(app, changes).await;
+                self.apply(changes).await;
             }
             if last_purge.elapsed() >= Duration::from_secs(60) {
                 last_purge = tokio::time::Instant::now();
                 let window_ms = (self.config.timestamp_window_seconds * 2000) as i64;
-                if let Err(e) = app
+                if let Err(e) = self
                     .db
                     .purge_forward_log(crate::db::now_ms() - window_ms)
                     .await

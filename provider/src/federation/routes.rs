@@ -4,20 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use switchyard_protocol::dict::Dict;
-use switchyard_protocol::pki;
 
-use super::identity::unix_now;
-use super::Federation;
+use super::auth::{federation_of, observe, AuthPeer};
 use crate::app::App;
-use crate::auth::PeerCertificate;
 use crate::wire::{dict_response, encoding_of, ApiError, DictBody, Reply};
 
 pub fn router(app: Arc<App>) -> Router {
@@ -45,102 +41,6 @@ async fn not_found(headers: HeaderMap) -> Reply {
             "not-found",
             "no such federation path",
         )),
-    }
-}
-
-/// The member provider on the other end of the connection.
-pub struct AuthPeer {
-    pub provider_id: String,
-    /// Its certificate (DER), which verifies its attestations.
-    pub cert_der: Vec<u8>,
-}
-
-pub fn federation_of(app: &App) -> Result<&Arc<Federation>, ApiError> {
-    app.federation.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "federation-disabled",
-            "this provider is not in a federation",
-        )
-    })
-}
-
-fn authenticate(app: &App, parts: &Parts) -> Result<AuthPeer, ApiError> {
-    let fed = federation_of(app)?;
-    let cert = parts
-        .extensions
-        .get::<PeerCertificate>()
-        .and_then(|p| p.0.clone())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "certificate-required",
-                "present this provider's federation certificate (mutual TLS)",
-            )
-        })?;
-    let identity = fed.identity.current();
-    let peer = pki::verify_provider_cert(&cert, &identity.ca_der, unix_now())
-        .map_err(|e| ApiError::forbidden("untrusted-certificate", e.to_string()))?;
-    let directory = fed.directory.current().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-directory",
-            "this provider has no valid discovery dictionary yet",
-        )
-    })?;
-    let member = directory.member(&peer.provider_id).ok_or_else(|| {
-        ApiError::forbidden(
-            "not-a-member",
-            format!(
-                "provider `{}` is not a member in discovery dictionary version {}",
-                peer.provider_id, directory.version
-            ),
-        )
-    })?;
-    if member.certificate_sha256 != peer.sha256_fingerprint {
-        return Err(ApiError::forbidden(
-            "certificate-mismatch",
-            format!(
-                "the certificate presented for `{}` ({}) is not the one the discovery dictionary lists ({})",
-                peer.provider_id, peer.sha256_fingerprint, member.certificate_sha256
-            ),
-        ));
-    }
-    Ok(AuthPeer {
-        provider_id: peer.provider_id,
-        cert_der: cert.to_vec(),
-    })
-}
-
-impl FromRequestParts<Arc<App>> for AuthPeer {
-    type Rejection = Reply;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<App>,
-    ) -> Result<Self, Self::Rejection> {
-        authenticate(app, parts).map_err(|e| {
-            tracing::info!(status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
-            metrics::counter!("switchyard_federation_requests_total", "action" => "auth", "outcome" => e.code)
-                .increment(1);
-            Reply {
-                encoding: encoding_of(&parts.headers),
-                result: Err(e),
-            }
-        })
-    }
-}
-
-/// Counts a request from a peer by outcome and logs a refusal.
-pub(crate) fn observe(action: &'static str, peer: &str, result: &Result<Dict, ApiError>) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    };
-    metrics::counter!("switchyard_federation_requests_total", "action" => action, "outcome" => outcome)
-        .increment(1);
-    if let Err(e) = result {
-        tracing::info!(action, peer, status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
     }
 }
 

@@ -4,8 +4,9 @@
 
 use switchyard_calls::ports::{
     CallChange, CallStore, Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports,
-    RefusalClass, Sealer, StoreFailure, WriteUnit,
+    Sealer, StoreFailure, WriteUnit,
 };
+use switchyard_calls::refusal::RefusalClass;
 use switchyard_calls::{CallRecord, CallState, SessionState, Settings};
 use switchyard_protocol::attestation::Attestation;
 use switchyard_protocol::dict::{Dict, Encoding};
@@ -367,7 +368,7 @@ impl Forwarder for FederationForwarder<'_> {
     }
 
     fn forward_id(&self) -> String {
-        crate::registry::random_token(16)
+        crate::shared::random_token(16)
     }
 
     fn attest(&self, attestation: &Attestation) -> Result<Vec<u8>, String> {

@@ -25,7 +25,7 @@ use turn::Error as TurnError;
 
 type TurnResult<T> = std::result::Result<T, TurnError>;
 
-use super::filter::PeerPolicy;
+use super::policy::PeerPolicy;
 use crate::db::{Db, StoreError};
 use crate::federation::Federation;
 

@@ -25,7 +25,7 @@ use switchyard_protocol::invitation::RelayChoice;
 use super::{relay_disabled, Relay};
 use crate::app::App;
 use crate::auth::AuthEndpoint;
-use crate::federation::routes::{federation_of, AuthPeer};
+use crate::federation::auth::{federation_of, AuthPeer};
 use crate::wire::{ApiError, DictBody, Reply};
 
 /// The relay for a call an endpoint of this provider is about to place; None when it is known
@@ -130,7 +130,7 @@ pub async fn credentials_route(
 ) -> Reply {
     let relay = relay.map(|Extension(r)| r);
     let result = endpoint_credentials(&app, relay.as_deref(), &auth.endpoint.id, &body.dict).await;
-    crate::api::observe("relay-credentials", &result);
+    crate::wire::observe("relay-credentials", &result);
     Reply {
         encoding: body.encoding,
         result,
@@ -163,7 +163,7 @@ pub async fn federation_route(
         };
         Ok(relay.credentials(&super::auth::peer_principal(&peer.provider_id, endpoint)))
     })();
-    crate::federation::routes::observe("relay-credentials", &peer.provider_id, &result);
+    crate::federation::auth::observe("relay-credentials", &peer.provider_id, &result);
     Reply {
         encoding: body.encoding,
         result,

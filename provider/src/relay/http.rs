@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 /// The WebSocket client the tests and tools use to reach `GET /v1/media-relay`.
 pub use ::tokio_tungstenite;
 
-use super::filter::PeerPolicy;
+use super::policy::PeerPolicy;
 use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::config::Config;
@@ -274,7 +274,7 @@ async fn pump(relay: Arc<HttpRelay>, id: String, alloc: Arc<PolledAllocation>, a
                 }
             }
             _ = alloc.stop.cancelled() => break,
-            _ = crate::app::shutting_down(&mut shutdown) => break,
+            _ = crate::shared::shutting_down(&mut shutdown) => break,
         }
     }
     alloc.stop.cancel();
@@ -422,7 +422,7 @@ async fn serve_websocket(
                     return Err("endpoint revoked".into());
                 }
             }
-            _ = crate::app::shutting_down(&mut shutdown) => {
+            _ = crate::shared::shutting_down(&mut shutdown) => {
                 close(&mut socket, 1001, "provider shutting down").await;
                 return Ok(());
             }
@@ -441,7 +441,7 @@ pub async fn create_route(
         Ok(allocated) => allocated,
         Err(e) => return fail(&headers, "media-relay", e),
     };
-    let id = crate::registry::random_token(24);
+    let id = crate::shared::random_token(24);
     let address = allocation.public.to_string();
     let polled = Arc::new(PolledAllocation {
         endpoint: auth.endpoint.id.clone(),
@@ -550,7 +550,7 @@ pub async fn recv_route(
             _ = arrived => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = alloc.stop.cancelled() => break alloc.drain(),
-            _ = crate::app::shutting_down(&mut shutdown) => break Vec::new(),
+            _ = crate::shared::shutting_down(&mut shutdown) => break Vec::new(),
         }
     };
     alloc.touch();

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod choice;
 pub mod filter;
 pub mod http;
+pub mod policy;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,8 @@ pub async fn turn_client(
 use crate::config::Config;
 use crate::db::Db;
 use auth::{unix_now, RelayState, RestAuth};
-use filter::{ListenerConn, PeerPolicy, QuotaGenerator};
+use filter::{ListenerConn, QuotaGenerator};
+use policy::PeerPolicy;
 
 /// The refusal of relay requests to a provider that runs no relay.
 pub(crate) fn relay_disabled() -> crate::wire::ApiError {

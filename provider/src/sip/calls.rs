@@ -862,7 +862,7 @@ impl SipEdge {
             .first()
             .cloned()
             .ok_or_else(|| Refusal(403, "The Account's User Has No URI".into(), vec![]))?;
-        let session = format!("sip-{}", crate::registry::random_token(16));
+        let session = format!("sip-{}", crate::shared::random_token(16));
         let request = InitiateRequest {
             session_id: SessionId::parse(&session)
                 .map_err(|_| Refusal(500, "Server Internal Error".into(), vec![]))?,

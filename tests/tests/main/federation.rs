@@ -297,7 +297,7 @@ async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
     let b = fed.provider("b.test");
     b.add_user("Bob", &["mailto:bob@b.example"]).await?;
     // B rebuilds on the change in the background; have it done before A pulls.
-    fed.fed("b.test").rebuild_filter(&b.provider.app).await?;
+    fed.fed("b.test").rebuild_filter().await?;
     let a = fed.provider("a.test");
     let (status, body) = a
         .admin_call(reqwest::Method::POST, "/admin/v1/federation/resync", None)

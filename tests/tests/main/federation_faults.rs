@@ -286,7 +286,6 @@ async fn bad_directories_are_refused_and_the_saved_copy_outlives_a_restart() -> 
     .sign(&fed.ca)?;
 
     let a = fed.fed("a.test").clone();
-    let a_app = fed.provider("a.test").provider.app.clone();
     for (what, envelope, expected) in [
         (
             "tampered",
@@ -302,11 +301,7 @@ async fn bad_directories_are_refused_and_the_saved_copy_outlives_a_restart() -> 
         ),
     ] {
         serve(&fed, envelope)?;
-        let err = a
-            .refresh_directory(&a_app)
-            .await
-            .expect_err(what)
-            .to_string();
+        let err = a.refresh_directory().await.expect_err(what).to_string();
         assert!(
             err.contains("is refused") && err.contains(expected),
             "{what}: {err}"

@@ -207,9 +207,8 @@ async fn scenarios(
     fed.write_directory(members, 86_400)?;
     fed.refresh_all().await?;
     let h = fed.provider("a.test");
-    let app = &h.provider.app;
     let a_fed = fed.fed("a.test");
-    a_fed.pull(app, "py.test").await;
+    a_fed.pull("py.test").await;
     let status = |a_fed: &switchyard_provider::federation::Federation| {
         a_fed
             .peers
@@ -236,14 +235,14 @@ async fn scenarios(
     assert!(!at_py(PY_LATER), "not yet hosted by the Python peer");
 
     // 1. Python pulls A's full filter (plist), then an update after a user joins at A.
-    a_fed.rebuild_filter(app).await?;
+    a_fed.rebuild_filter().await?;
     let full = py.call(json!({"cmd": "pull-full"})).await?;
     let before = a_fed.own.stats().context("A's filter")?;
     assert_eq!(full["generation"], before.generation);
     assert_eq!(full["bits"], before.bits);
     assert_eq!(full["hashes"], before.hashes);
     h.add_user("Carol", &[CAROL]).await?;
-    a_fed.rebuild_filter(app).await?;
+    a_fed.rebuild_filter().await?;
     let after = a_fed.own.stats().context("A's filter")?;
     assert!(after.generation > before.generation, "A rebuilt its filter");
     // A told the Python peer about the new generation.
