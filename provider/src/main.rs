@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use switchyard_endpoint::client::{self, EndpointClient, EndpointIdentity, PushMode};
+use switchyard_endpoint::http_relay::TunnelMode;
+use switchyard_endpoint::media as endpoint_media;
 use switchyard_media::session::{MediaEvent, Peer};
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::RejectReason;
-use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
-use switchyard_provider::endpoint_media;
 use switchyard_provider::Provider;
 
 #[derive(Parser)]
@@ -317,7 +318,7 @@ struct MediaArgs {
     mute_video_after: Option<u64>,
     /// For a network that lets no UDP out: media only through the provider's HTTP relay.
     #[arg(long, value_enum)]
-    http_relay: Option<switchyard_provider::http_relay_client::TunnelMode>,
+    http_relay: Option<TunnelMode>,
 }
 
 impl MediaArgs {

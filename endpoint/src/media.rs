@@ -15,7 +15,7 @@ use switchyard_protocol::dict::Dict;
 use std::sync::Arc;
 
 use crate::client::EndpointClient;
-use crate::http_relay_client::{HttpRelayConn, TunnelMode};
+use crate::http_relay::{HttpRelayConn, TunnelMode};
 
 /// How the terminal endpoint sets up its media.
 #[derive(Debug, Clone)]
