@@ -3,6 +3,7 @@
 //! session driven from the pushes ([`media`]) and calls placed, answered and hung up ([`call`]).
 //! `switchyard endpoint …` is a command line over it; a softphone needs nothing else.
 
+pub mod call;
 pub mod client;
 pub mod http_relay;
 pub mod media;
