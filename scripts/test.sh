@@ -16,6 +16,12 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the endpoint crate without the daemon's dependencies" >&2
+endpoint_deps=$(cargo tree -p switchyard-endpoint -e normal --locked)
+if grep -E 'sqlx|axum|utoipa' <<<"$endpoint_deps"; then
+    echo "switchyard-endpoint must not depend on sqlx, axum or utoipa (above)" >&2
+    exit 1
+fi
 
 # The call core stays free of I/O: none of these may ever be among its dependencies.
 echo "== switchyard-calls has no I/O dependencies" >&2

@@ -3,14 +3,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
-use switchyard_media::session::{MediaEvent, Peer};
+use switchyard_endpoint::call::{
+    self, Accepted, Answer, Call, CallEnd, CallEvent, Incoming, IncomingCall, OutgoingCall,
+};
+use switchyard_endpoint::client::{self, EndpointClient, EndpointIdentity, PushChannel, PushMode};
+use switchyard_endpoint::http_relay::TunnelMode;
+use switchyard_endpoint::media::MediaOptions;
+use switchyard_media::session::{CallStats, MediaEvent, StreamStats};
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::RejectReason;
-use switchyard_provider::client::{self, EndpointClient, EndpointIdentity, PushMode};
 use switchyard_provider::config::{Config, LogFormat};
-use switchyard_provider::endpoint_media;
 use switchyard_provider::Provider;
 
 #[derive(Parser)]
@@ -317,12 +322,12 @@ struct MediaArgs {
     mute_video_after: Option<u64>,
     /// For a network that lets no UDP out: media only through the provider's HTTP relay.
     #[arg(long, value_enum)]
-    http_relay: Option<switchyard_provider::http_relay_client::TunnelMode>,
+    http_relay: Option<TunnelMode>,
 }
 
 impl MediaArgs {
-    fn options(&self) -> endpoint_media::MediaOptions {
-        endpoint_media::MediaOptions {
+    fn options(&self) -> MediaOptions {
+        MediaOptions {
             address: self.media_address,
             relay_only: self.relay_only,
             mute_video_after: self.mute_video_after,
@@ -376,8 +381,9 @@ enum EndpointCommand {
         #[arg(long, conflicts_with = "auto_reject")]
         auto_accept: bool,
         /// Reject every call with this reason.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(RejectReason::ALL.iter().map(|r| r.as_str())))]
-        auto_reject: Option<String>,
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(RejectReason::ALL.iter().map(|r| r.as_str()))
+            .try_map(|reason| RejectReason::parse(&reason).ok_or("not a reject reason")))]
+        auto_reject: Option<RejectReason>,
         /// Exit after the first call ends.
         #[arg(long)]
         once: bool,
@@ -468,138 +474,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(cli.log_format.unwrap_or(LogFormat::Text), "warn");
             endpoint(command).await
         }
-    }
-}
-
-/// The caller's side of an answered call: media events and statistics every second until the
-/// hang-up time (or Ctrl-C), or until the other side ends it; true when it was the other side.
-async fn hold_call(
-    call: &mut Option<endpoint_media::MediaCall>,
-    pushes: &mut client::PushChannel,
-    sid: &str,
-    hangup_after: Option<u64>,
-    options: &endpoint_media::MediaOptions,
-) -> anyhow::Result<bool> {
-    // The mute clock starts when media is negotiated.
-    let mut negotiated_at: Option<tokio::time::Instant> = None;
-    let hang_up = async {
-        match hangup_after {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => switchyard_provider::demo::shutdown_signal().await,
-        }
-    };
-    tokio::pin!(hang_up);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let mut muted = false;
-    loop {
-        tokio::select! {
-            _ = &mut hang_up => return Ok(false),
-            push = pushes.next(Duration::from_secs(3600)) => {
-                if call_push(push?, call, sid)?.is_some() {
-                    return Ok(true);
-                }
-            }
-            event = next_media_event(call) => {
-                if let Some(event) = event {
-                    if matches!(event, MediaEvent::Negotiated { .. }) {
-                        negotiated_at = Some(tokio::time::Instant::now());
-                    }
-                    if endpoint_media::report(&event) && event == MediaEvent::RemoteHangUp {
-                        return Ok(true);
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                if let Some(call) = call.as_ref() {
-                    println!("{}", endpoint_media::stats_line(&call.stats()));
-                    if let (Some(after), Some(started)) = (options.mute_video_after, negotiated_at) {
-                        let elapsed = started.elapsed().as_secs();
-                        if !muted && elapsed >= after && elapsed < 2 * after {
-                            muted = true;
-                            call.set_video_muted(true);
-                            println!("muted video");
-                        } else if muted && elapsed >= 2 * after {
-                            muted = false;
-                            call.set_video_muted(false);
-                            println!("unmuted video");
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The callee's side of an answered call, until the provider says it ended; returns the reason.
-async fn answered_call(
-    call: &mut Option<endpoint_media::MediaCall>,
-    pushes: &mut client::PushChannel,
-    sid: &str,
-) -> anyhow::Result<String> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            push = pushes.next(Duration::from_secs(3600)) => {
-                if let Some(cancel) = call_push(push?, call, sid)? {
-                    return Ok(cancel.str("reason")?.to_string());
-                }
-            }
-            event = next_media_event(call) => {
-                if let Some(event) = event {
-                    endpoint_media::report(&event);
-                }
-            }
-            _ = tick.tick() => {
-                if let Some(call) = call.as_ref() {
-                    println!("{}", endpoint_media::stats_line(&call.stats()));
-                }
-            }
-        }
-    }
-}
-
-/// A push received during call `sid`: an Update is applied to the media; a Cancel (the call
-/// ended) is returned. Pushes of other sessions are ignored.
-fn call_push(
-    push: Option<Dict>,
-    call: &mut Option<endpoint_media::MediaCall>,
-    sid: &str,
-) -> anyhow::Result<Option<Dict>> {
-    let Some(push) = push else {
-        return Ok(None);
-    };
-    if push.opt_str("session-id")? != Some(sid) {
-        return Ok(None);
-    }
-    match push.str("action")? {
-        "cancel" => return Ok(Some(push)),
-        "update" => report_update(call, &push),
-        _ => {}
-    }
-    Ok(None)
-}
-
-/// Applies the other side's Update Push (a new path or relay) to the running media.
-fn report_update(call: &mut Option<endpoint_media::MediaCall>, push: &Dict) {
-    let Some(call) = call.as_mut() else {
-        return;
-    };
-    match endpoint_media::apply_update(call, push) {
-        Ok(added) => println!("the other side updated its media: {added} new candidate(s)"),
-        Err(e) => println!("the other side's media update was refused: {e:#}"),
-    }
-}
-
-/// The next media event, or never when there is no media (or its events are over).
-async fn next_media_event(call: &mut Option<endpoint_media::MediaCall>) -> Option<MediaEvent> {
-    match call.as_mut() {
-        Some(call) => match call.next_event().await {
-            Some(event) => Some(event),
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
     }
 }
 
@@ -992,10 +866,6 @@ fn encoding(json: bool) -> Encoding {
     }
 }
 
-fn session_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
     match command {
         EndpointCommand::Register {
@@ -1044,141 +914,42 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
                 EndpointIdentity::load(&endpoint.state)?,
                 encoding(endpoint.json),
             )?;
-            // Refused before anything is sent: the media could not offer video anyway.
-            if video && !client.identity.capabilities.video {
-                bail!(
-                    "this endpoint registered as audio-only (--audio-only); it cannot place a \
-                     video call"
-                );
-            }
-            let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
-            let sid = session_id();
             let kinds = if video {
                 vec![MediaKind::Audio, MediaKind::Video]
             } else {
                 vec![MediaKind::Audio]
             };
-            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            let (gathered, relay_provider) = endpoint_media::prepare(
-                &client,
-                client.primary_uri(),
-                kinds.clone(),
-                &options,
-                None,
-            )
-            .await
-            .context("preparing the media port")?;
-            let mut gathered = gathered;
-            // For a callee that is a SIP phone; a callee endpoint reads the rest of the blob.
-            if let Err(e) = gathered.offer_sdp() {
-                tracing::warn!(error = %e, "no SDP offer in the blob: a SIP phone cannot take the call");
-            }
-            let mut gathered = Some(gathered);
-            let blob = gathered
-                .as_ref()
-                .map(|g| g.blob().to_bytes())
-                .unwrap_or_default();
-            let answer = client.initiate(&sid, &uri, &blob, &names).await?;
+            let outgoing =
+                OutgoingCall::place(&client, &mut pushes, &uri, kinds, media.options()).await?;
             println!(
-                "calling {uri} (session {sid}); ringing {} device(s)",
-                answer.int("rung")?
+                "calling {uri} (session {}); ringing {} device(s)",
+                outgoing.session_id(),
+                outgoing.rung()
             );
-            let ring = Duration::from_secs(24 * 3600);
-            loop {
-                let Some(push) = pushes.next(ring).await? else {
-                    continue;
-                };
-                if push.opt_str("session-id")? != Some(sid.as_str()) {
-                    continue;
+            let code = match outgoing.wait_for_answer().await? {
+                Answer::Accepted(call) => {
+                    hold_call(*call, hangup_after).await?;
+                    ExitCode::SUCCESS
                 }
-                match push.str("action")? {
-                    "accept" => {
-                        println!("answered by {}", push.str("peer-uri")?);
-                        let state = push.str("state")?.to_string();
-                        let peer = push.str("peer-uri")?.to_string();
-                        let self_uri = push.str("self-uri")?.to_string();
-                        let gathered = gathered.take().expect("one Accept per call");
-                        let answerer = endpoint_media::peer(&push);
-                        // A SIP phone runs its own ICE: no relay is added behind its back.
-                        let phone = matches!(answerer, Ok(Peer::Sdp(_)));
-                        let mut call = match answerer.and_then(|p| Ok(gathered.start(true, p)?)) {
-                            Ok(call) => Some(call),
-                            Err(e) => {
-                                println!("media failed: {e:#}");
-                                None
-                            }
-                        };
-                        if let Some(media) = call.as_mut().filter(|_| !phone) {
-                            let joined = endpoint_media::join_call_relay(
-                                media,
-                                &client,
-                                &push,
-                                relay_provider.as_deref(),
-                                &options,
-                            )
-                            .await;
-                            match joined {
-                                Ok(Some(blob)) => {
-                                    client
-                                        .update(&sid, &self_uri, &peer, &state, &blob.to_bytes())
-                                        .await?;
-                                    println!(
-                                        "media: relay of {} allocated after the answer; update sent",
-                                        push.str("relay-provider")?
-                                    );
-                                }
-                                Ok(None) => {}
-                                Err(e) => println!("media: no relay for the call: {e:#}"),
-                            }
-                        }
-                        let hung_up_by_peer =
-                            hold_call(&mut call, &mut pushes, &sid, hangup_after, &options).await?;
-                        if hung_up_by_peer {
-                            println!("the other side hung up");
-                        } else {
-                            if let Some(call) = call.as_mut() {
-                                call.hang_up();
-                                // The BYE is answered within a round trip; don't wait long for a
-                                // peer that is gone.
-                                let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                                    while let Some(event) = call.next_event().await {
-                                        if endpoint_media::report(&event) {
-                                            break;
-                                        }
-                                    }
-                                })
-                                .await;
-                            }
-                            client.cancel(&sid, &self_uri, &peer, &state).await?;
-                            println!("hung up");
-                        }
-                        if let Some(call) = call {
-                            println!("{}", endpoint_media::stats_line(&call.stats()));
-                            call.close().await;
-                        }
-                        pushes.ack().await?;
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    "reject" => {
-                        println!(
-                            "rejected: {}{}",
-                            push.str("reason")?,
-                            push.opt_str("reason-text")?
-                                .map(|t| format!(" ({t})"))
-                                .unwrap_or_default()
-                        );
-                        pushes.ack().await?;
-                        return Ok(ExitCode::from(3));
-                    }
-                    "cancel" => {
-                        println!("call ended: {}", push.str("reason")?);
-                        pushes.ack().await?;
-                        return Ok(ExitCode::from(4));
-                    }
-                    _ => {}
+                Answer::Rejected(reject) => {
+                    println!(
+                        "rejected: {}{}",
+                        reject.reason,
+                        reject
+                            .reason_text
+                            .map(|t| format!(" ({t})"))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::from(3)
                 }
-            }
+                Answer::Ended(cancel) => {
+                    println!("call ended: {}", cancel.reason);
+                    ExitCode::from(4)
+                }
+            };
+            pushes.ack().await?;
+            Ok(code)
         }
         EndpointCommand::Answer {
             endpoint,
@@ -1194,103 +965,194 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
             println!("waiting for calls to {}", client.identity.uris.join(", "));
+            let decision = if auto_accept {
+                Decision::Accept
+            } else if let Some(reason) = auto_reject {
+                Decision::Reject(reason)
+            } else {
+                Decision::Ask
+            };
             loop {
-                let Some(push) = pushes.next(Duration::from_secs(3600)).await? else {
-                    continue;
+                let settled = match call::next_incoming(&mut pushes).await? {
+                    Incoming::Call(incoming) => {
+                        take_call(incoming, &client, &mut pushes, decision, &options).await?
+                    }
+                    Incoming::Ended(cancel) => {
+                        println!("call {} ended: {}", cancel.session_id, cancel.reason);
+                        true
+                    }
+                    Incoming::Other(push) => {
+                        println!("push: {}", push.action());
+                        false
+                    }
                 };
-                match push.str("action")? {
-                    "initiate" => {
-                        let from = push.str("peer-uri")?;
-                        let sid = push.str("session-id")?.to_string();
-                        println!(
-                            "incoming call from {from} (session {sid}){}",
-                            match push.opt_bool("peer-verified")? {
-                                Some(true) => ", caller identity verified by its provider",
-                                Some(false) => ", caller identity NOT verified",
-                                None => "",
-                            }
-                        );
-                        let take = if auto_accept {
-                            true
-                        } else if auto_reject.is_some() {
-                            false
-                        } else {
-                            ask("accept? [y/N] ").await?
-                        };
-                        if !take {
-                            let reason = auto_reject.as_deref().unwrap_or("declined");
-                            client.reject(&push, reason, None).await?;
-                            println!("rejected ({reason})");
-                            if once {
-                                pushes.ack().await?;
-                                return Ok(ExitCode::SUCCESS);
-                            }
-                            continue;
-                        }
-                        let kinds = endpoint_media::media_kinds(&push)?;
-                        let (mut gathered, _) = endpoint_media::prepare(
-                            &client,
-                            push.str("self-uri")?,
-                            kinds,
-                            &options,
-                            push.opt_str("relay-provider")?,
-                        )
-                        .await
-                        .context("preparing the media port")?;
-                        let caller = endpoint_media::peer(&push);
-                        if let Ok(Peer::Sdp(offer)) = &caller {
-                            if let Err(e) = gathered.answer_sdp(offer) {
-                                let why = format!("{e:#}");
-                                client
-                                    .reject(&push, "unsupported-media", Some(&why))
-                                    .await?;
-                                println!("rejected (unsupported-media): {why}");
-                                if once {
-                                    pushes.ack().await?;
-                                    return Ok(ExitCode::SUCCESS);
-                                }
-                                continue;
-                            }
-                        }
-                        if let Err(e) = client.accept(&push, &gathered.blob().to_bytes()).await {
-                            println!("could not accept: {e}");
-                            continue;
-                        }
-                        println!("accepted");
-                        let mut call = match caller.and_then(|p| Ok(gathered.start(false, p)?)) {
-                            Ok(call) => Some(call),
-                            Err(e) => {
-                                println!("media failed: {e:#}");
-                                None
-                            }
-                        };
-                        let reason = answered_call(&mut call, &mut pushes, &sid).await?;
-                        println!("call {sid} ended: {reason}");
-                        if let Some(call) = call {
-                            println!("{}", endpoint_media::stats_line(&call.stats()));
-                            call.close().await;
-                        }
-                        if once {
-                            pushes.ack().await?;
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    }
-                    "cancel" => {
-                        println!(
-                            "call {} ended: {}",
-                            push.str("session-id")?,
-                            push.str("reason")?
-                        );
-                        if once {
-                            pushes.ack().await?;
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    }
-                    other => println!("push: {other}"),
+                if once && settled {
+                    pushes.ack().await?;
+                    return Ok(ExitCode::SUCCESS);
                 }
             }
         }
     }
+}
+
+/// What `endpoint answer` does with a call: its `--auto-accept` or `--auto-reject`, or ask.
+#[derive(Clone, Copy)]
+enum Decision {
+    Accept,
+    Reject(RejectReason),
+    Ask,
+}
+
+/// The caller's side of an answered call, printed, until the hang-up time (or Ctrl-C), or until
+/// the other side ends it.
+async fn hold_call(mut call: Call<'_>, hangup_after: Option<u64>) -> anyhow::Result<()> {
+    println!("answered by {}", call.peer_uri());
+    let hang_up = async {
+        match hangup_after {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => switchyard_provider::demo::shutdown_signal().await,
+        }
+    };
+    tokio::pin!(hang_up);
+    let mut hanging_up = false;
+    let end = loop {
+        tokio::select! {
+            _ = &mut hang_up, if !hanging_up => {
+                hanging_up = true;
+                call.hang_up();
+            }
+            event = call.next_event() => {
+                if let Some(end) = print_event(event?) {
+                    break end;
+                }
+            }
+        }
+    };
+    match end {
+        CallEnd::HungUp => println!("hung up"),
+        CallEnd::Cancelled(_) | CallEnd::RemoteHangUp => println!("the other side hung up"),
+    }
+    if let Some(stats) = call.close().await {
+        println!("{}", stats_line(&stats));
+    }
+    Ok(())
+}
+
+/// Takes up a call ringing here, printed, as `decision` says; false when it was not settled (the
+/// provider refused the Accept), so `--once` waits for the next one.
+async fn take_call(
+    incoming: IncomingCall,
+    client: &EndpointClient,
+    pushes: &mut PushChannel,
+    decision: Decision,
+    options: &MediaOptions,
+) -> anyhow::Result<bool> {
+    let ring = incoming.push();
+    let session_id = ring.session_id.to_string();
+    println!(
+        "incoming call from {} (session {session_id}){}",
+        ring.peer_uri,
+        if ring.peer_verified {
+            ", caller identity verified by its provider"
+        } else {
+            ", caller identity NOT verified"
+        }
+    );
+    let reject = match decision {
+        Decision::Accept => None,
+        Decision::Reject(reason) => Some(reason),
+        Decision::Ask => (!ask("accept? [y/N] ").await?).then_some(RejectReason::Declined),
+    };
+    if let Some(reason) = reject {
+        incoming.reject(client, reason, None).await?;
+        println!("rejected ({reason})");
+        return Ok(true);
+    }
+    let mut call = match incoming.accept(client, pushes, options).await? {
+        Accepted::Answered(call) => *call,
+        Accepted::Unsupported(why) => {
+            println!("rejected (unsupported-media): {why}");
+            return Ok(true);
+        }
+        Accepted::Refused(e) => {
+            println!("could not accept: {e}");
+            return Ok(false);
+        }
+    };
+    println!("accepted");
+    let end = loop {
+        if let Some(end) = print_event(call.next_event().await?) {
+            break end;
+        }
+    };
+    println!("call {session_id} ended: {}", end.reason());
+    if let Some(stats) = call.close().await {
+        println!("{}", stats_line(&stats));
+    }
+    Ok(true)
+}
+
+/// Prints what happened in a call; its end, which each side words in its own way, is returned
+/// instead.
+fn print_event(event: CallEvent) -> Option<CallEnd> {
+    match event {
+        CallEvent::Media(event) => print_media_event(&event),
+        CallEvent::RelayAdded { provider } => {
+            println!("media: relay of {provider} allocated after the answer; update sent")
+        }
+        CallEvent::NoRelay(why) => println!("media: no relay for the call: {why}"),
+        CallEvent::PeerUpdated { candidates } => {
+            println!("the other side updated its media: {candidates} new candidate(s)")
+        }
+        CallEvent::PeerUpdateRefused(why) => {
+            println!("the other side's media update was refused: {why}")
+        }
+        CallEvent::Stats(stats) => println!("{}", stats_line(&stats)),
+        CallEvent::VideoMuted(true) => println!("muted video"),
+        CallEvent::VideoMuted(false) => println!("unmuted video"),
+        CallEvent::Ended(end) => return Some(end),
+    }
+    None
+}
+
+fn print_media_event(event: &MediaEvent) {
+    match event {
+        MediaEvent::PathSelected {
+            local,
+            remote,
+            remote_address,
+        } => println!("media path: {local} -> {remote} ({remote_address})"),
+        MediaEvent::Secured { profile } => println!("media secured end to end: {profile}"),
+        MediaEvent::Negotiated { audio, video } => println!(
+            "media negotiated: audio {}, video {}",
+            audio.as_deref().unwrap_or("none"),
+            video.as_deref().unwrap_or("none")
+        ),
+        MediaEvent::RemoteVideoMuted(true) => println!("the other side muted its video"),
+        MediaEvent::RemoteVideoMuted(false) => println!("the other side unmuted its video"),
+        MediaEvent::RemoteHangUp => println!("media: the other side hung up (SIP BYE)"),
+        MediaEvent::Ended => println!("media: ended"),
+        MediaEvent::Failed(why) => println!("media failed: {why}"),
+    }
+}
+
+fn stats_line(stats: &CallStats) -> String {
+    let stream = |name: &str, s: &StreamStats| {
+        format!(
+            "{name} sent {} received {} lost {} jitter {:.1} ms",
+            s.packets_sent, s.packets_received, s.packets_lost, s.jitter_ms
+        )
+    };
+    format!(
+        "stats: {} | {} | rtt {} | srtp failures {}",
+        stream("audio", &stats.audio),
+        stream("video", &stats.video),
+        stats
+            .round_trip
+            .map(|rtt| format!("{:.1} ms", rtt.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "-".into()),
+        stats.srtp_failures
+    )
 }
 
 async fn ask(prompt: &str) -> anyhow::Result<bool> {

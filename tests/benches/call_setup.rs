@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use switchyard_endpoint::client::PushMode;
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::PushMode;
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::{expect_push, session_id};
 

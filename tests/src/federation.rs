@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use switchyard_endpoint::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_protocol::dict::Encoding;
 use switchyard_protocol::discovery::{Directory, Member};
 use switchyard_protocol::invitation::RelayChoice;
 use switchyard_protocol::pki::{self, FederationCa};
-use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_provider::config::WireEncoding;
 use switchyard_provider::federation::Federation;
 use switchyard_provider::Config;

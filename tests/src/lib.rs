@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use switchyard_endpoint::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::{Dict, Encoding};
-use switchyard_provider::client::{self, EndpointClient, PushChannel, PushMode};
 use switchyard_provider::{Config, Provider};
 
 pub mod federation;

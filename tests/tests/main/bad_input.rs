@@ -1,8 +1,8 @@
 //! Every refused request gets its 4xx with a stable error code, and changes nothing: no call
 //! record, no push to anyone.
 
+use switchyard_endpoint::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_protocol::dict::{Dict, Encoding};
-use switchyard_provider::client::{EndpointClient, PushChannel, PushMode};
 use switchyard_tests::*;
 
 const ALICE: &str = "tel:+16502530000";
@@ -179,7 +179,7 @@ async fn initiate_refusals_change_nothing() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(err.status(), Some(400));
     assert!(
-        matches!(&err, switchyard_provider::client::ClientError::Refused { field: Some(f), .. } if f == "peer-uri"),
+        matches!(&err, switchyard_endpoint::client::ClientError::Refused { field: Some(f), .. } if f == "peer-uri"),
         "{err}"
     );
     w.unchanged(0).await?;
@@ -396,7 +396,7 @@ async fn revoked_endpoint_is_refused_and_its_push_channel_closes() -> anyhow::Re
     assert!(
         matches!(
             closed,
-            Err(switchyard_provider::client::ClientError::PushClosed(_))
+            Err(switchyard_endpoint::client::ClientError::PushClosed(_))
         ),
         "{closed:?}"
     );

@@ -7,13 +7,13 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use switchyard_endpoint::client::{ClientError, PushMode};
+use switchyard_endpoint::media::{self as endpoint_media, MediaOptions};
 use switchyard_media::blob::CandidateKind;
 use switchyard_media::session::MediaEvent;
 use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::RelayChoice;
-use switchyard_provider::client::{ClientError, PushMode};
-use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_tests::federation::{AliceAndBob, ProviderSpec, TestFederation, ALICE, BOB};
 use switchyard_tests::*;
 

@@ -1,8 +1,8 @@
 //! Calls across providers: four providers on loopback, each with its own database and
 //! federation certificate, a signed discovery dictionary, Bloom filters, and Forwards.
 
+use switchyard_endpoint::client::{EndpointClient, PushMode};
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::{EndpointClient, PushMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
 

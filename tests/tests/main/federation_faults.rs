@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use switchyard_endpoint::client::{ClientError, EndpointClient, PushMode};
 use switchyard_protocol::attestation::Attestation;
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::discovery::Directory;
 use switchyard_protocol::pki::{self, FederationCa, SigningKey};
-use switchyard_provider::client::{ClientError, EndpointClient, PushMode};
 use switchyard_provider::federation::peers::PeerError;
 use switchyard_provider::federation::Federation;
 use switchyard_tests::federation::{now_seconds, ProviderSpec, TestFederation};

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use switchyard_endpoint::client::{EndpointClient, PushMode};
 use switchyard_protocol::bloom::{self, BloomUpdate};
 use switchyard_protocol::dict::Encoding;
 use switchyard_protocol::discovery::Member;
 use switchyard_protocol::pki;
-use switchyard_provider::client::{EndpointClient, PushMode};
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};

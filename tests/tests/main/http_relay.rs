@@ -11,11 +11,11 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
+use switchyard_endpoint::client::EndpointClient;
 use switchyard_protocol::dict::Encoding;
 use switchyard_protocol::relay_frame::{
     append_length_prefixed, split_length_prefixed, Datagram, Frame, FrameError, DATA,
 };
-use switchyard_provider::client::EndpointClient;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use switchyard_provider::relay::http::tokio_tungstenite::tungstenite::Message;
 use switchyard_provider::relay::http::tokio_tungstenite::{self, MaybeTlsStream, WebSocketStream};

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use switchyard_endpoint::client::PushMode;
 use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::PushMode;
 use switchyard_tests::*;
 
 const ALICE: &str = "tel:+16502530000";

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use switchyard_endpoint::client::{EndpointClient, PushMode};
+use switchyard_endpoint::http_relay::{HttpRelayConn, TunnelMode};
+use switchyard_endpoint::media::{self as endpoint_media, MediaOptions};
 use switchyard_media::blob::{CandidateKind, MediaBlob};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 use switchyard_media::session::{Gathered, MediaCall, MediaEvent, Peer, SessionConfig};
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::{EndpointClient, PushMode};
-use switchyard_provider::endpoint_media::{self, MediaOptions};
-use switchyard_provider::http_relay_client::{HttpRelayConn, TunnelMode};
 use switchyard_tests::federation::{AliceAndBob, ProviderSpec, TestFederation, ALICE, BOB};
 use switchyard_tests::*;
 

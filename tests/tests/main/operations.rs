@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use switchyard_endpoint::client::{ClientError, PushMode};
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::{ClientError, PushMode};
 use switchyard_provider::Provider;
 use switchyard_tests::*;
 
@@ -25,7 +25,7 @@ async fn replicas_sharing_a_database_carry_a_call_between_them() -> anyhow::Resu
         .await?
         .identity;
     bob_identity.provider = format!("https://{}", second.endpoint_addr);
-    let bob = switchyard_provider::client::EndpointClient::new(bob_identity, Encoding::Plist)?;
+    let bob = switchyard_endpoint::client::EndpointClient::new(bob_identity, Encoding::Plist)?;
 
     let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
     let mut bob_push = bob.push_channel(PushMode::LongPoll).await?;

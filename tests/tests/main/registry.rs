@@ -1,8 +1,8 @@
 //! Registration with provisioning codes, identity certificates, and the admin API.
 
 use serde_json::json;
+use switchyard_endpoint::client;
 use switchyard_protocol::dict::{Dict, Encoding};
-use switchyard_provider::client;
 use switchyard_tests::*;
 
 const ALICE: &str = "tel:+16502530000";

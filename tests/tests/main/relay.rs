@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use switchyard_endpoint::client::EndpointClient;
 use switchyard_protocol::dict::{Dict, Encoding, Value};
-use switchyard_provider::client::EndpointClient;
 use switchyard_provider::relay::auth::{rest_password, rest_username, unix_now};
 use switchyard_provider::relay::turn::client::Client;
 use switchyard_provider::relay::webrtc_util::Conn;

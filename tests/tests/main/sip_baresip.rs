@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use switchyard_endpoint::client::PushMode;
+use switchyard_endpoint::media::{self as endpoint_media, MediaOptions};
 use switchyard_media::session::{MediaCall, MediaEvent, Peer};
 use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::PushMode;
-use switchyard_provider::endpoint_media::{self, MediaOptions};
 use switchyard_provider::sip::digest::Algorithm;
 use switchyard_tests::federation::{ProviderSpec, TestFederation, ALICE, BOB};
 use switchyard_tests::netns::Lan;

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use switchyard_endpoint::client::PushMode;
 use switchyard_protocol::dict::Encoding;
-use switchyard_provider::client::PushMode;
 use switchyard_tests::federation::{ProviderSpec, TestFederation, BOB};
 use switchyard_tests::sip::{
     add_account, authorization, free_udp_port, sip_alice_and_bob, sipp_scenario, SipProvider,

@@ -1,5 +1,5 @@
-//! The endpoint side of the protocol: registration, the four Requests, and the push channel
-//! (WebSocket or long-poll). Used by `switchyard endpoint ...` and by the integration tests.
+//! The endpoint side of the protocol: registration, the Requests, and the push channel
+//! (WebSocket or long-poll).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,7 +117,6 @@ fn tls_config(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    crate::server::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
@@ -125,7 +124,14 @@ fn tls_config(
             .add(cert)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
     }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    // ring named here rather than installed process-wide: a library leaves that choice to the
+    // program it is part of.
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
     let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert_pem, key_pem)) => {
@@ -222,7 +228,8 @@ pub async fn register(
 }
 
 /// How pushes reach the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PushMode {
     WebSocket,
     LongPoll,

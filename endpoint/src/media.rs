@@ -1,6 +1,6 @@
-//! Media for `switchyard endpoint call` and `switchyard endpoint answer`: the endpoint's media
-//! session (`switchyard_media::session`) driven from the pushes, with what happens printed for
-//! the person at the terminal.
+//! The endpoint's media session (`switchyard_media::session`) driven from the pushes: prepared
+//! for an Initiate or an Accept, started with the other side's blob, joined to a relay named
+//! late, updated from an Update Push.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -8,23 +8,24 @@ use std::time::Duration;
 use switchyard_media::blob::{MediaBlob, PeerMedia};
 use switchyard_media::secure::{EndpointIdentity, PeerExpectation};
 pub use switchyard_media::session::MediaCall;
-use switchyard_media::session::{CallStats, Gathered, MediaEvent, Peer, SessionConfig};
+use switchyard_media::session::{Gathered, Peer, SessionConfig};
 use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::dict::Dict;
 
 use std::sync::Arc;
 
 use crate::client::EndpointClient;
-use crate::http_relay_client::{HttpRelayConn, TunnelMode};
+use crate::http_relay::{HttpRelayConn, TunnelMode};
 
-/// How the terminal endpoint sets up its media.
+/// How the endpoint sets up its media.
 #[derive(Debug, Clone)]
 pub struct MediaOptions {
     /// The address the media port binds to and advertises.
     pub address: IpAddr,
     /// Advertise only the relayed candidate.
     pub relay_only: bool,
-    /// Mute video this many seconds into the call, and unmute as many seconds later.
+    /// As the caller, mute video this many seconds into the call (counted from the media's
+    /// negotiation), and unmute as many seconds later.
     pub mute_video_after: Option<u64>,
     /// Reach the media only through the provider's HTTP relay (a network without UDP).
     pub http_relay: Option<TunnelMode>,
@@ -121,55 +122,4 @@ pub fn media_kinds(push: &Dict) -> anyhow::Result<Vec<MediaKind>> {
         .opt_string_array("media")?
         .unwrap_or_else(|| vec!["audio".to_string()]);
     Ok(kinds.iter().map(|k| k.parse()).collect::<Result<_, _>>()?)
-}
-
-/// Prints one event; true when the media session is over.
-pub fn report(event: &MediaEvent) -> bool {
-    match event {
-        MediaEvent::PathSelected {
-            local,
-            remote,
-            remote_address,
-        } => println!("media path: {local} -> {remote} ({remote_address})"),
-        MediaEvent::Secured { profile } => println!("media secured end to end: {profile}"),
-        MediaEvent::Negotiated { audio, video } => println!(
-            "media negotiated: audio {}, video {}",
-            audio.as_deref().unwrap_or("none"),
-            video.as_deref().unwrap_or("none")
-        ),
-        MediaEvent::RemoteVideoMuted(true) => println!("the other side muted its video"),
-        MediaEvent::RemoteVideoMuted(false) => println!("the other side unmuted its video"),
-        MediaEvent::RemoteHangUp => {
-            println!("media: the other side hung up (SIP BYE)");
-            return true;
-        }
-        MediaEvent::Ended => {
-            println!("media: ended");
-            return true;
-        }
-        MediaEvent::Failed(why) => {
-            println!("media failed: {why}");
-            return true;
-        }
-    }
-    false
-}
-
-pub fn stats_line(stats: &CallStats) -> String {
-    let stream = |name: &str, s: &switchyard_media::session::StreamStats| {
-        format!(
-            "{name} sent {} received {} lost {} jitter {:.1} ms",
-            s.packets_sent, s.packets_received, s.packets_lost, s.jitter_ms
-        )
-    };
-    format!(
-        "stats: {} | {} | rtt {} | srtp failures {}",
-        stream("audio", &stats.audio),
-        stream("video", &stats.video),
-        stats
-            .round_trip
-            .map(|rtt| format!("{:.1} ms", rtt.as_secs_f64() * 1e3))
-            .unwrap_or_else(|| "-".into()),
-        stats.srtp_failures
-    )
 }

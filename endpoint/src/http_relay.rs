@@ -30,7 +30,8 @@ const POLL_WAIT_MS: u64 = 20_000;
 const SEND_BATCH_BYTES: usize = 48 * 1024;
 
 /// How the tunnel reaches the provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TunnelMode {
     WebSocket,
     LongPoll,
