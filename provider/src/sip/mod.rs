@@ -549,8 +549,10 @@ async fn gateway_pushes(edge: Arc<SipEdge>, account: SipAccount) {
         return;
     };
     let mut signal = edge.app.hub.subscribe(&endpoint);
+    let mut shutdown = edge.app.shutdown.clone();
     loop {
-        if signal.borrow().revoked {
+        // The database closes once the provider has shut down: stop reading before that.
+        if signal.borrow().revoked || *shutdown.borrow() {
             break;
         }
         match edge.app.db.pending_pushes(&endpoint, 0, 100).await {
@@ -566,10 +568,14 @@ async fn gateway_pushes(edge: Arc<SipEdge>, account: SipAccount) {
                         .await;
                 }
             }
+            Err(_) if *shutdown.borrow() => break,
             Err(e) => tracing::warn!(error = %e, "SIP edge: reading a gateway's pushes"),
         }
         // Woken by this replica's pushes at once; other replicas' are found within a second.
-        let _ = tokio::time::timeout(Duration::from_secs(1), signal.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(1), signal.changed()) => {}
+            _ = crate::shared::shutting_down(&mut shutdown) => break,
+        }
     }
     edge.app.hub.release(&endpoint);
 }
