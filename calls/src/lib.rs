@@ -21,8 +21,8 @@ pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use flows::Sender;
 pub use flows::{CallError, CallResult, Core, Deferred, Settings};
+pub use ports::Sender;
 pub use record::{party_provider, provider_party, CallRecord, CallState};
 pub use refusal::{Refusal, RefusalCode};
 pub use session::{Role, SessionState};

@@ -58,6 +58,15 @@ impl Requester {
     }
 }
 
+/// The authenticated sender of a Forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub provider_id: String,
+    /// Its certificate (DER), checked to chain to the federation CA and pinned to the
+    /// discovery dictionary.
+    pub cert_der: Vec<u8>,
+}
+
 /// What a transition writes besides the state.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CallChange<'a> {

@@ -9,11 +9,10 @@ use switchyard_protocol::invitation::{
     InitiateAnswer, InitiateForward, InitiatePush, Push, RejectForward, RejectReason,
 };
 
-use super::local::duplicate_session;
-use super::originator::{Opened, Sender};
-use super::{push_cancels, CallResult, Core, Deferred};
+use super::originator::Opened;
+use super::{duplicate_session, push_cancels, CallResult, Core, Deferred};
 use crate::ports::{
-    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, WriteUnit,
+    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, Sender, WriteUnit,
 };
 use crate::record::{CallRecord, CallState};
 use crate::refusal::{Refusal, RefusalClass, RefusalCode};
@@ -21,6 +20,21 @@ use crate::rules::{self, PeerAnswer};
 use crate::session::SessionState;
 
 impl<P: Ports> Core<P> {
+    /// Runs what a flow deferred.
+    pub async fn run_deferred(&self, work: Deferred) {
+        match work {
+            Deferred::CancelProviders {
+                session_id,
+                providers,
+                reason,
+            } => {
+                self.cancel_to_providers(&session_id, &providers, reason)
+                    .await
+            }
+            Deferred::CancelOrigin { state, reason } => self.cancel_to_origin(&state, reason).await,
+        }
+    }
+
     /// `POST /federation/v1/initiate`: ring this provider's endpoints of the callee.
     pub async fn receive_initiate(
         &self,

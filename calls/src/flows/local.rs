@@ -6,7 +6,7 @@ use switchyard_protocol::invitation::{
     InitiateRequest, InitiateResponse, Push, RejectPush, RejectRequest, UpdatePush, UpdateRequest,
 };
 
-use super::{push_cancels, session_id_of, CallResult, Core, Deferred};
+use super::{duplicate_session, push_cancels, session_id_of, CallResult, Core, Deferred};
 use crate::ports::{CallChange, CallStore, Endpoint, Event, Ports, Requester, WriteUnit};
 use crate::record::{CallRecord, CallState};
 use crate::refusal::{Refusal, RefusalCode};
@@ -454,13 +454,6 @@ impl<P: Ports> Core<P> {
         }
         Ok(expired)
     }
-}
-
-pub(super) fn duplicate_session(session_id: &str) -> Refusal {
-    Refusal::new(
-        RefusalCode::DuplicateSession,
-        format!("session `{session_id}` already exists"),
-    )
 }
 
 /// An Accept won here: final for a call of this provider's caller; for a call forwarded here,

@@ -8,8 +8,6 @@ mod answerer;
 mod local;
 mod originator;
 
-pub use originator::Sender;
-
 use switchyard_protocol::invitation::{
     CancelPush, CancelReason, ForwardCancelReason, MessageError, Push, RelayChoice, SessionId,
 };
@@ -17,7 +15,7 @@ use switchyard_protocol::invitation::{
 pub use crate::ports::Settings;
 
 use crate::ports::{Event, Ports, StoreFailure, WriteUnit};
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCode};
 use crate::session::SessionState;
 
 /// What a flow ends with when it does not answer: a refusal for the sender, or a store failure
@@ -102,21 +100,6 @@ impl<P: Ports> Core<P> {
             .and_then(crate::ports::Forwarder::federation_relay);
         choice.provider(caller, callee, federation_relay.as_deref())
     }
-
-    /// Runs what a flow deferred.
-    pub async fn run_deferred(&self, work: Deferred) {
-        match work {
-            Deferred::CancelProviders {
-                session_id,
-                providers,
-                reason,
-            } => {
-                self.cancel_to_providers(&session_id, &providers, reason)
-                    .await
-            }
-            Deferred::CancelOrigin { state, reason } => self.cancel_to_origin(&state, reason).await,
-        }
-    }
 }
 
 /// Queues a Cancel Push for each of `pushes` (endpoint, self-uri, peer-uri, reason).
@@ -142,4 +125,11 @@ async fn push_cancels<U: WriteUnit>(
 /// store is corrupt.
 fn session_id_of(id: &str) -> Result<SessionId, StoreFailure> {
     SessionId::parse(id).map_err(|e| format!("stored session id `{id}`: {e}").into())
+}
+
+pub(super) fn duplicate_session(session_id: &str) -> Refusal {
+    Refusal::new(
+        RefusalCode::DuplicateSession,
+        format!("session `{session_id}` already exists"),
+    )
 }

@@ -9,24 +9,15 @@ use switchyard_protocol::invitation::{
     RejectForward, RejectPush, RejectReason, SessionId, UpdateAnswer, UpdateForward, UpdatePush,
 };
 
-use super::local::duplicate_session;
-use super::{push_cancels, CallError, CallResult, Core, Deferred};
+use super::{duplicate_session, push_cancels, CallError, CallResult, Core, Deferred};
 use crate::ports::{
-    CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, WriteUnit,
+    CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
+    WriteUnit,
 };
 use crate::record::{provider_party, CallRecord, CallState};
 use crate::refusal::{Refusal, RefusalClass, RefusalCode};
 use crate::rules::{self, Dispatch, DispatchOutcome};
 use crate::session::SessionState;
-
-/// The authenticated sender of a Forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sender {
-    pub provider_id: String,
-    /// Its certificate (DER), checked to chain to the federation CA and pinned to the
-    /// discovery dictionary.
-    pub cert_der: Vec<u8>,
-}
 
 /// A received Forward's answer, or the answer given to an earlier Forward of the same sender,
 /// action and session (a retry), which is answered again without acting.

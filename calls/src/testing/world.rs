@@ -26,9 +26,9 @@ use switchyard_protocol::pki::{certs_from_pem, FederationCa, SigningKey};
 use switchyard_protocol::uri::Canonicalizer;
 
 use super::store::{MemStore, Tables};
-use crate::flows::{CallError, Core, Deferred, Sender, Settings};
+use crate::flows::{CallError, Core, Deferred, Settings};
 use crate::ports::{
-    Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports, Requester, Sealer,
+    Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports, Requester, Sealer, Sender,
 };
 use crate::refusal::Refusal;
 use crate::session::SessionState;
