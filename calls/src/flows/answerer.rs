@@ -5,8 +5,9 @@
 use switchyard_protocol::attestation::Attestation;
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::{
-    AcceptForward, CancelForward, CancelReason, EndReason, ForwardAction, ForwardCancelReason,
-    InitiateAnswer, InitiateForward, InitiatePush, Push, RejectForward, RejectReason,
+    AcceptForward, CancelForward, CancelReason, EndReason, Envelope, ForwardAction,
+    ForwardCancelReason, InitiateAnswer, InitiateForward, InitiatePush, Push, RejectForward,
+    RejectReason, SessionId,
 };
 
 use super::originator::Opened;
@@ -208,7 +209,7 @@ impl<P: Ports> Core<P> {
         me: &Endpoint,
         blob: Vec<u8>,
     ) -> CallResult<(Option<Refusal>, Option<Deferred>)> {
-        let session_id = switchyard_protocol::invitation::SessionId::parse(&state.sid)?;
+        let session_id = SessionId::parse(&state.sid)?;
         let (Some(origin), Some(forwarder), Some(envelope)) = (
             state.origin.as_deref(),
             self.ports.forwarder(),
@@ -304,39 +305,56 @@ impl<P: Ports> Core<P> {
         reason: RejectReason,
         text: Option<&str>,
     ) {
-        let Ok(session_id) = switchyard_protocol::invitation::SessionId::parse(&state.sid) else {
-            return;
-        };
-        let (Some(origin), Some(forwarder), Some(envelope)) = (
-            state.origin.as_deref(),
-            self.ports.forwarder(),
-            self.fresh_envelope(&session_id),
-        ) else {
-            return;
-        };
-        let forward = RejectForward {
-            envelope,
-            answering_provider: self.settings().provider_id.clone(),
-            origin_state: state.origin_state.clone().unwrap_or_default(),
-            reason,
-            reason_text: text.map(str::to_string),
-        };
-        if let Err(e) = forwarder
-            .send(origin, ForwardAction::Reject, forward.to_dict())
-            .await
-        {
-            self.observe(Event::Undelivered {
-                session_id: state.sid.clone(),
-                peer: origin.to_string(),
-                what: "the Reject Forward was not delivered; the caller's provider will time the call out",
-                error: e.to_string(),
-            });
-        }
+        let undelivered =
+            "the Reject Forward was not delivered; the caller's provider will time the call out";
+        self.tell_origin(
+            state,
+            ForwardAction::Reject,
+            undelivered,
+            |envelope, me, origin_state| {
+                RejectForward {
+                    envelope,
+                    answering_provider: me,
+                    origin_state,
+                    reason,
+                    reason_text: text.map(str::to_string),
+                }
+                .to_dict()
+            },
+        )
+        .await;
     }
 
     /// A callee here cancelled or hung up: tell the originator.
     pub async fn cancel_to_origin(&self, state: &SessionState, reason: ForwardCancelReason) {
-        let Ok(session_id) = switchyard_protocol::invitation::SessionId::parse(&state.sid) else {
+        let undelivered = "the Cancel Forward to the caller's provider was not delivered";
+        self.tell_origin(
+            state,
+            ForwardAction::Cancel,
+            undelivered,
+            |envelope, me, origin_state| {
+                CancelForward {
+                    envelope,
+                    from_provider: me,
+                    reason,
+                    origin_state: Some(origin_state),
+                }
+                .to_dict()
+            },
+        )
+        .await;
+    }
+
+    /// Sends the originator of a call forwarded here a Forward that needs no answer, built from
+    /// a fresh envelope, this provider's id and the originator's state; reports it undelivered.
+    async fn tell_origin(
+        &self,
+        state: &SessionState,
+        action: ForwardAction,
+        undelivered: &'static str,
+        forward: impl FnOnce(Envelope, String, String) -> Dict,
+    ) {
+        let Ok(session_id) = SessionId::parse(&state.sid) else {
             return;
         };
         let (Some(origin), Some(forwarder), Some(envelope)) = (
@@ -346,20 +364,16 @@ impl<P: Ports> Core<P> {
         ) else {
             return;
         };
-        let forward = CancelForward {
+        let body = forward(
             envelope,
-            from_provider: self.settings().provider_id.clone(),
-            reason,
-            origin_state: Some(state.origin_state.clone().unwrap_or_default()),
-        };
-        if let Err(e) = forwarder
-            .send(origin, ForwardAction::Cancel, forward.to_dict())
-            .await
-        {
+            self.settings().provider_id.clone(),
+            state.origin_state.clone().unwrap_or_default(),
+        );
+        if let Err(e) = forwarder.send(origin, action, body).await {
             self.observe(Event::Undelivered {
                 session_id: state.sid.clone(),
                 peer: origin.to_string(),
-                what: "the Cancel Forward to the caller's provider was not delivered",
+                what: undelivered,
                 error: e.to_string(),
             });
         }
