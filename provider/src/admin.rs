@@ -16,7 +16,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
-use crate::db::{EndpointRecord, StoreError, User};
+use crate::db::endpoints::EndpointRecord;
+use crate::db::operators::{AuditEntry, OperatorRecord};
+use crate::db::registry::User;
+use crate::db::StoreError;
 use crate::import::{import_csv, ImportError, ImportEvent};
 use crate::operators::{self, OperatorError, Role};
 use crate::registry::{self, RegistryError};
@@ -353,7 +356,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
 }
 
 async fn audit(app: &App, actor: &str, method: &Method, path: &str, status: StatusCode) {
-    let entry = crate::db::AuditEntry {
+    let entry = AuditEntry {
         id: crate::shared::random_token(12),
         at: crate::db::now_ms(),
         actor: actor.to_string(),
@@ -505,7 +508,7 @@ struct NewOperator {
     password: String,
 }
 
-fn operator_json(record: &crate::db::OperatorRecord) -> Value {
+fn operator_json(record: &OperatorRecord) -> Value {
     json!({"name": record.name, "role": record.role, "created_at": record.created_at})
 }
 

@@ -1,5 +1,7 @@
 //! The state shared by every request of one provider process.
 
+use std::sync::Arc;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::watch;
@@ -15,7 +17,8 @@ pub struct App {
     pub config: Config,
     pub db: Db,
     pub sealer: Sealer,
-    pub hub: PushHub,
+    /// Shared with the call store, which wakes push channels when its transactions commit.
+    pub hub: Arc<PushHub>,
     pub ca: EndpointCa,
     pub canonicalizer: Canonicalizer,
     pub admin_token: String,

@@ -5,11 +5,11 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use sqlx::{AssertSqlSafe, Row};
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
-use crate::db::{now_ms, Db, StoreError};
+use crate::db::registry::{insert_users, registered_uris, NewUser};
+use crate::db::{now_ms, Db, StoreError, WriteTx};
 
 const BATCH: usize = 400;
 const MAX_ERRORS: usize = 100;
@@ -200,74 +200,35 @@ pub async fn import_csv<R: Read + Send + 'static>(
     Ok(summary)
 }
 
-async fn existing_uris(
-    conn: &mut sqlx::AnyConnection,
-    rows: &[ParsedRow],
-) -> Result<Vec<RowError>, StoreError> {
-    let uris: Vec<(&str, u64)> = rows
+/// The rows' URIs that already belong to a user, as errors of the rows that give them.
+async fn existing_uris(tx: &mut WriteTx, rows: &[ParsedRow]) -> Result<Vec<RowError>, StoreError> {
+    let uris: Vec<&str> = rows
         .iter()
-        .flat_map(|r| r.uris.iter().map(move |u| (u.as_str(), r.line)))
+        .flat_map(|r| r.uris.iter().map(String::as_str))
         .collect();
-    let mut errors = Vec::new();
-    for chunk in uris.chunks(500) {
-        let placeholders = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!("SELECT uri FROM user_uris WHERE uri IN ({placeholders})");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (uri, _) in chunk {
-            query = query.bind(*uri);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let uri: String = row.get(0);
-            let line = chunk
+    Ok(registered_uris(tx, &uris)
+        .await?
+        .into_iter()
+        .map(|uri| RowError {
+            line: rows
                 .iter()
-                .find(|(u, _)| *u == uri)
-                .map(|(_, l)| *l)
-                .unwrap_or(0);
-            errors.push(RowError {
-                line,
-                message: format!("{uri} already belongs to a user"),
-            });
-        }
-    }
-    Ok(errors)
+                .find(|r| r.uris.contains(&uri))
+                .map(|r| r.line)
+                .unwrap_or(0),
+            message: format!("{uri} already belongs to a user"),
+        })
+        .collect())
 }
 
-async fn insert_batch(
-    conn: &mut sqlx::AnyConnection,
-    rows: &[ParsedRow],
-    now: i64,
-) -> Result<(), StoreError> {
-    let values = (0..rows.len())
-        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut query = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO users (id, display_name, created_at) VALUES {values}"
-    )));
-    for row in rows {
-        query = query.bind(&row.id).bind(&row.display_name).bind(now);
-    }
-    query.execute(&mut *conn).await?;
-
-    let pairs: Vec<(&str, &str)> = rows
+async fn insert_batch(tx: &mut WriteTx, rows: &[ParsedRow], now: i64) -> Result<(), StoreError> {
+    let users: Vec<NewUser<'_>> = rows
         .iter()
-        .flat_map(|r| r.uris.iter().map(move |u| (u.as_str(), r.id.as_str())))
+        .map(|r| NewUser {
+            id: &r.id,
+            display_name: &r.display_name,
+            uris: &r.uris,
+            created_at: now,
+        })
         .collect();
-    for chunk in pairs.chunks(BATCH) {
-        let values = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut query = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO user_uris (uri, user_id, created_at) VALUES {values}"
-        )));
-        for (uri, user_id) in chunk {
-            query = query.bind(*uri).bind(*user_id).bind(now);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
+    insert_users(tx, &users).await
 }

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use switchyard_protocol::dict::{Dict, Encoding, Value};
 use tokio::sync::watch;
 
-use crate::db::{enqueue_push, now_ms, StoreError, StoreResult, StoredPush};
+use crate::db::pushes::{enqueue_push, StoredPush};
+use crate::db::{now_ms, StoreError, StoreResult, WriteTx};
 
 /// What a push channel is told: a change counter, and whether the endpoint was revoked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,13 +77,13 @@ impl Outbox {
     /// Queues `push` for the endpoint, expiring after `ttl_ms`.
     pub async fn push(
         &mut self,
-        conn: &mut sqlx::AnyConnection,
+        tx: &mut WriteTx,
         endpoint_id: &str,
         push: &Dict,
         ttl_ms: i64,
     ) -> StoreResult<bool> {
         let body = String::from_utf8(push.encode(Encoding::Plist)).expect("XML is UTF-8");
-        let queued = enqueue_push(conn, endpoint_id, &body, now_ms() + ttl_ms)
+        let queued = enqueue_push(tx, endpoint_id, &body, now_ms() + ttl_ms)
             .await?
             .is_some();
         if queued {

@@ -6,7 +6,9 @@ use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::uri::Canonicalizer;
 
 use crate::app::App;
-use crate::db::{now_ms, EndpointRecord, NewUser, StoreError, User};
+use crate::db::endpoints::EndpointRecord;
+use crate::db::registry::{NewUser, User};
+use crate::db::{now_ms, StoreError};
 use crate::pki::PkiError;
 use crate::shared::random_token;
 

@@ -156,7 +156,7 @@ impl Provider {
             config,
             db,
             sealer,
-            hub: PushHub::default(),
+            hub: Arc::new(PushHub::default()),
             ca,
             admin_token,
             login_limiter: Default::default(),

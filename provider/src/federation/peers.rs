@@ -14,7 +14,8 @@ use switchyard_protocol::discovery::{Directory, Member};
 use super::directory::error_chain;
 use super::identity::Identity;
 use crate::config::{FederationConfig, WireEncoding};
-use crate::db::{now_ms, Db, StoredPeerFilter};
+use crate::db::federation::StoredPeerFilter;
+use crate::db::{now_ms, Db};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

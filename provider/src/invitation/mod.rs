@@ -16,8 +16,9 @@ use switchyard_protocol::invitation::{
 
 use crate::app::App;
 use crate::auth::AuthEndpoint;
+use crate::db::calls::endpoint_of;
 use crate::wire::ApiError;
-use ports::{endpoint_of, AppPorts};
+use ports::AppPorts;
 
 /// The call core over this provider's ports, for one message.
 pub fn core(app: &App) -> Core<AppPorts<'_>> {

@@ -1,26 +1,23 @@
-//! The call core's ports over this daemon: the call store is the database (a write unit is one
-//! write transaction, whose pushes wake this replica's push channels once it commits), the
+//! The call core's ports over this daemon: the call store is the database's (`db::calls`), the
 //! forwarder is the federation's mutual-TLS client, the sealer the rotating seal keys.
 
-use switchyard_calls::ports::{
-    CallChange, CallStore, Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports,
-    Sealer, StoreFailure, WriteUnit,
-};
+use switchyard_calls::ports::{Candidates, Clock, Event, Forwarder, PeerFailure, Ports, Sealer};
 use switchyard_calls::refusal::RefusalClass;
-use switchyard_calls::{CallRecord, CallState, SessionState, Settings};
+use switchyard_calls::{SessionState, Settings};
 use switchyard_protocol::attestation::Attestation;
-use switchyard_protocol::dict::{Dict, Encoding};
-use switchyard_protocol::invitation::{EndReason, ForwardAction, Push};
+use switchyard_protocol::dict::Dict;
+use switchyard_protocol::invitation::ForwardAction;
 
 use crate::app::App;
-use crate::db::{self, EndpointRecord, StoreError, WriteTx};
+use crate::db::calls::DbCallStore;
+use crate::db::now_ms;
 use crate::federation::peers::PeerError;
 use crate::federation::Federation;
-use crate::push::Outbox;
 
 /// The ports of one provider process, borrowed from its `App` for the length of a message.
 pub struct AppPorts<'a> {
     app: &'a App,
+    store: DbCallStore,
     forwarder: Option<FederationForwarder<'a>>,
 }
 
@@ -28,6 +25,7 @@ impl<'a> AppPorts<'a> {
     pub fn new(app: &'a App) -> Self {
         AppPorts {
             app,
+            store: DbCallStore::new(app.db.clone(), app.hub.clone()),
             forwarder: app
                 .federation
                 .as_deref()
@@ -48,30 +46,14 @@ pub fn settings(app_config: &crate::config::Config, endpoint_ca_pem: &str) -> Se
     }
 }
 
-fn failure(e: StoreError) -> StoreFailure {
-    Box::new(e)
-}
-
-fn sql(e: sqlx::Error) -> StoreFailure {
-    failure(e.into())
-}
-
-pub fn endpoint_of(record: &EndpointRecord) -> Endpoint {
-    Endpoint {
-        id: record.id.clone(),
-        push_token: record.push_token.clone(),
-        capabilities: record.capabilities.clone(),
-    }
-}
-
 impl<'a> Ports for AppPorts<'a> {
-    type Store = App;
+    type Store = DbCallStore;
     type Forwarder = FederationForwarder<'a>;
     type Sealer = crate::seal::Sealer;
     type Clock = SystemClock;
 
-    fn store(&self) -> &App {
-        self.app
+    fn store(&self) -> &DbCallStore {
+        &self.store
     }
 
     fn forwarder(&self) -> Option<&FederationForwarder<'a>> {
@@ -117,7 +99,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        db::now_ms()
+        now_ms()
     }
 }
 
@@ -128,178 +110,6 @@ impl Sealer for crate::seal::Sealer {
 
     fn open(&self, token: &str) -> Result<SessionState, String> {
         crate::seal::Sealer::open(self, token).map_err(|e| e.to_string())
-    }
-}
-
-impl CallStore for App {
-    type Unit<'a> = DbUnit<'a>;
-
-    async fn begin(&self) -> Result<DbUnit<'_>, StoreFailure> {
-        Ok(DbUnit {
-            tx: self.db.begin_write().await.map_err(failure)?,
-            outbox: Outbox::default(),
-            app: self,
-        })
-    }
-
-    async fn call(&self, session_id: &str) -> Result<Option<CallRecord>, StoreFailure> {
-        self.db.call(session_id).await.map_err(failure)
-    }
-
-    async fn hosts(&self, uri: &str) -> Result<bool, StoreFailure> {
-        Ok(self
-            .db
-            .user_id_for_uri(uri)
-            .await
-            .map_err(failure)?
-            .is_some())
-    }
-
-    async fn endpoints_for(&self, uri: &str) -> Result<Vec<Endpoint>, StoreFailure> {
-        let records = self.db.endpoints_for_uri(uri).await.map_err(failure)?;
-        Ok(records.iter().map(endpoint_of).collect())
-    }
-
-    async fn claim_forward_id(
-        &self,
-        provider: &str,
-        forward_id: &str,
-    ) -> Result<bool, StoreFailure> {
-        self.db
-            .record_forward_nonce(provider, forward_id)
-            .await
-            .map_err(failure)
-    }
-}
-
-/// One write transaction, and the push channels to wake once it commits.
-pub struct DbUnit<'a> {
-    tx: WriteTx,
-    outbox: Outbox,
-    app: &'a App,
-}
-
-impl WriteUnit for DbUnit<'_> {
-    async fn call(&mut self, session_id: &str) -> Result<Option<CallRecord>, StoreFailure> {
-        db::call_in(&mut self.tx, session_id).await.map_err(failure)
-    }
-
-    async fn insert_call(&mut self, record: &CallRecord) -> Result<bool, StoreFailure> {
-        match db::insert_call(&mut self.tx, record).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict(_)) => Ok(false),
-            Err(e) => Err(failure(e)),
-        }
-    }
-
-    async fn transition(
-        &mut self,
-        session_id: &str,
-        from: &[CallState],
-        to: CallState,
-        change: CallChange<'_>,
-    ) -> Result<bool, StoreFailure> {
-        db::transition_call(
-            &mut self.tx,
-            session_id,
-            from,
-            to,
-            db::CallChange {
-                reason: change.reason.map(EndReason::as_str),
-                answered_by: change.answered_by,
-            },
-        )
-        .await
-        .map_err(failure)
-    }
-
-    async fn reject(
-        &mut self,
-        session_id: &str,
-        party: &str,
-        reason: &str,
-        final_reason: EndReason,
-    ) -> Result<(bool, i64), StoreFailure> {
-        db::reject_and_end_if_last(
-            &mut self.tx,
-            session_id,
-            party,
-            reason,
-            final_reason.as_str(),
-        )
-        .await
-        .map_err(failure)
-    }
-
-    async fn rejections(
-        &mut self,
-        session_id: &str,
-    ) -> Result<Vec<(String, String)>, StoreFailure> {
-        db::rejection_reasons(&mut self.tx, session_id)
-            .await
-            .map_err(failure)
-    }
-
-    async fn delete_call(&mut self, session_id: &str) -> Result<(), StoreFailure> {
-        db::delete_call(&mut self.tx, session_id)
-            .await
-            .map_err(failure)
-    }
-
-    async fn push(
-        &mut self,
-        endpoint_id: &str,
-        push: &Push,
-        ttl_ms: i64,
-    ) -> Result<bool, StoreFailure> {
-        self.outbox
-            .push(&mut self.tx, endpoint_id, &push.to_dict(), ttl_ms)
-            .await
-            .map_err(failure)
-    }
-
-    async fn forward_answer(
-        &mut self,
-        provider: &str,
-        session_id: &str,
-        action: ForwardAction,
-    ) -> Result<Option<Dict>, StoreFailure> {
-        let earlier = db::forward_result(&mut self.tx, provider, session_id, action.as_str())
-            .await
-            .map_err(failure)?;
-        earlier
-            .map(|(_, body)| {
-                Dict::decode(body.as_bytes(), Encoding::Json)
-                    .map_err(|e| failure(StoreError::Corrupt(format!("kept Forward answer: {e}"))))
-            })
-            .transpose()
-    }
-
-    async fn save_forward_answer(
-        &mut self,
-        provider: &str,
-        session_id: &str,
-        action: ForwardAction,
-        answer: &Dict,
-    ) -> Result<(), StoreFailure> {
-        let body = String::from_utf8(answer.encode(Encoding::Json))
-            .map_err(|e| failure(StoreError::Corrupt(e.to_string())))?;
-        db::save_forward_result(
-            &mut self.tx,
-            provider,
-            session_id,
-            action.as_str(),
-            200,
-            &body,
-        )
-        .await
-        .map_err(failure)
-    }
-
-    async fn commit(self) -> Result<(), StoreFailure> {
-        self.tx.commit().await.map_err(sql)?;
-        self.outbox.wake(&self.app.hub);
-        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 //! protocol.
 //!
 //! Each SIP account acts through a gateway endpoint of its user (see
-//! [`crate::db::gateway_endpoint`]). A phone's INVITE, once authenticated, becomes that
+//! [`crate::db::sip::gateway_endpoint`]). A phone's INVITE, once authenticated, becomes that
 //! endpoint's Initiate Request; the pushes queued for the gateway become SIP: an Initiate Push
 //! forks INVITEs to every registered contact of the account, an Accept Push becomes the phone's
 //! 200 OK, a Reject its 486, 603, 480, 488 or 403, a Cancel its 487 (or a BYE once answered),
@@ -34,7 +34,8 @@ use super::registrar::{canonical_aor, name_addr, Refusal};
 use super::sdp;
 use super::SipEdge;
 use crate::auth::AuthEndpoint;
-use crate::db::{EndpointRecord, SipAccount};
+use crate::db::endpoints::EndpointRecord;
+use crate::db::sip::SipAccount;
 use crate::invitation;
 
 /// RFC 3261 timer values.

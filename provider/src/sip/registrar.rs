@@ -8,7 +8,10 @@ use rsip::Header;
 use super::digest::{Algorithm, Credentials, DigestError};
 use super::message::{self, cseq, response, Inbound};
 use super::SipEdge;
-use crate::db::{delete_sip_contacts, now_ms, save_sip_contact, sip_contacts_in, SipContact};
+use crate::db::now_ms;
+use crate::db::sip::{
+    delete_sip_contacts, save_sip_contact, sip_contacts_in, SipAccount, SipContact,
+};
 
 /// A refusal: status, reason phrase and extra headers.
 pub(super) struct Refusal(pub u16, pub String, pub Vec<Header>);
@@ -326,7 +329,7 @@ impl SipEdge {
         &self,
         inbound: &Inbound,
         proxy: bool,
-    ) -> Result<crate::db::SipAccount, Refusal> {
+    ) -> Result<SipAccount, Refusal> {
         let now = (now_ms() / 1000) as u64;
         let challenge = |stale: bool| {
             let headers = self

@@ -1,0 +1,176 @@
+//! Endpoints: registration with a provisioning code, look-ups, revocation.
+
+use sqlx::Row;
+use switchyard_protocol::capabilities::Capabilities;
+
+use super::sip::GATEWAY_FINGERPRINT;
+use super::{now_ms, Db, StoreError, StoreResult};
+
+impl Db {
+    /// Consumes the provisioning code and stores the endpoint, atomically: a code registers one
+    /// endpoint, and a failed registration leaves the code usable.
+    pub async fn register_endpoint(
+        &self,
+        code_hash: &str,
+        endpoint: &EndpointRecord,
+        cert_pem: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let consumed = sqlx::query(
+            "DELETE FROM provisioning_codes WHERE code_hash = $1 AND user_id = $2 AND expires_at > $3",
+        )
+        .bind(code_hash)
+        .bind(&endpoint.user_id)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if consumed == 0 {
+            return Ok(false);
+        }
+        let capabilities =
+            serde_json::to_string(&endpoint.capabilities).expect("capabilities serialize");
+        sqlx::query(
+            "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
+             cert_fingerprint, cert_not_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&endpoint.id)
+        .bind(&endpoint.user_id)
+        .bind(&endpoint.name)
+        .bind(&endpoint.push_token)
+        .bind(capabilities)
+        .bind(cert_pem)
+        .bind(&endpoint.cert_fingerprint)
+        .bind(endpoint.cert_not_after)
+        .bind(endpoint.created_at)
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The active endpoint holding the certificate with this SHA-256 fingerprint.
+    pub async fn endpoint_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> StoreResult<Option<EndpointRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE cert_fingerprint = $1 AND revoked_at IS NULL"
+        )))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    /// Active endpoints reached by a URI, oldest first: a SIP account's gateway endpoint only
+    /// while a phone of the account is registered (there is nothing to ring otherwise).
+    pub async fn endpoints_for_uri(&self, uri: &str) -> StoreResult<Vec<EndpointRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE revoked_at IS NULL AND user_id = \
+             (SELECT user_id FROM user_uris WHERE uri = $1) \
+             AND (cert_fingerprint NOT LIKE '{GATEWAY_FINGERPRINT}%' OR EXISTS (SELECT 1 FROM sip_contacts c \
+             JOIN sip_accounts a ON a.aor = c.aor WHERE a.endpoint_id = endpoints.id \
+             AND c.expires_at > $2)) ORDER BY created_at, id"
+        )))
+        .bind(uri)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    pub async fn endpoints_of_user(&self, user_id: &str) -> StoreResult<Vec<EndpointRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE user_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    pub async fn endpoint(&self, endpoint_id: &str) -> StoreResult<Option<EndpointRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1 AND revoked_at IS NULL"
+        )))
+        .bind(endpoint_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    pub async fn endpoint_is_active(&self, endpoint_id: &str) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 AND revoked_at IS NULL")
+                .bind(endpoint_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn revoke_endpoint(&self, endpoint_id: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT revoked_at FROM endpoints WHERE id = $1")
+            .bind(endpoint_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("no endpoint `{endpoint_id}`")));
+        }
+        sqlx::query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(endpoint_id)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
+            .bind(endpoint_id)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn count_active_endpoints(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM endpoints WHERE revoked_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub push_token: String,
+    pub capabilities: Capabilities,
+    pub cert_fingerprint: String,
+    pub cert_not_after: i64,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, user_id, name, push_token, capabilities, cert_fingerprint, \
+                                cert_not_after, created_at, revoked_at";
+
+fn endpoint_from_row(row: &sqlx::any::AnyRow) -> StoreResult<EndpointRecord> {
+    let capabilities: String = row.get(4);
+    Ok(EndpointRecord {
+        id: row.get(0),
+        user_id: row.get(1),
+        name: row.get(2),
+        push_token: row.get(3),
+        capabilities: serde_json::from_str(&capabilities)
+            .map_err(|e| StoreError::Corrupt(format!("endpoint capabilities: {e}")))?,
+        cert_fingerprint: row.get(5),
+        cert_not_after: row.get(6),
+        created_at: row.get(7),
+        revoked_at: row.get(8),
+    })
+}

@@ -1,0 +1,83 @@
+//! What the federation keeps: the hosted URIs its filter is built from, and peers' filters.
+
+use sqlx::Row;
+
+use super::{Db, StoreResult};
+
+impl Db {
+    /// Every hosted canonical URI, for building this provider's Bloom filter.
+    pub async fn all_uris(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query("SELECT uri FROM user_uris")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub async fn peer_filters(&self) -> StoreResult<Vec<StoredPeerFilter>> {
+        let rows = sqlx::query(
+            "SELECT provider_id, generation, bits, hashes, filter_key, items, filter, fetched_at              FROM peer_filters",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredPeerFilter {
+                provider_id: r.get(0),
+                generation: r.get(1),
+                bits: r.get(2),
+                hashes: r.get(3),
+                key_hex: r.get(4),
+                items: r.get(5),
+                filter_base64: r.get(6),
+                fetched_at: r.get(7),
+            })
+            .collect())
+    }
+
+    pub async fn save_peer_filter(&self, filter: &StoredPeerFilter) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
+            .bind(&filter.provider_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO peer_filters (provider_id, generation, bits, hashes, filter_key, items, \
+             filter, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&filter.provider_id)
+        .bind(filter.generation)
+        .bind(filter.bits)
+        .bind(filter.hashes)
+        .bind(&filter.key_hex)
+        .bind(filter.items)
+        .bind(&filter.filter_base64)
+        .bind(filter.fetched_at)
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_peer_filter(&self, provider_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
+            .bind(provider_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A peer's Bloom filter as stored: key in hex, bits in base64.
+#[derive(Debug, Clone)]
+pub struct StoredPeerFilter {
+    pub provider_id: String,
+    pub generation: i64,
+    pub bits: i64,
+    pub hashes: i64,
+    pub key_hex: String,
+    pub items: i64,
+    pub filter_base64: String,
+    pub fetched_at: i64,
+}

@@ -1,0 +1,123 @@
+//! The push queue: per endpoint, ordered by sequence number, kept until acknowledged or expired.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{now_ms, Db, StoreResult};
+
+impl Db {
+    /// Pushes after `after_seq`, in order, that have not expired.
+    pub async fn pending_pushes(
+        &self,
+        endpoint_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredPush>> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM pushes WHERE endpoint_id = $1 AND seq > $2 AND expires_at > $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(endpoint_id)
+        .bind(after_seq)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredPush {
+                seq: r.get(0),
+                body: r.get(1),
+            })
+            .collect())
+    }
+
+    /// Acknowledges every push up to `upto_seq`; returns how many were removed by this call.
+    pub async fn ack_pushes(&self, endpoint_id: &str, upto_seq: i64) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq <= $2")
+            .bind(endpoint_id)
+            .bind(upto_seq)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE endpoints SET push_acked = $2 WHERE id = $1 AND push_acked < $2 AND push_seq >= $2",
+        )
+        .bind(endpoint_id)
+        .bind(upto_seq)
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// The last sequence number the endpoint acknowledged.
+    pub async fn push_acked(&self, endpoint_id: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query("SELECT push_acked FROM endpoints WHERE id = $1")
+                .bind(endpoint_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0))
+                .unwrap_or(0),
+        )
+    }
+
+    /// Takes one push off the queue for whoever asks first: of several replicas reading an
+    /// endpoint's queue, only the one that gets `true` acts on it.
+    pub async fn claim_push(&self, endpoint_id: &str, seq: i64) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq = $2")
+            .bind(endpoint_id)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(claimed == 1)
+    }
+
+    pub async fn delete_expired_pushes(&self) -> StoreResult<u64> {
+        Ok(sqlx::query("DELETE FROM pushes WHERE expires_at <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// Queues a push for an active endpoint; returns its sequence number, or None if the endpoint
+/// is gone or revoked.
+pub async fn enqueue_push(
+    conn: &mut AnyConnection,
+    endpoint_id: &str,
+    body: &str,
+    expires_at: i64,
+) -> StoreResult<Option<i64>> {
+    let seq: Option<i64> = sqlx::query(
+        "UPDATE endpoints SET push_seq = push_seq + 1 WHERE id = $1 AND revoked_at IS NULL RETURNING push_seq",
+    )
+    .bind(endpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.get(0));
+    let Some(seq) = seq else { return Ok(None) };
+    sqlx::query(
+        "INSERT INTO pushes (endpoint_id, seq, body, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(endpoint_id)
+    .bind(seq)
+    .bind(body)
+    .bind(expires_at)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(seq))
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub seq: i64,
+    /// The push dictionary as an XML property list, which keeps data and strings apart.
+    pub body: String,
+}
