@@ -166,32 +166,6 @@ pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreRe
     Ok(())
 }
 
-pub async fn call_state(
-    conn: &mut AnyConnection,
-    session_id: &str,
-) -> StoreResult<Option<CallState>> {
-    sqlx::query("SELECT state FROM calls WHERE session_id = $1")
-        .bind(session_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| call_state_of(&r.get::<String, _>(0)))
-        .transpose()
-}
-
-/// The endpoint that answered the call, if any.
-pub async fn call_answered_by(
-    conn: &mut AnyConnection,
-    session_id: &str,
-) -> StoreResult<Option<String>> {
-    Ok(
-        sqlx::query("SELECT answered_by FROM calls WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .and_then(|r| r.get(0)),
-    )
-}
-
 /// Moves a call from one of `from` to `to`; false if it was in none of them (someone else won).
 pub async fn transition_call(
     conn: &mut AnyConnection,
