@@ -273,7 +273,7 @@ async fn principal_of(app: &App, headers: &HeaderMap) -> Result<Principal, Admin
     };
     let (session, role) = app
         .db
-        .operator_session(&operators::session_digest(id), crate::db::now_ms())
+        .operator_session(&operators::session_digest(id), crate::shared::now_ms())
         .await?
         .ok_or_else(unauthorized)?;
     let role = role
@@ -358,7 +358,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
 async fn audit(app: &App, actor: &str, method: &Method, path: &str, status: StatusCode) {
     let entry = AuditEntry {
         id: crate::shared::random_token(12),
-        at: crate::db::now_ms(),
+        at: crate::shared::now_ms(),
         actor: actor.to_string(),
         method: method.to_string(),
         path: path.to_string(),
@@ -930,7 +930,7 @@ async fn list_sip_accounts(State(app): State<Arc<App>>, Path(id): Path<String>) 
             format!("no user `{id}`"),
         ));
     }
-    let now = crate::db::now_ms();
+    let now = crate::shared::now_ms();
     let mut accounts = Vec::new();
     for account in app.db.sip_accounts_of_user(&id).await? {
         let contacts: Vec<Value> = app
@@ -1220,7 +1220,7 @@ const CERTIFICATE_WARNING_DAYS: i64 = 30;
 /// latency, peers up and down, and certificates about to expire.
 #[utoipa::path(get, path = "/admin/v1/dashboard", tag = "calls", security(("token" = []), ("session" = [])), responses((status = 200, description = "ready, users, active_endpoints, calls_now, minutes (minute, calls, answered, setup_p50_ms, setup_p95_ms), peers, certificates", body = Object), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 async fn dashboard(State(app): State<Arc<App>>) -> AdminResult {
-    let now = crate::db::now_ms();
+    let now = crate::shared::now_ms();
     let hour_ago = now - 3_600_000;
     let first_minute = hour_ago - hour_ago % 60_000;
     let times = app.db.call_times(hour_ago, 200_000).await?;

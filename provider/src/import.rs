@@ -9,7 +9,8 @@ use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
 use crate::db::registry::{insert_users, registered_uris, NewUser};
-use crate::db::{now_ms, Db, StoreError, WriteTx};
+use crate::db::{Db, StoreError, WriteTx};
+use crate::shared::now_ms;
 
 const BATCH: usize = 400;
 const MAX_ERRORS: usize = 100;

@@ -478,7 +478,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn unix_now() -> i64 {
-    switchyard_provider::db::now_ms() / 1000
+    switchyard_provider::shared::now_ms() / 1000
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,8 @@ use switchyard_protocol::dict::{Dict, Encoding, Value};
 use tokio::sync::watch;
 
 use crate::db::pushes::{enqueue_push, StoredPush};
-use crate::db::{now_ms, StoreError, StoreResult, WriteTx};
+use crate::db::{StoreError, StoreResult, WriteTx};
+use crate::shared::now_ms;
 
 /// What a push channel is told: a change counter, and whether the endpoint was revoked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

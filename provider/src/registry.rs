@@ -8,8 +8,9 @@ use switchyard_protocol::uri::Canonicalizer;
 use crate::app::App;
 use crate::db::endpoints::EndpointRecord;
 use crate::db::registry::{NewUser, User};
-use crate::db::{now_ms, StoreError};
+use crate::db::StoreError;
 use crate::pki::PkiError;
+use crate::shared::now_ms;
 use crate::shared::random_token;
 
 #[derive(Debug, thiserror::Error)]

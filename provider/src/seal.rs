@@ -13,7 +13,8 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::db::{now_ms, Db, StoreError};
+use crate::db::{Db, StoreError};
+use crate::shared::now_ms;
 
 const VERSION: &str = "v1";
 

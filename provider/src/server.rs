@@ -439,7 +439,7 @@ async fn sweep(app: Arc<App>) {
             crate::registry::refresh_endpoint_gauge(&app).await;
             if let Err(e) = app
                 .db
-                .purge_expired_operator_sessions(crate::db::now_ms())
+                .purge_expired_operator_sessions(crate::shared::now_ms())
                 .await
             {
                 tracing::warn!(error = %e, "purging expired operator sessions failed");

@@ -1,4 +1,5 @@
-//! What every area of the daemon uses and none owns: random tokens and the shutdown signal.
+//! What every area of the daemon uses and none owns: random tokens, the clock and the shutdown
+//! signal.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -13,6 +14,14 @@ pub fn random_token(bytes: usize) -> String {
         .fill(&mut buf)
         .expect("system randomness");
     URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The wall clock, Unix milliseconds: what records, pushes and sweeps are stamped with.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

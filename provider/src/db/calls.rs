@@ -11,8 +11,9 @@ use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::{EndReason, ForwardAction, Push};
 
 use super::endpoints::EndpointRecord;
-use super::{contains_pattern, is_unique_violation, now_ms, Db, StoreError, StoreResult, WriteTx};
+use super::{contains_pattern, is_unique_violation, Db, StoreError, StoreResult, WriteTx};
 use crate::push::{Outbox, PushHub};
+use crate::shared::now_ms;
 
 impl Db {
     /// Ringing calls whose ring deadline has passed.

@@ -4,7 +4,8 @@ use sqlx::Row;
 use switchyard_protocol::capabilities::Capabilities;
 
 use super::sip::GATEWAY_FINGERPRINT;
-use super::{now_ms, Db, StoreError, StoreResult};
+use super::{Db, StoreError, StoreResult};
+use crate::shared::now_ms;
 
 impl Db {
     /// Consumes the provisioning code and stores the endpoint, atomically: a code registers one

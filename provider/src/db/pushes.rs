@@ -2,7 +2,8 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{now_ms, Db, StoreResult};
+use super::{Db, StoreResult};
+use crate::shared::now_ms;
 
 impl Db {
     /// Pushes after `after_seq`, in order, that have not expired.

@@ -2,7 +2,8 @@
 
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::{contains_pattern, is_unique_violation, now_ms, Db, StoreError, StoreResult};
+use super::{contains_pattern, is_unique_violation, Db, StoreError, StoreResult};
+use crate::shared::now_ms;
 
 /// Rows per multi-row INSERT of the import (three parameters each), under both backends'
 /// limits on parameters per statement.

@@ -5,7 +5,8 @@ use switchyard_protocol::capabilities::Capabilities;
 
 use super::endpoints::EndpointRecord;
 use super::registry::user_exists;
-use super::{is_unique_violation, now_ms, Db, StoreError, StoreResult};
+use super::{is_unique_violation, Db, StoreError, StoreResult};
+use crate::shared::now_ms;
 
 impl Db {
     /// Stores the account with its gateway endpoint (made with `capabilities`), in one

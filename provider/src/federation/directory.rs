@@ -119,7 +119,7 @@ impl DirectoryCell {
         let mut inner = self.inner.write().expect("directory lock");
         match &result {
             Ok(_) => {
-                inner.last_fetch_ms = Some(crate::db::now_ms());
+                inner.last_fetch_ms = Some(crate::shared::now_ms());
                 inner.last_error = None;
             }
             Err(e) => inner.last_error = Some(e.to_string()),

@@ -96,7 +96,7 @@ impl OwnFilter {
             .as_ref()
             .map(|c| c.generation + 1)
             .unwrap_or(0)
-            .max(crate::db::now_ms() as u64);
+            .max(crate::shared::now_ms() as u64);
         if let Some(old) = inner.current.take() {
             if old.filter.params() == filter.params() {
                 inner.history.push_front(old);

@@ -333,7 +333,7 @@ impl Federation {
                 let window_ms = (self.config.timestamp_window_seconds * 2000) as i64;
                 if let Err(e) = self
                     .db
-                    .purge_forward_log(crate::db::now_ms() - window_ms)
+                    .purge_forward_log(crate::shared::now_ms() - window_ms)
                     .await
                 {
                     tracing::warn!(error = %e, "purging old Forward ids failed");

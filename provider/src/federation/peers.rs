@@ -15,7 +15,8 @@ use super::directory::error_chain;
 use super::identity::Identity;
 use crate::config::{FederationConfig, WireEncoding};
 use crate::db::federation::StoredPeerFilter;
-use crate::db::{now_ms, Db};
+use crate::db::Db;
+use crate::shared::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

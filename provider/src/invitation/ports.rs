@@ -10,9 +10,9 @@ use switchyard_protocol::invitation::ForwardAction;
 
 use crate::app::App;
 use crate::db::calls::DbCallStore;
-use crate::db::now_ms;
 use crate::federation::peers::PeerError;
 use crate::federation::Federation;
+use crate::shared::now_ms;
 
 /// The ports of one provider process, borrowed from its `App` for the length of a message.
 pub struct AppPorts<'a> {

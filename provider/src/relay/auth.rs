@@ -277,7 +277,7 @@ impl RelayState {
         let traffic = Arc::new(AllocationTraffic {
             endpoint: endpoint.to_string(),
             relayed,
-            created_at: crate::db::now_ms(),
+            created_at: crate::shared::now_ms(),
             to_peer: Default::default(),
             from_peer: Default::default(),
         });

@@ -5,8 +5,8 @@
 use super::digest::{ha1, Algorithm};
 use super::registrar::canonical_aor;
 use crate::config::Config;
-use crate::db::now_ms;
 use crate::db::sip::SipAccount;
+use crate::shared::now_ms;
 
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;

@@ -1160,7 +1160,7 @@ impl Leg {
             .edge
             .app
             .db
-            .sip_contacts(&self.account.aor, crate::db::now_ms())
+            .sip_contacts(&self.account.aor, crate::shared::now_ms())
             .await
         {
             Ok(c) => c,

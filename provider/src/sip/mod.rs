@@ -617,7 +617,7 @@ async fn purge_contacts(edge: Arc<SipEdge>) {
         if let Err(e) = edge
             .app
             .db
-            .purge_expired_sip_contacts(crate::db::now_ms())
+            .purge_expired_sip_contacts(crate::shared::now_ms())
             .await
         {
             tracing::warn!(error = %e, "purging expired SIP contacts failed");

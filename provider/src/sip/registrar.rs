@@ -8,10 +8,10 @@ use rsip::Header;
 use super::digest::{Algorithm, Credentials, DigestError};
 use super::message::{self, cseq, response, Inbound};
 use super::SipEdge;
-use crate::db::now_ms;
 use crate::db::sip::{
     delete_sip_contacts, save_sip_contact, sip_contacts_in, SipAccount, SipContact,
 };
+use crate::shared::now_ms;
 
 /// A refusal: status, reason phrase and extra headers.
 pub(super) struct Refusal(pub u16, pub String, pub Vec<Header>);
