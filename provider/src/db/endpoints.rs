@@ -3,9 +3,12 @@
 use sqlx::Row;
 use switchyard_protocol::capabilities::Capabilities;
 
-use super::sip::GATEWAY_FINGERPRINT;
 use super::{Db, StoreError, StoreResult};
 use crate::shared::now_ms;
+
+/// What the fingerprint column of a SIP account's gateway endpoint starts with: it has no
+/// certificate, and rings only while a phone of the account is registered.
+pub(super) const GATEWAY_FINGERPRINT: &str = "sip-gateway:";
 
 impl Db {
     /// Consumes the provisioning code and stores the endpoint, atomically: a code registers one

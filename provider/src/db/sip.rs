@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 use switchyard_protocol::capabilities::Capabilities;
 
-use super::endpoints::EndpointRecord;
+use super::endpoints::{EndpointRecord, GATEWAY_FINGERPRINT};
 use super::registry::user_exists;
 use super::{is_unique_violation, Db, StoreError, StoreResult};
 use crate::shared::now_ms;
@@ -268,9 +268,6 @@ pub struct SipAccount {
     /// only for an account made before gateways existed, until the edge starts.
     pub endpoint_id: Option<String>,
 }
-
-/// What the fingerprint column of a gateway endpoint starts with.
-pub(super) const GATEWAY_FINGERPRINT: &str = "sip-gateway:";
 
 /// The endpoint record of a SIP account's gateway: it rings like any endpoint of the user, and
 /// the SIP edge turns its pushes into requests to the account's contacts. It holds no
