@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::invitation::RelayChoice;
 
+use switchyard_protocol::invitation::RejectReason;
+
+use crate::record::{CallRecord, CallState};
 use crate::refusal::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,39 @@ pub enum Role {
 }
 
 impl SessionState {
+    /// The call record a provider opens with this state: ringing `parties` (its endpoints rung,
+    /// or the providers an Initiate went to), or rejected at once for `refusal` when nobody
+    /// could be rung.
+    pub fn opening_record(
+        &self,
+        parties: i64,
+        refusal: Option<RejectReason>,
+        now: i64,
+    ) -> CallRecord {
+        CallRecord {
+            session_id: self.sid.clone(),
+            caller_uri: self.caller_uri.clone(),
+            callee_uri: self.callee_uri.clone(),
+            caller_endpoint: self.caller_endpoint.clone(),
+            rung_endpoints: self.rung.clone(),
+            rung_count: parties,
+            rejections: 0,
+            media: self.media.iter().map(|m| m.as_str().to_string()).collect(),
+            state: if refusal.is_some() {
+                CallState::Rejected
+            } else {
+                CallState::Ringing
+            },
+            reason: refusal.map(|r| r.as_str().to_string()),
+            answered_by: None,
+            providers: self.providers.clone(),
+            initiated_at: now,
+            ring_deadline: self.deadline,
+            answered_at: None,
+            ended_at: refusal.map(|_| now),
+        }
+    }
+
     /// Whether the call was forwarded here by another provider (this provider rang for it).
     pub fn forwarded_here(&self) -> bool {
         self.origin.is_some()

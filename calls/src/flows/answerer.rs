@@ -15,7 +15,7 @@ use super::{duplicate_session, push_cancels, CallResult, Core, Deferred};
 use crate::ports::{
     CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, Sender, WriteUnit,
 };
-use crate::record::{CallRecord, CallState};
+use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalClass, RefusalCode};
 use crate::rules::{self, PeerAnswer};
 use crate::session::SessionState;
@@ -117,32 +117,11 @@ impl<P: Ports> Core<P> {
         };
         let relay_provider = self.relay_provider(forward.relay_choice, &sender.provider_id, own);
         let sealed = self.seal(&state);
-        let record = CallRecord {
-            session_id: sid.to_string(),
-            caller_uri: forward.caller_uri.clone(),
-            callee_uri: forward.callee_uri.clone(),
-            caller_endpoint: String::new(),
-            rung_endpoints: state.rung.clone(),
-            rung_count: state.rung.len() as i64,
-            rejections: 0,
-            media: forward
-                .media
-                .iter()
-                .map(|m| m.as_str().to_string())
-                .collect(),
-            state: if refusal.is_some() {
-                CallState::Rejected
-            } else {
-                CallState::Ringing
-            },
-            reason: refusal.as_ref().map(|(r, _)| r.as_str().to_string()),
-            answered_by: None,
-            providers: state.providers.clone(),
-            initiated_at: now,
-            ring_deadline: deadline,
-            answered_at: None,
-            ended_at: refusal.as_ref().map(|_| now),
-        };
+        let record = state.opening_record(
+            state.rung.len() as i64,
+            refusal.as_ref().map(|(r, _)| *r),
+            now,
+        );
         if !unit.insert_call(&record).await? {
             return Err(duplicate_session(sid.as_str()).into());
         }

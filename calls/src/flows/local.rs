@@ -86,32 +86,11 @@ impl<P: Ports> Core<P> {
         let refusal = rung
             .is_empty()
             .then(|| rules::nobody_rang(unsupported.as_ref()));
-        let record = CallRecord {
-            session_id: sid.clone(),
-            caller_uri: request.self_uri.clone(),
-            callee_uri: request.peer_uri.clone(),
-            caller_endpoint: caller.id.clone(),
-            rung_endpoints: state.rung.clone(),
-            rung_count: state.rung.len() as i64,
-            rejections: 0,
-            media: request
-                .media
-                .iter()
-                .map(|m| m.as_str().to_string())
-                .collect(),
-            state: if refusal.is_some() {
-                CallState::Rejected
-            } else {
-                CallState::Ringing
-            },
-            reason: refusal.as_ref().map(|(r, _)| r.as_str().to_string()),
-            answered_by: None,
-            providers: state.providers.clone(),
-            initiated_at: now,
-            ring_deadline: deadline,
-            answered_at: None,
-            ended_at: refusal.as_ref().map(|_| now),
-        };
+        let record = state.opening_record(
+            state.rung.len() as i64,
+            refusal.as_ref().map(|(r, _)| *r),
+            now,
+        );
 
         let ttl = self.settings().push_ttl_ms.min(deadline - now);
         let mut unit = store.begin().await?;

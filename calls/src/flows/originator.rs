@@ -14,7 +14,7 @@ use crate::ports::{
     CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
     WriteUnit,
 };
-use crate::record::{provider_party, CallRecord, CallState};
+use crate::record::{provider_party, CallState};
 use crate::refusal::{Refusal, RefusalClass, RefusalCode};
 use crate::rules::{self, Dispatch, DispatchOutcome};
 use crate::session::SessionState;
@@ -171,35 +171,14 @@ impl<P: Ports> Core<P> {
             callee_uri: request.peer_uri.clone(),
             rung: Vec::new(),
             media: request.media.clone(),
-            providers: providers.clone(),
+            providers,
             deadline,
             origin: None,
             origin_state: None,
             relay_choice: self.settings().relay_choice,
         };
         let sealed = self.seal(&state);
-        let record = CallRecord {
-            session_id: sid.clone(),
-            caller_uri: request.self_uri.clone(),
-            callee_uri: request.peer_uri.clone(),
-            caller_endpoint: caller.id.clone(),
-            rung_endpoints: Vec::new(),
-            rung_count: candidates.len() as i64,
-            rejections: 0,
-            media: request
-                .media
-                .iter()
-                .map(|m| m.as_str().to_string())
-                .collect(),
-            state: CallState::Ringing,
-            reason: None,
-            answered_by: None,
-            providers,
-            initiated_at: now,
-            ring_deadline: deadline,
-            answered_at: None,
-            ended_at: None,
-        };
+        let record = state.opening_record(candidates.len() as i64, None, now);
         let mut unit = self.ports.store().begin().await?;
         if !unit.insert_call(&record).await? {
             return Err(duplicate_session(&sid).into());
