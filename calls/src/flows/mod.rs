@@ -7,6 +7,7 @@
 mod answerer;
 mod local;
 mod originator;
+mod received;
 
 use switchyard_protocol::invitation::{
     CancelPush, CancelReason, ForwardCancelReason, MessageError, Push, RelayChoice, SessionId,

@@ -4,8 +4,8 @@
 //! the ring timeouts. Every task is polled by [`World::settle`] until nothing moves, so a test
 //! decides each interleaving and replays it exactly.
 //!
-//! The receiving side reads each Forward from its dictionary with the protocol's `from_dict`,
-//! as the daemon does, so the wire forms are exercised too.
+//! A Forward reaches its receiver as a dictionary, through `Core::receive_forward`, the same
+//! path the daemon's federation routes take, so the wire forms are exercised too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::{poll_fn, Future};
@@ -18,9 +18,8 @@ use switchyard_protocol::attestation::Attestation;
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::{
-    AcceptForward, AcceptRequest, CancelForward, CancelRequest, ForwardAction, InitiateForward,
-    InitiatePush, InitiateRequest, Push, RejectForward, RejectReason, RejectRequest, RelayChoice,
-    SessionId, UpdateForward, UpdateRequest,
+    AcceptRequest, CancelRequest, ForwardAction, InitiatePush, InitiateRequest, Push, RejectReason,
+    RejectRequest, RelayChoice, SessionId, UpdateRequest,
 };
 use switchyard_protocol::pki::{certs_from_pem, FederationCa, SigningKey};
 use switchyard_protocol::uri::Canonicalizer;
@@ -631,8 +630,9 @@ impl World {
                 provider_id: flight.from.clone(),
                 cert_der: identity(&flight.from).1.clone(),
             };
-            let (answer, deferred) =
-                receive(&core, &canon, &sender, flight.action, &flight.body).await;
+            let (answer, deferred) = core
+                .receive_forward(&sender, flight.action, &flight.body, &canon)
+                .await;
             if answered {
                 let reply = answer.map_err(|e| match e {
                     CallError::Refused(refusal) => PeerFailure::Refused {
@@ -680,7 +680,7 @@ impl World {
             cert_der: identity(from).1.clone(),
         };
         let mut task =
-            Box::pin(async move { receive(&core, &canon, &sender, action, &body).await });
+            Box::pin(async move { core.receive_forward(&sender, action, &body, &canon).await });
         let mut cx = Context::from_waker(Waker::noop());
         match task.as_mut().poll(&mut cx) {
             Poll::Ready((answer, _)) => settle_answer(answer),
@@ -710,43 +710,4 @@ fn settle_answer(answer: Result<Dict, CallError>) -> Answer {
         CallError::Refused(refusal) => refusal,
         CallError::Store(e) => panic!("store failure: {e}"),
     })
-}
-
-/// What the daemon's Forward shell does: read the Forward, run the core.
-async fn receive(
-    core: &Core<MemPorts>,
-    canon: &Canonicalizer,
-    sender: &Sender,
-    action: ForwardAction,
-    body: &Dict,
-) -> (Result<Dict, CallError>, Option<Deferred>) {
-    let from = sender.provider_id.as_str();
-    let result = match action {
-        ForwardAction::Initiate => match InitiateForward::from_dict(body, canon, from) {
-            Ok(forward) => core.receive_initiate(sender, forward).await,
-            Err(e) => Err(e.into()),
-        },
-        ForwardAction::Accept => match AcceptForward::from_dict(body, canon, from) {
-            Ok(forward) => {
-                return match core.receive_accept(sender, forward).await {
-                    Ok((answer, deferred)) => (Ok(answer), deferred),
-                    Err(e) => (Err(e), None),
-                }
-            }
-            Err(e) => Err(e.into()),
-        },
-        ForwardAction::Reject => match RejectForward::from_dict(body, from) {
-            Ok(forward) => core.receive_reject(sender, forward).await,
-            Err(e) => Err(e.into()),
-        },
-        ForwardAction::Cancel => match CancelForward::from_dict(body, from) {
-            Ok(forward) => core.receive_cancel(sender, forward).await,
-            Err(e) => Err(e.into()),
-        },
-        ForwardAction::Update => match UpdateForward::from_dict(body, from) {
-            Ok(forward) => core.receive_update(sender, forward).await,
-            Err(e) => Err(e.into()),
-        },
-    };
-    (result, None)
 }

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use switchyard_protocol::dict::Dict;
+use switchyard_protocol::invitation::ForwardAction;
 
 use super::auth::{federation_of, observe, AuthPeer};
 use crate::app::App;
@@ -118,13 +119,13 @@ async fn notify(State(app): State<Arc<App>>, peer: AuthPeer, body: DictBody) -> 
 }
 
 macro_rules! forward_route {
-    ($name:ident, $action:literal, $handler:path) => {
+    ($name:ident, $action:expr) => {
         async fn $name(State(app): State<Arc<App>>, peer: AuthPeer, body: DictBody) -> Reply {
             let result = match federation_of(&app) {
-                Ok(_) => $handler(&app, &peer, &body.dict).await,
+                Ok(_) => super::calls::receive(&app, &peer, $action, &body.dict).await,
                 Err(e) => Err(e),
             };
-            observe($action, &peer.provider_id, &result);
+            observe($action.as_str(), &peer.provider_id, &result);
             Reply {
                 encoding: body.encoding,
                 result,
@@ -133,8 +134,8 @@ macro_rules! forward_route {
     };
 }
 
-forward_route!(initiate, "initiate", super::calls::receive_initiate);
-forward_route!(accept, "accept", super::calls::receive_accept);
-forward_route!(reject, "reject", super::calls::receive_reject);
-forward_route!(cancel, "cancel", super::calls::receive_cancel);
-forward_route!(update, "update", super::calls::receive_update);
+forward_route!(initiate, ForwardAction::Initiate);
+forward_route!(accept, ForwardAction::Accept);
+forward_route!(reject, ForwardAction::Reject);
+forward_route!(cancel, ForwardAction::Cancel);
+forward_route!(update, ForwardAction::Update);
