@@ -212,13 +212,11 @@ impl<P: Ports> Core<P> {
             attestation: Some(signature),
         }
         .to_dict();
-        let sends = candidates.iter().map(|member| {
-            let forward = forward.clone();
-            async move {
-                let outcome = match forwarder
-                    .send(member, ForwardAction::Initiate, forward)
-                    .await
-                {
+        let answers = send_each(forwarder, &candidates, ForwardAction::Initiate, &forward).await;
+        let outcomes: Vec<(String, DispatchOutcome)> = answers
+            .into_iter()
+            .map(|(member, answer)| {
+                let outcome = match answer {
                     Ok(answer) => match InitiateAnswer::from_dict(&answer) {
                         Ok(InitiateAnswer { rung, .. }) if rung > 0 => {
                             DispatchOutcome::Ringing(rung)
@@ -241,9 +239,8 @@ impl<P: Ports> Core<P> {
                     Err(e) => DispatchOutcome::Failed(e.to_string()),
                 };
                 (member.clone(), outcome)
-            }
-        });
-        let outcomes = join_all(sends).await;
+            })
+            .collect();
         let dispatch = Dispatch::fold(&outcomes);
 
         let mut unit = self.ports.store().begin().await?;
@@ -554,18 +551,9 @@ impl<P: Ports> Core<P> {
             origin_state: None,
         }
         .to_dict();
-        let sends = providers.iter().map(|provider| {
-            let forward = forward.clone();
-            async move {
-                (
-                    provider,
-                    forwarder
-                        .send(provider, ForwardAction::Cancel, forward)
-                        .await,
-                )
-            }
-        });
-        for (provider, result) in join_all(sends).await {
+        for (provider, result) in
+            send_each(forwarder, providers, ForwardAction::Cancel, &forward).await
+        {
             match result {
                 Ok(_) => {}
                 Err(PeerFailure::Refused {
@@ -612,18 +600,7 @@ impl<P: Ports> Core<P> {
             origin_state,
         }
         .to_dict();
-        let sends = targets.iter().map(|provider| {
-            let forward = forward.clone();
-            async move {
-                (
-                    provider,
-                    forwarder
-                        .send(provider, ForwardAction::Update, forward)
-                        .await,
-                )
-            }
-        });
-        let results = join_all(sends).await;
+        let results = send_each(forwarder, &targets, ForwardAction::Update, &forward).await;
         let mut failures = Vec::new();
         for (provider, result) in &results {
             if let Err(e) = result {
@@ -723,9 +700,18 @@ impl<P: Ports> Core<P> {
     }
 }
 
-/// Polls every future to completion, together: the Forwards of one dispatch go out in parallel.
-pub(super) async fn join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    futures_util::future::join_all(futures).await
+/// Sends the same Forward to each provider, in parallel, and returns each one's answer.
+async fn send_each<'a, F: Forwarder>(
+    forwarder: &F,
+    providers: &'a [String],
+    action: ForwardAction,
+    forward: &Dict,
+) -> Vec<(&'a String, Result<Dict, PeerFailure>)> {
+    let sends = providers.iter().map(|provider| async move {
+        (
+            provider,
+            forwarder.send(provider, action, forward.clone()).await,
+        )
+    });
+    futures_util::future::join_all(sends).await
 }
