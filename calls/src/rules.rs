@@ -198,9 +198,7 @@ pub fn plan_cancel(
             if role == Role::Callee {
                 plan.why = EndReason::CalleeCancelled;
             }
-            for id in state.rung.iter().filter(|id| *id != me) {
-                plan.pushes.push(to_callee(id, CancelReason::Cancelled));
-            }
+            plan.pushes = state.cancels_to_others(me, CancelReason::Cancelled);
             match role {
                 Role::Callee if state.forwarded_here() => {
                     plan.tell_origin = Some(ForwardCancelReason::Cancelled)

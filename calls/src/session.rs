@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_protocol::capabilities::MediaKind;
 use switchyard_protocol::invitation::RelayChoice;
 
-use switchyard_protocol::invitation::RejectReason;
+use switchyard_protocol::invitation::{CancelReason, RejectReason};
 
 use crate::record::{CallRecord, CallState};
 use crate::refusal::Refusal;
@@ -73,6 +73,27 @@ impl SessionState {
             answered_at: None,
             ended_at: refusal.map(|_| now),
         }
+    }
+
+    /// Cancel Pushes, with `reason`, to the endpoints rung here other than `me` (the one that
+    /// answered or cancelled): (endpoint, self-uri, peer-uri, reason).
+    pub fn cancels_to_others(
+        &self,
+        me: &str,
+        reason: CancelReason,
+    ) -> Vec<(String, String, String, CancelReason)> {
+        self.rung
+            .iter()
+            .filter(|id| *id != me)
+            .map(|id| {
+                (
+                    id.clone(),
+                    self.callee_uri.clone(),
+                    self.caller_uri.clone(),
+                    reason,
+                )
+            })
+            .collect()
     }
 
     /// Whether the call was forwarded here by another provider (this provider rang for it).

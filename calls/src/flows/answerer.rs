@@ -247,19 +247,7 @@ impl<P: Ports> Core<P> {
             )
             .await?;
         }
-        let others: Vec<_> = state
-            .rung
-            .iter()
-            .filter(|id| **id != me.id)
-            .map(|id| {
-                (
-                    id.clone(),
-                    state.callee_uri.clone(),
-                    state.caller_uri.clone(),
-                    push_reason,
-                )
-            })
-            .collect();
+        let others = state.cancels_to_others(&me.id, push_reason);
         push_cancels(&mut unit, &session_id, &others, self.settings().push_ttl_ms).await?;
         unit.commit().await?;
         Ok(match outcome {

@@ -230,19 +230,7 @@ impl<P: Ports> Core<P> {
         });
         let ttl = self.settings().push_ttl_ms;
         unit.push(&state.caller_endpoint, &accept, ttl).await?;
-        let others: Vec<_> = state
-            .rung
-            .iter()
-            .filter(|id| **id != me.id)
-            .map(|id| {
-                (
-                    id.clone(),
-                    state.callee_uri.clone(),
-                    state.caller_uri.clone(),
-                    CancelReason::AnsweredElsewhere,
-                )
-            })
-            .collect();
+        let others = state.cancels_to_others(&me.id, CancelReason::AnsweredElsewhere);
         push_cancels(&mut unit, &request.session_id, &others, ttl).await?;
         unit.commit().await?;
         Ok(Accepted::Here(request.state))
