@@ -472,6 +472,23 @@ impl<P: Ports> Core<P> {
         Ok(answer)
     }
 
+    /// Checks a Forward that goes both ways (Cancel, Update) and records its id: the timestamp
+    /// window and, from an answering provider, the originator's state it hands back (returned).
+    async fn two_way(
+        &self,
+        sender: &Sender,
+        envelope: &Envelope,
+        origin_state: Option<&str>,
+    ) -> CallResult<Option<SessionState>> {
+        self.check_window(envelope)?;
+        let from_answerer = match origin_state {
+            Some(token) => Some(self.returned_state(token, envelope, sender)?),
+            None => None,
+        };
+        self.claim(sender, envelope).await?;
+        Ok(from_answerer)
+    }
+
     /// `POST /federation/v1/cancel`: from the originator (`origin-state` absent) the caller
     /// cancelled, hung up, or another provider answered; from an answering provider
     /// (`origin-state` present) its callee cancelled or hung up.
@@ -480,14 +497,10 @@ impl<P: Ports> Core<P> {
         sender: &Sender,
         forward: CancelForward,
     ) -> CallResult<Dict> {
-        let envelope = &forward.envelope;
-        self.check_window(envelope)?;
-        let from_answerer = match &forward.origin_state {
-            Some(token) => Some(self.returned_state(token, envelope, sender)?),
-            None => None,
-        };
-        self.claim(sender, envelope).await?;
-        let sid = &envelope.session_id;
+        let from_answerer = self
+            .two_way(sender, &forward.envelope, forward.origin_state.as_deref())
+            .await?;
+        let sid = &forward.envelope.session_id;
         let mut unit = match self
             .open_forward(sender, sid, ForwardAction::Cancel)
             .await?
@@ -634,14 +647,10 @@ impl<P: Ports> Core<P> {
         sender: &Sender,
         forward: UpdateForward,
     ) -> CallResult<Dict> {
-        let envelope = &forward.envelope;
-        self.check_window(envelope)?;
-        let from_answerer = match &forward.origin_state {
-            Some(token) => Some(self.returned_state(token, envelope, sender)?),
-            None => None,
-        };
-        self.claim(sender, envelope).await?;
-        let sid = &envelope.session_id;
+        let from_answerer = self
+            .two_way(sender, &forward.envelope, forward.origin_state.as_deref())
+            .await?;
+        let sid = &forward.envelope.session_id;
         let Some(call) = self.ports.store().call(sid.as_str()).await? else {
             return Err(Refusal::call_gone(None).into());
         };
