@@ -16,13 +16,13 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
-use crate::db::endpoints::EndpointRecord;
-use crate::db::operators::{AuditEntry, OperatorRecord};
-use crate::db::registry::User;
+use crate::db::records::EndpointRecord;
+use crate::db::records::User;
+use crate::db::records::{AuditEntry, OperatorRecord};
 use crate::db::StoreError;
 use crate::import::{import_csv, ImportError, ImportEvent};
 use crate::operators::{self, OperatorError, Role};
-use crate::registry::{self, RegistryError};
+use crate::registry::RegistryError;
 use switchyard_calls::CallRecord;
 
 pub struct AdminError {
@@ -750,7 +750,10 @@ async fn add_user(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<NewUserBody>,
 ) -> AdminResult {
-    let user = registry::add_user(&app, &body.display_name, &body.uris).await?;
+    let user = app
+        .registry()
+        .add_user(&body.display_name, &body.uris)
+        .await?;
     Ok(Json(user_json(&user)))
 }
 
@@ -798,7 +801,7 @@ async fn get_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminR
 
 #[utoipa::path(delete, path = "/admin/v1/users/{id}", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "Removed, its URIs removed and its endpoints revoked", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
-    registry::remove_user(&app, &id).await?;
+    app.registry().remove_user(&id).await?;
     Ok(Json(json!({"removed": id})))
 }
 
@@ -826,7 +829,7 @@ async fn add_uri(
         })?
         .into_string();
     app.db.add_uri(&id, &uri).await?;
-    app.registry_changed(1);
+    app.registry().uris_changed(1);
     Ok(Json(json!({"user_id": id, "uri": uri})))
 }
 
@@ -844,7 +847,7 @@ async fn remove_uri(State(app): State<Arc<App>>, Path(uri): Path<String>) -> Adm
         })?
         .into_string();
     app.db.remove_uri(&uri).await?;
-    app.registry_changed(1);
+    app.registry().uris_changed(1);
     Ok(Json(json!({"removed": uri})))
 }
 
@@ -867,7 +870,10 @@ async fn provisioning_code(
             AdminError::new(StatusCode::BAD_REQUEST, "malformed-body", e.to_string())
         })?
     };
-    let (code, expires_at) = registry::issue_provisioning_code(&app, &id, body.ttl_seconds).await?;
+    let (code, expires_at) = app
+        .registry()
+        .issue_provisioning_code(&id, body.ttl_seconds)
+        .await?;
     Ok(Json(
         json!({"user_id": id, "code": code, "expires_at": expires_at}),
     ))
@@ -977,7 +983,7 @@ async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>
 
 #[utoipa::path(post, path = "/admin/v1/endpoints/{id}/revoke", tag = "endpoints", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "Endpoint id")), responses((status = 200, description = "Revoked: its next request is refused and its push channel closes", body = Object), (status = 404, description = "No such endpoint", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn revoke_endpoint(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
-    registry::revoke_endpoint(&app, &id).await?;
+    app.registry().revoke_endpoint(&id).await?;
     Ok(Json(json!({"revoked": id})))
 }
 
@@ -1054,7 +1060,7 @@ async fn import(State(app): State<Arc<App>>, body: Body) -> Response {
             Ok(summary) => {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(users = summary.users, seconds, "import done");
-                app.registry_changed(summary.uris);
+                app.registry().uris_changed(summary.uris);
                 json!({"done": {"users": summary.users, "uris": summary.uris, "seconds": seconds,
                                 "rows_per_second": summary.users as f64 / seconds.max(1e-9)}})
             }

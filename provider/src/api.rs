@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::auth::AuthEndpoint;
 use crate::invitation;
 use crate::push::delivered_form;
-use crate::registry::{self, RegistryError};
+use crate::registry::RegistryError;
 use crate::wire::{encoding_of, observe, ApiError, DictBody, Reply};
 
 const PUSH_BATCH: i64 = 100;
@@ -75,8 +75,10 @@ async fn register(State(app): State<Arc<App>>, body: DictBody) -> Reply {
         let csr = dict.str("csr")?;
         let name = dict.opt_str("name")?.unwrap_or("endpoint");
         let capabilities = Capabilities::from_dict(dict.opt_dict("capabilities")?)?;
-        let registration =
-            registry::register_endpoint(&app, uri, code, csr, name, capabilities).await?;
+        let registration = app
+            .registry()
+            .register_endpoint(uri, code, csr, name, capabilities)
+            .await?;
         Ok(Dict::new()
             .with("endpoint-id", registration.endpoint.id.as_str())
             .with("push-token", registration.endpoint.push_token.as_str())

@@ -11,6 +11,7 @@ use crate::db::Db;
 use crate::federation::Federation;
 use crate::pki::EndpointCa;
 use crate::push::PushHub;
+use crate::registry::Registry;
 use crate::seal::Sealer;
 
 pub struct App {
@@ -33,11 +34,21 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl crate::wire::BodyLimit for App {
+    fn max_body_bytes(&self) -> usize {
+        self.config.endpoint_api.max_body_bytes
+    }
+}
+
 impl App {
-    /// Tells the federation that URIs were added or removed, so its filter is rebuilt soon.
-    pub fn registry_changed(&self, count: u64) {
-        if let Some(fed) = &self.federation {
-            fed.registry_changed(count);
+    pub fn registry(&self) -> Registry<'_> {
+        Registry {
+            db: &self.db,
+            hub: &self.hub,
+            ca: &self.ca,
+            canonicalizer: &self.canonicalizer,
+            config: &self.config.registry,
+            federation: self.federation.as_deref(),
         }
     }
 }

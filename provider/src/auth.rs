@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use rustls_pki_types::CertificateDer;
 
 use crate::app::App;
-use crate::db::endpoints::EndpointRecord;
+use crate::db::records::EndpointRecord;
 use crate::pki::fingerprint;
 use crate::wire::{encoding_of, ApiError, Reply};
 

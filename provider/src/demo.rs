@@ -15,7 +15,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, SipTransport};
-use crate::registry;
 use crate::server::Provider;
 
 /// The federation's name, in its CA certificate and discovery dictionary.
@@ -350,10 +349,13 @@ impl Demo {
             let app = &provider.app;
             let user = &spec.user;
             let uris: Vec<String> = user.uris.iter().map(|u| u.to_string()).collect();
-            let created = registry::add_user(app, user.name, &uris).await?;
+            let created = app.registry().add_user(user.name, &uris).await?;
             let mut codes = Vec::new();
             for _ in 0..DEVICES_PER_USER {
-                let (code, _) = registry::issue_provisioning_code(app, &created.id, None).await?;
+                let (code, _) = app
+                    .registry()
+                    .issue_provisioning_code(&created.id, None)
+                    .await?;
                 codes.push(code);
             }
             let sip_user = user.name.to_lowercase();
@@ -598,7 +600,7 @@ fn serve_directory(
     listener: tokio::net::TcpListener,
     file: PathBuf,
 ) -> (oneshot::Sender<()>, JoinHandle<()>) {
-    let router = crate::federation::directory::directory_router(file);
+    let router = crate::federation::directory_host::directory_router(file);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, router)

@@ -8,7 +8,8 @@ use std::io::Read;
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
-use crate::db::registry::{insert_users, registered_uris, NewUser};
+use crate::db::records::NewUser;
+use crate::db::registry::{insert_users, registered_uris};
 use crate::db::{Db, StoreError, WriteTx};
 use crate::shared::now_ms;
 

@@ -12,7 +12,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
-use crate::db::operators::{OperatorRecord, SessionRecord};
+use crate::db::records::{OperatorRecord, SessionRecord};
 use crate::shared::now_ms;
 
 /// The cookie that carries a session id.

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use switchyard_protocol::dict::{Dict, Encoding, Value};
 use tokio::sync::watch;
 
-use crate::db::pushes::{enqueue_push, StoredPush};
+use crate::db::pushes::enqueue_push;
+use crate::db::records::StoredPush;
 use crate::db::{StoreError, StoreResult, WriteTx};
 use crate::shared::now_ms;
 

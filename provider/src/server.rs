@@ -198,7 +198,7 @@ impl Provider {
         if let (Some(file), Some(listener)) =
             (app.config.directory.file.clone(), directory_listener)
         {
-            let router = crate::federation::directory::directory_router(file);
+            let router = crate::federation::directory_host::directory_router(file);
             let mut stop = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let result = axum::serve(listener, router)
@@ -436,7 +436,7 @@ async fn sweep(app: Arc<App>) {
             if let Err(e) = app.sealer.refresh(&app.db, rotation_ms(&app.config)).await {
                 tracing::warn!(error = %e, "rotating sealing keys failed");
             }
-            crate::registry::refresh_endpoint_gauge(&app).await;
+            app.registry().refresh_endpoint_gauge().await;
             if let Err(e) = app
                 .db
                 .purge_expired_operator_sessions(crate::shared::now_ms())

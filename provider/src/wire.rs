@@ -10,7 +10,6 @@ use switchyard_protocol::dict::{Dict, DictError, Encoding};
 
 use switchyard_calls::{CallError, Refusal, RefusalCode};
 
-use crate::app::App;
 use crate::db::StoreError;
 
 /// An error answer: HTTP status, stable `error` code, human `message`, and the field at fault.
@@ -205,10 +204,15 @@ pub struct DictBody {
     pub dict: Dict,
 }
 
-impl FromRequest<Arc<App>> for DictBody {
+/// What a router's state tells [`DictBody`]: the largest body it reads.
+pub trait BodyLimit {
+    fn max_body_bytes(&self) -> usize;
+}
+
+impl<S: BodyLimit + Send + Sync> FromRequest<Arc<S>> for DictBody {
     type Rejection = Reply;
 
-    async fn from_request(req: Request<Body>, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request<Body>, state: &Arc<S>) -> Result<Self, Self::Rejection> {
         let reply_encoding = encoding_of(req.headers());
         let fail = |e: ApiError| Reply {
             encoding: reply_encoding,
@@ -221,7 +225,7 @@ impl FromRequest<Arc<App>> for DictBody {
             .map(str::to_string);
         let encoding =
             Encoding::from_content_type(content_type.as_deref()).map_err(|e| fail(e.into()))?;
-        let limit = app.config.endpoint_api.max_body_bytes;
+        let limit = state.max_body_bytes();
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| {

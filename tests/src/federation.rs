@@ -130,7 +130,7 @@ impl TestFederation {
         )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let directory_addr = listener.local_addr()?;
-        let router = switchyard_provider::federation::directory::directory_router(
+        let router = switchyard_provider::federation::directory_host::directory_router(
             dir.path().join("directory.plist"),
         );
         let directory_task = tokio::spawn(async move {

@@ -10,7 +10,7 @@ use switchyard_calls::{CallRecord, CallState};
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::{EndReason, ForwardAction, Push};
 
-use super::endpoints::EndpointRecord;
+use super::records::EndpointRecord;
 use super::{contains_pattern, is_unique_violation, Db, StoreError, StoreResult, WriteTx};
 use crate::push::{Outbox, PushHub};
 use crate::shared::now_ms;

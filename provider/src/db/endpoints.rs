@@ -1,8 +1,8 @@
 //! Endpoints: registration with a provisioning code, look-ups, revocation.
 
 use sqlx::Row;
-use switchyard_protocol::capabilities::Capabilities;
 
+use super::records::EndpointRecord;
 use super::{Db, StoreError, StoreResult};
 use crate::shared::now_ms;
 
@@ -145,19 +145,6 @@ impl Db {
                 .get(0),
         )
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EndpointRecord {
-    pub id: String,
-    pub user_id: String,
-    pub name: String,
-    pub push_token: String,
-    pub capabilities: Capabilities,
-    pub cert_fingerprint: String,
-    pub cert_not_after: i64,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, user_id, name, push_token, capabilities, cert_fingerprint, \

@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 
+use super::records::StoredPeerFilter;
 use super::{Db, StoreResult};
 
 impl Db {
@@ -67,17 +68,4 @@ impl Db {
             .await?;
         Ok(())
     }
-}
-
-/// A peer's Bloom filter as stored: key in hex, bits in base64.
-#[derive(Debug, Clone)]
-pub struct StoredPeerFilter {
-    pub provider_id: String,
-    pub generation: i64,
-    pub bits: i64,
-    pub hashes: i64,
-    pub key_hex: String,
-    pub items: i64,
-    pub filter_base64: String,
-    pub fetched_at: i64,
 }

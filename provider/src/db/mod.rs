@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod federation;
 pub mod operators;
 pub mod pushes;
+pub mod records;
 pub mod registry;
 pub mod seal_keys;
 pub mod sip;
@@ -165,4 +166,14 @@ fn contains_pattern(needle: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+/// Whether the user exists, for the areas that attach rows to a user (URIs, codes, SIP
+/// accounts) and answer a missing one with `NotFound` before the foreign key would.
+async fn user_exists(conn: &mut sqlx::AnyConnection, user_id: &str) -> StoreResult<bool> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
 }

@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 
+use super::records::{AuditEntry, OperatorRecord, SessionRecord};
 use super::{is_unique_violation, Db, StoreError, StoreResult};
 
 impl Db {
@@ -190,35 +191,4 @@ impl Db {
         })
         .collect()
     }
-}
-
-/// An operator of the admin API and web UI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorRecord {
-    pub name: String,
-    /// `operator` or `viewer`.
-    pub role: String,
-    pub password_hash: String,
-    pub created_at: i64,
-}
-
-/// A browser session of an operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub id_sha256: String,
-    pub operator: String,
-    pub csrf_token: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-/// One change made through the admin API: who, what, when, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    pub id: String,
-    pub at: i64,
-    pub actor: String,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
 }

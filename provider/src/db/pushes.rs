@@ -2,6 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
+use super::records::StoredPush;
 use super::{Db, StoreResult};
 use crate::shared::now_ms;
 
@@ -114,11 +115,4 @@ pub async fn enqueue_push(
     .execute(&mut *conn)
     .await?;
     Ok(Some(seq))
-}
-
-#[derive(Debug, Clone)]
-pub struct StoredPush {
-    pub seq: i64,
-    /// The push dictionary as an XML property list, which keeps data and strings apart.
-    pub body: String,
 }

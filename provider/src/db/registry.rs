@@ -2,7 +2,8 @@
 
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::{contains_pattern, is_unique_violation, Db, StoreError, StoreResult};
+use super::records::{NewUser, User};
+use super::{contains_pattern, is_unique_violation, user_exists, Db, StoreError, StoreResult};
 use crate::shared::now_ms;
 
 /// Rows per multi-row INSERT of the import (three parameters each), under both backends'
@@ -193,14 +194,6 @@ async fn insert_uri(
     Ok(())
 }
 
-pub(super) async fn user_exists(conn: &mut AnyConnection, user_id: &str) -> StoreResult<bool> {
-    Ok(sqlx::query("SELECT 1 FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some())
-}
-
 /// Of `uris`, those that already belong to a user.
 pub async fn registered_uris(conn: &mut AnyConnection, uris: &[&str]) -> StoreResult<Vec<String>> {
     let mut registered = Vec::new();
@@ -263,22 +256,6 @@ pub async fn insert_users(conn: &mut AnyConnection, users: &[NewUser<'_>]) -> St
         query.execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-pub struct NewUser<'a> {
-    pub id: &'a str,
-    pub display_name: &'a str,
-    pub uris: &'a [String],
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct User {
-    pub id: String,
-    pub display_name: String,
-    pub uris: Vec<String>,
-    pub created_at: i64,
-    pub active_endpoints: i64,
 }
 
 fn user_from_row(row: &sqlx::any::AnyRow) -> User {

@@ -3,9 +3,9 @@
 use sqlx::{AnyConnection, Row};
 use switchyard_protocol::capabilities::Capabilities;
 
-use super::endpoints::{EndpointRecord, GATEWAY_FINGERPRINT};
-use super::registry::user_exists;
-use super::{is_unique_violation, Db, StoreError, StoreResult};
+use super::endpoints::GATEWAY_FINGERPRINT;
+use super::records::{EndpointRecord, SipAccount, SipContact};
+use super::{is_unique_violation, user_exists, Db, StoreError, StoreResult};
 use crate::shared::now_ms;
 
 impl Db {
@@ -254,21 +254,6 @@ pub async fn delete_sip_contacts(
 const SIP_ACCOUNT_COLUMNS: &str =
     "aor, user_id, username, realm, ha1_md5, ha1_sha256, created_at, endpoint_id";
 
-/// A SIP phone's account: its address of record, the user it acts for, and digest HA1s.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipAccount {
-    pub aor: String,
-    pub user_id: String,
-    pub username: String,
-    pub realm: String,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
-    pub created_at: i64,
-    /// The gateway endpoint the edge acts as for this account (see [`gateway_endpoint`]); none
-    /// only for an account made before gateways existed, until the edge starts.
-    pub endpoint_id: Option<String>,
-}
-
 /// The endpoint record of a SIP account's gateway: it rings like any endpoint of the user, and
 /// the SIP edge turns its pushes into requests to the account's contacts. It holds no
 /// certificate: its fingerprint column names it instead, which no TLS client can present.
@@ -327,22 +312,4 @@ fn sip_account_from_row(r: &sqlx::any::AnyRow) -> SipAccount {
         created_at: r.get(6),
         endpoint_id: r.get(7),
     }
-}
-
-/// One registered contact of an AoR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipContact {
-    pub aor: String,
-    /// The Contact URI as registered.
-    pub contact: String,
-    pub q: Option<String>,
-    pub call_id: String,
-    pub cseq: i64,
-    pub expires_at: i64,
-    /// How the REGISTER arrived (`udp`, `tcp`, `tls`) and from where: requests to the contact
-    /// go back that way (the phone is often behind a NAT).
-    pub transport: String,
-    pub source: String,
-    pub user_agent: Option<String>,
-    pub updated_at: i64,
 }

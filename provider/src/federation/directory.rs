@@ -1,21 +1,15 @@
 //! The discovery dictionary in force: fetched from the bootstrap URI at start-up and every
 //! `federation.directory_refresh_seconds`, verified against the federation CA, kept on disk
 //! (`<data_dir>/directory.plist`) so a restart while the bootstrap URI is unreachable still
-//! knows the federation. Also the "directory" role: serving a signed dictionary file.
+//! knows the federation.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::discovery::{Directory, DiscoveryError};
 
 use super::identity::{unix_now, Identity};
-use crate::wire::{dict_response, encoding_of, ApiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -250,47 +244,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-/// The directory role: `GET /federation/v1/directory` answers with the signed dictionary in
-/// `file`, in the encoding the client asks for.
-pub fn directory_router(file: PathBuf) -> Router {
-    Router::new()
-        .route("/federation/v1/directory", get(serve_directory))
-        .fallback(|headers: HeaderMap| async move {
-            let error = ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "this server publishes only /federation/v1/directory",
-            );
-            dict_response(error.status, encoding_of(&headers), &error.to_dict())
-        })
-        .with_state(Arc::new(file))
-}
-
-async fn serve_directory(State(file): State<Arc<PathBuf>>, headers: HeaderMap) -> Response {
-    let encoding = encoding_of(&headers);
-    let envelope = std::fs::read(file.as_path())
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            // `switchyard federation sign` writes a property list, or JSON with --json.
-            let encoding = if bytes.trim_ascii_start().first() == Some(&b'{') {
-                Encoding::Json
-            } else {
-                Encoding::Plist
-            };
-            Dict::decode(&bytes, encoding).map_err(|e| e.to_string())
-        });
-    match envelope {
-        Ok(envelope) => dict_response(StatusCode::OK, encoding, &envelope),
-        Err(message) => {
-            tracing::error!(file = %file.display(), %message, "cannot serve the discovery dictionary");
-            let error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "directory-unavailable",
-                "the discovery dictionary cannot be read; see the directory's logs",
-            );
-            dict_response(error.status, encoding, &error.to_dict())
-        }
-    }
 }

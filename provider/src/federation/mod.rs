@@ -3,7 +3,8 @@
 //! about a callee only when their Bloom filter may hold its URI.
 //!
 //! - [`identity`]: certificate, key and TLS configurations, reloaded on SIGHUP or file change;
-//! - [`directory`]: the discovery dictionary in force, and the "directory" role;
+//! - [`directory`]: the discovery dictionary in force;
+//! - [`directory_host`]: the "directory" role, publishing a signed dictionary;
 //! - [`filters`]: this provider's own filter and its generations;
 //! - [`peers`]: the other members' filters, requests to them, circuit breakers;
 //! - [`routes`]: the `/federation/v1/...` paths peers call;
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod calls;
 pub mod directory;
+pub mod directory_host;
 pub mod filters;
 pub mod identity;
 pub mod peers;

@@ -14,7 +14,7 @@ use switchyard_protocol::discovery::{Directory, Member};
 use super::directory::error_chain;
 use super::identity::Identity;
 use crate::config::{FederationConfig, WireEncoding};
-use crate::db::federation::StoredPeerFilter;
+use crate::db::records::StoredPeerFilter;
 use crate::db::Db;
 use crate::shared::now_ms;
 

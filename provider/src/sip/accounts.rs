@@ -5,7 +5,7 @@
 use super::digest::{ha1, Algorithm};
 use super::registrar::canonical_aor;
 use crate::config::Config;
-use crate::db::sip::SipAccount;
+use crate::db::records::SipAccount;
 use crate::shared::now_ms;
 
 const MIN_PASSWORD: usize = 8;

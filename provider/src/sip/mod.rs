@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::{SipConfig, SipTransport};
-use crate::db::sip::SipAccount;
+use crate::db::records::SipAccount;
 use calls::Flow;
 use digest::Digest;
 use message::{Framed, Inbound, Limits, Received, StreamFramer, Transport};

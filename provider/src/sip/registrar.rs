@@ -8,9 +8,8 @@ use rsip::Header;
 use super::digest::{Algorithm, Credentials, DigestError};
 use super::message::{self, cseq, response, Inbound};
 use super::SipEdge;
-use crate::db::sip::{
-    delete_sip_contacts, save_sip_contact, sip_contacts_in, SipAccount, SipContact,
-};
+use crate::db::records::{SipAccount, SipContact};
+use crate::db::sip::{delete_sip_contacts, save_sip_contact, sip_contacts_in};
 use crate::shared::now_ms;
 
 /// A refusal: status, reason phrase and extra headers.
