@@ -34,8 +34,7 @@ use super::registrar::{canonical_aor, name_addr, Refusal};
 use super::sdp;
 use super::SipEdge;
 use crate::auth::AuthEndpoint;
-use crate::db::records::EndpointRecord;
-use crate::db::records::SipAccount;
+use crate::db::records::{EndpointRecord, SipAccount};
 use crate::invitation;
 
 /// RFC 3261 timer values.
