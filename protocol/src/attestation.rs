@@ -76,7 +76,7 @@ impl Attestation {
                 claimed: self.provider_id.clone(),
             });
         }
-        if (now - self.timestamp).abs() > window_seconds {
+        if !crate::window::within(now, self.timestamp, window_seconds) {
             return Err(AttestationError::Stale {
                 timestamp: self.timestamp,
                 now,

@@ -21,6 +21,7 @@ pub mod invitation;
 pub mod pki;
 pub mod relay_frame;
 pub mod uri;
+pub mod window;
 
 pub use dict::{Dict, DictError, Encoding, Value};
 pub use uri::{CanonicalUri, Canonicalizer, UriError, UriScheme};

@@ -45,7 +45,7 @@ impl<P: Ports> Core<P> {
     pub(super) fn check_window(&self, envelope: &Envelope) -> Result<(), Refusal> {
         let now = self.now_ms().div_euclid(1000);
         let window = self.settings().timestamp_window_s;
-        if (now - envelope.timestamp).abs() > window {
+        if !switchyard_protocol::window::within(now, envelope.timestamp, window) {
             return Err(Refusal::new(
                 RefusalCode::StaleForward,
                 format!(

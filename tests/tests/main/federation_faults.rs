@@ -482,6 +482,20 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
         "{answer:?}"
     );
 
+    // Timestamps whose distance from now overflows an i64 (it used to panic in debug builds and
+    // wrap to a value inside the window in release builds).
+    for extreme in [i64::MIN, i64::MIN + 1, i64::MAX] {
+        let sid = session_id();
+        let signed = attestation(&sid, extreme, ALICE).sign(&b_key)?;
+        let body = initiate_forward(&sid, extreme, "b.test", ALICE).with("attestation", signed);
+        let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (403, "stale-forward"),
+            "{extreme}: {answer:?}"
+        );
+    }
+
     // B speaking for C.
     let sid = session_id();
     let body = initiate_forward(&sid, now, "c.test", ALICE);
