@@ -71,7 +71,15 @@ pub struct Directory {
     pub members: Vec<Member>,
     /// The member whose relay serves calls federation-wide, when the federation runs one.
     pub federation_relay: Option<String>,
+    /// The highest false-positive rate (parts per million, from the share of bits set) a
+    /// member's filter may imply; members refuse a filter above it. None: each member's own
+    /// configured limit.
+    pub filter_max_false_positive_ppm: Option<u32>,
 }
+
+/// The bound on [`Directory::filter_max_false_positive_ppm`]: a filter that tests half of all
+/// URIs present is no filter.
+pub const MAX_FALSE_POSITIVE_PPM: u32 = 500_000;
 
 fn invalid(message: impl Into<String>) -> DiscoveryError {
     DiscoveryError::Invalid(message.into())
@@ -149,10 +157,13 @@ impl Directory {
     }
 
     pub fn to_dict(&self) -> Dict {
-        let dict = match &self.federation_relay {
+        let mut dict = match &self.federation_relay {
             Some(relay) => Dict::new().with("federation-relay", relay.as_str()),
             None => Dict::new(),
         };
+        if let Some(ppm) = self.filter_max_false_positive_ppm {
+            dict = dict.with("filter-max-false-positive-ppm", i64::from(ppm));
+        }
         dict.with("federation", self.federation.as_str())
             .with("version", self.version as i64)
             .with("issued-at", self.issued_at)
@@ -193,6 +204,19 @@ impl Directory {
             expires: non_negative(dict, "expires")?,
             members,
             federation_relay: dict.opt_str("federation-relay")?.map(str::to_string),
+            filter_max_false_positive_ppm: match dict.opt_int("filter-max-false-positive-ppm")? {
+                None => None,
+                Some(ppm) => Some(
+                    u32::try_from(ppm)
+                        .ok()
+                        .filter(|ppm| (1..=MAX_FALSE_POSITIVE_PPM).contains(ppm))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "`filter-max-false-positive-ppm` must be 1-{MAX_FALSE_POSITIVE_PPM}"
+                            ))
+                        })?,
+                ),
+            },
         };
         if directory.expires <= directory.issued_at {
             return Err(invalid("`expires` must be after `issued-at`"));
@@ -302,7 +326,34 @@ mod tests {
                 certificate_sha256: "ab".repeat(32),
             }],
             federation_relay: None,
+            filter_max_false_positive_ppm: None,
         }
+    }
+
+    #[test]
+    fn the_filter_limit_is_signed_and_range_checked() {
+        let limited = Directory {
+            filter_max_false_positive_ppm: Some(10_000),
+            ..directory()
+        };
+        for encoding in [Encoding::Plist, Encoding::Json] {
+            let dict = Dict::decode(&limited.to_dict().encode(encoding), encoding).unwrap();
+            assert_eq!(Directory::from_dict(&dict).unwrap(), limited);
+        }
+        for ppm in [0i64, -1, i64::from(MAX_FALSE_POSITIVE_PPM) + 1, i64::MAX] {
+            let dict = directory()
+                .to_dict()
+                .with("filter-max-false-positive-ppm", ppm);
+            let error = Directory::from_dict(&dict).unwrap_err().to_string();
+            assert!(
+                error.contains("filter-max-false-positive-ppm"),
+                "{ppm}: {error}"
+            );
+        }
+        let dict = directory()
+            .to_dict()
+            .with("filter-max-false-positive-ppm", "1%");
+        assert!(Directory::from_dict(&dict).is_err());
     }
 
     #[test]

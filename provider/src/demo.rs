@@ -147,6 +147,7 @@ fn publish(ca: &FederationCa, file: &Path, members: Vec<Member>) -> anyhow::Resu
         expires: now + 30 * 86_400,
         members,
         federation_relay: None,
+        filter_max_false_positive_ppm: None,
     }
     .sign(ca)
     .context("signing the discovery dictionary")?;

@@ -5,6 +5,7 @@
 //! version = 3            # increase with every publication; providers refuse older ones
 //! valid_days = 7
 //! federation_relay = "a.example"   # optional: the member whose relay serves federation-wide
+//! filter_max_false_positive_ppm = 10000   # optional: members refuse a filter implying more
 //!
 //! [[member]]
 //! provider_id = "a.example"
@@ -30,6 +31,9 @@ struct MembersFile {
     /// The member whose relay serves calls of providers using a federation-wide relay.
     #[serde(default)]
     federation_relay: Option<String>,
+    /// The highest false-positive rate (per million) a member's filter may imply.
+    #[serde(default)]
+    filter_max_false_positive_ppm: Option<u32>,
     #[serde(default, rename = "member")]
     members: Vec<MemberEntry>,
 }
@@ -105,6 +109,7 @@ pub fn directory_from_file(path: &Path, now: i64) -> Result<Directory, MembersEr
         expires: now + i64::from(file.valid_days) * 86_400,
         members,
         federation_relay: file.federation_relay,
+        filter_max_false_positive_ppm: file.filter_max_false_positive_ppm,
     };
     // The same checks a provider makes on receipt, so nothing unverifiable is ever signed.
     Directory::from_dict(&directory.to_dict()).map_err(|e| invalid(e.to_string()))

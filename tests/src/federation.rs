@@ -66,6 +66,8 @@ pub struct TestFederation {
     pub version: u64,
     /// The member named as the federation-wide relay in the dictionaries this writes.
     pub federation_relay: Option<String>,
+    /// The filter limit the dictionaries this writes carry.
+    pub filter_max_false_positive_ppm: Option<u32>,
 }
 
 /// How one provider of a test federation is set up.
@@ -144,6 +146,7 @@ impl TestFederation {
             providers: Vec::new(),
             version: 0,
             federation_relay: None,
+            filter_max_false_positive_ppm: None,
         };
         for spec in specs {
             federation.add_provider(spec).await?;
@@ -272,6 +275,7 @@ impl TestFederation {
             expires: now + valid_seconds,
             members,
             federation_relay: self.federation_relay.clone(),
+            filter_max_false_positive_ppm: self.filter_max_false_positive_ppm,
         };
         let envelope = directory.sign(&self.ca)?;
         std::fs::write(

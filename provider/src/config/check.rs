@@ -138,12 +138,19 @@ impl Config {
                 },
             }
         }
-        let p = self.federation.bloom_false_positive_rate;
-        if !(p > 0.0 && p <= 0.5) {
-            bad(
+        for (key, p) in [
+            (
                 "federation.bloom_false_positive_rate",
-                format!("{p} is not in (0, 0.5]"),
-            );
+                self.federation.bloom_false_positive_rate,
+            ),
+            (
+                "federation.peer_filter_max_false_positive_rate",
+                self.federation.peer_filter_max_false_positive_rate,
+            ),
+        ] {
+            if !(p > 0.0 && p <= 0.5) {
+                bad(key, format!("{p} is not in (0, 0.5]"));
+            }
         }
         for (key, value) in [
             (
@@ -185,6 +192,14 @@ impl Config {
             (
                 "federation.max_filter_bytes",
                 self.federation.max_filter_bytes,
+            ),
+            (
+                "federation.max_dispatch_candidates",
+                self.federation.max_dispatch_candidates as u64,
+            ),
+            (
+                "federation.max_answer_bytes",
+                self.federation.max_answer_bytes as u64,
             ),
         ] {
             if value == 0 {

@@ -175,6 +175,13 @@ pub struct FederationConfig {
     pub cert_check_seconds: u64,
     /// Largest filter accepted from a peer.
     pub max_filter_bytes: u64,
+    /// A peer's filter implying a higher false-positive rate (from its share of set bits) is
+    /// refused, unless the discovery dictionary sets the federation's own limit.
+    pub peer_filter_max_false_positive_rate: f64,
+    /// The most members one Initiate is forwarded to.
+    pub max_dispatch_candidates: usize,
+    /// Largest answer read from a peer to anything but a filter pull.
+    pub max_answer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,6 +450,9 @@ impl Default for FederationConfig {
             bloom_pull_seconds: 300,
             cert_check_seconds: 10,
             max_filter_bytes: 256 << 20,
+            peer_filter_max_false_positive_rate: 0.01,
+            max_dispatch_candidates: 16,
+            max_answer_bytes: 1 << 20,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::discovery::Member;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::FederationConfig;
@@ -41,8 +41,10 @@ pub struct Federation {
     pub directory: DirectoryCell,
     pub own: OwnFilter,
     pub peers: Peers,
-    pull_tx: mpsc::UnboundedSender<String>,
-    pull_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// The pulls asked for (after a notification, a join, a retry or the period) and those
+    /// running: one pull per member at a time, however many notifications it sends.
+    pulls: std::sync::Mutex<PullQueue>,
+    pull_wanted: Notify,
     rebuild_now: Notify,
     /// Failed pulls in a row, per member, for the retry back-off.
     pull_retries: std::sync::Mutex<std::collections::HashMap<String, u32>>,
@@ -59,7 +61,6 @@ impl Federation {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Federation, identity::IdentityError> {
         let identity = IdentityCell::load(&config.federation, &config.provider_id)?;
-        let (pull_tx, pull_rx) = mpsc::unbounded_channel();
         Ok(Federation {
             config: config.federation.clone(),
             provider_id: config.provider_id.clone(),
@@ -67,8 +68,8 @@ impl Federation {
             directory: DirectoryCell::new(&config.data_dir),
             own: OwnFilter::new(config.federation.bloom_false_positive_rate),
             peers: Peers::new(&config.federation),
-            pull_tx,
-            pull_rx: std::sync::Mutex::new(Some(pull_rx)),
+            pulls: Default::default(),
+            pull_wanted: Notify::new(),
             rebuild_now: Notify::new(),
             pull_retries: Default::default(),
             db,
@@ -84,8 +85,40 @@ impl Federation {
     }
 
     /// Asks for a pull of `provider_id`'s filter (after its notification, or when it joins).
+    /// Asks for a member's pull while one runs coalesce into one more after it; only members
+    /// of the dictionary in force are queued, so the queue holds at most one entry per member.
     pub fn pull_soon(&self, provider_id: &str) {
-        let _ = self.pull_tx.send(provider_id.to_string());
+        if self.member(provider_id).is_none() {
+            return;
+        }
+        let mut pulls = self.pulls.lock().expect("pull queue lock");
+        if pulls.wanted.insert(provider_id.to_string()) {
+            self.pull_wanted.notify_one();
+        }
+    }
+
+    /// Starts the wanted pulls of members with none running.
+    fn start_wanted_pulls(self: &Arc<Self>) {
+        let mut pulls = self.pulls.lock().expect("pull queue lock");
+        let ready: Vec<String> = pulls
+            .wanted
+            .iter()
+            .filter(|id| !pulls.running.contains(*id))
+            .cloned()
+            .collect();
+        for id in ready {
+            pulls.wanted.remove(&id);
+            pulls.running.insert(id.clone());
+            let fed = self.clone();
+            tokio::spawn(async move {
+                fed.pull(&id).await;
+                let mut pulls = fed.pulls.lock().expect("pull queue lock");
+                pulls.running.remove(&id);
+                if pulls.wanted.contains(&id) {
+                    fed.pull_wanted.notify_one();
+                }
+            });
+        }
     }
 
     /// Counts registry changes; enough of them trigger a rebuild of this provider's filter.
@@ -195,7 +228,10 @@ impl Federation {
             return;
         };
         let identity = self.identity.current();
-        match self.peers.pull(&self.db, &identity, &member).await {
+        let limit = self
+            .peers
+            .false_positive_limit(self.directory.current().as_deref());
+        match self.peers.pull(&self.db, &identity, &member, limit).await {
             Ok(_) => {
                 self.pull_retries
                     .lock()
@@ -287,22 +323,23 @@ impl Federation {
 
     async fn pull_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
-        let Some(mut requests) = self.pull_rx.lock().expect("pull lock").take() else {
-            return;
-        };
         if let Err(e) = self.peers.load(&self.db).await {
             tracing::warn!(error = %e, "loading saved peer filters failed");
         }
         let mut tick = tokio::time::interval(Duration::from_secs(self.config.bloom_pull_seconds));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.pull_all().await,
-                Some(id) = requests.recv() => {
-                    let fed = self.clone();
-                    tokio::spawn(async move { fed.pull(&id).await });
+                _ = tick.tick() => {
+                    if let Some(directory) = self.directory.current() {
+                        for member in directory.members.iter().filter(|m| m.provider_id != self.provider_id) {
+                            self.pull_soon(&member.provider_id);
+                        }
+                    }
                 }
+                _ = self.pull_wanted.notified() => {}
                 _ = crate::shared::shutting_down(&mut shutdown) => return,
             }
+            self.start_wanted_pulls();
         }
     }
 
@@ -343,4 +380,10 @@ impl Federation {
             }
         }
     }
+}
+
+#[derive(Default)]
+struct PullQueue {
+    wanted: std::collections::HashSet<String>,
+    running: std::collections::HashSet<String>,
 }

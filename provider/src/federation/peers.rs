@@ -37,6 +37,8 @@ pub enum PeerError {
     },
     #[error("{peer} answered with an unusable body: {message}")]
     Body { peer: String, message: String },
+    #[error("{peer}'s filter implies a false-positive rate of {rate:.4}, above the limit of {limit}; its previous filter stays in force")]
+    SaturatedFilter { peer: String, rate: f64, limit: f64 },
 }
 
 impl PeerError {
@@ -52,6 +54,8 @@ struct Peer {
     /// The pull whose filter is held (see [`Peers::pull`]).
     installed_pull: u64,
     filter: Option<Arc<BloomFilter>>,
+    /// The held filter's estimated false-positive rate, counted once when it is installed.
+    false_positive_rate: f64,
     fetched_at_ms: Option<i64>,
     last_error: Option<String>,
     latency_ms: Option<u64>,
@@ -84,6 +88,9 @@ pub struct Peers {
     timeout: Duration,
     pub encoding: Encoding,
     max_filter_bytes: u64,
+    max_answer_bytes: usize,
+    max_false_positive_rate: f64,
+    max_candidates: usize,
 }
 
 impl Peers {
@@ -99,7 +106,28 @@ impl Peers {
                 WireEncoding::Json => Encoding::Json,
             },
             max_filter_bytes: config.max_filter_bytes,
+            max_answer_bytes: config.max_answer_bytes,
+            max_false_positive_rate: config.peer_filter_max_false_positive_rate,
+            max_candidates: config.max_dispatch_candidates,
         }
+    }
+
+    /// The false-positive rate above which a member's filter is refused: the federation's, when
+    /// the dictionary in force sets one, else this provider's.
+    pub fn false_positive_limit(&self, directory: Option<&Directory>) -> f64 {
+        directory
+            .and_then(|d| d.filter_max_false_positive_ppm)
+            .map_or(self.max_false_positive_rate, |ppm| {
+                f64::from(ppm) / 1_000_000.0
+            })
+    }
+
+    /// The most bytes read of a filter answer: what a filter of `max_filter_bytes` encodes to
+    /// (base64 in XML or JSON), plus room for the dictionary around it.
+    fn filter_answer_bytes(&self) -> usize {
+        usize::try_from(self.max_filter_bytes.saturating_mul(4) / 3)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64 << 10)
     }
 
     /// Loads the filters saved by earlier runs.
@@ -108,9 +136,15 @@ impl Peers {
         let mut map = self.map.write().expect("peers lock");
         for stored in saved {
             match decode_stored(&stored) {
+                Ok(filter)
+                    if filter.estimated_false_positive_rate() > self.max_false_positive_rate =>
+                {
+                    tracing::warn!(peer = %stored.provider_id, rate = filter.estimated_false_positive_rate(), "saved filter is above federation.peer_filter_max_false_positive_rate; will fetch again")
+                }
                 Ok(filter) => {
                     let peer = map.entry(stored.provider_id.clone()).or_default();
                     peer.generation = stored.generation as u64;
+                    peer.false_positive_rate = filter.estimated_false_positive_rate();
                     peer.filter = Some(Arc::new(filter));
                     peer.fetched_at_ms = Some(stored.fetched_at);
                 }
@@ -163,9 +197,20 @@ impl Peers {
                 skipped += 1;
                 continue;
             }
-            found.push(member.clone());
+            found.push((peer.false_positive_rate, member.clone()));
         }
-        (found, skipped)
+        if found.len() > self.max_candidates {
+            // The most specific filters are the likeliest to really host the callee.
+            found.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let dropped = found.len() - self.max_candidates;
+            found.truncate(self.max_candidates);
+            metrics::counter!("switchyard_dispatch_candidates_dropped_total")
+                .increment(dropped as u64);
+        }
+        (
+            found.into_iter().map(|(_, member)| member).collect(),
+            skipped,
+        )
     }
 
     pub fn status(&self, directory: Option<&Directory>, self_id: &str) -> Vec<PeerStatus> {
@@ -257,9 +302,23 @@ impl Peers {
         path: &str,
         body: Option<&Dict>,
     ) -> Result<Dict, PeerError> {
+        self.request_within(identity, member, method, path, body, self.max_answer_bytes)
+            .await
+    }
+
+    /// [`Peers::request`] with an answer of at most `limit` bytes.
+    async fn request_within(
+        &self,
+        identity: &Identity,
+        member: &Member,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Dict>,
+        limit: usize,
+    ) -> Result<Dict, PeerError> {
         self.check_breaker(&member.provider_id)?;
         let started = Instant::now();
-        let result = self.send(identity, member, method, path, body).await;
+        let result = self.send(identity, member, method, path, body, limit).await;
         self.record(&member.provider_id, started, result.as_ref().map(|_| ()));
         result
     }
@@ -271,6 +330,7 @@ impl Peers {
         method: reqwest::Method,
         path: &str,
         body: Option<&Dict>,
+        limit: usize,
     ) -> Result<Dict, PeerError> {
         let peer = member.provider_id.clone();
         let url = format!("{}{path}", member.base_uri.trim_end_matches('/'));
@@ -303,14 +363,15 @@ impl Peers {
                 }
             }
         })?;
+        let too_long = || PeerError::Body {
+            peer: peer.clone(),
+            message: format!("the answer is longer than the {limit} bytes allowed"),
+        };
         if response
             .content_length()
-            .is_some_and(|len| len > self.max_filter_bytes * 2)
+            .is_some_and(|len| len > limit as u64)
         {
-            return Err(PeerError::Body {
-                peer,
-                message: "the answer is larger than federation.max_filter_bytes allows".into(),
-            });
+            return Err(too_long());
         }
         let status = response.status();
         let content_type = response
@@ -318,10 +379,19 @@ impl Peers {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = response.bytes().await.map_err(|e| PeerError::Transport {
+        // Read chunk by chunk: a peer that sends no Content-Length (or a false one) is cut off
+        // at the limit, not buffered.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| PeerError::Transport {
             peer: peer.clone(),
             message: error_chain(&e),
-        })?;
+        })? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_long());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let dict = Encoding::from_content_type(content_type.as_deref())
             .and_then(|encoding| Dict::decode(&bytes, encoding))
             .map_err(|e| PeerError::Body {
@@ -358,6 +428,7 @@ impl Peers {
         db: &Db,
         identity: &Identity,
         member: &Member,
+        false_positive_limit: f64,
     ) -> Result<u64, PeerError> {
         let ticket = self
             .pulls
@@ -378,7 +449,14 @@ impl Peers {
             None => "/federation/v1/bloom".to_string(),
         };
         let dict = self
-            .request(identity, member, reqwest::Method::GET, &path, None)
+            .request_within(
+                identity,
+                member,
+                reqwest::Method::GET,
+                &path,
+                None,
+                self.filter_answer_bytes(),
+            )
             .await?;
         let body_error = |message: String| PeerError::Body {
             peer: member.provider_id.clone(),
@@ -417,6 +495,16 @@ impl Peers {
                 filter.params().bits / 8
             )));
         }
+        let false_positive_rate = filter.estimated_false_positive_rate();
+        if false_positive_rate > false_positive_limit {
+            metrics::counter!("switchyard_peer_filters_refused_total", "peer" => member.provider_id.clone())
+                .increment(1);
+            return Err(PeerError::SaturatedFilter {
+                peer: member.provider_id.clone(),
+                rate: false_positive_rate,
+                limit: false_positive_limit,
+            });
+        }
         let stored = StoredPeerFilter {
             provider_id: member.provider_id.clone(),
             generation: generation as i64,
@@ -444,6 +532,7 @@ impl Peers {
         peer.installed_pull = ticket;
         peer.generation = generation;
         peer.filter = Some(Arc::new(filter));
+        peer.false_positive_rate = false_positive_rate;
         peer.fetched_at_ms = Some(stored.fetched_at);
         peer.last_error = None;
         Ok(generation)
@@ -469,4 +558,81 @@ fn decode_stored(stored: &StoredPeerFilter) -> Result<BloomFilter, String> {
         .decode(&stored.filter_base64)
         .map_err(|e| e.to_string())?;
     BloomFilter::from_bytes(params, stored.items as u64, &bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        Member {
+            provider_id: id.into(),
+            display_name: id.into(),
+            base_uri: format!("https://{id}"),
+            relay_addresses: Vec::new(),
+            certificate_sha256: "ab".repeat(32),
+        }
+    }
+
+    /// A filter holding `uri` and `extra` other URIs, sized for 64 URIs at 1%.
+    fn filter(uri: &str, extra: usize) -> BloomFilter {
+        let params = BloomParams::for_capacity(64, 0.01, [7; 16]).unwrap();
+        let mut filter = BloomFilter::new(params);
+        filter.insert(uri);
+        for i in 0..extra {
+            filter.insert(&format!("tel:+1555000{i:04}"));
+        }
+        filter
+    }
+
+    #[test]
+    fn a_dispatch_asks_at_most_the_cap_preferring_the_most_specific_filters() {
+        let config = FederationConfig {
+            max_dispatch_candidates: 2,
+            ..FederationConfig::default()
+        };
+        let peers = Peers::new(&config);
+        let uri = "tel:+14155550100";
+        let directory = Directory {
+            federation: "test".into(),
+            version: 1,
+            issued_at: 0,
+            expires: 1,
+            members: ["self", "full", "half", "sparse"]
+                .into_iter()
+                .map(member)
+                .collect(),
+            federation_relay: None,
+            filter_max_false_positive_ppm: None,
+        };
+        {
+            let mut map = peers.map.write().unwrap();
+            for (id, extra) in [("full", 60), ("half", 30), ("sparse", 0)] {
+                let filter = filter(uri, extra);
+                let peer = map.entry(id.to_string()).or_default();
+                peer.false_positive_rate = filter.estimated_false_positive_rate();
+                peer.filter = Some(Arc::new(filter));
+            }
+        }
+        let (found, skipped) = peers.candidates(&directory, "self", uri);
+        let ids: Vec<&str> = found.iter().map(|m| m.provider_id.as_str()).collect();
+        assert_eq!(ids, ["sparse", "half"]);
+        assert_eq!(skipped, 0);
+    }
+
+    #[test]
+    fn the_dictionarys_limit_takes_precedence_over_the_configured_one() {
+        let peers = Peers::new(&FederationConfig::default());
+        assert_eq!(peers.false_positive_limit(None), 0.01);
+        let directory = Directory {
+            federation: "test".into(),
+            version: 1,
+            issued_at: 0,
+            expires: 1,
+            members: Vec::new(),
+            federation_relay: None,
+            filter_max_false_positive_ppm: Some(2_500),
+        };
+        assert_eq!(peers.false_positive_limit(Some(&directory)), 0.0025);
+    }
 }

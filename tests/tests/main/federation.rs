@@ -3,6 +3,8 @@
 
 use switchyard_endpoint::client::{EndpointClient, PushMode};
 use switchyard_protocol::dict::Encoding;
+use switchyard_provider::db::records::NewUser;
+use switchyard_provider::db::registry::insert_users;
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::*;
 
@@ -211,12 +213,102 @@ async fn same_uri_at_two_providers_rings_both_and_first_accept_wins() -> anyhow:
 }
 
 #[tokio::test]
+async fn a_saturated_filter_is_refused_and_the_previous_one_stays() -> anyhow::Result<()> {
+    // C builds its filter for a 30% false-positive rate and at least 1,024 URIs: with one URI
+    // the filter is nearly empty; filled to its capacity its bits are half set and it claims
+    // about 30% of all URIs.
+    let mut c = ProviderSpec::plist("c.test");
+    c.false_positive_rate = 0.3;
+    let fed = TestFederation::start(&[ProviderSpec::plist("a.test"), c]).await?;
+    fed.provider("c.test")
+        .add_user("C0", &["tel:+14155550000"])
+        .await?;
+    fed.sync().await?;
+    let a_fed = fed.fed("a.test");
+    let c_status = |a_fed: &switchyard_provider::federation::Federation| {
+        let directory = a_fed.directory.current().expect("directory");
+        a_fed
+            .peers
+            .status(Some(&directory), "a.test")
+            .into_iter()
+            .find(|p| p.provider_id == "c.test")
+            .expect("C is a peer")
+    };
+    let good = c_status(a_fed);
+    assert!(good.last_error.is_none(), "{:?}", good.last_error);
+    let good_generation = good.generation.expect("A holds C's filter");
+
+    let uris: Vec<Vec<String>> = (1..1024)
+        .map(|i| vec![format!("tel:+1415556{i:04}")])
+        .collect();
+    let ids: Vec<String> = (1..1024).map(|i| format!("c-user-{i}")).collect();
+    let users: Vec<NewUser<'_>> = ids
+        .iter()
+        .zip(&uris)
+        .map(|(id, uris)| NewUser {
+            id,
+            display_name: "C",
+            uris,
+            created_at: 0,
+        })
+        .collect();
+    let c_app = &fed.provider("c.test").provider.app;
+    let mut tx = c_app.db.begin_write().await?;
+    insert_users(&mut tx, &users).await?;
+    tx.commit().await?;
+    fed.sync().await?;
+    let c_filter = fed.fed("c.test").own.stats().expect("C built its filter");
+    assert!(c_filter.generation > good_generation, "C did not rebuild");
+    let after = c_status(a_fed);
+    assert_eq!(
+        after.generation,
+        Some(good_generation),
+        "the saturated filter replaced the good one"
+    );
+    let error = after.last_error.unwrap_or_default();
+    assert!(error.contains("false-positive rate"), "{error}");
+
+    let directory = a_fed.directory.current().expect("directory");
+    let asks_c = |uri: &str| {
+        let (found, _) = a_fed.peers.candidates(&directory, "a.test", uri);
+        found.iter().any(|m| m.provider_id == "c.test")
+    };
+    assert!(asks_c("tel:+14155550000"));
+    let claimed = (0..2000)
+        .map(|i| format!("tel:+1212555{i:04}"))
+        .filter(|u| asks_c(u))
+        .count();
+    assert!(
+        claimed < 20,
+        "C's refused filter would claim ~600 of 2000; {claimed} claimed"
+    );
+
+    let metrics = fed
+        .provider("a.test")
+        .admin
+        .get(format!("{}/metrics", fed.provider("a.test").admin_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_peer_filters_refused_total")
+            && l.contains("c.test")),
+        "no refusal counted"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()> {
-    // C's filter is sized for a high false-positive rate so that one is easy to find.
+    // C's filter is sized for a high false-positive rate so that one is easy to find; A takes
+    // filters that lax.
     let mut c = ProviderSpec::plist("c.test");
     c.false_positive_rate = 0.3;
     let fed = TestFederation::start(&[
-        ProviderSpec::plist("a.test"),
+        ProviderSpec::plist("a.test")
+            .tune(|config| config.federation.peer_filter_max_false_positive_rate = 0.5),
         ProviderSpec::plist("b.test"),
         c,
     ])
@@ -372,6 +464,7 @@ async fn a_peer_presenting_another_certificate_than_listed_gets_nothing() -> any
             &fed.provider("a.test").provider.app.db,
             &a.identity.current(),
             &b_member,
+            a.peers.false_positive_limit(None),
         )
         .await
         .unwrap_err()

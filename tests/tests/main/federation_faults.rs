@@ -259,6 +259,7 @@ async fn bad_directories_are_refused_and_the_saved_copy_outlives_a_restart() -> 
         expires: now + 86_400,
         members: members.clone(),
         federation_relay: None,
+        filter_max_false_positive_ppm: None,
     };
 
     let envelope = next.sign(&fed.ca)?;
