@@ -158,6 +158,16 @@ impl Registry<'_> {
             .user_id_for_uri(&uri)
             .await?
             .ok_or(RegistryError::InvalidCode)?;
+        // The code is checked before the key request is read or anything signed: without a valid
+        // code nobody gets the CA to do work. It is consumed, atomically, with the insert below.
+        let code_hash = hash_code(code);
+        if !self
+            .db
+            .provisioning_code_is_valid(&code_hash, &user_id)
+            .await?
+        {
+            return Err(RegistryError::InvalidCode);
+        }
         // The URI the endpoint registered with comes first: it is the one it calls from by default.
         let mut uris = self.db.uris_of(&user_id).await?;
         uris.sort_by_key(|u| *u != uri);
@@ -187,7 +197,7 @@ impl Registry<'_> {
         };
         if !self
             .db
-            .register_endpoint(&hash_code(code), &endpoint, &issued.pem)
+            .register_endpoint(&code_hash, &endpoint, &issued.pem)
             .await?
         {
             return Err(RegistryError::InvalidCode);

@@ -11,6 +11,24 @@ use crate::shared::now_ms;
 pub(super) const GATEWAY_FINGERPRINT: &str = "sip-gateway:";
 
 impl Db {
+    /// Whether `code_hash` is an unexpired provisioning code of the user: checked before any
+    /// certificate is signed; [`Db::register_endpoint`] consumes it.
+    pub async fn provisioning_code_is_valid(
+        &self,
+        code_hash: &str,
+        user_id: &str,
+    ) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM provisioning_codes WHERE code_hash = $1 AND user_id = $2 AND expires_at > $3",
+        )
+        .bind(code_hash)
+        .bind(user_id)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
     /// Consumes the provisioning code and stores the endpoint, atomically: a code registers one
     /// endpoint, and a failed registration leaves the code usable.
     pub async fn register_endpoint(

@@ -139,6 +139,14 @@ async fn bad_registrations_are_refused_without_using_the_code() -> anyhow::Resul
     assert_eq!((status, answer.str("field")?), (400, "capabilities"));
     let (status, _) = post(base.clone().with("csr", key.as_str()).with("uri", "tel:12")).await?;
     assert_eq!(status, 400);
+    // Without a valid code the key request is not even read: nothing is signed for a stranger.
+    let (status, answer) = post(
+        base.clone()
+            .with("code", "not-the-code")
+            .with("csr", "not a key"),
+    )
+    .await?;
+    assert_eq!((status, answer.str("error")?), (403, "invalid-code"));
     // The code still works.
     client::register(
         &h.provider_url,
