@@ -174,81 +174,123 @@ pub fn session_id_in(cookie_header: &str) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Failed logins allowed per account name, and per client address, within [`LOGIN_WINDOW`];
-/// past either, logins from that name or address are refused (`429`) until the window moves on.
+/// Login attempts allowed per account name from one client address, and per client address,
+/// within [`LOGIN_WINDOW`]; past either, logins of that name from that address, or all logins
+/// from that address, are refused (`429`) until the window moves on. A name is limited per
+/// address so that nobody can lock an operator out by failing logins in their name from
+/// elsewhere.
 pub const LOGIN_FAILURES_PER_NAME: usize = 5;
 pub const LOGIN_FAILURES_PER_ADDRESS: usize = 20;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Password checks (argon2id, 19 MiB each) run at once at most; a login past them is answered
+/// `503` at once instead of queueing memory and CPU.
+pub const LOGIN_CONCURRENT_CHECKS: usize = 4;
 
-/// Counts failed logins in memory (each replica on its own).
-#[derive(Default)]
+/// Counts login attempts in memory (each replica on its own). An attempt counts as a failure
+/// from the moment it is let through, before its password is checked, so logins sent together
+/// cannot all be checked before the first failure is counted; a success takes its own count
+/// back.
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    checks: tokio::sync::Semaphore,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        LoginLimiter {
+            attempts: Mutex::default(),
+            checks: tokio::sync::Semaphore::new(LOGIN_CONCURRENT_CHECKS),
+        }
+    }
+}
+
+/// Why a login is not let through.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// The name from this address, or this address, used its attempts: try after this long.
+    Limited(Duration),
+    /// [`LOGIN_CONCURRENT_CHECKS`] passwords are being checked already.
+    Busy,
+}
+
+/// A login let through: holds one of the password checks until dropped.
+pub struct LoginAttempt<'a> {
+    limiter: &'a LoginLimiter,
+    name: String,
+    address: std::net::IpAddr,
+    at: Instant,
+    _check: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl LoginAttempt<'_> {
+    /// The password was right: the name's count from this address is cleared, and this attempt
+    /// is taken off the address's count.
+    pub fn succeeded(self) {
+        let mut attempts = self.limiter.attempts.lock().expect("login limiter");
+        let [(name_key, _), (address_key, _)] = LoginLimiter::keys(&self.name, self.address);
+        attempts.remove(&name_key);
+        if let Some(times) = attempts.get_mut(&address_key) {
+            if let Some(i) = times.iter().position(|t| *t == self.at) {
+                times.remove(i);
+            }
+        }
+    }
 }
 
 impl LoginLimiter {
     fn keys(name: &str, address: std::net::IpAddr) -> [(String, usize); 2] {
         [
-            (format!("name:{name}"), LOGIN_FAILURES_PER_NAME),
+            (format!("name:{name}@{address}"), LOGIN_FAILURES_PER_NAME),
             (format!("address:{address}"), LOGIN_FAILURES_PER_ADDRESS),
         ]
     }
 
-    /// `Err(wait)` when `name` or `address` has used up its failures.
-    pub fn check(
+    /// Lets a login of `name` from `address` through, counting it, or says why not.
+    pub fn begin(
         &self,
         name: &str,
         address: std::net::IpAddr,
         now: Instant,
-    ) -> Result<(), Duration> {
-        let mut failures = self.failures.lock().expect("login limiter");
+    ) -> Result<LoginAttempt<'_>, LoginRefusal> {
+        let mut attempts = self.attempts.lock().expect("login limiter");
+        let keys = Self::keys(name, address);
         let mut wait = Duration::ZERO;
-        for (key, allowed) in Self::keys(name, address) {
-            if let Some(times) = failures.get_mut(&key) {
+        for (key, allowed) in &keys {
+            if let Some(times) = attempts.get_mut(key) {
                 while times
                     .front()
                     .is_some_and(|t| now.duration_since(*t) >= LOGIN_WINDOW)
                 {
                     times.pop_front();
                 }
-                if times.len() >= allowed {
+                if times.len() >= *allowed {
                     let oldest = times.front().copied().unwrap_or(now);
                     wait = wait.max(LOGIN_WINDOW.saturating_sub(now.duration_since(oldest)));
                 }
             }
         }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
+        if !wait.is_zero() {
+            return Err(LoginRefusal::Limited(wait));
         }
-    }
-
-    pub fn failed(&self, name: &str, address: std::net::IpAddr, now: Instant) {
-        let mut failures = self.failures.lock().expect("login limiter");
+        let check = self.checks.try_acquire().map_err(|_| LoginRefusal::Busy)?;
         // Bounded: a flood of made-up names cannot grow the map without end.
-        if failures.len() > 100_000 {
-            failures.retain(|_, times| {
+        if attempts.len() > 100_000 {
+            attempts.retain(|_, times| {
                 times
                     .back()
                     .is_some_and(|t| now.duration_since(*t) < LOGIN_WINDOW)
             });
         }
-        for (key, allowed) in Self::keys(name, address) {
-            let times = failures.entry(key).or_default();
-            times.push_back(now);
-            while times.len() > allowed {
-                times.pop_front();
-            }
+        for (key, _) in keys {
+            attempts.entry(key).or_default().push_back(now);
         }
-    }
-
-    /// A successful login clears the name's failures (not the address's).
-    pub fn succeeded(&self, name: &str) {
-        self.failures
-            .lock()
-            .expect("login limiter")
-            .remove(&format!("name:{name}"));
+        Ok(LoginAttempt {
+            limiter: self,
+            name: name.to_string(),
+            address,
+            at: now,
+            _check: check,
+        })
     }
 }
 
@@ -313,20 +355,55 @@ mod tests {
         let there: std::net::IpAddr = "192.0.2.2".parse().unwrap();
         let start = Instant::now();
         for _ in 0..LOGIN_FAILURES_PER_NAME {
-            assert!(limiter.check("ops", here, start).is_ok());
-            limiter.failed("ops", here, start);
+            drop(limiter.begin("ops", here, start).unwrap());
         }
-        let wait = limiter.check("ops", there, start).unwrap_err();
-        assert_eq!(wait, LOGIN_WINDOW);
-        assert!(limiter.check("other", here, start).is_ok(), "another name");
-        assert!(limiter.check("ops", here, start + LOGIN_WINDOW).is_ok());
+        assert_eq!(
+            limiter.begin("ops", here, start).err(),
+            Some(LoginRefusal::Limited(LOGIN_WINDOW))
+        );
+        // The failures in a name from one address do not lock it out elsewhere.
+        limiter.begin("ops", there, start).unwrap().succeeded();
+        assert!(limiter.begin("other", here, start).is_ok(), "another name");
+        assert!(limiter.begin("ops", here, start + LOGIN_WINDOW).is_ok());
 
         // Many names from one address: the address runs out.
         for i in 0..LOGIN_FAILURES_PER_ADDRESS {
-            limiter.failed(&format!("guess{i}"), there, start);
+            drop(limiter.begin(&format!("guess{i}"), there, start));
         }
-        assert!(limiter.check("fresh", there, start).is_err());
-        limiter.succeeded("ops");
-        assert!(limiter.check("ops", here, start).is_ok());
+        assert!(matches!(
+            limiter.begin("fresh", there, start),
+            Err(LoginRefusal::Limited(_))
+        ));
+    }
+
+    #[test]
+    fn attempts_count_before_the_password_is_checked_and_checks_are_bounded() {
+        let limiter = LoginLimiter::default();
+        let here: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        // Logins sent together: each is counted as it is let through, while the first ones are
+        // still being checked.
+        let running: Vec<LoginAttempt<'_>> = (0..LOGIN_CONCURRENT_CHECKS)
+            .map(|_| limiter.begin("ops", here, now).unwrap())
+            .collect();
+        assert_eq!(
+            limiter.begin("other", here, now).err(),
+            Some(LoginRefusal::Busy)
+        );
+        drop(running);
+        const { assert!(LOGIN_CONCURRENT_CHECKS < LOGIN_FAILURES_PER_NAME) };
+        for _ in LOGIN_CONCURRENT_CHECKS..LOGIN_FAILURES_PER_NAME {
+            drop(limiter.begin("ops", here, now).unwrap());
+        }
+        assert!(matches!(
+            limiter.begin("ops", here, now),
+            Err(LoginRefusal::Limited(_))
+        ));
+        // A success takes its own attempt back from the address's count.
+        let elsewhere: std::net::IpAddr = "192.0.2.3".parse().unwrap();
+        for _ in 0..LOGIN_FAILURES_PER_ADDRESS {
+            limiter.begin("ops", elsewhere, now).unwrap().succeeded();
+        }
+        assert!(limiter.begin("ops", elsewhere, now).is_ok());
     }
 }

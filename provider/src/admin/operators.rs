@@ -13,7 +13,7 @@ use super::access::{audit, session_id, Principal};
 use super::error::{page_limit, AdminError, AdminResult, ErrorBody, JsonBody};
 use crate::app::App;
 use crate::db::records::OperatorRecord;
-use crate::operators::{self, Role};
+use crate::operators::{self, LoginRefusal, Role};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct Login {
@@ -22,29 +22,42 @@ pub(super) struct Login {
 }
 
 /// Logs an operator in: the session cookie, and the CSRF token its changes must carry.
-#[utoipa::path(post, path = "/admin/v1/session", tag = "operators", request_body = Login, responses((status = 200, description = "name, role, csrf_token, expires_at; the session cookie is set", body = Object), (status = 401, description = "Wrong name or password", body = ErrorBody), (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/v1/session", tag = "operators", request_body = Login, responses((status = 200, description = "name, role, csrf_token, expires_at; the session cookie is set", body = Object), (status = 401, description = "Wrong name or password", body = ErrorBody), (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody), (status = 503, description = "Too many logins being checked at once; see Retry-After", body = ErrorBody)))]
 pub(super) async fn login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     JsonBody(body): JsonBody<Login>,
 ) -> Response {
-    let now = std::time::Instant::now();
-    if let Err(wait) = app.login_limiter.check(&body.name, peer.ip(), now) {
-        let mut response = AdminError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-logins",
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return response;
-    }
+    let attempt = match app
+        .login_limiter
+        .begin(&body.name, peer.ip(), std::time::Instant::now())
+    {
+        Ok(attempt) => attempt,
+        Err(refusal) => {
+            let (status, code, message, wait) = match refusal {
+                LoginRefusal::Limited(wait) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-logins",
+                    format!(
+                        "too many failed logins; try again in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                    wait.as_secs().max(1),
+                ),
+                LoginRefusal::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many logins are being checked; try again".to_string(),
+                    1,
+                ),
+            };
+            let mut response = AdminError::new(status, code, message).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+            return response;
+        }
+    };
     let record = match app.db.operator(&body.name).await {
         Ok(r) => r,
         Err(e) => return AdminError::from(e).into_response(),
@@ -59,7 +72,6 @@ pub(super) async fn login(
             .await
             .unwrap_or(false);
     let Some(record) = record.filter(|_| matches) else {
-        app.login_limiter.failed(&body.name, peer.ip(), now);
         audit(
             &app,
             &body.name,
@@ -75,7 +87,7 @@ pub(super) async fn login(
         )
         .into_response();
     };
-    app.login_limiter.succeeded(&record.name);
+    attempt.succeeded();
     let (id, session) = operators::new_session(&record.name);
     if let Err(e) = app.db.add_operator_session(&session).await {
         return AdminError::from(e).into_response();
