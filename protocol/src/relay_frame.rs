@@ -18,6 +18,8 @@ pub const DATA: u8 = 0x02;
 /// The longest DATA payload: the largest UDP payload (a 65,535-byte datagram less its 8-byte
 /// header), since the relay sends each payload as one datagram.
 pub const MAX_PAYLOAD: usize = 65_535 - 8;
+/// The longest `wait` of a long-poll `recv`, in milliseconds; a longer one is taken as this.
+pub const MAX_RECV_WAIT_MS: u64 = 25_000;
 
 const V4_ADDR_LEN: usize = 1 + 4 + 2;
 const V6_ADDR_LEN: usize = 1 + 16 + 2;

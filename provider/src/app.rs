@@ -38,6 +38,10 @@ impl crate::wire::BodyLimit for App {
     fn max_body_bytes(&self) -> usize {
         self.config.endpoint_api.max_body_bytes
     }
+
+    fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.endpoint_api.limits.body_timeout_seconds)
+    }
 }
 
 impl App {

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod federation;
 pub mod import;
 pub mod invitation;
+pub mod listener;
 pub mod members;
 pub mod operators;
 pub mod pki;

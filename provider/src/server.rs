@@ -6,18 +6,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::net::TcpListener;
+
+use crate::listener::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::app::App;
-use crate::auth::PeerCertificate;
 use crate::config::Config;
 use crate::db::Db;
 use crate::pki::{self, EndpointCa};
@@ -174,24 +171,39 @@ impl Provider {
                         &app.config,
                     )));
         }
-        tasks.push(tokio::spawn(serve_tls(
-            app.clone(),
-            endpoint_listener,
-            Box::new(move || tls.clone()),
-            endpoint_router,
-        )));
+        let grace = Duration::from_secs(app.config.endpoint_api.shutdown_grace_seconds);
+        tasks.push(tokio::spawn(
+            Listener {
+                name: "endpoint",
+                limits: app.config.endpoint_api.limits,
+                grace,
+            }
+            .serve(
+                endpoint_listener,
+                Some(Box::new(move || tls.clone())),
+                endpoint_router,
+                shutdown_rx.clone(),
+            ),
+        ));
         if let (Some(fed), Some(listener)) = (app.federation.clone(), federation_listener) {
             let mut router = crate::federation::routes::router(app.clone());
             if let Some(relay) = &relay {
                 router = router.layer(axum::Extension(relay.clone()));
             }
             let current = fed.clone();
-            tasks.push(tokio::spawn(serve_tls(
-                app.clone(),
-                listener,
-                Box::new(move || current.identity.current().server.clone()),
-                router,
-            )));
+            tasks.push(tokio::spawn(
+                Listener {
+                    name: "federation",
+                    limits: app.config.federation.limits,
+                    grace,
+                }
+                .serve(
+                    listener,
+                    Some(Box::new(move || current.identity.current().server.clone())),
+                    router,
+                    shutdown_rx.clone(),
+                ),
+            ));
             tasks.extend(fed.spawn_tasks());
             tasks.push(tokio::spawn(reload_on_sighup(app.clone())));
         }
@@ -199,36 +211,27 @@ impl Provider {
             (app.config.directory.file.clone(), directory_listener)
         {
             let router = crate::federation::directory_host::directory_router(file);
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        crate::shared::shutting_down(&mut stop).await;
-                    })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "directory listener failed");
+            tasks.push(tokio::spawn(
+                Listener {
+                    name: "directory",
+                    limits: app.config.directory.limits,
+                    grace,
                 }
-            }));
+                .serve(listener, None, router, shutdown_rx.clone()),
+            ));
         }
         let mut admin = crate::admin::router(app.clone());
         if let Some(relay) = &relay {
             admin = admin.layer(axum::Extension(relay.clone()));
         }
-        let mut admin_shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = axum::serve(
-                admin_listener,
-                admin.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                crate::shared::shutting_down(&mut admin_shutdown).await;
-            })
-            .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "admin listener failed");
+        tasks.push(tokio::spawn(
+            Listener {
+                name: "admin",
+                limits: app.config.admin.limits,
+                grace,
             }
-        }));
+            .serve(admin_listener, None, admin, shutdown_rx.clone()),
+        ));
         tasks.push(tokio::spawn(sweep(app.clone())));
         let sip = if app.config.sip.enabled {
             Some(
@@ -320,11 +323,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The TLS configuration for the next connection: fixed for the endpoint API, the current
-/// federation identity for the federation listener (so a reload applies to new connections while
-/// open ones carry on).
-type TlsSource = Box<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
-
 /// On SIGHUP, reloads the federation certificate and key.
 async fn reload_on_sighup(app: Arc<App>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -349,65 +347,6 @@ async fn reload_on_sighup(app: Arc<App>) {
                 tracing::error!(error = %e, "SIGHUP: the federation certificate does not load; keeping the previous one")
             }
         }
-    }
-}
-
-async fn serve_tls(app: Arc<App>, listener: TcpListener, tls: TlsSource, router: axum::Router) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = app.shutdown.clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::shared::shutting_down(&mut shutdown) => break,
-        };
-        let acceptor = TlsAcceptor::from(tls());
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Arc::new(c.clone().into_owned()));
-            let peer_cert = PeerCertificate(cert);
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer_cert.clone());
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let grace = Duration::from_secs(app.config.endpoint_api.shutdown_grace_seconds);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing remaining connections");
     }
 }
 

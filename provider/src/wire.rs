@@ -204,9 +204,11 @@ pub struct DictBody {
     pub dict: Dict,
 }
 
-/// What a router's state tells [`DictBody`]: the largest body it reads.
+/// What a router's state tells [`DictBody`]: the largest body it reads, and how long the client
+/// has to send it.
 pub trait BodyLimit {
     fn max_body_bytes(&self) -> usize;
+    fn body_timeout(&self) -> std::time::Duration;
 }
 
 impl<S: BodyLimit + Send + Sync> FromRequest<Arc<S>> for DictBody {
@@ -226,8 +228,18 @@ impl<S: BodyLimit + Send + Sync> FromRequest<Arc<S>> for DictBody {
         let encoding =
             Encoding::from_content_type(content_type.as_deref()).map_err(|e| fail(e.into()))?;
         let limit = state.max_body_bytes();
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let timeout = state.body_timeout();
+        let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                metrics::counter!("switchyard_http_timeouts_total", "listener" => "endpoint", "phase" => "body")
+                    .increment(1);
+                fail(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!("the body did not arrive within {} s", timeout.as_secs()),
+                ))
+            })?
             .map_err(|_| {
                 fail(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

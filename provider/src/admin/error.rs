@@ -84,8 +84,18 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<App>> for Js
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, AdminError> {
         let limit = app.config.admin.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let timeout = std::time::Duration::from_secs(app.config.admin.limits.body_timeout_seconds);
+        let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                metrics::counter!("switchyard_http_timeouts_total", "listener" => "admin", "phase" => "body")
+                    .increment(1);
+                AdminError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!("the body did not arrive within {} s", timeout.as_secs()),
+                )
+            })?
             .map_err(|_| {
                 AdminError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

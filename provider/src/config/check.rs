@@ -107,6 +107,41 @@ impl Config {
                 bad(key, "must be greater than 0".into());
             }
         }
+        for (section, limits) in [
+            ("endpoint_api", &self.endpoint_api.limits),
+            ("admin", &self.admin.limits),
+            ("federation", &self.federation.limits),
+            ("directory", &self.directory.limits),
+        ] {
+            for (key, value) in [
+                ("max_connections", limits.max_connections as u64),
+                ("header_timeout_seconds", limits.header_timeout_seconds),
+                ("idle_timeout_seconds", limits.idle_timeout_seconds),
+                ("body_timeout_seconds", limits.body_timeout_seconds),
+            ] {
+                if value == 0 {
+                    bad(
+                        &format!("{section}.limits.{key}"),
+                        "must be greater than 0".into(),
+                    );
+                }
+            }
+        }
+        // A long-poll (push channel, HTTP relay) waits without a byte moving; the idle limit
+        // must outlast it.
+        let longest_poll = self
+            .push
+            .long_poll_max_seconds
+            .max(switchyard_protocol::relay_frame::MAX_RECV_WAIT_MS / 1000);
+        if self.endpoint_api.limits.idle_timeout_seconds <= longest_poll {
+            bad(
+                "endpoint_api.limits.idle_timeout_seconds",
+                format!(
+                    "must be longer than the longest long-poll ({longest_poll} s: \
+                     push.long_poll_max_seconds, and the HTTP relay's 25 s)"
+                ),
+            );
+        }
         if self.invitation.seal_key_rotation_seconds < 2 * self.invitation.ring_timeout_seconds {
             bad(
                 "invitation.seal_key_rotation_seconds",

@@ -73,6 +73,38 @@ pub struct EndpointApiConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_grace_seconds: u64,
+    pub limits: HttpLimits,
+}
+
+/// What one HTTP listener allows a client (see `listener.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpLimits {
+    /// Connections open at once; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has for the TLS handshake, and for each request's headers.
+    pub header_timeout_seconds: u64,
+    /// A connection that moves no byte either way for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Time a client has to send a request's body.
+    pub body_timeout_seconds: u64,
+}
+
+impl HttpLimits {
+    fn with_connections(max_connections: usize) -> Self {
+        HttpLimits {
+            max_connections,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
+            body_timeout_seconds: 30,
+        }
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits::with_connections(1024)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +116,7 @@ pub struct AdminConfig {
     pub max_body_bytes: usize,
     /// Largest CSV accepted by the bulk import.
     pub max_import_bytes: u64,
+    pub limits: HttpLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,6 +215,8 @@ pub struct FederationConfig {
     pub max_dispatch_candidates: usize,
     /// Largest answer read from a peer to anything but a filter pull.
     pub max_answer_bytes: usize,
+    /// What the federation listener allows each peer connection.
+    pub limits: HttpLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +235,7 @@ pub struct DirectoryConfig {
     pub file: Option<PathBuf>,
     /// Plain HTTP: the dictionary is signed, so the transport needs no protection of its own.
     pub listen: SocketAddr,
+    pub limits: HttpLimits,
 }
 
 /// The TURN relay (RFC 8656, UDP) endpoints use when no direct path works; they get short-lived
@@ -375,6 +411,7 @@ impl Default for EndpointApiConfig {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             max_body_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
+            limits: HttpLimits::with_connections(16_384),
         }
     }
 }
@@ -386,6 +423,7 @@ impl Default for AdminConfig {
             token_file: None,
             max_body_bytes: 64 * 1024,
             max_import_bytes: 1 << 30,
+            limits: HttpLimits::with_connections(256),
         }
     }
 }
@@ -453,6 +491,7 @@ impl Default for FederationConfig {
             peer_filter_max_false_positive_rate: 0.01,
             max_dispatch_candidates: 16,
             max_answer_bytes: 1 << 20,
+            limits: HttpLimits::with_connections(4096),
         }
     }
 }
@@ -462,6 +501,7 @@ impl Default for DirectoryConfig {
         DirectoryConfig {
             file: None,
             listen: "0.0.0.0:8080".parse().expect("literal address"),
+            limits: HttpLimits::default(),
         }
     }
 }

@@ -28,7 +28,7 @@ use axum::Extension;
 use serde::Deserialize;
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::relay_frame::{
-    append_length_prefixed, split_length_prefixed, Datagram, Frame, FrameError,
+    append_length_prefixed, split_length_prefixed, Datagram, Frame, FrameError, MAX_RECV_WAIT_MS,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
@@ -46,8 +46,6 @@ use crate::wire::{encoding_of, ApiError, Reply};
 
 /// Frames queued per long-poll allocation; the oldest is dropped beyond this.
 pub const QUEUE_LIMIT: usize = 1024;
-/// The longest `wait` of `GET /v1/media-relay/{id}/recv`, in milliseconds.
-pub const MAX_WAIT_MS: u64 = 25_000;
 /// A long-poll allocation neither polled nor sent on for this long is freed.
 pub const IDLE: Duration = Duration::from_secs(30);
 /// The largest UDP datagram.
@@ -526,7 +524,7 @@ pub async fn recv_route(
         Err(e) => return fail(&headers, "media-relay-recv", e),
     };
     let wait = match params {
-        Ok(Query(p)) => p.wait.unwrap_or(0).min(MAX_WAIT_MS),
+        Ok(Query(p)) => p.wait.unwrap_or(0).min(MAX_RECV_WAIT_MS),
         Err(e) => {
             return fail(
                 &headers,

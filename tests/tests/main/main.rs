@@ -10,6 +10,7 @@ mod call_relay;
 mod federation;
 mod federation_faults;
 mod federation_interop;
+mod floods;
 mod http_relay;
 mod invitations;
 mod media_call;

@@ -1,0 +1,302 @@
+//! The HTTP listeners (endpoint API, federation, admin, directory), TLS or plain, each bounded:
+//! at most `max_connections` open at once (further clients wait in the kernel's backlog), the
+//! TLS handshake and a request's headers within `header_timeout_seconds`, and a connection that
+//! moves no byte either way for `idle_timeout_seconds` closed. Without these a slow client holds
+//! a connection, and its file descriptor, for ever; enough of them stop the provider.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::auth::PeerCertificate;
+use crate::config::HttpLimits;
+
+/// The TLS configuration for the next connection: fixed for the endpoint API, the current
+/// federation identity for the federation listener (so a reload applies to new connections while
+/// open ones carry on).
+pub type TlsSource = Box<dyn Fn() -> Arc<ServerConfig> + Send + Sync>;
+
+/// One listener: its name in logs and metrics, its limits, and how long shutdown waits.
+pub struct Listener {
+    pub name: &'static str,
+    pub limits: HttpLimits,
+    pub grace: Duration,
+}
+
+impl Listener {
+    /// Serves `router` on `listener` until `shutdown` turns true, then lets in-flight requests
+    /// finish for the grace period. With `tls`, each request carries the client's certificate
+    /// ([`PeerCertificate`]); every request carries `ConnectInfo<SocketAddr>`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<TlsSource>,
+        router: axum::Router,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let header_timeout = Duration::from_secs(self.limits.header_timeout_seconds);
+        let idle_timeout = Duration::from_secs(self.limits.idle_timeout_seconds);
+        let name = self.name;
+        loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics::counter!("switchyard_http_connections_at_cap_total", "listener" => name)
+                        .increment(1);
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                        _ = crate::shared::shutting_down(&mut shutdown) => break,
+                    }
+                }
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = crate::shared::shutting_down(&mut shutdown) => break,
+            };
+            let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls()));
+            let router = router.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let activity = Activity::new();
+                let stream = Watched {
+                    inner: stream,
+                    activity: activity.clone(),
+                    _slot: slot,
+                };
+                let (io, cert) = match acceptor {
+                    Some(acceptor) => {
+                        let tls = match tokio::time::timeout(
+                            header_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::counter!("switchyard_http_timeouts_total", "listener" => name, "phase" => "handshake")
+                                    .increment(1);
+                                return;
+                            }
+                        };
+                        let cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| Arc::new(c.clone().into_owned()));
+                        (Io::Tls(Box::new(tls)), cert)
+                    }
+                    None => (Io::Plain(stream), None),
+                };
+                let peer_cert = PeerCertificate(cert);
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer_cert.clone());
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder.http2().timer(TokioTimer::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::select! {
+                    result = conn => if let Err(e) = result {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    },
+                    _ = activity.idle_for(idle_timeout) => {
+                        metrics::counter!("switchyard_http_timeouts_total", "listener" => name, "phase" => "idle")
+                            .increment(1);
+                        tracing::debug!(listener = name, %peer, "idle connection closed");
+                    }
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = name,
+                "grace period over; closing remaining connections"
+            );
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was opened.
+#[derive(Clone)]
+struct Activity {
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `limit`. An upgraded connection (a WebSocket) has
+    /// left hyper by then; it keeps its own keep-alive and is not cut here.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.opened.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// A stream that records its activity and holds its listener's connection slot: the slot is
+/// freed when the stream is dropped, also after an upgrade hands it to a WebSocket.
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type WatchedTcp = Watched<tokio::net::TcpStream>;
+
+/// A connection, with or without TLS.
+enum Io {
+    Plain(WatchedTcp),
+    Tls(Box<tokio_rustls::server::TlsStream<WatchedTcp>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_when_no_byte_moved_for_the_whole_limit() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(3);
+        let watch = activity.clone();
+        let idle = tokio::spawn(async move { watch.idle_for(limit).await });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        activity.touch();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!idle.is_finished(), "a byte 2 s ago");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert!(idle.is_finished(), "3.1 s without a byte");
+    }
+}

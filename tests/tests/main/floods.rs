@@ -1,0 +1,130 @@
+//! Clients that hold connections without finishing requests: each HTTP listener cuts them off
+//! (TLS handshake and headers within the header timeout, also between kept-alive requests, and a
+//! body within the body timeout) and, at its connection cap, makes new clients wait instead of
+//! running out of file descriptors; a legitimate request still gets through. (The idle timeout,
+//! for a connection that stalls mid-request, is unit-tested in `provider/src/listener.rs`.)
+
+use std::time::{Duration, Instant};
+
+use switchyard_provider::config::HttpLimits;
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITS: HttpLimits = HttpLimits {
+    max_connections: 16,
+    header_timeout_seconds: 1,
+    idle_timeout_seconds: 3,
+    body_timeout_seconds: 1,
+};
+
+async fn limited() -> anyhow::Result<Harness> {
+    let (mut config, dir) = test_config().await?;
+    config.endpoint_api.limits = LIMITS;
+    config.admin.limits = LIMITS;
+    config.push.long_poll_max_seconds = 2;
+    Harness::start_with(config, dir).await
+}
+
+/// Waits until the server closes `stream` (reads end of file), for at most `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + within),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => anyhow::bail!("still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_fill_no_listener_and_legitimate_requests_get_through() -> anyhow::Result<()> {
+    let h = limited().await?;
+    let admin = h.provider.admin_addr;
+    let endpoint = h.provider.endpoint_addr;
+
+    // As many clients as each listener takes, each stopping halfway: headers that never end
+    // on the admin listener, a TLS handshake that never starts on the endpoint API.
+    let mut slow = Vec::new();
+    for _ in 0..LIMITS.max_connections {
+        let mut stream = TcpStream::connect(admin).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await?;
+        slow.push(stream);
+        slow.push(TcpStream::connect(endpoint).await?);
+    }
+    // Both listeners are full; the next clients wait until the slow ones are cut off.
+    let started = Instant::now();
+    let health = reqwest::Client::new()
+        .get(format!("{}/healthz", h.admin_url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    assert_eq!(health.status(), 200);
+    let endpoint_api = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(h.ca_pem().as_bytes())?])
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(format!("{}/v1/no-such-path", h.provider_url))
+        .send()
+        .await?;
+    assert_eq!(endpoint_api.status(), 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    for stream in &mut slow {
+        closed_within(stream, Duration::from_secs(3)).await?;
+    }
+
+    // A body that stops arriving is answered 408 within the body timeout.
+    let mut stream = TcpStream::connect(admin).await?;
+    let request = format!(
+        "POST /admin/v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"display_",
+        h.token()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+
+    // A kept-alive connection must start its next request within the header timeout.
+    let mut stream = TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let n = stream.read(&mut [0u8; 4096]).await?;
+    assert!(n > 0);
+    let quiet = closed_within(&mut stream, Duration::from_secs(3)).await?;
+    assert!(
+        quiet >= Duration::from_millis(500),
+        "closed after {quiet:?}"
+    );
+
+    let metrics = h.metrics().await?;
+    for (listener, phase) in [("admin", "body"), ("endpoint", "handshake")] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("switchyard_http_timeouts_total")
+                    && l.contains(&format!("listener=\"{listener}\""))
+                    && l.contains(&format!("phase=\"{phase}\""))),
+            "no {listener} {phase} timeout counted"
+        );
+    }
+    assert!(metrics.contains("switchyard_http_connections_at_cap_total"));
+    h.provider.shutdown().await;
+    Ok(())
+}
