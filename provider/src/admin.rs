@@ -962,7 +962,7 @@ async fn list_sip_accounts(State(app): State<Arc<App>>, Path(id): Path<String>) 
 
 #[utoipa::path(delete, path = "/admin/v1/sip-accounts/{aor}", tag = "sip", security(("token" = []), ("session" = [])), params(("aor" = String, Path, description = "The address of record, percent-encoded")), responses((status = 200, description = "removed: the AoR", body = Object), (status = 404, description = "No such account", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
 async fn remove_sip_account(State(app): State<Arc<App>>, Path(aor): Path<String>) -> AdminResult {
-    let canonical = crate::sip::registrar::canonical_aor(&aor).ok_or_else(|| {
+    let canonical = crate::sip::uri::canonical_aor(&aor).ok_or_else(|| {
         AdminError::new(
             StatusCode::BAD_REQUEST,
             "invalid-field",
