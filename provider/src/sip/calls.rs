@@ -44,6 +44,9 @@ pub type Events = mpsc::UnboundedReceiver<Event>;
 pub struct Calls {
     /// Each call's task.
     legs: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
+    /// Legs reserved before their task starts (an Initiate Push handed over in memory, see
+    /// [`Calls::reserve`]): their events wait here for it.
+    starting: Mutex<HashMap<String, Events>>,
     /// In-dialog requests find their call by Call-ID and the edge's tag.
     dialogs: Mutex<HashMap<(String, String), String>>,
     /// A phone's INVITE (its branch and source) and the call it started, for retransmissions,
@@ -64,6 +67,7 @@ impl Default for Calls {
     fn default() -> Self {
         Calls {
             legs: Default::default(),
+            starting: Default::default(),
             dialogs: Default::default(),
             invites: Default::default(),
             clients: Default::default(),
@@ -73,7 +77,8 @@ impl Default for Calls {
 }
 
 impl Calls {
-    /// Whether pushes for `leg` are this edge's: its task runs, or it ended lately.
+    /// Whether pushes for `leg` are this edge's: its task runs (or is reserved), or it ended
+    /// lately.
     pub fn has_leg(&self, leg: &str) -> bool {
         self.legs.lock().expect("legs").contains_key(leg)
             || self
@@ -91,14 +96,37 @@ impl Calls {
         }
     }
 
-    /// Registers `leg`'s task, so that pushes and requests find it from now on.
+    /// Registers `leg`'s task, so that pushes and requests find it from now on: the channel a
+    /// reservation made for it, or a new one.
     pub fn add_leg(&self, leg: &str) -> (mpsc::UnboundedSender<Event>, Events) {
+        let mut starting = self.starting.lock().expect("starting");
+        let mut legs = self.legs.lock().expect("legs");
+        if let Some(events) = starting.remove(leg) {
+            if let Some(sender) = legs.get(leg) {
+                return (sender.clone(), events);
+            }
+        }
         let (sender, events) = mpsc::unbounded_channel();
-        self.legs
-            .lock()
-            .expect("legs")
-            .insert(leg.to_string(), sender.clone());
+        legs.insert(leg.to_string(), sender.clone());
         (sender, events)
+    }
+
+    /// Registers `leg` before its task starts: its events wait in its channel, and
+    /// [`Calls::has_leg`] says it is this edge's from now on.
+    pub fn reserve(&self, leg: &str) {
+        let mut starting = self.starting.lock().expect("starting");
+        let mut legs = self.legs.lock().expect("legs");
+        let (sender, events) = mpsc::unbounded_channel();
+        legs.insert(leg.to_string(), sender);
+        starting.insert(leg.to_string(), events);
+    }
+
+    /// Gives up a reservation whose task will not start (a task that did start is left alone).
+    pub fn release(&self, leg: &str) {
+        let mut starting = self.starting.lock().expect("starting");
+        if starting.remove(leg).is_some() {
+            self.legs.lock().expect("legs").remove(leg);
+        }
     }
 
     pub fn remove_leg(&self, leg: &str) {
@@ -217,22 +245,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_leg_gets_its_events_until_it_ends_and_its_late_pushes_stay_its() {
+    fn a_reserved_leg_takes_its_events_before_its_task_starts() {
         let calls = Calls::default();
         let leg = leg_key("s1", "gw");
         assert!(!calls.has_leg(&leg));
-        let (_, mut events) = calls.add_leg(&leg);
+        calls.reserve(&leg);
         assert!(calls.has_leg(&leg));
         assert!(calls.send_event(&leg, Event::Push(Dict::new().with("action", "cancel"))));
+        let (_, mut events) = calls.add_leg(&leg);
         match events.try_recv() {
             Ok(Event::Push(push)) => assert_eq!(push.str("action").ok(), Some("cancel")),
-            _ => panic!("the event sent is the leg's"),
+            _ => panic!("the event sent before the task started is its first"),
         }
+        // Released once started: the running leg stays.
+        calls.release(&leg);
+        assert!(calls.has_leg(&leg));
         calls.finish(&leg, None);
         assert!(!calls.send_event(&leg, Event::Timeout(1)));
         assert!(
             calls.has_leg(&leg),
             "an ended leg's late pushes are still its"
         );
+    }
+
+    #[test]
+    fn a_released_reservation_is_forgotten() {
+        let calls = Calls::default();
+        let leg = leg_key("s2", "gw");
+        calls.reserve(&leg);
+        calls.release(&leg);
+        assert!(!calls.has_leg(&leg));
+        assert!(!calls.send_event(&leg, Event::Timeout(1)));
     }
 }

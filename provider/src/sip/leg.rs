@@ -66,7 +66,8 @@ pub struct Leg {
 
 impl Leg {
     /// A call task's state, registered under `leg_id` so that pushes and requests find it from
-    /// now on; the caller fills in what it knows of the call.
+    /// now on (in the channel a reservation made for it, if one did); the caller fills in what
+    /// it knows of the call.
     pub fn new(
         handle: Arc<EdgeHandle>,
         leg_id: String,

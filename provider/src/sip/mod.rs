@@ -20,7 +20,7 @@
 //! * [`dialog`], [`fork`], [`session`] — a leg's SIP dialog, its forked INVITE and its side in
 //!   the invitation protocol; [`leg`] — the leg's task; [`start`] — starting legs;
 //! * [`registrar`] — REGISTER, and the digest checks of the phones' requests; [`gateway`] — the
-//!   gateway endpoints' pushes, off their queues;
+//!   gateway endpoints' pushes, in memory from this process or off their queues;
 //! * [`edge`] — the edge itself ([`SipEdge`]): sockets, server transactions, dispatch.
 
 pub mod accounts;

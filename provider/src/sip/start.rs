@@ -120,7 +120,9 @@ pub async fn outgoing(
     Ok(())
 }
 
-/// An Initiate Push for `account`'s gateway: the account's phones are rung.
+/// An Initiate Push for `account`'s gateway: the account's phones are rung. A reservation made
+/// for the leg when the push was handed over in memory is taken up, or given up if the call
+/// cannot start.
 pub async fn incoming(handle: &Arc<EdgeHandle>, account: SipAccount, push: Dict) {
     let session = match push.str("session-id") {
         Ok(s) => s.to_string(),
@@ -128,7 +130,12 @@ pub async fn incoming(handle: &Arc<EdgeHandle>, account: SipAccount, push: Dict)
     };
     let gateway = match gateway_of(&handle.app, &account).await {
         Ok(g) => g,
-        Err(_) => return,
+        Err(_) => {
+            if let Some(endpoint) = &account.endpoint_id {
+                handle.calls.release(&leg_key(&session, endpoint));
+            }
+            return;
+        }
     };
     let leg_id = leg_key(&session, &gateway.endpoint.id);
     let session = Session::new(handle.app.clone(), session, gateway);
