@@ -288,7 +288,7 @@ pub(super) async fn remove_sip_account(
     State(app): State<Arc<App>>,
     Path(aor): Path<String>,
 ) -> AdminResult {
-    let canonical = crate::sip::registrar::canonical_aor(&aor).ok_or_else(|| {
+    let canonical = crate::sip::uri::canonical_aor(&aor).ok_or_else(|| {
         AdminError::new(
             StatusCode::BAD_REQUEST,
             "invalid-field",

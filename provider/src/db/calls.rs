@@ -547,7 +547,7 @@ impl WriteUnit for DbUnit<'_> {
         ttl_ms: i64,
     ) -> Result<bool, StoreFailure> {
         self.outbox
-            .push(&mut self.tx, endpoint_id, &push.to_dict(), ttl_ms)
+            .push(&mut self.tx, self.hub, endpoint_id, push, ttl_ms)
             .await
             .map_err(failure)
     }

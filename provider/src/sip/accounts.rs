@@ -1,12 +1,45 @@
 //! SIP accounts, as operators provision them (admin API, `switchyard sip`): an address of record
 //! in one of `sip.domains`, a digest username (the AoR's user part unless given) and a password,
-//! kept only as HA1 in both digest algorithms.
+//! kept only as HA1 in both digest algorithms; and the gateway endpoint each account acts
+//! through.
+
+use switchyard_protocol::capabilities::Capabilities;
 
 use super::digest::{ha1, Algorithm};
-use super::registrar::canonical_aor;
+use super::status::{db_refusal, Refusal};
+use super::uri::{canonical_aor, uris_of};
+use crate::app::App;
+use crate::auth::AuthEndpoint;
 use crate::config::Config;
-use crate::db::records::SipAccount;
+use crate::db::records::{EndpointRecord, SipAccount};
 use crate::shared::now_ms;
+
+/// What a gateway endpoint can answer: the codecs SIP phones and trunks commonly offer. The
+/// phones negotiate between themselves; this only decides which calls ring the gateway.
+pub fn gateway_capabilities() -> Capabilities {
+    Capabilities {
+        audio: true,
+        video: true,
+        audio_codecs: ["opus", "PCMU", "PCMA", "G722", "G729"]
+            .map(String::from)
+            .to_vec(),
+        video_codecs: ["H264", "VP8"].map(String::from).to_vec(),
+    }
+}
+
+/// The gateway endpoint of an account, authenticated as its user's endpoint.
+pub async fn gateway_of(app: &App, account: &SipAccount) -> Result<AuthEndpoint, Refusal> {
+    let unavailable = || Refusal(480, "Account Has No Gateway Endpoint".into(), vec![]);
+    let id = account.endpoint_id.as_deref().ok_or_else(unavailable)?;
+    let endpoint: EndpointRecord = app
+        .db
+        .endpoint(id)
+        .await
+        .map_err(db_refusal)?
+        .ok_or_else(unavailable)?;
+    let uris = uris_of(app, account).await?;
+    Ok(AuthEndpoint { endpoint, uris })
+}
 
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::digest::Credentials;
 use super::message::{receive, Framed, Limits, Received, StreamFramer, Transport, ALLOWED};
-use super::registrar::{canonical_aor, name_addr, split_list};
+use super::uri::{canonical_aor, name_addr, split_list};
 
 /// Small enough that a fuzzed input reaches the size limits (`413`, a framer's `Broken`).
 const LIMITS: Limits = Limits {

@@ -1,65 +1,21 @@
 //! The registrar (RFC 3261 §10.3): REGISTER with digest authentication binds contacts to an
 //! account's address of record. Every binding change of one REGISTER happens in one transaction,
-//! or none does.
+//! or none does. It also checks the digest credentials of the phones' INVITEs, as their proxy.
+
+use std::sync::Arc;
 
 use rsip::prelude::*;
 use rsip::Header;
 
-use super::digest::{Algorithm, Credentials, DigestError};
+use super::digest::{Algorithm, Credentials, Digest, DigestError};
 use super::message::{self, cseq, response, Inbound};
-use super::SipEdge;
+use super::status::{refuse, Refusal};
+use super::uri::{canonical_aor, name_addr, split_list};
+use crate::app::App;
+use crate::config::SipConfig;
 use crate::db::records::{SipAccount, SipContact};
 use crate::db::sip::{delete_sip_contacts, save_sip_contact, sip_contacts_in};
 use crate::shared::now_ms;
-
-/// A refusal: status, reason phrase and extra headers.
-pub(super) struct Refusal(pub u16, pub String, pub Vec<Header>);
-
-fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
-    Refusal(status, reason.into(), Vec::new())
-}
-
-/// `sip:user@host`, the form AoRs are stored in: scheme `sip` (a `sips:` AoR is the same
-/// account), the user part as given, the host lowercased, no password, port or parameters. Only
-/// what RFC 3261 §25.1 allows in a user part (unreserved, escaped and user-unreserved characters)
-/// and in a host (a domain name, an IPv4 address or a bracketed IPv6 reference) is accepted, so
-/// the result is its own canonical form.
-pub fn canonical_aor(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.trim().split_once(':')?;
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
-        return None;
-    }
-    let (userinfo, hostpart) = rest.split_once('@')?;
-    let user = userinfo.split(':').next()?;
-    let user_ok = !user.is_empty()
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()%&=+$,;?/".contains(&b));
-    let hostport = hostpart.split([';', '?']).next()?;
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => {
-            let (address, after) = v6.split_once(']')?;
-            let ok = !address.is_empty()
-                && address
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-                && (after.is_empty() || after.starts_with(':'));
-            ok.then(|| format!("[{address}]"))?
-        }
-        None => {
-            let host = hostport.split(':').next()?;
-            let ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-            ok.then(|| host.to_string())?
-        }
-    };
-    if !user_ok {
-        return None;
-    }
-    Some(format!("sip:{user}@{}", host.to_ascii_lowercase()))
-}
 
 /// The host of a `sip:`/`sips:` Request-URI without a user part (a registrar's domain).
 fn register_domain(request_uri: &str) -> Option<String> {
@@ -79,59 +35,6 @@ fn register_domain(request_uri: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// The URI of a `name-addr` or `addr-spec` (From, To, Contact) and the header parameters after it.
-pub fn name_addr(value: &str) -> Option<(String, Vec<(String, String)>)> {
-    let value = value.trim();
-    let (uri, params) = match (value.find('<'), value.find('>')) {
-        (Some(start), Some(end)) if end > start => {
-            (value[start + 1..end].trim(), &value[end + 1..])
-        }
-        (None, None) => match value.find(';') {
-            Some(at) => (value[..at].trim(), &value[at..]),
-            None => (value, ""),
-        },
-        _ => return None,
-    };
-    if uri.is_empty() || uri.contains(char::is_whitespace) {
-        return None;
-    }
-    let params = params
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),
-            None => (p.to_ascii_lowercase(), String::new()),
-        })
-        .collect();
-    Some((uri.to_string(), params))
-}
-
-/// Splits a header value at the commas that separate entries, not those inside quotes or `<>`.
-pub fn split_list(value: &str) -> Vec<String> {
-    let mut entries = Vec::new();
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    let mut current = String::new();
-    for c in value.chars() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                entries.push(std::mem::take(&mut current).trim().to_string());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(c);
-    }
-    entries.push(current.trim().to_string());
-    entries.retain(|e| !e.is_empty());
-    entries
-}
-
 /// What one Contact asks for.
 struct Binding {
     contact: String,
@@ -139,9 +42,50 @@ struct Binding {
     expires: u64,
 }
 
-impl SipEdge {
+/// The registrar of the edge's domains (`sip.domains`), with the digest of its realm.
+pub struct Registrar {
+    app: Arc<App>,
+    config: SipConfig,
+    digest: Digest,
+    domains: Vec<String>,
+}
+
+impl Registrar {
+    /// The registrar of `app`'s SIP configuration; its digest secret is made on first use.
+    pub fn new(app: Arc<App>) -> anyhow::Result<Registrar> {
+        let config = app.config.sip.clone();
+        let secret =
+            crate::pki::load_or_create_secret(&app.config.sip_secret_path(), "SIP secret")?;
+        let domains = app.config.sip_domains();
+        let digest = Digest::new(
+            app.config.sip_realm(),
+            secret.as_bytes(),
+            config.nonce_lifetime_seconds,
+            &config.digest_algorithms,
+        );
+        Ok(Registrar {
+            app,
+            config,
+            digest,
+            domains,
+        })
+    }
+
+    pub fn realm(&self) -> &str {
+        self.digest.realm()
+    }
+
+    pub fn domains(&self) -> &[String] {
+        &self.domains
+    }
+
+    /// Whether `domain` is one of `sip.domains`.
+    fn serves(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
     /// Answers a REGISTER.
-    pub(super) async fn register(&self, inbound: &Inbound) -> Vec<u8> {
+    pub async fn register(&self, inbound: &Inbound) -> Vec<u8> {
         let request = &inbound.request;
         let (status, reason, extra) = match self.bind(inbound).await {
             Ok(extra) => (200, "OK".to_string(), extra),
@@ -324,7 +268,7 @@ impl SipEdge {
     /// Checks the digest credentials of `inbound`, challenging when there are none (or stale
     /// ones): as a registrar (401, Authorization) or, for `proxy`, as a proxy (407,
     /// Proxy-Authorization, RFC 3261 §22.3).
-    pub(super) async fn authenticate(
+    pub async fn authenticate(
         &self,
         inbound: &Inbound,
         proxy: bool,
@@ -407,64 +351,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_of_record_are_canonical() {
-        assert_eq!(
-            canonical_aor("sips:Bob@A.Test:5061;transport=tls").as_deref(),
-            Some("sip:Bob@a.test")
-        );
-        assert_eq!(
-            canonical_aor("sip:bob:secret@a.test").as_deref(),
-            Some("sip:bob@a.test")
-        );
-        assert_eq!(
-            canonical_aor("sip:Bob@[2001:DB8::1]:5060").as_deref(),
-            Some("sip:Bob@[2001:db8::1]")
-        );
-        // Found by the sip_headers fuzz target: garbage in the host or user part used to come
-        // out as an AoR that canonicalized to something else again.
-        for bad in [
-            "tel:+15551234",
-            "sip:a.test",
-            "sip:@a.test",
-            "mailto:bob@a.test",
-            "sip:bob:b@t<\09cp>\u{c};~bob@x",
-            "sip:a@ ;x",
-            "sip:bua\0\0ip:bob@[<sip:bob@10.0.0. :6\u{1}?transport=tcp>",
-            "sip:bob@[::1",
-            "sip:b b@a.test",
-        ] {
-            assert_eq!(canonical_aor(bad), None, "{bad}");
-        }
+    fn a_register_names_the_domain_only() {
         assert_eq!(
             register_domain("sip:A.test:5060").as_deref(),
             Some("a.test")
         );
         assert_eq!(register_domain("sip:bob@a.test"), None);
-    }
-
-    #[test]
-    fn contacts_split_and_parse() {
-        assert_eq!(
-            split_list(r#""Bob, at home" <sip:bob@10.0.0.1>;q=0.5, <sip:bob@10.0.0.2;lr>,*"#),
-            vec![
-                r#""Bob, at home" <sip:bob@10.0.0.1>;q=0.5"#.to_string(),
-                "<sip:bob@10.0.0.2;lr>".to_string(),
-                "*".to_string()
-            ]
-        );
-        let (uri, params) =
-            name_addr("<sip:bob@10.0.0.1:5062;transport=tcp>;expires=60;Q=1").unwrap();
-        assert_eq!(uri, "sip:bob@10.0.0.1:5062;transport=tcp");
-        assert_eq!(
-            params,
-            vec![
-                ("expires".to_string(), "60".to_string()),
-                ("q".to_string(), "1".to_string())
-            ]
-        );
-        let (uri, params) = name_addr("sip:bob@10.0.0.1;expires=0").unwrap();
-        assert_eq!(uri, "sip:bob@10.0.0.1");
-        assert_eq!(params[0].1, "0");
-        assert_eq!(name_addr("<sip:bob@x"), None);
     }
 }

@@ -1,14 +1,24 @@
 //! Calls between SIP phones at two providers of a federation, with sipp (Debian's `sip-tester`,
 //! installed by `scripts/ensure-packages.sh`) playing the phones: a call answered and hung up by
 //! either side, put on hold, rejected, cancelled while ringing, each from provider A's phone to
-//! provider B's and the other way round; and bad INVITEs.
+//! provider B's and the other way round; and bad INVITEs. At one provider, the pushes of calls
+//! between its phones and endpoints reach the gateway endpoints in memory, never queued; what
+//! the edge cannot act on is queued as for any endpoint.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use anyhow::Context;
+use sqlx::Row;
 use switchyard_endpoint::client::PushMode;
-use switchyard_protocol::dict::Encoding;
+use switchyard_protocol::capabilities::{Capabilities, MediaKind};
+use switchyard_protocol::dict::{Dict, Encoding};
+use switchyard_protocol::invitation::{CancelPush, CancelReason, InitiatePush, Push, SessionId};
+use switchyard_provider::db::pushes::enqueue_push;
+use switchyard_provider::push::Outbox;
+use switchyard_provider::sip::sdp::blob_of;
 use switchyard_tests::federation::{ProviderSpec, TestFederation, BOB};
 use switchyard_tests::sip::{
     add_account, authorization, free_udp_port, sip_alice_and_bob, sipp_scenario, SipProvider,
@@ -690,5 +700,339 @@ async fn a_blob_without_an_sdp_offer_for_a_sip_phone_is_refused_as_unsupported_m
         "the SIP phone was not rung"
     );
     f.fed.shutdown().await;
+    Ok(())
+}
+
+/// How many pushes were ever queued for `endpoint`: its queue's last sequence number.
+async fn pushes_ever_queued(h: &Harness, endpoint: &str) -> anyhow::Result<i64> {
+    sqlx::any::install_default_drivers();
+    let url = h
+        .provider
+        .app
+        .config
+        .database
+        .url
+        .clone()
+        .context("a database URL")?;
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+    let row = sqlx::query("SELECT push_seq FROM endpoints WHERE id = $1")
+        .bind(endpoint)
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+/// The gateway endpoint of the SIP account `aor`, once the edge takes its pushes in memory (it
+/// looks for new accounts once a second).
+async fn gateway(h: &Harness, aor: &str) -> anyhow::Result<String> {
+    let account = h
+        .provider
+        .app
+        .db
+        .sip_account(aor)
+        .await?
+        .context(aor.to_string())?;
+    let endpoint = account.endpoint_id.context("a gateway endpoint")?;
+    for _ in 0..100 {
+        if h.provider.app.hub.has_sink(&endpoint) {
+            return Ok(endpoint);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the SIP edge never took {aor}'s gateway pushes")
+}
+
+/// sipp in `dir` with `args`, to completion (one call, bounded by its own -timeout); the
+/// scenario must pass.
+async fn run_sipp(dir: &Path, name: &str, args: Vec<String>) -> anyhow::Result<()> {
+    let errors = dir.join(format!("{name}-errors.log"));
+    let (cwd, log) = (dir.to_path_buf(), errors.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .args(&args)
+            .args(["-i", "127.0.0.1", "-m", "1", "-timeout", "40s", "-nostdin"])
+            .args(["-trace_err", "-error_file"])
+            .arg(&log)
+            .current_dir(&cwd)
+            .output()
+    })
+    .await??;
+    check(
+        &output,
+        name,
+        &std::fs::read_to_string(&errors).unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// sipp as `user`'s phone at a.test's edge `server`: `scenario`, then `more`.
+fn phone_args(
+    dir: &Path,
+    server: SocketAddr,
+    user: &str,
+    scenario: &str,
+    more: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        server.to_string(),
+        "-sf".into(),
+        path(&sipp_scenario(scenario)),
+        "-inf".into(),
+        path(&dir.join(format!("{user}.csv"))),
+        "-key".into(),
+        "domain".into(),
+        "a.test".into(),
+    ];
+    args.extend(more.iter().map(|a| a.to_string()));
+    args
+}
+
+/// sipp answering as the phone registered from `port`.
+fn answering_phone_args(scenario: &str, port: u16) -> Vec<String> {
+    vec![
+        "-sf".into(),
+        path(&sipp_scenario(scenario)),
+        "-p".into(),
+        port.to_string(),
+    ]
+}
+
+/// Waits until the call to `callee` last placed at `h` has ended as `reason` says.
+async fn assert_ended(h: &Harness, callee: &str, reason: &str) -> anyhow::Result<()> {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        if let Some(call) = h
+            .calls()
+            .await?
+            .into_iter()
+            .filter(|c| c["to"] == callee)
+            .max_by_key(|c| c["initiated_at"].as_i64().unwrap_or(0))
+        {
+            if call["state"] == "ended" && call["outcome_reason"] == reason {
+                return Ok(());
+            }
+            last = call;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("expected the call to {callee} to end ({reason}): {last}");
+}
+
+/// At one provider, Alice's phone calls Bob's, a native endpoint (Carol) calls Bob's phone and
+/// Alice's phone calls Carol: every push of these calls for the phones' gateway endpoints is
+/// handed to the SIP edge in memory, none queued, while Carol's are queued as for any endpoint.
+#[tokio::test]
+async fn a_providers_own_calls_hand_the_gateways_their_pushes_in_memory() -> anyhow::Result<()> {
+    let _logs = show_logs();
+    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
+    let h = &edge.h;
+    let alice = h.add_user("Alice", &["tel:+16502530001"]).await?;
+    add_account(h, &alice, "sip:alice@a.test", PASSWORD).await?;
+    let carol_user = h.add_user("Carol", &["tel:+16502530009"]).await?;
+    let carol = h
+        .endpoint(&carol_user, "tel:+16502530009", None, Encoding::Plist)
+        .await?;
+    let mut carol_push = carol.push_channel(PushMode::WebSocket).await?;
+    let alice_gateway = gateway(h, "sip:alice@a.test").await?;
+    let bob_gateway = gateway(h, "sip:bob@a.test").await?;
+    let logs = tempfile::tempdir()?;
+    let dir = logs.path();
+    for user in ["alice", "bob"] {
+        std::fs::write(
+            dir.join(format!("{user}.csv")),
+            format!("SEQUENTIAL\n{user};[authentication username={user} password={PASSWORD}]\n"),
+        )?;
+    }
+    let bob_port = free_udp_port();
+    run_sipp(
+        dir,
+        "register-bob",
+        phone_args(
+            dir,
+            edge.udp,
+            "bob",
+            "register",
+            &["-auth_uri", "a.test", "-p", &bob_port.to_string()],
+        ),
+    )
+    .await?;
+    let caller_args = |callee: &str| {
+        phone_args(
+            dir,
+            edge.udp,
+            "alice",
+            "uac-call",
+            &[
+                "-key",
+                "callee",
+                callee,
+                "-auth_uri",
+                callee,
+                "-p",
+                &free_udp_port().to_string(),
+            ],
+        )
+    };
+
+    // Phone to phone: Bob's answers, Alice hangs up.
+    let bob_answers = run_sipp(
+        dir,
+        "bob-answers-alice",
+        answering_phone_args("uas-answer", bob_port),
+    );
+    let alice_calls = async {
+        // The phone being called listens before this one dials.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_sipp(dir, "alice-calls-bob", caller_args("bob@a.test")).await
+    };
+    let (answered, called) = tokio::join!(bob_answers, alice_calls);
+    answered?;
+    called?;
+    assert_ended(h, "tel:+16502530002", "caller-hung-up").await?;
+
+    // A native endpoint calls the phone, and hangs up once it answers.
+    let bob_answers = run_sipp(
+        dir,
+        "bob-answers-carol",
+        answering_phone_args("uas-answer", bob_port),
+    );
+    let carol_calls = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sid = session_id();
+        carol
+            .initiate(&sid, "tel:+16502530002", &blob_of(SDP), &["audio"])
+            .await?;
+        let accepted = expect_push(&mut carol_push, "accept").await?;
+        carol
+            .cancel(
+                &sid,
+                accepted.str("self-uri")?,
+                accepted.str("peer-uri")?,
+                accepted.str("state")?,
+            )
+            .await?;
+        anyhow::Ok(())
+    };
+    let (answered, called) = tokio::join!(bob_answers, carol_calls);
+    answered?;
+    called?;
+    assert_ended(h, "tel:+16502530002", "caller-hung-up").await?;
+
+    // The phone calls the native endpoint, which answers; the phone hangs up.
+    let carol_answers = async {
+        let ring = expect_push(&mut carol_push, "initiate").await?;
+        let answer = SDP.replace("o=- 1 1", "o=carol 7 7");
+        carol.accept(&ring, &blob_of(&answer)).await?;
+        let ended = expect_push(&mut carol_push, "cancel").await?;
+        anyhow::Ok(ended.str("reason")?.to_string())
+    };
+    let alice_calls = run_sipp(dir, "alice-calls-carol", caller_args("+16502530009@a.test"));
+    let (ended, called) = tokio::join!(carol_answers, alice_calls);
+    called?;
+    assert_eq!(ended?, "ended");
+    assert_ended(h, "tel:+16502530009", "caller-hung-up").await?;
+
+    for (phone, gateway) in [("Alice", &alice_gateway), ("Bob", &bob_gateway)] {
+        assert_eq!(
+            pushes_ever_queued(h, gateway).await?,
+            0,
+            "{phone}'s gateway endpoint had a push queued"
+        );
+    }
+    assert!(
+        pushes_ever_queued(h, &carol.identity.endpoint_id).await? >= 3,
+        "a native endpoint's pushes are queued"
+    );
+    edge.h.provider.shutdown().await;
+    Ok(())
+}
+
+/// A push for a gateway that its edge cannot act on here (a Cancel for a call whose leg it does
+/// not hold, as for a call another replica holds) is queued, and left there for whoever holds
+/// the call. Bad pushes in a gateway's queue (an undecodable one, an Initiate naming no session)
+/// harm nothing: the queue's reader goes on to a good Initiate queued after them (as another
+/// replica would queue it) and rings the phone.
+#[tokio::test]
+async fn gateway_pushes_the_edge_cannot_act_on_are_queued_and_bad_ones_harm_nothing(
+) -> anyhow::Result<()> {
+    let _logs = show_logs();
+    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
+    let app = edge.h.provider.app.clone();
+    let bob_gateway = gateway(&edge.h, "sip:bob@a.test").await?;
+    let mut bob = SipTransport::udp(edge.udp).await?;
+    let ua = Ua::of(&bob)?;
+    register(&mut bob, &ua, "a.test", "bob", "udp").await?;
+
+    let stray = session_id();
+    let cancel = Push::Cancel(CancelPush {
+        session_id: SessionId::parse(&stray)?,
+        self_uri: "tel:+16502530002".into(),
+        peer_uri: "tel:+16502530009".into(),
+        reason: CancelReason::Cancelled,
+    });
+    let mut tx = app.db.begin_write().await?;
+    let mut outbox = Outbox::default();
+    assert!(
+        outbox
+            .push(&mut tx, &app.hub, &bob_gateway, &cancel, 60_000)
+            .await?
+    );
+    tx.commit().await?;
+    outbox.wake(&app.hub);
+
+    let plist = |dict: &Dict| String::from_utf8(dict.encode(Encoding::Plist));
+    let ring = Push::Initiate(InitiatePush {
+        session_id: SessionId::parse(&session_id())?,
+        self_uri: "tel:+16502530002".into(),
+        self_token: "gateway-token".into(),
+        peer_uri: "tel:+16502530009".into(),
+        peer_token: "caller-token".into(),
+        peer_blob: blob_of(SDP),
+        peer_capabilities: Capabilities::default(),
+        peer_ca: None,
+        peer_verified: false,
+        peer_provider: None,
+        relay_provider: "a.test".into(),
+        media: vec![MediaKind::Audio],
+        ring_deadline: switchyard_provider::shared::now_ms() + 30_000,
+        state: "a-state".into(),
+    });
+    let expires = switchyard_provider::shared::now_ms() + 60_000;
+    let mut tx = app.db.begin_write().await?;
+    for body in [
+        "not a property list".to_string(),
+        plist(&Dict::new().with("action", "initiate"))?,
+        plist(&ring.to_dict())?,
+    ] {
+        enqueue_push(&mut tx, &bob_gateway, &body, expires).await?;
+    }
+    tx.commit().await?;
+    app.hub.notify(&bob_gateway);
+
+    let invite = next_request(&mut bob).await?;
+    assert!(
+        invite.start.starts_with("INVITE sip:bob@"),
+        "{}",
+        invite.start
+    );
+    bob.send(&invite.response("486 Busy Here", "bobtag", "", ""))
+        .await?;
+    // A reading of the queue or two later: the stray Cancel is still queued, and so is the
+    // undecodable push (left to expire); the Initiates were taken.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let queued: Vec<String> = app
+        .db
+        .pending_pushes(&bob_gateway, 0, 100)
+        .await?
+        .into_iter()
+        .map(|p| p.body)
+        .collect();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(queued.iter().any(|b| b.contains(&stray)), "{queued:?}");
+    assert!(
+        queued.iter().any(|b| b == "not a property list"),
+        "{queued:?}"
+    );
+    edge.h.provider.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,279 @@
+//! The pushes of the SIP accounts' gateway endpoints, into the calls at this edge: an Initiate
+//! starts a call to the account's phones ([`start::incoming`]); the rest go to the call leg
+//! they belong to.
+//!
+//! A push this process makes for a gateway whose account this edge serves is handed over in
+//! memory, after its write unit commits, when the edge can act on it ([`GatewaySink`], see
+//! [`crate::push::PushSink`]): an Initiate, or a push for a leg this edge holds (or reserved for
+//! an Initiate it took, or that ended lately). Such a push is never queued, so it costs no
+//! queue write, read, decode or claim on the call path. Any other push (another replica's, one
+//! for a leg held elsewhere, one made while no sink is registered) is queued as for any
+//! endpoint, and read here from the queue: each gateway's queue once a second or when this
+//! replica's hub wakes it, every push claimed ([`crate::db::Db::claim_push`]) before it is
+//! acted on, one for a call held elsewhere left for its replica.
+//!
+//! Durability: a push handed over in memory lives only as long as the leg it drives, whose
+//! dialog, transactions and timers are in this process's memory and die with it anyway. An
+//! Initiate taken so is lost if the process dies before the leg rings the phones: the call then
+//! ends at its ring deadline, as it would had the process died a moment later with the phones
+//! ringing. Ordering: a unit's pushes are handed over in the order it made them, as it
+//! commits; a push another replica queued for the same leg is read within a second, and so may
+//! come after a later one handed over here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use switchyard_protocol::dict::{Dict, Encoding};
+use switchyard_protocol::invitation::Push;
+use tokio::task::JoinHandle;
+
+use super::calls::{leg_key, Calls, Event};
+use super::handle::EdgeHandle;
+use super::start;
+use crate::db::records::SipAccount;
+use crate::push::PushSink;
+
+/// Starts reading the pushes of every SIP account's gateway endpoint, and of accounts added
+/// later (looked for once a second).
+pub async fn watch_gateways(handle: Arc<EdgeHandle>) {
+    let mut watched: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut since = i64::MIN;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        watched.retain(|_, task| !task.is_finished());
+        match handle.app.db.sip_gateways_since(since).await {
+            Ok(accounts) => {
+                for account in accounts {
+                    since = since.max(account.created_at - 1);
+                    let Some(endpoint) = account.endpoint_id.clone() else {
+                        continue;
+                    };
+                    if watched.contains_key(&endpoint) {
+                        continue;
+                    }
+                    let task = tokio::spawn(gateway_pushes(handle.clone(), account));
+                    watched.insert(endpoint, task);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "SIP edge: reading gateway endpoints"),
+        }
+    }
+}
+
+/// Takes the pushes of one account's gateway endpoint, in memory from this process while the
+/// task runs ([`GatewaySink`]) and off its queue: an Initiate starts a call to the account's
+/// phones; the rest go to the call they belong to. A queued push for a call another replica
+/// holds is left for it.
+async fn gateway_pushes(handle: Arc<EdgeHandle>, account: SipAccount) {
+    let Some(endpoint) = account.endpoint_id.clone() else {
+        return;
+    };
+    let hub = handle.app.hub.clone();
+    let mut signal = hub.subscribe(&endpoint);
+    let mut shutdown = handle.app.shutdown.clone();
+    // Until this task ends (revoked, shut down or stopped), when the registration drops.
+    let _sink = hub.attach(
+        &endpoint,
+        Arc::new(GatewaySink {
+            handle: Arc::downgrade(&handle),
+            account: account.clone(),
+            endpoint: endpoint.clone(),
+        }),
+    );
+    loop {
+        // The database closes once the provider has shut down: stop reading before that.
+        if signal.borrow().revoked || *shutdown.borrow() {
+            break;
+        }
+        match handle.app.db.pending_pushes(&endpoint, 0, 100).await {
+            Ok(pushes) => {
+                for stored in pushes {
+                    let Ok(push) = Dict::decode(stored.body.as_bytes(), Encoding::Plist) else {
+                        continue;
+                    };
+                    on_queued_push(&handle, &account, &endpoint, stored.seq, push).await;
+                }
+            }
+            Err(_) if *shutdown.borrow() => break,
+            Err(e) => tracing::warn!(error = %e, "SIP edge: reading a gateway's pushes"),
+        }
+        // Woken by this replica's pushes at once; other replicas' are found within a second.
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(1), signal.changed()) => {}
+            _ = crate::shared::shutting_down(&mut shutdown) => break,
+        }
+    }
+    drop(_sink);
+    hub.release(&endpoint);
+}
+
+/// A push read off the gateway's queue: claimed, then acted on, unless it is for a call this
+/// edge does not hold.
+async fn on_queued_push(
+    handle: &Arc<EdgeHandle>,
+    account: &SipAccount,
+    endpoint: &str,
+    seq: i64,
+    push: Dict,
+) {
+    let session = push.str("session-id").unwrap_or_default();
+    let leg = leg_key(session, endpoint);
+    let initiate = push.str("action") == Ok("initiate");
+    if !initiate && !handle.calls.has_leg(&leg) {
+        return;
+    }
+    match handle.app.db.claim_push(endpoint, seq).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIP edge: claiming a push");
+            return;
+        }
+    }
+    if initiate {
+        start::incoming(handle, account.clone(), push).await;
+    } else {
+        handle.calls.send_event(&leg, Event::Push(push));
+    }
+}
+
+/// Whether the edge whose calls are `calls` takes `push` for its gateway `endpoint` in memory:
+/// an Initiate (its leg is reserved at once, so that the pushes committed after it find the
+/// leg even before its task starts), or a push for a leg it holds, reserved or ended lately.
+pub fn takes(calls: &Calls, endpoint: &str, push: &Push) -> bool {
+    let leg = leg_key(push.session_id().as_str(), endpoint);
+    match push {
+        Push::Initiate(_) => {
+            calls.reserve(&leg);
+            true
+        }
+        _ => calls.has_leg(&leg),
+    }
+}
+
+/// One gateway endpoint's pushes made by this process, handed to the edge in memory.
+struct GatewaySink {
+    /// Weak: the hub that holds the sink belongs to the app the edge holds.
+    handle: Weak<EdgeHandle>,
+    account: SipAccount,
+    endpoint: String,
+}
+
+impl PushSink for GatewaySink {
+    fn take(&self, push: &Push) -> bool {
+        match self.handle.upgrade() {
+            Some(handle) => takes(&handle.calls, &self.endpoint, push),
+            // The edge is gone: queued, for whoever reads the queue next.
+            None => false,
+        }
+    }
+
+    fn deliver(&self, push: Push) {
+        let Some(handle) = self.handle.upgrade() else {
+            return;
+        };
+        let leg = leg_key(push.session_id().as_str(), &self.endpoint);
+        let initiate = matches!(push, Push::Initiate(_));
+        // The dictionary the queue would have held (without its `push-id`).
+        let push = push.to_dict();
+        if initiate {
+            let account = self.account.clone();
+            tokio::spawn(async move { start::incoming(&handle, account, push).await });
+        } else {
+            handle.calls.send_event(&leg, Event::Push(push));
+        }
+    }
+
+    fn abandon(&self, push: &Push) {
+        if let (Push::Initiate(_), Some(handle)) = (push, self.handle.upgrade()) {
+            handle
+                .calls
+                .release(&leg_key(push.session_id().as_str(), &self.endpoint));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_protocol::capabilities::{Capabilities, MediaKind};
+    use switchyard_protocol::invitation::{
+        CancelPush, CancelReason, InitiatePush, SessionId, UpdatePush,
+    };
+
+    fn initiate(session: &str) -> Push {
+        Push::Initiate(InitiatePush {
+            session_id: SessionId::parse(session).unwrap(),
+            self_uri: "tel:+15551230001".into(),
+            self_token: "a".into(),
+            peer_uri: "tel:+15551230002".into(),
+            peer_token: "b".into(),
+            peer_blob: vec![1],
+            peer_capabilities: Capabilities::default(),
+            peer_ca: None,
+            peer_verified: true,
+            peer_provider: None,
+            relay_provider: "a.test".into(),
+            media: vec![MediaKind::Audio],
+            ring_deadline: 0,
+            state: "s".into(),
+        })
+    }
+
+    fn cancel(session: &str) -> Push {
+        Push::Cancel(CancelPush {
+            session_id: SessionId::parse(session).unwrap(),
+            self_uri: "tel:+15551230001".into(),
+            peer_uri: "tel:+15551230002".into(),
+            reason: CancelReason::Cancelled,
+        })
+    }
+
+    fn update(session: &str) -> Push {
+        Push::Update(UpdatePush {
+            session_id: SessionId::parse(session).unwrap(),
+            self_uri: "tel:+15551230001".into(),
+            peer_uri: "tel:+15551230002".into(),
+            peer_token: "t".into(),
+            peer_blob: vec![1],
+            peer_provider: None,
+        })
+    }
+
+    #[test]
+    fn a_gateway_takes_the_pushes_of_its_own_legs_only() {
+        let calls = Calls::default();
+        assert!(
+            !takes(&calls, "gw1", &cancel("session-0001")),
+            "no such leg"
+        );
+        calls.add_leg(&leg_key("session-0001", "gw1"));
+        assert!(takes(&calls, "gw1", &cancel("session-0001")));
+        assert!(takes(&calls, "gw1", &update("session-0001")));
+        // The same session at another gateway of this edge (a call between two of its phones)
+        // is another leg.
+        assert!(!takes(&calls, "gw2", &cancel("session-0001")));
+        calls.finish(&leg_key("session-0001", "gw1"), None);
+        assert!(
+            takes(&calls, "gw1", &cancel("session-0001")),
+            "a late push for a leg that ended here is taken, to be dropped"
+        );
+    }
+
+    #[test]
+    fn an_initiate_is_taken_and_reserves_its_leg_for_the_pushes_after_it() {
+        let calls = Calls::default();
+        assert!(takes(&calls, "gw1", &initiate("session-0002")));
+        // A Cancel committed before the leg's task started still finds it, and waits for it.
+        assert!(takes(&calls, "gw1", &cancel("session-0002")));
+        assert!(calls.send_event(
+            &leg_key("session-0002", "gw1"),
+            Event::Push(cancel("session-0002").to_dict())
+        ));
+        // Its unit did not commit: the reservation goes, and pushes for it are queued again.
+        calls.release(&leg_key("session-0002", "gw1"));
+        assert!(!takes(&calls, "gw1", &cancel("session-0002")));
+    }
+}

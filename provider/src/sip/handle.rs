@@ -1,0 +1,149 @@
+//! The narrow handle a call leg holds on the edge: the app, the SIP configuration, the calls
+//! table and the sockets, and what a leg does through them: send to a phone, run a client
+//! transaction (RFC 3261 §17.1), open a media anchor. It knows no edge, so the legs and the
+//! gateway's push intake do not point back at [`super::edge`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rsip::Method;
+use tokio::sync::mpsc;
+
+use super::anchor::Anchor;
+use super::calls::{Calls, Event, InviteKey};
+use super::outbound::{Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
+use super::sdp;
+use super::sockets::{local_ip_toward, Sockets};
+use super::status::Refusal;
+use crate::app::App;
+use crate::config::SipConfig;
+
+pub struct EdgeHandle {
+    pub app: Arc<App>,
+    pub config: SipConfig,
+    pub calls: Calls,
+    pub sockets: Arc<Sockets>,
+}
+
+impl EdgeHandle {
+    /// Sends `bytes` over `flow` ([`Sockets::send`]).
+    pub async fn send(&self, flow: Flow, bytes: &[u8]) {
+        self.sockets.send(flow, bytes).await
+    }
+
+    /// Where the edge says it is, for the Via and Contact of what it sends over `flow`.
+    pub fn sent_by(&self, flow: Flow) -> String {
+        self.sockets.sent_by(flow)
+    }
+
+    /// Keeps an INVITE transaction's key for a while, to absorb retransmissions after its end.
+    pub fn forget_invite_later(self: &Arc<Self>, key: InviteKey) {
+        let handle = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TRANSACTION_TIMEOUT).await;
+            handle.calls.forget_invite(&key);
+        });
+    }
+
+    /// Starts a client transaction: sends `request` to `flow`, retransmits it on UDP (Timers A
+    /// and E), and reports its responses (or its timeout) to `events` as transaction `tx`.
+    pub fn start_client(
+        self: &Arc<Self>,
+        flow: Flow,
+        request: &OutRequest,
+        tx: u32,
+        events: mpsc::UnboundedSender<Event>,
+    ) {
+        let (responses_tx, mut responses) = mpsc::unbounded_channel();
+        let branch = &request.branch;
+        let key = if request.method == Method::Cancel {
+            format!("{branch} CANCEL")
+        } else {
+            branch.clone()
+        };
+        self.calls.add_client(key.clone(), responses_tx);
+        let bytes = request.bytes();
+        let invite = request.method == Method::Invite;
+        let handle = self.clone();
+        tokio::spawn(async move {
+            handle.send(flow, &bytes).await;
+            let start = Instant::now();
+            let mut interval = T1;
+            let mut next = (!flow.transport.is_stream()).then(|| start + interval);
+            let mut finished = false;
+            loop {
+                let deadline = if finished {
+                    // After a final response: a while longer for its retransmissions (a 2xx
+                    // to re-ACK), then the transaction is gone.
+                    start + TRANSACTION_TIMEOUT * 2
+                } else {
+                    start + TRANSACTION_TIMEOUT
+                };
+                let wake = next.map_or(deadline, |n| n.min(deadline));
+                tokio::select! {
+                    response = responses.recv() => {
+                        let Some(response) = response else { break };
+                        let status = response.status;
+                        let _ = events.send(Event::Response(tx, response));
+                        if status >= 200 {
+                            finished = true;
+                            next = None;
+                        } else if invite {
+                            next = None;
+                        } else if next.is_some() {
+                            interval = T2;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            if !finished {
+                                let _ = events.send(Event::Timeout(tx));
+                            }
+                            break;
+                        }
+                        handle.send(flow, &bytes).await;
+                        interval = if invite { interval * 2 } else { (interval * 2).min(T2) };
+                        next = Some(now + interval);
+                    }
+                }
+            }
+            handle.calls.remove_client(&key);
+        });
+    }
+
+    /// Anchors the media of a call whose offer is `offer` when `sip.anchor_media` says so, the
+    /// phone's packets accepted from `phone_ips`; `toward` picks the media address when the edge
+    /// listens on every interface.
+    pub async fn open_anchor(
+        &self,
+        phone_ips: &[std::net::IpAddr],
+        toward: std::net::SocketAddr,
+        offer: &str,
+    ) -> Result<Option<Anchor>, Refusal> {
+        let anchored = match self.config.anchor_media {
+            crate::config::AnchorMedia::Always => true,
+            crate::config::AnchorMedia::Never => false,
+            crate::config::AnchorMedia::Auto => !sdp::has_ice(offer),
+        };
+        if !anchored {
+            return Ok(None);
+        }
+        let bind = self.config.udp_listen.ip();
+        let advertise = self
+            .config
+            .media_address
+            .unwrap_or(if bind.is_unspecified() {
+                local_ip_toward(toward)
+            } else {
+                bind
+            });
+        match Anchor::open(bind, advertise, phone_ips, offer).await {
+            Ok(anchor) => Ok(Some(anchor)),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP edge: no sockets to anchor media");
+                Err(Refusal(503, "No Media Ports".into(), vec![]))
+            }
+        }
+    }
+}
