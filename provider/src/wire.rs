@@ -89,7 +89,7 @@ impl From<DictError> for ApiError {
 }
 
 /// The one table from the protocol's refusal codes to HTTP statuses. The SIP edge maps the same
-/// codes to SIP statuses (`sip::calls`).
+/// codes to SIP statuses (`sip::status`).
 pub fn http_status(code: RefusalCode) -> StatusCode {
     match code {
         RefusalCode::InvalidField | RefusalCode::MissingField | RefusalCode::MalformedBody => {
