@@ -47,6 +47,7 @@ pub(super) async fn federation_status(State(app): State<Arc<App>>) -> AdminResul
                 "last_sync_ms": p.fetched_at_ms,
                 "latency_ms": p.latency_ms,
                 "errors": p.errors,
+                "consecutive_failures": p.consecutive_failures,
                 "last_error": p.last_error,
                 "breaker_open": p.breaker_open,
             })

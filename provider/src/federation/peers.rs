@@ -76,6 +76,8 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub latency_ms: Option<u64>,
     pub errors: u64,
+    /// Failures since the last answer; the breaker opens at `federation.breaker_failures`.
+    pub consecutive_failures: u32,
     pub breaker_open: bool,
 }
 
@@ -232,11 +234,12 @@ impl Peers {
                     estimated_false_positive_rate: peer
                         .filter
                         .as_ref()
-                        .map(|f| f.estimated_false_positive_rate()),
+                        .map(|_| peer.false_positive_rate),
                     fetched_at_ms: peer.fetched_at_ms,
                     last_error: peer.last_error.clone(),
                     latency_ms: peer.latency_ms,
                     errors: peer.errors,
+                    consecutive_failures: peer.consecutive_failures,
                     breaker_open: peer.open_until.is_some_and(|until| until > now),
                 }
             })
