@@ -153,6 +153,9 @@ fn http_client(tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, Client
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .timeout(Duration::from_secs(90))
+        // Below the provider's header timeout (30 s by default), which closes a kept-alive
+        // connection that sends no next request.
+        .pool_idle_timeout(Duration::from_secs(20))
         .build()?)
 }
 

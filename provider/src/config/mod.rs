@@ -94,7 +94,7 @@ impl HttpLimits {
     fn with_connections(max_connections: usize) -> Self {
         HttpLimits {
             max_connections,
-            header_timeout_seconds: 10,
+            header_timeout_seconds: 30,
             idle_timeout_seconds: 120,
             body_timeout_seconds: 30,
         }

@@ -72,7 +72,10 @@ fn http_client(
         .tls_backend_preconfigured(config.clone())
         .timeout(timeout)
         .connect_timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Below the header timeout of Switchyard's listeners (30 s by default), which also
+        // closes a kept-alive connection that sends no next request: a client that reuses a
+        // connection the server is closing loses the request.
+        .pool_idle_timeout(Duration::from_secs(20))
         .build()?)
 }
 
