@@ -242,7 +242,7 @@ pub fn delivered_form(stored: &StoredPush) -> StoreResult<Dict> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchyard_protocol::invitation::{CancelPush, CancelReason, SessionId};
 
@@ -268,7 +268,8 @@ mod tests {
         }
     }
 
-    fn cancel(session: &str) -> Push {
+    /// A Cancel Push of `session`, for the tests of the push paths here and in `sip::gateway`.
+    pub(crate) fn cancel(session: &str) -> Push {
         Push::Cancel(CancelPush {
             session_id: SessionId::parse(session).unwrap(),
             self_uri: "tel:+15551230001".into(),

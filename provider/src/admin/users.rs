@@ -26,6 +26,17 @@ fn user_json(user: &User) -> Value {
     })
 }
 
+/// The user with this id, or `404 not-found`.
+async fn existing_user(app: &App, id: &str) -> Result<User, AdminError> {
+    app.db.user(id).await?.ok_or_else(|| {
+        AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no user `{id}`"),
+        )
+    })
+}
+
 fn endpoint_json(e: &EndpointRecord) -> Value {
     json!({
         "id": e.id,
@@ -94,14 +105,7 @@ pub(super) async fn list_users(
 
 #[utoipa::path(get, path = "/admin/v1/users/{id}", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 pub(super) async fn get_user(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
-    let user = app.db.user(&id).await?.ok_or_else(|| {
-        AdminError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no user `{id}`"),
-        )
-    })?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(user_json(&existing_user(&app, &id).await?)))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/users/{id}", tag = "users", security(("token" = []), ("session" = [])), params(("id" = String, Path, description = "User id")), responses((status = 200, description = "Removed, its URIs removed and its endpoints revoked", body = Object), (status = 404, description = "No such user", body = ErrorBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody), (status = 403, description = "CSRF token missing, or a viewer", body = ErrorBody)))]
@@ -195,13 +199,7 @@ pub(super) async fn list_endpoints(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> AdminResult {
-    if app.db.user(&id).await?.is_none() {
-        return Err(AdminError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no user `{id}`"),
-        ));
-    }
+    existing_user(&app, &id).await?;
     let endpoints = app.db.endpoints_of_user(&id).await?;
     Ok(Json(
         json!({"endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>()}),
@@ -246,13 +244,7 @@ pub(super) async fn list_sip_accounts(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> AdminResult {
-    if app.db.user(&id).await?.is_none() {
-        return Err(AdminError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no user `{id}`"),
-        ));
-    }
+    existing_user(&app, &id).await?;
     let now = crate::shared::now_ms();
     let mut accounts = Vec::new();
     for account in app.db.sip_accounts_of_user(&id).await? {

@@ -198,10 +198,9 @@ impl PushSink for GatewaySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::tests::cancel;
     use switchyard_protocol::capabilities::{Capabilities, MediaKind};
-    use switchyard_protocol::invitation::{
-        CancelPush, CancelReason, InitiatePush, SessionId, UpdatePush,
-    };
+    use switchyard_protocol::invitation::{InitiatePush, SessionId, UpdatePush};
 
     fn initiate(session: &str) -> Push {
         Push::Initiate(InitiatePush {
@@ -219,15 +218,6 @@ mod tests {
             media: vec![MediaKind::Audio],
             ring_deadline: 0,
             state: "s".into(),
-        })
-    }
-
-    fn cancel(session: &str) -> Push {
-        Push::Cancel(CancelPush {
-            session_id: SessionId::parse(session).unwrap(),
-            self_uri: "tel:+15551230001".into(),
-            peer_uri: "tel:+15551230002".into(),
-            reason: CancelReason::Cancelled,
         })
     }
 
