@@ -60,6 +60,9 @@ pub struct Calls {
 
 /// How long an ended call's late pushes are still recognised.
 const ENDED_MEMORY: Duration = Duration::from_secs(120);
+/// INVITE transactions open at once (ringing calls and their answers' retransmissions); a new
+/// INVITE beyond them is answered 503.
+pub const MAX_INVITES: usize = 100_000;
 /// Ended calls remembered at most (a bound on memory whatever the call rate).
 const ENDED_REMEMBERED: usize = 1_000_000;
 
@@ -171,6 +174,17 @@ impl Calls {
     }
 
     /// The INVITE `key`, with no call task (yet), answered with `bytes` so far.
+    /// Records a new INVITE transaction with its first response, unless [`MAX_INVITES`] are open
+    /// (then false: a flood of INVITEs cannot grow this table without bound).
+    pub fn try_add_invite(&self, key: InviteKey, bytes: Vec<u8>) -> bool {
+        let mut invites = self.invites.lock().expect("invites");
+        if invites.len() >= MAX_INVITES && !invites.contains_key(&key) {
+            return false;
+        }
+        invites.insert(key, (String::new(), Some(bytes)));
+        true
+    }
+
     pub fn add_invite(&self, key: InviteKey, bytes: Vec<u8>) {
         self.invites
             .lock()

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rsip::Method;
+use rsip::{Header, Method};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -257,31 +257,73 @@ impl SipEdge {
         }
         // No To tag: 100 Trying comes from no dialog (RFC 3261 §8.2.6.2).
         let trying = message::response(&inbound.request, inbound.source, 100, "Trying", "", vec![]);
-        self.calls().add_invite(key.clone(), trying.clone());
+        if !self.calls().try_add_invite(key.clone(), trying.clone()) {
+            metrics::counter!("switchyard_sip_refused_total", "reason" => "invites-full")
+                .increment(1);
+            return Some(message::response(
+                &inbound.request,
+                inbound.source,
+                503,
+                "Service Unavailable",
+                &message::new_tag(6),
+                vec![Header::Other("Retry-After".into(), "5".into())],
+            ));
+        }
         let edge = self.clone();
         tokio::spawn(async move {
-            if let Err(Refusal(status, reason, extra)) =
-                edge.start_outgoing(inbound.clone(), key.clone()).await
-            {
-                let bytes = message::response(
-                    &inbound.request,
-                    inbound.source,
-                    status,
-                    &reason,
-                    &message::new_tag(6),
-                    extra,
-                );
-                tracing::info!(source = %inbound.source, status, reason, "SIP INVITE refused");
+            let (refusal, authenticated) =
+                match edge.start_outgoing(inbound.clone(), key.clone()).await {
+                    Ok(()) => return,
+                    Err(InviteRefusal::Unauthenticated(refusal)) => (refusal, false),
+                    Err(InviteRefusal::Authenticated(refusal)) => (refusal, true),
+                };
+            let Refusal(status, reason, extra) = refusal;
+            let bytes = message::response(
+                &inbound.request,
+                inbound.source,
+                status,
+                &reason,
+                &message::new_tag(6),
+                extra,
+            );
+            tracing::info!(source = %inbound.source, status, reason, "SIP INVITE refused");
+            if authenticated {
                 edge.answer_invite_failure(&inbound, key, bytes).await;
+            } else {
+                edge.answer_once(&inbound, key, bytes).await;
             }
         });
         Some(trying)
     }
 
     /// The phone's INVITE, authenticated (as its proxy), starts a call leg.
-    async fn start_outgoing(&self, inbound: Box<Inbound>, key: InviteKey) -> Result<(), Refusal> {
-        let account = self.registrar.authenticate(&inbound, true).await?;
-        start::outgoing(&self.handle, account, inbound, key).await
+    async fn start_outgoing(
+        &self,
+        inbound: Box<Inbound>,
+        key: InviteKey,
+    ) -> Result<(), InviteRefusal> {
+        let account = self
+            .registrar
+            .authenticate(&inbound, true)
+            .await
+            .map_err(InviteRefusal::Unauthenticated)?;
+        start::outgoing(&self.handle, account, inbound, key)
+            .await
+            .map_err(InviteRefusal::Authenticated)
+    }
+
+    /// Answers an INVITE whose sender has not proved who it is (a challenge, or a refusal of
+    /// its credentials) once, statelessly, as Kamailio's `sl` replies do: its source may be
+    /// spoofed, and RFC 3261's retransmissions of the answer until an ACK would make the edge
+    /// a reflector sending about ten datagrams for one. A phone that misses the answer
+    /// retransmits its INVITE and is answered again.
+    async fn answer_once(&self, inbound: &Inbound, key: InviteKey, bytes: Vec<u8>) {
+        let flow = Flow {
+            transport: inbound.transport,
+            addr: inbound.source,
+        };
+        self.calls().forget_invite(&key);
+        self.handle.send(flow, &bytes).await;
     }
 
     /// Whether this request went through this edge already (a branch of ours in its Vias).
@@ -450,4 +492,11 @@ async fn purge_contacts(app: Arc<App>) {
             tracing::warn!(error = %e, "purging expired SIP contacts failed");
         }
     }
+}
+
+/// Why an INVITE started no call: refused before its sender authenticated (answered once), or
+/// after (answered as RFC 3261 says, retransmitted on UDP until the ACK).
+enum InviteRefusal {
+    Unauthenticated(Refusal),
+    Authenticated(Refusal),
 }

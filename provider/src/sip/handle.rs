@@ -129,6 +129,10 @@ impl EdgeHandle {
         if !anchored {
             return Ok(None);
         }
+        // The other side's description, from another provider, has not met `sdp::check`.
+        if sdp::streams(offer).len() > sdp::MAX_STREAMS {
+            return Err(Refusal(488, "Too Many Media Streams".into(), vec![]));
+        }
         let bind = self.config.udp_listen.ip();
         let advertise = self
             .config

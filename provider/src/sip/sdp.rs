@@ -11,6 +11,10 @@ use switchyard_protocol::dict::{Dict, Encoding};
 /// The largest SDP body the edge carries (the blob limit of the invitation protocol, less the
 /// property-list wrapping).
 pub const MAX_SDP: usize = 15 * 1024;
+/// The most `m=` sections the edge takes in one description: an anchor binds one or two
+/// sockets per section, so 700 of them would cost 1,400 sockets for one call. Audio, video and
+/// a few more is what phones offer.
+pub const MAX_STREAMS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -24,6 +28,8 @@ pub enum SdpError {
     NoOrigin,
     #[error("the session description offers no audio or video stream")]
     NoMedia,
+    #[error("the session description has more than {MAX_STREAMS} m= sections")]
+    TooManyStreams,
 }
 
 /// Checks a phone's SDP body.
@@ -37,6 +43,9 @@ pub fn check(body: &[u8]) -> Result<String, SdpError> {
     }
     if !lines(text).any(|l| l.starts_with("o=")) {
         return Err(SdpError::NoOrigin);
+    }
+    if lines(text).filter(|l| l.starts_with("m=")).count() > MAX_STREAMS {
+        return Err(SdpError::TooManyStreams);
     }
     if media_kinds(text).is_empty() {
         return Err(SdpError::NoMedia);
@@ -274,6 +283,16 @@ mod tests {
         );
         let huge = format!("{OFFER}a={}\r\n", "x".repeat(MAX_SDP));
         assert_eq!(check(huge.as_bytes()), Err(SdpError::TooLarge));
+        let many = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n{}",
+            "m=audio 4000 RTP/AVP 0\r\n".repeat(MAX_STREAMS + 1)
+        );
+        assert_eq!(check(many.as_bytes()), Err(SdpError::TooManyStreams));
+        let enough = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n{}",
+            "m=audio 4000 RTP/AVP 0\r\n".repeat(MAX_STREAMS)
+        );
+        assert!(check(enough.as_bytes()).is_ok());
     }
 
     #[test]

@@ -393,6 +393,30 @@ async fn bad_invites_get_the_right_answer_and_place_no_call() -> anyhow::Result<
     let challenges = challenged.all("Proxy-Authenticate");
     assert!(challenges[0].contains("algorithm=MD5"), "{challenges:?}");
 
+    // A challenge over UDP is sent once, even with no ACK: the source may be spoofed, and
+    // retransmitting until an ACK (at 0.5, 1.5, 3.5 s…) would reflect about ten datagrams.
+    let unacked = format!(
+        "INVITE sip:alice@a.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKnoack;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <{bob}>;tag=tnoack\r\nTo: <sip:alice@a.test>\r\n\
+         Call-ID: noack@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        local = ua.local
+    );
+    t.send(unacked.as_bytes()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2_500);
+    let mut challenged_times = 0;
+    while let Some(message) = t
+        .receive(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await?
+    {
+        if message.starts_with(b"SIP/2.0 407") {
+            challenged_times += 1;
+        }
+    }
+    assert_eq!(
+        challenged_times, 1,
+        "407s sent for one unacknowledged INVITE"
+    );
+
     let cases: Vec<(&str, &str, &str, &str, &str, u16)> = vec![
         // (branch, Request-URI, From, body, extra headers, status)
         ("c2", "sip:alice@a.test", "sip:mallory@a.test", SDP, "", 403),
