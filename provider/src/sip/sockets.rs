@@ -25,6 +25,11 @@ use crate::config::{SipConfig, SipTransport};
 const STREAM_IDLE: Duration = Duration::from_secs(15 * 60);
 /// A TLS handshake not done by then is given up.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Messages queued for one connection's writer; a peer that lets more pile up does not read and
+/// loses the connection.
+const WRITE_QUEUE: usize = 64;
+/// A write to a connection that makes no progress for this long closes it.
+const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// What answers the messages that come in: one message in, at most one answer out.
 pub trait Handler: Send + Sync + 'static {
@@ -50,13 +55,21 @@ pub struct Sockets {
     bound: Mutex<HashMap<Transport, SocketAddr>>,
     /// Open TCP and TLS connections by peer address: requests to a phone go back over the
     /// connection it registered or called on.
-    streams: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
+    streams: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     /// What answers the messages on connections the edge opens itself (weak: the handler holds
     /// these sockets).
     handler: OnceLock<Weak<dyn Handler>>,
 }
 
 impl Sockets {
+    /// Forgets the connection to `peer` if `writer` is still the one registered for it.
+    fn forget_stream(&self, peer: SocketAddr, writer: &mpsc::Sender<Vec<u8>>) {
+        let mut streams = self.streams.lock().expect("streams");
+        if streams.get(&peer).is_some_and(|t| t.same_channel(writer)) {
+            streams.remove(&peer);
+        }
+    }
+
     pub fn new(max_message_bytes: usize) -> Sockets {
         Sockets {
             max_message_bytes,
@@ -165,8 +178,18 @@ impl Sockets {
                     .get(&flow.addr)
                     .cloned();
                 if let Some(writer) = open {
-                    if writer.send(bytes.to_vec()).is_ok() {
-                        return;
+                    match writer.try_send(bytes.to_vec()) {
+                        Ok(()) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The phone does not read what it is sent: the connection is given up
+                            // rather than queueing without bound.
+                            metrics::counter!("switchyard_sip_refused_total", "reason" => "write-queue-full")
+                                .increment(1);
+                            tracing::info!(to = %flow.addr, "SIP: the phone reads nothing; dropping its connection");
+                            self.forget_stream(flow.addr, &writer);
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
                 if flow.transport == Transport::Tls {
@@ -183,7 +206,7 @@ impl Sockets {
                     Ok(Ok(stream)) => {
                         let writer =
                             spawn_stream(self.clone(), handler, stream, flow.addr, Transport::Tcp);
-                        let _ = writer.send(bytes.to_vec());
+                        let _ = writer.try_send(bytes.to_vec());
                     }
                     _ => {
                         tracing::info!(to = %flow.addr, "SIP: cannot connect to the phone over TCP")
@@ -303,9 +326,9 @@ fn spawn_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     peer: SocketAddr,
     transport: Transport,
-) -> mpsc::UnboundedSender<Vec<u8>> {
+) -> mpsc::Sender<Vec<u8>> {
     let (reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     sockets
         .streams
         .lock()
@@ -313,8 +336,13 @@ fn spawn_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
         .insert(peer, tx.clone());
     tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_STALL, writer.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!(%peer, "SIP: a write stalled; closing the connection");
+                    return;
+                }
             }
         }
     });
@@ -323,13 +351,7 @@ fn spawn_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     tokio::spawn(async move {
         let max_message_bytes = sockets.max_message_bytes;
         read_stream(handler, max_message_bytes, reader, peer, transport, answers).await;
-        let mut streams = sockets.streams.lock().expect("streams");
-        if streams
-            .get(&peer)
-            .is_some_and(|t| t.same_channel(&registered))
-        {
-            streams.remove(&peer);
-        }
+        sockets.forget_stream(peer, &registered);
     });
     tx
 }
@@ -341,7 +363,7 @@ async fn read_stream<R: AsyncRead + Unpin>(
     mut reader: R,
     source: SocketAddr,
     transport: Transport,
-    answers: mpsc::UnboundedSender<Vec<u8>>,
+    answers: mpsc::Sender<Vec<u8>>,
 ) {
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -367,7 +389,9 @@ async fn read_stream<R: AsyncRead + Unpin>(
                 }
             };
             if let Some(answer) = answer {
-                if answers.send(answer).is_err() {
+                // A client that sends but never reads fills its queue: it is cut off.
+                if answers.try_send(answer).is_err() {
+                    tracing::info!(%source, "SIP: the peer reads no answers; closing the connection");
                     return;
                 }
             }

@@ -128,3 +128,60 @@ async fn slow_clients_fill_no_listener_and_legitimate_requests_get_through() -> 
     h.provider.shutdown().await;
     Ok(())
 }
+
+/// A SIP client over TCP that sends requests and never reads the answers: the edge queues a
+/// bounded number for it, then gives the connection up, and other phones are still answered.
+#[tokio::test]
+async fn a_sip_client_that_never_reads_loses_its_connection() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    enable_sip_on_loopback(&mut config)?;
+    let h = Harness::start_with(config, dir).await?;
+    let tcp = h.provider.sip_tcp_addr.expect("SIP over TCP");
+    let options = |i: usize| {
+        format!(
+            "OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKflood{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:flood@127.0.0.1>;tag=f{i}\r\nTo: <sip:edge@127.0.0.1>\r\n\
+             Call-ID: flood{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut flooder = TcpStream::connect(tcp).await?;
+    let started = Instant::now();
+    let mut cut_off = false;
+    // Its answers fill both sides' socket buffers (a few MiB), then the edge's queue.
+    for i in 0..200_000 {
+        match tokio::time::timeout(
+            Duration::from_secs(15),
+            flooder.write_all(options(i).as_bytes()),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Err(_) => anyhow::bail!("the edge neither reads nor closes after {i} requests"),
+        }
+    }
+    assert!(
+        cut_off,
+        "200,000 unread answers and the connection is still open"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut phone = TcpStream::connect(tcp).await?;
+    phone.write_all(options(0).as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), phone.read(&mut answer)).await??;
+    assert!(
+        answer[..n].starts_with(b"SIP/2.0 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    h.provider.shutdown().await;
+    Ok(())
+}
