@@ -90,6 +90,8 @@ pub enum Refusal {
     Revoked,
     /// Not known to this process yet; its status is being looked up.
     Unknown,
+    /// Claims an expiry further ahead than any credential this relay issues: forged.
+    TooFarAhead,
 }
 
 impl Refusal {
@@ -100,6 +102,7 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::Revoked => "revoked",
             Refusal::Unknown => "unknown-endpoint",
+            Refusal::TooFarAhead => "expiry-too-far",
         }
     }
 }
@@ -145,7 +148,20 @@ pub struct RelayState {
     last_authenticated: Mutex<Option<String>>,
     /// Set once the relay runs: used to look up endpoints the cache does not know.
     standing: Option<Standing>,
+    /// The lifetime of the credentials this relay issues: no genuine username expires later
+    /// than this from now (give or take [`CLOCK_SLACK`] between replicas).
+    credential_ttl: u64,
+    /// Endpoints being looked up, so that a flood of packets for one unknown endpoint costs one
+    /// query, and a flood of made-up endpoints at most [`MAX_LOOKUPS`] at a time.
+    lookups: Mutex<HashSet<String>>,
 }
+
+/// Seconds by which replicas' clocks may differ when one checks another's credentials.
+const CLOCK_SLACK: u64 = 60;
+/// Look-ups of unknown endpoints running at once; more unknown endpoints are refused unseen.
+const MAX_LOOKUPS: usize = 256;
+/// Endpoints the cache holds; past it, endpoints found inactive are not remembered.
+const MAX_KNOWN: usize = 100_000;
 
 impl RelayState {
     pub fn new(
@@ -155,6 +171,7 @@ impl RelayState {
         max_per_endpoint: u32,
         max_total: u32,
         standing: Option<Standing>,
+        credential_ttl: u64,
     ) -> Self {
         RelayState {
             secret,
@@ -166,6 +183,8 @@ impl RelayState {
             allocations: Mutex::default(),
             last_authenticated: Mutex::default(),
             standing,
+            credential_ttl,
+            lookups: Mutex::default(),
         }
     }
 
@@ -191,6 +210,9 @@ impl RelayState {
         if expiry < now {
             return Err(Refusal::Expired);
         }
+        if expiry > now.saturating_add(self.credential_ttl + CLOCK_SLACK) {
+            return Err(Refusal::TooFarAhead);
+        }
         {
             let mut endpoints = self.endpoints.lock().expect("relay endpoints lock");
             match endpoints.get_mut(endpoint) {
@@ -208,25 +230,46 @@ impl RelayState {
         Ok(turn::auth::generate_auth_key(username, realm, &password))
     }
 
-    /// Looks up an endpoint the cache does not know, in the background.
+    /// Looks up an endpoint the cache does not know, in the background: once at a time per
+    /// endpoint, and at most [`MAX_LOOKUPS`] at once. `expiry` has passed [`RelayState::check`],
+    /// so the entry it makes lives no longer than a genuine credential.
     fn look_up(self: &Arc<Self>, endpoint: &str, expiry: u64) {
         let (Some(standing), Ok(runtime)) =
             (self.standing.clone(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
+        {
+            let mut lookups = self.lookups.lock().expect("relay lookups lock");
+            if lookups.contains(endpoint) {
+                return;
+            }
+            if lookups.len() >= MAX_LOOKUPS {
+                metrics::counter!("switchyard_relay_refused_total", "reason" => "lookups-full")
+                    .increment(1);
+                return;
+            }
+            lookups.insert(endpoint.to_string());
+        }
         let state = self.clone();
         let endpoint = endpoint.to_string();
         runtime.spawn(async move {
             match standing.is_active(&endpoint).await {
                 Ok(active) => {
                     let mut endpoints = state.endpoints.lock().expect("relay endpoints lock");
-                    let status = endpoints.entry(endpoint).or_default();
-                    status.active = active;
-                    status.until = status.until.max(expiry);
+                    if active || endpoints.len() < MAX_KNOWN {
+                        let status = endpoints.entry(endpoint.clone()).or_default();
+                        status.active = active;
+                        status.until = status.until.max(expiry);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "relay: looking up an endpoint failed"),
             }
+            state
+                .lookups
+                .lock()
+                .expect("relay lookups lock")
+                .remove(&endpoint);
         });
     }
 
@@ -403,6 +446,7 @@ mod tests {
             2,
             3,
             None,
+            600,
         )
     }
 
@@ -459,15 +503,29 @@ mod tests {
             state.check(&rest_username(now + 600, "ep-2"), "example.org", now),
             Err(Refusal::Unknown)
         );
+        // No credential of this relay expires later than its lifetime (and the clock slack)
+        // from now: such a username is refused before anything is looked up or cached.
+        assert_eq!(
+            state.check(&rest_username(now + 600 + 60, "ep-2"), "example.org", now),
+            Err(Refusal::Unknown)
+        );
+        assert_eq!(
+            state.check(&rest_username(now + 600 + 61, "ep-1"), "example.org", now),
+            Err(Refusal::TooFarAhead)
+        );
+        assert_eq!(
+            state.check(&rest_username(u64::MAX, "ep-2"), "example.org", now),
+            Err(Refusal::TooFarAhead)
+        );
     }
 
     #[test]
     fn a_tampered_username_gives_a_different_key() {
         let state = state();
         let (username, password) = state.issue("ep-1", 2_000);
-        let (_, _) = state.issue("ep-1", 3_000);
-        let longer = rest_username(3_000, "ep-1");
-        let key = state.check(&longer, "example.org", 1_000).unwrap();
+        let (_, _) = state.issue("ep-1", 2_500);
+        let longer = rest_username(2_500, "ep-1");
+        let key = state.check(&longer, "example.org", 1_900).unwrap();
         // A client that kept the old password but changed the expiry does not pass.
         assert_ne!(
             key,

@@ -399,6 +399,7 @@ mod tests {
             1,
             10,
             None,
+            600,
         ));
         let generator = QuotaGenerator {
             state: state.clone(),

@@ -101,6 +101,7 @@ impl Relay {
             relay.max_allocations_per_endpoint,
             relay.max_allocations,
             Some(auth::Standing { db, federation }),
+            relay.credential_ttl_seconds,
         ));
         let socket = UdpSocket::bind(relay.listen)
             .await
