@@ -306,6 +306,28 @@ fn a_cancel_crossing_an_accept_leaves_nobody_in_the_call() {
     }
 }
 
+#[test]
+fn a_cancel_whose_call_moved_on_after_it_was_read_cancels_nothing() {
+    let mut world = world();
+    let bob = world.add_user("a.test", BOB, &["bob-1", "bob-2"]);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    let state = state_of_initiate(world, call.initiate);
+    // Between the Cancel's read of the ringing call and its write, another transaction answers
+    // it (PostgreSQL, read committed): the Cancel must find out and leave everything as it is.
+    world.store("a.test").lose_next_transition();
+    let cancel = world.cancel(&call.alice, &call.session, BOB, &state);
+    world.settle();
+    assert_eq!(refusal(world, cancel), RefusalCode::CallEnded);
+    for device in &bob {
+        assert!(cancels(world, device).is_empty(), "{}", device.endpoint.id);
+    }
+    assert_eq!(
+        record_state(world, "a.test", &call.session),
+        Some(CallState::Ringing)
+    );
+}
+
 fn state_of_initiate(world: &World, initiate: u64) -> String {
     state_of(world, initiate)
 }

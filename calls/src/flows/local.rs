@@ -294,16 +294,23 @@ impl<P: Ports> Core<P> {
             &me.id,
             &self.settings().provider_id,
         )?;
-        unit.transition(
-            sid,
-            &[plan.from],
-            plan.to,
-            CallChange {
-                reason: Some(plan.why),
-                ..Default::default()
-            },
-        )
-        .await?;
+        // The state read above may have moved on since (another transaction answered or ended
+        // the call: PostgreSQL reads committed, it does not lock): then nothing is cancelled.
+        let moved = unit
+            .transition(
+                sid,
+                &[plan.from],
+                plan.to,
+                CallChange {
+                    reason: Some(plan.why),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if !moved {
+            let current = unit.call(sid).await?.map(|c| c.state);
+            return Err(Refusal::call_gone(current).into());
+        }
         push_cancels(
             &mut unit,
             &request.session_id,

@@ -32,6 +32,8 @@ struct Inner {
     /// URI → the endpoints of the user holding it.
     users: BTreeMap<String, Vec<Endpoint>>,
     unit_open: bool,
+    /// Transitions still to lose, see [`MemStore::lose_next_transition`].
+    lost_transitions: u32,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,13 @@ impl MemStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("memory store")
+    }
+
+    /// Makes the next state transition find the call moved on, as a PostgreSQL transaction
+    /// (read committed) does when another one changed the call between its read and its write:
+    /// a flow must then give up its unit rather than act on the state it read.
+    pub fn lose_next_transition(&self) {
+        self.lock().lost_transitions += 1;
     }
 
     /// Registers a user's URI with its endpoints.
@@ -160,6 +169,13 @@ impl WriteUnit for MemUnit {
         change: CallChange<'_>,
     ) -> Result<bool, StoreFailure> {
         let now = self.store.clock.load(Ordering::SeqCst);
+        {
+            let mut inner = self.store.lock();
+            if inner.lost_transitions > 0 {
+                inner.lost_transitions -= 1;
+                return Ok(false);
+            }
+        }
         let Some(call) = self.tables.calls.get_mut(session_id) else {
             return Ok(false);
         };

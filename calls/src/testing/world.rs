@@ -563,6 +563,12 @@ impl World {
         self.members[provider].store.tables()
     }
 
+    /// The provider's store, to simulate what the in-memory one cannot reach on its own (see
+    /// [`MemStore::lose_next_transition`]).
+    pub fn store(&self, provider: &str) -> &MemStore {
+        &self.members[provider].store
+    }
+
     pub fn flights(&self) -> Vec<Flight> {
         self.net.lock().expect("net").flights.clone()
     }
