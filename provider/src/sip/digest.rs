@@ -340,12 +340,16 @@ impl Digest {
         if !constant_time_eq(expected.as_bytes(), credentials.response.as_bytes()) {
             return Err(DigestError::Mismatch);
         }
-        if let Some(nc) = &credentials.nc {
-            let count = u32::from_str_radix(nc, 16)
-                .map_err(|_| DigestError::Malformed("nc is not 8 hex digits"))?;
-            self.count(&credentials.nonce, count, now)?;
-        }
-        Ok(())
+        // An answer without qop has no count: its nonce serves once, as if at the highest count,
+        // so the same answer cannot be replayed (RFC 2617 §3.2.2's clients without qop reuse
+        // nonces; they get a fresh one with a stale challenge).
+        let count = match (&credentials.qop, &credentials.nc) {
+            (None, _) => u32::MAX,
+            (Some(_), Some(nc)) => u32::from_str_radix(nc, 16)
+                .map_err(|_| DigestError::Malformed("nc is not 8 hex digits"))?,
+            (Some(_), None) => return Err(DigestError::Missing("nc and cnonce")),
+        };
+        self.count(&credentials.nonce, count, now)
     }
 
     /// Records `count` for `nonce`; refuses one not above the last seen.
@@ -421,6 +425,33 @@ mod tests {
             "{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"
         ));
         assert_eq!(response, "6629fae49393a05397450978507c4ef1");
+    }
+
+    #[test]
+    fn an_answer_without_qop_uses_its_nonce_once() {
+        let d = digest();
+        let nonce = d.nonce(NOW);
+        let ha1 = ha1(Algorithm::Md5, "bob", "a.test", "secret");
+        let ha2 = Algorithm::Md5.hash("REGISTER:sip:a.test");
+        let plain = Credentials {
+            response: Algorithm::Md5.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            cnonce: None,
+            qop: None,
+            nc: None,
+            ..answer(Algorithm::Md5, "secret", &nonce, "00000001", "sip:a.test")
+        };
+        d.verify(&plain, "REGISTER", "sip:a.test", &ha1, NOW + 1)
+            .unwrap();
+        assert_eq!(
+            d.verify(&plain, "REGISTER", "sip:a.test", &ha1, NOW + 2),
+            Err(DigestError::Replay)
+        );
+        // Nor can the nonce go on with qop after it served an answer without.
+        let counted = answer(Algorithm::Md5, "secret", &nonce, "00000002", "sip:a.test");
+        assert_eq!(
+            d.verify(&counted, "REGISTER", "sip:a.test", &ha1, NOW + 2),
+            Err(DigestError::Replay)
+        );
     }
 
     #[test]

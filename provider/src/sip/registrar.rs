@@ -333,7 +333,9 @@ impl Registrar {
             now,
         ) {
             Ok(()) => Ok(account),
-            Err(DigestError::Stale) => Err(challenge(true)),
+            // A used nonce gets a fresh one: a phone without qop reuses its nonce, and a
+            // replayed answer gets nothing it could use.
+            Err(DigestError::Stale | DigestError::Replay) => Err(challenge(true)),
             Err(DigestError::BadNonce) => Err(challenge(false)),
             Err(DigestError::Mismatch) => Err(refuse(403, "Bad Credentials")),
             Err(e) => Err(refuse(400, format!("Bad Authorization: {e}"))),
