@@ -519,11 +519,20 @@ impl Demo {
                     reachable(addr)
                 );
             }
-            if let (Some(udp), Some(tls)) = (provider.sip_udp_addr, provider.sip_tls_addr) {
-                let udp = reachable(udp);
+            if let (Some(udp), Some(tcp), Some(tls)) = (
+                provider.sip_udp_addr,
+                provider.sip_tcp_addr,
+                provider.sip_tls_addr,
+            ) {
+                // With port 0 each listener gets a port of its own: say which is which.
+                let edge = if udp == tcp {
+                    format!("{} (UDP and TCP)", reachable(udp))
+                } else {
+                    format!("{} (UDP), {} (TCP)", reachable(udp), reachable(tcp))
+                };
                 let _ = writeln!(
                     out,
-                    "  SIP edge     : {udp} (UDP and TCP), {} (TLS)   (a registrar for SIP phones)",
+                    "  SIP edge     : {edge}, {} (TLS)   (a registrar for SIP phones)",
                     reachable(tls)
                 );
                 let _ = writeln!(

@@ -503,6 +503,25 @@ fn demo_walkthrough_calls_across_providers() {
         assert!(printed.contains(provider), "{printed}");
     }
 
+    // Each SIP port printed is the port of that transport: with `--sip-listen 127.0.0.1:0` UDP
+    // and TCP get ports of their own, and something listens on the printed TCP one.
+    let edges: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SIP edge     : "))
+        .collect();
+    assert_eq!(edges.len(), 3, "{printed}");
+    for edge in edges {
+        let tcp = edge
+            .split(", ")
+            .find_map(|part| {
+                part.strip_suffix(" (TCP)")
+                    .or_else(|| part.strip_suffix(" (UDP and TCP)"))
+            })
+            .unwrap_or_else(|| panic!("no TCP port in {edge:?}"));
+        std::net::TcpStream::connect(tcp)
+            .unwrap_or_else(|e| panic!("nothing listens on the printed TCP port {tcp}: {e}"));
+    }
+
     // Step 1 also prints each provider's SIP edge and a sipp command registering its user's SIP
     // account: a SIP phone registers at provider A with digest authentication.
     let sipp = printed
