@@ -251,6 +251,10 @@ impl Config {
                 u64::from(self.relay.max_allocations_per_endpoint),
             ),
             (
+                "relay.max_allocations_per_member",
+                u64::from(self.relay.max_allocations_per_member),
+            ),
+            (
                 "relay.max_allocations",
                 u64::from(self.relay.max_allocations),
             ),

@@ -256,6 +256,8 @@ pub struct RelayConfig {
     pub credential_ttl_seconds: u64,
     /// Live allocations one endpoint may hold at once.
     pub max_allocations_per_endpoint: u32,
+    /// Live allocations the endpoints of one other member may hold together.
+    pub max_allocations_per_member: u32,
     /// Live allocations on this relay at once.
     pub max_allocations: u32,
     /// Relaying to or from 127.0.0.0/8 and ::1.
@@ -515,6 +517,7 @@ impl Default for RelayConfig {
             realm: None,
             credential_ttl_seconds: 600,
             max_allocations_per_endpoint: 4,
+            max_allocations_per_member: 1_000,
             max_allocations: 10_000,
             allow_loopback_peers: false,
             allow_private_peers: false,

@@ -120,6 +120,9 @@ struct EndpointStatus {
 struct Allocations {
     total: u32,
     per_endpoint: HashMap<String, u32>,
+    /// Another member's endpoints' allocations, by member: each member may mint principals
+    /// (`<provider id>/<endpoint id>`) at will, so its endpoints share one quota.
+    per_member: HashMap<String, u32>,
     /// The traffic of each live allocation, by its relayed address.
     live: HashMap<SocketAddr, Arc<AllocationTraffic>>,
 }
@@ -136,13 +139,27 @@ pub struct AllocationTraffic {
     pub from_peer: std::sync::atomic::AtomicU64,
 }
 
+/// Live allocations allowed at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub per_endpoint: u32,
+    /// For all the endpoints of one other member together.
+    pub per_member: u32,
+    pub total: u32,
+}
+
+/// The member whose endpoint a principal is, for an endpoint of another member
+/// (`<provider id>/<endpoint id>`); none for this provider's own endpoints.
+fn member_of(principal: &str) -> Option<&str> {
+    principal.split_once('/').map(|(member, _)| member)
+}
+
 /// Everything the relay's callbacks share.
 pub struct RelayState {
     secret: Vec<u8>,
     pub realm: String,
     pub policy: PeerPolicy,
-    pub max_per_endpoint: u32,
-    pub max_total: u32,
+    pub quotas: Quotas,
     endpoints: Mutex<HashMap<String, EndpointStatus>>,
     allocations: Mutex<Allocations>,
     last_authenticated: Mutex<Option<String>>,
@@ -168,8 +185,7 @@ impl RelayState {
         secret: Vec<u8>,
         realm: String,
         policy: PeerPolicy,
-        max_per_endpoint: u32,
-        max_total: u32,
+        quotas: Quotas,
         standing: Option<Standing>,
         credential_ttl: u64,
     ) -> Self {
@@ -177,8 +193,7 @@ impl RelayState {
             secret,
             realm,
             policy,
-            max_per_endpoint,
-            max_total,
+            quotas,
             endpoints: Mutex::default(),
             allocations: Mutex::default(),
             last_authenticated: Mutex::default(),
@@ -283,16 +298,28 @@ impl RelayState {
     /// Counts a new allocation for `endpoint`, or says which quota is full.
     pub fn take_allocation_slot(&self, endpoint: &str) -> Result<(), &'static str> {
         let mut allocations = self.allocations.lock().expect("relay allocations lock");
-        if allocations.total >= self.max_total {
+        if allocations.total >= self.quotas.total {
             metrics::counter!("switchyard_relay_refused_total", "reason" => "quota-total")
                 .increment(1);
             return Err("the relay's allocation quota is reached");
         }
         let mine = allocations.per_endpoint.get(endpoint).copied().unwrap_or(0);
-        if mine >= self.max_per_endpoint {
+        if mine >= self.quotas.per_endpoint {
             metrics::counter!("switchyard_relay_refused_total", "reason" => "quota-endpoint")
                 .increment(1);
             return Err("the endpoint's allocation quota is reached");
+        }
+        if let Some(member) = member_of(endpoint) {
+            let theirs = allocations.per_member.get(member).copied().unwrap_or(0);
+            if theirs >= self.quotas.per_member {
+                metrics::counter!("switchyard_relay_refused_total", "reason" => "quota-member")
+                    .increment(1);
+                return Err("the member's allocation quota is reached");
+            }
+            *allocations
+                .per_member
+                .entry(member.to_string())
+                .or_default() += 1;
         }
         allocations.total += 1;
         *allocations
@@ -310,6 +337,14 @@ impl RelayState {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 allocations.per_endpoint.remove(endpoint);
+            }
+        }
+        if let Some(member) = member_of(endpoint) {
+            if let Some(n) = allocations.per_member.get_mut(member) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    allocations.per_member.remove(member);
+                }
             }
         }
         metrics::gauge!("switchyard_relay_allocations").set(f64::from(allocations.total));
@@ -443,8 +478,11 @@ mod tests {
             b"0123456789abcdef".to_vec(),
             "example.org".into(),
             PeerPolicy::default(),
-            2,
-            3,
+            Quotas {
+                per_endpoint: 2,
+                per_member: 2,
+                total: 3,
+            },
             None,
             600,
         )
@@ -546,5 +584,22 @@ mod tests {
         assert_eq!(state.allocation_count(Some("a")), 1);
         state.take_allocation_slot("c").unwrap();
         assert_eq!(state.allocation_count(None), 3);
+    }
+
+    #[test]
+    fn another_members_endpoints_share_one_quota_however_many_it_mints() {
+        let state = state();
+        state.take_allocation_slot("b.test/ep-1").unwrap();
+        state.take_allocation_slot("b.test/ep-2").unwrap();
+        assert_eq!(
+            state.take_allocation_slot("b.test/ep-3"),
+            Err("the member's allocation quota is reached")
+        );
+        // Another member, and this provider's own endpoints, are not held up by it.
+        state.take_allocation_slot("c.test/ep-1").unwrap();
+        state.release_allocation_slot("b.test/ep-1");
+        state.release_allocation_slot("c.test/ep-1");
+        state.take_allocation_slot("b.test/ep-3").unwrap();
+        state.take_allocation_slot("own-endpoint").unwrap();
     }
 }

@@ -396,8 +396,11 @@ mod tests {
             b"0123456789abcdef".to_vec(),
             "r".into(),
             PeerPolicy::default(),
-            1,
-            10,
+            crate::relay::auth::Quotas {
+                per_endpoint: 1,
+                per_member: 10,
+                total: 10,
+            },
             None,
             600,
         ));

@@ -98,8 +98,11 @@ impl Relay {
                 allow_loopback: relay.allow_loopback_peers,
                 allow_private: relay.allow_private_peers,
             },
-            relay.max_allocations_per_endpoint,
-            relay.max_allocations,
+            auth::Quotas {
+                per_endpoint: relay.max_allocations_per_endpoint,
+                per_member: relay.max_allocations_per_member,
+                total: relay.max_allocations,
+            },
             Some(auth::Standing { db, federation }),
             relay.credential_ttl_seconds,
         ));
