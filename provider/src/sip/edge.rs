@@ -32,6 +32,9 @@ use crate::app::App;
 /// RFC 3261 Timer J (64 × T1): how long a completed non-INVITE transaction absorbs
 /// retransmissions over UDP.
 const TIMER_J: Duration = Duration::from_secs(32);
+/// The answers of completed transactions kept for retransmissions, in bytes at most: an answer
+/// echoes its request's Vias, so 100,000 of them could otherwise take gigabytes.
+const MAX_TRANSACTION_BYTES: usize = 32 << 20;
 /// Completed transactions remembered at most; the oldest are forgotten first.
 const MAX_TRANSACTIONS: usize = 100_000;
 
@@ -87,7 +90,15 @@ impl SipEdge {
             }),
             registrar,
             limits,
-            transactions: Mutex::new(ExpiringMap::new(TIMER_J, MAX_TRANSACTIONS)),
+            transactions: Mutex::new(ExpiringMap::with_budget(
+                TIMER_J,
+                MAX_TRANSACTIONS,
+                MAX_TRANSACTION_BYTES,
+                |state| match state {
+                    TransactionState::Completed(answer) => answer.len(),
+                    TransactionState::Proceeding => 0,
+                },
+            )),
         })
     }
 
