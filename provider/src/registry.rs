@@ -84,6 +84,31 @@ pub struct Registration {
 }
 
 impl Registry<'_> {
+    /// `uri` in canonical form, or the field error naming `field`.
+    fn canonical(&self, field: &str, uri: &str) -> Result<String, RegistryError> {
+        Ok(self
+            .canonicalizer
+            .canonicalize(uri)
+            .map_err(|e| invalid(field, e.to_string()))?
+            .into_string())
+    }
+
+    /// Gives the user another URI; returns it in canonical form.
+    pub async fn add_uri(&self, user_id: &str, uri: &str) -> Result<String, RegistryError> {
+        let uri = self.canonical("uri", uri)?;
+        self.db.add_uri(user_id, &uri).await?;
+        self.uris_changed(1);
+        Ok(uri)
+    }
+
+    /// Takes a URI from whoever holds it; returns it in canonical form.
+    pub async fn remove_uri(&self, uri: &str) -> Result<String, RegistryError> {
+        let uri = self.canonical("uri", uri)?;
+        self.db.remove_uri(&uri).await?;
+        self.uris_changed(1);
+        Ok(uri)
+    }
+
     /// Tells the federation that `uris` URIs were added or removed, so its filter is rebuilt soon.
     pub fn uris_changed(&self, uris: u64) {
         if let Some(federation) = self.federation {
@@ -142,11 +167,7 @@ impl Registry<'_> {
         name: &str,
         capabilities: Capabilities,
     ) -> Result<Registration, RegistryError> {
-        let uri = self
-            .canonicalizer
-            .canonicalize(uri)
-            .map_err(|e| invalid("uri", e.to_string()))?
-            .into_string();
+        let uri = self.canonical("uri", uri)?;
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(invalid("name", "1-100 characters, no control characters"));
         }

@@ -129,19 +129,7 @@ pub(super) async fn add_uri(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UriBody>,
 ) -> AdminResult {
-    let uri = app
-        .canonicalizer
-        .canonicalize(&body.uri)
-        .map_err(|e| {
-            AdminError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-field",
-                format!("uri: {e}"),
-            )
-        })?
-        .into_string();
-    app.db.add_uri(&id, &uri).await?;
-    app.registry().uris_changed(1);
+    let uri = app.registry().add_uri(&id, &body.uri).await?;
     Ok(Json(json!({"user_id": id, "uri": uri})))
 }
 
@@ -150,19 +138,7 @@ pub(super) async fn remove_uri(
     State(app): State<Arc<App>>,
     Path(uri): Path<String>,
 ) -> AdminResult {
-    let uri = app
-        .canonicalizer
-        .canonicalize(&uri)
-        .map_err(|e| {
-            AdminError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-field",
-                format!("uri: {e}"),
-            )
-        })?
-        .into_string();
-    app.db.remove_uri(&uri).await?;
-    app.registry().uris_changed(1);
+    let uri = app.registry().remove_uri(&uri).await?;
     Ok(Json(json!({"removed": uri})))
 }
 

@@ -31,6 +31,16 @@ pub struct EndpointArgs {
     push: PushMode,
 }
 
+impl EndpointArgs {
+    /// A client of the provider as the endpoint whose identity `--state` holds.
+    fn client(&self) -> anyhow::Result<EndpointClient> {
+        Ok(EndpointClient::new(
+            EndpointIdentity::load(&self.state)?,
+            encoding(self.json),
+        )?)
+    }
+}
+
 #[derive(Args)]
 pub struct MediaArgs {
     /// The address of this device's media port (one UDP port for STUN, DTLS, SIP and SRTP).
@@ -166,10 +176,7 @@ pub async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             hangup_after,
             media,
         } => {
-            let client = EndpointClient::new(
-                EndpointIdentity::load(&endpoint.state)?,
-                encoding(endpoint.json),
-            )?;
+            let client = endpoint.client()?;
             let mut pushes = client.push_channel(endpoint.push).await?;
             let kinds = if video {
                 vec![MediaKind::Audio, MediaKind::Video]
@@ -214,10 +221,7 @@ pub async fn endpoint(command: EndpointCommand) -> anyhow::Result<ExitCode> {
             once,
             media,
         } => {
-            let client = EndpointClient::new(
-                EndpointIdentity::load(&endpoint.state)?,
-                encoding(endpoint.json),
-            )?;
+            let client = endpoint.client()?;
             let options = media.options();
             let mut pushes = client.push_channel(endpoint.push).await?;
             println!("waiting for calls to {}", client.identity.uris.join(", "));
