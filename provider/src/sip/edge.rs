@@ -151,7 +151,8 @@ impl SipEdge {
                 return None;
             }
             Received::Answered(answer) => {
-                metrics::counter!("switchyard_sip_refused_total").increment(1);
+                metrics::counter!("switchyard_sip_refused_total", "reason" => "front-door")
+                    .increment(1);
                 return Some(answer);
             }
             Received::Dropped(why) => {
