@@ -129,16 +129,14 @@ pub trait WriteUnit {
         change: CallChange<'_>,
     ) -> impl Future<Output = Result<bool, StoreFailure>> + Send;
 
-    /// Records `party`'s rejection of a ringing call (a repeat counts once) and, when no party
-    /// is left ringing, ends the call as rejected with `final_reason`. Returns whether this
-    /// rejection ended the call, and how many parties still ring.
-    fn reject(
+    /// Records `party`'s rejection of a ringing call (a repeat counts once). Returns whether it
+    /// was new, the rejections so far, and the parties rung.
+    fn record_rejection(
         &mut self,
         session_id: &str,
         party: &str,
         reason: &str,
-        final_reason: EndReason,
-    ) -> impl Future<Output = Result<(bool, i64), StoreFailure>> + Send;
+    ) -> impl Future<Output = Result<(bool, i64, i64), StoreFailure>> + Send;
 
     /// The rejections so far, as `(party, reason)`, in the order they came.
     fn rejections(

@@ -6,7 +6,10 @@ use switchyard_protocol::invitation::{
     InitiateRequest, InitiateResponse, Push, RejectPush, RejectRequest, UpdatePush, UpdateRequest,
 };
 
-use super::{duplicate_session, push_cancels, session_id_of, CallResult, Core, Deferred};
+use super::{
+    duplicate_session, push_cancels, reject_and_end_if_last, session_id_of, CallResult, Core,
+    Deferred,
+};
 use crate::ports::{CallChange, CallStore, Endpoint, Event, Ports, Requester, WriteUnit};
 use crate::record::{CallRecord, CallState};
 use crate::refusal::{Refusal, RefusalCode};
@@ -246,9 +249,14 @@ impl<P: Ports> Core<P> {
         if current != Some(CallState::Ringing) {
             return Err(Refusal::call_gone(current).into());
         }
-        let (all_rejected, remaining) = unit
-            .reject(&state.sid, &me.id, reason.as_str(), reason.into())
-            .await?;
+        let (all_rejected, remaining) = reject_and_end_if_last(
+            &mut unit,
+            &state.sid,
+            &me.id,
+            reason.as_str(),
+            reason.into(),
+        )
+        .await?;
         if all_rejected && !state.forwarded_here() {
             let push = Push::Reject(RejectPush {
                 session_id: request.answer.session_id.clone(),

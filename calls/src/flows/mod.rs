@@ -10,12 +10,14 @@ mod originator;
 mod received;
 
 use switchyard_protocol::invitation::{
-    CancelPush, CancelReason, ForwardCancelReason, MessageError, Push, RelayChoice, SessionId,
+    CancelPush, CancelReason, EndReason, ForwardCancelReason, MessageError, Push, RelayChoice,
+    SessionId,
 };
 
 pub use crate::ports::Settings;
 
-use crate::ports::{Event, Ports, StoreFailure, WriteUnit};
+use crate::ports::{CallChange, Event, Ports, StoreFailure, WriteUnit};
+use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::session::SessionState;
 
@@ -101,6 +103,33 @@ impl<P: Ports> Core<P> {
             .and_then(crate::ports::Forwarder::federation_relay);
         choice.provider(caller, callee, federation_relay.as_deref())
     }
+}
+
+/// Records `party`'s rejection of a ringing call (an endpoint here, or a provider it was
+/// forwarded to) and, when no party is left ringing, ends the call as rejected with
+/// `final_reason`. Returns whether this rejection ended the call, and how many parties still ring.
+async fn reject_and_end_if_last<U: WriteUnit>(
+    unit: &mut U,
+    session_id: &str,
+    party: &str,
+    reason: &str,
+    final_reason: EndReason,
+) -> Result<(bool, i64), StoreFailure> {
+    let (new, rejections, parties) = unit.record_rejection(session_id, party, reason).await?;
+    let ended = new
+        && rejections >= parties
+        && unit
+            .transition(
+                session_id,
+                &[CallState::Ringing],
+                CallState::Rejected,
+                CallChange {
+                    reason: Some(final_reason),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    Ok((ended, (parties - rejections).max(0)))
 }
 
 /// Queues a Cancel Push for each of `pushes` (endpoint, self-uri, peer-uri, reason).

@@ -9,7 +9,9 @@ use switchyard_protocol::invitation::{
     RejectForward, RejectPush, RejectReason, SessionId, UpdateAnswer, UpdateForward, UpdatePush,
 };
 
-use super::{duplicate_session, push_cancels, CallError, CallResult, Core, Deferred};
+use super::{
+    duplicate_session, push_cancels, reject_and_end_if_last, CallError, CallResult, Core, Deferred,
+};
 use crate::ports::{
     CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
     WriteUnit,
@@ -246,14 +248,14 @@ impl<P: Ports> Core<P> {
         let mut unit = self.ports.store().begin().await?;
         let mut ended = false;
         for rejection in &dispatch.rejections {
-            let (ended_here, _) = unit
-                .reject(
-                    &sid,
-                    &provider_party(&rejection.provider),
-                    rejection.reason.as_str(),
-                    rejection.final_reason,
-                )
-                .await?;
+            let (ended_here, _) = reject_and_end_if_last(
+                &mut unit,
+                &sid,
+                &provider_party(&rejection.provider),
+                rejection.reason.as_str(),
+                rejection.final_reason,
+            )
+            .await?;
             ended |= ended_here;
         }
         let refused_request = dispatch.refuses_request();
@@ -434,14 +436,14 @@ impl<P: Ports> Core<P> {
         if current != Some(CallState::Ringing) {
             return Err(Refusal::call_gone(current).into());
         }
-        let (all_rejected, remaining) = unit
-            .reject(
-                &state.sid,
-                &provider_party(&sender.provider_id),
-                forward.reason.as_str(),
-                forward.reason.into(),
-            )
-            .await?;
+        let (all_rejected, remaining) = reject_and_end_if_last(
+            &mut unit,
+            &state.sid,
+            &provider_party(&sender.provider_id),
+            forward.reason.as_str(),
+            forward.reason.into(),
+        )
+        .await?;
         if all_rejected {
             let push = Push::Reject(RejectPush {
                 session_id: sid.clone(),

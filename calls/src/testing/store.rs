@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use switchyard_protocol::dict::Dict;
-use switchyard_protocol::invitation::{EndReason, ForwardAction, Push};
+use switchyard_protocol::invitation::{ForwardAction, Push};
 
 use crate::ports::{CallChange, CallStore, Endpoint, StoreFailure, WriteUnit};
 use crate::record::{CallRecord, CallState};
@@ -198,13 +198,12 @@ impl WriteUnit for MemUnit {
         Ok(true)
     }
 
-    async fn reject(
+    async fn record_rejection(
         &mut self,
         session_id: &str,
         party: &str,
         reason: &str,
-        final_reason: EndReason,
-    ) -> Result<(bool, i64), StoreFailure> {
+    ) -> Result<(bool, i64, i64), StoreFailure> {
         let rejections = self
             .tables
             .rejections
@@ -220,21 +219,7 @@ impl WriteUnit for MemUnit {
         if new {
             call.rejections += 1;
         }
-        let (rejected, parties) = (call.rejections, call.rung_count);
-        let ended = new
-            && rejected >= parties
-            && self
-                .transition(
-                    session_id,
-                    &[CallState::Ringing],
-                    CallState::Rejected,
-                    CallChange {
-                        reason: Some(final_reason),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-        Ok((ended, (parties - rejected).max(0)))
+        Ok((new, call.rejections, call.rung_count))
     }
 
     async fn rejections(

@@ -211,35 +211,9 @@ pub struct CallChange<'a> {
     pub answered_by: Option<&'a str>,
 }
 
-/// Records `party`'s rejection of a ringing call (an endpoint here, or a provider it was
-/// forwarded to) and, when no party is left ringing, ends the call as rejected with
-/// `final_reason`. Returns whether this rejection ended the call, and how many parties still ring.
-pub async fn reject_and_end_if_last(
-    conn: &mut AnyConnection,
-    session_id: &str,
-    party: &str,
-    reason: &str,
-    final_reason: &str,
-) -> StoreResult<(bool, i64)> {
-    let (new, rejections, parties) = record_rejection(conn, session_id, party, reason).await?;
-    let ended = new
-        && rejections >= parties
-        && transition_call(
-            conn,
-            session_id,
-            &[CallState::Ringing],
-            CallState::Rejected,
-            CallChange {
-                reason: Some(final_reason),
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok((ended, (parties - rejections).max(0)))
-}
-
-/// Records one endpoint's Reject (a repeat counts once); returns whether it was new, and the
-/// rejections so far against the endpoints rung.
+/// Records one party's Reject (an endpoint here, or a provider the call was forwarded to; a
+/// repeat counts once); returns whether it was new, and the rejections so far against the
+/// parties rung.
 async fn record_rejection(
     conn: &mut AnyConnection,
     session_id: &str,
@@ -509,22 +483,15 @@ impl WriteUnit for DbUnit<'_> {
         .map_err(failure)
     }
 
-    async fn reject(
+    async fn record_rejection(
         &mut self,
         session_id: &str,
         party: &str,
         reason: &str,
-        final_reason: EndReason,
-    ) -> Result<(bool, i64), StoreFailure> {
-        reject_and_end_if_last(
-            &mut self.tx,
-            session_id,
-            party,
-            reason,
-            final_reason.as_str(),
-        )
-        .await
-        .map_err(failure)
+    ) -> Result<(bool, i64, i64), StoreFailure> {
+        record_rejection(&mut self.tx, session_id, party, reason)
+            .await
+            .map_err(failure)
     }
 
     async fn rejections(
