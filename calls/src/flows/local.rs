@@ -7,8 +7,8 @@ use switchyard_protocol::invitation::{
 };
 
 use super::{
-    duplicate_session, push_cancels, reject_and_end_if_last, session_id_of, CallResult, Core,
-    Deferred,
+    apply_cancel, duplicate_session, push_cancels, reject_and_end_if_last, session_id_of,
+    CallResult, Core, Deferred,
 };
 use crate::ports::{CallChange, CallStore, Endpoint, Event, Ports, Requester, WriteUnit};
 use crate::record::{CallRecord, CallState};
@@ -302,27 +302,10 @@ impl<P: Ports> Core<P> {
             &me.id,
             &self.settings().provider_id,
         )?;
-        // The state read above may have moved on since (another transaction answered or ended
-        // the call: PostgreSQL reads committed, it does not lock): then nothing is cancelled.
-        let moved = unit
-            .transition(
-                sid,
-                &[plan.from],
-                plan.to,
-                CallChange {
-                    reason: Some(plan.why),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        if !moved {
-            let current = unit.call(sid).await?.map(|c| c.state);
-            return Err(Refusal::call_gone(current).into());
-        }
-        push_cancels(
+        apply_cancel(
             &mut unit,
             &request.session_id,
-            &plan.pushes,
+            &plan,
             self.settings().push_ttl_ms,
         )
         .await?;

@@ -19,6 +19,7 @@ pub use crate::ports::Settings;
 use crate::ports::{CallChange, Event, Ports, StoreFailure, WriteUnit};
 use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalCode};
+use crate::rules::CancelPlan;
 use crate::session::SessionState;
 
 /// What a flow ends with when it does not answer: a refusal for the sender, or a store failure
@@ -130,6 +131,36 @@ async fn reject_and_end_if_last<U: WriteUnit>(
             )
             .await?;
     Ok((ended, (parties - rejections).max(0)))
+}
+
+/// Carries out a cancel's plan in `unit`: the record's transition and the Cancel Pushes. The
+/// plan was made from the call as read in this unit, which may have moved on since (another
+/// transaction answered or ended it: PostgreSQL reads committed, it does not lock); then
+/// nothing is cancelled and the call is refused as gone.
+async fn apply_cancel<U: WriteUnit>(
+    unit: &mut U,
+    session_id: &SessionId,
+    plan: &CancelPlan,
+    ttl_ms: i64,
+) -> CallResult<()> {
+    let sid = session_id.as_str();
+    let moved = unit
+        .transition(
+            sid,
+            &[plan.from],
+            plan.to,
+            CallChange {
+                reason: Some(plan.why),
+                ..Default::default()
+            },
+        )
+        .await?;
+    if !moved {
+        let current = unit.call(sid).await?.map(|c| c.state);
+        return Err(Refusal::call_gone(current).into());
+    }
+    push_cancels(unit, session_id, &plan.pushes, ttl_ms).await?;
+    Ok(())
 }
 
 /// Queues a Cancel Push for each of `pushes` (endpoint, self-uri, peer-uri, reason).

@@ -10,7 +10,7 @@ use switchyard_protocol::invitation::{
 };
 
 use super::{
-    duplicate_session, push_cancels, reject_and_end_if_last, CallError, CallResult, Core, Deferred,
+    apply_cancel, duplicate_session, reject_and_end_if_last, CallError, CallResult, Core, Deferred,
 };
 use crate::ports::{
     CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
@@ -520,22 +520,7 @@ impl<P: Ports> Core<P> {
             forward.reason,
             &self.settings().provider_id,
         )?;
-        let moved = unit
-            .transition(
-                sid.as_str(),
-                &[plan.from],
-                plan.to,
-                CallChange {
-                    reason: Some(plan.why),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        if !moved {
-            let current = unit.call(sid.as_str()).await?.map(|c| c.state);
-            return Err(Refusal::call_gone(current).into());
-        }
-        push_cancels(&mut unit, sid, &plan.pushes, self.settings().push_ttl_ms).await?;
+        apply_cancel(&mut unit, sid, &plan, self.settings().push_ttl_ms).await?;
         let answer = Dict::new().with("session-id", sid.as_str());
         let answer = self
             .finish_forward(unit, sender, sid, ForwardAction::Cancel, answer)
