@@ -283,14 +283,7 @@ async fn a_saturated_filter_is_refused_and_the_previous_one_stays() -> anyhow::R
         "C's refused filter would claim ~600 of 2000; {claimed} claimed"
     );
 
-    let metrics = fed
-        .provider("a.test")
-        .admin
-        .get(format!("{}/metrics", fed.provider("a.test").admin_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = fed.provider("a.test").metrics().await?;
     assert!(
         metrics.lines().any(|l| l.starts_with("switchyard_peer_filters_refused_total")
             && l.contains("c.test")),
@@ -366,14 +359,7 @@ async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()
         err.contains("unknown-peer") && err.contains("false positive"),
         "{err}"
     );
-    let metrics = fed
-        .provider("a.test")
-        .admin
-        .get(format!("{}/metrics", fed.provider("a.test").admin_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = fed.provider("a.test").metrics().await?;
     assert!(
         metrics.contains("switchyard_federation_false_positives_total"),
         "{metrics}"
@@ -415,13 +401,7 @@ async fn admin_api_shows_the_federation_and_resyncs() -> anyhow::Result<()> {
     assert_eq!(peers[0]["breaker_open"], false);
     assert!(body["filter"]["bits"].as_u64().unwrap_or(0) >= 1024);
 
-    let metrics = a
-        .admin
-        .get(format!("{}/metrics", a.admin_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = a.metrics().await?;
     for name in [
         "switchyard_bloom_items",
         "switchyard_bloom_generation",

@@ -268,13 +268,7 @@ async fn admin_api_manages_users_and_refuses_bad_input() -> anyhow::Result<()> {
         1
     );
 
-    let metrics = h
-        .admin
-        .get(format!("{}/metrics", h.admin_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = h.metrics().await?;
     assert!(metrics.contains("switchyard_"), "{metrics}");
     assert_eq!(
         h.admin
