@@ -1,7 +1,7 @@
 //! The media blob an endpoint publishes as its `self-blob`.
 //!
 //! Providers carry the blob opaquely between the two endpoints of a call; it holds what
-//! the peer needs to run ICE connectivity checks ([`crate::ice`]) and to authenticate the
+//! the peer needs to run ICE connectivity checks (the `ice` module) and to authenticate the
 //! DTLS handshake that follows: ICE credentials, the DTLS certificate fingerprint and the
 //! candidates. It is an XML property list (see [`MediaBlob::to_bytes`]).
 
@@ -196,7 +196,7 @@ fn invalid(field: impl Into<String>, reason: &'static str) -> BlobError {
 }
 
 impl MediaBlob {
-    /// The blob's ICE credentials, as [`crate::ice::IceAgent`] takes them.
+    /// The blob's ICE credentials, as the ICE agent (`IceAgent`) takes them.
     pub fn credentials(&self) -> Credentials {
         Credentials {
             ufrag: self.ice_ufrag.clone(),

@@ -1,7 +1,7 @@
 //! The narrow handle a call leg holds on the edge: the app, the SIP configuration, the calls
 //! table and the sockets, and what a leg does through them: send to a phone, run a client
 //! transaction (RFC 3261 §17.1), open a media anchor. It knows no edge, so the legs and the
-//! gateway's push intake do not point back at [`super::edge`].
+//! gateway's push intake do not point back at the edge (`SipEdge`).
 
 use std::sync::Arc;
 use std::time::Instant;
