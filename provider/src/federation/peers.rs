@@ -135,25 +135,26 @@ impl Peers {
     /// Loads the filters saved by earlier runs.
     pub async fn load(&self, db: &Db) -> Result<(), crate::db::StoreError> {
         let saved = db.peer_filters().await?;
-        let mut map = self.map.write().expect("peers lock");
         for stored in saved {
-            match decode_stored(&stored) {
-                Ok(filter)
-                    if filter.estimated_false_positive_rate() > self.max_false_positive_rate =>
-                {
-                    tracing::warn!(peer = %stored.provider_id, rate = filter.estimated_false_positive_rate(), "saved filter is above federation.peer_filter_max_false_positive_rate; will fetch again")
-                }
-                Ok(filter) => {
-                    let peer = map.entry(stored.provider_id.clone()).or_default();
-                    peer.generation = stored.generation as u64;
-                    peer.false_positive_rate = filter.estimated_false_positive_rate();
-                    peer.filter = Some(Arc::new(filter));
-                    peer.fetched_at_ms = Some(stored.fetched_at);
-                }
+            // Decoded and counted before the lock: a filter can be hundreds of MiB.
+            let filter = match decode_stored(&stored) {
+                Ok(filter) => filter,
                 Err(message) => {
-                    tracing::warn!(peer = %stored.provider_id, %message, "saved filter unusable; will fetch again")
+                    tracing::warn!(peer = %stored.provider_id, %message, "saved filter unusable; will fetch again");
+                    continue;
                 }
+            };
+            let rate = filter.estimated_false_positive_rate();
+            if rate > self.max_false_positive_rate {
+                tracing::warn!(peer = %stored.provider_id, rate, "saved filter is above federation.peer_filter_max_false_positive_rate; will fetch again");
+                continue;
             }
+            let mut map = self.map.write().expect("peers lock");
+            let peer = map.entry(stored.provider_id.clone()).or_default();
+            peer.generation = stored.generation as u64;
+            peer.false_positive_rate = rate;
+            peer.filter = Some(Arc::new(filter));
+            peer.fetched_at_ms = Some(stored.fetched_at);
         }
         Ok(())
     }
