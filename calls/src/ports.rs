@@ -65,6 +65,9 @@ pub struct Sender {
     /// Its certificate (DER), checked to chain to the federation CA and pinned to the
     /// discovery dictionary.
     pub cert_der: Vec<u8>,
+    /// The SHA-256 (lowercase hex) of its endpoint CA certificate, as the discovery dictionary
+    /// pins it: the only endpoint CA this sender may present for its endpoints.
+    pub endpoint_ca_sha256: String,
 }
 
 /// What a transition writes besides the state.
@@ -128,6 +131,14 @@ pub trait WriteUnit {
         to: CallState,
         change: CallChange<'_>,
     ) -> impl Future<Output = Result<bool, StoreFailure>> + Send;
+
+    /// Records that `provider`, a member the Initiate was forwarded to, answered it as ringing
+    /// (the record is the originator's): from then on it may Accept or Cancel.
+    fn record_ringing(
+        &mut self,
+        session_id: &str,
+        provider: &str,
+    ) -> impl Future<Output = Result<(), StoreFailure>> + Send;
 
     /// Records `party`'s rejection of a ringing call (a repeat counts once). Returns whether it
     /// was new, the rejections so far, and the parties rung.
@@ -228,6 +239,9 @@ pub trait Forwarder: Send + Sync {
     /// The members other than this one whose filter may hold `uri`.
     fn candidates(&self, uri: &str) -> Candidates;
 
+    /// Whether `member`'s filter in force may hold `uri`: what a member may claim to host.
+    fn may_host(&self, member: &str, uri: &str) -> bool;
+
     /// A fresh random Forward id.
     fn forward_id(&self) -> String;
 
@@ -246,6 +260,9 @@ pub trait Sealer: Send + Sync {
 pub trait Clock: Send + Sync {
     /// Unix milliseconds.
     fn now_ms(&self) -> i64;
+
+    /// Waits `ms` milliseconds, before a Forward is sent again.
+    fn pause(&self, ms: u64) -> impl Future<Output = ()> + Send;
 }
 
 /// What the core reports as it goes, for metrics.
@@ -257,6 +274,9 @@ pub enum Event {
     DispatchCandidates(usize),
     /// A candidate's filter matched but it does not host the URI.
     FalsePositive(String),
+    /// A received Initiate's caller attestation was lowered (or dropped) because the sender may
+    /// not present that caller: `reason` says why.
+    AttestationLowered { peer: String, reason: &'static str },
     /// A Forward that needed no answer got none; what follows from it (a ring timeout, say)
     /// ends the call instead.
     Undelivered {

@@ -69,6 +69,9 @@ pub struct CallRecord {
     pub answered_by: Option<String>,
     /// The originator first; for a call forwarded here, `[originator, this provider]`.
     pub providers: Vec<String>,
+    /// The members whose answer to the Initiate Forward said it rang (the originator's record):
+    /// the only ones whose Accept or Cancel Forward counts.
+    pub ringing_providers: Vec<String>,
     pub initiated_at: i64,
     pub ring_deadline: i64,
     pub answered_at: Option<i64>,
@@ -80,6 +83,12 @@ impl CallRecord {
     pub fn forwarded_by(&self, provider: &str) -> bool {
         self.providers.first().map(String::as_str) == Some(provider)
             && self.caller_endpoint.is_empty()
+    }
+
+    /// Whether `provider` answered the Initiate forwarded to it as ringing (the record is the
+    /// originator's).
+    pub fn rang_at(&self, provider: &str) -> bool {
+        self.ringing_providers.iter().any(|p| p == provider)
     }
 
     /// Whether the call was answered by `provider`, a remote provider (the record is the

@@ -45,6 +45,8 @@ codes! {
     ProviderMismatch = "provider-mismatch",
     StaleForward = "stale-forward",
     BadAttestation = "bad-attestation",
+    EndpointCaMismatch = "endpoint-ca-mismatch",
+    NotYetRinging = "not-yet-ringing",
     UnknownPeer = "unknown-peer",
     UnknownSession = "unknown-session",
     DuplicateSession = "duplicate-session",
@@ -68,6 +70,7 @@ impl RefusalCode {
             RefusalCode::DuplicateSession
             | RefusalCode::AlreadyAnswered
             | RefusalCode::NotAnswered
+            | RefusalCode::NotYetRinging
             | RefusalCode::ReplayedForward => RefusalClass::Conflict,
             RefusalCode::CallEnded => RefusalClass::Gone,
             _ => RefusalClass::Other,

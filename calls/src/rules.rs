@@ -8,8 +8,29 @@ use switchyard_protocol::capabilities::{Capabilities, MediaKind, Unsupported};
 use switchyard_protocol::invitation::{CancelReason, EndReason, ForwardCancelReason, RejectReason};
 
 use crate::record::{party_provider, CallRecord, CallState};
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCode};
 use crate::session::{Role, SessionState};
+
+/// How long an answering provider waits, attempt after attempt, for the originator to record
+/// its answer to the Initiate before its Accept or Cancel counts: 1.57 s in all, far more than
+/// one answer takes to be read and recorded.
+pub const NOT_YET_RINGING_PAUSES_MS: [u64; 6] = [20, 50, 100, 200, 400, 800];
+
+/// What an answering provider sends about its legs of a ringing call (an Accept, a Cancel)
+/// counts only once its answer to the Initiate said it rang: a member the Initiate went to
+/// cannot answer or end a call it never rang for. The originator records each answer as it
+/// arrives, so a Forward that overtook its own provider's answer is told to come again.
+pub fn check_rang(call: &CallRecord, provider: &str) -> Result<(), Refusal> {
+    if call.rang_at(provider) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        RefusalCode::NotYetRinging,
+        format!(
+            "`{provider}` has not answered this call's Initiate as ringing (or its answer is not recorded yet)"
+        ),
+    ))
+}
 
 /// The endpoints of the callee that can take the call (each supports every kind asked for and
 /// shares a codec of each with the caller), and why the first one that cannot, cannot.
@@ -452,6 +473,7 @@ mod tests {
             reason: None,
             answered_by: None,
             providers: vec!["a.example".into()],
+            ringing_providers: Vec::new(),
             initiated_at: 0,
             ring_deadline: 60_000,
             answered_at: None,

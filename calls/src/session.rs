@@ -68,6 +68,7 @@ impl SessionState {
             reason: refusal.map(|r| r.as_str().to_string()),
             answered_by: None,
             providers: self.providers.clone(),
+            ringing_providers: Vec::new(),
             initiated_at: now,
             ring_deadline: self.deadline,
             answered_at: None,

@@ -3,6 +3,7 @@
 
 use switchyard_calls::testing::{Device, Fate, World, RING_TIMEOUT_MS};
 use switchyard_calls::{CallState, RefusalCode};
+use switchyard_protocol::attestation::Level;
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::{CancelReason, ForwardAction, Push, RejectReason, SessionId};
 
@@ -152,7 +153,11 @@ fn the_same_uri_at_two_providers_rings_at_both_and_the_first_accept_wins() {
     assert_eq!(answer.int("rung").unwrap(), 3);
     let ring_b = world.ring(&at_b[0], &call.session).unwrap();
     let ring_c = world.ring(&at_c[0], &call.session).unwrap();
-    assert!(ring_b.peer_verified, "A's caller attestation verified at B");
+    assert_eq!(
+        ring_b.peer_attestation,
+        Some(Level::Full),
+        "A's caller attestation verified at B"
+    );
     let won = world.accept(&at_b[0], &ring_b);
     let lost = world.accept(&at_c[0], &ring_c);
     world.settle();

@@ -1,15 +1,17 @@
 //! Caller attestation: the originating provider signs each Initiate Forward over the session id,
-//! the caller and callee URIs, its provider id and a timestamp (in the spirit of STIR/SHAKEN), and
-//! the receiving provider verifies it against the originator's federation certificate.
+//! the caller and callee URIs, its provider id, a timestamp and how much it vouches for the
+//! caller (an attestation level, after STIR/SHAKEN, RFC 8588), and the receiving provider
+//! verifies it against the originator's federation certificate.
 //!
 //! Signed bytes: the UTF-8 text
-//! `switchyard-attestation-v1\n<session-id>\n<caller-uri>\n<callee-uri>\n<provider-id>\n<timestamp>`
-//! (URIs canonical, timestamp in decimal Unix seconds); signature ECDSA P-256 / SHA-256, ASN.1 DER.
-//! None of the fields may contain a newline, so the encoding is unambiguous.
+//! `switchyard-attestation-v2\n<session-id>\n<caller-uri>\n<callee-uri>\n<provider-id>\n<timestamp>\n<level>`
+//! (URIs canonical, timestamp in decimal Unix seconds, level `A`, `B` or `C`); signature ECDSA
+//! P-256 / SHA-256, ASN.1 DER. None of the fields may contain a newline, so the encoding is
+//! unambiguous.
 
 use crate::pki::{self, PkiError, SigningKey};
 
-const CONTEXT: &str = "switchyard-attestation-v1";
+const CONTEXT: &str = "switchyard-attestation-v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttestationError {
@@ -27,6 +29,40 @@ pub enum AttestationError {
     Pki(#[from] PkiError),
 }
 
+/// How much the originating provider vouches for the caller, as STIR/SHAKEN's levels: a
+/// receiver only ever lowers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// `C`, gateway: the originator has no relationship with the caller it passes on.
+    Gateway,
+    /// `B`, partial: the originator authenticated the device, but does not host the caller URI.
+    Partial,
+    /// `A`, full: the originator hosts the caller URI and authenticated the device holding it.
+    Full,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::Full, Level::Partial, Level::Gateway];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Full => "A",
+            Level::Partial => "B",
+            Level::Gateway => "C",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|level| level.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
     pub session_id: String,
@@ -34,6 +70,7 @@ pub struct Attestation {
     pub callee_uri: String,
     pub provider_id: String,
     pub timestamp: i64,
+    pub level: Level,
 }
 
 impl Attestation {
@@ -49,8 +86,13 @@ impl Attestation {
             }
         }
         Ok(format!(
-            "{CONTEXT}\n{}\n{}\n{}\n{}\n{}",
-            self.session_id, self.caller_uri, self.callee_uri, self.provider_id, self.timestamp
+            "{CONTEXT}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.session_id,
+            self.caller_uri,
+            self.callee_uri,
+            self.provider_id,
+            self.timestamp,
+            self.level
         )
         .into_bytes())
     }
@@ -103,7 +145,17 @@ mod tests {
             callee_uri: "mailto:bob@example.com".into(),
             provider_id: "a.example".into(),
             timestamp: NOW,
+            level: Level::Full,
         }
+    }
+
+    #[test]
+    fn levels_read_back_and_order_by_trust() {
+        for level in Level::ALL {
+            assert_eq!(Level::parse(level.as_str()), Some(level));
+        }
+        assert_eq!(Level::parse("a"), None);
+        assert!(Level::Full > Level::Partial && Level::Partial > Level::Gateway);
     }
 
     #[test]
@@ -137,14 +189,36 @@ mod tests {
             forged.verify(&signature, &a_der, NOW, 30),
             Err(AttestationError::BadSignature)
         ));
+        let upgraded = Attestation {
+            level: Level::Full,
+            ..attestation()
+        };
+        let partial = Attestation {
+            level: Level::Partial,
+            ..attestation()
+        };
+        let partial_signature = partial.sign(&key).unwrap();
+        partial.verify(&partial_signature, &a_der, NOW, 30).unwrap();
+        assert!(
+            matches!(
+                upgraded.verify(&partial_signature, &a_der, NOW, 30),
+                Err(AttestationError::BadSignature)
+            ),
+            "the level is signed: a B cannot be presented as an A"
+        );
         assert!(matches!(
             attestation().verify(&signature, &b_der, NOW, 30),
             Err(AttestationError::WrongProvider { .. })
         ));
-        assert!(matches!(
-            attestation().verify(&signature, &a_der, NOW + 31, 30),
-            Err(AttestationError::Stale { .. })
-        ));
+        for edge in [NOW - 30, NOW + 30] {
+            attestation().verify(&signature, &a_der, edge, 30).unwrap();
+        }
+        for outside in [NOW - 31, NOW + 31] {
+            assert!(matches!(
+                attestation().verify(&signature, &a_der, outside, 30),
+                Err(AttestationError::Stale { .. })
+            ));
+        }
         let sneaky = Attestation {
             session_id: "x\ntel:+1".into(),
             ..attestation()

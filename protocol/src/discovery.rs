@@ -14,8 +14,11 @@
 //! dictionary holds `federation` (string), `version` (integer, increasing with each publication),
 //! `issued-at` and `expires` (Unix seconds) and `members`, an array of dictionaries with
 //! `provider-id`, `display-name`, `base-uri` (`https://…`), `relay-addresses` (array of
-//! `host:port` strings) and `certificate-sha256` (lowercase hex SHA-256 of the provider's
-//! federation certificate, DER), and optionally `federation-relay`, the provider id of the member
+//! `host:port` strings), `certificate-sha256` (lowercase hex SHA-256 of the provider's
+//! federation certificate, DER) and `endpoint-ca-sha256` (the same of the CA certificate that
+//! issues its endpoints' identity certificates: the pin every other member checks the endpoint
+//! CA it sends in a Forward against, so the DTLS check of a call ends at a CA the federation
+//! names, never at one a member chose), and optionally `federation-relay`, the provider id of the member
 //! whose relay serves the calls of providers configured to use a federation-wide relay; that
 //! member must list relay addresses.
 
@@ -59,6 +62,8 @@ pub struct Member {
     pub base_uri: String,
     pub relay_addresses: Vec<String>,
     pub certificate_sha256: String,
+    /// The SHA-256 of the member's endpoint CA certificate (DER), lowercase hex.
+    pub endpoint_ca_sha256: String,
 }
 
 /// The federation's member list.
@@ -101,6 +106,7 @@ impl Member {
             .with("base-uri", self.base_uri.as_str())
             .with("relay-addresses", self.relay_addresses.clone())
             .with("certificate-sha256", self.certificate_sha256.as_str())
+            .with("endpoint-ca-sha256", self.endpoint_ca_sha256.as_str())
     }
 
     fn from_dict(dict: &Dict, index: usize) -> Result<Member, DiscoveryError> {
@@ -113,6 +119,7 @@ impl Member {
                 .opt_string_array("relay-addresses")?
                 .unwrap_or_default(),
             certificate_sha256: dict.str("certificate-sha256")?.to_string(),
+            endpoint_ca_sha256: dict.str("endpoint-ca-sha256")?.to_string(),
         };
         if !pki::valid_provider_id(&member.provider_id) {
             return Err(at(format!(
@@ -130,15 +137,13 @@ impl Member {
                 member.base_uri
             )));
         }
-        let fingerprint = &member.certificate_sha256;
-        if fingerprint.len() != 64
-            || !fingerprint
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(at(
-                "certificate-sha256 must be 64 lowercase hex digits".into()
-            ));
+        for (key, fingerprint) in [
+            ("certificate-sha256", &member.certificate_sha256),
+            ("endpoint-ca-sha256", &member.endpoint_ca_sha256),
+        ] {
+            if !pki::is_sha256_hex(fingerprint) {
+                return Err(at(format!("{key} must be 64 lowercase hex digits")));
+            }
         }
         for relay in &member.relay_addresses {
             match relay.rsplit_once(':') {
@@ -324,6 +329,7 @@ mod tests {
                 base_uri: "https://a.example:8443".into(),
                 relay_addresses: vec!["a.example:3478".into()],
                 certificate_sha256: "ab".repeat(32),
+                endpoint_ca_sha256: "cd".repeat(32),
             }],
             federation_relay: None,
             filter_max_false_positive_ppm: None,
@@ -436,6 +442,23 @@ mod tests {
         let mut bad = directory();
         bad.members[0].certificate_sha256 = "XYZ".into();
         assert!(Directory::from_dict(&bad.to_dict()).is_err());
+        let mut bad = directory();
+        bad.members[0].endpoint_ca_sha256 = "AB".repeat(32);
+        assert!(Directory::from_dict(&bad.to_dict())
+            .unwrap_err()
+            .to_string()
+            .contains("endpoint-ca-sha256"));
+        let unpinned_member = directory().members[0]
+            .to_dict()
+            .iter()
+            .filter(|(key, _)| *key != "endpoint-ca-sha256")
+            .fold(Dict::new(), |dict, (key, value)| {
+                dict.with(key, value.clone())
+            });
+        let unpinned = directory()
+            .to_dict()
+            .with("members", Value::Array(vec![Value::Dict(unpinned_member)]));
+        assert!(Directory::from_dict(&unpinned).is_err());
         let mut bad = directory();
         bad.members[0].relay_addresses = vec!["nohost".into()];
         assert!(Directory::from_dict(&bad.to_dict()).is_err());

@@ -613,6 +613,21 @@ pub fn certificate_fingerprint(der: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
+/// Whether `text` is a fingerprint as [`certificate_fingerprint`] writes it.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The fingerprint of the first certificate of a PEM text: how a CA a peer sends is compared
+/// with the one the discovery dictionary pins.
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    let certs = certs_from_pem(pem)?;
+    Ok(certificate_fingerprint(&certs[0]))
+}
+
 /// A random 16-byte serial; the top bit is cleared so the DER integer is positive
 /// and the next bit set so it has no leading zero byte to strip.
 pub fn random_serial() -> Result<SerialNumber, PkiError> {

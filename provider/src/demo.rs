@@ -286,20 +286,27 @@ impl Demo {
             .iter()
             .zip(&self.providers)
             .zip(fingerprints)
-            .map(|((spec, provider), certificate_sha256)| Member {
-                provider_id: spec.provider_id.to_string(),
-                display_name: format!("Provider {}", spec.letter),
-                base_uri: format!(
-                    "https://{}",
-                    reachable(provider.federation_addr.expect("federation enabled"))
-                ),
-                relay_addresses: provider
-                    .relay()
-                    .map(|relay| vec![relay.public_addr.to_string()])
-                    .unwrap_or_default(),
-                certificate_sha256,
-            })
-            .collect();
+            .map(
+                |((spec, provider), certificate_sha256)| -> anyhow::Result<Member> {
+                    Ok(Member {
+                        provider_id: spec.provider_id.to_string(),
+                        display_name: format!("Provider {}", spec.letter),
+                        base_uri: format!(
+                            "https://{}",
+                            reachable(provider.federation_addr.expect("federation enabled"))
+                        ),
+                        relay_addresses: provider
+                            .relay()
+                            .map(|relay| vec![relay.public_addr.to_string()])
+                            .unwrap_or_default(),
+                        certificate_sha256,
+                        endpoint_ca_sha256: fed_pki::pem_fingerprint(
+                            &provider.app.call_settings.endpoint_ca_pem,
+                        )?,
+                    })
+                },
+            )
+            .collect::<anyhow::Result<Vec<_>>>()?;
         publish(ca, &directory_file, members)?;
         self.install_directory(&directory_file).await?;
         self.directory_server = Some(serve_directory(listener, directory_file));

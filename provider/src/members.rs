@@ -13,7 +13,11 @@
 //! base_uri = "https://a.example:8443"
 //! relay_addresses = ["a.example:3478"]
 //! certificate = "a.pem"  # its federation certificate; relative to this file
+//! endpoint_ca = "a-endpoint-ca.pem"  # its endpoint CA (`<data_dir>/endpoint-ca.pem` there)
 //! ```
+//!
+//! The directory pins both by their SHA-256: a member's Forwards must present exactly that
+//! endpoint CA, so the DTLS check of a call ends at a CA the federation names.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +55,7 @@ struct MemberEntry {
     #[serde(default)]
     relay_addresses: Vec<String>,
     certificate: PathBuf,
+    endpoint_ca: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +99,15 @@ pub fn directory_from_file(path: &Path, now: i64) -> Result<Directory, MembersEr
                 entry.provider_id
             )));
         }
+        let ca_path = base.join(&entry.endpoint_ca);
+        let endpoint_ca = pki::load_certs(&ca_path).map_err(|e| invalid(e.to_string()))?;
         members.push(Member {
             provider_id: entry.provider_id,
             display_name: entry.display_name,
             base_uri: entry.base_uri,
             relay_addresses: entry.relay_addresses,
             certificate_sha256: identity.sha256_fingerprint,
+            endpoint_ca_sha256: pki::certificate_fingerprint(&endpoint_ca[0]),
         });
     }
     let directory = Directory {

@@ -99,11 +99,13 @@ pub fn http_status(code: RefusalCode) -> StatusCode {
         RefusalCode::NotAuthorized
         | RefusalCode::ProviderMismatch
         | RefusalCode::StaleForward
-        | RefusalCode::BadAttestation => StatusCode::FORBIDDEN,
+        | RefusalCode::BadAttestation
+        | RefusalCode::EndpointCaMismatch => StatusCode::FORBIDDEN,
         RefusalCode::UnknownPeer | RefusalCode::UnknownSession => StatusCode::NOT_FOUND,
         RefusalCode::DuplicateSession
         | RefusalCode::AlreadyAnswered
         | RefusalCode::NotAnswered
+        | RefusalCode::NotYetRinging
         | RefusalCode::ReplayedForward => StatusCode::CONFLICT,
         RefusalCode::CallEnded => StatusCode::GONE,
         RefusalCode::OriginRefused | RefusalCode::UpdateUndelivered => StatusCode::BAD_GATEWAY,

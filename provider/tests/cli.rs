@@ -818,11 +818,26 @@ fn federation_ca_issue_sign_and_verify() {
         ca_args(&mut issue);
         succeed(&mut issue);
     }
+    // Each member's endpoint CA, as its provider generates it (a self-signed CA certificate).
+    for id in ["a.example", "b.example"] {
+        let mut init = switchyard();
+        init.args([
+            "ca",
+            "init",
+            "--name",
+            &format!("{id} endpoints"),
+            "--ca-cert",
+        ])
+        .arg(path(&format!("{id}-endpoint-ca.pem")))
+        .arg("--ca-key")
+        .arg(path(&format!("{id}-endpoint-ca.key")));
+        succeed(&mut init);
+    }
     let members = |b_cert: &str| {
         format!(
             "federation = \"test\"\nversion = 1\n\
-             [[member]]\nprovider_id = \"a.example\"\ndisplay_name = \"A\"\nbase_uri = \"https://a.example:8443\"\ncertificate = \"a.example.pem\"\n\
-             [[member]]\nprovider_id = \"b.example\"\ndisplay_name = \"B\"\nbase_uri = \"https://b.example:8443\"\nrelay_addresses = [\"b.example:3478\"]\ncertificate = \"{b_cert}\"\n"
+             [[member]]\nprovider_id = \"a.example\"\ndisplay_name = \"A\"\nbase_uri = \"https://a.example:8443\"\ncertificate = \"a.example.pem\"\nendpoint_ca = \"a.example-endpoint-ca.pem\"\n\
+             [[member]]\nprovider_id = \"b.example\"\ndisplay_name = \"B\"\nbase_uri = \"https://b.example:8443\"\nrelay_addresses = [\"b.example:3478\"]\ncertificate = \"{b_cert}\"\nendpoint_ca = \"b.example-endpoint-ca.pem\"\n"
         )
     };
     std::fs::write(path("members.toml"), members("b.example.pem")).unwrap();

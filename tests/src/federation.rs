@@ -257,6 +257,9 @@ impl TestFederation {
                 .map(|a| vec![a.to_string()])
                 .unwrap_or_default(),
             certificate_sha256: pki::certificate_fingerprint(&cert[0]),
+            endpoint_ca_sha256: pki::pem_fingerprint(
+                &h.provider.app.call_settings.endpoint_ca_pem,
+            )?,
         })
     }
 

@@ -2,7 +2,7 @@
 //! endpoints of the callee. Its own record counts its endpoints; what they do goes back to the
 //! originator, which arbitrates.
 
-use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::attestation::{Attestation, Level};
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::{
     AcceptForward, CancelForward, CancelReason, EndReason, Envelope, ForwardAction,
@@ -11,9 +11,9 @@ use switchyard_protocol::invitation::{
 };
 
 use super::originator::Opened;
-use super::{duplicate_session, push_cancels, CallResult, Core, Deferred};
+use super::{duplicate_session, pinned_ca, push_cancels, CallResult, Core, Deferred};
 use crate::ports::{
-    CallChange, CallStore, Endpoint, Event, Forwarder, PeerFailure, Ports, Sender, WriteUnit,
+    CallChange, CallStore, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports, Sender, WriteUnit,
 };
 use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalClass, RefusalCode};
@@ -51,15 +51,17 @@ impl<P: Ports> Core<P> {
         let deadline = forward
             .ring_deadline
             .min(now + self.settings().ring_timeout_ms);
-        let verified = match &forward.attestation {
-            None => false,
-            Some(signature) => {
+        let caller_ca = pinned_ca(sender, forward.caller_ca.as_ref(), "caller-ca")?;
+        let attestation = match &forward.attestation {
+            None => None,
+            Some((level, signature)) => {
                 Attestation {
                     session_id: envelope.session_id.to_string(),
                     caller_uri: forward.caller_uri.clone(),
                     callee_uri: forward.callee_uri.clone(),
                     provider_id: sender.provider_id.clone(),
                     timestamp: envelope.timestamp,
+                    level: *level,
                 }
                 .verify(
                     signature,
@@ -68,7 +70,7 @@ impl<P: Ports> Core<P> {
                     self.settings().timestamp_window_s,
                 )
                 .map_err(|e| Refusal::new(RefusalCode::BadAttestation, e.to_string()))?;
-                true
+                Some(*level)
             }
         };
         self.claim(sender, envelope).await?;
@@ -82,6 +84,9 @@ impl<P: Ports> Core<P> {
             )
             .into());
         }
+        let attestation = self
+            .caller_attestation(sender, &forward.caller_uri, attestation)
+            .await?;
         let candidates = store.endpoints_for(&forward.callee_uri).await?;
         let (rung, unsupported): (Vec<Endpoint>, _) = rules::who_rings(
             candidates,
@@ -135,8 +140,8 @@ impl<P: Ports> Core<P> {
                 peer_token: forward.caller_token.clone(),
                 peer_blob: forward.caller_blob.clone(),
                 peer_capabilities: forward.caller_capabilities.clone(),
-                peer_ca: forward.caller_ca.clone(),
-                peer_verified: verified,
+                peer_ca: caller_ca.cloned(),
+                peer_attestation: attestation,
                 peer_provider: Some(sender.provider_id.clone()),
                 relay_provider: relay_provider.clone(),
                 media: forward.media.clone(),
@@ -166,6 +171,40 @@ impl<P: Ports> Core<P> {
         Ok(answer)
     }
 
+    /// How far the callee is told to trust a received Initiate's caller: the level the sender
+    /// signed, lowered when the sender may not present that caller. A caller this provider
+    /// hosts itself is never another member's to vouch for; a full attestation needs the
+    /// caller in the sender's filter, as a provider hosting it would have it.
+    async fn caller_attestation(
+        &self,
+        sender: &Sender,
+        caller_uri: &str,
+        signed: Option<Level>,
+    ) -> CallResult<Option<Level>> {
+        let Some(level) = signed else {
+            return Ok(None);
+        };
+        let lowered = |reason: &'static str| {
+            self.observe(Event::AttestationLowered {
+                peer: sender.provider_id.clone(),
+                reason,
+            })
+        };
+        if self.ports.store().hosts(caller_uri).await? {
+            lowered("caller-hosted-here");
+            return Ok(None);
+        }
+        let in_filter = self
+            .ports
+            .forwarder()
+            .is_some_and(|forwarder| forwarder.may_host(&sender.provider_id, caller_uri));
+        if level == Level::Full && !in_filter {
+            lowered("caller-not-in-sender-filter");
+            return Ok(Some(Level::Partial));
+        }
+        Ok(Some(level))
+    }
+
     /// After a local endpoint won the race here: ask the originator, which arbitrates between
     /// providers. If another provider won (or the originator cannot be reached) the call is
     /// over here too. What it defers is a Cancel to the originator when the answer was lost.
@@ -189,28 +228,33 @@ impl<P: Ports> Core<P> {
         blob: Vec<u8>,
     ) -> CallResult<(Option<Refusal>, Option<Deferred>)> {
         let session_id = SessionId::parse(&state.sid)?;
-        let (Some(origin), Some(forwarder), Some(envelope)) = (
-            state.origin.as_deref(),
-            self.ports.forwarder(),
-            self.fresh_envelope(&session_id),
-        ) else {
+        let (Some(origin), Some(forwarder)) = (state.origin.as_deref(), self.ports.forwarder())
+        else {
             return Err(super::CallError::Store(
                 "a forwarded call without federation".into(),
             ));
         };
-        let forward = AcceptForward {
-            envelope,
-            answering_provider: self.settings().provider_id.clone(),
-            origin_state: state.origin_state.clone().unwrap_or_default(),
-            callee_uri: state.callee_uri.clone(),
-            callee_token: me.push_token.clone(),
-            callee_blob: blob,
-            callee_ca: Some(self.settings().endpoint_ca_pem.clone()),
-        };
-        let answer = match forwarder
-            .send(origin, ForwardAction::Accept, forward.to_dict())
-            .await
-        {
+        let sent = self
+            .send_to_origin(
+                forwarder,
+                origin,
+                &session_id,
+                ForwardAction::Accept,
+                |envelope| {
+                    AcceptForward {
+                        envelope,
+                        answering_provider: self.settings().provider_id.clone(),
+                        origin_state: state.origin_state.clone().unwrap_or_default(),
+                        callee_uri: state.callee_uri.clone(),
+                        callee_token: me.push_token.clone(),
+                        callee_blob: blob.clone(),
+                        callee_ca: Some(self.settings().endpoint_ca_pem.clone()),
+                    }
+                    .to_dict()
+                },
+            )
+            .await;
+        let answer = match sent {
             Ok(_) => PeerAnswer::Confirmed,
             Err(PeerFailure::Refused {
                 code,
@@ -319,30 +363,65 @@ impl<P: Ports> Core<P> {
         state: &SessionState,
         action: ForwardAction,
         undelivered: &'static str,
-        forward: impl FnOnce(Envelope, String, String) -> Dict,
+        forward: impl Fn(Envelope, String, String) -> Dict,
     ) {
         let Ok(session_id) = SessionId::parse(&state.sid) else {
             return;
         };
-        let (Some(origin), Some(forwarder), Some(envelope)) = (
-            state.origin.as_deref(),
-            self.ports.forwarder(),
-            self.fresh_envelope(&session_id),
-        ) else {
+        let (Some(origin), Some(forwarder)) = (state.origin.as_deref(), self.ports.forwarder())
+        else {
             return;
         };
-        let body = forward(
-            envelope,
-            self.settings().provider_id.clone(),
-            state.origin_state.clone().unwrap_or_default(),
-        );
-        if let Err(e) = forwarder.send(origin, action, body).await {
+        let sent = self
+            .send_to_origin(forwarder, origin, &session_id, action, |envelope| {
+                forward(
+                    envelope,
+                    self.settings().provider_id.clone(),
+                    state.origin_state.clone().unwrap_or_default(),
+                )
+            })
+            .await;
+        if let Err(e) = sent {
             self.observe(Event::Undelivered {
                 session_id: state.sid.clone(),
                 peer: origin.to_string(),
                 what: undelivered,
                 error: e.to_string(),
             });
+        }
+    }
+
+    /// Sends a Forward to the originator, again after a pause while the originator answers
+    /// `not-yet-ringing`: this provider's Accept or Cancel overtook its answer to the
+    /// Initiate, which the originator records as it arrives. Each attempt gets a fresh
+    /// envelope, since the originator keeps every Forward id it has seen.
+    async fn send_to_origin(
+        &self,
+        forwarder: &P::Forwarder,
+        origin: &str,
+        session_id: &SessionId,
+        action: ForwardAction,
+        forward: impl Fn(Envelope) -> Dict,
+    ) -> Result<Dict, PeerFailure> {
+        let mut pauses = rules::NOT_YET_RINGING_PAUSES_MS.iter();
+        loop {
+            let envelope = self.envelope(forwarder, session_id);
+            match forwarder.send(origin, action, forward(envelope)).await {
+                Err(PeerFailure::Refused { code, .. })
+                    if code == RefusalCode::NotYetRinging.as_str() =>
+                {
+                    match pauses.next() {
+                        Some(&ms) => self.ports.clock().pause(ms).await,
+                        None => {
+                            return Err(PeerFailure::Undelivered(format!(
+                                "`{origin}` still had not recorded this provider's answer to its Initiate after {} ms",
+                                rules::NOT_YET_RINGING_PAUSES_MS.iter().sum::<u64>()
+                            )))
+                        }
+                    }
+                }
+                other => return other,
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Requests from this provider's endpoints (`docs/protocol.md`, "The invitation protocol"):
 //! both parties here, or the local half of a call that crosses providers.
 
+use switchyard_protocol::attestation::Level;
 use switchyard_protocol::invitation::{
     AcceptPush, AcceptRequest, CancelReason, CancelRequest, EndReason, InitiatePush,
     InitiateRequest, InitiateResponse, Push, RejectPush, RejectRequest, UpdatePush, UpdateRequest,
@@ -128,7 +129,7 @@ impl<P: Ports> Core<P> {
                         peer_blob: request.self_blob.clone(),
                         peer_capabilities: caller.capabilities.clone(),
                         peer_ca: Some(self.settings().endpoint_ca_pem.clone()),
-                        peer_verified: true,
+                        peer_attestation: Some(Level::Full),
                         peer_provider: None,
                         relay_provider: relay_provider.clone(),
                         media: request.media.clone(),

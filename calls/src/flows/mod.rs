@@ -16,7 +16,9 @@ use switchyard_protocol::invitation::{
 
 pub use crate::ports::Settings;
 
-use crate::ports::{CallChange, Event, Ports, StoreFailure, WriteUnit};
+use switchyard_protocol::pki;
+
+use crate::ports::{CallChange, Event, Ports, Sender, StoreFailure, WriteUnit};
 use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::rules::CancelPlan;
@@ -193,4 +195,28 @@ pub(super) fn duplicate_session(session_id: &str) -> Refusal {
         RefusalCode::DuplicateSession,
         format!("session `{session_id}` already exists"),
     )
+}
+
+/// The endpoint CA a sender presents for its endpoints, if it is the one the discovery
+/// dictionary pins for it; no CA is no claim (a SIP phone's call has no DTLS identity).
+pub(super) fn pinned_ca<'a>(
+    sender: &Sender,
+    ca: Option<&'a String>,
+    field: &str,
+) -> Result<Option<&'a String>, Refusal> {
+    let Some(pem) = ca else {
+        return Ok(None);
+    };
+    let fingerprint =
+        pki::pem_fingerprint(pem).map_err(|e| Refusal::field(field, e.to_string()))?;
+    if fingerprint != sender.endpoint_ca_sha256 {
+        return Err(Refusal::new(
+            RefusalCode::EndpointCaMismatch,
+            format!(
+                "`{field}` ({fingerprint}) is not the endpoint CA the discovery dictionary pins for `{}` ({})",
+                sender.provider_id, sender.endpoint_ca_sha256
+            ),
+        ));
+    }
+    Ok(Some(pem))
 }

@@ -1,7 +1,8 @@
 //! The originator's flow: the caller is here, the callee at other members. This provider's call
 //! record arbitrates between them (first Accept wins, all rejected).
 
-use switchyard_protocol::attestation::Attestation;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use switchyard_protocol::attestation::{Attestation, Level};
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::{
     AcceptForward, AcceptPush, CancelForward, Envelope, ForwardAction, ForwardCancelReason,
@@ -10,7 +11,8 @@ use switchyard_protocol::invitation::{
 };
 
 use super::{
-    apply_cancel, duplicate_session, reject_and_end_if_last, CallError, CallResult, Core, Deferred,
+    apply_cancel, duplicate_session, pinned_ca, reject_and_end_if_last, CallError, CallResult,
+    Core, Deferred,
 };
 use crate::ports::{
     CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
@@ -29,18 +31,12 @@ pub(super) enum Opened<U> {
 }
 
 impl<P: Ports> Core<P> {
-    fn envelope(&self, forwarder: &P::Forwarder, session_id: &SessionId) -> Envelope {
+    pub(super) fn envelope(&self, forwarder: &P::Forwarder, session_id: &SessionId) -> Envelope {
         Envelope {
             session_id: session_id.clone(),
             timestamp: self.now_ms().div_euclid(1000),
             forward_id: forwarder.forward_id(),
         }
-    }
-
-    pub(super) fn fresh_envelope(&self, session_id: &SessionId) -> Option<Envelope> {
-        self.ports
-            .forwarder()
-            .map(|forwarder| self.envelope(forwarder, session_id))
     }
 
     /// The timestamp window: a Forward from a clock too far from ours is refused.
@@ -188,12 +184,15 @@ impl<P: Ports> Core<P> {
         unit.commit().await?;
 
         let envelope = self.envelope(forwarder, &request.session_id);
+        // The caller's endpoint authenticated as a holder of the caller URI, which this
+        // provider hosts (`check_self`): full attestation.
         let attestation = Attestation {
             session_id: sid.clone(),
             caller_uri: request.self_uri.clone(),
             callee_uri: request.peer_uri.clone(),
             provider_id: own.clone(),
             timestamp: envelope.timestamp,
+            level: Level::Full,
         };
         let signature = forwarder
             .attest(&attestation)
@@ -211,37 +210,39 @@ impl<P: Ports> Core<P> {
             media: request.media.clone(),
             ring_deadline: deadline,
             relay_choice: state.relay_choice,
-            attestation: Some(signature),
+            attestation: Some((Level::Full, signature)),
         }
         .to_dict();
-        let answers = send_each(forwarder, &candidates, ForwardAction::Initiate, &forward).await;
-        let outcomes: Vec<(String, DispatchOutcome)> = answers
-            .into_iter()
-            .map(|(member, answer)| {
-                let outcome = match answer {
-                    Ok(answer) => match InitiateAnswer::from_dict(&answer) {
-                        Ok(InitiateAnswer { rung, .. }) if rung > 0 => {
-                            DispatchOutcome::Ringing(rung)
-                        }
-                        Ok(InitiateAnswer { refusal, .. }) => {
-                            let (reason, text) =
-                                refusal.unwrap_or((RejectReason::Unavailable, None));
-                            DispatchOutcome::Refused { reason, text }
-                        }
-                        Err(e) => DispatchOutcome::Failed(format!("{member}: {e}")),
-                    },
-                    Err(PeerFailure::Refused {
-                        code,
-                        class: RefusalClass::NotFound,
-                        ..
-                    }) if code == RefusalCode::UnknownPeer.as_str() => {
-                        self.observe(Event::FalsePositive(member.clone()));
-                        DispatchOutcome::FalsePositive
-                    }
-                    Err(e) => DispatchOutcome::Failed(e.to_string()),
-                };
-                (member.clone(), outcome)
+        let mut outcomes = Vec::with_capacity(candidates.len());
+        let mut sends: FuturesUnordered<_> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let forward = forward.clone();
+                async move {
+                    let answer = forwarder
+                        .send(member, ForwardAction::Initiate, forward)
+                        .await;
+                    (index, member, answer)
+                }
             })
+            .collect();
+        while let Some((index, member, answer)) = sends.next().await {
+            let outcome = self.dispatch_outcome(member, answer);
+            // Recorded as it arrives: from now on this member's Accept counts, even while other
+            // members have not answered yet.
+            if matches!(outcome, DispatchOutcome::Ringing(_)) {
+                let mut unit = self.ports.store().begin().await?;
+                unit.record_ringing(&sid, member).await?;
+                unit.commit().await?;
+            }
+            outcomes.push((index, member.clone(), outcome));
+        }
+        drop(sends);
+        outcomes.sort_by_key(|(index, _, _)| *index);
+        let outcomes: Vec<(String, DispatchOutcome)> = outcomes
+            .into_iter()
+            .map(|(_, member, outcome)| (member, outcome))
             .collect();
         let dispatch = Dispatch::fold(&outcomes);
 
@@ -316,6 +317,29 @@ impl<P: Ports> Core<P> {
         })
     }
 
+    /// What one candidate's answer to the Initiate Forward says.
+    fn dispatch_outcome(&self, member: &str, answer: Result<Dict, PeerFailure>) -> DispatchOutcome {
+        match answer {
+            Ok(answer) => match InitiateAnswer::from_dict(&answer) {
+                Ok(InitiateAnswer { rung, .. }) if rung > 0 => DispatchOutcome::Ringing(rung),
+                Ok(InitiateAnswer { refusal, .. }) => {
+                    let (reason, text) = refusal.unwrap_or((RejectReason::Unavailable, None));
+                    DispatchOutcome::Refused { reason, text }
+                }
+                Err(e) => DispatchOutcome::Failed(format!("{member}: {e}")),
+            },
+            Err(PeerFailure::Refused {
+                code,
+                class: RefusalClass::NotFound,
+                ..
+            }) if code == RefusalCode::UnknownPeer.as_str() => {
+                self.observe(Event::FalsePositive(member.to_string()));
+                DispatchOutcome::FalsePositive
+            }
+            Err(e) => DispatchOutcome::Failed(e.to_string()),
+        }
+    }
+
     /// Opens the originator's state handed back by an answering provider, and checks that
     /// provider was one the Initiate went to.
     pub(super) fn returned_state(
@@ -344,6 +368,13 @@ impl<P: Ports> Core<P> {
             return Err(
                 Refusal::field("callee-uri", "callee-uri is not this call's callee").into(),
             );
+        }
+        let callee_ca = pinned_ca(sender, forward.callee_ca.as_ref(), "callee-ca")?.cloned();
+        // Before the Forward id is claimed: told `not-yet-ringing`, the sender comes again.
+        if let Some(call) = self.ports.store().call(&state.sid).await? {
+            if call.state == CallState::Ringing {
+                rules::check_rang(&call, &sender.provider_id)?;
+            }
         }
         self.claim(sender, envelope).await?;
         let sid = &envelope.session_id;
@@ -390,7 +421,7 @@ impl<P: Ports> Core<P> {
             peer_token: forward.callee_token,
             peer_blob: forward.callee_blob,
             state: forward.origin_state.clone(),
-            peer_ca: forward.callee_ca,
+            peer_ca: callee_ca,
             peer_provider: Some(sender.provider_id.clone()),
             relay_provider: self.relay_provider(
                 state.relay_choice,
@@ -513,6 +544,24 @@ impl<P: Ports> Core<P> {
         let Some(call) = unit.call(sid.as_str()).await? else {
             return Err(Refusal::call_gone(None).into());
         };
+        if from_answerer.is_some() && call.state == CallState::Ringing {
+            // A member's Cancel ends its own legs only: while others still ring, it counts as
+            // that member no longer ringing, and the call goes on.
+            rules::check_rang(&call, &sender.provider_id)?;
+            let (_, rejections, parties) = unit
+                .record_rejection(
+                    sid.as_str(),
+                    &provider_party(&sender.provider_id),
+                    RejectReason::Unavailable.as_str(),
+                )
+                .await?;
+            if rejections < parties {
+                let answer = Dict::new().with("session-id", sid.as_str());
+                return self
+                    .finish_forward(unit, sender, sid, ForwardAction::Cancel, answer)
+                    .await;
+            }
+        }
         let plan = rules::plan_received_cancel(
             &call,
             from_answerer.as_ref(),

@@ -7,4 +7,6 @@ mod store;
 mod world;
 
 pub use store::{MemStore, MemUnit, Tables};
-pub use world::{Answer, Device, Fate, Flight, MemPorts, Member, World, EPOCH_MS, RING_TIMEOUT_MS};
+pub use world::{
+    endpoint_ca, Answer, Device, Fate, Flight, MemPorts, Member, World, EPOCH_MS, RING_TIMEOUT_MS,
+};

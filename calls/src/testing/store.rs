@@ -198,6 +198,20 @@ impl WriteUnit for MemUnit {
         Ok(true)
     }
 
+    async fn record_ringing(
+        &mut self,
+        session_id: &str,
+        provider: &str,
+    ) -> Result<(), StoreFailure> {
+        let Some(call) = self.tables.calls.get_mut(session_id) else {
+            return Err(format!("no call {session_id}").into());
+        };
+        if !call.rang_at(provider) {
+            call.ringing_providers.push(provider.to_string());
+        }
+        Ok(())
+    }
+
     async fn record_rejection(
         &mut self,
         session_id: &str,

@@ -21,7 +21,7 @@ use switchyard_protocol::invitation::{
     AcceptRequest, CancelRequest, ForwardAction, InitiatePush, InitiateRequest, Push, RejectReason,
     RejectRequest, RelayChoice, SessionId, UpdateRequest,
 };
-use switchyard_protocol::pki::{certs_from_pem, FederationCa, SigningKey};
+use switchyard_protocol::pki::{certificate_fingerprint, certs_from_pem, FederationCa, SigningKey};
 use switchyard_protocol::uri::Canonicalizer;
 
 use super::store::{MemStore, Tables};
@@ -54,6 +54,19 @@ struct Net {
     next: u64,
     flights: Vec<Flight>,
     replies: BTreeMap<u64, Result<Dict, PeerFailure>>,
+    /// Who waits for each reply: a sender polled inside a combinator (the dispatch's
+    /// `FuturesUnordered`) is polled again only once woken.
+    waiting: BTreeMap<u64, Waker>,
+    held: BTreeMap<u64, Result<Dict, PeerFailure>>,
+}
+
+impl Net {
+    fn reply(&mut self, id: u64, reply: Result<Dict, PeerFailure>) {
+        self.replies.insert(id, reply);
+        if let Some(waker) = self.waiting.remove(&id) {
+            waker.wake();
+        }
+    }
 }
 
 /// What the network does with a Forward.
@@ -67,6 +80,17 @@ pub enum Fate {
     LoseAnswer,
     /// Delivered twice (a retransmission by the network); the sender gets the first answer.
     Duplicate,
+    /// Delivered and acted on; its answer is held on the way back until
+    /// [`World::release_answers`], so later Forwards can overtake it.
+    HoldAnswer,
+}
+
+/// What becomes of a delivered Forward's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Send,
+    Hold,
+    Lose,
 }
 
 /// An endpoint of a user at one provider.
@@ -127,6 +151,12 @@ impl Clock for MemClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// A pause passes no simulated time: what the pause waited for is whatever the test
+    /// delivers before the Forward sent after it.
+    fn pause(&self, _ms: u64) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Seals as JSON behind the provider's name: not secret, but a state opens only at the
@@ -179,12 +209,16 @@ impl Forwarder for MemForwarder {
             });
             id
         };
-        poll_fn(
-            move |_| match net.lock().expect("net").replies.remove(&id) {
+        poll_fn(move |cx| {
+            let mut net = net.lock().expect("net");
+            match net.replies.remove(&id) {
                 Some(reply) => Poll::Ready(reply),
-                None => Poll::Pending,
-            },
-        )
+                None => {
+                    net.waiting.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
     }
 
     fn candidates(&self, uri: &str) -> Candidates {
@@ -203,6 +237,14 @@ impl Forwarder for MemForwarder {
             }
         }
         Candidates::Members { members, skipped }
+    }
+
+    fn may_host(&self, member: &str, uri: &str) -> bool {
+        self.filters
+            .lock()
+            .expect("filters")
+            .get(member)
+            .is_some_and(|uris| uris.contains(uri))
     }
 
     fn forward_id(&self) -> String {
@@ -227,12 +269,14 @@ type Identity = Arc<(SigningKey, Vec<u8>)>;
 
 struct Pki {
     ca: FederationCa,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     issued: Mutex<BTreeMap<String, Identity>>,
+    endpoint_cas: Mutex<BTreeMap<String, String>>,
 }
 
-/// One test CA per process: it issues the providers' federation certificates, and its own
-/// certificate stands for every provider's endpoint CA (the core only carries it along).
+/// One test CA per process: it issues the providers' federation certificates. Each provider
+/// also gets an endpoint CA of its own, whose fingerprint the world pins as the discovery
+/// dictionary would.
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
@@ -245,10 +289,30 @@ fn pki() -> &'static Pki {
         .expect("a test federation CA");
         Pki {
             ca,
-            _dir: dir,
+            dir,
             issued: Mutex::default(),
+            endpoint_cas: Mutex::default(),
         }
     })
+}
+
+/// `provider`'s endpoint CA certificate (PEM), made once per process.
+pub fn endpoint_ca(provider: &str) -> String {
+    let pki = pki();
+    let mut cas = pki.endpoint_cas.lock().expect("endpoint CAs");
+    cas.entry(provider.to_string())
+        .or_insert_with(|| {
+            let name = format!("{provider}-endpoints");
+            FederationCa::init(
+                &pki.dir.path().join(format!("{name}.pem")),
+                &pki.dir.path().join(format!("{name}.key")),
+                &name,
+            )
+            .expect("a test endpoint CA")
+            .cert_pem()
+            .to_string()
+        })
+        .clone()
 }
 
 fn identity(provider: &str) -> Identity {
@@ -321,7 +385,7 @@ impl World {
                     provider_id: id.to_string(),
                     ring_timeout_ms: RING_TIMEOUT_MS,
                     push_ttl_ms: 300_000,
-                    endpoint_ca_pem: pki().ca.cert_pem().to_string(),
+                    endpoint_ca_pem: endpoint_ca(id),
                     relay_choice: RelayChoice::CallerProvider,
                     timestamp_window_s: 300,
                 },
@@ -601,15 +665,16 @@ impl World {
         };
         match fate {
             Fate::Drop => self.reply(flight.id, Err(undelivered("dropped by the network"))),
-            Fate::Deliver => self.deliver(flight, true),
+            Fate::Deliver => self.deliver(flight, Reply::Send),
             Fate::LoseAnswer => {
                 self.reply(flight.id, Err(undelivered("timed out")));
-                self.deliver(flight, false);
+                self.deliver(flight, Reply::Lose);
             }
             Fate::Duplicate => {
-                self.deliver(flight.clone(), true);
-                self.deliver(flight, false);
+                self.deliver(flight.clone(), Reply::Send);
+                self.deliver(flight, Reply::Lose);
             }
+            Fate::HoldAnswer => self.deliver(flight, Reply::Hold),
         }
         self.settle();
     }
@@ -623,33 +688,45 @@ impl World {
     }
 
     fn reply(&mut self, id: u64, reply: Result<Dict, PeerFailure>) {
-        self.net.lock().expect("net").replies.insert(id, reply);
+        self.net.lock().expect("net").reply(id, reply);
     }
 
-    fn deliver(&mut self, flight: Flight, answered: bool) {
+    /// Lets every held answer reach its sender, then settles.
+    pub fn release_answers(&mut self) {
+        {
+            let mut net = self.net.lock().expect("net");
+            for (id, reply) in std::mem::take(&mut net.held) {
+                net.reply(id, reply);
+            }
+        }
+        self.settle();
+    }
+
+    fn deliver(&mut self, flight: Flight, reply: Reply) {
         let member = &self.members[&flight.to];
         let core = member.core.clone();
         let canon = member.canon.clone();
         let net = self.net.clone();
         self.spawn(async move {
-            let sender = Sender {
-                provider_id: flight.from.clone(),
-                cert_der: identity(&flight.from).1.clone(),
-            };
+            let sender = sender(&flight.from);
             let (answer, deferred) = core
                 .receive_forward(&sender, flight.action, &flight.body, &canon)
                 .await;
-            if answered {
-                let reply = answer.map_err(|e| match e {
-                    CallError::Refused(refusal) => PeerFailure::Refused {
-                        code: refusal.code.as_str().to_string(),
-                        message: refusal.message.clone(),
-                        class: refusal.code.class(),
-                        description: format!("{} refused: {refusal}", flight.to),
-                    },
-                    CallError::Store(e) => panic!("store failure at {}: {e}", flight.to),
-                });
-                net.lock().expect("net").replies.insert(flight.id, reply);
+            let answer = answer.map_err(|e| match e {
+                CallError::Refused(refusal) => PeerFailure::Refused {
+                    code: refusal.code.as_str().to_string(),
+                    message: refusal.message.clone(),
+                    class: refusal.code.class(),
+                    description: format!("{} refused: {refusal}", flight.to),
+                },
+                CallError::Store(e) => panic!("store failure at {}: {e}", flight.to),
+            });
+            match reply {
+                Reply::Send => net.lock().expect("net").reply(flight.id, answer),
+                Reply::Hold => {
+                    net.lock().expect("net").held.insert(flight.id, answer);
+                }
+                Reply::Lose => {}
             }
             if let Some(deferred) = deferred {
                 core.run_deferred(deferred).await;
@@ -676,15 +753,20 @@ impl World {
         self.settle();
     }
 
+    /// `provider`'s signature of an attestation, as its federation key makes it: what a member
+    /// can sign, whatever it claims.
+    pub fn attest(&self, provider: &str, attestation: &Attestation) -> Vec<u8> {
+        attestation
+            .sign(&identity(provider).0)
+            .expect("an attestation without line breaks")
+    }
+
     /// Runs a Forward from `from` to `to` outside the network, to completion, as a rogue or
     /// broken peer would send it; the caller checks what it changed.
     pub fn send_now(&mut self, from: &str, to: &str, action: ForwardAction, body: Dict) -> Answer {
         let member = &self.members[to];
         let (core, canon) = (member.core.clone(), member.canon.clone());
-        let sender = Sender {
-            provider_id: from.to_string(),
-            cert_der: identity(from).1.clone(),
-        };
+        let sender = sender(from);
         let mut task =
             Box::pin(async move { core.receive_forward(&sender, action, &body, &canon).await });
         let mut cx = Context::from_waker(Waker::noop());
@@ -704,6 +786,18 @@ impl World {
             "the request waited for something"
         );
         self.answer(request).expect("answered")
+    }
+}
+
+/// A Forward's sender as the federation routes authenticate it: its certificate, and the
+/// endpoint CA the directory pins for it.
+fn sender(provider: &str) -> Sender {
+    Sender {
+        provider_id: provider.to_string(),
+        cert_der: identity(provider).1.clone(),
+        endpoint_ca_sha256: certificate_fingerprint(
+            &certs_from_pem(&endpoint_ca(provider)).expect("a PEM")[0],
+        ),
     }
 }
 

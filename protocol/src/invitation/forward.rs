@@ -11,6 +11,7 @@ use super::fields::{
     MAX_TOKEN,
 };
 use super::reason::{ForwardCancelReason, RejectReason, RelayChoice};
+use crate::attestation::Level;
 use crate::capabilities::{Capabilities, MediaKind};
 use crate::dict::Dict;
 use crate::uri::Canonicalizer;
@@ -128,8 +129,8 @@ pub struct InitiateForward {
     /// The originator's deadline, Unix ms.
     pub ring_deadline: i64,
     pub relay_choice: RelayChoice,
-    /// The caller attestation's signature, when the sender attests its caller.
-    pub attestation: Option<Vec<u8>>,
+    /// The caller attestation's level and signature, when the sender attests its caller.
+    pub attestation: Option<(Level, Vec<u8>)>,
 }
 
 impl InitiateForward {
@@ -156,7 +157,7 @@ impl InitiateForward {
             media: fields::media(dict)?,
             relay_choice: RelayChoice::from_field(dict)?,
             ring_deadline: dict.int("ring-deadline")?,
-            attestation: dict.opt_data("attestation")?,
+            attestation: attestation(dict)?,
         })
     }
 
@@ -176,10 +177,35 @@ impl InitiateForward {
             .with("media", fields::media_value(&self.media))
             .with("ring-deadline", self.ring_deadline)
             .with("relay-choice", self.relay_choice.as_str());
-        if let Some(signature) = &self.attestation {
+        if let Some((level, signature)) = &self.attestation {
             dict.insert("attestation", signature.clone());
+            dict.insert("attestation-level", level.as_str());
         }
         dict
+    }
+}
+
+/// `attestation` and its `attestation-level`, which come together or not at all.
+fn attestation(dict: &Dict) -> Result<Option<(Level, Vec<u8>)>, MessageError> {
+    let signature = dict.opt_data("attestation")?;
+    let level = dict.opt_str("attestation-level")?;
+    match (signature, level) {
+        (None, None) => Ok(None),
+        (Some(signature), Some(level)) => match Level::parse(level) {
+            Some(level) => Ok(Some((level, signature))),
+            None => Err(MessageError::invalid(
+                "attestation-level",
+                format!("attestation-level `{level}` is not A, B or C"),
+            )),
+        },
+        (Some(_), None) => Err(MessageError::invalid(
+            "attestation-level",
+            "an attestation needs its attestation-level",
+        )),
+        (None, Some(_)) => Err(MessageError::invalid(
+            "attestation",
+            "attestation-level without an attestation",
+        )),
     }
 }
 
@@ -438,7 +464,7 @@ mod tests {
             media: vec![MediaKind::Audio],
             ring_deadline: 1_800_000_060_000,
             relay_choice: RelayChoice::CalleeProvider,
-            attestation: Some(vec![1, 2, 3]),
+            attestation: Some((Level::Full, vec![1, 2, 3])),
         }
     }
 
@@ -514,6 +540,28 @@ mod tests {
             (
                 initiate().to_dict().with("relay-choice", "mine"),
                 "relay-choice",
+            ),
+            (
+                initiate().to_dict().with("attestation-level", "D"),
+                "attestation-level",
+            ),
+            (
+                InitiateForward {
+                    attestation: None,
+                    ..initiate()
+                }
+                .to_dict()
+                .with("attestation-level", "A"),
+                "attestation",
+            ),
+            (
+                InitiateForward {
+                    attestation: None,
+                    ..initiate()
+                }
+                .to_dict()
+                .with("attestation", vec![1u8]),
+                "attestation-level",
             ),
             (
                 initiate().to_dict().with(

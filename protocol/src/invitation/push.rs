@@ -3,6 +3,7 @@
 
 use super::fields::{self, blob, insert_opt, MessageError, SessionId};
 use super::reason::{CancelReason, RejectReason};
+use crate::attestation::Level;
 use crate::capabilities::{Capabilities, MediaKind};
 use crate::dict::Dict;
 
@@ -65,7 +66,15 @@ impl Push {
                 peer_blob: blob(dict, "peer-blob")?,
                 peer_capabilities: fields::capabilities(dict, "peer-capabilities", false)?,
                 peer_ca: opt_text("peer-ca")?,
-                peer_verified: dict.bool("peer-verified")?,
+                peer_attestation: match opt_text("peer-attestation")? {
+                    None => None,
+                    Some(level) => Some(Level::parse(&level).ok_or_else(|| {
+                        MessageError::invalid(
+                            "peer-attestation",
+                            format!("peer-attestation `{level}` is not A, B or C"),
+                        )
+                    })?),
+                },
                 peer_provider: opt_text("peer-provider")?,
                 relay_provider: text("relay-provider")?,
                 media: fields::media(dict)?,
@@ -132,7 +141,9 @@ pub struct InitiatePush {
     pub peer_capabilities: Capabilities,
     /// The caller's provider's endpoint CA (PEM), which issued the caller's DTLS identity.
     pub peer_ca: Option<String>,
-    pub peer_verified: bool,
+    /// How far the caller's provider vouches for the caller, as this provider verified it;
+    /// None: not verified at all.
+    pub peer_attestation: Option<Level>,
     /// For a call from another provider: that provider.
     pub peer_provider: Option<String>,
     pub relay_provider: String,
@@ -151,7 +162,9 @@ impl InitiatePush {
             .with("peer-blob", self.peer_blob.clone())
             .with("peer-capabilities", self.peer_capabilities.to_dict());
         insert_opt(&mut dict, "peer-ca", self.peer_ca.as_deref());
-        dict.insert("peer-verified", self.peer_verified);
+        if let Some(level) = self.peer_attestation {
+            dict.insert("peer-attestation", level.as_str());
+        }
         insert_opt(&mut dict, "peer-provider", self.peer_provider.as_deref());
         dict.with("relay-provider", self.relay_provider.as_str())
             .with("media", fields::media_value(&self.media))
@@ -288,7 +301,7 @@ mod tests {
                 peer_blob: vec![1, 2],
                 peer_capabilities: Capabilities::default(),
                 peer_ca: Some("PEM".into()),
-                peer_verified: true,
+                peer_attestation: Some(Level::Partial),
                 peer_provider: None,
                 relay_provider: "a.example".into(),
                 media: vec![MediaKind::Audio, MediaKind::Video],

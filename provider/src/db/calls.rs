@@ -244,6 +244,24 @@ async fn record_rejection(
     Ok((inserted, row.get(0), row.get(1)))
 }
 
+/// Adds `provider` to the members that rang a call, in one statement: a read-modify-write
+/// could lose a concurrent answer under PostgreSQL's read committed.
+async fn record_ringing(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    provider: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE calls SET ringing_providers = CASE WHEN ringing_providers = '' THEN $2 \
+         ELSE ringing_providers || ',' || $2 END WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .bind(provider)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The answer already given to `provider_id`'s `action` Forward for `session_id`, if any.
 pub async fn forward_result(
     conn: &mut AnyConnection,
@@ -332,7 +350,7 @@ pub async fn call_in(
 
 const CALL_COLUMNS: &str = "session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
                             rung_count, rejections, media, state, reason, answered_by, providers, initiated_at, \
-                            ring_deadline, answered_at, ended_at";
+                            ring_deadline, answered_at, ended_at, ringing_providers";
 
 fn call_state_of(text: &str) -> StoreResult<CallState> {
     CallState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("call state `{text}`")))
@@ -364,6 +382,7 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
         ring_deadline: row.get(13),
         answered_at: row.get(14),
         ended_at: row.get(15),
+        ringing_providers: split_list(row.get(16)),
     })
 }
 
@@ -481,6 +500,16 @@ impl WriteUnit for DbUnit<'_> {
         )
         .await
         .map_err(failure)
+    }
+
+    async fn record_ringing(
+        &mut self,
+        session_id: &str,
+        provider: &str,
+    ) -> Result<(), StoreFailure> {
+        record_ringing(&mut self.tx, session_id, provider)
+            .await
+            .map_err(failure)
     }
 
     async fn record_rejection(

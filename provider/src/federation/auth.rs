@@ -21,6 +21,8 @@ pub struct AuthPeer {
     pub provider_id: String,
     /// Its certificate (DER), which verifies its attestations.
     pub cert_der: Vec<u8>,
+    /// Its endpoint CA's fingerprint, as the dictionary in force pins it.
+    pub endpoint_ca_sha256: String,
 }
 
 pub fn federation_of(app: &App) -> Result<&Arc<Federation>, ApiError> {
@@ -77,6 +79,7 @@ fn authenticate(app: &App, parts: &Parts) -> Result<AuthPeer, ApiError> {
     Ok(AuthPeer {
         provider_id: peer.provider_id,
         cert_der: cert.to_vec(),
+        endpoint_ca_sha256: member.endpoint_ca_sha256.clone(),
     })
 }
 

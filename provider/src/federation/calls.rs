@@ -23,6 +23,7 @@ pub async fn receive(
     let sender = Sender {
         provider_id: peer.provider_id.clone(),
         cert_der: peer.cert_der.clone(),
+        endpoint_ca_sha256: peer.endpoint_ca_sha256.clone(),
     };
     let (answer, deferred) = core(app)
         .receive_forward(&sender, action, dict, &app.canonicalizer)

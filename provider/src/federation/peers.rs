@@ -169,6 +169,16 @@ impl Peers {
 
     /// The members other than `self_id` whose filter may hold `uri`, and how many were skipped
     /// because their breaker is open.
+    /// Whether `member`'s filter in force may hold `uri`; false without a filter.
+    pub fn may_host(&self, member: &str, uri: &str) -> bool {
+        self.map
+            .read()
+            .expect("peers lock")
+            .get(member)
+            .and_then(|peer| peer.filter.as_ref())
+            .is_some_and(|filter| filter.contains(uri))
+    }
+
     pub fn candidates(
         &self,
         directory: &Directory,
@@ -575,6 +585,7 @@ mod tests {
             base_uri: format!("https://{id}"),
             relay_addresses: Vec::new(),
             certificate_sha256: "ab".repeat(32),
+            endpoint_ca_sha256: "cd".repeat(32),
         }
     }
 

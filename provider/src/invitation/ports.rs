@@ -85,6 +85,11 @@ impl<'a> Ports for AppPorts<'a> {
                 metrics::counter!("switchyard_federation_false_positives_total", "peer" => peer)
                     .increment(1)
             }
+            Event::AttestationLowered { peer, reason } => {
+                tracing::info!(peer = %peer, reason, "a received Initiate's caller attestation was lowered");
+                metrics::counter!("switchyard_caller_attestations_lowered_total", "peer" => peer, "reason" => reason)
+                    .increment(1)
+            }
             Event::Undelivered {
                 session_id,
                 peer,
@@ -100,6 +105,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         now_ms()
+    }
+
+    fn pause(&self, ms: u64) -> impl std::future::Future<Output = ()> + Send {
+        tokio::time::sleep(std::time::Duration::from_millis(ms))
     }
 }
 
@@ -175,6 +184,10 @@ impl Forwarder for FederationForwarder<'_> {
             members: members.into_iter().map(|m| m.provider_id).collect(),
             skipped,
         }
+    }
+
+    fn may_host(&self, member: &str, uri: &str) -> bool {
+        self.fed.peers.may_host(member, uri)
     }
 
     fn forward_id(&self) -> String {

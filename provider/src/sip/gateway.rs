@@ -199,6 +199,7 @@ impl PushSink for GatewaySink {
 mod tests {
     use super::*;
     use crate::push::tests::cancel;
+    use switchyard_protocol::attestation::Level;
     use switchyard_protocol::capabilities::{Capabilities, MediaKind};
     use switchyard_protocol::invitation::{InitiatePush, SessionId, UpdatePush};
 
@@ -212,7 +213,7 @@ mod tests {
             peer_blob: vec![1],
             peer_capabilities: Capabilities::default(),
             peer_ca: None,
-            peer_verified: true,
+            peer_attestation: Some(Level::Full),
             peer_provider: None,
             relay_provider: "a.test".into(),
             media: vec![MediaKind::Audio],

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use switchyard_endpoint::client::{ClientError, EndpointClient, PushMode};
-use switchyard_protocol::attestation::Attestation;
+use switchyard_protocol::attestation::{Attestation, Level};
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::discovery::Directory;
 use switchyard_protocol::pki::{self, FederationCa, SigningKey};
@@ -400,6 +400,7 @@ fn attestation(sid: &str, timestamp: i64, callee: &str) -> Attestation {
         callee_uri: callee.to_string(),
         provider_id: "b.test".to_string(),
         timestamp,
+        level: Level::Full,
     }
 }
 
@@ -445,7 +446,9 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     let sid = session_id();
     let now = now_seconds();
     let forged = attestation(&sid, now, ALICE).sign(&c_key)?;
-    let body = initiate_forward(&sid, now, "b.test", ALICE).with("attestation", forged);
+    let body = initiate_forward(&sid, now, "b.test", ALICE)
+        .with("attestation", forged)
+        .with("attestation-level", "A");
     let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
     assert_eq!(
         (status, error_code(&answer)),
@@ -456,7 +459,8 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     // Garbage in place of a signature.
     let sid = session_id();
     let body = initiate_forward(&sid, now, "b.test", ALICE)
-        .with("attestation", b"not a signature at all".to_vec());
+        .with("attestation", b"not a signature at all".to_vec())
+        .with("attestation-level", "A");
     let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
     assert_eq!(
         (status, error_code(&answer)),
@@ -467,7 +471,9 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     // B's own signature, but over another callee.
     let sid = session_id();
     let other = attestation(&sid, now, BOB).sign(&b_key)?;
-    let body = initiate_forward(&sid, now, "b.test", ALICE).with("attestation", other);
+    let body = initiate_forward(&sid, now, "b.test", ALICE)
+        .with("attestation", other)
+        .with("attestation-level", "A");
     let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
     assert_eq!(
         (status, error_code(&answer)),
@@ -479,7 +485,9 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     let sid = session_id();
     let old = now - 2 * window;
     let signed = attestation(&sid, old, ALICE).sign(&b_key)?;
-    let body = initiate_forward(&sid, old, "b.test", ALICE).with("attestation", signed);
+    let body = initiate_forward(&sid, old, "b.test", ALICE)
+        .with("attestation", signed)
+        .with("attestation-level", "A");
     let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
     assert_eq!(
         (status, error_code(&answer)),
@@ -492,7 +500,9 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     for extreme in [i64::MIN, i64::MIN + 1, i64::MAX] {
         let sid = session_id();
         let signed = attestation(&sid, extreme, ALICE).sign(&b_key)?;
-        let body = initiate_forward(&sid, extreme, "b.test", ALICE).with("attestation", signed);
+        let body = initiate_forward(&sid, extreme, "b.test", ALICE)
+            .with("attestation", signed)
+            .with("attestation-level", "A");
         let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
         assert_eq!(
             (status, error_code(&answer)),
@@ -514,16 +524,34 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     expect_silence(&mut alice_push).await?;
     assert!(fed.provider("a.test").calls().await?.is_empty());
 
-    // A correct attestation by B: Alice sees a verified caller.
+    // A correct attestation by B of a caller B's filter does not hold: B signed it, but may
+    // not vouch that it hosts the number, so Alice sees attestation B (partial).
     let sid = session_id();
     let now = now_seconds();
     let signed = attestation(&sid, now, ALICE).sign(&b_key)?;
-    let body = initiate_forward(&sid, now, "b.test", ALICE).with("attestation", signed);
+    let body = initiate_forward(&sid, now, "b.test", ALICE)
+        .with("attestation", signed)
+        .with("attestation-level", "A");
     let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
     assert_eq!(status, 200, "{answer:?}");
     let ring = expect_push(&mut alice_push, "initiate").await?;
     assert_eq!(ring.str("session-id")?, sid);
-    assert!(ring.bool("peer-verified")?);
+    assert_eq!(ring.opt_str("peer-attestation")?, Some("B"));
+
+    // Once B hosts the caller (and A holds B's filter saying so): attestation A.
+    user_endpoint(fed.provider("b.test"), "Caller at B", &[CALLER_AT_B]).await?;
+    fed.sync().await?;
+    let sid = session_id();
+    let now = now_seconds();
+    let signed = attestation(&sid, now, ALICE).sign(&b_key)?;
+    let body = initiate_forward(&sid, now, "b.test", ALICE)
+        .with("attestation", signed)
+        .with("attestation-level", "A");
+    let (status, answer) = post(&as_b, &url, &body.encode(Encoding::Plist)).await?;
+    assert_eq!(status, 200, "{answer:?}");
+    let ring = expect_push(&mut alice_push, "initiate").await?;
+    assert_eq!(ring.str("session-id")?, sid);
+    assert_eq!(ring.opt_str("peer-attestation")?, Some("A"));
 
     // No attestation: the call rings, marked unverified.
     let sid = session_id();
@@ -535,7 +563,7 @@ async fn forged_stale_and_replayed_forwards_are_refused() -> anyhow::Result<()> 
     assert_eq!(first.int("rung")?, 1);
     let ring = expect_push(&mut alice_push, "initiate").await?;
     assert_eq!(ring.str("session-id")?, sid);
-    assert!(!ring.bool("peer-verified")?);
+    assert!(ring.opt_str("peer-attestation")?.is_none());
     assert_eq!(ring.str("peer-provider")?, "b.test");
     assert_eq!(ring.str("peer-uri")?, CALLER_AT_B);
     assert_eq!(ring.data("peer-blob")?, b"forged-offer");
@@ -708,7 +736,7 @@ async fn members_join_and_leave_while_running() -> anyhow::Result<()> {
     assert_eq!(answer.string_array("providers")?, ["d.test"]);
     let ring = expect_push(&mut dave_push, "initiate").await?;
     assert_eq!(ring.str("session-id")?, sid);
-    assert!(ring.bool("peer-verified")?);
+    assert!(ring.opt_str("peer-attestation")? == Some("A"));
 
     // C leaves: A refuses C's requests and stops forwarding to it.
     assert_eq!(may_host(fed.fed("a.test"), CAROL), ["c.test"]);
@@ -828,7 +856,10 @@ async fn a_certificate_reload_keeps_answered_calls() -> anyhow::Result<()> {
     alice.initiate(&sid, BOB, b"a-offer", &["audio"]).await?;
     let ring = expect_push(&mut bob_push, "initiate").await?;
     assert_eq!(ring.str("session-id")?, sid);
-    assert!(ring.bool("peer-verified")?, "signed with the new key");
+    assert!(
+        ring.opt_str("peer-attestation")? == Some("A"),
+        "signed with the new key"
+    );
 
     // Nothing failed along the way.
     for (from, to) in [("a.test", "b.test"), ("b.test", "a.test")] {

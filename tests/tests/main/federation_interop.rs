@@ -193,7 +193,13 @@ async fn scenarios(
     alice: &EndpointClient,
     bob: &EndpointClient,
 ) -> anyhow::Result<()> {
-    // The directory lists the Python peer; A fetches it and pulls the Python filter.
+    // The directory lists the Python peer; A fetches it and pulls the Python filter. The peer
+    // sends no endpoint CA (its calls carry none), but the directory pins one all the same.
+    let py_endpoint_ca = pki::FederationCa::init(
+        &fed.dir.path().join("py-endpoint-ca.pem"),
+        &fed.dir.path().join("py-endpoint-ca.key"),
+        "py.test endpoints",
+    )?;
     let members = vec![
         fed.member("a.test")?,
         Member {
@@ -202,6 +208,7 @@ async fn scenarios(
             base_uri: format!("https://127.0.0.1:{port}"),
             relay_addresses: vec![],
             certificate_sha256: py_fingerprint.to_string(),
+            endpoint_ca_sha256: pki::pem_fingerprint(py_endpoint_ca.cert_pem())?,
         },
     ];
     fed.write_directory(members, 86_400)?;
@@ -322,7 +329,7 @@ async fn scenarios(
     assert_eq!(ring.str("peer-token")?, "py-caller-token");
     assert_eq!(ring.data("peer-blob")?, b"py-offer");
     assert!(
-        !ring.bool("peer-verified")?,
+        ring.opt_str("peer-attestation")?.is_none(),
         "no attestation was sent, so none verified"
     );
     assert_eq!(ring.str("peer-provider")?, "py.test");

@@ -1014,7 +1014,7 @@ async fn gateway_pushes_the_edge_cannot_act_on_are_queued_and_bad_ones_harm_noth
         peer_blob: blob_of(SDP),
         peer_capabilities: Capabilities::default(),
         peer_ca: None,
-        peer_verified: false,
+        peer_attestation: None,
         peer_provider: None,
         relay_provider: "a.test".into(),
         media: vec![MediaKind::Audio],

@@ -14,6 +14,7 @@ use switchyard_endpoint::client::{self, EndpointClient, EndpointIdentity, PushCh
 use switchyard_endpoint::http_relay::TunnelMode;
 use switchyard_endpoint::media::MediaOptions;
 use switchyard_media::session::{CallStats, MediaEvent, StreamStats};
+use switchyard_protocol::attestation::Level;
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
 use switchyard_protocol::dict::Encoding;
 use switchyard_protocol::invitation::RejectReason;
@@ -312,10 +313,13 @@ async fn take_call(
     println!(
         "incoming call from {} (session {session_id}){}",
         ring.peer_uri,
-        if ring.peer_verified {
-            ", caller identity verified by its provider"
-        } else {
-            ", caller identity NOT verified"
+        match ring.peer_attestation {
+            Some(Level::Full) => ", caller identity verified by its provider (attestation A)",
+            Some(Level::Partial) =>
+                ", caller identity NOT verified: its provider authenticated the device but is not known to host the number (attestation B)",
+            Some(Level::Gateway) =>
+                ", caller identity NOT verified: passed on by a gateway (attestation C)",
+            None => ", caller identity NOT verified",
         }
     );
     let reject = match decision {
