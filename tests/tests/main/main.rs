@@ -11,6 +11,7 @@ mod federation;
 mod federation_faults;
 mod federation_interop;
 mod floods;
+mod hostile_member;
 mod http_relay;
 mod invitations;
 mod media_call;
