@@ -21,3 +21,4 @@ mod sip_baresip;
 mod sip_calls;
 mod sip_interop;
 mod sip_registrar;
+mod sip_torture;
