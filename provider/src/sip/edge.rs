@@ -170,7 +170,7 @@ impl SipEdge {
             }
             _ => {}
         }
-        let key = match message::top_branch(&inbound.request) {
+        let key = match message::top_branch(&inbound) {
             Some(branch) => (branch, inbound.method.to_string(), source),
             None => return None,
         };
@@ -238,7 +238,7 @@ impl SipEdge {
     /// A new INVITE from a phone (the transaction layer saw it first): answered with 100 Trying
     /// here, and by its call's task from then on.
     async fn on_invite(self: &Arc<Self>, inbound: Box<Inbound>) -> Option<Vec<u8>> {
-        let branch = message::top_branch(&inbound.request)?;
+        let branch = message::top_branch(&inbound)?;
         let key = (branch, inbound.source);
         if let Some(last) = self.calls().invite_answer(&key) {
             // A retransmission: the last response again (nothing yet: absorbed).
@@ -387,7 +387,7 @@ impl SipEdge {
     /// An ACK: for a failure of an INVITE transaction (same branch) it ends that transaction's
     /// retransmissions; otherwise it belongs to a dialog (the ACK of a 2xx).
     fn on_ack(&self, inbound: Box<Inbound>) {
-        if let Some(branch) = message::top_branch(&inbound.request) {
+        if let Some(branch) = message::top_branch(&inbound) {
             if let Some(leg) = self.calls().acknowledge_invite(&(branch, inbound.source)) {
                 if !leg.is_empty() {
                     self.calls().send_event(&leg, Event::Request(inbound, None));
@@ -410,7 +410,7 @@ impl SipEdge {
 
     /// The call a CANCEL's INVITE started (by the INVITE's branch and source).
     fn cancelled_session(&self, inbound: &Inbound) -> Option<String> {
-        let branch = message::top_branch(&inbound.request)?;
+        let branch = message::top_branch(inbound)?;
         self.calls().invite_leg(&(branch, inbound.source))
     }
 

@@ -1,7 +1,8 @@
 //! The SIP front door, free of I/O: framing on stream transports, and the checks every request
 //! passes before the edge acts on it. Whatever fails a check is answered here with the status
-//! RFC 3261 gives it (400, 413, 416, 420, 483, 501, 505) whenever the message names enough to
-//! answer (a Via, From, To, Call-ID and CSeq); otherwise it is dropped.
+//! RFC 3261 gives it (400, 413, 416, 420, 483, 501, 505) whenever the message has a Via to answer
+//! along; otherwise it is dropped. RFC 4475's torture messages are what the checks are held to
+//! (`tests/tests/main/sip_torture.rs`).
 //!
 //! rsip parses headers well but refuses unknown methods and `tel:` Request-URIs outright, so the
 //! start line is read here and rsip is handed the message with a neutral start line; the method
@@ -76,9 +77,7 @@ impl InboundResponse {
     /// The branch of the top Via: which of the edge's client transactions it answers.
     pub fn branch(&self) -> Option<&str> {
         let top = self.fields.first("Via")?.split(',').next()?;
-        top.split(';')
-            .skip(1)
-            .find_map(|p| p.trim().strip_prefix("branch="))
+        param(top, "branch")
     }
 
     /// The CSeq method (a CANCEL and its INVITE share a branch).
@@ -97,11 +96,17 @@ pub fn tag_of(value: &str) -> Option<&str> {
         Some(end) => &value[end + 1..],
         None => value,
     };
-    params
-        .split(';')
-        .skip(1)
-        .find_map(|p| p.trim().strip_prefix("tag="))
-        .filter(|t| !t.is_empty())
+    param(params, "tag").filter(|t| !t.is_empty())
+}
+
+/// The value of parameter `name` among the `;`-separated parameters after the first `;` of
+/// `value`, with the linear whitespace RFC 3261 §25.1 allows around `;` and `=` (`SEMI`,
+/// `EQUAL`): `;  tag = 1` is a tag of `1` (RFC 4475 §3.1.1.1).
+fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    value.split(';').skip(1).find_map(|p| {
+        let (key, v) = p.split_once('=')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// What the front door made of a message.
@@ -134,6 +139,31 @@ fn is_token(s: &str) -> bool {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits a header value at the commas that separate entries, not those inside quotes or `<>`.
+pub fn split_list(value: &str) -> Vec<String> {
+    let mut entries = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut current = String::new();
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                entries.push(std::mem::take(&mut current).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    entries.push(current.trim().to_string());
+    entries.retain(|e| !e.is_empty());
+    entries
 }
 
 /// The start line's three parts.
@@ -228,23 +258,188 @@ fn parse_rest(rest: &[u8]) -> Option<(Request, Fields, bool)> {
     }
 }
 
-/// Enough to answer: a Via with a branch, From, To, Call-ID and CSeq.
+/// Enough to answer: a Via to send the answer back along. What else an answer copies (From,
+/// To, Call-ID, CSeq) it copies if present; a request without them is refused with 400 (RFC
+/// 4475 §3.3.1).
 fn answerable(request: &Request) -> bool {
     request.via_header().is_ok()
-        && request.from_header().is_ok()
-        && request.to_header().is_ok()
-        && request.call_id_header().is_ok()
-        && request.cseq_header().is_ok()
 }
 
-/// The `branch` of the top Via (RFC 3261 magic cookie required: transactions are matched on it).
-pub fn top_branch(request: &Request) -> Option<String> {
-    let via = request.via_header().ok()?.value();
-    via.split(';')
-        .skip(1)
-        .find_map(|p| p.trim().strip_prefix("branch="))
-        .filter(|b| b.starts_with(BRANCH_MAGIC) && b.len() > BRANCH_MAGIC.len())
-        .map(str::to_string)
+/// The header fields every request must have (RFC 3261 §8.1.1); Max-Forwards is left out, as
+/// RFC 2543 requests lack it (RFC 4475 §3.4.1).
+const REQUIRED: &[&str] = &["To", "From", "Call-ID", "CSeq", "Via"];
+
+/// The header fields that take one value (RFC 3261 §20, RFC 4475 §3.3.8); Content-Length is
+/// judged with the body.
+const SINGLE: &[&str] = &["To", "From", "Call-ID", "CSeq", "Max-Forwards"];
+
+/// The top Via value (the first entry of the first Via field).
+fn top_via(fields: &Fields) -> Option<&str> {
+    fields.first("Via")?.split(',').next().map(str::trim)
+}
+
+/// What the top Via's `branch` says (RFC 3261 §8.1.1.7, §17.2.3).
+enum Branch {
+    /// An RFC 3261 branch: the magic cookie and an identifier.
+    Rfc3261(String),
+    /// No branch, or one without the cookie: an RFC 2543 request, matched on its other fields.
+    Rfc2543,
+    /// The cookie and nothing else (RFC 4475 §3.2.1): refused.
+    CookieOnly,
+}
+
+fn branch_of(fields: &Fields) -> Branch {
+    match top_via(fields).and_then(|via| param(via, "branch")) {
+        Some(b) if b == BRANCH_MAGIC => Branch::CookieOnly,
+        Some(b) if b.starts_with(BRANCH_MAGIC) => Branch::Rfc3261(b.to_string()),
+        _ => Branch::Rfc2543,
+    }
+}
+
+/// The identifier of the request's server transaction: the top Via's branch, or for an RFC
+/// 2543 request (no RFC 3261 branch) what RFC 3261 §17.2.3 matches such a request on (the
+/// Request-URI, the From tag, the Call-ID, the CSeq number and the top Via; the method is part
+/// of the edge's keys already, and the To tag is left out so that the ACK of a failure matches
+/// its INVITE).
+pub fn top_branch(inbound: &Inbound) -> Option<String> {
+    match branch_of(&inbound.fields) {
+        Branch::Rfc3261(branch) => Some(branch),
+        Branch::CookieOnly => None,
+        Branch::Rfc2543 => {
+            let fields = &inbound.fields;
+            let number = fields.first("CSeq")?.split_whitespace().next()?;
+            let via: String = top_via(fields)?
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            Some(format!(
+                "rfc2543 {} {} {} {number} {via}",
+                inbound.request_uri,
+                fields.first("From").and_then(tag_of).unwrap_or(""),
+                fields.first("Call-ID")?,
+            ))
+        }
+    }
+}
+
+/// A Via value's sent-protocol and sent-by, with the linear whitespace RFC 3261 §25.1 allows
+/// around its `/` (`SLASH`) taken out.
+fn via_sent_by(entry: &str) -> Option<(String, String)> {
+    let head = entry.split(';').next()?;
+    let joined: Vec<&str> = head.split('/').map(str::trim).collect();
+    let joined = joined.join("/");
+    let mut parts = joined.split_whitespace();
+    let (protocol, sent_by) = (parts.next()?, parts.next()?);
+    let well_formed = parts.next().is_none()
+        && protocol.split('/').count() == 3
+        && protocol.split('/').all(is_token);
+    well_formed.then(|| (protocol.to_string(), sent_by.to_string()))
+}
+
+/// Every Via value has a sent-protocol, a sent-by and no empty parameter (RFC 4475 §3.1.2.1).
+fn vias_well_formed(fields: &Fields) -> bool {
+    fields.values("Via").all(|value| {
+        value.split(',').all(|entry| {
+            via_sent_by(entry).is_some() && entry.split(';').skip(1).all(|p| !p.trim().is_empty())
+        })
+    })
+}
+
+/// A From, To or Contact value as RFC 3261 §20.10 has it: a `name-addr` whose display name is
+/// a quoted string or tokens (RFC 4475 §3.1.2.15) and whose `<addr-spec>` holds no whitespace
+/// (§3.1.2.14), or a bare `addr-spec` without a `?` (headers need the angle brackets,
+/// §3.1.2.13); quotes balanced either way (§3.1.2.6). Parameters after it are not judged.
+fn name_addr_well_formed(value: &str) -> bool {
+    let value = value.trim();
+    let (mut quoted, mut escaped, mut angle) = (false, false, None);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => {
+                angle = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return false;
+    }
+    let Some(start) = angle else {
+        let addr_spec = value.split(';').next().unwrap_or("").trim();
+        return !addr_spec.is_empty() && !addr_spec.contains(['?', '"', ' ', '\t']);
+    };
+    let Some(len) = value[start + 1..].find('>') else {
+        return false;
+    };
+    let addr_spec = &value[start + 1..start + 1 + len];
+    let display = value[..start].trim();
+    let display_ok = match display.strip_prefix('"') {
+        // One quoted string: its closing quote is the last character.
+        Some(inner) => {
+            let mut escaped = false;
+            let close = inner.char_indices().find_map(|(i, c)| match c {
+                _ if escaped => {
+                    escaped = false;
+                    None
+                }
+                '\\' => {
+                    escaped = true;
+                    None
+                }
+                '"' => Some(i),
+                _ => None,
+            });
+            close == Some(inner.len() - 1)
+        }
+        None => display.split_whitespace().all(is_token),
+    };
+    display_ok && !addr_spec.is_empty() && !addr_spec.contains(char::is_whitespace)
+}
+
+/// What is wrong with the header fields, if anything: a required one missing or a single one
+/// repeated, a bad Via, or a From, To or Contact that is no address.
+fn fields_problem(fields: &Fields) -> Option<String> {
+    if let Some(missing) = REQUIRED.iter().find(|n| fields.first(n).is_none()) {
+        return Some(format!("Missing {missing}"));
+    }
+    if let Some(repeated) = SINGLE.iter().find(|n| fields.values(n).count() > 1) {
+        return Some(format!("Repeated {repeated}"));
+    }
+    if !vias_well_formed(fields) {
+        return Some("Bad Via".into());
+    }
+    for name in ["From", "To"] {
+        if !fields.values(name).all(name_addr_well_formed) {
+            return Some(format!("Bad {name}"));
+        }
+    }
+    let contacts_ok = fields
+        .values("Contact")
+        .flat_map(split_list)
+        .all(|c| c == "*" || name_addr_well_formed(&c));
+    (!contacts_ok).then(|| "Bad Contact".into())
+}
+
+/// What is wrong with the Request-URI, if anything: no URI at all (RFC 3261 §19.1.1 `scheme
+/// ":"`, so not `<sip:…>`, RFC 4475 §3.1.2.7) or a `sip:`/`sips:` URI with headers, which a
+/// Request-URI must not have (RFC 3261 §19.1.1's table, RFC 4475 §3.1.2.11).
+fn request_uri_problem(uri: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Some("Bad Request-URI");
+    };
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok || uri.contains(['<', '>', '"']) {
+        return Some("Bad Request-URI");
+    }
+    let sip = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+    // The user part may hold a `?` (RFC 4475 §3.1.1.2); headers follow the host.
+    let after_user = rest.split_once('@').map_or(rest, |(_, host)| host);
+    (sip && after_user.contains('?')).then_some("Headers Not Allowed In The Request-URI")
 }
 
 /// The `CSeq` number and method name.
@@ -293,7 +488,7 @@ pub fn response_with_body(
             Header::To(to) => {
                 let value = to.value();
                 // An empty `to_tag` answers outside any dialog (100 Trying): no tag added.
-                if value.contains(";tag=") || value.contains("; tag=") || to_tag.is_empty() {
+                if tag_of(value).is_some() || to_tag.is_empty() {
                     headers.push(h.clone());
                 } else {
                     headers.push(headers::To::new(format!("{value};tag={to_tag}")).into());
@@ -324,11 +519,8 @@ pub fn response_with_body(
 /// Adds `received` when the Via's host is not the source address, and fills an empty `rport`.
 fn mark_via(value: &str, source: SocketAddr) -> String {
     let mut params: Vec<String> = value.split(';').map(|p| p.trim().to_string()).collect();
-    let sent_by_host = params[0]
-        .split_whitespace()
-        .nth(1)
-        .map(|hostport| {
-            let hostport = hostport.trim();
+    let sent_by_host = via_sent_by(value)
+        .map(|(_, hostport)| {
             if let Some(v6) = hostport.strip_prefix('[') {
                 v6.split(']').next().unwrap_or("").to_string()
             } else {
@@ -396,11 +588,22 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
     if let Some(status_line) = first.strip_prefix("SIP/2.0 ") {
         return receive_response(status_line, rest, source, transport);
     }
+    // A datagram whose header block runs to its end without the empty line (RFC 4475
+    // §3.1.2.15 is one) is read as far as it goes, to be refused with 400.
+    let unterminated =
+        !transport.is_stream() && rest.ends_with(b"\r\n") && find(rest, b"\r\n\r\n").is_none();
+    let terminated;
+    let rest = if unterminated {
+        terminated = [rest, b"\r\n"].concat();
+        &terminated[..]
+    } else {
+        rest
+    };
     let Some((request, fields, malformed)) = parse_rest(rest) else {
         return Received::Dropped("headers do not parse");
     };
     if !answerable(&request) {
-        return Received::Dropped("no Via, From, To, Call-ID or CSeq to answer with");
+        return Received::Dropped("no Via to answer along");
     }
     let is_ack = first.starts_with("ACK ");
     // An ACK is never answered (RFC 3261 §17.2.1): what fails below is dropped for it.
@@ -426,18 +629,28 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
     if malformed {
         return refuse(400, "Malformed Header Line", vec![]);
     }
+    if let Some(problem) = fields_problem(&fields) {
+        return refuse(400, &problem, vec![]);
+    }
+    if unterminated {
+        return refuse(400, "Header Block Not Terminated", vec![]);
+    }
     let Ok(method) = line.method.parse::<Method>() else {
         return refuse(501, "Not Implemented", vec![allow_header()]);
     };
-    if top_branch(&request).is_none() {
-        return refuse(400, "Via Lacks An RFC 3261 Branch", vec![]);
+    if let Branch::CookieOnly = branch_of(&fields) {
+        return refuse(400, "Via Branch Is The Magic Cookie Alone", vec![]);
     }
     match cseq(&request) {
         Some((_, cseq_method)) if cseq_method.eq_ignore_ascii_case(line.method) => {}
         _ => return refuse(400, "Bad CSeq", vec![]),
     }
-    if let Err(reason) = content_length(&request, transport) {
-        return refuse(400, reason, vec![]);
+    let body_length = match content_length(&request, transport) {
+        Ok(length) => length,
+        Err(reason) => return refuse(400, reason, vec![]),
+    };
+    if let Some(problem) = request_uri_problem(line.uri) {
+        return refuse(400, problem, vec![]);
     }
     let scheme = line
         .uri
@@ -470,6 +683,8 @@ pub fn receive(bytes: &[u8], source: SocketAddr, transport: Transport, limits: L
     if !ALLOWED.contains(&method) {
         return refuse(405, "Method Not Allowed", vec![allow_header()]);
     }
+    let mut request = request;
+    request.body.truncate(body_length);
     Received::Request(Box::new(Inbound {
         method,
         request_uri: line.uri.to_string(),
@@ -511,9 +726,11 @@ fn receive_response(
     Received::Response(Box::new(response))
 }
 
-/// Content-Length must match the body on a datagram (RFC 3261 §18.3 lets a receiver refuse a
-/// mismatch); on a stream it was what framed the message.
-fn content_length(request: &Request, transport: Transport) -> Result<(), &'static str> {
+/// The length of the body: the Content-Length, which on a datagram must not be more than the
+/// octets after the header block (RFC 3261 §18.3 lets a receiver refuse that) and may be less,
+/// the rest being discarded (§18.3 again, RFC 4475 §3.1.1.8); on a stream it was what framed
+/// the message. A datagram may leave it out: the body is then the rest of the datagram.
+fn content_length(request: &Request, transport: Transport) -> Result<usize, &'static str> {
     let declared: Vec<&headers::ContentLength> = request
         .headers
         .iter()
@@ -524,10 +741,10 @@ fn content_length(request: &Request, transport: Transport) -> Result<(), &'stati
         .collect();
     match declared.as_slice() {
         [] if transport.is_stream() => Err("Content-Length Required On A Stream"),
-        [] => Ok(()),
+        [] => Ok(request.body.len()),
         [one] => match one.length() {
-            Ok(n) if n as usize == request.body.len() => Ok(()),
-            Ok(_) => Err("Content-Length Does Not Match The Body"),
+            Ok(n) if n as usize <= request.body.len() => Ok(n as usize),
+            Ok(_) => Err("Content-Length Larger Than The Body"),
             Err(_) => Err("Bad Content-Length"),
         },
         _ => Err("Repeated Content-Length"),
@@ -675,7 +892,7 @@ mod tests {
             ),
             (
                 request("REGISTER sip:a.test SIP/2.0", "", "")
-                    .replace_first("branch=z9hG4bK776asdhds", "branch=1"),
+                    .replace_first("branch=z9hG4bK776asdhds", "branch=z9hG4bK"),
                 400,
             ),
             (
@@ -731,6 +948,158 @@ mod tests {
             LIMITS,
         ));
         assert!(text.contains("Unsupported: 100rel, path"), "{text}");
+    }
+
+    fn passes(bytes: &[u8]) -> Box<Inbound> {
+        match receive(bytes, source(), Transport::Udp, LIMITS) {
+            Received::Request(inbound) => inbound,
+            other => panic!("{other:?}: {}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    /// RFC 3261 §17.2.3: a request without an RFC 3261 branch (RFC 4475 §3.1.1.1, §3.4.1) is
+    /// served, its transaction matched on its other fields; the ACK of a failure and a CANCEL
+    /// match their INVITE.
+    #[test]
+    fn rfc_2543_requests_pass_with_a_transaction_of_their_own() {
+        let invite = request("INVITE sip:bob@a.test SIP/2.0", "", "")
+            .replace_first(";branch=z9hG4bK776asdhds", "");
+        let id = top_branch(&passes(&invite)).unwrap();
+        assert!(
+            id.starts_with("rfc2543 sip:bob@a.test 1928301774 a84b4c76e66710 1 "),
+            "{id}"
+        );
+        let ack = invite
+            .clone()
+            .replace_first("INVITE sip", "ACK sip")
+            .replace_first("1 INVITE", "1 ACK")
+            .replace_first("<sip:bob@a.test>\r\nFrom", "<sip:bob@a.test>;tag=x\r\nFrom");
+        assert_eq!(top_branch(&passes(&ack)).unwrap(), id);
+        let other = invite.clone().replace_first("CSeq: 1", "CSeq: 2");
+        assert_ne!(top_branch(&passes(&other)).unwrap(), id);
+        let without_cookie = request("REGISTER sip:a.test SIP/2.0", "", "")
+            .replace_first("branch=z9hG4bK776asdhds", "branch=390skdjuw");
+        assert!(top_branch(&passes(&without_cookie))
+            .unwrap()
+            .starts_with("rfc2543 "));
+        let good = passes(&request("REGISTER sip:a.test SIP/2.0", "", ""));
+        assert_eq!(top_branch(&good).as_deref(), Some("z9hG4bK776asdhds"));
+    }
+
+    #[test]
+    fn tags_and_parameters_may_have_whitespace_around_their_equals() {
+        assert_eq!(
+            tag_of("sip:a@b.test ;   tag    = 1918181833n"),
+            Some("1918181833n")
+        );
+        assert_eq!(tag_of("\"x\" <sip:a@b.test;tag=no> ; TAG=yes"), Some("yes"));
+        assert_eq!(tag_of("<sip:a@b.test>;tag="), None);
+        // The answer keeps the To's tag instead of adding a second one.
+        let bytes = request("FROBNICATE sip:a.test SIP/2.0", "", "")
+            .replace_first("To: <sip:bob@a.test>", "To: <sip:bob@a.test> ; tag = 7");
+        let (status, text) = status_of(&receive(&bytes, source(), Transport::Udp, LIMITS));
+        assert_eq!(status, 501);
+        assert_eq!(text.matches("tag").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn octets_after_the_body_of_a_datagram_are_discarded() {
+        let mut bytes = request("OPTIONS sip:a.test SIP/2.0", "", "v=0\r\n");
+        bytes.extend_from_slice(b"\r\nINVITE sip:joe@a.test SIP/2.0\r\n\r\n");
+        assert_eq!(passes(&bytes).request.body, b"v=0\r\n");
+        let without_length = request("OPTIONS sip:a.test SIP/2.0", "", "")
+            .replace_first("Content-Length: 0\r\n", "");
+        assert!(passes(&without_length).request.body.is_empty());
+    }
+
+    /// The syntax errors RFC 4475 §3.1.2 and §3.3 name, each refused with 400.
+    #[test]
+    fn malformed_fields_and_request_uris_are_refused() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "")
+                    .replace_first("Call-ID: a84b4c76e66710\r\n", ""),
+                "Missing Call-ID",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "Call-ID: other\r\n", ""),
+                "Repeated Call-ID",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "Max-Forwards: 5\r\n", ""),
+                "Repeated Max-Forwards",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "").replace_first(";rport", ";;,;,,"),
+                "Bad Via",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "")
+                    .replace_first("To: <sip:bob@a.test>", "To: \"Mr. J. User <sip:j@a.test>"),
+                "Bad To",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "")
+                    .replace_first("To: <sip:bob@a.test>", "To: Watson, Thomas <sip:t@a.test>"),
+                "Bad To",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "")
+                    .replace_first("To: <sip:bob@a.test>", "To: \"W\" < sip:t@a.test >"),
+                "Bad To",
+            ),
+            (
+                request(
+                    "REGISTER sip:a.test SIP/2.0",
+                    "Contact: sip:bob@a.test?Route=%3Csip:b.test%3E\r\n",
+                    "",
+                ),
+                "Bad Contact",
+            ),
+            (
+                request("OPTIONS <sip:a.test> SIP/2.0", "", ""),
+                "Bad Request-URI",
+            ),
+            (
+                request(
+                    "OPTIONS sip:bob@a.test?Route=%3Csip:b.test%3E SIP/2.0",
+                    "",
+                    "",
+                ),
+                "Headers Not Allowed In The Request-URI",
+            ),
+            (
+                request("OPTIONS sip:a.test SIP/2.0", "", "")
+                    .replace_first("Content-Length: 0\r\n\r\n", "Content-Length: 0\r\n"),
+                "Header Block Not Terminated",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            let (status, text) = status_of(&receive(&bytes, source(), Transport::Udp, LIMITS));
+            assert_eq!(status, 400, "{text}");
+            assert!(
+                text.starts_with(&format!("SIP/2.0 400 {reason}\r\n")),
+                "{text}"
+            );
+        }
+        // What the grammar allows passes: tokens as a display name (RFC 4475 §3.1.1.6), a
+        // quoted one with escapes, headers inside angle brackets, `?` in a user part.
+        for (from, to) in [
+            ("To: <sip:bob@a.test>", "To: caller<sip:bob@a.test>"),
+            ("To: <sip:bob@a.test>", "To: A. Bell <sip:bob@a.test>"),
+            (
+                "To: <sip:bob@a.test>",
+                "To: \"J \\\\\\\"\" <sip:bob@a.test>",
+            ),
+            ("OPTIONS sip:a.test", "OPTIONS sip:a?b@a.test"),
+        ] {
+            passes(&request("OPTIONS sip:a.test SIP/2.0", "", "").replace_first(from, to));
+        }
+        passes(&request(
+            "OPTIONS sip:a.test SIP/2.0",
+            "Contact: <sip:bob@a.test?Route=%3Csip:b.test%3E>, *\r\n",
+            "",
+        ));
     }
 
     #[test]

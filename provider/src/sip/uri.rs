@@ -1,6 +1,7 @@
 //! Addresses: the `sip:` forms the edge reads and writes (addresses of record, `name-addr`s and
 //! header lists of them), and the invitation-protocol URIs they stand for, both ways.
 
+pub use super::message::split_list;
 use super::status::{db_refusal, Refusal};
 use crate::app::App;
 use crate::db::records::SipAccount;
@@ -73,31 +74,6 @@ pub fn name_addr(value: &str) -> Option<(String, Vec<(String, String)>)> {
         })
         .collect();
     Some((uri.to_string(), params))
-}
-
-/// Splits a header value at the commas that separate entries, not those inside quotes or `<>`.
-pub fn split_list(value: &str) -> Vec<String> {
-    let mut entries = Vec::new();
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    let mut current = String::new();
-    for c in value.chars() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                entries.push(std::mem::take(&mut current).trim().to_string());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(c);
-    }
-    entries.push(current.trim().to_string());
-    entries.retain(|e| !e.is_empty());
-    entries
 }
 
 /// The invitation-protocol URI a phone's Request-URI names: `tel:` as given, a `sip:` URI with a

@@ -22,3 +22,4 @@ mod sip_baresip;
 mod sip_calls;
 mod sip_interop;
 mod sip_registrar;
+mod sip_torture;
