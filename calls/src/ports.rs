@@ -31,6 +31,9 @@ pub struct Settings {
     pub relay_choice: RelayChoice,
     /// How far a Forward's timestamp may be from this provider's clock.
     pub timestamp_window_s: i64,
+    /// How long an answered call may last: past it the call is ended, so a call whose hang-up
+    /// never reached this provider (a Cancel Forward lost for good) ends all the same.
+    pub max_call_duration_ms: i64,
 }
 
 /// A store failure: the core does not look inside, it refuses the message as an internal error.

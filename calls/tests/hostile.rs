@@ -4,7 +4,7 @@
 //! Issue 14, items 2 and 3; the daemon's hostile-member test runs the same over HTTPS.
 
 use switchyard_calls::ports::Event;
-use switchyard_calls::testing::{endpoint_ca, Device, Fate, World};
+use switchyard_calls::testing::{endpoint_ca, Device, Fate, World, MAX_CALL_DURATION_MS};
 use switchyard_calls::{CallState, RefusalCode};
 use switchyard_protocol::attestation::{Attestation, Level};
 use switchyard_protocol::capabilities::{Capabilities, MediaKind};
@@ -377,5 +377,77 @@ fn a_caller_the_sender_may_not_present_is_not_shown_as_verified() {
             lowered.into_iter().collect::<Vec<_>>(),
             "{caller}"
         );
+    }
+}
+
+#[test]
+fn a_call_whose_hang_up_was_lost_ends_at_the_maximum_call_duration() {
+    let mut world = world();
+    let bob = world.add_user("b.test", BOB, &["bob"]).remove(0);
+    let (alice, session, initiate) = alice_calls_bob(&mut world);
+    world.deliver_all();
+    let ring = world.ring(&bob, &session).unwrap();
+    world.accept(&bob, &ring);
+    world.deliver_all();
+    let state = world
+        .answer(initiate)
+        .unwrap()
+        .unwrap()
+        .str("state")
+        .unwrap()
+        .to_string();
+    // Alice hangs up; the Cancel Forward to B is lost for good.
+    world.cancel(&alice, &session, BOB, &state);
+    world.settle();
+    world.route(0, Fate::Drop);
+    world.deliver_all();
+    assert_eq!(record(&world, "a.test", &session).state, CallState::Ended);
+    assert_eq!(
+        record(&world, "b.test", &session).state,
+        CallState::Answered,
+        "a ghost: B never heard of the hang-up"
+    );
+    world.advance(MAX_CALL_DURATION_MS - 1_000);
+    assert_eq!(
+        record(&world, "b.test", &session).state,
+        CallState::Answered
+    );
+    world.advance(2_000);
+    let ended = record(&world, "b.test", &session);
+    assert_eq!(
+        (ended.state, ended.reason.as_deref()),
+        (CallState::Ended, Some("max-duration"))
+    );
+    assert!(world.pushes(&bob).iter().any(|p| matches!(
+        p,
+        Push::Cancel(c) if c.reason == switchyard_protocol::invitation::CancelReason::Ended
+    )));
+}
+
+#[test]
+fn the_maximum_call_duration_ends_both_sides_when_both_still_hold_the_call() {
+    let mut world = world();
+    let bob = world.add_user("b.test", BOB, &["bob"]).remove(0);
+    let (alice, session, _) = alice_calls_bob(&mut world);
+    world.deliver_all();
+    let ring = world.ring(&bob, &session).unwrap();
+    world.accept(&bob, &ring);
+    world.deliver_all();
+    world.advance(MAX_CALL_DURATION_MS + 1);
+    world.deliver_all();
+    for provider in ["a.test", "b.test"] {
+        assert_eq!(
+            record(&world, provider, &session).state,
+            CallState::Ended,
+            "{provider}"
+        );
+    }
+    for device in [&alice, &bob] {
+        let cancels = world
+            .pushes(device)
+            .into_iter()
+            .filter(|p| matches!(p, Push::Cancel(_)))
+            .count();
+        assert_eq!(cancels, 1, "{}: told once", device.endpoint.id);
     }
 }

@@ -365,6 +365,9 @@ async fn sweep(app: Arc<App>) {
         if let Err(e) = crate::invitation::expire_overdue_calls(&app).await {
             tracing::warn!(error = %e, "expiring overdue calls failed");
         }
+        if let Err(e) = crate::invitation::end_overlong_calls(&app).await {
+            tracing::warn!(error = %e, "ending calls past the maximum call duration failed");
+        }
         match app.db.delete_expired_pushes().await {
             Ok(n) if n > 0 => metrics::counter!("switchyard_pushes_expired_total").increment(n),
             Ok(_) => {}

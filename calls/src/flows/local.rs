@@ -3,8 +3,9 @@
 
 use switchyard_protocol::attestation::Level;
 use switchyard_protocol::invitation::{
-    AcceptPush, AcceptRequest, CancelReason, CancelRequest, EndReason, InitiatePush,
-    InitiateRequest, InitiateResponse, Push, RejectPush, RejectRequest, UpdatePush, UpdateRequest,
+    AcceptPush, AcceptRequest, CancelReason, CancelRequest, EndReason, ForwardCancelReason,
+    InitiatePush, InitiateRequest, InitiateResponse, Push, RejectPush, RejectRequest, UpdatePush,
+    UpdateRequest,
 };
 
 use super::{
@@ -12,7 +13,7 @@ use super::{
     CallResult, Core, Deferred,
 };
 use crate::ports::{CallChange, CallStore, Endpoint, Event, Ports, Requester, WriteUnit};
-use crate::record::{CallRecord, CallState};
+use crate::record::{party_provider, CallRecord, CallState};
 use crate::refusal::{Refusal, RefusalCode};
 use crate::rules::{self, UpdateRoute};
 use crate::session::{Role, SessionState};
@@ -419,6 +420,71 @@ impl<P: Ports> Core<P> {
             }
         }
         Ok(expired)
+    }
+
+    /// Ends the answered calls among `overlong` that passed the maximum call duration, with a
+    /// Cancel Push `ended` to the parties here and, for a call answered at another provider,
+    /// a Cancel Forward `ended` to it (for a call forwarded here, the originator ends its own
+    /// record at its own maximum, and tells this provider); returns how many it ended.
+    pub async fn end_overlong(&self, overlong: Vec<CallRecord>) -> CallResult<usize> {
+        let mut ended = 0;
+        let limit = self.settings().max_call_duration_ms;
+        let now = self.now_ms();
+        for call in overlong {
+            if call
+                .answered_at
+                .is_none_or(|at| at.saturating_add(limit) > now)
+            {
+                continue;
+            }
+            let mut unit = self.ports.store().begin().await?;
+            let won = unit
+                .transition(
+                    &call.session_id,
+                    &[CallState::Answered],
+                    CallState::Ended,
+                    CallChange {
+                        reason: Some(EndReason::MaxDuration),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let sid = session_id_of(&call.session_id)?;
+            let mut remote = None;
+            if won {
+                let mut pushes = Vec::new();
+                if !call.caller_endpoint.is_empty() {
+                    pushes.push((
+                        call.caller_endpoint.clone(),
+                        call.caller_uri.clone(),
+                        call.callee_uri.clone(),
+                        CancelReason::Ended,
+                    ));
+                }
+                if let Some(answerer) = call.answered_by.as_deref() {
+                    match party_provider(answerer) {
+                        Some(provider) => remote = Some(provider.to_string()),
+                        None => pushes.push((
+                            answerer.to_string(),
+                            call.callee_uri.clone(),
+                            call.caller_uri.clone(),
+                            CancelReason::Ended,
+                        )),
+                    }
+                }
+                push_cancels(&mut unit, &sid, &pushes, self.settings().push_ttl_ms).await?;
+                ended += 1;
+            }
+            unit.commit().await?;
+            if won {
+                self.observe(Event::Outcome(CallState::Ended));
+            }
+            if let Some(provider) = remote {
+                self.cancel_to_providers(&sid, &[provider], ForwardCancelReason::Ended)
+                    .await;
+            }
+        }
+        Ok(ended)
     }
 }
 

@@ -88,6 +88,22 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// Answered calls answered at or before `answered_before` (Unix ms).
+    pub fn overlong(&self, answered_before: i64) -> Vec<CallRecord> {
+        self.lock()
+            .tables
+            .calls
+            .values()
+            .filter(|c| {
+                c.state == CallState::Answered
+                    && c.answered_at.is_some_and(|at| at <= answered_before)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 impl CallStore for MemStore {
     type Unit<'a> = MemUnit;
 

@@ -35,6 +35,7 @@ use crate::session::SessionState;
 /// The simulated clock starts here (Unix ms), so Forward timestamps look like real ones.
 pub const EPOCH_MS: i64 = 1_800_000_000_000;
 pub const RING_TIMEOUT_MS: i64 = 60_000;
+pub const MAX_CALL_DURATION_MS: i64 = 4 * 3_600_000;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 pub type Answer = Result<Dict, Refusal>;
@@ -388,6 +389,7 @@ impl World {
                     endpoint_ca_pem: endpoint_ca(id),
                     relay_choice: RelayChoice::CallerProvider,
                     timestamp_window_s: 300,
+                    max_call_duration_ms: MAX_CALL_DURATION_MS,
                 },
                 events: events.clone(),
             };
@@ -743,10 +745,15 @@ impl World {
             .map(|m| (m.core.clone(), m.store.clone()))
             .collect();
         for (core, store) in cores {
+            let answered_before = self.now_ms() - MAX_CALL_DURATION_MS;
             self.spawn(async move {
                 let overdue = store.overdue();
                 if let Err(e) = core.expire(overdue).await {
                     panic!("ring timeout sweep: {e}");
+                }
+                let overlong = store.overlong(answered_before);
+                if let Err(e) = core.end_overlong(overlong).await {
+                    panic!("maximum call duration sweep: {e}");
                 }
             });
         }

@@ -100,6 +100,7 @@ wire_enum!(
         CalleeHungUp = "callee-hung-up",
         Cancelled = "cancelled",
         Timeout = "timeout",
+        MaxDuration = "max-duration",
     }
 );
 

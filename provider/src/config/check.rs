@@ -93,6 +93,10 @@ impl Config {
                 self.invitation.seal_key_rotation_seconds,
             ),
             (
+                "invitation.max_call_duration_seconds",
+                self.invitation.max_call_duration_seconds,
+            ),
+            (
                 "invitation.sweep_interval_ms",
                 self.invitation.sweep_interval_ms,
             ),

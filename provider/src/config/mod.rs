@@ -148,6 +148,9 @@ pub struct PkiConfig {
 #[serde(default)]
 pub struct InvitationConfig {
     pub ring_timeout_seconds: u64,
+    /// An answered call is ended after this long, so one whose hang-up never arrived (a Cancel
+    /// Forward lost for good) does not stay answered forever.
+    pub max_call_duration_seconds: u64,
     /// How often a new sealing key is made; the previous one stays valid for one more period.
     pub seal_key_rotation_seconds: u64,
     /// How often expired invitations and pushes are swept.
@@ -453,6 +456,7 @@ impl Default for InvitationConfig {
     fn default() -> Self {
         InvitationConfig {
             ring_timeout_seconds: 60,
+            max_call_duration_seconds: 4 * 3600,
             seal_key_rotation_seconds: 24 * 3600,
             sweep_interval_ms: 1000,
         }

@@ -29,6 +29,23 @@ impl Db {
         rows.iter().map(call_from_row).collect()
     }
 
+    /// Answered calls answered at or before `answered_before` (Unix ms), oldest first.
+    pub async fn overlong_calls(
+        &self,
+        answered_before: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<CallRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'answered' AND answered_at <= $1 \
+             ORDER BY answered_at LIMIT $2"
+        )))
+        .bind(answered_before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
     /// Call records, newest first, started before `before` (Unix ms), in `state` and with a
     /// caller or callee URI containing `party` (case-insensitively) when those are given.
     pub async fn list_calls(

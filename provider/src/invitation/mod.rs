@@ -80,6 +80,18 @@ pub async fn update(app: &Arc<App>, auth: &AuthEndpoint, dict: &Dict) -> Result<
     Ok(Dict::new().with("session-id", session_id.as_str()))
 }
 
+/// Ends answered calls past `invitation.max_call_duration_seconds`.
+pub async fn end_overlong_calls(app: &Arc<App>) -> Result<usize, CallError> {
+    let answered_before =
+        crate::shared::now_ms().saturating_sub(app.call_settings.max_call_duration_ms);
+    let overlong = app
+        .db
+        .overlong_calls(answered_before, 100)
+        .await
+        .map_err(|e| CallError::Store(Box::new(e)))?;
+    core(app).end_overlong(overlong).await
+}
+
 /// Ends ringing calls whose deadline passed, with a Cancel Push to both sides.
 pub async fn expire_overdue_calls(app: &Arc<App>) -> Result<usize, CallError> {
     let overdue = app

@@ -43,6 +43,11 @@ pub fn settings(app_config: &crate::config::Config, endpoint_ca_pem: &str) -> Se
         endpoint_ca_pem: endpoint_ca_pem.to_string(),
         relay_choice: app_config.relay.calls_use,
         timestamp_window_s: app_config.federation.timestamp_window_seconds as i64,
+        max_call_duration_ms: app_config
+            .invitation
+            .max_call_duration_seconds
+            .saturating_mul(1000)
+            .min(i64::MAX as u64) as i64,
     }
 }
 
