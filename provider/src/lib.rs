@@ -5,6 +5,7 @@ mod admin_ui;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod client_limits;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -2,7 +2,9 @@
 //! at most `max_connections` open at once (further clients wait in the kernel's backlog), the
 //! TLS handshake and a request's headers within `header_timeout_seconds`, and a connection that
 //! moves no byte either way for `idle_timeout_seconds` closed. Without these a slow client holds
-//! a connection, and its file descriptor, for ever; enough of them stop the provider.
+//! a connection, and its file descriptor, for ever; enough of them stop the provider. Each client
+//! address is held to its own share of connections and to a request rate
+//! ([`crate::client_limits`]), so one client cannot take the listener's whole capacity.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::auth::PeerCertificate;
+use crate::client_limits::{ClientLimits, ClientLimitsConfig, ConnectionSlot, Refused};
 use crate::config::HttpLimits;
 
 /// The TLS configuration for the next connection: fixed for the endpoint API, the current
@@ -51,6 +54,11 @@ impl Listener {
         let header_timeout = Duration::from_secs(self.limits.header_timeout_seconds);
         let idle_timeout = Duration::from_secs(self.limits.idle_timeout_seconds);
         let name = self.name;
+        let clients = ClientLimits::new(ClientLimitsConfig {
+            max_connections: self.limits.max_connections_per_client,
+            requests_per_second: f64::from(self.limits.requests_per_second_per_client),
+            burst: f64::from(self.limits.request_burst_per_client),
+        });
         loop {
             let slot = match slots.clone().try_acquire_owned() {
                 Ok(slot) => slot,
@@ -74,6 +82,16 @@ impl Listener {
                 },
                 _ = crate::shared::shutting_down(&mut shutdown) => break,
             };
+            let client_slot = match clients.connect(peer.ip(), std::time::Instant::now()) {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics::counter!("switchyard_http_refused_total", "listener" => name, "reason" => "client-connections")
+                        .increment(1);
+                    tracing::debug!(listener = name, %peer, "client at its connection limit; closed");
+                    continue;
+                }
+            };
+            let clients = clients.clone();
             let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls()));
             let router = router.clone();
             let watcher = graceful.watcher();
@@ -83,6 +101,7 @@ impl Listener {
                     inner: stream,
                     activity: activity.clone(),
                     _slot: slot,
+                    _client_slot: client_slot,
                 };
                 let (io, cert) = match acceptor {
                     Some(acceptor) => {
@@ -116,10 +135,19 @@ impl Listener {
                 let peer_cert = PeerCertificate(cert);
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        let limited = clients.request(peer.ip(), std::time::Instant::now());
                         req.extensions_mut().insert(peer_cert.clone());
                         req.extensions_mut()
                             .insert(axum::extract::ConnectInfo(peer));
-                        router.clone().oneshot(req.map(axum::body::Body::new))
+                        let router = router.clone();
+                        async move {
+                            if let Err(Refused::Rate(wait)) = limited {
+                                metrics::counter!("switchyard_http_refused_total", "listener" => name, "reason" => "client-rate")
+                                    .increment(1);
+                                return Ok(rate_limited(wait));
+                            }
+                            router.oneshot(req.map(axum::body::Body::new)).await
+                        }
                     },
                 );
                 let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -153,6 +181,23 @@ impl Listener {
             );
         }
     }
+}
+
+/// `429` for a client over its request rate, before the request reaches the application: an
+/// error dictionary in JSON (every Switchyard client reads it) and `Retry-After` in whole
+/// seconds, at least one.
+fn rate_limited(wait: Duration) -> axum::response::Response {
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let body = serde_json::json!({
+        "error": "rate-limited",
+        "message": format!("too many requests from this client; retry after {retry_after} s"),
+    });
+    axum::response::Response::builder()
+        .status(axum::http::StatusCode::TOO_MANY_REQUESTS)
+        .header(axum::http::header::RETRY_AFTER, retry_after.max(1))
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("a static response")
 }
 
 /// When a connection last moved a byte, in milliseconds since it was opened.
@@ -195,6 +240,7 @@ struct Watched<S> {
     inner: S,
     activity: Activity,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _client_slot: ConnectionSlot,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {

@@ -122,6 +122,18 @@ impl Config {
                 ("header_timeout_seconds", limits.header_timeout_seconds),
                 ("idle_timeout_seconds", limits.idle_timeout_seconds),
                 ("body_timeout_seconds", limits.body_timeout_seconds),
+                (
+                    "max_connections_per_client",
+                    limits.max_connections_per_client as u64,
+                ),
+                (
+                    "requests_per_second_per_client",
+                    u64::from(limits.requests_per_second_per_client),
+                ),
+                (
+                    "request_burst_per_client",
+                    u64::from(limits.request_burst_per_client),
+                ),
             ] {
                 if value == 0 {
                     bad(

@@ -88,22 +88,34 @@ pub struct HttpLimits {
     pub idle_timeout_seconds: u64,
     /// Time a client has to send a request's body.
     pub body_timeout_seconds: u64,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; more are closed
+    /// as they come.
+    pub max_connections_per_client: usize,
+    /// Requests one client may send per second, sustained; more get `429` with `Retry-After`.
+    pub requests_per_second_per_client: u32,
+    /// Requests one client may send at once, above the sustained rate.
+    pub request_burst_per_client: u32,
 }
 
 impl HttpLimits {
-    fn with_connections(max_connections: usize) -> Self {
+    /// A listener's limits: each client may hold an eighth of its connections (at least 16)
+    /// and send `rate` requests a second with bursts of twice that.
+    fn with_connections(max_connections: usize, rate: u32) -> Self {
         HttpLimits {
             max_connections,
             header_timeout_seconds: 30,
             idle_timeout_seconds: 120,
             body_timeout_seconds: 30,
+            max_connections_per_client: (max_connections / 8).max(16),
+            requests_per_second_per_client: rate,
+            request_burst_per_client: rate.saturating_mul(2),
         }
     }
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits::with_connections(1024)
+        HttpLimits::with_connections(1024, 20)
     }
 }
 
@@ -416,7 +428,7 @@ impl Default for EndpointApiConfig {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             max_body_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
-            limits: HttpLimits::with_connections(16_384),
+            limits: HttpLimits::with_connections(16_384, 200),
         }
     }
 }
@@ -428,7 +440,7 @@ impl Default for AdminConfig {
             token_file: None,
             max_body_bytes: 64 * 1024,
             max_import_bytes: 1 << 30,
-            limits: HttpLimits::with_connections(256),
+            limits: HttpLimits::with_connections(256, 50),
         }
     }
 }
@@ -497,7 +509,7 @@ impl Default for FederationConfig {
             peer_filter_max_false_positive_rate: 0.01,
             max_dispatch_candidates: 16,
             max_answer_bytes: 1 << 20,
-            limits: HttpLimits::with_connections(4096),
+            limits: HttpLimits::with_connections(4096, 5000),
         }
     }
 }

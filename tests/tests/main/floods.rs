@@ -16,6 +16,11 @@ const LIMITS: HttpLimits = HttpLimits {
     header_timeout_seconds: 1,
     idle_timeout_seconds: 3,
     body_timeout_seconds: 1,
+    // Every client of these tests is 127.0.0.1: the per-client limits stay out of the way of
+    // the listener-wide ones tested here (and are tested on their own below).
+    max_connections_per_client: 1024,
+    requests_per_second_per_client: 1000,
+    request_burst_per_client: 1000,
 };
 
 async fn limited() -> anyhow::Result<Harness> {
@@ -125,6 +130,96 @@ async fn slow_clients_fill_no_listener_and_legitimate_requests_get_through() -> 
         );
     }
     assert!(metrics.contains("switchyard_http_connections_at_cap_total"));
+    h.provider.shutdown().await;
+    Ok(())
+}
+
+/// One client address that opens connection after connection and sends request after request:
+/// past its share it is closed or told `429` with `Retry-After`, while another client (another
+/// loopback address) is served as usual.
+#[tokio::test]
+async fn one_client_is_held_to_its_share_and_others_are_served() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    config.admin.limits = HttpLimits {
+        max_connections_per_client: 4,
+        requests_per_second_per_client: 5,
+        request_burst_per_client: 10,
+        ..config.admin.limits
+    };
+    let h = Harness::start_with(config, dir).await?;
+    let admin = h.provider.admin_addr;
+    let flooder_ip: std::net::IpAddr = "127.0.0.2".parse()?;
+    let connect_from = |ip: std::net::IpAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        anyhow::Ok(socket.connect(admin).await?)
+    };
+
+    // Four connections held open; the fifth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(flooder_ip).await?);
+    }
+    let mut fifth = connect_from(flooder_ip).await?;
+    closed_within(&mut fifth, Duration::from_secs(2)).await?;
+    let other = connect_from("127.0.0.1".parse()?).await?;
+    drop(other);
+
+    // Requests past the burst: 429 with Retry-After, as an error dictionary.
+    let flooder = reqwest::Client::builder()
+        .local_address(flooder_ip)
+        .build()?;
+    drop(held);
+    // The listener frees the slots once it reads the closes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for _ in 0..20 {
+        let response = flooder
+            .get(format!("{}/healthz", h.admin_url))
+            .send()
+            .await?;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            refusal = Some((retry_after, response.json::<serde_json::Value>().await?));
+        }
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!((10..=12).contains(&served), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let (retry_after, body) = refusal.expect("the flooder was refused");
+    assert_eq!(retry_after, Some(1));
+    assert_eq!(body["error"], "rate-limited");
+    // Another client is served meanwhile.
+    let health = reqwest::get(format!("{}/healthz", h.admin_url)).await?;
+    assert_eq!(health.status(), 200);
+    // The flooder's bucket refills at its rate.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let again = flooder
+        .get(format!("{}/healthz", h.admin_url))
+        .send()
+        .await?;
+    assert_eq!(again.status(), 200);
+
+    let metrics = h.metrics().await?;
+    for reason in ["client-connections", "client-rate"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("switchyard_http_refused_total")
+                    && l.contains("listener=\"admin\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no {reason} refusal counted:\n{metrics}"
+        );
+    }
     h.provider.shutdown().await;
     Ok(())
 }
