@@ -4,15 +4,23 @@
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # provider_config WORK PROVIDER_ID ADMIN_PORT: writes WORK/switchyard.toml (data in WORK/data,
-# the endpoint API on a free port); callers append sections of their own.
+# the endpoint API on a free port); callers append sections of their own. The load generators
+# are one client (127.0.0.1) each, so the per-client request rates, a defence against one
+# flooding address, are lifted: the benchmarks measure what the provider can serve.
 provider_config() {
     cat > "$1/switchyard.toml" <<TOML
 data_dir = "$1/data"
 provider_id = "$2"
 [endpoint_api]
 listen = "127.0.0.1:$(free_port)"
+[endpoint_api.limits]
+requests_per_second_per_client = 1000000
+request_burst_per_client = 1000000
 [admin]
 listen = "127.0.0.1:$3"
+[admin.limits]
+requests_per_second_per_client = 1000000
+request_burst_per_client = 1000000
 TOML
 }
 

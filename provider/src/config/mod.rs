@@ -440,7 +440,7 @@ impl Default for AdminConfig {
             token_file: None,
             max_body_bytes: 64 * 1024,
             max_import_bytes: 1 << 30,
-            limits: HttpLimits::with_connections(256, 50),
+            limits: HttpLimits::with_connections(256, 100),
         }
     }
 }
