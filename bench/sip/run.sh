@@ -31,6 +31,9 @@ cat >> "$work/switchyard.toml" <<TOML
 enabled = true
 udp_listen = "127.0.0.1:$sip_port"
 tcp_listen = "127.0.0.1:$sip_port"
+# sipp is one source: the per-source rate, a defence against one flooding address, is lifted.
+requests_per_second_per_source = 1000000
+request_burst_per_source = 1000000
 [log]
 level = "warn"
 TOML

@@ -106,6 +106,14 @@ impl Config {
                 self.push.long_poll_max_seconds,
             ),
             ("push.recheck_interval_ms", self.push.recheck_interval_ms),
+            (
+                "sip.requests_per_second_per_source",
+                u64::from(self.sip.requests_per_second_per_source),
+            ),
+            (
+                "sip.request_burst_per_source",
+                u64::from(self.sip.request_burst_per_source),
+            ),
         ] {
             if value == 0 {
                 bad(key, "must be greater than 0".into());

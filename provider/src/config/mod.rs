@@ -335,6 +335,11 @@ pub struct SipConfig {
     /// Receive buffer of the SIP UDP socket: a burst of calls must not overflow it (the kernel
     /// caps it at net.core.rmem_max).
     pub udp_receive_buffer_bytes: usize,
+    /// Requests one source (an IPv4 address, an IPv6 /64) may send per second, sustained; more
+    /// are answered `503` with `Retry-After` (ACKs are never held back).
+    pub requests_per_second_per_source: u32,
+    /// Requests one source may send at once above the sustained rate.
+    pub request_burst_per_source: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +384,8 @@ impl Default for SipConfig {
             anchor_media: AnchorMedia::Auto,
             media_address: None,
             udp_receive_buffer_bytes: 4 * 1024 * 1024,
+            requests_per_second_per_source: 500,
+            request_burst_per_source: 1000,
         }
     }
 }

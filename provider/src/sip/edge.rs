@@ -28,6 +28,7 @@ use super::sockets::{Handler, Sockets};
 use super::start;
 use super::status::Refusal;
 use crate::app::App;
+use crate::client_limits::{ClientLimits, ClientLimitsConfig, Refused};
 
 /// RFC 3261 Timer J (64 × T1): how long a completed non-INVITE transaction absorbs
 /// retransmissions over UDP.
@@ -55,6 +56,8 @@ pub struct SipEdge {
     registrar: Registrar,
     limits: Limits,
     transactions: Mutex<ExpiringMap<TransactionKey, TransactionState>>,
+    /// Each source's request rate (connections are the TCP and TLS listeners' business).
+    sources: Arc<ClientLimits>,
 }
 
 /// The running edge: its bound addresses and tasks.
@@ -81,7 +84,13 @@ impl SipEdge {
         let limits = Limits {
             max_message_bytes: config.max_message_bytes,
         };
+        let sources = ClientLimits::new(ClientLimitsConfig {
+            max_connections: usize::MAX,
+            requests_per_second: f64::from(config.requests_per_second_per_source),
+            burst: f64::from(config.request_burst_per_source),
+        });
         Ok(SipEdge {
+            sources,
             handle: Arc::new(EdgeHandle {
                 app,
                 sockets: Arc::new(Sockets::new(limits.max_message_bytes)),
@@ -160,6 +169,24 @@ impl SipEdge {
                 return None;
             }
         };
+        if inbound.method != Method::Ack {
+            if let Err(Refused::Rate(wait)) = self.sources.request(source.ip(), Instant::now()) {
+                metrics::counter!("switchyard_sip_refused_total", "reason" => "source-rate")
+                    .increment(1);
+                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Some(message::response(
+                    &inbound.request,
+                    inbound.source,
+                    503,
+                    "Service Unavailable",
+                    &message::new_tag(6),
+                    vec![Header::Other(
+                        "Retry-After".into(),
+                        retry_after.max(1).to_string(),
+                    )],
+                ));
+            }
+        }
         metrics::counter!("switchyard_sip_requests_total", "method" => inbound.method.to_string())
             .increment(1);
         match inbound.method {

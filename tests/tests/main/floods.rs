@@ -224,6 +224,57 @@ async fn one_client_is_held_to_its_share_and_others_are_served() -> anyhow::Resu
     Ok(())
 }
 
+/// One source sending requests faster than its rate: past its burst it gets `503` with
+/// `Retry-After`, while another source is answered as usual.
+#[tokio::test]
+async fn a_sip_source_over_its_rate_gets_503_and_others_are_answered() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    enable_sip_on_loopback(&mut config)?;
+    config.sip.requests_per_second_per_source = 5;
+    config.sip.request_burst_per_source = 10;
+    let h = Harness::start_with(config, dir).await?;
+    let udp = h.provider.sip_udp_addr.expect("SIP over UDP");
+    let options = |port: u16, i: usize| {
+        format!(
+            "OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKrate{port}x{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:rate@127.0.0.1>;tag=r{i}\r\nTo: <sip:edge@127.0.0.1>\r\n\
+             Call-ID: rate{port}x{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let ask = |socket: std::sync::Arc<tokio::net::UdpSocket>, i: usize| async move {
+        let port = socket.local_addr()?.port();
+        socket.send_to(options(port, i).as_bytes(), udp).await?;
+        let mut buf = vec![0u8; 65_535];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await??;
+        anyhow::Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let flooder = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.2:0").await?);
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        answers.push(ask(flooder.clone(), i).await?);
+    }
+    let ok = answers
+        .iter()
+        .filter(|a| a.starts_with("SIP/2.0 200"))
+        .count();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("SIP/2.0 503"))
+        .collect();
+    assert!((10..=11).contains(&ok), "{answers:#?}");
+    assert_eq!(ok + refused.len(), 20, "{answers:#?}");
+    assert!(refused[0].contains("Retry-After: 1\r\n"), "{}", refused[0]);
+    let phone = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+    assert!(ask(phone, 0).await?.starts_with("SIP/2.0 200"));
+    let metrics = h.metrics().await?;
+    assert!(
+        metrics.contains("switchyard_sip_refused_total{reason=\"source-rate\"}"),
+        "{metrics}"
+    );
+    h.provider.shutdown().await;
+    Ok(())
+}
+
 /// A SIP client over TCP that sends requests and never reads the answers: the edge queues a
 /// bounded number for it, then gives the connection up, and other phones are still answered.
 #[tokio::test]
@@ -239,7 +290,10 @@ async fn a_sip_client_that_never_reads_loses_its_connection() -> anyhow::Result<
              Call-ID: flood{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
         )
     };
-    let mut flooder = TcpStream::connect(tcp).await?;
+    // From an address of its own: the phone below is another source to the edge's rate limit.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse()?)?;
+    let mut flooder = socket.connect(tcp).await?;
     let started = Instant::now();
     let mut cut_off = false;
     // Its answers fill both sides' socket buffers (a few MiB), then the edge's queue.
