@@ -114,6 +114,22 @@ impl Config {
                 "sip.request_burst_per_source",
                 u64::from(self.sip.request_burst_per_source),
             ),
+            (
+                "sip.max_invites_in_progress",
+                self.sip.max_invites_in_progress as u64,
+            ),
+            (
+                "sip.max_completed_transactions",
+                self.sip.max_completed_transactions as u64,
+            ),
+            (
+                "sip.max_completed_transaction_bytes",
+                self.sip.max_completed_transaction_bytes as u64,
+            ),
+            (
+                "sip.tcp_write_queue_messages",
+                self.sip.tcp_write_queue_messages as u64,
+            ),
         ] {
             if value == 0 {
                 bad(key, "must be greater than 0".into());

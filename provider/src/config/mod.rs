@@ -340,6 +340,15 @@ pub struct SipConfig {
     pub requests_per_second_per_source: u32,
     /// Requests one source may send at once above the sustained rate.
     pub request_burst_per_source: u32,
+    /// INVITE transactions open at once; a new INVITE beyond them is answered `503`.
+    pub max_invites_in_progress: usize,
+    /// Completed non-INVITE transactions remembered for retransmissions (Timer J).
+    pub max_completed_transactions: usize,
+    /// The bytes of their answers kept at most.
+    pub max_completed_transaction_bytes: usize,
+    /// Messages queued for one TCP or TLS connection; a peer that lets more pile up does not
+    /// read and loses the connection.
+    pub tcp_write_queue_messages: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,6 +395,10 @@ impl Default for SipConfig {
             udp_receive_buffer_bytes: 4 * 1024 * 1024,
             requests_per_second_per_source: 500,
             request_burst_per_source: 1000,
+            max_invites_in_progress: 100_000,
+            max_completed_transactions: 100_000,
+            max_completed_transaction_bytes: 32 << 20,
+            tcp_write_queue_messages: 64,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct Calls {
     /// A phone's INVITE (its branch and source) and the call it started, for retransmissions,
     /// its CANCEL and the ACK of a failure.
     invites: Mutex<HashMap<InviteKey, InviteEntry>>,
+    /// INVITE transactions open at once (ringing calls and their answers' retransmissions); a
+    /// new INVITE beyond them is answered 503 (`sip.max_invites_in_progress`).
+    max_invites: usize,
     /// The edge's client transactions by branch.
     clients: Mutex<HashMap<String, mpsc::UnboundedSender<InboundResponse>>>,
     /// Sessions that ended here lately, so late pushes for them are taken off the queue.
@@ -60,15 +63,13 @@ pub struct Calls {
 
 /// How long an ended call's late pushes are still recognised.
 const ENDED_MEMORY: Duration = Duration::from_secs(120);
-/// INVITE transactions open at once (ringing calls and their answers' retransmissions); a new
-/// INVITE beyond them is answered 503.
-pub const MAX_INVITES: usize = 100_000;
 /// Ended calls remembered at most (a bound on memory whatever the call rate).
 const ENDED_REMEMBERED: usize = 1_000_000;
 
-impl Default for Calls {
-    fn default() -> Self {
+impl Calls {
+    pub fn new(max_invites: usize) -> Self {
         Calls {
+            max_invites,
             legs: Default::default(),
             starting: Default::default(),
             dialogs: Default::default(),
@@ -174,11 +175,11 @@ impl Calls {
     }
 
     /// The INVITE `key`, with no call task (yet), answered with `bytes` so far.
-    /// Records a new INVITE transaction with its first response, unless [`MAX_INVITES`] are open
+    /// Records a new INVITE transaction with its first response, unless `max_invites` are open
     /// (then false: a flood of INVITEs cannot grow this table without bound).
     pub fn try_add_invite(&self, key: InviteKey, bytes: Vec<u8>) -> bool {
         let mut invites = self.invites.lock().expect("invites");
-        if invites.len() >= MAX_INVITES && !invites.contains_key(&key) {
+        if invites.len() >= self.max_invites && !invites.contains_key(&key) {
             return false;
         }
         invites.insert(key, (String::new(), Some(bytes)));
@@ -260,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_reserved_leg_takes_its_events_before_its_task_starts() {
-        let calls = Calls::default();
+        let calls = Calls::new(100);
         let leg = leg_key("s1", "gw");
         assert!(!calls.has_leg(&leg));
         calls.reserve(&leg);
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_released_reservation_is_forgotten() {
-        let calls = Calls::default();
+        let calls = Calls::new(100);
         let leg = leg_key("s2", "gw");
         calls.reserve(&leg);
         calls.release(&leg);

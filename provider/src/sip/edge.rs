@@ -33,11 +33,6 @@ use crate::client_limits::{ClientLimits, ClientLimitsConfig, Refused};
 /// RFC 3261 Timer J (64 × T1): how long a completed non-INVITE transaction absorbs
 /// retransmissions over UDP.
 const TIMER_J: Duration = Duration::from_secs(32);
-/// The answers of completed transactions kept for retransmissions, in bytes at most: an answer
-/// echoes its request's Vias, so 100,000 of them could otherwise take gigabytes.
-const MAX_TRANSACTION_BYTES: usize = 32 << 20;
-/// Completed transactions remembered at most; the oldest are forgotten first.
-const MAX_TRANSACTIONS: usize = 100_000;
 
 /// A server transaction, by its top Via branch, method and source.
 type TransactionKey = (String, String, SocketAddr);
@@ -84,6 +79,13 @@ impl SipEdge {
         let limits = Limits {
             max_message_bytes: config.max_message_bytes,
         };
+        // Completed transactions remembered for retransmissions, the oldest forgotten first, and
+        // their answers' bytes: an answer echoes its request's Vias, so 100,000 of them could
+        // otherwise take gigabytes.
+        let (max_transactions, max_transaction_bytes) = (
+            config.max_completed_transactions,
+            config.max_completed_transaction_bytes,
+        );
         let sources = ClientLimits::new(ClientLimitsConfig {
             max_connections: usize::MAX,
             requests_per_second: f64::from(config.requests_per_second_per_source),
@@ -93,16 +95,19 @@ impl SipEdge {
             sources,
             handle: Arc::new(EdgeHandle {
                 app,
-                sockets: Arc::new(Sockets::new(limits.max_message_bytes)),
-                calls: Calls::default(),
+                sockets: Arc::new(Sockets::new(
+                    limits.max_message_bytes,
+                    config.tcp_write_queue_messages,
+                )),
+                calls: Calls::new(config.max_invites_in_progress),
                 config,
             }),
             registrar,
             limits,
             transactions: Mutex::new(ExpiringMap::with_budget(
                 TIMER_J,
-                MAX_TRANSACTIONS,
-                MAX_TRANSACTION_BYTES,
+                max_transactions,
+                max_transaction_bytes,
                 |state| match state {
                     TransactionState::Completed(answer) => answer.len(),
                     TransactionState::Proceeding => 0,

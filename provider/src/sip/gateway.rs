@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_gateway_takes_the_pushes_of_its_own_legs_only() {
-        let calls = Calls::default();
+        let calls = Calls::new(100);
         assert!(
             !takes(&calls, "gw1", &cancel("session-0001")),
             "no such leg"
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_initiate_is_taken_and_reserves_its_leg_for_the_pushes_after_it() {
-        let calls = Calls::default();
+        let calls = Calls::new(100);
         assert!(takes(&calls, "gw1", &initiate("session-0002")));
         // A Cancel committed before the leg's task started still finds it, and waits for it.
         assert!(takes(&calls, "gw1", &cancel("session-0002")));

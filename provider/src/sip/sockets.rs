@@ -25,9 +25,6 @@ use crate::config::{SipConfig, SipTransport};
 const STREAM_IDLE: Duration = Duration::from_secs(15 * 60);
 /// A TLS handshake not done by then is given up.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-/// Messages queued for one connection's writer; a peer that lets more pile up does not read and
-/// loses the connection.
-const WRITE_QUEUE: usize = 64;
 /// A write to a connection that makes no progress for this long closes it.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
@@ -51,6 +48,7 @@ pub struct Bound {
 
 pub struct Sockets {
     max_message_bytes: usize,
+    write_queue: usize,
     udp: OnceLock<Arc<UdpSocket>>,
     bound: Mutex<HashMap<Transport, SocketAddr>>,
     /// Open TCP and TLS connections by peer address: requests to a phone go back over the
@@ -70,9 +68,12 @@ impl Sockets {
         }
     }
 
-    pub fn new(max_message_bytes: usize) -> Sockets {
+    /// `write_queue`: messages queued for one connection's writer; a peer that lets more pile
+    /// up does not read and loses the connection (`sip.tcp_write_queue_messages`).
+    pub fn new(max_message_bytes: usize, write_queue: usize) -> Sockets {
         Sockets {
             max_message_bytes,
+            write_queue,
             udp: OnceLock::new(),
             bound: Mutex::default(),
             streams: Mutex::default(),
@@ -328,7 +329,7 @@ fn spawn_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
     transport: Transport,
 ) -> mpsc::Sender<Vec<u8>> {
     let (reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(sockets.write_queue);
     sockets
         .streams
         .lock()
