@@ -24,6 +24,7 @@ use turn::relay::RelayAddressGenerator;
 use webrtc_util::Conn;
 
 use super::auth::RelayState;
+use super::nonces::{NoncePool, Verdict};
 
 type TurnResult<T> = std::result::Result<T, turn::Error>;
 
@@ -121,6 +122,8 @@ pub struct ListenerConn {
     state: Arc<RelayState>,
     /// Per client address (the listener's end of the 5-tuple is fixed).
     allocate_answers: Mutex<HashMap<SocketAddr, AllocateAnswer>>,
+    /// The server's recent nonces, handed out here to requests without valid ones.
+    nonces: Mutex<NoncePool>,
 }
 
 impl ListenerConn {
@@ -129,6 +132,7 @@ impl ListenerConn {
             socket,
             state,
             allocate_answers: Mutex::default(),
+            nonces: Mutex::default(),
         }
     }
 
@@ -244,6 +248,16 @@ impl Conn for ListenerConn {
                 let _ = self.socket.send_to(&answer, from).await;
                 continue;
             }
+            let verdict = self.nonces.lock().expect("nonce pool lock").verdict(
+                &buf[..n],
+                &self.state.realm,
+                Instant::now(),
+            );
+            if let Verdict::Answer(challenge) = verdict {
+                metrics::counter!("switchyard_relay_challenged_here_total").increment(1);
+                let _ = self.socket.send_to(&challenge, from).await;
+                continue;
+            }
             match self.forbidden_answer(&buf[..n]) {
                 None => return Ok((n, from)),
                 Some(answer) => {
@@ -261,6 +275,10 @@ impl Conn for ListenerConn {
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.remember_allocate_answer(buf, target);
+        self.nonces
+            .lock()
+            .expect("nonce pool lock")
+            .note_sent(buf, Instant::now());
         Ok(self.socket.send_to(buf, target).await?)
     }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod choice;
 pub mod filter;
 pub mod http;
+pub mod nonces;
 pub mod policy;
 
 use std::net::SocketAddr;
