@@ -395,21 +395,9 @@ impl<P: Ports> Core<P> {
                 let mut pushes = Vec::new();
                 // A call forwarded here has its caller at another provider, which times it
                 // out itself.
-                if !call.caller_endpoint.is_empty() {
-                    pushes.push((
-                        call.caller_endpoint.clone(),
-                        call.caller_uri.clone(),
-                        call.callee_uri.clone(),
-                        CancelReason::Timeout,
-                    ));
-                }
+                pushes.extend(cancel_to_caller(&call, CancelReason::Timeout));
                 for id in &call.rung_endpoints {
-                    pushes.push((
-                        id.clone(),
-                        call.callee_uri.clone(),
-                        call.caller_uri.clone(),
-                        CancelReason::Timeout,
-                    ));
+                    pushes.push(cancel_to_callee(&call, id, CancelReason::Timeout));
                 }
                 push_cancels(&mut unit, &sid, &pushes, self.settings().push_ttl_ms).await?;
                 expired += 1;
@@ -452,24 +440,11 @@ impl<P: Ports> Core<P> {
             let sid = session_id_of(&call.session_id)?;
             let mut remote = None;
             if won {
-                let mut pushes = Vec::new();
-                if !call.caller_endpoint.is_empty() {
-                    pushes.push((
-                        call.caller_endpoint.clone(),
-                        call.caller_uri.clone(),
-                        call.callee_uri.clone(),
-                        CancelReason::Ended,
-                    ));
-                }
+                let mut pushes: Vec<_> = cancel_to_caller(&call, CancelReason::Ended).collect();
                 if let Some(answerer) = call.answered_by.as_deref() {
                     match party_provider(answerer) {
                         Some(provider) => remote = Some(provider.to_string()),
-                        None => pushes.push((
-                            answerer.to_string(),
-                            call.callee_uri.clone(),
-                            call.caller_uri.clone(),
-                            CancelReason::Ended,
-                        )),
+                        None => pushes.push(cancel_to_callee(&call, answerer, CancelReason::Ended)),
                     }
                 }
                 push_cancels(&mut unit, &sid, &pushes, self.settings().push_ttl_ms).await?;
@@ -486,6 +461,38 @@ impl<P: Ports> Core<P> {
         }
         Ok(ended)
     }
+}
+
+/// The Cancel Push for a call's caller, when its endpoint is here (a call forwarded here has
+/// its caller at another provider): `(endpoint, self-uri, peer-uri, reason)`.
+fn cancel_to_caller(
+    call: &CallRecord,
+    reason: CancelReason,
+) -> impl Iterator<Item = (String, String, String, CancelReason)> {
+    (!call.caller_endpoint.is_empty())
+        .then(|| {
+            (
+                call.caller_endpoint.clone(),
+                call.caller_uri.clone(),
+                call.callee_uri.clone(),
+                reason,
+            )
+        })
+        .into_iter()
+}
+
+/// The Cancel Push for one of the call's callee endpoints here.
+fn cancel_to_callee(
+    call: &CallRecord,
+    endpoint: &str,
+    reason: CancelReason,
+) -> (String, String, String, CancelReason) {
+    (
+        endpoint.to_string(),
+        call.callee_uri.clone(),
+        call.caller_uri.clone(),
+        reason,
+    )
 }
 
 /// An Accept won here: final for a call of this provider's caller; for a call forwarded here,

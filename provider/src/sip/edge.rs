@@ -179,17 +179,7 @@ impl SipEdge {
                 metrics::counter!("switchyard_sip_refused_total", "reason" => "source-rate")
                     .increment(1);
                 let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return Some(message::response(
-                    &inbound.request,
-                    inbound.source,
-                    503,
-                    "Service Unavailable",
-                    &message::new_tag(6),
-                    vec![Header::Other(
-                        "Retry-After".into(),
-                        retry_after.max(1).to_string(),
-                    )],
-                ));
+                return Some(unavailable(&inbound, retry_after.max(1)));
             }
         }
         metrics::counter!("switchyard_sip_requests_total", "method" => inbound.method.to_string())
@@ -304,14 +294,7 @@ impl SipEdge {
         if !self.calls().try_add_invite(key.clone(), trying.clone()) {
             metrics::counter!("switchyard_sip_refused_total", "reason" => "invites-full")
                 .increment(1);
-            return Some(message::response(
-                &inbound.request,
-                inbound.source,
-                503,
-                "Service Unavailable",
-                &message::new_tag(6),
-                vec![Header::Other("Retry-After".into(), "5".into())],
-            ));
+            return Some(unavailable(&inbound, 5));
         }
         let edge = self.clone();
         tokio::spawn(async move {
@@ -543,4 +526,16 @@ async fn purge_contacts(app: Arc<App>) {
 enum InviteRefusal {
     Unauthenticated(Refusal),
     Authenticated(Refusal),
+}
+
+/// `503 Service Unavailable` with `Retry-After` in seconds.
+fn unavailable(inbound: &Inbound, retry_after: u64) -> Vec<u8> {
+    message::response(
+        &inbound.request,
+        inbound.source,
+        503,
+        "Service Unavailable",
+        &message::new_tag(6),
+        vec![Header::Other("Retry-After".into(), retry_after.to_string())],
+    )
 }
