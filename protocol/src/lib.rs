@@ -17,6 +17,8 @@ pub mod bloom;
 pub mod capabilities;
 pub mod dict;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod invitation;
 pub mod pki;
 pub mod relay_frame;

@@ -10,6 +10,8 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod import;
 pub mod invitation;
 pub mod listener;

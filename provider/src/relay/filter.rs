@@ -97,11 +97,11 @@ impl RelayAddressGenerator for QuotaGenerator {
 const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
 
 /// STUN message types (RFC 8489 §5) of an Allocate request and its success response.
-const ALLOCATE_REQUEST: [u8; 2] = [0x00, 0x03];
-const ALLOCATE_SUCCESS: [u8; 2] = [0x01, 0x03];
+pub(crate) const ALLOCATE_REQUEST: [u8; 2] = [0x00, 0x03];
+pub(crate) const ALLOCATE_SUCCESS: [u8; 2] = [0x01, 0x03];
 
 /// The transaction id of a STUN message of type `typ`, if `datagram` is one.
-fn transaction_of(datagram: &[u8], typ: [u8; 2]) -> Option<[u8; 12]> {
+pub(crate) fn transaction_of(datagram: &[u8], typ: [u8; 2]) -> Option<[u8; 12]> {
     if !stun::message::is_message(datagram) || datagram[..2] != typ {
         return None;
     }
@@ -163,71 +163,67 @@ impl ListenerConn {
             },
         );
     }
+}
 
-    /// For a CreatePermission or ChannelBind request with valid integrity naming a forbidden
-    /// peer: the `403` answer to send back.
-    fn forbidden_answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
-        use stun::attributes::{ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
-        use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
-        use stun::integrity::MessageIntegrity;
-        use stun::message::{
-            is_message, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST,
-            METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
-        };
-        use stun::textattrs::TextAttribute;
-        use stun::xoraddr::XorMappedAddress;
+/// For a CreatePermission or ChannelBind request with valid integrity naming a peer `state`'s
+/// policy forbids: the `403` answer to send back. `now` is Unix seconds, for the credentials.
+pub(crate) fn forbidden_answer(state: &RelayState, datagram: &[u8], now: u64) -> Option<Vec<u8>> {
+    use stun::attributes::{ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
+    use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
+    use stun::integrity::MessageIntegrity;
+    use stun::message::{
+        is_message, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST,
+        METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
+    };
+    use stun::textattrs::TextAttribute;
+    use stun::xoraddr::XorMappedAddress;
 
-        if !is_message(datagram) {
-            return None;
-        }
-        let mut m = Message::new();
-        m.raw = datagram.to_vec();
-        m.decode().ok()?;
-        if m.typ.class != CLASS_REQUEST
-            || !(m.typ.method == METHOD_CREATE_PERMISSION || m.typ.method == METHOD_CHANNEL_BIND)
-        {
-            return None;
-        }
-        let forbidden = m
-            .attributes
-            .0
-            .iter()
-            .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
-            .any(|a| {
-                let mut one = Message::new();
-                one.transaction_id = m.transaction_id;
-                one.add(ATTR_XOR_PEER_ADDRESS, &a.value);
-                let mut peer = XorMappedAddress::default();
-                peer.get_from_as(&one, ATTR_XOR_PEER_ADDRESS).is_ok()
-                    && !self.state.policy.permits(peer.ip)
-            });
-        if !forbidden {
-            return None;
-        }
-        let username = TextAttribute::get_from_as(&m, ATTR_USERNAME).ok()?;
-        let realm = TextAttribute::get_from_as(&m, ATTR_REALM).ok()?;
-        let key = self
-            .state
-            .check(&username.text, &realm.text, super::auth::unix_now())
-            .ok()?;
-        let integrity = MessageIntegrity(key);
-        integrity.check(&mut m.clone()).ok()?;
-        let mut answer = Message::new();
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(Message {
-                transaction_id: m.transaction_id,
-                ..Default::default()
-            }),
-            Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
-            Box::new(ErrorCodeAttribute {
-                code: CODE_FORBIDDEN,
-                reason: b"Forbidden peer address".to_vec(),
-            }),
-            Box::new(integrity),
-        ];
-        answer.build(&setters).ok()?;
-        Some(answer.raw)
+    if !is_message(datagram) {
+        return None;
     }
+    let mut m = Message::new();
+    m.raw = datagram.to_vec();
+    m.decode().ok()?;
+    if m.typ.class != CLASS_REQUEST
+        || !(m.typ.method == METHOD_CREATE_PERMISSION || m.typ.method == METHOD_CHANNEL_BIND)
+    {
+        return None;
+    }
+    let forbidden = m
+        .attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        .any(|a| {
+            let mut one = Message::new();
+            one.transaction_id = m.transaction_id;
+            one.add(ATTR_XOR_PEER_ADDRESS, &a.value);
+            let mut peer = XorMappedAddress::default();
+            peer.get_from_as(&one, ATTR_XOR_PEER_ADDRESS).is_ok() && !state.policy.permits(peer.ip)
+        });
+    if !forbidden {
+        return None;
+    }
+    let username = TextAttribute::get_from_as(&m, ATTR_USERNAME).ok()?;
+    let realm = TextAttribute::get_from_as(&m, ATTR_REALM).ok()?;
+    let key = state.check(&username.text, &realm.text, now).ok()?;
+    let integrity = MessageIntegrity(key);
+    integrity.check(&mut m.clone()).ok()?;
+    let mut answer = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(Message {
+            transaction_id: m.transaction_id,
+            ..Default::default()
+        }),
+        Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: CODE_FORBIDDEN,
+            reason: b"Forbidden peer address".to_vec(),
+        }),
+        Box::new(integrity),
+    ];
+    answer.build(&setters).ok()?;
+    Some(answer.raw)
 }
 
 #[async_trait]
@@ -258,7 +254,7 @@ impl Conn for ListenerConn {
                 let _ = self.socket.send_to(&challenge, from).await;
                 continue;
             }
-            match self.forbidden_answer(&buf[..n]) {
+            match forbidden_answer(&self.state, &buf[..n], super::auth::unix_now()) {
                 None => return Ok((n, from)),
                 Some(answer) => {
                     refused("permission");

@@ -130,6 +130,19 @@ fn decode(datagram: &[u8]) -> Option<Message> {
     Some(m)
 }
 
+/// A `401` to an Allocate carrying `nonce`, as the server sends one: what the fuzz target
+/// primes a pool with.
+#[doc(hidden)]
+pub fn allocate_challenge(nonce: &str, realm: &str) -> Vec<u8> {
+    let mut m = Message::new();
+    m.build(&[
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+    ])
+    .expect("an empty request builds");
+    challenge(&m, CODE_UNAUTHORIZED, nonce, realm).expect("a challenge builds")
+}
+
 /// The error response the server itself would send: the code, the nonce and the realm.
 fn challenge(request: &Message, code: ErrorCode, nonce: &str, realm: &str) -> Option<Vec<u8>> {
     let mut answer = Message::new();
@@ -175,8 +188,7 @@ mod tests {
     }
 
     fn server_challenge(nonce: &str) -> Vec<u8> {
-        let m = decode(&request(METHOD_ALLOCATE, None, false)).unwrap();
-        challenge(&m, CODE_UNAUTHORIZED, nonce, "example.org").unwrap()
+        allocate_challenge(nonce, "example.org")
     }
 
     fn answered(verdict: Verdict) -> (u16, String) {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use super::digest::Credentials;
 use super::message::{receive, Framed, Limits, Received, StreamFramer, Transport, ALLOWED};
+use super::registrar::{bindings, register_domain, ExpiryLimits};
 use super::uri::{canonical_aor, name_addr, split_list};
 
 /// Small enough that a fuzzed input reaches the size limits (`413`, a framer's `Broken`).
@@ -134,6 +135,47 @@ pub fn headers(input: &[u8]) {
         }
     }
     aor_is_canonical(text);
+    registrar(text);
+}
+
+/// The registrar's defaults (`sip.min_expires_seconds` and the rest).
+const EXPIRY: ExpiryLimits = ExpiryLimits {
+    min: 60,
+    max: 3600,
+    default: 3600,
+};
+
+/// What the registrar reads of a REGISTER: the Request-URI's domain, and the bindings of
+/// `text`'s Contact entries under an `Expires` header (the first line, when there are two).
+/// Each binding is written back as `<uri>;expires=N` in the answer, which must read back.
+fn registrar(text: &str) {
+    if let Some(domain) = register_domain(text) {
+        assert!(!domain.is_empty() && !domain.contains('@'), "{domain:?}");
+        assert_eq!(domain, domain.to_ascii_lowercase());
+    }
+    let (expires, contacts) = match text.split_once('\n') {
+        Some((expires, contacts)) => (Some(expires.trim()), contacts),
+        None => (None, text),
+    };
+    let entries = split_list(contacts);
+    match bindings(&entries, expires, EXPIRY) {
+        Ok(None) => assert_eq!(entries, ["*"]),
+        Ok(Some(bound)) => {
+            assert_eq!(bound.len(), entries.len());
+            for binding in bound {
+                let (uri, expires) = (&binding.contact, binding.expires);
+                assert!(expires == 0 || (EXPIRY.min..=EXPIRY.max).contains(&expires));
+                let written = format!("<{uri}>;expires={expires}");
+                let read = name_addr(&written);
+                assert_eq!(
+                    read,
+                    Some((uri.clone(), vec![("expires".into(), expires.to_string())])),
+                    "{written:?}"
+                );
+            }
+        }
+        Err(_) => {}
+    }
 }
 
 /// A canonical AoR is its own canonical form.

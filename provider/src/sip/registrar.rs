@@ -18,7 +18,7 @@ use crate::db::sip::{delete_sip_contacts, save_sip_contact, sip_contacts_in};
 use crate::shared::now_ms;
 
 /// The host of a `sip:`/`sips:` Request-URI without a user part (a registrar's domain).
-fn register_domain(request_uri: &str) -> Option<String> {
+pub(crate) fn register_domain(request_uri: &str) -> Option<String> {
     let (scheme, rest) = request_uri.split_once(':')?;
     if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
         return None;
@@ -36,10 +36,66 @@ fn register_domain(request_uri: &str) -> Option<String> {
 }
 
 /// What one Contact asks for.
-struct Binding {
-    contact: String,
-    q: Option<String>,
-    expires: u64,
+#[derive(Debug)]
+pub(crate) struct Binding {
+    pub contact: String,
+    pub q: Option<String>,
+    /// Seconds, 0 (remove) or within the limits.
+    pub expires: u64,
+}
+
+/// The registrar's `sip.min_expires_seconds`, `max_expires_seconds` and
+/// `default_expires_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExpiryLimits {
+    pub min: u64,
+    pub max: u64,
+    pub default: u64,
+}
+
+/// What a REGISTER's Contact entries (split) ask for under its `Expires` header: each binding,
+/// or `None` to remove them all (`Contact: *`, RFC 3261 §10.3 step 6).
+pub(crate) fn bindings(
+    contacts: &[String],
+    expires_header: Option<&str>,
+    limits: ExpiryLimits,
+) -> Result<Option<Vec<Binding>>, Refusal> {
+    let default_expires = match expires_header {
+        Some(v) => v.parse::<u64>().map_err(|_| refuse(400, "Bad Expires"))?,
+        None => limits.default,
+    };
+    if contacts.iter().any(|c| c == "*") {
+        if contacts.len() != 1 || default_expires != 0 {
+            return Err(refuse(
+                400,
+                "Contact: * Needs Expires: 0 And No Other Contact",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut bindings = Vec::new();
+    for value in contacts {
+        let (uri, params) = name_addr(value).ok_or_else(|| refuse(400, "Bad Contact"))?;
+        let expires = match params.iter().find(|(k, _)| k == "expires") {
+            Some((_, v)) => v
+                .parse::<u64>()
+                .map_err(|_| refuse(400, "Bad Contact expires"))?,
+            None => default_expires,
+        };
+        if expires > 0 && expires < limits.min {
+            let min = Header::MinExpires(limits.min.to_string().into());
+            return Err(Refusal(423, "Interval Too Brief".into(), vec![min]));
+        }
+        bindings.push(Binding {
+            contact: uri,
+            q: params
+                .iter()
+                .find(|(k, _)| k == "q")
+                .map(|(_, v)| v.clone()),
+            expires: expires.min(limits.max),
+        });
+    }
+    Ok(Some(bindings))
 }
 
 /// The registrar of the edge's domains (`sip.domains`), with the digest of its realm.
@@ -146,48 +202,20 @@ impl Registrar {
                 .to_string(),
             cseq(request).map_or(0, |(n, _)| i64::from(n)),
         );
-        let default_expires = match inbound.fields.first("Expires") {
-            Some(v) => v.parse::<u64>().map_err(|_| refuse(400, "Bad Expires"))?,
-            None => self.config.default_expires_seconds,
-        };
         let contacts: Vec<String> = inbound
             .fields
             .values("Contact")
             .flat_map(split_list)
             .collect();
+        let limits = ExpiryLimits {
+            min: self.config.min_expires_seconds,
+            max: self.config.max_expires_seconds,
+            default: self.config.default_expires_seconds,
+        };
+        let asked = bindings(&contacts, inbound.fields.first("Expires"), limits)?;
         let now = now_ms();
-        let remove_all = contacts.iter().any(|c| c == "*");
-        if remove_all && (contacts.len() != 1 || default_expires != 0) {
-            return Err(refuse(
-                400,
-                "Contact: * Needs Expires: 0 And No Other Contact",
-            ));
-        }
-        let mut bindings = Vec::new();
-        if !remove_all {
-            for value in &contacts {
-                let (uri, params) = name_addr(value).ok_or_else(|| refuse(400, "Bad Contact"))?;
-                let expires = match params.iter().find(|(k, _)| k == "expires") {
-                    Some((_, v)) => v
-                        .parse::<u64>()
-                        .map_err(|_| refuse(400, "Bad Contact expires"))?,
-                    None => default_expires,
-                };
-                if expires > 0 && expires < self.config.min_expires_seconds {
-                    let min =
-                        Header::MinExpires(self.config.min_expires_seconds.to_string().into());
-                    return Err(Refusal(423, "Interval Too Brief".into(), vec![min]));
-                }
-                bindings.push(Binding {
-                    contact: uri,
-                    q: params
-                        .iter()
-                        .find(|(k, _)| k == "q")
-                        .map(|(_, v)| v.clone()),
-                    expires: expires.min(self.config.max_expires_seconds),
-                });
-            }
-        }
+        let remove_all = asked.is_none();
+        let bindings = asked.unwrap_or_default();
         let user_agent = inbound.fields.first("User-Agent").map(str::to_string);
 
         let mut tx = self.app.db.begin_write().await.map_err(server_error)?;

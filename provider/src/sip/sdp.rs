@@ -57,6 +57,18 @@ fn lines(sdp: &str) -> impl Iterator<Item = &str> {
     sdp.lines().map(|l| l.trim_end_matches('\r'))
 }
 
+/// The port of an `m=` line's value (`audio 49170/2 RTP/AVP 0`), 0 (disabled) when it is not
+/// a port number. [`media_kinds`], [`streams`] and [`moved_to`] all read it here, so that a
+/// stream the anchor opens no socket for is neither offered nor given an address.
+fn media_port(media: &str) -> u16 {
+    media
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The kinds of media with a stream that is not disabled (port 0), in order, each once.
 pub fn media_kinds(sdp: &str) -> Vec<MediaKind> {
     let mut kinds = Vec::new();
@@ -64,13 +76,12 @@ pub fn media_kinds(sdp: &str) -> Vec<MediaKind> {
         let Some(media) = line.strip_prefix("m=") else {
             continue;
         };
-        let mut parts = media.split_whitespace();
-        let kind = match parts.next() {
+        let kind = match media.split_whitespace().next() {
             Some("audio") => MediaKind::Audio,
             Some("video") => MediaKind::Video,
             _ => continue,
         };
-        if parts.next().is_some_and(|port| port != "0") && !kinds.contains(&kind) {
+        if media_port(media) != 0 && !kinds.contains(&kind) {
             kinds.push(kind);
         }
     }
@@ -99,14 +110,8 @@ pub fn streams(sdp: &str) -> Vec<Stream> {
     let mut streams: Vec<Stream> = Vec::new();
     for line in lines(sdp) {
         if let Some(media) = line.strip_prefix("m=") {
-            let port = media
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
             streams.push(Stream {
-                port,
+                port: media_port(media),
                 address: session_address,
                 rtcp_mux: false,
             });
@@ -151,12 +156,11 @@ pub fn moved_to(sdp: &str, addresses: &[std::net::SocketAddr]) -> String {
                 }
                 wrote_connection = true;
             }
-            let mut parts: Vec<&str> = media.split(' ').collect();
-            let enabled = parts.get(1).is_some_and(|p| *p != "0");
-            let port = match (enabled, next.next().filter(|_| enabled)) {
-                (true, Some(address)) => address.port().to_string(),
-                _ => "0".to_string(),
-            };
+            let mut parts: Vec<&str> = media.split_whitespace().collect();
+            let enabled = media_port(media) != 0;
+            // A disabled stream has no socket, so it takes no address.
+            let address = if enabled { next.next() } else { None };
+            let port = address.map_or_else(|| "0".to_string(), |a| a.port().to_string());
             if parts.len() > 1 {
                 parts[1] = &port;
             }
@@ -223,7 +227,11 @@ pub fn revised(sdp: &str, version_step: u64, offer_direction: &str) -> String {
         if let Some(origin) = line.strip_prefix("o=") {
             let mut fields: Vec<String> = origin.split(' ').map(str::to_string).collect();
             if let Some(version) = fields.get_mut(2) {
-                let bumped = version.parse::<u64>().unwrap_or(0) + version_step;
+                // Saturating: the other side's description may claim any version.
+                let bumped = version
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    .saturating_add(version_step);
                 *version = bumped.to_string();
             }
             push_line(&mut out, &format!("o={}", fields.join(" ")));
@@ -327,6 +335,37 @@ mod tests {
         assert!(!moved.contains("a=rtcp:"), "{moved}");
         assert!(moved.contains("a=rtcp-mux"), "{moved}");
         assert_eq!(check(moved.as_bytes()).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn a_port_that_is_no_number_disables_its_stream_everywhere() {
+        // Found by the sdp fuzz target: `media_kinds` took any port but `0` as enabled, and
+        // `moved_to` split on spaces only, while `streams` (what the anchor opens sockets for)
+        // read a number after any whitespace. A stream `streams` saw as disabled was offered,
+        // and could take the address of the next one. And every stream, disabled or not,
+        // took the next address, so a disabled stream (`m=audio 0`, a refused one) before an
+        // enabled one left that one without its address.
+        let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio \u{5}49170 RTP/AVP 0\r\nm=audio 0/2 RTP/AVP 0\r\nm=video\t5000 RTP/AVP 96\r\n";
+        let ports: Vec<u16> = streams(sdp).iter().map(|s| s.port).collect();
+        assert_eq!(ports, [0, 0, 5000]);
+        assert_eq!(media_kinds(sdp), [MediaKind::Video]);
+        let moved = moved_to(sdp, &["203.0.113.5:30000".parse().unwrap()]);
+        let ports: Vec<u16> = streams(&moved).iter().map(|s| s.port).collect();
+        assert_eq!(ports, [0, 0, 30000], "{moved}");
+        assert!(moved.contains("m=video 30000 RTP/AVP 96\r\n"), "{moved}");
+    }
+
+    #[test]
+    fn a_session_version_at_the_top_of_its_range_stays_there() {
+        // The other side's SDP may claim any o= version; adding the step used to overflow.
+        let sdp =
+            "v=0\r\no=- 1 18446744073709551615 IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let revised = revised(sdp, 2, "sendrecv");
+        assert!(
+            revised.contains("o=- 1 18446744073709551615 IN IP4"),
+            "{revised}"
+        );
     }
 
     #[test]
