@@ -71,6 +71,9 @@ async fn serve(args: &[String]) -> anyhow::Result<()> {
     config.relay.allow_loopback_peers = true;
     config.relay.max_allocations = 100_000;
     config.relay.max_allocations_per_endpoint = 100_000;
+    // The load generator is one source: the per-source Allocate rate is lifted.
+    config.relay.allocations_per_second_per_source = 1_000_000;
+    config.relay.allocation_burst_per_source = 1_000_000;
     config.relay.credential_ttl_seconds = 86_400;
     // The endpoint `bench` is not in the database: keep the revocation re-check from finding out.
     config.push.recheck_interval_ms = 86_400_000;

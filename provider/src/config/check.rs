@@ -115,6 +115,14 @@ impl Config {
                 u64::from(self.sip.request_burst_per_source),
             ),
             (
+                "relay.allocations_per_second_per_source",
+                u64::from(self.relay.allocations_per_second_per_source),
+            ),
+            (
+                "relay.allocation_burst_per_source",
+                u64::from(self.relay.allocation_burst_per_source),
+            ),
+            (
                 "sip.max_invites_in_progress",
                 self.sip.max_invites_in_progress as u64,
             ),

@@ -275,6 +275,11 @@ pub struct RelayConfig {
     pub max_allocations_per_member: u32,
     /// Live allocations on this relay at once.
     pub max_allocations: u32,
+    /// Allocate requests with credentials one source (an IPv4 address, an IPv6 /64) may send
+    /// per second, sustained; more are answered `486 Allocation Quota Reached`.
+    pub allocations_per_second_per_source: u32,
+    /// Allocate requests one source may send at once above the sustained rate.
+    pub allocation_burst_per_source: u32,
     /// Relaying to or from 127.0.0.0/8 and ::1.
     pub allow_loopback_peers: bool,
     /// Relaying to or from private (RFC 1918, RFC 6598, ULA) and link-local addresses.
@@ -555,6 +560,8 @@ impl Default for RelayConfig {
             max_allocations_per_endpoint: 4,
             max_allocations_per_member: 1_000,
             max_allocations: 10_000,
+            allocations_per_second_per_source: 10,
+            allocation_burst_per_source: 20,
             allow_loopback_peers: false,
             allow_private_peers: false,
             secret: None,

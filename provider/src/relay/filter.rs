@@ -25,6 +25,7 @@ use webrtc_util::Conn;
 
 use super::auth::RelayState;
 use super::nonces::{NoncePool, Verdict};
+use crate::client_limits::ClientLimits;
 
 type TurnResult<T> = std::result::Result<T, turn::Error>;
 
@@ -100,6 +101,39 @@ const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
 pub(crate) const ALLOCATE_REQUEST: [u8; 2] = [0x00, 0x03];
 pub(crate) const ALLOCATE_SUCCESS: [u8; 2] = [0x01, 0x03];
 
+/// Whether `datagram` is an Allocate request with credentials (MESSAGE-INTEGRITY): one that can
+/// make an allocation, and so counts against its source's rate.
+fn signed_allocate(datagram: &[u8]) -> bool {
+    if transaction_of(datagram, ALLOCATE_REQUEST).is_none() {
+        return false;
+    }
+    let mut m = stun::message::Message::new();
+    m.raw = datagram.to_vec();
+    m.decode().is_ok() && m.contains(stun::attributes::ATTR_MESSAGE_INTEGRITY)
+}
+
+/// `486 Allocation Quota Reached` for an Allocate request, unsigned: a source over its rate.
+fn quota_reached(datagram: &[u8]) -> Option<Vec<u8>> {
+    use stun::error_code::{ErrorCodeAttribute, CODE_ALLOC_QUOTA_REACHED};
+    use stun::message::{Message, MessageType, Setter, CLASS_ERROR_RESPONSE, METHOD_ALLOCATE};
+
+    let transaction = transaction_of(datagram, ALLOCATE_REQUEST)?;
+    let mut answer = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(Message {
+            transaction_id: stun::agent::TransactionId(transaction),
+            ..Default::default()
+        }),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: CODE_ALLOC_QUOTA_REACHED,
+            reason: b"Allocation Quota Reached".to_vec(),
+        }),
+    ];
+    answer.build(&setters).ok()?;
+    Some(answer.raw)
+}
+
 /// The transaction id of a STUN message of type `typ`, if `datagram` is one.
 pub(crate) fn transaction_of(datagram: &[u8], typ: [u8; 2]) -> Option<[u8; 12]> {
     if !stun::message::is_message(datagram) || datagram[..2] != typ {
@@ -124,13 +158,20 @@ pub struct ListenerConn {
     allocate_answers: Mutex<HashMap<SocketAddr, AllocateAnswer>>,
     /// The server's recent nonces, handed out here to requests without valid ones.
     nonces: Mutex<NoncePool>,
+    /// Each source's rate of Allocates that reach the server.
+    allocate_rate: Arc<ClientLimits>,
 }
 
 impl ListenerConn {
-    pub fn new(socket: UdpSocket, state: Arc<RelayState>) -> Self {
+    pub fn new(
+        socket: UdpSocket,
+        state: Arc<RelayState>,
+        allocate_rate: Arc<ClientLimits>,
+    ) -> Self {
         ListenerConn {
             socket,
             state,
+            allocate_rate,
             allocate_answers: Mutex::default(),
             nonces: Mutex::default(),
         }
@@ -252,6 +293,19 @@ impl Conn for ListenerConn {
             if let Verdict::Answer(challenge) = verdict {
                 metrics::counter!("switchyard_relay_challenged_here_total").increment(1);
                 let _ = self.socket.send_to(&challenge, from).await;
+                continue;
+            }
+            if signed_allocate(&buf[..n])
+                && self
+                    .allocate_rate
+                    .request(from.ip(), Instant::now())
+                    .is_err()
+            {
+                metrics::counter!("switchyard_relay_refused_total", "reason" => "source-rate")
+                    .increment(1);
+                if let Some(answer) = quota_reached(&buf[..n]) {
+                    let _ = self.socket.send_to(&answer, from).await;
+                }
                 continue;
             }
             match forbidden_answer(&self.state, &buf[..n], super::auth::unix_now()) {

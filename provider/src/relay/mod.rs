@@ -53,6 +53,7 @@ pub async fn turn_client(
     client.listen().await?;
     Ok(client)
 }
+use crate::client_limits::{ClientLimits, ClientLimitsConfig};
 use crate::config::Config;
 use crate::db::Db;
 use auth::{unix_now, RelayState, RestAuth};
@@ -114,7 +115,15 @@ impl Relay {
         let public_ip = config.relay_public_ip();
         let server = Server::new(ServerConfig {
             conn_configs: vec![ConnConfig {
-                conn: Arc::new(ListenerConn::new(socket, state.clone())),
+                conn: Arc::new(ListenerConn::new(
+                    socket,
+                    state.clone(),
+                    ClientLimits::new(ClientLimitsConfig {
+                        max_connections: usize::MAX,
+                        requests_per_second: f64::from(relay.allocations_per_second_per_source),
+                        burst: f64::from(relay.allocation_burst_per_source),
+                    }),
+                )),
                 relay_addr_generator: Box::new(QuotaGenerator {
                     state: state.clone(),
                     bind_ip: relay.listen.ip(),

@@ -395,6 +395,36 @@ async fn allocation_quotas_per_endpoint_and_in_total() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One source allocating faster than `relay.allocations_per_second_per_source`: past its burst
+/// the Allocate fails (486), and once its bucket refills it allocates again.
+#[tokio::test]
+async fn one_source_is_held_to_its_allocation_rate() -> anyhow::Result<()> {
+    let (mut config, dir) = relay_config().await?;
+    config.relay.allocations_per_second_per_source = 1;
+    config.relay.allocation_burst_per_source = 2;
+    let h = Harness::start_with(config, dir).await?;
+    let alice = endpoint(&h, "alice").await?;
+    let a = credentials(&alice).await?;
+    let mut held = Vec::new();
+    // Each allocation is one Allocate with credentials that reaches the server.
+    held.push(allocate(&h, &a.username, &a.password).await?);
+    held.push(allocate(&h, &a.username, &a.password).await?);
+    assert!(allocate(&h, &a.username, &a.password).await.is_err());
+    let metrics = h.metrics().await?;
+    assert!(
+        metrics.contains("switchyard_relay_refused_total{reason=\"source-rate\"}"),
+        "{metrics}"
+    );
+    for (client, relayed) in held.drain(..) {
+        relayed.close().await?;
+        client.close().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    held.push(allocate(&h, &a.username, &a.password).await?);
+    h.provider.shutdown().await;
+    Ok(())
+}
+
 /// A raw Allocate request (RFC 8656 §7.1), with long-term credentials once `nonce` is known.
 fn allocate_request(id: [u8; 12], auth: Option<(&Creds, &str)>) -> anyhow::Result<Vec<u8>> {
     use stun::agent::TransactionId;
