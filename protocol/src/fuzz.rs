@@ -389,7 +389,7 @@ mod tests {
             media: vec![MediaKind::Audio, MediaKind::Video],
             ring_deadline: 1_800_000_060_000,
             relay_choice: RelayChoice::CalleeProvider,
-            attestation: Some(vec![1, 2, 3]),
+            attestation: Some((crate::attestation::Level::Full, vec![1, 2, 3])),
         }
     }
 
