@@ -246,6 +246,8 @@ mod tests {
             ("sealed_state", sealed_state as fn(&[u8])),
             ("sdp", sdp),
             ("stun", stun),
+            ("sip_front_door", crate::sip::fuzz::front_door),
+            ("sip_headers", crate::sip::fuzz::headers),
         ] {
             let mut count = 0;
             for entry in std::fs::read_dir(seeds().join(target)).unwrap() {
