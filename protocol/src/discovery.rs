@@ -427,6 +427,58 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_validity_window_holds_to_its_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "fed");
+        let envelope = directory().sign(&ca).unwrap();
+        let verify = |now| Directory::verify(&envelope, &der(&ca), now, None);
+        // Issued at NOW - 10, expiring at NOW + 3600, with 300 s of clock skew allowed.
+        verify(NOW - 10 - CLOCK_SKEW_SECONDS).expect("issued exactly the skew ahead");
+        assert!(matches!(
+            verify(NOW - 11 - CLOCK_SKEW_SECONDS),
+            Err(DiscoveryError::NotYetIssued { .. })
+        ));
+        verify(NOW + 3599).expect("the last second before it expires");
+        assert!(matches!(
+            verify(NOW + 3600),
+            Err(DiscoveryError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn member_fields_are_checked_to_their_edges() {
+        let with_member = |change: &dyn Fn(&mut Member)| {
+            let mut d = directory();
+            change(&mut d.members[0]);
+            Directory::from_dict(&d.to_dict())
+        };
+        for base_uri in ["https:///path", "https://a .example", "https://"] {
+            assert!(
+                with_member(&|m| m.base_uri = base_uri.into()).is_err(),
+                "{base_uri}"
+            );
+        }
+        for relay in [":3478", "a.example:0", "a.example:x", "a.example:65536"] {
+            assert!(
+                with_member(&|m| m.relay_addresses = vec![relay.into()]).is_err(),
+                "{relay}"
+            );
+        }
+        for relay in ["a.example:1", "a.example:65535", "[2001:db8::1]:3478"] {
+            with_member(&|m| m.relay_addresses = vec![relay.into()]).expect(relay);
+        }
+        // Version and times may be 0, never negative.
+        let zero = Directory {
+            version: 0,
+            issued_at: 0,
+            ..directory()
+        };
+        assert_eq!(Directory::from_dict(&zero.to_dict()).unwrap(), zero);
+        let negative = directory().to_dict().with("version", -1i64);
+        assert!(Directory::from_dict(&negative).is_err());
+    }
+
     fn ca_other(dir: &std::path::Path) -> FederationCa {
         ca(dir, "other")
     }
