@@ -43,6 +43,11 @@ pub enum Refused {
     Rate(Duration),
 }
 
+/// A wait as a `Retry-After` value: whole seconds, rounded up, at least one.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// One open connection counted against its client; released when dropped.
 pub struct ConnectionSlot {
     limits: Arc<ClientLimits>,

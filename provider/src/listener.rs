@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::auth::PeerCertificate;
-use crate::client_limits::{ClientLimits, ClientLimitsConfig, ConnectionSlot, Refused};
+use crate::client_limits::{
+    retry_after_seconds, ClientLimits, ClientLimitsConfig, ConnectionSlot, Refused,
+};
 use crate::config::HttpLimits;
 
 /// The TLS configuration for the next connection: fixed for the endpoint API, the current
@@ -187,14 +189,14 @@ impl Listener {
 /// error dictionary in JSON (every Switchyard client reads it) and `Retry-After` in whole
 /// seconds, at least one.
 fn rate_limited(wait: Duration) -> axum::response::Response {
-    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let retry_after = retry_after_seconds(wait);
     let body = serde_json::json!({
         "error": "rate-limited",
         "message": format!("too many requests from this client; retry after {retry_after} s"),
     });
     axum::response::Response::builder()
         .status(axum::http::StatusCode::TOO_MANY_REQUESTS)
-        .header(axum::http::header::RETRY_AFTER, retry_after.max(1))
+        .header(axum::http::header::RETRY_AFTER, retry_after)
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(axum::body::Body::from(body.to_string()))
         .expect("a static response")

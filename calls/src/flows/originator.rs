@@ -370,7 +370,8 @@ impl<P: Ports> Core<P> {
             );
         }
         let callee_ca = pinned_ca(sender, forward.callee_ca.as_ref(), "callee-ca")?.cloned();
-        // Before the Forward id is claimed: told `not-yet-ringing`, the sender comes again.
+        // Before the Forward id is claimed, so an Accept that does not count writes nothing; the
+        // sender comes again with a fresh envelope.
         if let Some(call) = self.ports.store().call(&state.sid).await? {
             if call.state == CallState::Ringing {
                 rules::check_rang(&call, &sender.provider_id)?;

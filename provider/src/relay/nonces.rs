@@ -44,12 +44,9 @@ pub struct NoncePool {
 impl NoncePool {
     /// Notes the nonce in a `401` or `438` the server sends.
     pub fn note_sent(&mut self, datagram: &[u8], now: Instant) {
-        let Some(m) = decode(datagram) else {
+        let Some(m) = decode_if(datagram, |typ| typ.class == CLASS_ERROR_RESPONSE) else {
             return;
         };
-        if m.typ.class != CLASS_ERROR_RESPONSE {
-            return;
-        }
         let mut code = ErrorCodeAttribute::default();
         if code.get_from(&m).is_err()
             || !(code.code == CODE_UNAUTHORIZED || code.code == CODE_STALE_NONCE)
@@ -71,19 +68,19 @@ impl NoncePool {
     /// For a request that needs credentials: answered here when it has none (`401`) or names a
     /// nonce the server did not issue lately (`438`), as long as a recent nonce is at hand.
     pub fn verdict(&mut self, datagram: &[u8], realm: &str, now: Instant) -> Verdict {
-        let Some(m) = decode(datagram) else {
+        let needs_credentials = |typ: MessageType| {
+            typ.class == CLASS_REQUEST
+                && [
+                    METHOD_ALLOCATE,
+                    METHOD_REFRESH,
+                    METHOD_CREATE_PERMISSION,
+                    METHOD_CHANNEL_BIND,
+                ]
+                .contains(&typ.method)
+        };
+        let Some(m) = decode_if(datagram, needs_credentials) else {
             return Verdict::Pass;
         };
-        let needs_credentials = [
-            METHOD_ALLOCATE,
-            METHOD_REFRESH,
-            METHOD_CREATE_PERMISSION,
-            METHOD_CHANNEL_BIND,
-        ]
-        .contains(&m.typ.method);
-        if m.typ.class != CLASS_REQUEST || !needs_credentials {
-            return Verdict::Pass;
-        }
         self.forget_old(now);
         let Some(current) = self
             .issued
@@ -120,8 +117,15 @@ impl NoncePool {
     }
 }
 
-fn decode(datagram: &[u8]) -> Option<Message> {
+/// The STUN message in `datagram`, decoded only when its type (read from the header) is one
+/// `wanted` asks for: every relayed Data indication passes through here, and is not copied.
+fn decode_if(datagram: &[u8], wanted: impl Fn(MessageType) -> bool) -> Option<Message> {
     if !is_message(datagram) {
+        return None;
+    }
+    let mut typ = MessageType::default();
+    typ.read_value(u16::from_be_bytes([datagram[0], datagram[1]]));
+    if !wanted(typ) {
         return None;
     }
     let mut m = Message::new();
@@ -195,7 +199,7 @@ mod tests {
         let Verdict::Answer(datagram) = verdict else {
             panic!("passed to the server")
         };
-        let m = decode(&datagram).unwrap();
+        let m = decode_if(&datagram, |_| true).unwrap();
         let mut code = ErrorCodeAttribute::default();
         code.get_from(&m).unwrap();
         let nonce = TextAttribute::get_from_as(&m, ATTR_NONCE).unwrap().text;

@@ -28,7 +28,7 @@ use super::sockets::{Handler, Sockets};
 use super::start;
 use super::status::Refusal;
 use crate::app::App;
-use crate::client_limits::{ClientLimits, ClientLimitsConfig, Refused};
+use crate::client_limits::{retry_after_seconds, ClientLimits, ClientLimitsConfig, Refused};
 
 /// RFC 3261 Timer J (64 × T1): how long a completed non-INVITE transaction absorbs
 /// retransmissions over UDP.
@@ -178,8 +178,7 @@ impl SipEdge {
             if let Err(Refused::Rate(wait)) = self.sources.request(source.ip(), Instant::now()) {
                 metrics::counter!("switchyard_sip_refused_total", "reason" => "source-rate")
                     .increment(1);
-                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return Some(unavailable(&inbound, retry_after.max(1)));
+                return Some(unavailable(&inbound, retry_after_seconds(wait)));
             }
         }
         metrics::counter!("switchyard_sip_requests_total", "method" => inbound.method.to_string())
