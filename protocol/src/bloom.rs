@@ -575,6 +575,23 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_of_exactly_max_bits_is_allowed_and_no_larger() {
+        // 1,195,424,635 URIs at p = 0.001003 need exactly MAX_BITS bits; one more needs 14 more.
+        let largest = BloomParams::for_capacity(1_195_424_635, 0.001003, KEY).unwrap();
+        assert_eq!(largest.bits, MAX_BITS);
+        largest.validate().unwrap();
+        assert!(matches!(
+            BloomParams::for_capacity(1_195_424_636, 0.001003, KEY),
+            Err(BloomError::TooManyItems { .. })
+        ));
+        let past = BloomParams {
+            bits: MAX_BITS + 64,
+            ..largest
+        };
+        assert!(matches!(past.validate(), Err(BloomError::InvalidBits(_))));
+    }
+
+    #[test]
     fn test_vectors() {
         let key: [u8; 16] = std::array::from_fn(|i| i as u8);
         let params = BloomParams::for_capacity(1000, 0.01, key).unwrap();

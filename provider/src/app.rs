@@ -42,6 +42,10 @@ impl crate::wire::BodyLimit for App {
     fn body_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.config.endpoint_api.limits.body_timeout_seconds)
     }
+
+    fn listener(&self) -> &'static str {
+        "endpoint"
+    }
 }
 
 impl App {

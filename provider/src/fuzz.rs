@@ -129,6 +129,8 @@ fn relay_state() -> RelayState {
             per_endpoint: 2,
             per_member: 2,
             total: 4,
+            lookups_at_once: 256,
+            known_endpoints: 100_000,
         },
         None,
         600,

@@ -206,17 +206,32 @@ pub struct DictBody {
     pub dict: Dict,
 }
 
-/// What a router's state tells [`DictBody`]: the largest body it reads, and how long the client
-/// has to send it.
+/// What a router's state tells [`DictBody`]: the largest body it reads, how long the client has
+/// to send it, and the listener it serves (for the timeout metric).
 pub trait BodyLimit {
     fn max_body_bytes(&self) -> usize;
     fn body_timeout(&self) -> std::time::Duration;
+    fn listener(&self) -> &'static str;
 }
 
-impl<S: BodyLimit + Send + Sync> FromRequest<Arc<S>> for DictBody {
+impl<T: BodyLimit> BodyLimit for Arc<T> {
+    fn max_body_bytes(&self) -> usize {
+        T::max_body_bytes(self)
+    }
+
+    fn body_timeout(&self) -> std::time::Duration {
+        T::body_timeout(self)
+    }
+
+    fn listener(&self) -> &'static str {
+        T::listener(self)
+    }
+}
+
+impl<S: BodyLimit + Send + Sync> FromRequest<S> for DictBody {
     type Rejection = Reply;
 
-    async fn from_request(req: Request<Body>, state: &Arc<S>) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
         let reply_encoding = encoding_of(req.headers());
         let fail = |e: ApiError| Reply {
             encoding: reply_encoding,
@@ -234,7 +249,7 @@ impl<S: BodyLimit + Send + Sync> FromRequest<Arc<S>> for DictBody {
         let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
             .await
             .map_err(|_| {
-                metrics::counter!("switchyard_http_timeouts_total", "listener" => "endpoint", "phase" => "body")
+                metrics::counter!("switchyard_http_timeouts_total", "listener" => state.listener(), "phase" => "body")
                     .increment(1);
                 fail(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,

@@ -46,6 +46,7 @@ impl Config {
                 self.endpoint_api.max_body_bytes,
             ),
             ("admin.max_body_bytes", self.admin.max_body_bytes),
+            ("federation.max_body_bytes", self.federation.max_body_bytes),
         ] {
             if value < 1024 {
                 bad(key, format!("{value} is too small; at least 1024"));
@@ -137,6 +138,14 @@ impl Config {
             (
                 "sip.tcp_write_queue_messages",
                 self.sip.tcp_write_queue_messages as u64,
+            ),
+            (
+                "relay.max_endpoint_lookups",
+                self.relay.max_endpoint_lookups as u64,
+            ),
+            (
+                "relay.max_known_endpoints",
+                self.relay.max_known_endpoints as u64,
             ),
         ] {
             if value == 0 {

@@ -230,6 +230,9 @@ pub struct FederationConfig {
     pub max_dispatch_candidates: usize,
     /// Largest answer read from a peer to anything but a filter pull.
     pub max_answer_bytes: usize,
+    /// Largest request body read from a peer (a Forward wraps what an endpoint sent, up to
+    /// `endpoint_api.max_body_bytes`, in an envelope).
+    pub max_body_bytes: usize,
     /// What the federation listener allows each peer connection.
     pub limits: HttpLimits,
 }
@@ -275,6 +278,12 @@ pub struct RelayConfig {
     pub max_allocations_per_member: u32,
     /// Live allocations on this relay at once.
     pub max_allocations: u32,
+    /// Database look-ups of endpoints the relay does not know yet, running at once; packets
+    /// for further unknown endpoints are refused unseen while they run.
+    pub max_endpoint_lookups: usize,
+    /// Endpoints whose standing the relay remembers; past it, endpoints found inactive are not
+    /// remembered (active ones always are).
+    pub max_known_endpoints: usize,
     /// Allocate requests with credentials one source (an IPv4 address, an IPv6 /64) may send
     /// per second, sustained; more are answered `486 Allocation Quota Reached`.
     pub allocations_per_second_per_source: u32,
@@ -534,6 +543,7 @@ impl Default for FederationConfig {
             peer_filter_max_false_positive_rate: 0.01,
             max_dispatch_candidates: 16,
             max_answer_bytes: 1 << 20,
+            max_body_bytes: 128 * 1024,
             limits: HttpLimits::with_connections(4096, 5000),
         }
     }
@@ -560,6 +570,8 @@ impl Default for RelayConfig {
             max_allocations_per_endpoint: 4,
             max_allocations_per_member: 1_000,
             max_allocations: 10_000,
+            max_endpoint_lookups: 256,
+            max_known_endpoints: 100_000,
             allocations_per_second_per_source: 10,
             allocation_burst_per_source: 20,
             allow_loopback_peers: false,

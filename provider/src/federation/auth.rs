@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use switchyard_protocol::dict::Dict;
@@ -83,14 +83,15 @@ fn authenticate(app: &App, parts: &Parts) -> Result<AuthPeer, ApiError> {
     })
 }
 
-impl FromRequestParts<Arc<App>> for AuthPeer {
+impl<S: Send + Sync> FromRequestParts<S> for AuthPeer
+where
+    Arc<App>: FromRef<S>,
+{
     type Rejection = Reply;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<App>,
-    ) -> Result<Self, Self::Rejection> {
-        authenticate(app, parts).map_err(|e| {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = Arc::<App>::from_ref(state);
+        authenticate(&app, parts).map_err(|e| {
             tracing::info!(status = e.status.as_u16(), error = e.code, message = %e.message, "federation request refused");
             metrics::counter!("switchyard_federation_requests_total", "action" => "auth", "outcome" => e.code)
                 .increment(1);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -15,7 +15,32 @@ use switchyard_protocol::invitation::ForwardAction;
 
 use super::auth::{federation_of, observe, AuthPeer};
 use crate::app::App;
-use crate::wire::{dict_response, encoding_of, ApiError, DictBody, Reply};
+use crate::wire::{dict_response, encoding_of, ApiError, BodyLimit, DictBody, Reply};
+
+/// The federation router's state: the provider, whose request bodies are read with the
+/// federation listener's limits rather than the endpoint API's.
+#[derive(Clone)]
+pub struct FederationState(pub Arc<App>);
+
+impl FromRef<FederationState> for Arc<App> {
+    fn from_ref(state: &FederationState) -> Self {
+        state.0.clone()
+    }
+}
+
+impl BodyLimit for FederationState {
+    fn max_body_bytes(&self) -> usize {
+        self.0.config.federation.max_body_bytes
+    }
+
+    fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0.config.federation.limits.body_timeout_seconds)
+    }
+
+    fn listener(&self) -> &'static str {
+        "federation"
+    }
+}
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -31,7 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(crate::relay::choice::federation_route),
         )
         .fallback(not_found)
-        .with_state(app)
+        .with_state(FederationState(app))
 }
 
 async fn not_found(headers: HeaderMap) -> Reply {

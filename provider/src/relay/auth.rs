@@ -146,6 +146,10 @@ pub struct Quotas {
     /// For all the endpoints of one other member together.
     pub per_member: u32,
     pub total: u32,
+    /// Look-ups of unknown endpoints running at once; more unknown endpoints are refused unseen.
+    pub lookups_at_once: usize,
+    /// Endpoints the cache holds; past it, endpoints found inactive are not remembered.
+    pub known_endpoints: usize,
 }
 
 /// The member whose endpoint a principal is, for an endpoint of another member
@@ -169,16 +173,12 @@ pub struct RelayState {
     /// than this from now (give or take [`CLOCK_SLACK`] between replicas).
     credential_ttl: u64,
     /// Endpoints being looked up, so that a flood of packets for one unknown endpoint costs one
-    /// query, and a flood of made-up endpoints at most [`MAX_LOOKUPS`] at a time.
+    /// query, and a flood of made-up endpoints at most [`Quotas::lookups_at_once`] at a time.
     lookups: Mutex<HashSet<String>>,
 }
 
 /// Seconds by which replicas' clocks may differ when one checks another's credentials.
 const CLOCK_SLACK: u64 = 60;
-/// Look-ups of unknown endpoints running at once; more unknown endpoints are refused unseen.
-const MAX_LOOKUPS: usize = 256;
-/// Endpoints the cache holds; past it, endpoints found inactive are not remembered.
-const MAX_KNOWN: usize = 100_000;
 
 impl RelayState {
     pub fn new(
@@ -246,7 +246,7 @@ impl RelayState {
     }
 
     /// Looks up an endpoint the cache does not know, in the background: once at a time per
-    /// endpoint, and at most [`MAX_LOOKUPS`] at once. `expiry` has passed [`RelayState::check`],
+    /// endpoint, and at most [`Quotas::lookups_at_once`] at once. `expiry` has passed [`RelayState::check`],
     /// so the entry it makes lives no longer than a genuine credential.
     fn look_up(self: &Arc<Self>, endpoint: &str, expiry: u64) {
         let (Some(standing), Ok(runtime)) =
@@ -259,7 +259,7 @@ impl RelayState {
             if lookups.contains(endpoint) {
                 return;
             }
-            if lookups.len() >= MAX_LOOKUPS {
+            if lookups.len() >= self.quotas.lookups_at_once {
                 metrics::counter!("switchyard_relay_refused_total", "reason" => "lookups-full")
                     .increment(1);
                 return;
@@ -272,7 +272,7 @@ impl RelayState {
             match standing.is_active(&endpoint).await {
                 Ok(active) => {
                     let mut endpoints = state.endpoints.lock().expect("relay endpoints lock");
-                    if active || endpoints.len() < MAX_KNOWN {
+                    if active || endpoints.len() < state.quotas.known_endpoints {
                         let status = endpoints.entry(endpoint.clone()).or_default();
                         status.active = active;
                         status.until = status.until.max(expiry);
@@ -482,6 +482,8 @@ mod tests {
                 per_endpoint: 2,
                 per_member: 2,
                 total: 3,
+                lookups_at_once: 256,
+                known_endpoints: 100_000,
             },
             None,
             600,
@@ -601,5 +603,65 @@ mod tests {
         state.release_allocation_slot("c.test/ep-1");
         state.take_allocation_slot("b.test/ep-3").unwrap();
         state.take_allocation_slot("own-endpoint").unwrap();
+    }
+
+    /// Made-up usernames cost at most `lookups_at_once` queries at a time and, once the cache
+    /// holds `known_endpoints`, are not remembered.
+    #[tokio::test]
+    async fn unknown_endpoints_are_looked_up_within_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
+            .await
+            .unwrap();
+        let state = Arc::new(RelayState::new(
+            b"0123456789abcdef".to_vec(),
+            "example.org".into(),
+            PeerPolicy::default(),
+            Quotas {
+                per_endpoint: 2,
+                per_member: 2,
+                total: 3,
+                lookups_at_once: 1,
+                known_endpoints: 1,
+            },
+            Some(Standing {
+                db,
+                federation: None,
+            }),
+            600,
+        ));
+        let now = unix_now();
+        let username = |endpoint: &str| rest_username(now + 300, endpoint);
+        let settled = || async {
+            for _ in 0..500 {
+                if state.lookups.lock().unwrap().is_empty() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the look-ups did not finish");
+        };
+        // The current-thread runtime runs no look-up before the test awaits.
+        state.look_up("ghost-1", now + 300);
+        state.look_up("ghost-2", now + 300);
+        assert_eq!(state.lookups.lock().unwrap().len(), 1);
+        settled().await;
+        assert_eq!(
+            state.check(&username("ghost-1"), "example.org", now),
+            Err(Refusal::Revoked)
+        );
+        assert_eq!(
+            state.check(&username("ghost-2"), "example.org", now),
+            Err(Refusal::Unknown),
+            "a look-up past the bound runs no query"
+        );
+        state.look_up("ghost-3", now + 300);
+        settled().await;
+        assert_eq!(
+            state.check(&username("ghost-3"), "example.org", now),
+            Err(Refusal::Unknown),
+            "a full cache remembers no further inactive endpoint"
+        );
+        assert_eq!(state.endpoints.lock().unwrap().len(), 1);
     }
 }

@@ -468,6 +468,8 @@ mod tests {
                 per_endpoint: 1,
                 per_member: 10,
                 total: 10,
+                lookups_at_once: 256,
+                known_endpoints: 100_000,
             },
             None,
             600,

@@ -104,6 +104,8 @@ impl Relay {
                 per_endpoint: relay.max_allocations_per_endpoint,
                 per_member: relay.max_allocations_per_member,
                 total: relay.max_allocations,
+                lookups_at_once: relay.max_endpoint_lookups,
+                known_endpoints: relay.max_known_endpoints,
             },
             Some(auth::Standing { db, federation }),
             relay.credential_ttl_seconds,

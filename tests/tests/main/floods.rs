@@ -334,3 +334,68 @@ async fn a_sip_client_that_never_reads_loses_its_connection() -> anyhow::Result<
     h.provider.shutdown().await;
     Ok(())
 }
+
+/// A member's request body on the federation listener is held to that listener's own limits
+/// (`federation.max_body_bytes`, `federation.limits.body_timeout_seconds`), not the endpoint
+/// API's, and a stalled one is counted as the federation listener's.
+#[tokio::test]
+async fn a_members_request_body_is_held_to_the_federation_limits() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use switchyard_protocol::dict::Encoding;
+    use switchyard_tests::federation::{ProviderSpec, TestFederation};
+
+    let fed = TestFederation::start(&[
+        ProviderSpec::plist("a.test"),
+        ProviderSpec::plist("b.test").tune(|config| {
+            config.federation.max_body_bytes = 4096;
+            config.federation.limits.body_timeout_seconds = 1;
+            // Larger than the federation's, so an answer within 1 s comes from the right one.
+            config.endpoint_api.limits.body_timeout_seconds = 60;
+            config.endpoint_api.max_body_bytes = 1 << 20;
+        }),
+    ])
+    .await?;
+    let as_a = fed.peer_client_of("a.test")?;
+    let initiate = format!("{}/federation/v1/initiate", fed.federation_url("b.test"));
+    let plist = Encoding::Plist.content_type();
+
+    let too_large = as_a
+        .post(&initiate)
+        .header(reqwest::header::CONTENT_TYPE, plist)
+        .body(vec![b' '; 5000])
+        .send()
+        .await?;
+    assert_eq!(too_large.status(), 413);
+    assert!(too_large.text().await?.contains("body-too-large"));
+
+    let started = Instant::now();
+    let stalled = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(b"<?xml version=\"1.0\"?><plist".to_vec())
+    })
+    .chain(futures_util::stream::pending());
+    let answer = as_a
+        .post(&initiate)
+        .header(reqwest::header::CONTENT_TYPE, plist)
+        .body(reqwest::Body::wrap_stream(stalled))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answer.text().await?.contains("body-timeout"));
+    let metrics = fed.provider("b.test").metrics().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_http_timeouts_total")
+                && l.contains("listener=\"federation\"")
+                && l.contains("phase=\"body\"")),
+        "{metrics}"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
