@@ -305,3 +305,28 @@ pub trait Ports: Send + Sync {
     fn settings(&self) -> &Settings;
     fn observe(&self, event: Event);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the originator logs and puts in its refusals: the peer's own words, or why nothing
+    /// came back.
+    #[test]
+    fn a_peer_failure_reads_as_the_peer_or_the_transport_put_it() {
+        let refused = PeerFailure::Refused {
+            code: "not-yet-ringing".into(),
+            message: "this member has not rung".into(),
+            class: RefusalClass::Conflict,
+            description: "409 not-yet-ringing: this member has not rung".into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "409 not-yet-ringing: this member has not rung"
+        );
+        assert_eq!(
+            PeerFailure::Undelivered("timed out after 3 s".into()).to_string(),
+            "timed out after 3 s"
+        );
+    }
+}

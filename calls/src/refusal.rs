@@ -195,4 +195,37 @@ mod tests {
             "the call has ended (timeout)"
         );
     }
+
+    /// The classes an originator tells a peer's refusals apart by, as protocol.md's status table
+    /// gives them (404, 409, 410, anything else).
+    #[test]
+    fn each_code_has_the_class_its_status_says() {
+        use RefusalCode::*;
+        let classes = [
+            (RefusalClass::NotFound, &[UnknownPeer, UnknownSession][..]),
+            (
+                RefusalClass::Conflict,
+                &[
+                    DuplicateSession,
+                    AlreadyAnswered,
+                    NotAnswered,
+                    NotYetRinging,
+                    ReplayedForward,
+                ][..],
+            ),
+            (RefusalClass::Gone, &[CallEnded][..]),
+        ];
+        for code in RefusalCode::ALL {
+            let expected = classes
+                .iter()
+                .find(|(_, codes)| codes.contains(code))
+                .map_or(RefusalClass::Other, |(class, _)| *class);
+            assert_eq!(code.class(), expected, "{code}");
+        }
+        assert_eq!(NotYetRinging.to_string(), "not-yet-ringing");
+        assert_eq!(
+            Refusal::new(CallEnded, "the call has ended").to_string(),
+            "call-ended: the call has ended"
+        );
+    }
 }

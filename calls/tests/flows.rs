@@ -177,14 +177,30 @@ fn the_same_uri_at_two_providers_rings_at_both_and_the_first_accept_wins() {
         record_state(world, "b.test", &call.session),
         Some(CallState::Answered)
     );
-    assert_eq!(
-        record_state(world, "c.test", &call.session),
-        Some(CallState::Cancelled)
-    );
+    let at_c_record = &world.tables("c.test").calls[call.session.as_str()];
+    assert_eq!(at_c_record.state, CallState::Cancelled);
+    assert_eq!(at_c_record.reason.as_deref(), Some("answered-elsewhere"));
     let caller_pushes = world.pushes(&call.alice);
     assert!(
         matches!(&caller_pushes[..], [Push::Accept(a)] if a.peer_provider.as_deref() == Some("b.test"))
     );
+}
+
+#[test]
+fn a_provider_still_ringing_when_another_answers_ends_as_answered_elsewhere() {
+    let mut world = world();
+    let at_b = world.add_user("b.test", BOB, &["bob-b"]);
+    let at_c = world.add_user("c.test", BOB, &["bob-c"]);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    world.deliver_all();
+    let ring_b = world.ring(&at_b[0], &call.session).unwrap();
+    world.accept(&at_b[0], &ring_b);
+    world.deliver_all();
+    assert_eq!(cancels(world, &at_c[0]), [CancelReason::AnsweredElsewhere]);
+    let record = &world.tables("c.test").calls[call.session.as_str()];
+    assert_eq!(record.state, CallState::Cancelled);
+    assert_eq!(record.reason.as_deref(), Some("answered-elsewhere"));
 }
 
 #[test]
@@ -214,14 +230,84 @@ fn when_everyone_rejects_the_caller_hears_once_with_the_last_reason() {
     world.deliver_all();
     let pushes = world.pushes(&call.alice);
     assert!(matches!(&pushes[..], [Push::Reject(r)] if r.reason == RejectReason::Busy));
-    assert_eq!(
-        record_state(world, "a.test", &call.session),
-        Some(CallState::Rejected)
+    for provider in ["a.test", "b.test"] {
+        let record = &world.tables(provider).calls[call.session.as_str()];
+        assert_eq!(record.state, CallState::Rejected, "{provider}");
+        assert_eq!(record.reason.as_deref(), Some("busy"), "{provider}");
+    }
+}
+
+#[test]
+fn a_caller_that_cancels_ends_each_record_as_caller_cancelled() {
+    let mut world = world();
+    let bob = world.add_user("b.test", BOB, &["bob-1"]);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    world.deliver_all();
+    let state = state_of_initiate(world, call.initiate);
+    let cancel = world.cancel(&call.alice, &call.session, BOB, &state);
+    world.deliver_all();
+    assert!(world.answer(cancel).unwrap().is_ok());
+    assert_eq!(cancels(world, &bob[0]), [CancelReason::Cancelled]);
+    for provider in ["a.test", "b.test"] {
+        let record = &world.tables(provider).calls[call.session.as_str()];
+        assert_eq!(record.state, CallState::Cancelled, "{provider}");
+        assert_eq!(
+            record.reason.as_deref(),
+            Some("caller-cancelled"),
+            "{provider}"
+        );
+    }
+}
+
+/// With the default relay choice (`caller-provider`) every push of a call names the caller's
+/// provider as the one whose relay the endpoints use, here and across providers.
+#[test]
+fn every_push_names_the_relay_of_the_callers_provider() {
+    let mut world = world();
+    let local = world.add_user("a.test", CAROL, &["carol-1"]);
+    let bob = world.add_user("b.test", BOB, &["bob-1"]);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    world.deliver_all();
+    let ring = world.ring(&bob[0], &call.session).unwrap();
+    assert_eq!(ring.relay_provider, "a.test");
+    world.accept(&bob[0], &ring);
+    world.deliver_all();
+    let pushes = world.pushes(&call.alice);
+    assert!(
+        matches!(&pushes[..], [Push::Accept(a)] if a.relay_provider == "a.test"),
+        "{pushes:?}"
     );
-    assert_eq!(
-        record_state(world, "b.test", &call.session),
-        Some(CallState::Rejected)
-    );
+
+    let session = world.new_session();
+    world.initiate(&call.alice, &session, CAROL, false);
+    world.deliver_all();
+    let ring = world.ring(&local[0], &session).unwrap();
+    assert_eq!(ring.relay_provider, "a.test");
+}
+
+/// The URI and token an Initiate's body claims must be the authenticated endpoint's own:
+/// otherwise it is refused and nothing is recorded or rung.
+#[test]
+fn an_endpoint_cannot_call_as_a_uri_or_token_not_its_own() {
+    let mut world = world();
+    let alice = alice(&mut world);
+    let carol = world.add_user("a.test", CAROL, &["carol-1"]);
+    let bob = world.add_user("b.test", BOB, &["bob-1"]);
+    let token = alice.endpoint.push_token.clone();
+    for (uri, token) in [
+        (CAROL, token.as_str()),
+        (alice.uri.as_str(), carol[0].endpoint.push_token.as_str()),
+    ] {
+        let session = world.new_session();
+        let initiate = world.initiate_claiming(&alice, uri, token, &session, BOB, false);
+        world.deliver_all();
+        assert_eq!(refusal(&world, initiate), RefusalCode::NotAuthorized);
+        assert!(world.tables("a.test").calls.is_empty());
+        assert!(world.ring(&bob[0], &session).is_none());
+    }
+    assert!(world.flights().is_empty());
 }
 
 #[test]

@@ -507,14 +507,29 @@ impl World {
         callee: &str,
         video: bool,
     ) -> u64 {
+        let (uri, token) = (caller.uri.clone(), caller.endpoint.push_token.clone());
+        self.initiate_claiming(caller, &uri, &token, session, callee, video)
+    }
+
+    /// An Initiate from `caller`'s authenticated endpoint whose body claims `self_uri` and
+    /// `self_token`, which need not be its own.
+    pub fn initiate_claiming(
+        &mut self,
+        caller: &Device,
+        self_uri: &str,
+        self_token: &str,
+        session: &SessionId,
+        callee: &str,
+        video: bool,
+    ) -> u64 {
         let mut media = vec![MediaKind::Audio];
         if video {
             media.push(MediaKind::Video);
         }
         let request = InitiateRequest {
             session_id: session.clone(),
-            self_uri: caller.uri.clone(),
-            self_token: caller.endpoint.push_token.clone(),
+            self_uri: self_uri.to_string(),
+            self_token: self_token.to_string(),
             self_blob: format!("blob of {}", caller.endpoint.id).into_bytes(),
             peer_uri: callee.to_string(),
             media,
