@@ -89,6 +89,11 @@ fn a_local_call_rings_every_device_and_the_first_accept_wins() {
         .iter()
         .map(|d| world.ring(d, &call.session).unwrap())
         .collect();
+    // A ring that was not delivered by its ring deadline is dropped, not delivered late.
+    let expiries = world.tables("a.test").push_expiries;
+    for (device, ring) in bob.iter().zip(&rings) {
+        assert_eq!(expiries[&device.endpoint.id], [ring.ring_deadline]);
+    }
     let first = world.accept(&bob[1], &rings[1]);
     let second = world.accept(&bob[2], &rings[2]);
     world.settle();

@@ -380,6 +380,49 @@ fn a_caller_the_sender_may_not_present_is_not_shown_as_verified() {
     }
 }
 
+/// A member cannot make a call ring here longer than this provider's own ring timeout, nor
+/// ring with a deadline already passed.
+#[test]
+fn a_members_ring_deadline_is_cut_to_the_receivers_ring_timeout() {
+    use switchyard_calls::testing::RING_TIMEOUT_MS;
+    let mut world = world();
+    let bob = world.add_user("b.test", BOB, &["bob"]).remove(0);
+    world.claim(HOSTILE, "tel:+16502531111");
+    let own_ca = Some(endpoint_ca(HOSTILE));
+    let cases = [
+        ("session-deadline-far", 10 * RING_TIMEOUT_MS, true),
+        ("session-deadline-now", 0, false),
+    ];
+    for (id, ahead, rings) in cases {
+        let session = SessionId::parse(id).unwrap();
+        let now = world.now_ms();
+        let initiate = hostile_initiate(&world, &session, "tel:+16502531111", own_ca.clone())
+            .with("ring-deadline", now + ahead);
+        let answer = world.send_now(HOSTILE, "b.test", ForwardAction::Initiate, initiate);
+        if !rings {
+            let refusal = answer.unwrap_err();
+            assert_eq!(refusal.code, RefusalCode::InvalidField);
+            assert_eq!(refusal.field.as_deref(), Some("ring-deadline"));
+            assert!(world.ring(&bob, &session).is_none());
+            continue;
+        }
+        assert_eq!(answer.unwrap().int("rung").unwrap(), 1);
+        let ring = world.ring(&bob, &session).unwrap();
+        assert_eq!(ring.ring_deadline, now + RING_TIMEOUT_MS);
+        // The ring is not delivered after the call stopped ringing (the push TTL is longer).
+        assert_eq!(
+            world.tables("b.test").push_expiries[&bob.endpoint.id].last(),
+            Some(&(now + RING_TIMEOUT_MS))
+        );
+        assert_eq!(
+            record(&world, "b.test", &session).ring_deadline,
+            now + RING_TIMEOUT_MS
+        );
+        world.advance(RING_TIMEOUT_MS);
+        assert_eq!(record(&world, "b.test", &session).state, CallState::Timeout);
+    }
+}
+
 #[test]
 fn a_call_whose_hang_up_was_lost_ends_at_the_maximum_call_duration() {
     let mut world = world();

@@ -23,6 +23,8 @@ pub struct Tables {
     pub forward_answers: BTreeMap<(String, String, &'static str), Dict>,
     /// Per endpoint, every push queued, in order.
     pub pushes: BTreeMap<String, Vec<Push>>,
+    /// Per endpoint, when each push of `pushes` expires undelivered (ms), in the same order.
+    pub push_expiries: BTreeMap<String, Vec<i64>>,
 }
 
 #[derive(Default)]
@@ -274,7 +276,7 @@ impl WriteUnit for MemUnit {
         &mut self,
         endpoint_id: &str,
         push: &Push,
-        _ttl_ms: i64,
+        ttl_ms: i64,
     ) -> Result<bool, StoreFailure> {
         let active = self.users.values().flatten().any(|e| e.id == endpoint_id);
         if active {
@@ -283,6 +285,12 @@ impl WriteUnit for MemUnit {
                 .entry(endpoint_id.to_string())
                 .or_default()
                 .push(push.clone());
+            let now = self.store.clock.load(Ordering::SeqCst);
+            self.tables
+                .push_expiries
+                .entry(endpoint_id.to_string())
+                .or_default()
+                .push(now + ttl_ms);
         }
         Ok(active)
     }
