@@ -348,6 +348,9 @@ fn an_accept_the_originator_timed_out_meanwhile_gets_call_ended() {
     assert_eq!(refusal(world, accept), RefusalCode::CallEnded);
     assert_eq!(cancels(world, &call.alice), [CancelReason::Timeout]);
     assert_eq!(cancels(world, &bob[1]).len(), 1);
+    let at_b = &world.tables("b.test").calls[call.session.as_str()];
+    assert_eq!(at_b.state, CallState::Cancelled);
+    assert_eq!(at_b.reason.as_deref(), Some("cancelled"));
 }
 
 #[test]

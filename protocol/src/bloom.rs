@@ -755,6 +755,13 @@ mod tests {
         assert_eq!(decode_flips(&encode_flips(&large)).unwrap(), large);
         assert_eq!(decode_flips(&[0x80]), Err(BloomError::MalformedFlips));
         assert_eq!(decode_flips(&[0xff; 11]), Err(BloomError::MalformedFlips));
+        // A gap takes at most ten bytes, the tenth carrying bit 63 alone.
+        let widest = encode_flips(&[u64::MAX]);
+        assert_eq!(widest.len(), 10);
+        assert_eq!(decode_flips(&widest).unwrap(), [u64::MAX]);
+        let mut past_bit_63 = widest.clone();
+        past_bit_63[9] = 0x02;
+        assert_eq!(decode_flips(&past_bit_63), Err(BloomError::MalformedFlips));
     }
 
     #[test]
