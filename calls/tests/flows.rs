@@ -1,7 +1,7 @@
 //! One test per rule of `docs/protocol.md`, "Call flows", on the in-memory harness: providers
 //! `a.test` (the caller's), `b.test` and `c.test`, with the network steered by each test.
 
-use switchyard_calls::testing::{Device, Fate, World, RING_TIMEOUT_MS};
+use switchyard_calls::testing::{Device, Fate, World, RING_TIMEOUT_MS, TIMESTAMP_WINDOW_S};
 use switchyard_calls::{CallState, RefusalCode};
 use switchyard_protocol::attestation::Level;
 use switchyard_protocol::dict::Dict;
@@ -137,6 +137,28 @@ fn an_initiate_goes_only_to_the_members_whose_filter_may_hold_the_callee() {
     world.add_user("b.test", BOB, &["bob-1"]);
     world.open_breaker("b.test");
     assert_eq!(call_alone(&mut world, BOB), RefusalCode::PeersUnavailable);
+}
+
+/// The only member that may host the callee hosts it but rings nobody: its Initiate answer
+/// refuses, the dispatch itself ends the call, and the caller hears one Reject with that reason.
+#[test]
+fn a_call_every_candidate_refuses_in_its_answer_ends_with_one_reject() {
+    let mut world = world();
+    world.add_user("b.test", BOB, &[]);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    world.deliver_all();
+    let answer = world.answer(call.initiate).unwrap().unwrap();
+    assert_eq!(answer.int("rung").unwrap(), 0);
+    assert!(answer.string_array("providers").unwrap().is_empty());
+    let pushes = world.pushes(&call.alice);
+    assert!(
+        matches!(&pushes[..], [Push::Reject(r)] if r.reason == RejectReason::Unavailable),
+        "{pushes:?}"
+    );
+    let record = &world.tables("a.test").calls[call.session.as_str()];
+    assert_eq!(record.state, CallState::Rejected);
+    assert_eq!(record.reason.as_deref(), Some("unavailable"));
 }
 
 fn call_alone(world: &mut World, callee: &str) -> RefusalCode {
@@ -324,10 +346,15 @@ fn the_ring_timeout_ends_each_providers_record_on_its_own_and_a_late_accept_is_r
     let world = &mut call.world;
     world.deliver_all();
     let ring = world.ring(&bob[0], &call.session).unwrap();
-    world.advance(RING_TIMEOUT_MS);
+    assert_eq!(world.advance(RING_TIMEOUT_MS - 1).timed_out, 0);
+    assert_eq!(world.advance(1).timed_out, 2, "A's record and B's");
     assert!(world.flights().is_empty(), "a timeout sends no Forward");
     assert_eq!(cancels(world, &call.alice), [CancelReason::Timeout]);
     assert_eq!(cancels(world, &bob[0]), [CancelReason::Timeout]);
+    for provider in ["a.test", "b.test"] {
+        let record = &world.tables(provider).calls[call.session.as_str()];
+        assert_eq!(record.reason.as_deref(), Some("timeout"), "{provider}");
+    }
     let late = world.accept(&bob[0], &ring);
     world.deliver_all();
     assert_eq!(refusal(world, late), RefusalCode::CallEnded);
@@ -608,6 +635,21 @@ fn replayed_and_forged_forwards_are_refused_and_change_nothing() {
         initiate.body.clone(),
     );
     assert_eq!(spoofed.unwrap_err().code, RefusalCode::ProviderMismatch);
+    // The same Initiate as new, from a clock off by more than the timestamp window either way.
+    let window = TIMESTAMP_WINDOW_S;
+    for (n, skew) in [-(window + 1), window + 1].into_iter().enumerate() {
+        let stale = initiate
+            .body
+            .clone()
+            .with("timestamp", world.now_ms() / 1000 + skew)
+            .with("forward-id", format!("a-skewed-forward-{n}"));
+        let refused = world.send_now("a.test", "b.test", ForwardAction::Initiate, stale);
+        assert_eq!(
+            refused.unwrap_err().code,
+            RefusalCode::StaleForward,
+            "{skew}"
+        );
+    }
     // C presents A's origin-state as its own answer to A.
     let forged = Dict::new()
         .with("session-id", call.session.as_str())

@@ -450,12 +450,15 @@ fn a_call_whose_hang_up_was_lost_ends_at_the_maximum_call_duration() {
         CallState::Answered,
         "a ghost: B never heard of the hang-up"
     );
-    world.advance(MAX_CALL_DURATION_MS - 1_000);
+    // The maximum duration is reached, not passed, when the sweep ends the call.
+    let answered_at = record(&world, "b.test", &session).answered_at.unwrap();
+    let swept = world.advance(answered_at + MAX_CALL_DURATION_MS - 1 - world.now_ms());
+    assert_eq!(swept.ended_overlong, 0);
     assert_eq!(
         record(&world, "b.test", &session).state,
         CallState::Answered
     );
-    world.advance(2_000);
+    assert_eq!(world.advance(1).ended_overlong, 1);
     let ended = record(&world, "b.test", &session);
     assert_eq!(
         (ended.state, ended.reason.as_deref()),

@@ -136,7 +136,9 @@ impl Sim {
                 session,
                 action,
             } => self.act(device, session, action),
-            Op::Advance { seconds } => self.world.advance(i64::from(seconds) * 1000),
+            Op::Advance { seconds } => {
+                self.world.advance(i64::from(seconds) * 1000);
+            }
             Op::Refused { kind, pick } => self.refused(kind, pick),
         }
     }

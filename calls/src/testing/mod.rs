@@ -8,6 +8,6 @@ mod world;
 
 pub use store::{MemStore, MemUnit, Tables};
 pub use world::{
-    endpoint_ca, Answer, Device, Fate, Flight, MemPorts, Member, World, EPOCH_MS,
-    MAX_CALL_DURATION_MS, RING_TIMEOUT_MS,
+    endpoint_ca, Answer, Device, Fate, Flight, MemPorts, Member, Swept, World, EPOCH_MS,
+    MAX_CALL_DURATION_MS, RING_TIMEOUT_MS, TIMESTAMP_WINDOW_S,
 };

@@ -36,6 +36,7 @@ use crate::session::SessionState;
 pub const EPOCH_MS: i64 = 1_800_000_000_000;
 pub const RING_TIMEOUT_MS: i64 = 60_000;
 pub const MAX_CALL_DURATION_MS: i64 = 4 * 3_600_000;
+pub const TIMESTAMP_WINDOW_S: i64 = 300;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 pub type Answer = Result<Dict, Refusal>;
@@ -92,6 +93,15 @@ enum Reply {
     Send,
     Hold,
     Lose,
+}
+
+/// What the sweeps of one [`World::advance`] ended, over all providers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Ringing calls past their ring deadline.
+    pub timed_out: usize,
+    /// Answered calls past the maximum call duration.
+    pub ended_overlong: usize,
 }
 
 /// An endpoint of a user at one provider.
@@ -388,7 +398,7 @@ impl World {
                     push_ttl_ms: 300_000,
                     endpoint_ca_pem: endpoint_ca(id),
                     relay_choice: RelayChoice::CallerProvider,
-                    timestamp_window_s: 300,
+                    timestamp_window_s: TIMESTAMP_WINDOW_S,
                     max_call_duration_ms: MAX_CALL_DURATION_MS,
                 },
                 events: events.clone(),
@@ -751,28 +761,38 @@ impl World {
         });
     }
 
-    /// Moves the clock on and runs every provider's ring timeout sweep.
-    pub fn advance(&mut self, ms: i64) {
+    /// Moves the clock on and runs every provider's ring timeout and maximum call duration
+    /// sweeps; says how many calls they ended, over all providers.
+    pub fn advance(&mut self, ms: i64) -> Swept {
         self.clock.fetch_add(ms, Ordering::SeqCst);
         let cores: Vec<(Arc<Core<MemPorts>>, MemStore)> = self
             .members
             .values()
             .map(|m| (m.core.clone(), m.store.clone()))
             .collect();
+        let swept = Arc::new(Mutex::new(Swept::default()));
         for (core, store) in cores {
             let answered_before = self.now_ms() - MAX_CALL_DURATION_MS;
+            let swept = swept.clone();
             self.spawn(async move {
                 let overdue = store.overdue();
-                if let Err(e) = core.expire(overdue).await {
-                    panic!("ring timeout sweep: {e}");
-                }
+                let timed_out = match core.expire(overdue).await {
+                    Ok(n) => n,
+                    Err(e) => panic!("ring timeout sweep: {e}"),
+                };
                 let overlong = store.overlong(answered_before);
-                if let Err(e) = core.end_overlong(overlong).await {
-                    panic!("maximum call duration sweep: {e}");
-                }
+                let ended_overlong = match core.end_overlong(overlong).await {
+                    Ok(n) => n,
+                    Err(e) => panic!("maximum call duration sweep: {e}"),
+                };
+                let mut swept = swept.lock().expect("swept");
+                swept.timed_out += timed_out;
+                swept.ended_overlong += ended_overlong;
             });
         }
         self.settle();
+        let swept = *swept.lock().expect("swept");
+        swept
     }
 
     /// `provider`'s signature of an attestation, as its federation key makes it: what a member
