@@ -607,6 +607,21 @@ fn updates_reach_the_other_party_and_a_callee_updates_only_once_it_answered() {
         .filter(|p| matches!(p, Push::Update(u) if u.peer_provider.as_deref() == Some("b.test")))
         .count();
     assert_eq!(to_caller, 1);
+    // Once answered, the caller's Updates reach the answering device only.
+    let updates = |world: &World, device: &Device| {
+        world
+            .pushes(device)
+            .iter()
+            .filter(|p| matches!(p, Push::Update(_)))
+            .count()
+    };
+    let before = (updates(world, &bob[0]), updates(world, &bob[1]));
+    world.update(&call.alice, &call.session, BOB, &caller_state);
+    world.deliver_all();
+    assert_eq!(
+        (updates(world, &bob[0]), updates(world, &bob[1])),
+        (before.0 + 1, before.1)
+    );
 }
 
 #[test]

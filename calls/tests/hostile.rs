@@ -227,6 +227,47 @@ fn a_cancel_from_a_member_that_rang_ends_only_its_own_legs() {
         .any(|p| matches!(p, Push::Cancel(_))));
 }
 
+/// The only member known to ring cancels; another member's answer to the Initiate was lost, so
+/// the originator counted it out, though it rings: the call ends, and that member is told to
+/// stop ringing too.
+#[test]
+fn a_member_whose_answer_was_lost_is_told_when_the_last_ringing_member_cancels() {
+    let mut world = world();
+    let at_b = world.add_user("b.test", BOB, &["bob-b"]).remove(0);
+    let at_c = world.add_user("c.test", BOB, &["bob-c"]).remove(0);
+    let (alice, session, _) = alice_calls_bob(&mut world);
+    let to_c = world
+        .flights()
+        .iter()
+        .position(|f| f.to == "c.test")
+        .unwrap();
+    world.route(to_c, Fate::LoseAnswer);
+    world.deliver_all();
+    let ring_b = world.ring(&at_b, &session).unwrap();
+    assert!(
+        world.ring(&at_c, &session).is_some(),
+        "C rings; A does not know it"
+    );
+    world.cancel(&at_b, &session, ALICE, &ring_b.state);
+    world.deliver_all();
+    assert_eq!(
+        record(&world, "a.test", &session).state,
+        CallState::Cancelled
+    );
+    assert!(world
+        .pushes(&alice)
+        .iter()
+        .any(|p| matches!(p, Push::Cancel(_))));
+    assert_eq!(
+        record(&world, "c.test", &session).state,
+        CallState::Cancelled
+    );
+    assert!(world
+        .pushes(&at_c)
+        .iter()
+        .any(|p| matches!(p, Push::Cancel(_))));
+}
+
 #[test]
 fn an_endpoint_ca_other_than_the_one_the_directory_pins_is_refused() {
     let mut world = world();

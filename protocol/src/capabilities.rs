@@ -246,6 +246,34 @@ mod tests {
             caps.validate(),
             Err(CapabilityError::TooManyCodecs(MediaKind::Audio))
         );
+        // MAX_CODECS codecs, and codec names of up to 32 characters, are fine.
+        let most: Vec<String> = (0..MAX_CODECS).map(|i| format!("c{i}")).collect();
+        let caps = Capabilities {
+            audio_codecs: most,
+            ..audio_only(&[])
+        };
+        assert_eq!(caps.validate(), Ok(()));
+        let longest = "a".repeat(32);
+        assert_eq!(audio_only(&[longest.as_str()]).validate(), Ok(()));
+        let too_long = "a".repeat(33);
+        assert_eq!(
+            audio_only(&[too_long.as_str()]).validate(),
+            Err(CapabilityError::InvalidCodec(too_long))
+        );
+    }
+
+    #[test]
+    fn capabilities_round_trip_through_their_dictionary() {
+        let caps = Capabilities {
+            audio: true,
+            video: false,
+            audio_codecs: vec!["opus".into(), "PCMU".into()],
+            video_codecs: vec!["VP8".into()],
+        };
+        let dict = caps.to_dict();
+        assert_eq!(dict.opt_bool("video").unwrap(), Some(false));
+        assert_eq!(Capabilities::from_dict(Some(&dict)).unwrap(), caps);
+        assert_eq!(MediaKind::Video.to_string(), "video");
     }
 
     #[test]
