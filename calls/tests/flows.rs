@@ -459,6 +459,37 @@ fn state_of_initiate(world: &World, initiate: u64) -> String {
     state_of(world, initiate)
 }
 
+/// Only `404 unknown-peer` to an Initiate says the member's filter was wrong; any other
+/// refusal, another 404 among them, is a failure of that member.
+#[test]
+fn only_unknown_peer_counts_as_a_filter_false_positive() {
+    for (answer, heard) in [
+        (RefusalCode::UnknownPeer, RefusalCode::UnknownPeer),
+        (RefusalCode::UnknownSession, RefusalCode::PeersUnreachable),
+    ] {
+        let mut world = world();
+        world.add_user("b.test", BOB, &["bob-1"]);
+        let mut call = call(world, BOB);
+        let world = &mut call.world;
+        world.route(0, Fate::RefusedWith(answer));
+        world.deliver_all();
+        assert_eq!(refusal(world, call.initiate), heard, "{answer}");
+        let false_positives = world
+            .member("a.test")
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, switchyard_calls::ports::Event::FalsePositive(_)))
+            .count();
+        assert_eq!(
+            false_positives,
+            usize::from(answer == RefusalCode::UnknownPeer),
+            "{answer}"
+        );
+    }
+}
+
 #[test]
 fn a_false_positive_is_dropped_and_the_call_goes_on() {
     let mut world = world();

@@ -29,7 +29,7 @@ use crate::flows::{CallError, Core, Deferred, Settings};
 use crate::ports::{
     Candidates, Clock, Endpoint, Event, Forwarder, PeerFailure, Ports, Requester, Sealer, Sender,
 };
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCode};
 use crate::session::SessionState;
 
 /// The simulated clock starts here (Unix ms), so Forward timestamps look like real ones.
@@ -85,6 +85,9 @@ pub enum Fate {
     /// Delivered and acted on; its answer is held on the way back until
     /// [`World::release_answers`], so later Forwards can overtake it.
     HoldAnswer,
+    /// Not acted on: the receiver answers with this refusal, as a peer of another
+    /// implementation (or another version) might.
+    RefusedWith(RefusalCode),
 }
 
 /// What becomes of a delivered Forward's answer.
@@ -702,6 +705,18 @@ impl World {
                 self.deliver(flight, Reply::Lose);
             }
             Fate::HoldAnswer => self.deliver(flight, Reply::Hold),
+            Fate::RefusedWith(code) => {
+                let message = format!("{} answers {code}", flight.to);
+                self.reply(
+                    flight.id,
+                    Err(PeerFailure::Refused {
+                        code: code.as_str().to_string(),
+                        description: format!("{} refused: {code}: {message}", flight.to),
+                        message,
+                        class: code.class(),
+                    }),
+                );
+            }
         }
         self.settle();
     }
