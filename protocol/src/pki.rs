@@ -915,6 +915,77 @@ mod tests {
         ));
     }
 
+    /// A provider certificate is good from its first second to its last, and so is the CA's.
+    #[test]
+    fn validity_holds_to_the_second_at_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        let ca_der = der(ca.cert_pem());
+        let ca_validity = parse_cert(&ca_der).unwrap().validity().clone();
+        let (ca_from, ca_until) = (
+            ca_validity.not_before.timestamp(),
+            ca_validity.not_after.timestamp(),
+        );
+        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
+        let issued = ca
+            .issue_provider_with_validity("edge", &[], at(ca_from + 100), at(ca_from + 200))
+            .unwrap();
+        let cert = der(&issued.cert_pem);
+        let id = provider_identity(&cert).unwrap();
+        assert_eq!(
+            (id.not_before, id.not_after),
+            (ca_from + 100, ca_from + 200)
+        );
+        assert!(matches!(
+            verify_provider_cert(&cert, &ca_der, ca_from + 99),
+            Err(PkiError::NotYetValid { .. })
+        ));
+        for now in [ca_from + 100, ca_from + 200] {
+            assert_eq!(verify_provider_cert(&cert, &ca_der, now).unwrap(), id);
+        }
+        assert!(matches!(
+            verify_provider_cert(&cert, &ca_der, ca_from + 201),
+            Err(PkiError::Expired { .. })
+        ));
+
+        // A certificate outliving its CA at either end is good only while the CA is.
+        let wide = ca
+            .issue_provider_with_validity("wide", &[], at(ca_from - 1000), at(ca_until + 1000))
+            .unwrap();
+        let wide = der(&wide.cert_pem);
+        for (now, good) in [
+            (ca_from - 1, false),
+            (ca_from, true),
+            (ca_until, true),
+            (ca_until + 1, false),
+        ] {
+            let verified = verify_provider_cert(&wide, &ca_der, now);
+            if good {
+                assert!(verified.is_ok(), "{now}: {verified:?}");
+            } else {
+                assert!(
+                    matches!(verified, Err(PkiError::Untrusted(_))),
+                    "{now}: {verified:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_64_lowercase_hex_digits() {
+        let good = "0123456789abcdef".repeat(4);
+        assert!(is_sha256_hex(&good));
+        assert!(!is_sha256_hex(&good[..63]));
+        assert!(!is_sha256_hex(&format!("{good}0")));
+        assert!(!is_sha256_hex(&good.to_uppercase()));
+        for bad in ['g', '/', ':', '`', 'G', '@'] {
+            let text = format!("{}{bad}", &good[..63]);
+            assert!(!is_sha256_hex(&text), "{text}");
+        }
+        assert_eq!(certificate_fingerprint(b"").len(), 64);
+        assert!(is_sha256_hex(&certificate_fingerprint(b"anything")));
+    }
+
     #[test]
     fn certificates_from_another_ca_are_untrusted() {
         let dir = tempfile::tempdir().unwrap();
