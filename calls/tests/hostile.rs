@@ -217,12 +217,14 @@ fn a_cancel_from_a_member_that_rang_ends_only_its_own_legs() {
     let ring_b = world.ring(&at_b, &session).unwrap();
     world.cancel(&at_b, &session, ALICE, &ring_b.state);
     world.deliver_all();
-    assert_eq!(
-        record(&world, "a.test", &session).state,
-        CallState::Cancelled
-    );
+    assert_cancelled(&world, "a.test", &session, &alice);
+}
+
+/// `provider`'s record of the call is cancelled and `device` was told.
+fn assert_cancelled(world: &World, provider: &str, session: &SessionId, device: &Device) {
+    assert_eq!(record(world, provider, session).state, CallState::Cancelled);
     assert!(world
-        .pushes(&alice)
+        .pushes(device)
         .iter()
         .any(|p| matches!(p, Push::Cancel(_))));
 }
@@ -250,22 +252,8 @@ fn a_member_whose_answer_was_lost_is_told_when_the_last_ringing_member_cancels()
     );
     world.cancel(&at_b, &session, ALICE, &ring_b.state);
     world.deliver_all();
-    assert_eq!(
-        record(&world, "a.test", &session).state,
-        CallState::Cancelled
-    );
-    assert!(world
-        .pushes(&alice)
-        .iter()
-        .any(|p| matches!(p, Push::Cancel(_))));
-    assert_eq!(
-        record(&world, "c.test", &session).state,
-        CallState::Cancelled
-    );
-    assert!(world
-        .pushes(&at_c)
-        .iter()
-        .any(|p| matches!(p, Push::Cancel(_))));
+    assert_cancelled(&world, "a.test", &session, &alice);
+    assert_cancelled(&world, "c.test", &session, &at_c);
 }
 
 #[test]

@@ -474,6 +474,14 @@ mod tests {
     use super::*;
 
     fn state() -> RelayState {
+        state_with(256, 100_000, None)
+    }
+
+    fn state_with(
+        lookups_at_once: usize,
+        known_endpoints: usize,
+        standing: Option<Standing>,
+    ) -> RelayState {
         RelayState::new(
             b"0123456789abcdef".to_vec(),
             "example.org".into(),
@@ -482,10 +490,10 @@ mod tests {
                 per_endpoint: 2,
                 per_member: 2,
                 total: 3,
-                lookups_at_once: 256,
-                known_endpoints: 100_000,
+                lookups_at_once,
+                known_endpoints,
             },
-            None,
+            standing,
             600,
         )
     }
@@ -613,22 +621,13 @@ mod tests {
         let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
             .await
             .unwrap();
-        let state = Arc::new(RelayState::new(
-            b"0123456789abcdef".to_vec(),
-            "example.org".into(),
-            PeerPolicy::default(),
-            Quotas {
-                per_endpoint: 2,
-                per_member: 2,
-                total: 3,
-                lookups_at_once: 1,
-                known_endpoints: 1,
-            },
+        let state = Arc::new(state_with(
+            1,
+            1,
             Some(Standing {
                 db,
                 federation: None,
             }),
-            600,
         ));
         let now = unix_now();
         let username = |endpoint: &str| rest_username(now + 300, endpoint);
