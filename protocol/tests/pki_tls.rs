@@ -10,7 +10,8 @@ use rustls::{ClientConnection, ServerConnection, StreamOwned};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 use switchyard_protocol::pki::{
-    certs_from_pem, client_config, provider_identity, server_config, FederationCa, IssuedProvider,
+    certificate_fingerprint, certs_from_pem, client_config, pinned_client_config,
+    provider_identity, server_config, FederationCa, IssuedProvider,
 };
 
 fn new_ca(dir: &Path, name: &str) -> FederationCa {
@@ -156,5 +157,33 @@ fn client_refuses_a_server_from_another_federation() {
     let (server_saw, client_got) = exchange(server_side(&other_ca, &impostor), client);
     let error = client_got.unwrap_err();
     assert!(error.contains("UnknownIssuer"), "{error}");
+    assert!(server_saw.is_err());
+}
+
+/// A client pinned to the certificate the discovery dictionary lists talks to the member that
+/// holds it, and to no other member of the same federation.
+#[test]
+fn a_pinned_client_talks_only_to_the_listed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path(), "fed");
+    let (alpha, beta, gamma) = (issue(&ca, "alpha"), issue(&ca, "beta"), issue(&ca, "gamma"));
+    let listed = certificate_fingerprint(&certs_from_pem(&alpha.cert_pem).unwrap()[0]);
+    let pinned = || {
+        pinned_client_config(
+            ca.cert_pem(),
+            certs_from_pem(&beta.cert_pem).unwrap(),
+            key(&beta),
+            &listed,
+        )
+        .unwrap()
+    };
+    let (server_saw, client_got) = exchange(server_side(&ca, &alpha), pinned());
+    assert_eq!(server_saw.unwrap(), "beta");
+    assert_eq!(client_got.unwrap(), "beta");
+
+    let (server_saw, client_got) = exchange(server_side(&ca, &gamma), pinned());
+    let error = client_got.unwrap_err();
+    assert!(error.contains("the discovery dictionary lists"), "{error}");
+    assert!(error.contains(&listed), "{error}");
     assert!(server_saw.is_err());
 }
