@@ -984,6 +984,44 @@ mod tests {
         }
         assert_eq!(certificate_fingerprint(b"").len(), 64);
         assert!(is_sha256_hex(&certificate_fingerprint(b"anything")));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(dir.path(), "fed");
+        assert_eq!(
+            pem_fingerprint(ca.cert_pem()).unwrap(),
+            certificate_fingerprint(&der(ca.cert_pem()))
+        );
+        assert!(matches!(
+            pem_fingerprint("no pem"),
+            Err(PkiError::BadPem { .. })
+        ));
+    }
+
+    /// Serials are 16 bytes whose DER integer is positive with no leading zero byte: the top
+    /// bit clear, the next one set, whatever the random bytes were.
+    #[test]
+    fn serials_are_positive_sixteen_byte_integers() {
+        for _ in 0..64 {
+            let serial = random_serial().unwrap().to_bytes();
+            assert_eq!(serial.len(), 16);
+            assert_eq!(serial[0] & 0xc0, 0x40, "{serial:02x?}");
+        }
+    }
+
+    #[test]
+    fn write_new_creates_only_and_says_why_it_could_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_new(&path, b"first", 0o600).unwrap();
+        assert!(matches!(
+            write_new(&path, b"second", 0o600),
+            Err(PkiError::Exists(p)) if p == path
+        ));
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let nowhere = dir.path().join("no-such-dir").join("secret");
+        assert!(matches!(
+            write_new(&nowhere, b"x", 0o600),
+            Err(PkiError::Write { path: p, .. }) if p == nowhere
+        ));
     }
 
     #[test]

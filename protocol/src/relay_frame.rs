@@ -360,6 +360,8 @@ mod tests {
 
     #[test]
     fn oversize_payloads_are_refused() {
+        // The largest UDP payload: 65,535 bytes of datagram less the 8-byte UDP header.
+        assert_eq!(MAX_PAYLOAD, 65_527);
         let peer = addr("[2001:db8::1]:9");
         let too_long = vec![0; MAX_PAYLOAD + 1];
         let error = FrameError::PayloadTooLong(MAX_PAYLOAD + 1);
