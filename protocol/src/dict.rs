@@ -525,14 +525,91 @@ fn decode_json(bytes: &[u8]) -> Result<Dict, String> {
     // serde_json stops at its own recursion limit (128) before the stack is at risk;
     // the conversion below enforces the protocol's tighter one.
     match serde_json::from_slice(bytes).map_err(|e| e.to_string())? {
-        serde_json::Value::Object(map) => json_dict(map, "", 1),
+        Json::Object(map) => json_dict(map, "", 1),
         other => Err(not_a_dict(json_kind(&other))),
+    }
+}
+
+/// A JSON value as a body holds it. Not serde_json's own `Value`: with serde_json's
+/// `raw_value` feature, which a dependency turns on, that reads an object whose first key is
+/// `$serde_json::private::RawValue` as the JSON text in that key's string, so a body could
+/// decode to a dictionary other than the one it spells (found by the `dict_json` fuzz target).
+enum Json {
+    Null,
+    Bool(bool),
+    Integer(i64),
+    /// An integer above `i64::MAX`.
+    TooLarge,
+    Float,
+    String(String),
+    Array(Vec<Json>),
+    /// Sorted by key; a duplicated key keeps its last value.
+    Object(std::collections::BTreeMap<String, Json>),
+}
+
+impl<'de> serde::Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Json, E> {
+        Ok(Json::Integer(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Json, E> {
+        Ok(i64::try_from(u).map_or(Json::TooLarge, Json::Integer))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Json, E> {
+        Ok(Json::Float)
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Json, E> {
+        Ok(Json::String(s))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut entries = std::collections::BTreeMap::new();
+        while let Some((key, value)) = map.next_entry::<String, Json>()? {
+            entries.insert(key, value);
+        }
+        Ok(Json::Object(entries))
     }
 }
 
 /// Converts a JSON object found at `path`, itself at nesting level `depth`.
 fn json_dict(
-    map: serde_json::Map<String, serde_json::Value>,
+    map: std::collections::BTreeMap<String, Json>,
     path: &str,
     depth: usize,
 ) -> Result<Dict, String> {
@@ -541,13 +618,11 @@ fn json_dict(
         let value = json_value(value, &key_path(path, &key), depth)?;
         entries.push((key, value));
     }
-    // A JSON object's keys are already unique (serde_json keeps the last duplicate).
     Ok(Dict { entries })
 }
 
 /// Converts the JSON value at `path`, inside a container at nesting level `depth`.
-fn json_value(value: serde_json::Value, path: &str, depth: usize) -> Result<Value, String> {
-    use serde_json::Value as Json;
+fn json_value(value: Json, path: &str, depth: usize) -> Result<Value, String> {
     Ok(match value {
         Json::Null => {
             return Err(format!(
@@ -556,11 +631,9 @@ fn json_value(value: serde_json::Value, path: &str, depth: usize) -> Result<Valu
             ))
         }
         Json::Bool(b) => Value::Boolean(b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None if n.is_f64() => return Err(unsupported(path, "floating-point numbers")),
-            None => return Err(out_of_range(path)),
-        },
+        Json::Integer(i) => Value::Integer(i),
+        Json::Float => return Err(unsupported(path, "floating-point numbers")),
+        Json::TooLarge => return Err(out_of_range(path)),
         Json::String(s) => Value::String(s),
         Json::Array(items) => {
             if depth >= MAX_DEPTH {
@@ -582,12 +655,11 @@ fn json_value(value: serde_json::Value, path: &str, depth: usize) -> Result<Valu
     })
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value as Json;
+fn json_kind(value: &Json) -> &'static str {
     match value {
         Json::Null => "null",
         Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
+        Json::Integer(_) | Json::TooLarge | Json::Float => "a number",
         Json::String(_) => "a string",
         Json::Array(_) => "an array",
         Json::Object(_) => "an object",
@@ -1074,6 +1146,27 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// serde_json's private token keys are keys like any other: the body reads as it is spelt,
+    /// and its own encoding reads back the same.
+    #[test]
+    fn serde_json_private_keys_are_ordinary_keys() {
+        let body = br#"{"$serde_json::private::RawValue":"{\"rung\":1}","b":"x"}"#;
+        let dict = Dict::decode(body, Encoding::Json).unwrap();
+        assert_eq!(
+            dict,
+            Dict::new()
+                .with("$serde_json::private::RawValue", r#"{"rung":1}"#)
+                .with("b", "x")
+        );
+        let again = Dict::decode(&dict.encode(Encoding::Json), Encoding::Json).unwrap();
+        assert_eq!(again, dict);
+        let number = br#"{"$serde_json::private::Number":"12"}"#;
+        assert_eq!(
+            Dict::decode(number, Encoding::Json).unwrap(),
+            Dict::new().with("$serde_json::private::Number", "12")
+        );
     }
 
     #[test]
