@@ -523,12 +523,7 @@ fn a_peer_that_times_out_counts_as_a_rejection_and_all_failing_is_unreachable() 
     world.add_user("c.test", BOB, &["bob-c"]);
     let mut call = call(world, BOB);
     let world = &mut call.world;
-    let to_c = world
-        .flights()
-        .iter()
-        .position(|f| f.to == "c.test")
-        .unwrap();
-    world.route(to_c, Fate::LoseAnswer);
+    world.route_to("c.test", Fate::LoseAnswer);
     world.deliver_all();
     let answer = world.answer(call.initiate).unwrap().unwrap();
     assert_eq!(answer.string_array("providers").unwrap(), ["b.test"]);

@@ -119,18 +119,12 @@ fn a_member_that_never_rang_can_neither_answer_nor_end_the_call() {
     let (alice, session, initiate) = alice_calls_bob(&mut world);
     let flights = world.flights();
     let to_hostile = flights.iter().find(|f| f.to == HOSTILE).unwrap().clone();
-    let to_b = flights.iter().position(|f| f.to == "b.test").unwrap();
-    world.route(to_b, Fate::Deliver);
+    world.route_to("b.test", Fate::Deliver);
 
     // Before it has answered its Initiate, and after it answered that it does not host Bob.
     for (round, answered) in [("early", false), ("late", true)] {
         if answered {
-            let index = world
-                .flights()
-                .iter()
-                .position(|f| f.to == HOSTILE)
-                .unwrap();
-            world.route(index, Fate::Deliver);
+            world.route_to(HOSTILE, Fate::Deliver);
         }
         let before = world.tables("a.test");
         let accept = hostile_accept(&world, &to_hostile.body, &format!("accept-{round}"), None);
@@ -238,12 +232,7 @@ fn a_member_whose_answer_was_lost_is_told_when_the_last_ringing_member_cancels()
     let at_b = world.add_user("b.test", BOB, &["bob-b"]).remove(0);
     let at_c = world.add_user("c.test", BOB, &["bob-c"]).remove(0);
     let (alice, session, _) = alice_calls_bob(&mut world);
-    let to_c = world
-        .flights()
-        .iter()
-        .position(|f| f.to == "c.test")
-        .unwrap();
-    world.route(to_c, Fate::LoseAnswer);
+    world.route_to("c.test", Fate::LoseAnswer);
     world.deliver_all();
     let ring_b = world.ring(&at_b, &session).unwrap();
     assert!(

@@ -12,7 +12,8 @@
 //! Decoding is strict: floating-point numbers, dates, UIDs and JSON `null` are rejected
 //! rather than coerced, and nesting is limited to [`MAX_DEPTH`] levels so hostile bodies
 //! cannot exhaust the stack. Property lists must be XML (not binary) without CDATA
-//! sections. A duplicated key keeps its last value, as both underlying parsers do.
+//! sections. A duplicated key keeps its last value, as the plist crate does (and the JSON
+//! reading here, as serde_json would).
 
 use std::fmt;
 
@@ -1171,7 +1172,7 @@ mod tests {
 
     #[test]
     fn duplicate_keys_keep_the_last_value() {
-        // Neither serde_json nor the plist crate reports duplicates; both keep the last.
+        // Neither the plist crate nor the JSON reading reports duplicates; both keep the last.
         let plist = plist_doc(
             "<dict><key>a</key><integer>1</integer><key>a</key><integer>2</integer></dict>",
         );

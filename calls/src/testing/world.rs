@@ -685,6 +685,16 @@ impl World {
 
     /// Decides the fate of the `index`-th Forward on the wire (in the order they were sent),
     /// then settles.
+    /// Routes the first Forward in flight to `provider`, as [`World::route`] does.
+    pub fn route_to(&mut self, provider: &str, fate: Fate) {
+        let index = self
+            .flights()
+            .iter()
+            .position(|f| f.to == provider)
+            .unwrap_or_else(|| panic!("no Forward in flight to {provider}"));
+        self.route(index, fate);
+    }
+
     pub fn route(&mut self, index: usize, fate: Fate) {
         let flight = {
             let mut net = self.net.lock().expect("net");
@@ -706,16 +716,8 @@ impl World {
             }
             Fate::HoldAnswer => self.deliver(flight, Reply::Hold),
             Fate::RefusedWith(code) => {
-                let message = format!("{} answers {code}", flight.to);
-                self.reply(
-                    flight.id,
-                    Err(PeerFailure::Refused {
-                        code: code.as_str().to_string(),
-                        description: format!("{} refused: {code}: {message}", flight.to),
-                        message,
-                        class: code.class(),
-                    }),
-                );
+                let refusal = Refusal::new(code, format!("{} answers {code}", flight.to));
+                self.reply(flight.id, Err(refused_by(&flight.to, &refusal)));
             }
         }
         self.settle();
@@ -755,12 +757,7 @@ impl World {
                 .receive_forward(&sender, flight.action, &flight.body, &canon)
                 .await;
             let answer = answer.map_err(|e| match e {
-                CallError::Refused(refusal) => PeerFailure::Refused {
-                    code: refusal.code.as_str().to_string(),
-                    message: refusal.message.clone(),
-                    class: refusal.code.class(),
-                    description: format!("{} refused: {refusal}", flight.to),
-                },
+                CallError::Refused(refusal) => refused_by(&flight.to, &refusal),
                 CallError::Store(e) => panic!("store failure at {}: {e}", flight.to),
             });
             match reply {
@@ -860,6 +857,16 @@ fn sender(provider: &str) -> Sender {
 
 fn undelivered(why: &str) -> PeerFailure {
     PeerFailure::Undelivered(why.to_string())
+}
+
+/// How a sender sees `provider`'s refusal of its Forward.
+fn refused_by(provider: &str, refusal: &Refusal) -> PeerFailure {
+    PeerFailure::Refused {
+        code: refusal.code.as_str().to_string(),
+        message: refusal.message.clone(),
+        class: refusal.code.class(),
+        description: format!("{provider} refused: {refusal}"),
+    }
 }
 
 fn settle_answer(answer: Result<Dict, CallError>) -> Answer {

@@ -246,8 +246,8 @@ impl RelayState {
     }
 
     /// Looks up an endpoint the cache does not know, in the background: once at a time per
-    /// endpoint, and at most [`Quotas::lookups_at_once`] at once. `expiry` has passed [`RelayState::check`],
-    /// so the entry it makes lives no longer than a genuine credential.
+    /// endpoint, and at most [`Quotas::lookups_at_once`] at once. `expiry` has passed
+    /// [`RelayState::check`], so the entry it makes lives no longer than a genuine credential.
     fn look_up(self: &Arc<Self>, endpoint: &str, expiry: u64) {
         let (Some(standing), Ok(runtime)) =
             (self.standing.clone(), tokio::runtime::Handle::try_current())
