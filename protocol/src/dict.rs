@@ -1646,4 +1646,93 @@ mod tests {
             .to_string()
             .starts_with("body is not a valid property list dictionary: "));
     }
+
+    #[test]
+    fn xml_prescan_measures_each_kind_of_markup_to_its_end() {
+        let rest = b"<dict/>";
+        let with_rest = |markup: &str| [markup.as_bytes(), rest].concat();
+        assert_eq!(comment_len(&with_rest("<!--a-->")), Ok(8));
+        assert_eq!(comment_len(&with_rest("<!-- x > y -->")), Ok(14));
+        let doctype = "<!DOCTYPE plist PUBLIC \"-//A//>\" 'u>v'>";
+        assert_eq!(doctype_len(&with_rest(doctype)), Ok(doctype.len()));
+        assert_eq!(doctype_len(&with_rest("<!DOCTYPE x>")), Ok(12));
+        assert_eq!(
+            processing_instruction_len(&with_rest("<?xml version=\"1.0\"?>")),
+            Ok(21)
+        );
+        assert_eq!(processing_instruction_len(&with_rest("<??>")), Ok(4));
+        assert!(processing_instruction_len(&with_rest("<?>")).is_err());
+        assert_eq!(tag_len(&with_rest("<a b=\">\">")), Ok(9));
+        // A double quote inside single quotes does not end them, nor the reverse.
+        assert_eq!(tag_len(&with_rest("<a b='\">'>")), Ok(10));
+        assert_eq!(tag_len(&with_rest("<a b=\"'>\">")), Ok(10));
+        assert_eq!(tag_len(&with_rest("<a b='x' c=\"y\">")), Ok(15));
+    }
+
+    #[test]
+    fn only_dict_and_array_nest_whatever_their_prefix() {
+        for name in ["dict", "array", "plist:dict", "x:array"] {
+            assert!(is_collection(name.as_bytes()), "{name}");
+        }
+        for name in ["dicts", "arr", "key", "a:b:dict", "dict:", ""] {
+            assert!(!is_collection(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn arrays_nest_up_to_the_limit_in_a_property_list() {
+        let arrays = |depth: usize| {
+            plist_doc(&format!(
+                "<dict><key>a</key>{}<integer>1</integer>{}</dict>",
+                "<array>".repeat(depth),
+                "</array>".repeat(depth)
+            ))
+        };
+        let dict = Dict::decode(&arrays(MAX_DEPTH - 1), Encoding::Plist).unwrap();
+        let mut value = dict.get("a").unwrap();
+        for _ in 0..MAX_DEPTH - 1 {
+            let Value::Array(items) = value else {
+                panic!("{value:?}")
+            };
+            value = &items[0];
+        }
+        assert_eq!(value, &Value::Integer(1));
+        let path = format!("a{}", "[0]".repeat(MAX_DEPTH - 1));
+        assert_eq!(
+            malformed_reason(&arrays(MAX_DEPTH), Encoding::Plist),
+            format!("`{path}`: nested more than {MAX_DEPTH} levels deep")
+        );
+    }
+
+    #[test]
+    fn json_strings_escape_only_quotes_backslashes_and_controls() {
+        let mut out = String::new();
+        write_json_string("a b\u{1f}\u{7f}~", &mut out);
+        assert_eq!(out, "\"a b\\u001f\u{7f}~\"");
+    }
+
+    #[test]
+    fn top_level_plist_kinds_are_named() {
+        for (body, found) in [
+            ("<data>AAE=</data>", "data"),
+            ("<real>1.5</real>", "floating-point numbers (<real>)"),
+            ("<date>2024-01-01T00:00:00Z</date>", "dates (<date>)"),
+        ] {
+            assert_eq!(
+                malformed_reason(&plist_doc(body), Encoding::Plist),
+                format!("the top level must be a dictionary, not {found}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_value_refuses_what_json_cannot_hold() {
+        use serde::Deserialize;
+        let bytes = serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(b"x");
+        let err = Json::deserialize(bytes).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "invalid type: byte array, expected a JSON value"
+        );
+    }
 }

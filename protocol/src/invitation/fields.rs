@@ -198,3 +198,89 @@ pub(crate) fn insert_opt(dict: &mut Dict, key: &str, value: Option<&str>) {
         dict.insert(key, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(result: Result<impl fmt::Debug, MessageError>) -> Option<String> {
+        result.err().and_then(|e| e.field().map(str::to_string))
+    }
+
+    #[test]
+    fn a_blob_may_be_16_kib_and_no_more() {
+        let at_limit = Dict::new().with("b", vec![0u8; 16 * 1024]);
+        assert_eq!(blob(&at_limit, "b").unwrap().len(), 16_384);
+        let over = Dict::new().with("b", vec![0u8; 16 * 1024 + 1]);
+        assert_eq!(field_of(blob(&over, "b")), Some("b".into()));
+        assert!(blob(&Dict::new(), "b").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bounded_string_is_one_to_max_bytes() {
+        for (max, limit) in [(MAX_TOKEN, 256), (MAX_STATE, 8192)] {
+            let at_limit = Dict::new().with("s", "x".repeat(limit));
+            assert_eq!(bounded(&at_limit, "s", max).unwrap().len(), limit);
+            let over = Dict::new().with("s", "x".repeat(limit + 1));
+            let err = bounded(&over, "s", max).unwrap_err();
+            assert_eq!(err.to_string(), format!("`s` must be 1-{limit} bytes"));
+        }
+        assert_eq!(
+            field_of(bounded(&Dict::new().with("s", ""), "s", MAX_TOKEN)),
+            Some("s".into())
+        );
+    }
+
+    #[test]
+    fn a_reason_text_may_be_512_bytes_and_no_more() {
+        let at_limit = Dict::new().with("reason-text", "x".repeat(512));
+        assert_eq!(reason_text(&at_limit).unwrap().unwrap().len(), 512);
+        let over = Dict::new().with("reason-text", "x".repeat(513));
+        assert_eq!(field_of(reason_text(&over)), Some("reason-text".into()));
+        assert_eq!(reason_text(&Dict::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_ca_certificate_may_be_8_kib_of_pem_and_must_parse() {
+        let cert = rcgen::generate_simple_self_signed(vec!["ca.example".into()])
+            .unwrap()
+            .cert
+            .pem();
+        // Trailing newlines are still a valid PEM: padded to exactly the limit, then one over.
+        let padded = |len: usize| format!("{cert}{}", "\n".repeat(len - cert.len()));
+        let at_limit = Dict::new().with("ca", padded(8 * 1024));
+        assert_eq!(ca_pem(&at_limit, "ca").unwrap().unwrap().len(), 8192);
+        let over = Dict::new().with("ca", padded(8 * 1024 + 1));
+        let err = ca_pem(&over, "ca").unwrap_err();
+        assert_eq!(err.to_string(), "`ca` exceeds 8192 bytes");
+        let garbage = Dict::new().with("ca", "-----BEGIN CERTIFICATE-----\nAAAA\n");
+        assert_eq!(field_of(ca_pem(&garbage, "ca")), Some("ca".into()));
+        assert_eq!(ca_pem(&Dict::new(), "ca").unwrap(), None);
+    }
+
+    #[test]
+    fn a_session_id_displays_as_itself() {
+        let id = SessionId::parse("abc-DEF_9.x").unwrap();
+        assert_eq!(id.to_string(), "abc-DEF_9.x");
+        assert_eq!(id.as_str(), "abc-DEF_9.x");
+        assert!(SessionId::parse(&"a".repeat(128)).is_ok());
+        assert!(SessionId::parse(&"a".repeat(129)).is_err());
+        assert!(SessionId::parse("abcdefg").is_err());
+        assert!(SessionId::parse("abcdefg!").is_err());
+    }
+
+    #[test]
+    fn media_defaults_to_audio_and_drops_repeats() {
+        assert_eq!(media(&Dict::new()).unwrap(), vec![MediaKind::Audio]);
+        let twice = Dict::new().with(
+            "media",
+            vec!["video".to_string(), "audio".into(), "video".into()],
+        );
+        assert_eq!(
+            media(&twice).unwrap(),
+            vec![MediaKind::Video, MediaKind::Audio]
+        );
+        let unknown = Dict::new().with("media", vec!["smell".to_string()]);
+        assert_eq!(field_of(media(&unknown)), Some("media".into()));
+    }
+}

@@ -588,6 +588,82 @@ mod tests {
     }
 
     #[test]
+    fn each_action_has_its_own_path_under_federation_v1() {
+        let actions = [
+            ForwardAction::Initiate,
+            ForwardAction::Accept,
+            ForwardAction::Reject,
+            ForwardAction::Cancel,
+            ForwardAction::Update,
+        ];
+        let names: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ["initiate", "accept", "reject", "cancel", "update"]);
+        for action in actions {
+            assert_eq!(action.path(), format!("/federation/v1/{}", action.as_str()));
+        }
+    }
+
+    #[test]
+    fn an_accept_forward_reads_back_what_it_writes() {
+        let canon = Canonicalizer::new(None);
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".into()])
+            .unwrap()
+            .cert
+            .pem();
+        let accept = AcceptForward {
+            envelope: envelope(),
+            answering_provider: "b.example".into(),
+            origin_state: "v1.k.s".into(),
+            callee_uri: "mailto:bob@example.com".into(),
+            callee_token: "tok-b".into(),
+            callee_blob: vec![3; 30],
+            callee_ca: Some(ca),
+        };
+        for encoding in [Encoding::Plist, Encoding::Json] {
+            let wire = Dict::decode(&accept.to_dict().encode(encoding), encoding).unwrap();
+            let read = AcceptForward::from_dict(&wire, &canon, "b.example").unwrap();
+            assert_eq!(read, accept);
+        }
+    }
+
+    #[test]
+    fn the_answers_carry_the_session_and_their_counts() {
+        let id = envelope().session_id;
+        let reject = RejectAnswer {
+            session_id: id.clone(),
+            remaining: 2,
+        }
+        .to_dict();
+        assert_eq!(reject.str("session-id").unwrap(), "session-0001");
+        assert_eq!(reject.int("remaining").unwrap(), 2);
+        assert_eq!(reject.len(), 2);
+        let update = UpdateAnswer {
+            session_id: id.clone(),
+            delivered: 3,
+        }
+        .to_dict();
+        assert_eq!(update.str("session-id").unwrap(), "session-0001");
+        assert_eq!(update.int("delivered").unwrap(), 3);
+        assert_eq!(update.len(), 2);
+
+        let refused = InitiateAnswer {
+            answering_provider: "b.example".into(),
+            rung: 0,
+            refusal: Some((RejectReason::Busy, Some("on another call".into()))),
+        };
+        let rang = InitiateAnswer {
+            answering_provider: "b.example".into(),
+            rung: 2,
+            refusal: None,
+        };
+        for answer in [refused, rang] {
+            let dict = answer.to_dict(&id);
+            assert_eq!(dict.str("session-id").unwrap(), "session-0001");
+            assert_eq!(InitiateAnswer::from_dict(&dict).unwrap(), answer);
+        }
+    }
+
+    #[test]
     fn an_initiate_answer_with_an_unknown_reason_counts_as_unavailable() {
         let answer = Dict::new()
             .with("session-id", "session-0001")

@@ -275,6 +275,58 @@ mod tests {
     }
 
     #[test]
+    fn cancel_and_update_requests_read_back_what_they_write() {
+        let cancel = CancelRequest {
+            session_id: SessionId::parse("session-0003").unwrap(),
+            self_uri: "tel:+16502530000".into(),
+            self_token: "tok-a".into(),
+            peer_uri: "mailto:bob@example.com".into(),
+            state: "v1.k.c".into(),
+        };
+        let update = UpdateRequest {
+            session_id: SessionId::parse("session-0003").unwrap(),
+            self_uri: "tel:+16502530000".into(),
+            self_token: "tok-a".into(),
+            peer_uri: "mailto:bob@example.com".into(),
+            self_blob: vec![5; 12],
+            state: "v1.k.u".into(),
+        };
+        for encoding in [Encoding::Plist, Encoding::Json] {
+            let wire = |d: Dict| Dict::decode(&d.encode(encoding), encoding).unwrap();
+            assert_eq!(
+                CancelRequest::from_dict(&wire(cancel.to_dict()), &canon()).unwrap(),
+                cancel
+            );
+            assert_eq!(
+                UpdateRequest::from_dict(&wire(update.to_dict()), &canon()).unwrap(),
+                update
+            );
+        }
+    }
+
+    #[test]
+    fn an_initiate_response_names_the_providers_only_when_forwarded() {
+        let mut response = InitiateResponse {
+            session_id: SessionId::parse("session-0004").unwrap(),
+            state: "v1.k.i".into(),
+            rung: 3,
+            ring_deadline: 1_800_000_060_000,
+            providers: None,
+        };
+        let local = response.to_dict();
+        assert_eq!(local.str("session-id").unwrap(), "session-0004");
+        assert_eq!(local.str("state").unwrap(), "v1.k.i");
+        assert_eq!(local.int("rung").unwrap(), 3);
+        assert_eq!(local.int("ring-deadline").unwrap(), 1_800_000_060_000);
+        assert!(!local.contains_key("providers"));
+        response.providers = Some(vec!["b.example".into(), "c.example".into()]);
+        assert_eq!(
+            response.to_dict().string_array("providers").unwrap(),
+            ["b.example", "c.example"]
+        );
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let cases: Vec<(Dict, &str)> = vec![
             (accept_dict().with("session-id", "short"), "session-id"),
