@@ -723,8 +723,9 @@ fn plist_value(value: plist::Value, path: &str, depth: usize) -> Result<Value, S
     })
 }
 
-/// What a plist value is: singular for top-level messages, and read as plural ("… are
-/// not supported") only for the unsupported kinds.
+/// What a plist value other than a dictionary is: singular for top-level messages, and read
+/// as plural ("… are not supported") only for the unsupported kinds. An XML property list
+/// cannot hold the other kinds (UIDs are binary-only).
 fn plist_kind(value: &plist::Value) -> &'static str {
     use plist::Value as Plist;
     match value {
@@ -733,10 +734,8 @@ fn plist_kind(value: &plist::Value) -> &'static str {
         Plist::Boolean(_) => "a boolean",
         Plist::Data(_) => "data",
         Plist::Array(_) => "an array",
-        Plist::Dictionary(_) => "a dictionary",
         Plist::Real(_) => "floating-point numbers (<real>)",
         Plist::Date(_) => "dates (<date>)",
-        Plist::Uid(_) => "UIDs",
         _ => "values of this kind",
     }
 }
