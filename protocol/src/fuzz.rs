@@ -106,9 +106,8 @@ pub fn bloom(input: &[u8]) {
     };
     let written = match &update {
         BloomUpdate::Full { generation, filter } => {
-            let params = filter.params();
-            assert!(params.validate().is_ok());
-            assert_eq!(filter.bytes().len() as u64, params.bits / 8);
+            assert!(bloom::validate_bits(filter.bits()).is_ok());
+            assert_eq!(filter.bytes().len() as u64, filter.bits() / 8);
             let rate = filter.estimated_false_positive_rate();
             assert!((0.0..=1.0).contains(&rate), "{rate}");
             let _ = filter.contains("tel:+16502530000");
@@ -117,17 +116,17 @@ pub fn bloom(input: &[u8]) {
         BloomUpdate::Incremental {
             since,
             generation,
-            params,
+            bits,
             items,
             flips,
         } => {
-            assert!(params.validate().is_ok());
+            assert!(bloom::validate_bits(*bits).is_ok());
             assert!(flips.windows(2).all(|w| w[0] < w[1]));
-            assert!(flips.iter().all(|&f| f < params.bits));
-            if params.bits / 8 > MAX_HELD_BYTES {
+            assert!(flips.iter().all(|f| f < bits));
+            if bits / 8 > MAX_HELD_BYTES {
                 return;
             }
-            let held = BloomFilter::new(params.clone());
+            let held = BloomFilter::empty(*bits).expect("a decoded size is valid");
             let mut newer = held.clone();
             newer
                 .apply(flips, *items)
@@ -144,7 +143,7 @@ pub fn bloom(input: &[u8]) {
 }
 
 /// A filter dictionary from raw bytes: `mode`'s bits say which fields are present and whether
-/// `bits` is taken from the bytes or made to fit the bit array.
+/// `bits`, `flip-count` and `rice-bits` are taken from the bytes as they are or made to fit.
 fn bloom_fields(mode: u8, bytes: &[u8]) -> Dict {
     let mut rest = bytes;
     let mut int = || {
@@ -154,25 +153,30 @@ fn bloom_fields(mode: u8, bytes: &[u8]) -> Dict {
         word[..head.len()].copy_from_slice(head);
         i64::from_le_bytes(word)
     };
-    let (generation, since, hashes, items, raw_bits) = (int(), int(), int(), int(), int());
-    let (key, body) = rest.split_at(rest.len().min(16));
+    let (generation, since, count, rice_bits, items, raw_bits) =
+        (int(), int(), int(), int(), int(), int());
+    let mut body = rest;
     let incremental = mode & 0x04 != 0;
-    let bits = if mode & 0x08 != 0 {
+    let raw = mode & 0x08 != 0;
+    let bits = if raw {
         raw_bits
     } else if incremental {
-        (raw_bits & 0xffff) * 64
+        // 1 to 16 blocks (all allowed sizes) times a power of two up to 128.
+        ((raw_bits & 0x0f) + 1) << ((raw_bits >> 4) & 0x07) << 8
     } else {
-        body.len() as i64 * 8
+        let blocks = (body.len() / 32).min(16);
+        body = &body[..blocks * 32];
+        blocks as i64 * 256
     };
     let mut dict = Dict::new()
         .with("algorithm", bloom::ALGORITHM)
         .with("generation", generation)
         .with("bits", bits)
-        .with("hashes", hashes & if mode & 0x10 != 0 { -1 } else { 0x1f })
-        .with("key", key.to_vec())
         .with("items", items);
     if incremental {
         dict.insert("since", since);
+        dict.insert("flip-count", if raw { count } else { count & 0x3ff });
+        dict.insert("rice-bits", if raw { rice_bits } else { rice_bits & 0x0f });
         dict.insert("flips", body.to_vec());
     }
     if !incremental || mode & 0x20 != 0 {
@@ -482,10 +486,10 @@ mod tests {
             "mailto:bob@example.com",
             "tel:+442079460000",
         ];
-        let older = BloomFilter::build(uris[..2].iter().copied(), 0.01, [0x5a; 16]).unwrap();
-        let newer = BloomFilter::build(uris.iter().copied(), 0.01, [0x5a; 16]).unwrap();
-        // Same parameters (bits follow the capacity, so build the older one at the newer's).
-        let mut older_same = BloomFilter::new(newer.params().clone());
+        let older = BloomFilter::build(uris[..2].iter().copied(), 0.01).unwrap();
+        let newer = BloomFilter::build(uris.iter().copied(), 0.01).unwrap();
+        // The same size (bits follow the capacity, so build the older one at the newer's).
+        let mut older_same = BloomFilter::empty(newer.bits()).unwrap();
         for uri in &uris[..2] {
             older_same.insert(uri);
         }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use switchyard_protocol::bloom::{to_full_dict, BloomFilter};
+use switchyard_protocol::bloom::{to_full_dict, to_incremental_dict, BloomFilter};
 use switchyard_protocol::Encoding;
 
 const SCRIPT: &str = concat!(
@@ -13,10 +13,19 @@ const SCRIPT: &str = concat!(
     "/../tests/interop/bloom_check.py"
 );
 
-/// Runs the script on a dictionary file and probe file, returning its `(bit, uri)` lines.
-fn python_membership(dict: &Path, probes: &Path, json: bool) -> Vec<(bool, String)> {
+/// Runs the script on a dictionary file (and an update to apply to it) and a probe file,
+/// returning its `(bit, uri)` lines.
+fn python_membership(
+    dict: &Path,
+    update: Option<&Path>,
+    probes: &Path,
+    json: bool,
+) -> Vec<(bool, String)> {
     let mut command = Command::new("python3");
     command.arg(SCRIPT).arg(dict).arg(probes);
+    if let Some(update) = update {
+        command.arg("--apply").arg(update);
+    }
     if json {
         command.arg("--json");
     }
@@ -44,7 +53,6 @@ fn python_membership(dict: &Path, probes: &Path, json: bool) -> Vec<(bool, Strin
 
 #[test]
 fn python_agrees_with_rust_on_membership() {
-    let key: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xc3);
     // Mixed schemes and non-ASCII text exercise the exact UTF-8 bytes being hashed.
     let present: Vec<String> = (0..5000)
         .map(|i| match i % 3 {
@@ -54,30 +62,43 @@ fn python_agrees_with_rust_on_membership() {
         })
         .collect();
     let absent: Vec<String> = (0..20_000).map(|i| format!("tel:+4420{i:08}")).collect();
-    let filter = BloomFilter::build(present.iter().map(String::as_str), 0.01, key).unwrap();
+    let filter = BloomFilter::build(present.iter().map(String::as_str), 0.01).unwrap();
+    // The next generation: a tenth of the URIs gone, as many new ones (URIs of 32 bytes and
+    // more take XXH64's other path).
+    let mut newer = BloomFilter::empty(filter.bits()).unwrap();
+    let arrived: Vec<String> = (0..500)
+        .map(|i| format!("mailto:a-much-longer-local-part-{i}@arrivals.example"))
+        .collect();
+    for uri in present[500..].iter().chain(&arrived) {
+        newer.insert(uri);
+    }
+    let flips = newer.diff(&filter).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let probes = dir.path().join("probes.txt");
-    let all: Vec<&String> = present.iter().chain(&absent).collect();
+    let all: Vec<&String> = present.iter().chain(&arrived).chain(&absent).collect();
     let probe_text: String = all.iter().map(|uri| format!("{uri}\n")).collect();
     fs::write(&probes, probe_text).unwrap();
 
     let dict = to_full_dict(&filter, 1);
+    let update = to_incremental_dict(&newer, 1, 2, &flips);
     for (encoding, name, json) in [
-        (Encoding::Plist, "filter.plist", false),
-        (Encoding::Json, "filter.json", true),
+        (Encoding::Plist, "plist", false),
+        (Encoding::Json, "json", true),
     ] {
-        let path = dir.path().join(name);
+        let path = dir.path().join(format!("filter.{name}"));
         fs::write(&path, dict.encode(encoding)).unwrap();
-        let answers = python_membership(&path, &probes, json);
-        assert_eq!(answers.len(), all.len(), "{name}");
-        for ((in_python, uri), expected) in answers.iter().zip(&all) {
-            assert_eq!(uri, *expected, "{name}");
-            assert_eq!(*in_python, filter.contains(uri), "{name}: {uri}");
+        let update_path = dir.path().join(format!("update.{name}"));
+        fs::write(&update_path, update.encode(encoding)).unwrap();
+        for (applied, expected_filter) in [(None, &filter), (Some(&update_path), &newer)] {
+            let answers = python_membership(&path, applied.map(|p| p.as_path()), &probes, json);
+            assert_eq!(answers.len(), all.len(), "{name}");
+            for ((in_python, uri), expected) in answers.iter().zip(&all) {
+                assert_eq!(uri, *expected, "{name}");
+                assert_eq!(*in_python, expected_filter.contains(uri), "{name}: {uri}");
+            }
         }
-        assert!(
-            answers[..present.len()].iter().all(|(bit, _)| *bit),
-            "{name}"
-        );
+        assert!(present.iter().all(|uri| filter.contains(uri)));
+        assert!(arrived.iter().all(|uri| newer.contains(uri)));
     }
 }

@@ -2,7 +2,7 @@
 """An independent peer of Switchyard's federation protocol, standard library only.
 
 Acts as the member provider `py.test` of a test federation: it serves its own Bloom filter
-(`switchyard-bloom-v1`, full and incremental) and the Forward paths over HTTPS with mutual
+(`switchyard-bloom-v2`, full and incremental) and the Forward paths over HTTPS with mutual
 TLS, and sends every Forward, filter pull and notification to one Switchyard provider.
 
     federation_peer.py CA_PEM CERT_PEM KEY_PEM PEER_URL PARAMS_JSON
@@ -20,11 +20,9 @@ script exits 1 at `quit` when any check failed.
 
 import base64
 import hashlib
-import hmac
 import http.client
 import http.server
 import json
-import math
 import plistlib
 import re
 import secrets
@@ -36,12 +34,12 @@ import time
 import traceback
 import urllib.parse
 
-ALGORITHM = "switchyard-bloom-v1"
-MASK64 = (1 << 64) - 1
+from bloom_check import ALGORITHM, Bloom, allowed_bits, decode_flips, encode_flips
+
 PLIST = "application/x-plist"
 JSON = "application/json"
 # Fields carried as binary data: base64 strings in JSON.
-DATA_FIELDS = {"caller-blob", "callee-blob", "attestation", "key", "filter", "flips"}
+DATA_FIELDS = {"caller-blob", "callee-blob", "attestation", "filter", "flips"}
 FORWARD_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 TIMESTAMP_WINDOW = 300
 REJECT_REASONS = {"busy", "declined", "unavailable", "unsupported-media", "not-authorized"}
@@ -110,120 +108,25 @@ def media_type(header):
 
 
 # ---------------------------------------------------------------- Bloom filter
+# The filter itself is bloom_check.py's independent implementation of switchyard-bloom-v2.
 
 
-def bit_indexes(key, bits, hashes, uri):
-    d = hmac.new(key, uri.encode("utf-8"), hashlib.sha256).digest()
-    h1 = int.from_bytes(d[0:8], "little")
-    h2 = int.from_bytes(d[8:16], "little") | 1
-    return [((h1 + i * h2) & MASK64) % bits for i in range(hashes)]
-
-
-class Bloom:
-    def __init__(self, bits, hashes, key, bitmap=None, items=0):
-        self.bits, self.hashes, self.key, self.items = bits, hashes, bytes(key), items
-        self.bitmap = bytearray(bitmap if bitmap is not None else bits // 8)
-
-    @staticmethod
-    def sized(capacity, rate, key):
-        raw = math.ceil(-capacity * math.log(rate) / (math.log(2) ** 2))
-        bits = max(1, -(-raw // 64)) * 64
-        hashes = 1 if capacity == 0 else min(30, max(1, round(bits / capacity * math.log(2))))
-        return Bloom(bits, hashes, key)
-
-    def params(self):
-        return (self.bits, self.hashes, self.key)
-
-    def copy(self):
-        return Bloom(self.bits, self.hashes, self.key, bytes(self.bitmap), self.items)
-
-    def insert(self, uri):
-        for j in bit_indexes(self.key, self.bits, self.hashes, uri):
-            self.bitmap[j // 8] |= 1 << (j % 8)
-        self.items += 1
-
-    def contains(self, uri):
-        return all(self.bitmap[j // 8] >> (j % 8) & 1
-                   for j in bit_indexes(self.key, self.bits, self.hashes, uri))
-
-    def diff(self, older):
-        """Ascending positions of the bits that differ from `older`."""
-        out = []
-        for i, (a, b) in enumerate(zip(self.bitmap, older.bitmap)):
-            x = a ^ b
-            while x:
-                low = (x & -x).bit_length() - 1
-                out.append(i * 8 + low)
-                x &= x - 1
-        return out
-
-    def flip(self, positions):
-        for p in positions:
-            self.bitmap[p // 8] ^= 1 << (p % 8)
-
-
-def encode_flips(positions):
-    out = bytearray()
-    previous = 0
-    for i, p in enumerate(positions):
-        gap = p if i == 0 else p - previous
-        previous = p
-        while True:
-            byte = gap & 0x7F
-            gap >>= 7
-            if gap == 0:
-                out.append(byte)
-                break
-            out.append(byte | 0x80)
-    return bytes(out)
-
-
-def decode_flips(data, bits):
-    positions, position, gap, shift = [], 0, 0, 0
-    for i, byte in enumerate(data):
-        gap |= (byte & 0x7F) << shift
-        if byte & 0x80:
-            shift += 7
-            if i + 1 == len(data) or shift > 63:
-                raise ValueError("flips end inside a LEB128 number")
-            continue
-        if positions:
-            if gap < 1:
-                raise ValueError("a gap after the first is 0: positions not ascending")
-            position += gap
-        else:
-            position = gap
-        if position >= bits:
-            raise ValueError(f"flipped bit {position} out of range for {bits} bits")
-        positions.append(position)
-        gap, shift = 0, 0
-    return positions
-
-
-def validate_params(d):
+def validate_header(d):
     if d.get("algorithm") != ALGORITHM:
         raise ValueError(f"unsupported algorithm {d.get('algorithm')!r}")
-    bits, hashes, key = d["bits"], d["hashes"], bytes(d["key"])
-    if not isinstance(bits, int) or bits <= 0 or bits % 64 or bits > 1 << 34:
-        raise ValueError(f"invalid bit count {bits}")
-    if not isinstance(hashes, int) or not 1 <= hashes <= 30:
-        raise ValueError(f"invalid hash count {hashes}")
-    if len(key) != 16:
-        raise ValueError(f"key must be 16 bytes, got {len(key)}")
+    if not allowed_bits(d["bits"]):
+        raise ValueError(f"invalid bit count {d['bits']}")
     for field in ("generation", "items"):
         if not isinstance(d[field], int) or d[field] < 0:
             raise ValueError(f"{field} must be a non-negative integer")
-    return bits, hashes, key
+    return d["bits"]
 
 
 def full_filter(d):
-    bits, hashes, key = validate_params(d)
+    bits = validate_header(d)
     if "flips" in d:
         raise ValueError("a full filter carries no flips")
-    bitmap = bytes(d["filter"])
-    if len(bitmap) != bits // 8:
-        raise ValueError(f"filter must be {bits // 8} bytes, got {len(bitmap)}")
-    return Bloom(bits, hashes, key, bitmap, d["items"])
+    return Bloom(bits, bytes(d["filter"]), d["items"])
 
 
 # ---------------------------------------------------------------- this peer's own filter
@@ -232,9 +135,8 @@ def full_filter(d):
 class OwnFilter:
     def __init__(self, uris):
         self.uris = list(uris)
-        self.key = secrets.token_bytes(16)
-        # Sized for more than it will hold, so adding a URI keeps the parameters.
-        self.template = Bloom.sized(256, 0.001, self.key)
+        # Sized for more than it will hold, so adding a URI keeps the size.
+        self.template = Bloom.sized(256, 0.001)
         self.history = []  # (generation, Bloom), newest last
         self.served = []  # (since, form, generation)
         self.rebuild()
@@ -257,14 +159,14 @@ class OwnFilter:
         older = None
         if since is not None:
             older = next((b for g, b in self.history if g == since), None)
-        if older is not None and older.params() == f.params():
-            flips = encode_flips(f.diff(older))
+        if older is not None and older.bits == f.bits:
+            flipped = f.diff(older)
+            rice_bits, flips = encode_flips(flipped)
             if len(flips) < f.bits // 8:
-                d = dict(base, since=since, generation=generation, bits=f.bits,
-                         hashes=f.hashes, key=f.key, items=f.items, flips=flips)
+                d = dict(base, since=since, generation=generation, bits=f.bits, items=f.items,
+                         **{"flip-count": len(flipped), "rice-bits": rice_bits}, flips=flips)
                 return d, "incremental"
-        d = dict(base, generation=generation, bits=f.bits, hashes=f.hashes, key=f.key,
-                 items=f.items, filter=bytes(f.bitmap))
+        d = dict(base, generation=generation, bits=f.bits, items=f.items, filter=bytes(f.bitmap))
         return d, "full"
 
 
@@ -540,8 +442,8 @@ def cmd_pull_full(c):
     f = full_filter(d)
     STATE.peer_filter = (d["generation"], f)
     log(f"pulled {STATE.peer_id}'s full filter: generation {d['generation']}, {f.bits} bits, "
-        f"{f.hashes} hashes, {f.items} items")
-    return {"generation": d["generation"], "bits": f.bits, "hashes": f.hashes, "items": f.items}
+        f"{f.items} items")
+    return {"generation": d["generation"], "bits": f.bits, "items": f.items}
 
 
 def cmd_pull_since(c):
@@ -549,11 +451,11 @@ def cmd_pull_since(c):
     d = pull(since=held_generation, accept=c.get("encoding", PLIST))
     if "flips" in d:
         form = "incremental"
-        bits, hashes, key = validate_params(d)
+        bits = validate_header(d)
         check("filter" not in d, "an incremental update also carries `filter`")
         check(d["since"] == held_generation, f"update since {d['since']}, asked since {held_generation}")
-        check((bits, hashes, key) == held.params(), "incremental update with other parameters")
-        positions = decode_flips(bytes(d["flips"]), bits)
+        check(bits == held.bits, "incremental update of another size")
+        positions = decode_flips(bytes(d["flips"]), d["flip-count"], d["rice-bits"], bits)
         check(len(d["flips"]) < bits // 8, "incremental update not smaller than the full filter")
         updated = held.copy()
         updated.flip(positions)
@@ -567,7 +469,7 @@ def cmd_pull_since(c):
     check(d["generation"] > held_generation, f"generation {d['generation']} not after {held_generation}")
     # The incremental result must be the filter the peer now publishes in full (JSON this time).
     full = full_filter(pull(accept=JSON))
-    check(full.params() == updated.params() and full.bitmap == updated.bitmap and full.items == updated.items,
+    check(full.bits == updated.bits and full.bitmap == updated.bitmap and full.items == updated.items,
           "the filter after applying the update differs from the full filter")
     STATE.peer_filter = (d["generation"], updated)
     return {"form": form, "since": held_generation, "generation": d["generation"], "flips": len(positions)}

@@ -78,7 +78,6 @@ pub(super) async fn federation_status(State(app): State<Arc<App>>) -> AdminResul
             "generation": f.generation,
             "items": f.items,
             "bits": f.bits,
-            "hashes": f.hashes,
             "estimated_false_positive_rate": f.estimated_false_positive_rate,
         })),
         "peers": peers,

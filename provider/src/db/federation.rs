@@ -18,7 +18,8 @@ impl Db {
 
     pub async fn peer_filters(&self) -> StoreResult<Vec<StoredPeerFilter>> {
         let rows = sqlx::query(
-            "SELECT provider_id, generation, bits, hashes, filter_key, items, filter, fetched_at              FROM peer_filters",
+            "SELECT provider_id, generation, algorithm, bits, items, filter, fetched_at \
+             FROM peer_filters",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -27,12 +28,11 @@ impl Db {
             .map(|r| StoredPeerFilter {
                 provider_id: r.get(0),
                 generation: r.get(1),
-                bits: r.get(2),
-                hashes: r.get(3),
-                key_hex: r.get(4),
-                items: r.get(5),
-                filter_base64: r.get(6),
-                fetched_at: r.get(7),
+                algorithm: r.get(2),
+                bits: r.get(3),
+                items: r.get(4),
+                filter_base64: r.get(5),
+                fetched_at: r.get(6),
             })
             .collect())
     }
@@ -44,14 +44,13 @@ impl Db {
             .execute(&mut **tx)
             .await?;
         sqlx::query(
-            "INSERT INTO peer_filters (provider_id, generation, bits, hashes, filter_key, items, \
-             filter, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO peer_filters (provider_id, generation, algorithm, bits, items, filter, \
+             fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&filter.provider_id)
         .bind(filter.generation)
+        .bind(&filter.algorithm)
         .bind(filter.bits)
-        .bind(filter.hashes)
-        .bind(&filter.key_hex)
         .bind(filter.items)
         .bind(&filter.filter_base64)
         .bind(filter.fetched_at)

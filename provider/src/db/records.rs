@@ -18,14 +18,13 @@ pub struct EndpointRecord {
     pub revoked_at: Option<i64>,
 }
 
-/// A peer's Bloom filter as stored: key in hex, bits in base64.
+/// A peer's Bloom filter as stored: its algorithm's name, and the bit array in base64.
 #[derive(Debug, Clone)]
 pub struct StoredPeerFilter {
     pub provider_id: String,
     pub generation: i64,
+    pub algorithm: String,
     pub bits: i64,
-    pub hashes: i64,
-    pub key_hex: String,
     pub items: i64,
     pub filter_base64: String,
     pub fetched_at: i64,

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use switchyard_protocol::bloom::{self, BloomFilter, BloomParams};
+use switchyard_protocol::bloom::{self, BloomFilter};
 use switchyard_protocol::dict::Dict;
 
 /// Generations kept for incremental answers.
@@ -40,7 +40,6 @@ pub struct FilterStats {
     pub generation: u64,
     pub items: u64,
     pub bits: u64,
-    pub hashes: u32,
     pub estimated_false_positive_rate: f64,
 }
 
@@ -57,8 +56,8 @@ impl OwnFilter {
         self.changes.fetch_add(count, Ordering::Relaxed);
     }
 
-    /// Rebuilds over `uris`; returns the new generation if the filter changed. Parameters (and so
-    /// the key) stay while the URIs fit the capacity, which keeps incremental updates possible.
+    /// Rebuilds over `uris`; returns the new generation if the filter changed. The size stays
+    /// while the URIs fit the capacity, which keeps incremental updates possible.
     pub fn rebuild(&self, uris: &[String]) -> Option<u64> {
         self.changes.store(0, Ordering::Relaxed);
         let items = uris.len() as u64;
@@ -67,22 +66,17 @@ impl OwnFilter {
             .current
             .as_ref()
             .filter(|_| items <= inner.capacity)
-            .map(|c| c.filter.params().clone());
-        let params = match reuse {
-            Some(params) => params,
+            .map(|c| c.filter.bits());
+        let bits = match reuse {
+            Some(bits) => bits,
             None => {
                 let capacity = (items + items / 4).max(MIN_CAPACITY);
-                let key = inner
-                    .current
-                    .as_ref()
-                    .map(|c| c.filter.params().key)
-                    .unwrap_or_else(random_key);
                 inner.capacity = capacity;
-                BloomParams::for_capacity(capacity, self.false_positive_rate, key)
+                bloom::bits_for_capacity(capacity, self.false_positive_rate)
                     .expect("the configuration check bounds the false-positive rate")
             }
         };
-        let mut filter = BloomFilter::new(params);
+        let mut filter = BloomFilter::empty(bits).expect("a computed size is valid");
         for uri in uris {
             filter.insert(uri);
         }
@@ -98,7 +92,7 @@ impl OwnFilter {
             .unwrap_or(0)
             .max(crate::shared::now_ms() as u64);
         if let Some(old) = inner.current.take() {
-            if old.filter.params() == filter.params() {
+            if old.filter.bits() == filter.bits() {
                 inner.history.push_front(old);
                 inner.history.truncate(HISTORY);
             } else {
@@ -121,8 +115,7 @@ impl OwnFilter {
         inner.current.as_ref().map(|c| FilterStats {
             generation: c.generation,
             items: c.filter.items(),
-            bits: c.filter.params().bits,
-            hashes: c.filter.params().hashes,
+            bits: c.filter.bits(),
             estimated_false_positive_rate: c.filter.estimated_false_positive_rate(),
         })
     }
@@ -142,7 +135,7 @@ impl OwnFilter {
         });
         if let Some(older) = older {
             if let Ok(flips) = current.filter.diff(&older.filter) {
-                if bloom::incremental_is_smaller(current.filter.params().bits, &flips) {
+                if bloom::incremental_is_smaller(current.filter.bits(), &flips) {
                     let dict = bloom::to_incremental_dict(
                         &current.filter,
                         older.generation,
@@ -158,13 +151,4 @@ impl OwnFilter {
             "full",
         ))
     }
-}
-
-fn random_key() -> [u8; 16] {
-    use ring::rand::SecureRandom;
-    let mut key = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut key)
-        .expect("the system random source works");
-    key
 }

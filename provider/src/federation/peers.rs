@@ -1,13 +1,14 @@
 //! The other members as seen from here: their Bloom filters (kept in the database so dispatch
-//! works right after a restart), requests to them over mutual TLS with the certificate pinned by
-//! the discovery dictionary, and a circuit breaker per peer.
+//! works right after a restart, and in one bit-sliced index so a dispatch hashes the callee once
+//! for all of them), requests to them over mutual TLS with the certificate pinned by the
+//! discovery dictionary, and a circuit breaker per peer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use switchyard_protocol::bloom::{self, BloomFilter, BloomParams, BloomUpdate, Probe};
+use switchyard_protocol::bloom::{self, BloomFilter, BloomUpdate, FilterIndex};
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::discovery::{Directory, Member};
 
@@ -81,8 +82,57 @@ pub struct PeerStatus {
     pub breaker_open: bool,
 }
 
+/// Every held peer filter in one index, by slot. Kept equal to the filters in `Peers::map`: it is
+/// changed only with that map's write lock held, and taken after it (never before).
+#[derive(Default)]
+struct Dispatch {
+    index: FilterIndex,
+    slots: HashMap<String, usize>,
+    /// The peer of each slot; a freed slot is reused.
+    owners: Vec<Option<String>>,
+}
+
+impl Dispatch {
+    fn slot(&mut self, peer: &str) -> usize {
+        if let Some(&slot) = self.slots.get(peer) {
+            return slot;
+        }
+        let slot = match self.owners.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.owners.push(None);
+                self.owners.len() - 1
+            }
+        };
+        self.owners[slot] = Some(peer.to_string());
+        self.slots.insert(peer.to_string(), slot);
+        slot
+    }
+
+    /// Makes `peer`'s column `filter`: by the bits that differ from the filter it held when the
+    /// size is the same (an incremental pull changes a few), else in full.
+    fn install(&mut self, peer: &str, held: Option<&BloomFilter>, filter: &BloomFilter) {
+        let slot = self.slot(peer);
+        if let Some(flips) = held.and_then(|held| filter.diff(held).ok()) {
+            self.index
+                .apply(slot, &flips)
+                .expect("a diff's flips are in range and ascending");
+        } else {
+            self.index.insert(slot, filter);
+        }
+    }
+
+    fn forget(&mut self, peer: &str) {
+        if let Some(slot) = self.slots.remove(peer) {
+            self.index.remove(slot);
+            self.owners[slot] = None;
+        }
+    }
+}
+
 pub struct Peers {
     map: RwLock<HashMap<String, Peer>>,
+    dispatch: RwLock<Dispatch>,
     /// Numbers the pulls in the order they start.
     pulls: std::sync::atomic::AtomicU64,
     breaker_failures: u32,
@@ -99,6 +149,7 @@ impl Peers {
     pub fn new(config: &FederationConfig) -> Self {
         Peers {
             map: RwLock::new(HashMap::new()),
+            dispatch: RwLock::new(Dispatch::default()),
             pulls: std::sync::atomic::AtomicU64::new(0),
             breaker_failures: config.breaker_failures,
             breaker_open: Duration::from_secs(config.breaker_open_seconds),
@@ -151,6 +202,11 @@ impl Peers {
             }
             let mut map = self.map.write().expect("peers lock");
             let peer = map.entry(stored.provider_id.clone()).or_default();
+            self.dispatch.write().expect("dispatch lock").install(
+                &stored.provider_id,
+                peer.filter.as_deref(),
+                &filter,
+            );
             peer.generation = stored.generation as u64;
             peer.false_positive_rate = rate;
             peer.filter = Some(Arc::new(filter));
@@ -161,14 +217,19 @@ impl Peers {
 
     /// Forgets a provider that left the federation.
     pub async fn forget(&self, db: &Db, provider_id: &str) {
-        self.map.write().expect("peers lock").remove(provider_id);
+        {
+            let mut map = self.map.write().expect("peers lock");
+            map.remove(provider_id);
+            self.dispatch
+                .write()
+                .expect("dispatch lock")
+                .forget(provider_id);
+        }
         if let Err(e) = db.delete_peer_filter(provider_id).await {
             tracing::warn!(peer = provider_id, error = %e, "deleting a former member's filter failed");
         }
     }
 
-    /// The members other than `self_id` whose filter may hold `uri`, and how many were skipped
-    /// because their breaker is open.
     /// Whether `member`'s filter in force may hold `uri`; false without a filter.
     pub fn may_host(&self, member: &str, uri: &str) -> bool {
         self.map
@@ -179,6 +240,8 @@ impl Peers {
             .is_some_and(|filter| filter.contains(uri))
     }
 
+    /// The members of `directory` other than `self_id` whose filter may hold `uri`, in the
+    /// directory's order, and how many were skipped because their breaker is open.
     pub fn candidates(
         &self,
         directory: &Directory,
@@ -186,42 +249,40 @@ impl Peers {
         uri: &str,
     ) -> (Vec<Member>, usize) {
         let map = self.map.read().expect("peers lock");
+        let dispatch = self.dispatch.read().expect("dispatch lock");
         let now = Instant::now();
-        let mut probes: HashMap<[u8; 16], Probe> = HashMap::new();
         let mut found = Vec::new();
         let mut skipped = 0;
-        for member in directory
-            .members
-            .iter()
-            .filter(|m| m.provider_id != self_id)
-        {
-            let Some(peer) = map.get(&member.provider_id) else {
-                continue;
+        dispatch.index.candidates(uri, |slot| {
+            let Some(id) = dispatch.owners[slot].as_deref().filter(|id| *id != self_id) else {
+                return;
             };
-            let Some(filter) = &peer.filter else {
-                continue;
+            let Some(position) = directory.members.iter().position(|m| m.provider_id == id) else {
+                return;
             };
-            let key = filter.params().key;
-            let probe = probes.entry(key).or_insert_with(|| Probe::new(uri, &key));
-            if !filter.contains_probe(probe) {
-                continue;
-            }
+            let Some(peer) = map.get(id) else {
+                return;
+            };
             if peer.open_until.is_some_and(|until| until > now) {
                 skipped += 1;
-                continue;
+                return;
             }
-            found.push((peer.false_positive_rate, member.clone()));
-        }
+            found.push((position, peer.false_positive_rate));
+        });
+        found.sort_unstable_by_key(|&(position, _)| position);
         if found.len() > self.max_candidates {
             // The most specific filters are the likeliest to really host the callee.
-            found.sort_by(|a, b| a.0.total_cmp(&b.0));
+            found.sort_by(|a, b| a.1.total_cmp(&b.1));
             let dropped = found.len() - self.max_candidates;
             found.truncate(self.max_candidates);
             metrics::counter!("switchyard_dispatch_candidates_dropped_total")
                 .increment(dropped as u64);
         }
         (
-            found.into_iter().map(|(_, member)| member).collect(),
+            found
+                .into_iter()
+                .map(|(position, _)| directory.members[position].clone())
+                .collect(),
             skipped,
         )
     }
@@ -241,7 +302,7 @@ impl Peers {
                     provider_id: m.provider_id.clone(),
                     generation: peer.filter.as_ref().map(|_| peer.generation),
                     items: peer.filter.as_ref().map(|f| f.items()),
-                    bits: peer.filter.as_ref().map(|f| f.params().bits),
+                    bits: peer.filter.as_ref().map(|f| f.bits()),
                     estimated_false_positive_rate: peer
                         .filter
                         .as_ref()
@@ -482,7 +543,7 @@ impl Peers {
             BloomUpdate::Incremental {
                 since,
                 generation,
-                params,
+                bits,
                 items,
                 flips,
             } => {
@@ -491,7 +552,7 @@ impl Peers {
                         "an incremental update answered a full request".into(),
                     ));
                 };
-                if since != held_generation || held_filter.params() != &params {
+                if since != held_generation || held_filter.bits() != bits {
                     return Err(body_error(format!(
                         "an update since generation {since} does not apply to generation {held_generation}"
                     )));
@@ -503,10 +564,10 @@ impl Peers {
                 (generation, filter)
             }
         };
-        if filter.params().bits / 8 > self.max_filter_bytes {
+        if filter.bits() / 8 > self.max_filter_bytes {
             return Err(body_error(format!(
                 "a filter of {} bytes exceeds federation.max_filter_bytes",
-                filter.params().bits / 8
+                filter.bits() / 8
             )));
         }
         let false_positive_rate = filter.estimated_false_positive_rate();
@@ -522,9 +583,8 @@ impl Peers {
         let stored = StoredPeerFilter {
             provider_id: member.provider_id.clone(),
             generation: generation as i64,
-            bits: filter.params().bits as i64,
-            hashes: i64::from(filter.params().hashes),
-            key_hex: hex::encode(filter.params().key),
+            algorithm: bloom::ALGORITHM.to_string(),
+            bits: filter.bits() as i64,
             items: filter.items() as i64,
             filter_base64: base64::engine::general_purpose::STANDARD.encode(filter.bytes()),
             fetched_at: now_ms(),
@@ -543,6 +603,11 @@ impl Peers {
             return Ok(newer);
         }
         let peer = map.entry(member.provider_id.clone()).or_default();
+        self.dispatch.write().expect("dispatch lock").install(
+            &member.provider_id,
+            peer.filter.as_deref(),
+            &filter,
+        );
         peer.installed_pull = ticket;
         peer.generation = generation;
         peer.filter = Some(Arc::new(filter));
@@ -559,19 +624,18 @@ impl Peers {
 }
 
 fn decode_stored(stored: &StoredPeerFilter) -> Result<BloomFilter, String> {
-    let key: [u8; 16] = hex::decode(&stored.key_hex)
-        .map_err(|e| e.to_string())?
-        .try_into()
-        .map_err(|_| "key is not 16 bytes".to_string())?;
-    let params = BloomParams {
-        bits: stored.bits as u64,
-        hashes: stored.hashes as u32,
-        key,
-    };
+    if stored.algorithm != bloom::ALGORITHM {
+        return Err(format!(
+            "saved as `{}`, not `{}`",
+            stored.algorithm,
+            bloom::ALGORITHM
+        ));
+    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&stored.filter_base64)
         .map_err(|e| e.to_string())?;
-    BloomFilter::from_bytes(params, stored.items as u64, &bytes).map_err(|e| e.to_string())
+    BloomFilter::from_bytes(stored.bits as u64, stored.items as u64, &bytes)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -591,8 +655,7 @@ mod tests {
 
     /// A filter holding `uri` and `extra` other URIs, sized for 64 URIs at 1%.
     fn filter(uri: &str, extra: usize) -> BloomFilter {
-        let params = BloomParams::for_capacity(64, 0.01, [7; 16]).unwrap();
-        let mut filter = BloomFilter::new(params);
+        let mut filter = BloomFilter::with_capacity(64, 0.01).unwrap();
         filter.insert(uri);
         for i in 0..extra {
             filter.insert(&format!("tel:+1555000{i:04}"));
@@ -622,8 +685,10 @@ mod tests {
         };
         {
             let mut map = peers.map.write().unwrap();
-            for (id, extra) in [("full", 60), ("half", 30), ("sparse", 0)] {
+            let mut dispatch = peers.dispatch.write().unwrap();
+            for (id, extra) in [("full", 60), ("half", 30), ("sparse", 0), ("gone", 0)] {
                 let filter = filter(uri, extra);
+                dispatch.install(id, None, &filter);
                 let peer = map.entry(id.to_string()).or_default();
                 peer.false_positive_rate = filter.estimated_false_positive_rate();
                 peer.filter = Some(Arc::new(filter));
@@ -633,6 +698,25 @@ mod tests {
         let ids: Vec<&str> = found.iter().map(|m| m.provider_id.as_str()).collect();
         assert_eq!(ids, ["sparse", "half"]);
         assert_eq!(skipped, 0);
+
+        // A newer filter of the same size goes in by the bits that differ; a forgotten peer is
+        // no candidate.
+        {
+            let mut map = peers.map.write().unwrap();
+            let mut dispatch = peers.dispatch.write().unwrap();
+            let peer = map.get_mut("half").unwrap();
+            let newer = filter("tel:+14155550199", 30);
+            assert_eq!(newer.bits(), peer.filter.as_ref().unwrap().bits());
+            dispatch.install("half", peer.filter.as_deref(), &newer);
+            peer.filter = Some(Arc::new(newer));
+            dispatch.forget("sparse");
+        }
+        let (found, _) = peers.candidates(&directory, "self", uri);
+        let ids: Vec<&str> = found.iter().map(|m| m.provider_id.as_str()).collect();
+        assert_eq!(ids, ["full"]);
+        let (found, _) = peers.candidates(&directory, "self", "tel:+14155550199");
+        let ids: Vec<&str> = found.iter().map(|m| m.provider_id.as_str()).collect();
+        assert_eq!(ids, ["half"]);
     }
 
     #[test]

@@ -307,10 +307,15 @@ async fn a_false_positive_is_dropped_and_the_call_goes_on() -> anyhow::Result<()
     ])
     .await?;
     let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
-    let c_users: Vec<String> = (0..50).map(|i| format!("tel:+1415555{i:04}")).collect();
-    for (i, uri) in c_users.iter().enumerate() {
+    // Filled near its capacity (1,024 URIs at least): a split-block filter holding far fewer
+    // URIs than it is sized for has almost no false positives.
+    for user in 0..20 {
+        let uris: Vec<String> = (0..60)
+            .map(|i| format!("tel:+1415555{:04}", user * 60 + i))
+            .collect();
+        let uris: Vec<&str> = uris.iter().map(String::as_str).collect();
         fed.provider("c.test")
-            .add_user(&format!("C{i}"), &[uri.as_str()])
+            .add_user(&format!("C{user}"), &uris)
             .await?;
     }
     // A URI hosted at B that C's filter also claims.

@@ -247,7 +247,7 @@ async fn scenarios(
     let before = a_fed.own.stats().context("A's filter")?;
     assert_eq!(full["generation"], before.generation);
     assert_eq!(full["bits"], before.bits);
-    assert_eq!(full["hashes"], before.hashes);
+    assert_eq!(full["items"], before.items);
     h.add_user("Carol", &[CAROL]).await?;
     a_fed.rebuild_filter().await?;
     let after = a_fed.own.stats().context("A's filter")?;
