@@ -5,15 +5,18 @@
 use std::collections::HashSet;
 use std::io::Read;
 
+use sqlx::AssertSqlSafe;
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
 use crate::db::records::NewUser;
 use crate::db::registry::{insert_users, registered_uris};
-use crate::db::{Db, StoreError, WriteTx};
+use crate::db::{Backend, Db, StoreError, WriteTx};
 use crate::shared::now_ms;
 
 const BATCH: usize = 400;
+/// SQLite's page cache during an import, in KiB: the indexes of a million users fit.
+const IMPORT_CACHE_KIB: u64 = 256 * 1024;
 const MAX_ERRORS: usize = 100;
 pub const PROGRESS_EVERY: u64 = 50_000;
 
@@ -159,9 +162,49 @@ pub async fn import_csv<R: Read + Send + 'static>(
     reader: R,
     progress: Option<mpsc::Sender<ImportEvent>>,
 ) -> Result<ImportSummary, ImportError> {
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, rx) = mpsc::channel(8);
     let parser = tokio::task::spawn_blocking(move || parse(reader, canonicalizer, tx));
     let mut db_tx = db.begin_write().await?;
+    let sqlite = db.backend() == Backend::Sqlite;
+    // SQLite's page cache (2 MiB by default) holds a small part of the indexes a large import
+    // grows, so past the first rows each insert re-read pages from the WAL. The cache is a
+    // connection's, so its size is set back before the connection returns to the pool.
+    let cache_pages: Option<i64> = if sqlite {
+        let pages = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut **db_tx)
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "PRAGMA cache_size = -{IMPORT_CACHE_KIB}"
+        )))
+        .execute(&mut **db_tx)
+        .await
+        .map_err(StoreError::from)?;
+        Some(pages)
+    } else {
+        None
+    };
+    let imported = import_rows(&mut db_tx, rx, progress).await;
+    if let Some(pages) = cache_pages {
+        sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {pages}")))
+            .execute(&mut **db_tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    parser
+        .await
+        .map_err(|e| ImportError::Csv(format!("parser failed: {e}")))?;
+    let summary = imported?;
+    db_tx.commit().await.map_err(StoreError::from)?;
+    Ok(summary)
+}
+
+/// Writes the parsed batches, all or nothing: the rows' errors, if any, instead.
+async fn import_rows(
+    db_tx: &mut WriteTx,
+    mut rx: mpsc::Receiver<Parsed>,
+    progress: Option<mpsc::Sender<ImportEvent>>,
+) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary { users: 0, uris: 0 };
     let mut rows_done = 0u64;
     let mut errors = Vec::new();
@@ -171,11 +214,11 @@ pub async fn import_csv<R: Read + Send + 'static>(
             Parsed::Fatal(message) => return Err(ImportError::Csv(message)),
             Parsed::Errors(mut rows) => errors.append(&mut rows),
             Parsed::Rows(rows) => {
-                errors.extend(existing_uris(&mut db_tx, &rows).await?);
+                errors.extend(existing_uris(db_tx, &rows).await?);
                 if !errors.is_empty() {
                     continue;
                 }
-                insert_batch(&mut db_tx, &rows, now).await?;
+                insert_batch(db_tx, &rows, now).await?;
                 let before = rows_done;
                 rows_done += rows.len() as u64;
                 summary.users += rows.len() as u64;
@@ -190,15 +233,11 @@ pub async fn import_csv<R: Read + Send + 'static>(
             }
         }
     }
-    parser
-        .await
-        .map_err(|e| ImportError::Csv(format!("parser failed: {e}")))?;
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.line);
         errors.truncate(MAX_ERRORS);
         return Err(ImportError::Rows(errors));
     }
-    db_tx.commit().await.map_err(StoreError::from)?;
     Ok(summary)
 }
 
@@ -233,4 +272,38 @@ async fn insert_batch(tx: &mut WriteTx, rows: &[ParsedRow], now: i64) -> Result<
         })
         .collect();
     insert_users(tx, &users).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn cache_size(db: &Db) -> i64 {
+        let mut tx = db.begin_write().await.unwrap();
+        sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut **tx)
+            .await
+            .unwrap()
+    }
+
+    /// One pooled connection, so the import's is the one asked afterwards.
+    #[tokio::test]
+    async fn an_import_leaves_the_connections_page_cache_as_it_found_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 1)
+            .await
+            .unwrap();
+        let before = cache_size(&db).await;
+        let csv = "display_name,uris\nAda,tel:+442071000000 mailto:ada@example.com\n";
+        let summary = import_csv(&db, Canonicalizer::new(None), csv.as_bytes(), None)
+            .await
+            .unwrap();
+        assert_eq!(summary, ImportSummary { users: 1, uris: 2 });
+        assert_eq!(cache_size(&db).await, before);
+        // A refused import (the same URIs again) sets it back too, and writes nothing.
+        let refused = import_csv(&db, Canonicalizer::new(None), csv.as_bytes(), None).await;
+        assert!(matches!(refused, Err(ImportError::Rows(rows)) if rows.len() == 2));
+        assert_eq!(cache_size(&db).await, before);
+        assert_ne!(before, -(IMPORT_CACHE_KIB as i64));
+    }
 }
