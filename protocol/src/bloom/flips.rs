@@ -19,7 +19,7 @@
 //! block that would pass `flip-count`, a code that ends early, and anything but zero padding
 //! after the last block.
 
-use super::{BloomError, BLOCK_BITS};
+use super::filter::{BloomError, BLOCK_BITS};
 
 /// The largest Rice parameter: a gap never needs more low bits than a block number has.
 pub(super) const MAX_RICE_BITS: u32 = 34;

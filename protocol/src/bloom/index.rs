@@ -2,7 +2,9 @@
 //! filters of one size share a matrix with a row per bit position and a column per filter, so a
 //! dispatch hashes the URI once and ANDs eight rows, instead of probing each filter apart.
 
-use super::{block_of, positions, validate_flips, BloomError, BloomFilter, BLOCK_BITS};
+use super::filter::{
+    block_of, hash, positions, validate_flips, BloomError, BloomFilter, BLOCK_BITS,
+};
 
 /// Filters of one bit count.
 struct Group {
@@ -138,14 +140,14 @@ impl FilterIndex {
             return false;
         };
         let g = &self.groups[group];
-        positions(super::hash(uri), g.bits / BLOCK_BITS)
+        positions(hash(uri), g.bits / BLOCK_BITS)
             .iter()
             .all(|&p| g.rows[p as usize * g.lanes + column / 64] >> (column % 64) & 1 != 0)
     }
 
     /// Calls `found` with every slot whose filter may hold `uri`.
     pub fn candidates(&self, uri: &str, mut found: impl FnMut(usize)) {
-        let hash = super::hash(uri);
+        let hash = hash(uri);
         for g in &self.groups {
             let blocks = g.bits / BLOCK_BITS;
             debug_assert!(block_of(hash, blocks) < blocks);

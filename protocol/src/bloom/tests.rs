@@ -1,5 +1,6 @@
+use super::filter::{allowed_blocks, allowed_blocks_at_least, hash, positions};
 use super::*;
-use crate::dict::{Encoding, Value};
+use crate::dict::{DictError, Encoding, Value};
 
 fn present(i: u32) -> String {
     format!("tel:+1650{i:07}")
