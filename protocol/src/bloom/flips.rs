@@ -57,12 +57,13 @@ fn coded_bits(flips: &[u64], rice_bits: u32) -> u64 {
         .sum()
 }
 
-/// The parameter giving the shortest code.
+/// The parameter giving the shortest code: the one minimizing the bits that depend on it, the
+/// gaps' unary parts and their low bits.
 fn best_rice_bits(flips: &[u64]) -> u32 {
     let gaps: Vec<u64> = blocks(flips).map(|(gap, _)| gap).collect();
     (0..=MAX_RICE_BITS)
         .min_by_key(|&r| {
-            gaps.iter().map(|g| (g >> r) + 1).sum::<u64>() + gaps.len() as u64 * u64::from(r)
+            gaps.iter().map(|g| g >> r).sum::<u64>() + gaps.len() as u64 * u64::from(r)
         })
         .expect("a non-empty range")
 }
@@ -74,16 +75,17 @@ pub(super) fn encoded_len(flips: &[u64]) -> u64 {
 
 struct BitWriter {
     bytes: Vec<u8>,
+    /// Bits used of the last byte, 0 to 7 (0: a new byte is needed).
     used: u32,
 }
 
 impl BitWriter {
     fn push(&mut self, bit: bool) {
-        if self.used.is_multiple_of(8) {
+        if self.used == 0 {
             self.bytes.push(0);
         }
         if bit {
-            *self.bytes.last_mut().expect("a byte was pushed") |= 0x80 >> (self.used % 8);
+            *self.bytes.last_mut().expect("a byte was pushed") |= 0x80 >> self.used;
         }
         self.used = (self.used + 1) % 8;
     }
@@ -119,8 +121,9 @@ pub(super) fn encode(flips: &[u64]) -> (u32, Vec<u8>) {
             let (in_word, tail) = rest.split_at(len);
             rest = tail;
             out.unary(len as u64);
-            for p in in_word {
-                out.low_bits(p % 32, INDEX_BITS);
+            // The low 5 bits of a position are its index in its word.
+            for &p in in_word {
+                out.low_bits(p, INDEX_BITS);
             }
         }
     }
@@ -310,6 +313,25 @@ mod tests {
             decode(&[0xff; 8], 1, 0, 40 * 256),
             Err(BloomError::FlipOutOfRange { bits: 10240, .. })
         ));
+        // With r = 2, the tenth one-bit of the unary part already reaches block 40, the end.
+        assert_eq!(
+            decode(&[0xff; 8], 1, 2, 40 * 256),
+            Err(BloomError::FlipOutOfRange {
+                position: 10240,
+                bits: 10240
+            })
+        );
+        // Every bit of the filter may flip, but no more than that many.
+        let every: Vec<u64> = (0..256).collect();
+        let (r, coded) = encode(&every);
+        assert_eq!(decode(&coded, 256, r, 256).unwrap(), every);
+        assert_eq!(
+            decode(&coded, 257, r, 256),
+            Err(BloomError::TooManyFlips {
+                count: 257,
+                bits: 256
+            })
+        );
         assert_eq!(
             decode(&[], u64::MAX, 0, 256),
             Err(BloomError::TooManyFlips {
