@@ -165,11 +165,10 @@ pub async fn import_csv<R: Read + Send + 'static>(
     let (tx, rx) = mpsc::channel(8);
     let parser = tokio::task::spawn_blocking(move || parse(reader, canonicalizer, tx));
     let mut db_tx = db.begin_write().await?;
-    let sqlite = db.backend() == Backend::Sqlite;
     // SQLite's page cache (2 MiB by default) holds a small part of the indexes a large import
     // grows, so past the first rows each insert re-read pages from the WAL. The cache is a
     // connection's, so its size is set back before the connection returns to the pool.
-    let cache_pages: Option<i64> = if sqlite {
+    let cache_pages: Option<i64> = if db.backend() == Backend::Sqlite {
         let pages = sqlx::query_scalar("PRAGMA cache_size")
             .fetch_one(&mut **db_tx)
             .await

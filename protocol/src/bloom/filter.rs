@@ -145,7 +145,7 @@ pub(super) fn hash(uri: &str) -> u64 {
 }
 
 /// The block a hash falls in, of `blocks`.
-pub(super) fn block_of(hash: u64, blocks: u64) -> u64 {
+fn block_of(hash: u64, blocks: u64) -> u64 {
     ((hash >> 32) * blocks) >> 32
 }
 

@@ -2,9 +2,7 @@
 //! filters of one size share a matrix with a row per bit position and a column per filter, so a
 //! dispatch hashes the URI once and ANDs eight rows, instead of probing each filter apart.
 
-use super::filter::{
-    block_of, hash, positions, validate_flips, BloomError, BloomFilter, BLOCK_BITS,
-};
+use super::filter::{hash, positions, validate_flips, BloomError, BloomFilter, BLOCK_BITS};
 
 /// Filters of one bit count.
 struct Group {
@@ -149,9 +147,7 @@ impl FilterIndex {
     pub fn candidates(&self, uri: &str, mut found: impl FnMut(usize)) {
         let hash = hash(uri);
         for g in &self.groups {
-            let blocks = g.bits / BLOCK_BITS;
-            debug_assert!(block_of(hash, blocks) < blocks);
-            let rows = positions(hash, blocks).map(|p| p as usize * g.lanes);
+            let rows = positions(hash, g.bits / BLOCK_BITS).map(|p| p as usize * g.lanes);
             for lane in 0..g.lanes {
                 let mut hits = rows
                     .iter()

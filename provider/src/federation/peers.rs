@@ -202,17 +202,22 @@ impl Peers {
             }
             let mut map = self.map.write().expect("peers lock");
             let peer = map.entry(stored.provider_id.clone()).or_default();
-            self.dispatch.write().expect("dispatch lock").install(
-                &stored.provider_id,
-                peer.filter.as_deref(),
-                &filter,
-            );
+            self.hold(&stored.provider_id, peer, filter);
             peer.generation = stored.generation as u64;
             peer.false_positive_rate = rate;
-            peer.filter = Some(Arc::new(filter));
             peer.fetched_at_ms = Some(stored.fetched_at);
         }
         Ok(())
+    }
+
+    /// Makes `filter` the one held for `id`: in its entry of the map (whose write lock the caller
+    /// holds) and in the dispatch index together, so the two never disagree.
+    fn hold(&self, id: &str, peer: &mut Peer, filter: BloomFilter) {
+        self.dispatch
+            .write()
+            .expect("dispatch lock")
+            .install(id, peer.filter.as_deref(), &filter);
+        peer.filter = Some(Arc::new(filter));
     }
 
     /// Forgets a provider that left the federation.
@@ -603,14 +608,9 @@ impl Peers {
             return Ok(newer);
         }
         let peer = map.entry(member.provider_id.clone()).or_default();
-        self.dispatch.write().expect("dispatch lock").install(
-            &member.provider_id,
-            peer.filter.as_deref(),
-            &filter,
-        );
+        self.hold(&member.provider_id, peer, filter);
         peer.installed_pull = ticket;
         peer.generation = generation;
-        peer.filter = Some(Arc::new(filter));
         peer.false_positive_rate = false_positive_rate;
         peer.fetched_at_ms = Some(stored.fetched_at);
         peer.last_error = None;
