@@ -170,13 +170,13 @@ pub async fn import_csv<R: Read + Send + 'static>(
     // connection's, so its size is set back before the connection returns to the pool.
     let cache_pages: Option<i64> = if db.backend() == Backend::Sqlite {
         let pages = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&mut **db_tx)
+            .fetch_one(&mut *db_tx)
             .await
             .map_err(StoreError::from)?;
         sqlx::query(AssertSqlSafe(format!(
             "PRAGMA cache_size = -{IMPORT_CACHE_KIB}"
         )))
-        .execute(&mut **db_tx)
+        .execute(&mut *db_tx)
         .await
         .map_err(StoreError::from)?;
         Some(pages)
@@ -186,7 +186,7 @@ pub async fn import_csv<R: Read + Send + 'static>(
     let imported = import_rows(&mut db_tx, rx, progress).await;
     if let Some(pages) = cache_pages {
         sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {pages}")))
-            .execute(&mut **db_tx)
+            .execute(&mut *db_tx)
             .await
             .map_err(StoreError::from)?;
     }
@@ -194,7 +194,7 @@ pub async fn import_csv<R: Read + Send + 'static>(
         .await
         .map_err(|e| ImportError::Csv(format!("parser failed: {e}")))?;
     let summary = imported?;
-    db_tx.commit().await.map_err(StoreError::from)?;
+    db_tx.commit().await?;
     Ok(summary)
 }
 
@@ -280,7 +280,7 @@ mod tests {
     async fn cache_size(db: &Db) -> i64 {
         let mut tx = db.begin_write().await.unwrap();
         sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await
             .unwrap()
     }

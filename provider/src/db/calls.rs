@@ -122,30 +122,32 @@ impl Db {
 
     /// Records a Forward id from `provider_id`; false if it was seen before (a replay).
     pub async fn record_forward_nonce(&self, provider_id: &str, nonce: &str) -> StoreResult<bool> {
-        Ok(sqlx::query(
-            "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(provider_id)
-        .bind(nonce)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        let inserted = self
+            .write_one(
+                sqlx::query(
+                    "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(provider_id)
+                .bind(nonce)
+                .bind(now_ms()),
+            )
+            .await?;
+        Ok(inserted == 1)
     }
 
     /// Forgets Forward ids and answers older than `before` (Unix ms).
     pub async fn purge_forward_log(&self, before: i64) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM forward_nonces WHERE seen_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM forward_results WHERE created_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 }
 
@@ -416,10 +418,6 @@ fn failure(e: StoreError) -> StoreFailure {
     Box::new(e)
 }
 
-fn sql(e: sqlx::Error) -> StoreFailure {
-    failure(e.into())
-}
-
 /// The call store port over the database, with the push hub of this replica to wake. It owns
 /// its handles because a lifetime on the core's `Ports::Store` defeats the compiler's proof
 /// that spawned flows are `Send`.
@@ -604,7 +602,7 @@ impl WriteUnit for DbUnit<'_> {
     }
 
     async fn commit(self) -> Result<(), StoreFailure> {
-        self.tx.commit().await.map_err(sql)?;
+        self.tx.commit().await.map_err(failure)?;
         self.outbox.wake(self.hub);
         Ok(())
     }

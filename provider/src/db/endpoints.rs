@@ -44,7 +44,7 @@ impl Db {
         .bind(code_hash)
         .bind(&endpoint.user_id)
         .bind(now_ms())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if consumed == 0 {
@@ -66,7 +66,7 @@ impl Db {
         .bind(&endpoint.cert_fingerprint)
         .bind(endpoint.cert_not_after)
         .bind(endpoint.created_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(true)
@@ -137,7 +137,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT revoked_at FROM endpoints WHERE id = $1")
             .bind(endpoint_id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("no endpoint `{endpoint_id}`")));
@@ -145,11 +145,11 @@ impl Db {
         sqlx::query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(endpoint_id)
             .bind(now_ms())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
             .bind(endpoint_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())

@@ -41,7 +41,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
             .bind(&filter.provider_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         sqlx::query(
             "INSERT INTO peer_filters (provider_id, generation, algorithm, bits, items, filter, \
@@ -54,17 +54,17 @@ impl Db {
         .bind(filter.items)
         .bind(&filter.filter_base64)
         .bind(filter.fetched_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete_peer_filter(&self, provider_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
-            .bind(provider_id)
-            .execute(&self.pool)
-            .await?;
+        self.write_one(
+            sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1").bind(provider_id),
+        )
+        .await?;
         Ok(())
     }
 }

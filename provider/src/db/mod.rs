@@ -6,6 +6,7 @@
 pub mod calls;
 pub mod endpoints;
 pub mod federation;
+mod group;
 pub mod operators;
 pub mod pushes;
 pub mod records;
@@ -14,13 +15,17 @@ pub mod seal_keys;
 pub mod sip;
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Every SQLite connection's settings: the WAL, a sync of it at each commit, foreign keys, and
+/// a wait for the lock held by another process.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                              PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +39,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The group commit a unit was part of failed: none of the group's writes were stored.
+    #[error("the write was not stored: {0}")]
+    NotStored(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -48,35 +56,50 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite has one writer at a time. Writers of this process queue here, in order, instead of
-    /// polling the database lock through SQLite's busy handler, whose growing sleeps put tens of
-    /// milliseconds on the tail under concurrency. (Other processes still meet the busy timeout.)
-    writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's single writer, with group commit; None on PostgreSQL, where each write unit is
+    /// a transaction of its own on a pooled connection.
+    writer: Option<group::Writer>,
 }
 
-/// A transaction that will write; dereferences to the sqlx transaction.
+/// A write unit: on PostgreSQL a transaction, on SQLite a savepoint in the writer's group
+/// transaction. Dereferences to the connection its statements run on; dropped without
+/// [`WriteTx::commit`], its writes are undone.
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    inner: WriteInner,
+}
+
+enum WriteInner {
+    Postgres(Transaction<'static, Any>),
+    Sqlite(group::Unit),
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Returns once the unit's writes are on disk (on SQLite, once its group committed).
+    pub async fn commit(self) -> StoreResult<()> {
+        match self.inner {
+            WriteInner::Postgres(tx) => Ok(tx.commit().await?),
+            WriteInner::Sqlite(unit) => unit.commit().await,
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
-    type Target = Transaction<'static, Any>;
+    type Target = AnyConnection;
 
-    fn deref(&self) -> &Self::Target {
-        &self.tx
+    fn deref(&self) -> &AnyConnection {
+        match &self.inner {
+            WriteInner::Postgres(tx) => tx,
+            WriteInner::Sqlite(unit) => unit.connection(),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.inner {
+            WriteInner::Postgres(tx) => tx,
+            WriteInner::Sqlite(unit) => unit.connection_mut(),
+        }
     }
 }
 
@@ -86,7 +109,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl Db {
     /// Connects and applies pending migrations. SQLite runs in WAL mode with `synchronous=FULL`
-    /// so that a write acknowledged to a client survives `kill -9` and power loss.
+    /// so that a write acknowledged to a client survives `kill -9` and power loss; its writes
+    /// go through one connection of their own, in group commits (see [`group`]).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -105,22 +129,26 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
+        let writer = match backend {
+            Backend::Sqlite => {
+                let mut conn = options.connect().await?;
+                conn.execute(SQLITE_PRAGMAS).await?;
+                Some(group::Writer::start(conn))
+            }
+            Backend::Postgres => None,
+        };
         Ok(Db {
             pool,
             backend,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
+            writer,
         })
     }
 
@@ -128,26 +156,37 @@ impl Db {
         self.backend
     }
 
+    /// Stores what is waiting for a group commit, then closes the connections.
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await
     }
 
-    /// A transaction that will write. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
-    /// so two writers never fail a lock upgrade, after this process's writer queue.
+    /// A unit that will write. On SQLite it queues, in order, for the process's one writer
+    /// connection instead of polling the database lock through SQLite's busy handler, whose
+    /// growing sleeps put tens of milliseconds on the tail.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
-        Ok(match self.backend {
-            Backend::Sqlite => {
-                let writer = self.writer.clone().lock_owned().await;
-                WriteTx {
-                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
-                    _writer: Some(writer),
-                }
-            }
-            Backend::Postgres => WriteTx {
-                tx: self.pool.begin().await?,
-                _writer: None,
-            },
-        })
+        let inner = match &self.writer {
+            Some(writer) => WriteInner::Sqlite(writer.begin().await?),
+            None => WriteInner::Postgres(self.pool.begin().await?),
+        };
+        Ok(WriteTx { inner })
+    }
+
+    /// One statement that writes, as a unit of its own (on PostgreSQL, in autocommit).
+    async fn write_one<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> StoreResult<u64> {
+        if self.writer.is_none() {
+            return Ok(statement.execute(&self.pool).await?.rows_affected());
+        }
+        let mut tx = self.begin_write().await?;
+        let affected = statement.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(affected)
     }
 
     pub async fn ping(&self) -> StoreResult<()> {

@@ -15,7 +15,7 @@ impl Db {
         .bind(&operator.role)
         .bind(&operator.password_hash)
         .bind(operator.created_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -66,11 +66,11 @@ impl Db {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM operator_sessions WHERE operator = $1")
             .bind(name)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         let deleted = sqlx::query("DELETE FROM operators WHERE name = $1")
             .bind(name)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -91,7 +91,7 @@ impl Db {
         .bind(&session.csrf_token)
         .bind(session.created_at)
         .bind(session.expires_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -127,34 +127,32 @@ impl Db {
     }
 
     pub async fn remove_operator_session(&self, id_sha256: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM operator_sessions WHERE id_sha256 = $1")
-            .bind(id_sha256)
-            .execute(&self.pool)
-            .await?;
+        self.write_one(
+            sqlx::query("DELETE FROM operator_sessions WHERE id_sha256 = $1").bind(id_sha256),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn purge_expired_operator_sessions(&self, now: i64) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM operator_sessions WHERE expires_at <= $1")
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+        self.write_one(
+            sqlx::query("DELETE FROM operator_sessions WHERE expires_at <= $1").bind(now),
         )
+        .await
     }
 
     pub async fn add_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, method, path, status) VALUES ($1, $2, $3, $4, $5, $6)",
+        self.write_one(
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor, method, path, status) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&entry.id)
+            .bind(entry.at)
+            .bind(&entry.actor)
+            .bind(&entry.method)
+            .bind(&entry.path)
+            .bind(i32::from(entry.status)),
         )
-        .bind(&entry.id)
-        .bind(entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.method)
-        .bind(&entry.path)
-        .bind(i32::from(entry.status))
-        .execute(&self.pool)
         .await?;
         Ok(())
     }

@@ -39,7 +39,7 @@ impl Db {
         let removed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq <= $2")
             .bind(endpoint_id)
             .bind(upto_seq)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         sqlx::query(
@@ -47,7 +47,7 @@ impl Db {
         )
         .bind(endpoint_id)
         .bind(upto_seq)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(removed)
@@ -72,7 +72,7 @@ impl Db {
         let claimed = sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1 AND seq = $2")
             .bind(endpoint_id)
             .bind(seq)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         tx.commit().await?;
@@ -80,11 +80,8 @@ impl Db {
     }
 
     pub async fn delete_expired_pushes(&self) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM pushes WHERE expires_at <= $1")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        self.write_one(sqlx::query("DELETE FROM pushes WHERE expires_at <= $1").bind(now_ms()))
+            .await
     }
 }
 

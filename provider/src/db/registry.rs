@@ -50,14 +50,14 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let endpoints: Vec<String> = sqlx::query("SELECT id FROM endpoints WHERE user_id = $1")
             .bind(user_id)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| r.get::<String, _>(0))
             .collect();
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(user_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -78,11 +78,9 @@ impl Db {
     }
 
     pub async fn remove_uri(&self, uri: &str) -> StoreResult<()> {
-        let deleted = sqlx::query("DELETE FROM user_uris WHERE uri = $1")
-            .bind(uri)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let deleted = self
+            .write_one(sqlx::query("DELETE FROM user_uris WHERE uri = $1").bind(uri))
+            .await?;
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("no user has `{uri}`")));
         }
@@ -178,7 +176,7 @@ impl Db {
         .bind(user_id)
         .bind(expires_at)
         .bind(now_ms())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())

@@ -31,19 +31,19 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let fresh = sqlx::query("SELECT 1 FROM seal_keys WHERE created_at > $1")
             .bind(fresh_after)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
         if fresh.is_none() {
             sqlx::query("INSERT INTO seal_keys (id, secret, created_at) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(secret)
                 .bind(now)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         sqlx::query("DELETE FROM seal_keys WHERE created_at < $1")
             .bind(drop_before)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())

@@ -34,7 +34,7 @@ impl Db {
         .bind(&account.ha1_md5)
         .bind(&account.ha1_sha256)
         .bind(account.created_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -98,7 +98,7 @@ impl Db {
         let endpoint_id: Option<String> =
             sqlx::query("SELECT endpoint_id FROM sip_accounts WHERE aor = $1")
                 .bind(aor)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *tx)
                 .await?
                 .and_then(|r| r.get(0));
         if let Some(id) = &endpoint_id {
@@ -107,20 +107,20 @@ impl Db {
             )
             .bind(id)
             .bind(now_ms())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
         sqlx::query("DELETE FROM sip_contacts WHERE aor = $1")
             .bind(aor)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         let deleted = sqlx::query("DELETE FROM sip_accounts WHERE aor = $1")
             .bind(aor)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -162,13 +162,8 @@ impl Db {
     }
 
     pub async fn purge_expired_sip_contacts(&self, now: i64) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM sip_contacts WHERE expires_at <= $1")
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        self.write_one(sqlx::query("DELETE FROM sip_contacts WHERE expires_at <= $1").bind(now))
+            .await
     }
 }
 

@@ -277,9 +277,7 @@ impl Registrar {
         let current = sip_contacts_in(&mut tx, &aor, now)
             .await
             .map_err(server_error)?;
-        tx.commit()
-            .await
-            .map_err(|e| server_error(crate::db::StoreError::from(e)))?;
+        tx.commit().await.map_err(server_error)?;
         let mut extra: Vec<Header> = current
             .iter()
             .map(|c| {

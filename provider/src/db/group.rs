@@ -1,0 +1,333 @@
+//! SQLite's writer: one connection, write units as savepoints of a shared transaction, and one
+//! commit (one fsync of the WAL) for every unit that queued while the previous one ran.
+//!
+//! A unit takes the writer (units queue for it in order), opens the group's transaction if none
+//! is open (`BEGIN IMMEDIATE`), and runs inside `SAVEPOINT unit`. Committing the unit releases
+//! the savepoint, joins the group and hands the writer on; it returns once the group's `COMMIT`
+//! is done. The flusher commits a group as soon as it gets the writer, which is after the units
+//! that queued before it asked. So with no load a unit's commit is one `COMMIT`, and under load
+//! every unit that arrived during a group's fsync goes into the next group.
+//!
+//! Durability is unchanged: a unit's commit returns only after its group is on disk, and if the
+//! group fails, every unit in it gets the error and none of them is stored. A unit dropped
+//! without committing is rolled back to its savepoint (by the next holder of the writer, as a
+//! drop cannot wait), leaving the group's other units as they were. Units of one group see each
+//! other's writes before they are committed, which is harmless: none of them is acknowledged
+//! before all are stored, and a failure takes all of them back.
+
+use std::sync::{Arc, Weak};
+
+use sqlx::{AnyConnection, Executor};
+use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
+
+use super::{StoreError, StoreResult};
+
+/// The result of a group's commit, shared by its units: None while it is open.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+#[derive(Clone)]
+pub struct Writer {
+    state: Arc<Mutex<State>>,
+    flush: Arc<Notify>,
+}
+
+struct State {
+    conn: AnyConnection,
+    /// The open transaction, if any.
+    group: Option<Group>,
+    /// A unit was dropped without committing: its savepoint is still open.
+    abandoned: bool,
+    closed: bool,
+}
+
+struct Group {
+    /// Units that committed into it.
+    members: usize,
+    outcome: watch::Sender<Outcome>,
+}
+
+impl State {
+    /// Rolls back a dropped unit; if that fails, the whole group goes.
+    async fn settle_abandoned(&mut self) {
+        if !self.abandoned {
+            return;
+        }
+        self.abandoned = false;
+        let undone = async {
+            self.conn.execute("ROLLBACK TO unit").await?;
+            self.conn.execute("RELEASE unit").await
+        }
+        .await;
+        if let Err(e) = undone {
+            self.end_group(Err(e.to_string().into())).await;
+        }
+    }
+
+    /// Commits the open group (rolls it back when no unit committed into it, or on `failure`)
+    /// and tells its units.
+    async fn end_group(&mut self, failure: Result<(), Arc<str>>) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        let outcome = match failure {
+            Ok(()) if group.members > 0 => match self.conn.execute("COMMIT").await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string().into()),
+            },
+            other => other,
+        };
+        if outcome.is_err() || group.members == 0 {
+            // After a failed COMMIT the transaction may still be open; without members there is
+            // nothing to store. An error here means no transaction was left open.
+            let _ = self.conn.execute("ROLLBACK").await;
+        }
+        if outcome.is_ok() && group.members > 0 {
+            metrics::histogram!("switchyard_db_group_commit_units").record(group.members as f64);
+        }
+        group.outcome.send_replace(Some(outcome));
+    }
+
+    async fn flush(&mut self) {
+        self.settle_abandoned().await;
+        self.end_group(Ok(())).await;
+    }
+}
+
+impl Writer {
+    pub fn start(conn: AnyConnection) -> Writer {
+        let writer = Writer {
+            state: Arc::new(Mutex::new(State {
+                conn,
+                group: None,
+                abandoned: false,
+                closed: false,
+            })),
+            flush: Arc::new(Notify::new()),
+        };
+        tokio::spawn(flusher(Arc::downgrade(&writer.state), writer.flush.clone()));
+        writer
+    }
+
+    pub async fn begin(&self) -> StoreResult<Unit> {
+        let mut state = self.state.clone().lock_owned().await;
+        if state.closed {
+            return Err(StoreError::NotStored("the database is closed".into()));
+        }
+        state.settle_abandoned().await;
+        if state.group.is_none() {
+            state.conn.execute("BEGIN IMMEDIATE").await?;
+            state.group = Some(Group {
+                members: 0,
+                outcome: watch::Sender::new(None),
+            });
+        }
+        if let Err(e) = state.conn.execute("SAVEPOINT unit").await {
+            // Nothing of this unit to undo; the group stays for the units in it.
+            return Err(e.into());
+        }
+        Ok(Unit {
+            state,
+            flush: self.flush.clone(),
+            committed: false,
+        })
+    }
+
+    /// Commits what is waiting and refuses new units.
+    pub async fn close(&self) {
+        let mut state = self.state.lock().await;
+        state.flush().await;
+        state.closed = true;
+        self.flush.notify_one();
+    }
+}
+
+/// Commits groups until the writer is gone or closed.
+async fn flusher(state: Weak<Mutex<State>>, flush: Arc<Notify>) {
+    loop {
+        flush.notified().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let mut state = state.lock().await;
+        if state.closed {
+            return;
+        }
+        state.flush().await;
+    }
+}
+
+/// A write unit holding the writer: a savepoint in the group's transaction.
+pub struct Unit {
+    state: OwnedMutexGuard<State>,
+    flush: Arc<Notify>,
+    committed: bool,
+}
+
+impl Unit {
+    pub fn connection(&self) -> &AnyConnection {
+        &self.state.conn
+    }
+
+    pub fn connection_mut(&mut self) -> &mut AnyConnection {
+        &mut self.state.conn
+    }
+
+    /// Joins the group and waits for its commit.
+    pub async fn commit(mut self) -> StoreResult<()> {
+        self.state.conn.execute("RELEASE unit").await?;
+        self.committed = true;
+        let Some(group) = self.state.group.as_mut() else {
+            return Err(StoreError::NotStored(
+                "the group transaction ended under a unit".into(),
+            ));
+        };
+        group.members += 1;
+        let mut outcome = group.outcome.subscribe();
+        drop(self);
+        let ended = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::NotStored("the writer stopped".into()))?
+            .clone();
+        ended
+            .unwrap_or_else(|| Err("the group did not end".into()))
+            .map_err(|e| StoreError::NotStored(e.to_string()))
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.state.abandoned = true;
+        }
+        // The flusher runs once this unit lets the writer go, after the units already queued.
+        self.flush.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::super::Db;
+    use super::*;
+
+    async fn db_with_table() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
+            .await
+            .unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (dir, db)
+    }
+
+    async fn insert(db: &Db, x: i64) -> StoreResult<()> {
+        let mut tx = db.begin_write().await?;
+        sqlx::query("INSERT INTO t (x) VALUES ($1)")
+            .bind(x)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// What another connection sees: the rows of committed groups only.
+    async fn stored(db: &Db) -> Vec<i64> {
+        sqlx::query("SELECT x FROM t ORDER BY x")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_units_share_commits_and_each_is_stored_when_its_commit_returns() {
+        let (_dir, db) = db_with_table().await;
+        let units = (0..64).map(|x| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                insert(&db, x).await.unwrap();
+                // Acknowledged, so readers on other connections see it.
+                let seen = sqlx::query("SELECT 1 FROM t WHERE x = $1")
+                    .bind(x)
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap();
+                assert!(seen.is_some(), "unit {x} committed but not visible");
+            })
+        });
+        for unit in futures_util::future::join_all(units).await {
+            unit.unwrap();
+        }
+        assert_eq!(stored(&db).await, (0..64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_unit_is_undone_without_its_group() {
+        let (_dir, db) = db_with_table().await;
+        let mut first = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        // The second unit queues for the writer before the first commits, so both are in one
+        // group; it writes, then is dropped.
+        let dropped = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut second = db.begin_write().await.unwrap();
+                sqlx::query("INSERT INTO t (x) VALUES (2)")
+                    .execute(&mut *second)
+                    .await
+                    .unwrap();
+            }
+        });
+        tokio::task::yield_now().await;
+        first.commit().await.unwrap();
+        dropped.await.unwrap();
+        insert(&db, 3).await.unwrap();
+        assert_eq!(stored(&db).await, [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_leaves_the_unit_and_its_group_usable() {
+        let (_dir, db) = db_with_table().await;
+        insert(&db, 1).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        let duplicate = sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&mut *tx)
+            .await;
+        assert!(duplicate.is_err());
+        sqlx::query("INSERT INTO t (x) VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            insert(&db, 2).await.map_err(|e| e.to_string()).unwrap_err(),
+            "database error: error returned from database: (code: 1555) UNIQUE constraint failed: t.x"
+        );
+        assert_eq!(stored(&db).await, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn close_stores_what_was_committed_and_refuses_new_units() {
+        let (dir, db) = db_with_table().await;
+        insert(&db, 7).await.unwrap();
+        db.close().await;
+        assert!(matches!(
+            db.begin_write().await,
+            Err(StoreError::NotStored(_))
+        ));
+        let reopened = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 1)
+            .await
+            .unwrap();
+        assert_eq!(stored(&reopened).await, [7]);
+    }
+}
