@@ -307,9 +307,6 @@ async fn serve_websocket(
                 .db
                 .pending_pushes(endpoint_id, last_sent, PUSH_BATCH)
                 .await?;
-            if pending.is_empty() {
-                break;
-            }
             for push in &pending {
                 let dict = delivered_form(push)?;
                 let frame = String::from_utf8(dict.encode(encoding)).expect("encodings are UTF-8");
@@ -317,6 +314,11 @@ async fn serve_websocket(
                     return Ok(());
                 }
                 last_sent = push.seq;
+            }
+            // A short batch emptied the queue as it stood; what is queued after the read
+            // changes the signal, which was marked seen before it.
+            if (pending.len() as i64) < PUSH_BATCH {
+                break;
             }
         }
         tokio::select! {
