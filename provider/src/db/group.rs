@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use sqlx::{AnyConnection, Executor};
 use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 
-use super::{StoreError, StoreResult};
+use super::error::{StoreError, StoreResult};
 
 /// The result of a group's commit, shared by its units: None while it is open.
 type Outcome = Option<Result<(), Arc<str>>>;

@@ -5,6 +5,7 @@
 
 pub mod calls;
 pub mod endpoints;
+mod error;
 pub mod federation;
 mod group;
 pub mod operators;
@@ -20,31 +21,14 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
+pub use error::{StoreError, StoreResult};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Every SQLite connection's settings: the WAL, a sync of it at each commit, foreign keys, and
 /// a wait for the lock held by another process.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
                               PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// The group commit a unit was part of failed: none of the group's writes were stored.
-    #[error("the write was not stored: {0}")]
-    NotStored(String),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
