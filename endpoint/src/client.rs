@@ -499,11 +499,14 @@ impl PushChannel {
                         _ => continue,
                     };
                     let push = Dict::decode(&bytes, *encoding)?;
-                    let id = push.int("push-id")?;
-                    let ack = Dict::new().with("ack", id).encode(*encoding);
-                    socket
-                        .send(Message::Text(String::from_utf8(ack).expect("UTF-8").into()))
-                        .await?;
+                    // A push without an id came from the provider's memory, not its queue:
+                    // there is nothing to acknowledge.
+                    if let Some(id) = push.opt_int("push-id")? {
+                        let ack = Dict::new().with("ack", id).encode(*encoding);
+                        socket
+                            .send(Message::Text(String::from_utf8(ack).expect("UTF-8").into()))
+                            .await?;
+                    }
                     return Ok(Some(push));
                 }
             }

@@ -13,6 +13,7 @@ use axum::Router;
 use serde::Deserialize;
 use switchyard_protocol::capabilities::Capabilities;
 use switchyard_protocol::dict::{Dict, Encoding, Value};
+use switchyard_protocol::invitation::Push;
 
 use crate::app::App;
 use crate::auth::AuthEndpoint;
@@ -296,29 +297,40 @@ async fn serve_websocket(
     encoding: Encoding,
 ) -> Result<(), ApiError> {
     let mut signal = app.hub.subscribe(endpoint_id);
+    // Opened before the queue is first read: a push made from here on comes to the inbox, one
+    // made before is in the queue.
+    let mut direct = app.hub.open_direct(endpoint_id);
     let mut shutdown = app.shutdown.clone();
     let mut last_sent = app.db.push_acked(endpoint_id).await?;
     let mut recheck =
         tokio::time::interval(Duration::from_millis(app.config.push.recheck_interval_ms));
+    let mut read_queue = true;
+    let mut from_memory: Option<Push> = None;
     loop {
-        signal.borrow_and_update();
-        loop {
-            let pending = app
-                .db
-                .pending_pushes(endpoint_id, last_sent, PUSH_BATCH)
-                .await?;
-            for push in &pending {
-                let dict = delivered_form(push)?;
-                let frame = String::from_utf8(dict.encode(encoding)).expect("encodings are UTF-8");
-                if socket.send(Message::Text(frame.into())).await.is_err() {
-                    return Ok(());
+        if read_queue {
+            signal.borrow_and_update();
+            loop {
+                let pending = app
+                    .db
+                    .pending_pushes(endpoint_id, last_sent, PUSH_BATCH)
+                    .await?;
+                for push in &pending {
+                    if !send_push(&mut socket, &delivered_form(push)?, encoding).await {
+                        return Ok(());
+                    }
+                    last_sent = push.seq;
                 }
-                last_sent = push.seq;
+                // A short batch emptied the queue as it stood; what is queued after the read
+                // changes the signal, which was marked seen before it.
+                if (pending.len() as i64) < PUSH_BATCH {
+                    break;
+                }
             }
-            // A short batch emptied the queue as it stood; what is queued after the read
-            // changes the signal, which was marked seen before it.
-            if (pending.len() as i64) < PUSH_BATCH {
-                break;
+            read_queue = false;
+        }
+        if let Some(push) = from_memory.take() {
+            if !send_push(&mut socket, &push.to_dict(), encoding).await {
+                return Ok(());
             }
         }
         tokio::select! {
@@ -327,7 +339,21 @@ async fn serve_websocket(
                     close(&mut socket, 4003, "endpoint revoked").await;
                     return Ok(());
                 }
+                read_queue = true;
             }
+            pushed = direct.inbox.recv() => match pushed {
+                Some(push) => {
+                    // A push queued before this one was made woke the signal before this one
+                    // arrived: the queue is read first, so that they go out in order.
+                    read_queue = signal.has_changed().unwrap_or(true);
+                    from_memory = Some(push);
+                }
+                // The hub closes the inboxes of a revoked endpoint.
+                None => {
+                    close(&mut socket, 4003, "endpoint revoked").await;
+                    return Ok(());
+                }
+            },
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => handle_ack(app, endpoint_id, text.as_bytes(), encoding, &mut socket).await?,
                 Some(Ok(Message::Binary(bytes))) => handle_ack(app, endpoint_id, &bytes, encoding, &mut socket).await?,
@@ -339,6 +365,8 @@ async fn serve_websocket(
                     close(&mut socket, 4003, "endpoint revoked").await;
                     return Ok(());
                 }
+                // Other replicas queue without waking this one.
+                read_queue = true;
             }
             _ = crate::shared::shutting_down(&mut shutdown) => {
                 close(&mut socket, 1001, "provider shutting down").await;
@@ -346,6 +374,12 @@ async fn serve_websocket(
             }
         }
     }
+}
+
+/// Sends one push as a text message; false once the socket is gone.
+async fn send_push(socket: &mut WebSocket, push: &Dict, encoding: Encoding) -> bool {
+    let frame = String::from_utf8(push.encode(encoding)).expect("encodings are UTF-8");
+    socket.send(Message::Text(frame.into())).await.is_ok()
 }
 
 async fn handle_ack(

@@ -1,11 +1,15 @@
-//! Pushes: provider-to-endpoint messages. They are queued in the database (durable, ordered per
-//! endpoint by sequence number, kept until acknowledged or expired) and the hub wakes the push
-//! channels (WebSocket or long-poll) of this replica when something is queued or an endpoint is
-//! revoked. Channels also re-read the queue periodically, for what other replicas queued.
+//! Pushes: provider-to-endpoint messages. A push goes the first of three ways that is open:
 //!
-//! An endpoint served inside this process (a SIP account's gateway endpoint, which the SIP edge
-//! acts as) may register a [`PushSink`] on the hub: the pushes this process makes for it that the
-//! sink takes are handed to it in memory after their write unit commits, and never queued.
+//! 1. An endpoint served inside this process (a SIP account's gateway endpoint, which the SIP
+//!    edge acts as) may register a [`PushSink`] on the hub: the pushes it takes are handed to it
+//!    in memory after their write unit commits, and never queued.
+//! 2. An endpoint with a WebSocket channel open on this replica gets the push on it, in memory,
+//!    after the unit commits ([`DirectChannel`]): no queue row, no read, no acknowledgement. The
+//!    durability rule allows it (`docs/architecture.md`, "Durability"): a call's pushes are
+//!    worthless after its ring deadline, and a crash closes the channel anyway.
+//! 3. Else it is queued in the database (durable, ordered per endpoint by sequence number, kept
+//!    until acknowledged or expired) and the hub wakes the endpoint's channels on this replica.
+//!    Channels also re-read the queue periodically, for what other replicas queued.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use switchyard_protocol::dict::{Dict, Encoding, Value};
 use switchyard_protocol::invitation::Push;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::db::pushes::enqueue_push;
 use crate::db::records::StoredPush;
@@ -52,12 +56,43 @@ pub trait PushSink: Send + Sync {
 /// A registered sink, with the id of its registration.
 type Registered = (u64, Arc<dyn PushSink>);
 
+/// An open channel's inbox, with the id of its registration.
+type Inbox = (u64, mpsc::Sender<Push>);
+
+/// How many pushes a WebSocket channel's in-memory inbox holds before further pushes for its
+/// endpoint are queued in the database instead (a slow reader must not grow memory).
+const DIRECT_INBOX: usize = 64;
+
 #[derive(Default)]
 pub struct PushHub {
     channels: Mutex<HashMap<String, watch::Sender<Signal>>>,
     /// The in-process sinks by endpoint id.
     sinks: Mutex<HashMap<String, Registered>>,
     next_sink: AtomicU64,
+    /// The open WebSocket channels' inboxes by endpoint id, each with its registration's id.
+    direct: Mutex<HashMap<String, Vec<Inbox>>>,
+}
+
+/// A WebSocket channel's in-memory inbox, registered on the hub while the channel is open:
+/// pushes made on this replica for its endpoint arrive here after their unit commits, in place
+/// of the queue. Dropping it unregisters the inbox.
+pub struct DirectChannel {
+    hub: Arc<PushHub>,
+    endpoint_id: String,
+    id: u64,
+    pub inbox: mpsc::Receiver<Push>,
+}
+
+impl Drop for DirectChannel {
+    fn drop(&mut self) {
+        let mut direct = self.hub.direct.lock().expect("push inboxes lock");
+        if let Some(inboxes) = direct.get_mut(&self.endpoint_id) {
+            inboxes.retain(|(id, _)| *id != self.id);
+            if inboxes.is_empty() {
+                direct.remove(&self.endpoint_id);
+            }
+        }
+    }
 }
 
 /// A sink's registration; dropping it unregisters the sink (unless another replaced it).
@@ -119,6 +154,37 @@ impl PushHub {
         sink.take(push).then_some(sink)
     }
 
+    /// Opens an in-memory inbox for a channel of `endpoint_id`, until it is dropped or the
+    /// endpoint revoked (then the inbox ends).
+    pub fn open_direct(self: &Arc<Self>, endpoint_id: &str) -> DirectChannel {
+        let id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let (sender, inbox) = mpsc::channel(DIRECT_INBOX);
+        self.direct
+            .lock()
+            .expect("push inboxes lock")
+            .entry(endpoint_id.to_string())
+            .or_default()
+            .push((id, sender));
+        DirectChannel {
+            hub: self.clone(),
+            endpoint_id: endpoint_id.to_string(),
+            id,
+            inbox,
+        }
+    }
+
+    /// A place for one push in the inbox of every channel open for `endpoint_id`; None if it
+    /// has none, or one of them is full (then the push is queued, and every channel reads it
+    /// from the queue).
+    fn reserve_direct(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Push>>> {
+        let direct = self.direct.lock().expect("push inboxes lock");
+        let inboxes = direct.get(endpoint_id)?;
+        inboxes
+            .iter()
+            .map(|(_, sender)| sender.clone().try_reserve_owned().ok())
+            .collect()
+    }
+
     pub fn subscribe(&self, endpoint_id: &str) -> watch::Receiver<Signal> {
         let mut channels = self.channels.lock().expect("push hub lock");
         channels
@@ -154,6 +220,10 @@ impl PushHub {
             .lock()
             .expect("push sinks lock")
             .remove(endpoint_id);
+        self.direct
+            .lock()
+            .expect("push inboxes lock")
+            .remove(endpoint_id);
         if let Some(tx) = self
             .channels
             .lock()
@@ -165,20 +235,22 @@ impl PushHub {
     }
 }
 
-/// Pushes made inside a transaction; the hub is woken, and the pushes sinks took are handed to
-/// them, only after it commits. Dropped without [`Outbox::wake`] (the unit failed), the taken
-/// pushes are abandoned.
+/// Pushes made inside a transaction; the hub is woken, and the pushes sinks and open channels
+/// took are handed to them, only after it commits. Dropped without [`Outbox::wake`] (the unit
+/// failed), the taken pushes are abandoned.
 #[derive(Default)]
 pub struct Outbox {
     pub endpoints: Vec<String>,
     /// Pushes taken by an in-process sink, to hand over after the commit.
     direct: Vec<(Arc<dyn PushSink>, Push)>,
+    /// Pushes for open channels, with a place reserved in each channel's inbox.
+    to_channels: Vec<(Vec<mpsc::OwnedPermit<Push>>, Push)>,
 }
 
 impl Outbox {
-    /// Hands `push` for the endpoint to its in-process sink once the transaction commits, if it
-    /// has one that takes it; else queues it, expiring after `ttl_ms`. False when it was queued
-    /// for nobody: the endpoint is gone or revoked.
+    /// Hands `push` for the endpoint to its in-process sink, or else to its channels open on
+    /// this replica, once the transaction commits; with neither, queues it, expiring after
+    /// `ttl_ms`. False when it was queued for nobody: the endpoint is gone or revoked.
     pub async fn push(
         &mut self,
         tx: &mut WriteTx,
@@ -188,6 +260,9 @@ impl Outbox {
         ttl_ms: i64,
     ) -> StoreResult<bool> {
         if self.take_direct(hub, endpoint_id, push) {
+            return Ok(true);
+        }
+        if self.take_for_channels(hub, endpoint_id, push) {
             return Ok(true);
         }
         let body = String::from_utf8(push.to_dict().encode(Encoding::Plist)).expect("XML is UTF-8");
@@ -212,12 +287,30 @@ impl Outbox {
         }
     }
 
+    /// Whether the endpoint's channels open on this replica all have room for `push`, which then
+    /// goes to them after the commit.
+    fn take_for_channels(&mut self, hub: &PushHub, endpoint_id: &str, push: &Push) -> bool {
+        match hub.reserve_direct(endpoint_id) {
+            Some(permits) => {
+                self.to_channels.push((permits, push.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// After the commit: hands the taken pushes over, in the order they were made, and wakes
     /// the channels of the endpoints whose queues grew.
     pub fn wake(mut self, hub: &PushHub) {
         for (sink, push) in std::mem::take(&mut self.direct) {
-            metrics::counter!("switchyard_pushes_direct_total").increment(1);
+            metrics::counter!("switchyard_pushes_direct_total", "to" => "sip-edge").increment(1);
             sink.deliver(push);
+        }
+        for (permits, push) in std::mem::take(&mut self.to_channels) {
+            metrics::counter!("switchyard_pushes_direct_total", "to" => "channel").increment(1);
+            for permit in permits {
+                permit.send(push.clone());
+            }
         }
         for endpoint in std::mem::take(&mut self.endpoints) {
             hub.notify(&endpoint);
@@ -333,5 +426,80 @@ pub(crate) mod tests {
         assert!(!hub.has_sink("gw"));
         assert!(!Outbox::default().take_direct(&hub, "gw", &cancel("session-0001")));
         drop(second);
+    }
+
+    #[test]
+    fn open_channels_get_pushes_after_the_commit_and_nothing_if_the_unit_fails() {
+        let hub = Arc::new(PushHub::default());
+        assert!(!Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0001")));
+        let mut first = hub.open_direct("ep");
+        let mut second = hub.open_direct("ep");
+
+        let mut outbox = Outbox::default();
+        assert!(outbox.take_for_channels(&hub, "ep", &cancel("session-0001")));
+        assert!(outbox.take_for_channels(&hub, "ep", &cancel("session-0002")));
+        assert!(first.inbox.try_recv().is_err(), "not before the commit");
+        outbox.wake(&hub);
+        for channel in [&mut first, &mut second] {
+            for session in ["session-0001", "session-0002"] {
+                let push = channel.inbox.try_recv().unwrap();
+                assert_eq!(push.session_id().as_str(), session, "in order");
+            }
+        }
+
+        let mut failed = Outbox::default();
+        assert!(failed.take_for_channels(&hub, "ep", &cancel("session-0003")));
+        drop(failed);
+        assert!(
+            first.inbox.try_recv().is_err(),
+            "a failed unit pushes nothing"
+        );
+        assert_eq!(
+            first.inbox.capacity(),
+            DIRECT_INBOX,
+            "its places are given back"
+        );
+
+        // A closed channel takes nothing more; the last one gone, pushes are queued again.
+        drop(second);
+        let mut outbox = Outbox::default();
+        assert!(outbox.take_for_channels(&hub, "ep", &cancel("session-0004")));
+        assert_eq!(outbox.to_channels[0].0.len(), 1);
+        drop(outbox);
+        drop(first);
+        assert!(!Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0005")));
+        assert!(
+            hub.direct.lock().unwrap().is_empty(),
+            "the entry is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_full_inbox_sends_pushes_to_the_queue_and_a_revoke_ends_the_inbox() {
+        let hub = Arc::new(PushHub::default());
+        let mut channel = hub.open_direct("ep");
+        let mut waiting = Outbox::default();
+        for _ in 0..DIRECT_INBOX {
+            assert!(waiting.take_for_channels(&hub, "ep", &cancel("session-0001")));
+        }
+        assert!(
+            !Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0002")),
+            "no room: queued"
+        );
+        waiting.wake(&hub);
+        assert!(
+            !Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0002")),
+            "still full until the channel reads"
+        );
+        channel.inbox.try_recv().unwrap();
+        assert!(Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0002")));
+
+        hub.revoke("ep");
+        assert!(!Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0003")));
+        while channel.inbox.try_recv().is_ok() {}
+        assert!(matches!(
+            channel.inbox.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 }

@@ -371,6 +371,47 @@ async fn pushes_arrive_in_order_with_increasing_ids() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_push_for_an_open_websocket_goes_from_memory_after_what_was_queued() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Json).await?;
+    let queued = session_id();
+    alice.initiate(&queued, BOB, b"", &["audio"]).await?;
+
+    let mut bob_push = bob.push_channel(PushMode::WebSocket).await?;
+    let first = expect_push(&mut bob_push, "initiate").await?;
+    assert_eq!(first.str("session-id")?, queued);
+    assert!(
+        first.opt_int("push-id")?.is_some(),
+        "made before the channel: queued"
+    );
+
+    // The channel has read the queue, so its inbox is open: the next push skips the queue.
+    let live = session_id();
+    alice.initiate(&live, BOB, b"", &["audio"]).await?;
+    let second = expect_push(&mut bob_push, "initiate").await?;
+    assert_eq!(second.str("session-id")?, live);
+    assert_eq!(second.opt_int("push-id")?, None, "from memory: no id");
+    // The recorder is the test process's, shared by every provider in it: only the series is
+    // checked, not its count.
+    let metrics = h.metrics().await?;
+    assert!(
+        metrics.contains(r#"switchyard_pushes_direct_total{to="channel"}"#),
+        "{metrics}"
+    );
+
+    // Nothing of it is left in the queue: the first push was acknowledged, the second never
+    // stored.
+    drop(bob_push);
+    let mut poll = bob.push_channel(PushMode::LongPoll).await?;
+    expect_silence(&mut poll).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn update_carries_a_new_blob_to_the_other_party() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let alice_id = h.add_user("Alice", &[ALICE]).await?;
