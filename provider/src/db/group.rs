@@ -2,11 +2,16 @@
 //! commit (one fsync of the WAL) for every unit that queued while the previous one ran.
 //!
 //! A unit takes the writer (units queue for it in order), opens the group's transaction if none
-//! is open (`BEGIN IMMEDIATE`), and runs inside `SAVEPOINT unit`. Committing the unit releases
-//! the savepoint, joins the group and hands the writer on; it returns once the group's `COMMIT`
-//! is done. The flusher commits a group as soon as it gets the writer, which is after the units
-//! that queued before it asked. So with no load a unit's commit is one `COMMIT`, and under load
-//! every unit that arrived during a group's fsync goes into the next group.
+//! is open (`BEGIN IMMEDIATE`), and runs inside `SAVEPOINT unit`. Committing the unit joins the
+//! group and hands the writer on; it returns once the group's `COMMIT` is done. The flusher
+//! commits a group as soon as it gets the writer, which is after the units that queued before it
+//! asked. So with no load a unit's commit is one `COMMIT`, and under load every unit that arrived
+//! during a group's fsync goes into the next group.
+//!
+//! Each statement is a round trip to sqlx's SQLite thread, so a unit's savepoint is ended by
+//! whoever takes the writer next, in the same round trip as their own first statement: the next
+//! unit (`RELEASE unit; SAVEPOINT unit`) or the flusher (`RELEASE unit; COMMIT`). A unit costs
+//! one round trip of transaction control, a group one more.
 //!
 //! Durability is unchanged: a unit's commit returns only after its group is on disk, and if the
 //! group fails, every unit in it gets the error and none of them is stored. A unit dropped
@@ -31,12 +36,31 @@ pub struct Writer {
     flush: Arc<Notify>,
 }
 
+/// How the last unit's savepoint, still open, is to be ended by the next holder of the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Savepoint {
+    /// The unit committed: its writes stay in the group.
+    Release,
+    /// The unit is running, or was dropped without committing: its writes are undone.
+    Undo,
+}
+
+impl Savepoint {
+    /// The statements that end it, before `then`.
+    fn end_then(self, then: &str) -> String {
+        match self {
+            Savepoint::Release => format!("RELEASE unit; {then}"),
+            Savepoint::Undo => format!("ROLLBACK TO unit; RELEASE unit; {then}"),
+        }
+    }
+}
+
 struct State {
     conn: AnyConnection,
     /// The open transaction, if any.
     group: Option<Group>,
-    /// A unit was dropped without committing: its savepoint is still open.
-    abandoned: bool,
+    /// The last unit's savepoint, while the group is open.
+    savepoint: Option<Savepoint>,
     closed: bool,
 }
 
@@ -47,33 +71,24 @@ struct Group {
 }
 
 impl State {
-    /// Rolls back a dropped unit; if that fails, the whole group goes.
-    async fn settle_abandoned(&mut self) {
-        if !self.abandoned {
-            return;
-        }
-        self.abandoned = false;
-        let undone = async {
-            self.conn.execute("ROLLBACK TO unit").await?;
-            self.conn.execute("RELEASE unit").await
-        }
-        .await;
-        if let Err(e) = undone {
-            self.end_group(Err(e.to_string().into())).await;
-        }
-    }
-
     /// Commits the open group (rolls it back when no unit committed into it, or on `failure`)
     /// and tells its units.
     async fn end_group(&mut self, failure: Result<(), Arc<str>>) {
         let Some(group) = self.group.take() else {
             return;
         };
+        let savepoint = self.savepoint.take();
         let outcome = match failure {
-            Ok(()) if group.members > 0 => match self.conn.execute("COMMIT").await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string().into()),
-            },
+            Ok(()) if group.members > 0 => {
+                let commit = match savepoint {
+                    Some(savepoint) => savepoint.end_then("COMMIT"),
+                    None => "COMMIT".to_string(),
+                };
+                match self.conn.execute(sqlx::AssertSqlSafe(commit)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string().into()),
+                }
+            }
             other => other,
         };
         if outcome.is_err() || group.members == 0 {
@@ -87,9 +102,38 @@ impl State {
         group.outcome.send_replace(Some(outcome));
     }
 
-    async fn flush(&mut self) {
-        self.settle_abandoned().await;
-        self.end_group(Ok(())).await;
+    /// Opens a unit's savepoint, ending the last unit's in the same round trip.
+    async fn open_unit(&mut self) -> StoreResult<()> {
+        if let Some(last) = self.savepoint {
+            match self
+                .conn
+                .execute(sqlx::AssertSqlSafe(last.end_then("SAVEPOINT unit")))
+                .await
+            {
+                Ok(_) => {
+                    self.savepoint = Some(Savepoint::Undo);
+                    return Ok(());
+                }
+                // Which of the statements failed is not known: the group cannot be trusted, and
+                // this unit starts a new one.
+                Err(e) => self.end_group(Err(e.to_string().into())).await,
+            }
+        }
+        if self.group.is_none() {
+            if let Err(e) = self.conn.execute("BEGIN IMMEDIATE; SAVEPOINT unit").await {
+                // The BEGIN may have succeeded; an error here means no transaction was open.
+                let _ = self.conn.execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            self.group = Some(Group {
+                members: 0,
+                outcome: watch::Sender::new(None),
+            });
+        } else {
+            self.conn.execute("SAVEPOINT unit").await?;
+        }
+        self.savepoint = Some(Savepoint::Undo);
+        Ok(())
     }
 }
 
@@ -99,7 +143,7 @@ impl Writer {
             state: Arc::new(Mutex::new(State {
                 conn,
                 group: None,
-                abandoned: false,
+                savepoint: None,
                 closed: false,
             })),
             flush: Arc::new(Notify::new()),
@@ -113,29 +157,17 @@ impl Writer {
         if state.closed {
             return Err(StoreError::NotStored("the database is closed".into()));
         }
-        state.settle_abandoned().await;
-        if state.group.is_none() {
-            state.conn.execute("BEGIN IMMEDIATE").await?;
-            state.group = Some(Group {
-                members: 0,
-                outcome: watch::Sender::new(None),
-            });
-        }
-        if let Err(e) = state.conn.execute("SAVEPOINT unit").await {
-            // Nothing of this unit to undo; the group stays for the units in it.
-            return Err(e.into());
-        }
+        state.open_unit().await?;
         Ok(Unit {
             state,
             flush: self.flush.clone(),
-            committed: false,
         })
     }
 
     /// Commits what is waiting and refuses new units.
     pub async fn close(&self) {
         let mut state = self.state.lock().await;
-        state.flush().await;
+        state.end_group(Ok(())).await;
         state.closed = true;
         self.flush.notify_one();
     }
@@ -152,15 +184,15 @@ async fn flusher(state: Weak<Mutex<State>>, flush: Arc<Notify>) {
         if state.closed {
             return;
         }
-        state.flush().await;
+        state.end_group(Ok(())).await;
     }
 }
 
-/// A write unit holding the writer: a savepoint in the group's transaction.
+/// A write unit holding the writer: a savepoint in the group's transaction. Dropped without
+/// [`Unit::commit`], its writes are undone by the next holder of the writer.
 pub struct Unit {
     state: OwnedMutexGuard<State>,
     flush: Arc<Notify>,
-    committed: bool,
 }
 
 impl Unit {
@@ -174,8 +206,6 @@ impl Unit {
 
     /// Joins the group and waits for its commit.
     pub async fn commit(mut self) -> StoreResult<()> {
-        self.state.conn.execute("RELEASE unit").await?;
-        self.committed = true;
         let Some(group) = self.state.group.as_mut() else {
             return Err(StoreError::NotStored(
                 "the group transaction ended under a unit".into(),
@@ -183,6 +213,7 @@ impl Unit {
         };
         group.members += 1;
         let mut outcome = group.outcome.subscribe();
+        self.state.savepoint = Some(Savepoint::Release);
         drop(self);
         let ended = outcome
             .wait_for(Option::is_some)
@@ -197,9 +228,6 @@ impl Unit {
 
 impl Drop for Unit {
     fn drop(&mut self) {
-        if !self.committed {
-            self.state.abandoned = true;
-        }
         // The flusher runs once this unit lets the writer go, after the units already queued.
         self.flush.notify_one();
     }
@@ -293,6 +321,26 @@ mod tests {
         dropped.await.unwrap();
         insert(&db, 3).await.unwrap();
         assert_eq!(stored(&db).await, [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_unit_alone_in_its_group_leaves_nothing_behind() {
+        let (_dir, db) = db_with_table().await;
+        let mut lone = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO t (x) VALUES (5)")
+            .execute(&mut *lone)
+            .await
+            .unwrap();
+        drop(lone);
+        insert(&db, 6).await.unwrap();
+        let mut again = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO t (x) VALUES (5)")
+            .execute(&mut *again)
+            .await
+            .expect("the dropped unit's row is gone");
+        drop(again);
+        insert(&db, 7).await.unwrap();
+        assert_eq!(stored(&db).await, [6, 7]);
     }
 
     #[tokio::test]
