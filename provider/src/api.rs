@@ -258,6 +258,9 @@ pub struct WsParams {
     encoding: Option<String>,
 }
 
+/// The push WebSocket's initial read buffer.
+const WS_READ_BUFFER: usize = 4096;
+
 async fn push_websocket(
     State(app): State<Arc<App>>,
     auth: AuthEndpoint,
@@ -275,7 +278,11 @@ async fn push_websocket(
             .into_response()
         }
     };
+    // tungstenite allocates its whole read buffer when the socket opens (128 KiB by default);
+    // an idle push channel receives only acknowledgements, a few dozen bytes each, and the
+    // buffer grows for a larger message when one comes.
     upgrade
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(app.config.endpoint_api.max_body_bytes)
         .on_upgrade(move |socket| async move {
             let endpoint_id = auth.endpoint.id.clone();
@@ -305,7 +312,7 @@ async fn serve_websocket(
     let mut recheck =
         tokio::time::interval(Duration::from_millis(app.config.push.recheck_interval_ms));
     let mut read_queue = true;
-    let mut from_memory: Option<Push> = None;
+    let mut from_memory: Option<Box<Push>> = None;
     loop {
         if read_queue {
             signal.borrow_and_update();

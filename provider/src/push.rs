@@ -56,8 +56,10 @@ pub trait PushSink: Send + Sync {
 /// A registered sink, with the id of its registration.
 type Registered = (u64, Arc<dyn PushSink>);
 
-/// An open channel's inbox, with the id of its registration.
-type Inbox = (u64, mpsc::Sender<Push>);
+/// An open channel's inbox, with the id of its registration. Its pushes are boxed because the
+/// channel allocates its first block of slots when it is made, and a `Push` is over 300 bytes:
+/// unboxed, that block alone would be about 10 KiB for every idle WebSocket.
+type Inbox = (u64, mpsc::Sender<Box<Push>>);
 
 /// How many pushes a WebSocket channel's in-memory inbox holds before further pushes for its
 /// endpoint are queued in the database instead (a slow reader must not grow memory).
@@ -80,7 +82,7 @@ pub struct DirectChannel {
     hub: Arc<PushHub>,
     endpoint_id: String,
     id: u64,
-    pub inbox: mpsc::Receiver<Push>,
+    pub inbox: mpsc::Receiver<Box<Push>>,
 }
 
 impl Drop for DirectChannel {
@@ -176,7 +178,7 @@ impl PushHub {
     /// A place for one push in the inbox of every channel open for `endpoint_id`; None if it
     /// has none, or one of them is full (then the push is queued, and every channel reads it
     /// from the queue).
-    fn reserve_direct(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Push>>> {
+    fn reserve_direct(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Box<Push>>>> {
         let direct = self.direct.lock().expect("push inboxes lock");
         let inboxes = direct.get(endpoint_id)?;
         inboxes
@@ -244,7 +246,7 @@ pub struct Outbox {
     /// Pushes taken by an in-process sink, to hand over after the commit.
     direct: Vec<(Arc<dyn PushSink>, Push)>,
     /// Pushes for open channels, with a place reserved in each channel's inbox.
-    to_channels: Vec<(Vec<mpsc::OwnedPermit<Push>>, Push)>,
+    to_channels: Vec<(Vec<mpsc::OwnedPermit<Box<Push>>>, Push)>,
 }
 
 impl Outbox {
@@ -309,7 +311,7 @@ impl Outbox {
         for (permits, push) in std::mem::take(&mut self.to_channels) {
             metrics::counter!("switchyard_pushes_direct_total", "to" => "channel").increment(1);
             for permit in permits {
-                permit.send(push.clone());
+                permit.send(Box::new(push.clone()));
             }
         }
         for endpoint in std::mem::take(&mut self.endpoints) {
