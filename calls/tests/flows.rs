@@ -170,6 +170,24 @@ fn call_alone(world: &mut World, callee: &str) -> RefusalCode {
 }
 
 #[test]
+fn an_answered_call_across_providers_writes_only_the_units_that_change_something() {
+    let mut world = world();
+    let bob = world.add_user("b.test", BOB, &["bob"]).remove(0);
+    let mut call = call(world, BOB);
+    let world = &mut call.world;
+    world.deliver_all();
+    let ring = world.ring(&bob, &call.session).unwrap();
+    let accepted = world.accept(&bob, &ring);
+    world.deliver_all();
+    assert!(world.answer(accepted).unwrap().is_ok());
+    // A: the record, the member that rang, the Accept Forward. B: the Initiate Forward, the
+    // Accept. The dispatch that changed nothing at A, and the confirmed Accept with nobody else
+    // to cancel at B, open no unit. (Forward ids are claimed outside units.)
+    assert_eq!(world.store("a.test").units(), (3, 3));
+    assert_eq!(world.store("b.test").units(), (2, 2));
+}
+
+#[test]
 fn the_same_uri_at_two_providers_rings_at_both_and_the_first_accept_wins() {
     let mut world = world();
     let at_b = world.add_user("b.test", BOB, &["bob-b1", "bob-b2"]);

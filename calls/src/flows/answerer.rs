@@ -274,26 +274,30 @@ impl<P: Ports> Core<P> {
             None => CancelReason::AnsweredElsewhere,
             Some((reason, _, _)) => *reason,
         };
-        let mut unit = self.ports.store().begin().await?;
-        if let Some((reason, _, _)) = &outcome {
-            let why = match reason {
-                CancelReason::AnsweredElsewhere => EndReason::AnsweredElsewhere,
-                _ => EndReason::Cancelled,
-            };
-            unit.transition(
-                &state.sid,
-                &[CallState::Answered],
-                CallState::Cancelled,
-                CallChange {
-                    reason: Some(why),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
         let others = state.cancels_to_others(&me.id, push_reason);
-        push_cancels(&mut unit, &session_id, &others, self.settings().push_ttl_ms).await?;
-        unit.commit().await?;
+        // Confirmed, with no other endpoint rung here: nothing to write, and no unit (an empty
+        // one would still wait for a group's commit).
+        if outcome.is_some() || !others.is_empty() {
+            let mut unit = self.ports.store().begin().await?;
+            if let Some((reason, _, _)) = &outcome {
+                let why = match reason {
+                    CancelReason::AnsweredElsewhere => EndReason::AnsweredElsewhere,
+                    _ => EndReason::Cancelled,
+                };
+                unit.transition(
+                    &state.sid,
+                    &[CallState::Answered],
+                    CallState::Cancelled,
+                    CallChange {
+                        reason: Some(why),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            push_cancels(&mut unit, &session_id, &others, self.settings().push_ttl_ms).await?;
+            unit.commit().await?;
+        }
         Ok(match outcome {
             None => (None, None),
             Some((_, refusal, unconfirmed)) => {

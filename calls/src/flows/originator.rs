@@ -246,48 +246,53 @@ impl<P: Ports> Core<P> {
             .collect();
         let dispatch = Dispatch::fold(&outcomes);
 
-        let mut unit = self.ports.store().begin().await?;
-        let mut ended = false;
-        for rejection in &dispatch.rejections {
-            let (ended_here, _) = reject_and_end_if_last(
-                &mut unit,
-                &sid,
-                &provider_party(&rejection.provider),
-                rejection.reason.as_str(),
-                rejection.final_reason,
-            )
-            .await?;
-            ended |= ended_here;
-        }
         let refused_request = dispatch.refuses_request();
-        if refused_request {
-            unit.delete_call(&sid).await?;
-            ended = false;
-        }
-        // The call ended here: every candidate said no, possibly after one that rang already
-        // sent its Reject. The caller hears one Reject, with the reason of a provider that rang
-        // if any.
-        if ended {
-            let earlier = unit.rejections(&sid).await?;
-            let (reason, text) = dispatch.reject_reason(&earlier);
-            let push = Push::Reject(RejectPush {
-                session_id: request.session_id.clone(),
-                self_uri: request.self_uri.clone(),
-                self_token: caller.push_token.clone(),
-                peer_uri: request.peer_uri.clone(),
-                peer_token: None,
-                peer_blob: None,
-                peer_provider: None,
-                reason,
-                reason_text: Some(
-                    text.unwrap_or_else(|| "no endpoint of the callee can take the call".into()),
-                ),
-                state: Some(sealed.clone()),
-            });
-            unit.push(&caller.id, &push, self.settings().push_ttl_ms)
+        let mut ended = false;
+        // When every member that answered rings (or failed) the record stands as it is, and
+        // no unit is opened: an empty one would still wait for a group's commit.
+        if !dispatch.rejections.is_empty() || refused_request {
+            let mut unit = self.ports.store().begin().await?;
+            for rejection in &dispatch.rejections {
+                let (ended_here, _) = reject_and_end_if_last(
+                    &mut unit,
+                    &sid,
+                    &provider_party(&rejection.provider),
+                    rejection.reason.as_str(),
+                    rejection.final_reason,
+                )
                 .await?;
+                ended |= ended_here;
+            }
+            if refused_request {
+                unit.delete_call(&sid).await?;
+                ended = false;
+            }
+            // The call ended here: every candidate said no, possibly after one that rang
+            // already sent its Reject. The caller hears one Reject, with the reason of a
+            // provider that rang if any.
+            if ended {
+                let earlier = unit.rejections(&sid).await?;
+                let (reason, text) = dispatch.reject_reason(&earlier);
+                let push =
+                    Push::Reject(RejectPush {
+                        session_id: request.session_id.clone(),
+                        self_uri: request.self_uri.clone(),
+                        self_token: caller.push_token.clone(),
+                        peer_uri: request.peer_uri.clone(),
+                        peer_token: None,
+                        peer_blob: None,
+                        peer_provider: None,
+                        reason,
+                        reason_text: Some(text.unwrap_or_else(|| {
+                            "no endpoint of the callee can take the call".into()
+                        })),
+                        state: Some(sealed.clone()),
+                    });
+                unit.push(&caller.id, &push, self.settings().push_ttl_ms)
+                    .await?;
+            }
+            unit.commit().await?;
         }
-        unit.commit().await?;
         if ended {
             self.observe(Event::Outcome(CallState::Rejected));
         }

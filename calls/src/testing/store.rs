@@ -34,6 +34,9 @@ struct Inner {
     /// URI → the endpoints of the user holding it.
     users: BTreeMap<String, Vec<Endpoint>>,
     unit_open: bool,
+    /// Units opened, and committed: each is a transaction, and on SQLite a wait for a commit.
+    units_opened: u64,
+    units_committed: u64,
     /// Transitions still to lose, see [`MemStore::lose_next_transition`].
     lost_transitions: u32,
 }
@@ -66,6 +69,12 @@ impl MemStore {
     /// Registers a user's URI with its endpoints.
     pub fn add_user(&self, uri: &str, endpoints: Vec<Endpoint>) {
         self.lock().users.insert(uri.to_string(), endpoints);
+    }
+
+    /// How many write units were opened and how many committed, so far.
+    pub fn units(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.units_opened, inner.units_committed)
     }
 
     /// The committed tables.
@@ -119,6 +128,7 @@ impl CallStore for MemStore {
                 return Poll::Pending;
             }
             inner.unit_open = true;
+            inner.units_opened += 1;
             Poll::Ready(Ok(MemUnit {
                 tables: inner.tables.clone(),
                 users: inner.users.clone(),
@@ -331,7 +341,9 @@ impl WriteUnit for MemUnit {
     }
 
     async fn commit(mut self) -> Result<(), StoreFailure> {
-        self.store.lock().tables = std::mem::take(&mut self.tables);
+        let mut inner = self.store.lock();
+        inner.tables = std::mem::take(&mut self.tables);
+        inner.units_committed += 1;
         Ok(())
     }
 }
