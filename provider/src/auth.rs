@@ -52,7 +52,7 @@ impl FromRequestParts<Arc<App>> for AuthEndpoint {
                     "present the endpoint's identity certificate (mutual TLS)",
                 ))
             })?;
-        let endpoint = app
+        let (endpoint, uris) = app
             .db
             .endpoint_by_fingerprint(&fingerprint(&cert))
             .await
@@ -63,11 +63,6 @@ impl FromRequestParts<Arc<App>> for AuthEndpoint {
                     "this endpoint's certificate is revoked or unknown",
                 ))
             })?;
-        let uris = app
-            .db
-            .uris_of(&endpoint.user_id)
-            .await
-            .map_err(|e| fail(e.into()))?;
         Ok(AuthEndpoint { endpoint, uris })
     }
 }

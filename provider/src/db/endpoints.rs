@@ -72,18 +72,29 @@ impl Db {
         Ok(true)
     }
 
-    /// The active endpoint holding the certificate with this SHA-256 fingerprint.
+    /// The active endpoint holding the certificate with this SHA-256 fingerprint, and its
+    /// user's URIs in order: one query, as every endpoint request needs both.
     pub async fn endpoint_by_fingerprint(
         &self,
         fingerprint: &str,
-    ) -> StoreResult<Option<EndpointRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE cert_fingerprint = $1 AND revoked_at IS NULL"
+    ) -> StoreResult<Option<(EndpointRecord, Vec<String>)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT e.*, u.uri FROM (SELECT {ENDPOINT_COLUMNS} FROM endpoints \
+             WHERE cert_fingerprint = $1 AND revoked_at IS NULL) e \
+             LEFT JOIN user_uris u ON u.user_id = e.user_id ORDER BY u.uri"
         )))
         .bind(fingerprint)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(endpoint_from_row).transpose()
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let endpoint = endpoint_from_row(first)?;
+        let uris = rows
+            .iter()
+            .filter_map(|row| row.get::<Option<String>, _>(9))
+            .collect();
+        Ok(Some((endpoint, uris)))
     }
 
     /// Active endpoints reached by a URI, oldest first: a SIP account's gateway endpoint only
