@@ -10,7 +10,7 @@
 //!
 //! Accounts store `HA1` (`H(username:realm:password)`) for both algorithms, never the password.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +20,61 @@ use ring::hmac;
 
 /// Nonces remembered for replay checks at most; the oldest go first.
 const MAX_TRACKED_NONCES: usize = 100_000;
+
+/// The last count seen of each nonce in use, for replay checks, bounded and forgotten oldest
+/// first: every answer costs O(1), however many nonces are live.
+#[derive(Default)]
+struct NonceCounts {
+    last: HashMap<String, u32>,
+    /// The nonces of `last` by first use, oldest first: (first use, issued at, nonce).
+    order: VecDeque<(u64, u64, String)>,
+    /// A nonce forgotten before it expired leaves its issue time here; a nonce issued then or
+    /// earlier and not remembered may have been seen, so it is refused as stale, and the client
+    /// takes a fresh one.
+    forgotten_through: Option<u64>,
+}
+
+impl NonceCounts {
+    /// Records `count` for `nonce`; refuses one not above the last seen.
+    fn count(
+        &mut self,
+        nonce: &str,
+        issued_at: u64,
+        count: u32,
+        now: u64,
+        lifetime: u64,
+        cap: usize,
+    ) -> Result<(), DigestError> {
+        // First used more than a lifetime ago means issued earlier still: stale anyway.
+        while self
+            .order
+            .front()
+            .is_some_and(|(seen, _, _)| now.saturating_sub(*seen) > lifetime)
+        {
+            let (_, _, old) = self.order.pop_front().expect("a front entry");
+            self.last.remove(&old);
+        }
+        if let Some(last) = self.last.get_mut(nonce) {
+            if count <= *last {
+                return Err(DigestError::Replay);
+            }
+            *last = count;
+            return Ok(());
+        }
+        if self.forgotten_through.is_some_and(|t| issued_at <= t) {
+            return Err(DigestError::Stale);
+        }
+        if self.last.len() >= cap {
+            if let Some((_, issued, old)) = self.order.pop_front() {
+                self.last.remove(&old);
+                self.forgotten_through = self.forgotten_through.max(Some(issued));
+            }
+        }
+        self.last.insert(nonce.to_string(), count);
+        self.order.push_back((now, issued_at, nonce.to_string()));
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Algorithm {
@@ -220,7 +275,7 @@ pub struct Digest {
     key: hmac::Key,
     lifetime_seconds: u64,
     algorithms: Vec<Algorithm>,
-    counts: Mutex<HashMap<String, (u64, u32)>>,
+    counts: Mutex<NonceCounts>,
 }
 
 impl Digest {
@@ -284,7 +339,8 @@ impl Digest {
             .collect()
     }
 
-    fn check_nonce(&self, nonce: &str, now: u64) -> Result<(), DigestError> {
+    /// Checks the nonce's tag and age; returns when it was issued.
+    fn check_nonce(&self, nonce: &str, now: u64) -> Result<u64, DigestError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(nonce)
             .map_err(|_| DigestError::BadNonce)?;
@@ -299,7 +355,7 @@ impl Digest {
         if issued_at > now + 5 || now - issued_at.min(now) > self.lifetime_seconds {
             return Err(DigestError::Stale);
         }
-        Ok(())
+        Ok(issued_at)
     }
 
     /// Checks `credentials` for a request of `method` to `request_uri` against the account's
@@ -322,7 +378,7 @@ impl Digest {
                 request_uri: request_uri.to_string(),
             });
         }
-        self.check_nonce(&credentials.nonce, now)?;
+        let issued_at = self.check_nonce(&credentials.nonce, now)?;
         let ha2 = algorithm.hash(&format!("{method}:{}", credentials.uri));
         let expected = match credentials.qop.as_deref() {
             None => algorithm.hash(&format!("{ha1}:{}:{ha2}", credentials.nonce)),
@@ -349,27 +405,14 @@ impl Digest {
                 .map_err(|_| DigestError::Malformed("nc is not 8 hex digits"))?,
             (Some(_), None) => return Err(DigestError::Missing("nc and cnonce")),
         };
-        self.count(&credentials.nonce, count, now)
-    }
-
-    /// Records `count` for `nonce`; refuses one not above the last seen.
-    fn count(&self, nonce: &str, count: u32, now: u64) -> Result<(), DigestError> {
-        let mut counts = self.counts.lock().expect("digest counts lock");
-        if counts.len() >= MAX_TRACKED_NONCES {
-            let lifetime = self.lifetime_seconds;
-            counts.retain(|_, (seen, _)| now.saturating_sub(*seen) <= lifetime);
-        }
-        match counts.get_mut(nonce) {
-            Some((_, last)) if count <= *last => Err(DigestError::Replay),
-            Some((_, last)) => {
-                *last = count;
-                Ok(())
-            }
-            None => {
-                counts.insert(nonce.to_string(), (now, count));
-                Ok(())
-            }
-        }
+        self.counts.lock().expect("digest counts lock").count(
+            &credentials.nonce,
+            issued_at,
+            count,
+            now,
+            self.lifetime_seconds,
+            MAX_TRACKED_NONCES,
+        )
     }
 }
 
@@ -480,6 +523,42 @@ mod tests {
                 Err(DigestError::Uri { .. })
             ));
         }
+    }
+
+    #[test]
+    fn nonce_counts_stay_bounded_and_a_forgotten_nonce_is_stale_not_fresh() {
+        let mut counts = NonceCounts::default();
+        let lifetime = 300;
+        for (i, nonce) in ["n1", "n2", "n3"].into_iter().enumerate() {
+            let issued = NOW + i as u64;
+            counts.count(nonce, issued, 1, issued, lifetime, 2).unwrap();
+        }
+        // The cap of two forgot n1, issued at NOW: its replay cannot be told from a first use.
+        assert_eq!(counts.last.len(), 2);
+        assert_eq!(
+            counts.count("n1", NOW, 1, NOW + 3, lifetime, 2),
+            Err(DigestError::Stale)
+        );
+        assert_eq!(
+            counts.count("n3", NOW + 2, 1, NOW + 3, lifetime, 2),
+            Err(DigestError::Replay)
+        );
+        counts
+            .count("n3", NOW + 2, 2, NOW + 3, lifetime, 2)
+            .unwrap();
+        // A nonce issued after the forgotten one is still taken (and pushes n2 out).
+        counts
+            .count("n4", NOW + 3, 1, NOW + 3, lifetime, 2)
+            .unwrap();
+        assert_eq!(counts.last.len(), 2);
+        assert_eq!(counts.order.len(), 2);
+
+        // Nonces first used over a lifetime ago go, without moving the stale mark.
+        counts
+            .count("n5", NOW + 400, 1, NOW + 400, lifetime, 2)
+            .unwrap();
+        assert_eq!(counts.last.keys().collect::<Vec<_>>(), ["n5"]);
+        assert_eq!(counts.forgotten_through, Some(NOW + 1));
     }
 
     #[test]
