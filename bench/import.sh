@@ -3,13 +3,18 @@
 # mailto: URI), starts a release `switchyard serve` on loopback with a fresh database, imports it
 # with `switchyard users import`, and prints rows/s.
 #   bench/import.sh [ROWS] [sqlite|postgres]
+# BENCH_BIN=path runs that switchyard binary instead of building one (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 backend=${2:-sqlite}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
-cargo build --locked --release -q -p switchyard-provider --bin switchyard
-bin="$CARGO_TARGET_DIR/release/switchyard"
+if [ -n "${BENCH_BIN:-}" ]; then
+    bin=$BENCH_BIN
+else
+    cargo build --locked --release -q -p switchyard-provider --bin switchyard
+    bin="$CARGO_TARGET_DIR/release/switchyard"
+fi
 
 work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 trap 'kill "${pid:-0}" 2>/dev/null || true; [ -s "$work/serve.log" ] && tail -5 "$work/serve.log" >&2; rm -rf "$work"' EXIT
