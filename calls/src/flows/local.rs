@@ -9,8 +9,8 @@ use switchyard_protocol::invitation::{
 };
 
 use super::{
-    apply_cancel, duplicate_session, push_cancels, reject_and_end_if_last, session_id_of,
-    CallResult, Core, Deferred,
+    apply_cancel, duplicate_session, push_cancels, reject_and_end_if_last, reject_to_caller,
+    session_id_of, CallResult, Core, Deferred,
 };
 use crate::ports::{CallChange, CallStore, Endpoint, Event, Ports, Requester, WriteUnit};
 use crate::record::{party_provider, CallRecord, CallState};
@@ -104,18 +104,7 @@ impl<P: Ports> Core<P> {
         }
         match &refusal {
             Some((reason, text)) => {
-                let push = Push::Reject(RejectPush {
-                    session_id: request.session_id.clone(),
-                    self_uri: request.self_uri.clone(),
-                    self_token: caller.push_token.clone(),
-                    peer_uri: request.peer_uri.clone(),
-                    peer_token: None,
-                    peer_blob: None,
-                    peer_provider: None,
-                    reason: *reason,
-                    reason_text: Some(text.clone()),
-                    state: Some(sealed.clone()),
-                });
+                let push = reject_to_caller(&request, caller, *reason, text.clone(), &sealed);
                 unit.push(&caller.id, &push, self.settings().push_ttl_ms)
                     .await?;
             }

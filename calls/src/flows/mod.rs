@@ -10,15 +10,15 @@ mod originator;
 mod received;
 
 use switchyard_protocol::invitation::{
-    CancelPush, CancelReason, EndReason, ForwardCancelReason, MessageError, Push, RelayChoice,
-    SessionId,
+    CancelPush, CancelReason, EndReason, ForwardCancelReason, InitiateRequest, MessageError, Push,
+    RejectPush, RejectReason, RelayChoice, SessionId,
 };
 
 pub use crate::ports::Settings;
 
 use switchyard_protocol::pki;
 
-use crate::ports::{CallChange, Event, Ports, Sender, StoreFailure, WriteUnit};
+use crate::ports::{CallChange, Endpoint, Event, Ports, Sender, StoreFailure, WriteUnit};
 use crate::record::CallState;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::rules::CancelPlan;
@@ -133,6 +133,28 @@ async fn reject_and_end_if_last<U: WriteUnit>(
             )
             .await?;
     Ok((ended, (parties - rejections).max(0)))
+}
+
+/// The Reject Push telling the caller that its Initiate rings nobody.
+fn reject_to_caller(
+    request: &InitiateRequest,
+    caller: &Endpoint,
+    reason: RejectReason,
+    text: String,
+    sealed: &str,
+) -> Push {
+    Push::Reject(RejectPush {
+        session_id: request.session_id.clone(),
+        self_uri: request.self_uri.clone(),
+        self_token: caller.push_token.clone(),
+        peer_uri: request.peer_uri.clone(),
+        peer_token: None,
+        peer_blob: None,
+        peer_provider: None,
+        reason,
+        reason_text: Some(text),
+        state: Some(sealed.to_string()),
+    })
 }
 
 /// Carries out a cancel's plan in `unit`: the record's transition and the Cancel Pushes. The

@@ -11,8 +11,8 @@ use switchyard_protocol::invitation::{
 };
 
 use super::{
-    apply_cancel, duplicate_session, pinned_ca, reject_and_end_if_last, CallError, CallResult,
-    Core, Deferred,
+    apply_cancel, duplicate_session, pinned_ca, reject_and_end_if_last, reject_to_caller,
+    CallError, CallResult, Core, Deferred,
 };
 use crate::ports::{
     CallChange, CallStore, Candidates, Event, Forwarder, PeerFailure, Ports, Requester, Sender,
@@ -273,21 +273,9 @@ impl<P: Ports> Core<P> {
             if ended {
                 let earlier = unit.rejections(&sid).await?;
                 let (reason, text) = dispatch.reject_reason(&earlier);
-                let push =
-                    Push::Reject(RejectPush {
-                        session_id: request.session_id.clone(),
-                        self_uri: request.self_uri.clone(),
-                        self_token: caller.push_token.clone(),
-                        peer_uri: request.peer_uri.clone(),
-                        peer_token: None,
-                        peer_blob: None,
-                        peer_provider: None,
-                        reason,
-                        reason_text: Some(text.unwrap_or_else(|| {
-                            "no endpoint of the callee can take the call".into()
-                        })),
-                        state: Some(sealed.clone()),
-                    });
+                let text =
+                    text.unwrap_or_else(|| "no endpoint of the callee can take the call".into());
+                let push = reject_to_caller(&request, caller, reason, text, &sealed);
                 unit.push(&caller.id, &push, self.settings().push_ttl_ms)
                     .await?;
             }
