@@ -258,8 +258,8 @@ pub struct WsParams {
     encoding: Option<String>,
 }
 
-/// The push WebSocket's initial read buffer.
-const WS_READ_BUFFER: usize = 4096;
+/// The push WebSocket's initial read buffer: an acknowledgement fits.
+const WS_READ_BUFFER: usize = 256;
 
 async fn push_websocket(
     State(app): State<Arc<App>>,
@@ -278,9 +278,9 @@ async fn push_websocket(
             .into_response()
         }
     };
-    // tungstenite allocates its whole read buffer when the socket opens (128 KiB by default);
-    // an idle push channel receives only acknowledgements, a few dozen bytes each, and the
-    // buffer grows for a larger message when one comes.
+    // tungstenite's read buffer is resident in full from the first read (128 KiB by default:
+    // 147 KB a channel in bench/push/idle.sh); an idle push channel receives only
+    // acknowledgements, a few dozen bytes each, and the buffer grows for a larger message.
     upgrade
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(app.config.endpoint_api.max_body_bytes)
@@ -303,12 +303,14 @@ async fn serve_websocket(
     mut socket: WebSocket,
     encoding: Encoding,
 ) -> Result<(), ApiError> {
+    // The database calls below are boxed: their futures are large, and inline they would make
+    // every idle channel's task as large as the largest of them.
     let mut signal = app.hub.subscribe(endpoint_id);
     // Opened before the queue is first read: a push made from here on comes to the inbox, one
     // made before is in the queue.
     let mut direct = app.hub.open_direct(endpoint_id);
     let mut shutdown = app.shutdown.clone();
-    let mut last_sent = app.db.push_acked(endpoint_id).await?;
+    let mut last_sent = Box::pin(app.db.push_acked(endpoint_id)).await?;
     let mut recheck =
         tokio::time::interval(Duration::from_millis(app.config.push.recheck_interval_ms));
     let mut read_queue = true;
@@ -317,10 +319,8 @@ async fn serve_websocket(
         if read_queue {
             signal.borrow_and_update();
             loop {
-                let pending = app
-                    .db
-                    .pending_pushes(endpoint_id, last_sent, PUSH_BATCH)
-                    .await?;
+                let pending =
+                    Box::pin(app.db.pending_pushes(endpoint_id, last_sent, PUSH_BATCH)).await?;
                 for push in &pending {
                     if !send_push(&mut socket, &delivered_form(push)?, encoding).await {
                         return Ok(());
@@ -362,13 +362,13 @@ async fn serve_websocket(
                 }
             },
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => handle_ack(app, endpoint_id, text.as_bytes(), encoding, &mut socket).await?,
-                Some(Ok(Message::Binary(bytes))) => handle_ack(app, endpoint_id, &bytes, encoding, &mut socket).await?,
+                Some(Ok(Message::Text(text))) => Box::pin(handle_ack(app, endpoint_id, text.as_bytes(), encoding, &mut socket)).await?,
+                Some(Ok(Message::Binary(bytes))) => Box::pin(handle_ack(app, endpoint_id, &bytes, encoding, &mut socket)).await?,
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return Ok(()),
             },
             _ = recheck.tick() => {
-                if !app.db.endpoint_is_active(endpoint_id).await? {
+                if !Box::pin(app.db.endpoint_is_active(endpoint_id)).await? {
                     close(&mut socket, 4003, "endpoint revoked").await;
                     return Ok(());
                 }

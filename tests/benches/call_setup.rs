@@ -14,6 +14,11 @@ use switchyard_protocol::dict::Encoding;
 use switchyard_tests::federation::{ProviderSpec, TestFederation};
 use switchyard_tests::{expect_push, session_id};
 
+/// The daemon's allocator (`switchyard`'s `main.rs`), so that the providers here allocate as
+/// the deployed binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
