@@ -37,26 +37,27 @@ impl Db {
             .collect())
     }
 
+    /// Saves a peer's filter in place of the one held. One statement: two pulls of the same
+    /// peer saving at once (PostgreSQL runs them concurrently) must not both find no row and
+    /// both insert; the later save wins, as the later pull is the newer.
     pub async fn save_peer_filter(&self, filter: &StoredPeerFilter) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1")
+        self.write_one(
+            sqlx::query(
+                "INSERT INTO peer_filters (provider_id, generation, algorithm, bits, items, filter, \
+                 fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (provider_id) DO UPDATE SET generation = excluded.generation, \
+                 algorithm = excluded.algorithm, bits = excluded.bits, items = excluded.items, \
+                 filter = excluded.filter, fetched_at = excluded.fetched_at",
+            )
             .bind(&filter.provider_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO peer_filters (provider_id, generation, algorithm, bits, items, filter, \
-             fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            .bind(filter.generation)
+            .bind(&filter.algorithm)
+            .bind(filter.bits)
+            .bind(filter.items)
+            .bind(&filter.filter_base64)
+            .bind(filter.fetched_at),
         )
-        .bind(&filter.provider_id)
-        .bind(filter.generation)
-        .bind(&filter.algorithm)
-        .bind(filter.bits)
-        .bind(filter.items)
-        .bind(&filter.filter_base64)
-        .bind(filter.fetched_at)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
