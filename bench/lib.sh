@@ -46,17 +46,12 @@ start_provider() {
 # (`SEQUENTIAL`, then `user;[authentication username=user password=…]` per account).
 sip_accounts() {
     python3 - "$@" <<'PY'
-import json, sys, urllib.error, urllib.request
+import sys
+sys.path.insert(0, "bench")
+from admin_api import AdminApi
 port, token_file, display_name, tel, csv, name = sys.argv[1:7]
 names = [f"{name}{i}" for i in range(int(sys.argv[7]))] if len(sys.argv) > 7 else [name]
-token = open(token_file).read().strip()
-def call(path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        return json.load(urllib.request.urlopen(req, timeout=10))
-    except urllib.error.HTTPError as e:
-        sys.exit(f"switchyard: POST {path} {json.dumps(body)}: {e.code} {e.read().decode()}")
+call = AdminApi(port, token_file).post
 user = call("/admin/v1/users", {"display_name": display_name, "uris": [tel]})["id"]
 with open(csv, "w") as out:
     out.write("SEQUENTIAL\n")

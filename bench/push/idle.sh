@@ -99,16 +99,11 @@ endpoint_api=$(awk -F'"' '/^listen/ { print $2; exit }' "$work/switchyard.toml")
 # (codes.txt: index, URI, code), each registered as an endpoint by `switchyard endpoint register`
 # (it makes a key pair and sends a CSR with the code).
 python3 - "$admin_port" "$work/data/admin-token" "$endpoints" > "$work/codes.txt" <<'PY'
-import json, sys, urllib.error, urllib.request
+import sys
+sys.path.insert(0, "bench")
+from admin_api import AdminApi
 port, token_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-token = open(token_file).read().strip()
-def call(path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        return json.load(urllib.request.urlopen(req, timeout=10))
-    except urllib.error.HTTPError as e:
-        sys.exit(f"switchyard: POST {path}: {e.code} {e.read().decode()}")
+call = AdminApi(port, token_file).post
 for i in range(n):
     uri = f"tel:+44207{1_000_000 + i:07d}"
     user = call("/admin/v1/users", {"display_name": f"Idle {i}", "uris": [uri]})["id"]
