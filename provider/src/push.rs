@@ -70,9 +70,10 @@ pub struct PushHub {
     channels: Mutex<HashMap<String, watch::Sender<Signal>>>,
     /// The in-process sinks by endpoint id.
     sinks: Mutex<HashMap<String, Registered>>,
-    next_sink: AtomicU64,
+    /// Ids of sink and inbox registrations.
+    next_registration: AtomicU64,
     /// The open WebSocket channels' inboxes by endpoint id, each with its registration's id.
-    direct: Mutex<HashMap<String, Vec<Inbox>>>,
+    inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
 }
 
 /// A WebSocket channel's in-memory inbox, registered on the hub while the channel is open:
@@ -87,11 +88,11 @@ pub struct DirectChannel {
 
 impl Drop for DirectChannel {
     fn drop(&mut self) {
-        let mut direct = self.hub.direct.lock().expect("push inboxes lock");
-        if let Some(inboxes) = direct.get_mut(&self.endpoint_id) {
-            inboxes.retain(|(id, _)| *id != self.id);
-            if inboxes.is_empty() {
-                direct.remove(&self.endpoint_id);
+        let mut inboxes = self.hub.inboxes.lock().expect("push inboxes lock");
+        if let Some(open) = inboxes.get_mut(&self.endpoint_id) {
+            open.retain(|(id, _)| *id != self.id);
+            if open.is_empty() {
+                inboxes.remove(&self.endpoint_id);
             }
         }
     }
@@ -124,7 +125,7 @@ impl PushHub {
         endpoint_id: &str,
         sink: Arc<dyn PushSink>,
     ) -> SinkRegistration {
-        let id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
         self.sinks
             .lock()
             .expect("push sinks lock")
@@ -159,9 +160,9 @@ impl PushHub {
     /// Opens an in-memory inbox for a channel of `endpoint_id`, until it is dropped or the
     /// endpoint revoked (then the inbox ends).
     pub fn open_direct(self: &Arc<Self>, endpoint_id: &str) -> DirectChannel {
-        let id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(DIRECT_INBOX);
-        self.direct
+        self.inboxes
             .lock()
             .expect("push inboxes lock")
             .entry(endpoint_id.to_string())
@@ -178,10 +179,10 @@ impl PushHub {
     /// A place for one push in the inbox of every channel open for `endpoint_id`; None if it
     /// has none, or one of them is full (then the push is queued, and every channel reads it
     /// from the queue).
-    fn reserve_direct(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Box<Push>>>> {
-        let direct = self.direct.lock().expect("push inboxes lock");
-        let inboxes = direct.get(endpoint_id)?;
+    fn reserve_inboxes(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Box<Push>>>> {
+        let inboxes = self.inboxes.lock().expect("push inboxes lock");
         inboxes
+            .get(endpoint_id)?
             .iter()
             .map(|(_, sender)| sender.clone().try_reserve_owned().ok())
             .collect()
@@ -222,7 +223,7 @@ impl PushHub {
             .lock()
             .expect("push sinks lock")
             .remove(endpoint_id);
-        self.direct
+        self.inboxes
             .lock()
             .expect("push inboxes lock")
             .remove(endpoint_id);
@@ -292,7 +293,7 @@ impl Outbox {
     /// Whether the endpoint's channels open on this replica all have room for `push`, which then
     /// goes to them after the commit.
     fn take_for_channels(&mut self, hub: &PushHub, endpoint_id: &str, push: &Push) -> bool {
-        match hub.reserve_direct(endpoint_id) {
+        match hub.reserve_inboxes(endpoint_id) {
             Some(permits) => {
                 self.to_channels.push((permits, push.clone()));
                 true
@@ -308,11 +309,15 @@ impl Outbox {
             metrics::counter!("switchyard_pushes_direct_total", "to" => "sip-edge").increment(1);
             sink.deliver(push);
         }
-        for (permits, push) in std::mem::take(&mut self.to_channels) {
+        for (mut permits, push) in std::mem::take(&mut self.to_channels) {
             metrics::counter!("switchyard_pushes_direct_total", "to" => "channel").increment(1);
+            // One open channel (the usual case) takes the push itself; others get copies.
+            let Some(last) = permits.pop() else { continue };
+            let push = Box::new(push);
             for permit in permits {
-                permit.send(Box::new(push.clone()));
+                permit.send(push.clone());
             }
+            last.send(push);
         }
         for endpoint in std::mem::take(&mut self.endpoints) {
             hub.notify(&endpoint);
@@ -471,7 +476,7 @@ pub(crate) mod tests {
         drop(first);
         assert!(!Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0005")));
         assert!(
-            hub.direct.lock().unwrap().is_empty(),
+            hub.inboxes.lock().unwrap().is_empty(),
             "the entry is forgotten"
         );
     }

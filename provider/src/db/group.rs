@@ -46,11 +46,19 @@ enum Savepoint {
 }
 
 impl Savepoint {
-    /// The statements that end it, before `then`.
-    fn end_then(self, then: &str) -> String {
+    /// The statements that end it and open the next unit's.
+    fn end_then_savepoint(self) -> &'static str {
         match self {
-            Savepoint::Release => format!("RELEASE unit; {then}"),
-            Savepoint::Undo => format!("ROLLBACK TO unit; RELEASE unit; {then}"),
+            Savepoint::Release => "RELEASE unit; SAVEPOINT unit",
+            Savepoint::Undo => "ROLLBACK TO unit; RELEASE unit; SAVEPOINT unit",
+        }
+    }
+
+    /// The statements that end it and commit the group.
+    fn end_then_commit(self) -> &'static str {
+        match self {
+            Savepoint::Release => "RELEASE unit; COMMIT",
+            Savepoint::Undo => "ROLLBACK TO unit; RELEASE unit; COMMIT",
         }
     }
 }
@@ -80,11 +88,8 @@ impl State {
         let savepoint = self.savepoint.take();
         let outcome = match failure {
             Ok(()) if group.members > 0 => {
-                let commit = match savepoint {
-                    Some(savepoint) => savepoint.end_then("COMMIT"),
-                    None => "COMMIT".to_string(),
-                };
-                match self.conn.execute(sqlx::AssertSqlSafe(commit)).await {
+                let commit = savepoint.map_or("COMMIT", Savepoint::end_then_commit);
+                match self.conn.execute(commit).await {
                     Ok(_) => Ok(()),
                     Err(e) => Err(e.to_string().into()),
                 }
@@ -105,11 +110,7 @@ impl State {
     /// Opens a unit's savepoint, ending the last unit's in the same round trip.
     async fn open_unit(&mut self) -> StoreResult<()> {
         if let Some(last) = self.savepoint {
-            match self
-                .conn
-                .execute(sqlx::AssertSqlSafe(last.end_then("SAVEPOINT unit")))
-                .await
-            {
+            match self.conn.execute(last.end_then_savepoint()).await {
                 Ok(_) => {
                     self.savepoint = Some(Savepoint::Undo);
                     return Ok(());
