@@ -521,6 +521,7 @@ impl PushChannel {
                     return Ok(Some(buffered.remove(0)));
                 }
                 let deadline = tokio::time::Instant::now() + timeout;
+                let mut last_poll = false;
                 loop {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let wait = left.as_secs().min(25);
@@ -546,8 +547,16 @@ impl PushChannel {
                     if !buffered.is_empty() {
                         return Ok(Some(buffered.remove(0)));
                     }
-                    if tokio::time::Instant::now() >= deadline {
+                    if last_poll || tokio::time::Instant::now() >= deadline {
                         return Ok(None);
+                    }
+                    // The provider waits in whole seconds: under one second left, polls with
+                    // no wait would follow one another until the deadline (and meet the
+                    // provider's rate limit), so the rest is slept and the queue read once more.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left < Duration::from_secs(1) {
+                        tokio::time::sleep(left).await;
+                        last_poll = true;
                     }
                 }
             }
