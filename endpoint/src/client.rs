@@ -1,7 +1,10 @@
 //! The endpoint side of the protocol: registration, the Requests, and the push channel
 //! (WebSocket or long-poll).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,17 +171,33 @@ async fn exchange(
         .send()
         .await?;
     let status = response.status();
+    // The body is in the encoding its header names: a refusal made before the request reached
+    // the application (a `429` from the rate limit) is JSON whatever was asked for.
+    let body_encoding = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Encoding::from_content_type(Some(v)).ok())
+        .unwrap_or(encoding);
     let bytes = response.bytes().await?;
-    let dict = Dict::decode(&bytes, encoding)?;
+    let decoded = Dict::decode(&bytes, body_encoding);
     if status.is_success() {
-        Ok(dict)
-    } else {
-        Err(ClientError::Refused {
+        return Ok(decoded?);
+    }
+    match decoded {
+        Ok(dict) => Err(ClientError::Refused {
             status: status.as_u16(),
             code: dict.opt_str("error")?.unwrap_or("unknown").to_string(),
             message: dict.opt_str("message")?.unwrap_or("").to_string(),
             field: dict.opt_str("field")?.map(str::to_string),
-        })
+        }),
+        // Not a dictionary (a proxy's error page): the status alone says what happened.
+        Err(_) => Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: "unknown".to_string(),
+            message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            field: None,
+        }),
     }
 }
 
@@ -433,6 +452,7 @@ impl EndpointClient {
                 Ok(PushChannel::WebSocket {
                     socket: Box::new(socket),
                     encoding: self.encoding,
+                    received: None,
                 })
             }
             PushMode::LongPoll => Ok(PushChannel::LongPoll {
@@ -440,7 +460,8 @@ impl EndpointClient {
                 provider: self.identity.provider.clone(),
                 encoding: self.encoding,
                 after: None,
-                buffered: Vec::new(),
+                buffered: VecDeque::new(),
+                polling: None,
             }),
         }
     }
@@ -456,59 +477,81 @@ pub struct RelayGrant {
     pub server: switchyard_media::session::RelayServer,
 }
 
+/// A long-poll under way: the provider's answer.
+type Poll = Pin<Box<dyn Future<Output = Result<Dict, ClientError>> + Send>>;
+
 /// A stream of pushes. Over the WebSocket a push is acknowledged as it is received; over
 /// long-poll, by the next poll (or `ack`), so pushes not yet handled are delivered again.
+///
+/// [`PushChannel::next`] may be dropped at any await (in a `select!`) without losing a push
+/// or sending a request twice: what it was waiting for is kept for the next call.
 pub enum PushChannel {
     WebSocket {
         socket: Box<WsStream>,
         encoding: Encoding,
+        /// A push received and its id, held until its acknowledgement is sent.
+        received: Option<(i64, Dict)>,
     },
     LongPoll {
         http: reqwest::Client,
         provider: String,
         encoding: Encoding,
         after: Option<i64>,
-        buffered: Vec<Dict>,
+        buffered: VecDeque<Dict>,
+        polling: Option<Poll>,
     },
 }
 
 impl PushChannel {
     /// The next push, waiting at most `timeout`; None when nothing arrived in time.
     pub async fn next(&mut self, timeout: Duration) -> Result<Option<Dict>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         match self {
-            PushChannel::WebSocket { socket, encoding } => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                loop {
-                    let message = match tokio::time::timeout_at(deadline, socket.next()).await {
-                        Err(_) => return Ok(None),
-                        Ok(None) => {
-                            return Err(ClientError::PushClosed("connection closed".into()))
-                        }
-                        Ok(Some(m)) => m?,
-                    };
-                    let bytes = match message {
-                        Message::Text(t) => t.as_bytes().to_vec(),
-                        Message::Binary(b) => b.to_vec(),
-                        Message::Close(frame) => {
-                            return Err(ClientError::PushClosed(
-                                frame
-                                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
-                                    .unwrap_or_default(),
-                            ))
-                        }
-                        _ => continue,
-                    };
-                    let push = Dict::decode(&bytes, *encoding)?;
-                    // A push without an id came from the provider's memory, not its queue:
-                    // there is nothing to acknowledge.
-                    if let Some(id) = push.opt_int("push-id")? {
-                        let ack = Dict::new().with("ack", id).encode(*encoding);
-                        socket
-                            .send(Message::Text(String::from_utf8(ack).expect("UTF-8").into()))
-                            .await?;
+            PushChannel::WebSocket {
+                socket,
+                encoding,
+                received,
+            } => {
+                let (id, _) = match received {
+                    Some(held) => held,
+                    None => {
+                        let push = loop {
+                            let message = match tokio::time::timeout_at(deadline, socket.next())
+                                .await
+                            {
+                                Err(_) => return Ok(None),
+                                Ok(None) => {
+                                    return Err(ClientError::PushClosed("connection closed".into()))
+                                }
+                                Ok(Some(m)) => m?,
+                            };
+                            let bytes = match message {
+                                Message::Text(t) => t.as_bytes().to_vec(),
+                                Message::Binary(b) => b.to_vec(),
+                                Message::Close(frame) => {
+                                    return Err(ClientError::PushClosed(
+                                        frame
+                                            .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                                            .unwrap_or_default(),
+                                    ))
+                                }
+                                _ => continue,
+                            };
+                            break Dict::decode(&bytes, *encoding)?;
+                        };
+                        // A push without an id came from the provider's memory, not its queue:
+                        // there is nothing to acknowledge.
+                        let Some(id) = push.opt_int("push-id")? else {
+                            return Ok(Some(push));
+                        };
+                        received.insert((id, push))
                     }
-                    return Ok(Some(push));
-                }
+                };
+                let ack = Dict::new().with("ack", *id).encode(*encoding);
+                socket
+                    .send(Message::Text(String::from_utf8(ack).expect("UTF-8").into()))
+                    .await?;
+                Ok(received.take().map(|(_, push)| push))
             }
             PushChannel::LongPoll {
                 http,
@@ -516,15 +559,17 @@ impl PushChannel {
                 encoding,
                 after,
                 buffered,
-            } => {
-                if !buffered.is_empty() {
-                    return Ok(Some(buffered.remove(0)));
+                polling,
+            } => loop {
+                if let Some(push) = buffered.pop_front() {
+                    return Ok(Some(push));
                 }
-                let deadline = tokio::time::Instant::now() + timeout;
-                let mut last_poll = false;
-                loop {
+                let poll = polling.get_or_insert_with(|| {
+                    // At least a second: the provider waits in whole seconds, and polls that do
+                    // not wait would follow one another (and meet its rate limit). A poll still
+                    // under way at the deadline is taken up by the next call.
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let wait = left.as_secs().min(25);
+                    let wait = left.as_secs().clamp(1, 25);
                     let mut url = format!(
                         "{provider}/v1/push/poll?wait={wait}&encoding={}",
                         if *encoding == Encoding::Json {
@@ -536,30 +581,23 @@ impl PushChannel {
                     if let Some(after) = after {
                         url.push_str(&format!("&after={after}"));
                     }
-                    let answer = exchange(http.get(url), *encoding).await?;
-                    let pushes = answer.array("pushes")?;
-                    *after = Some(answer.int("last-push-id")?);
-                    for push in pushes {
-                        if let Value::Dict(d) = push {
-                            buffered.push(d.clone());
-                        }
-                    }
-                    if !buffered.is_empty() {
-                        return Ok(Some(buffered.remove(0)));
-                    }
-                    if last_poll || tokio::time::Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                    // The provider waits in whole seconds: under one second left, polls with
-                    // no wait would follow one another until the deadline (and meet the
-                    // provider's rate limit), so the rest is slept and the queue read once more.
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left < Duration::from_secs(1) {
-                        tokio::time::sleep(left).await;
-                        last_poll = true;
-                    }
+                    Box::pin(exchange(http.get(url), *encoding))
+                });
+                let Ok(answer) = tokio::time::timeout_at(deadline, poll).await else {
+                    return Ok(None);
+                };
+                *polling = None;
+                let answer = answer?;
+                let pushes = answer.array("pushes")?;
+                *after = Some(answer.int("last-push-id")?);
+                buffered.extend(pushes.iter().filter_map(|push| match push {
+                    Value::Dict(d) => Some(d.clone()),
+                    _ => None,
+                }));
+                if buffered.is_empty() && tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
                 }
-            }
+            },
         }
     }
 

@@ -328,7 +328,11 @@ fn endpoint_commands_place_answer_and_reject_calls() {
     assert!(stdout.contains("hung up"), "{stdout}");
     let answered = answerer.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&answered.stdout);
-    assert!(answered.status.success(), "{stdout}");
+    assert!(
+        answered.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
     assert!(
         stdout.contains("incoming call from tel:+16502530000"),
         "{stdout}"

@@ -13,6 +13,12 @@
 //! unit (`RELEASE unit; SAVEPOINT unit`) or the flusher (`RELEASE unit; COMMIT`). A unit costs
 //! one round trip of transaction control, a group one more.
 //!
+//! A future dropped while one of these statements is with sqlx (a request cancelled by its
+//! client) leaves it half run: sqlx stops at the first result nobody receives. So each is
+//! recorded before it is sent, and the next holder first finishes the work step by step (every
+//! step can run twice), knowing the names: the savepoints of consecutive units alternate
+//! between `a` and `b`.
+//!
 //! Durability is unchanged: a unit's commit returns only after its group is on disk, and if the
 //! group fails, every unit in it gets the error and none of them is stored. A unit dropped
 //! without committing is rolled back to its savepoint (by the next holder of the writer, as a
@@ -36,31 +42,92 @@ pub struct Writer {
     flush: Arc<Notify>,
 }
 
+/// The savepoint names: consecutive units alternate, so the statement that ends one unit's
+/// savepoint and opens the next can be finished by name when it was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    A,
+    B,
+}
+
+impl Name {
+    fn other(self) -> Name {
+        match self {
+            Name::A => Name::B,
+            Name::B => Name::A,
+        }
+    }
+
+    /// Undoes and ends this savepoint; an error when there is none.
+    fn undo(self) -> &'static str {
+        match self {
+            Name::A => "ROLLBACK TO a; RELEASE a",
+            Name::B => "ROLLBACK TO b; RELEASE b",
+        }
+    }
+
+    /// Ends this savepoint, keeping its writes; an error when there is none.
+    fn release(self) -> &'static str {
+        match self {
+            Name::A => "RELEASE a",
+            Name::B => "RELEASE b",
+        }
+    }
+}
+
 /// How the last unit's savepoint, still open, is to be ended by the next holder of the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Savepoint {
     /// The unit committed: its writes stay in the group.
-    Release,
+    Release(Name),
     /// The unit is running, or was dropped without committing: its writes are undone.
-    Undo,
+    Undo(Name),
 }
 
 impl Savepoint {
-    /// The statements that end it and open the next unit's.
+    fn name(self) -> Name {
+        match self {
+            Savepoint::Release(name) | Savepoint::Undo(name) => name,
+        }
+    }
+
+    /// The statements that end it and open the next unit's (named [`Name::other`]).
     fn end_then_savepoint(self) -> &'static str {
         match self {
-            Savepoint::Release => "RELEASE unit; SAVEPOINT unit",
-            Savepoint::Undo => "ROLLBACK TO unit; RELEASE unit; SAVEPOINT unit",
+            Savepoint::Release(Name::A) => "RELEASE a; SAVEPOINT b",
+            Savepoint::Release(Name::B) => "RELEASE b; SAVEPOINT a",
+            Savepoint::Undo(Name::A) => "ROLLBACK TO a; RELEASE a; SAVEPOINT b",
+            Savepoint::Undo(Name::B) => "ROLLBACK TO b; RELEASE b; SAVEPOINT a",
         }
     }
 
     /// The statements that end it and commit the group.
     fn end_then_commit(self) -> &'static str {
         match self {
-            Savepoint::Release => "RELEASE unit; COMMIT",
-            Savepoint::Undo => "ROLLBACK TO unit; RELEASE unit; COMMIT",
+            Savepoint::Release(Name::A) => "RELEASE a; COMMIT",
+            Savepoint::Release(Name::B) => "RELEASE b; COMMIT",
+            Savepoint::Undo(Name::A) => "ROLLBACK TO a; RELEASE a; COMMIT",
+            Savepoint::Undo(Name::B) => "ROLLBACK TO b; RELEASE b; COMMIT",
         }
     }
+
+    /// Ends it as it is to be ended.
+    fn end(self) -> &'static str {
+        match self {
+            Savepoint::Release(name) => name.release(),
+            Savepoint::Undo(name) => name.undo(),
+        }
+    }
+}
+
+/// A statement of transaction control that was sent and whose result was not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    /// `BEGIN`, `COMMIT` or `ROLLBACK`, with no group left in the state: whatever is still open
+    /// is rolled back.
+    Transaction,
+    /// The end of `last` and the opening of the next unit's savepoint, for a unit that is gone.
+    Switch { last: Savepoint },
 }
 
 struct State {
@@ -69,6 +136,8 @@ struct State {
     group: Option<Group>,
     /// The last unit's savepoint, while the group is open.
     savepoint: Option<Savepoint>,
+    /// A statement of transaction control interrupted before its result came back.
+    interrupted: Option<Control>,
     closed: bool,
 }
 
@@ -79,18 +148,49 @@ struct Group {
 }
 
 impl State {
+    /// Runs a statement of transaction control, recorded as `control` until its result is back.
+    async fn control(&mut self, control: Control, sql: &'static str) -> Result<(), sqlx::Error> {
+        self.interrupted = Some(control);
+        let result = self.conn.execute(sql).await.map(drop);
+        self.interrupted = None;
+        result
+    }
+
+    /// Finishes an interrupted statement of transaction control. Each step is one that may have
+    /// run already, so its error is expected and ignored; if this is interrupted in turn, the
+    /// next holder starts it over.
+    async fn finish_interrupted(&mut self) {
+        let Some(control) = self.interrupted else {
+            return;
+        };
+        match control {
+            Control::Transaction => {
+                let _ = self.conn.execute("ROLLBACK").await;
+            }
+            Control::Switch { last } => {
+                let _ = self.conn.execute(last.name().other().undo()).await;
+                let _ = self.conn.execute(last.end()).await;
+                self.savepoint = None;
+            }
+        }
+        self.interrupted = None;
+    }
+
     /// Commits the open group (rolls it back when no unit committed into it, or on `failure`)
     /// and tells its units.
     async fn end_group(&mut self, failure: Result<(), Arc<str>>) {
+        self.finish_interrupted().await;
         let Some(group) = self.group.take() else {
             return;
         };
+        // Dropped from here on, the group's units learn that the writer stopped, and the next
+        // holder rolls back what is left open.
         let savepoint = self.savepoint.take();
         let outcome = match failure {
             Ok(()) if group.members > 0 => {
                 let commit = savepoint.map_or("COMMIT", Savepoint::end_then_commit);
-                match self.conn.execute(commit).await {
-                    Ok(_) => Ok(()),
+                match self.control(Control::Transaction, commit).await {
+                    Ok(()) => Ok(()),
                     Err(e) => Err(e.to_string().into()),
                 }
             }
@@ -99,7 +199,7 @@ impl State {
         if outcome.is_err() || group.members == 0 {
             // After a failed COMMIT the transaction may still be open; without members there is
             // nothing to store. An error here means no transaction was left open.
-            let _ = self.conn.execute("ROLLBACK").await;
+            let _ = self.control(Control::Transaction, "ROLLBACK").await;
         }
         if outcome.is_ok() && group.members > 0 {
             metrics::histogram!("switchyard_db_group_commit_units").record(group.members as f64);
@@ -109,10 +209,14 @@ impl State {
 
     /// Opens a unit's savepoint, ending the last unit's in the same round trip.
     async fn open_unit(&mut self) -> StoreResult<()> {
+        self.finish_interrupted().await;
         if let Some(last) = self.savepoint {
-            match self.conn.execute(last.end_then_savepoint()).await {
-                Ok(_) => {
-                    self.savepoint = Some(Savepoint::Undo);
+            match self
+                .control(Control::Switch { last }, last.end_then_savepoint())
+                .await
+            {
+                Ok(()) => {
+                    self.savepoint = Some(Savepoint::Undo(last.name().other()));
                     return Ok(());
                 }
                 // Which of the statements failed is not known: the group cannot be trusted, and
@@ -121,9 +225,12 @@ impl State {
             }
         }
         if self.group.is_none() {
-            if let Err(e) = self.conn.execute("BEGIN IMMEDIATE; SAVEPOINT unit").await {
+            if let Err(e) = self
+                .control(Control::Transaction, "BEGIN IMMEDIATE; SAVEPOINT a")
+                .await
+            {
                 // The BEGIN may have succeeded; an error here means no transaction was open.
-                let _ = self.conn.execute("ROLLBACK").await;
+                let _ = self.control(Control::Transaction, "ROLLBACK").await;
                 return Err(e.into());
             }
             self.group = Some(Group {
@@ -131,9 +238,10 @@ impl State {
                 outcome: watch::Sender::new(None),
             });
         } else {
-            self.conn.execute("SAVEPOINT unit").await?;
+            // The last unit's savepoint was ended by finishing an interrupted switch.
+            self.control(Control::Transaction, "SAVEPOINT a").await?;
         }
-        self.savepoint = Some(Savepoint::Undo);
+        self.savepoint = Some(Savepoint::Undo(Name::A));
         Ok(())
     }
 }
@@ -145,6 +253,7 @@ impl Writer {
                 conn,
                 group: None,
                 savepoint: None,
+                interrupted: None,
                 closed: false,
             })),
             flush: Arc::new(Notify::new()),
@@ -207,14 +316,16 @@ impl Unit {
 
     /// Joins the group and waits for its commit.
     pub async fn commit(mut self) -> StoreResult<()> {
-        let Some(group) = self.state.group.as_mut() else {
+        // A held unit always has its savepoint and its group; it runs inside both.
+        let (Some(savepoint), Some(group)) = (self.state.savepoint, self.state.group.as_mut())
+        else {
             return Err(StoreError::NotStored(
                 "the group transaction ended under a unit".into(),
             ));
         };
         group.members += 1;
         let mut outcome = group.outcome.subscribe();
-        self.state.savepoint = Some(Savepoint::Release);
+        self.state.savepoint = Some(Savepoint::Release(savepoint.name()));
         drop(self);
         let ended = outcome
             .wait_for(Option::is_some)
@@ -236,6 +347,7 @@ impl Drop for Unit {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
     use sqlx::Row;
 
     use super::super::Db;
@@ -342,6 +454,50 @@ mod tests {
         drop(again);
         insert(&db, 7).await.unwrap();
         assert_eq!(stored(&db).await, [6, 7]);
+    }
+
+    /// Polls the opening of a unit once and drops it, as when a client goes away in the middle
+    /// of a request: its statement of transaction control is left half run with sqlx.
+    fn interrupt_opening(db: &Db) {
+        for _ in 0..100 {
+            match db.begin_write().now_or_never() {
+                None => {
+                    let writer = db.writer.as_ref().expect("SQLite has a writer");
+                    let state = writer.state.try_lock().expect("the unit let the writer go");
+                    assert!(state.interrupted.is_some());
+                    return;
+                }
+                // SQLite answered within the one poll: the unit is dropped, and tried again.
+                Some(unit) => drop(unit.unwrap()),
+            }
+        }
+        panic!("the opening of a unit never waited for SQLite");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_unit_dropped_while_it_begins_the_group_leaves_the_writer_usable() {
+        let (_dir, db) = db_with_table().await;
+        interrupt_opening(&db);
+        insert(&db, 1).await.unwrap();
+        insert(&db, 2).await.unwrap();
+        assert_eq!(stored(&db).await, [1, 2]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_unit_dropped_while_it_ends_the_last_savepoint_keeps_the_last_units_writes() {
+        let (_dir, db) = db_with_table().await;
+        let mut first = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        // Joined its group, which the flusher has not committed yet (it has not run).
+        let mut committed = Box::pin(first.commit());
+        assert!(committed.as_mut().now_or_never().is_none());
+        interrupt_opening(&db);
+        committed.await.unwrap();
+        insert(&db, 2).await.unwrap();
+        assert_eq!(stored(&db).await, [1, 2]);
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use switchyard_endpoint::client::ClientError;
+use switchyard_protocol::dict::Encoding;
 use switchyard_provider::config::HttpLimits;
 use switchyard_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -397,5 +399,35 @@ async fn a_members_request_body_is_held_to_the_federation_limits() -> anyhow::Re
         "{metrics}"
     );
     fed.shutdown().await;
+    Ok(())
+}
+
+/// The rate limit's `429` is JSON whatever the client asked for; an endpoint client asking for
+/// property lists reads it as the refusal it is.
+#[tokio::test]
+async fn an_endpoint_over_its_rate_reads_the_refusal_in_any_encoding() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    config.endpoint_api.limits.requests_per_second_per_client = 1;
+    config.endpoint_api.limits.request_burst_per_client = 2;
+    let h = Harness::start_with(config, dir).await?;
+    let alice_id = h.add_user("Alice", &["tel:+16502530000"]).await?;
+    let alice = h
+        .endpoint(&alice_id, "tel:+16502530000", None, Encoding::Plist)
+        .await?;
+    let mut refused = None;
+    for _ in 0..10 {
+        match alice.relay_credentials(None).await {
+            Err(ClientError::Refused {
+                status: 429, code, ..
+            }) => {
+                refused = Some(code);
+                break;
+            }
+            Ok(_) => {}
+            Err(other) => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(refused.as_deref(), Some("rate-limited"));
+    h.provider.shutdown().await;
     Ok(())
 }

@@ -370,6 +370,43 @@ async fn pushes_arrive_in_order_with_increasing_ids() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A read of the push channel given up at its await, as in a `select!` beside a faster timer,
+/// sends no request again and loses no push: what it waited for carries over to the next read.
+/// Fifty long-polls in two seconds would meet the rate limit set here.
+#[tokio::test]
+async fn a_push_channel_read_given_up_again_and_again_loses_nothing() -> anyhow::Result<()> {
+    let (mut config, dir) = test_config().await?;
+    config.endpoint_api.limits.requests_per_second_per_client = 5;
+    config.endpoint_api.limits.request_burst_per_client = 10;
+    let h = Harness::start_with(config, dir).await?;
+    let alice_id = h.add_user("Alice", &[ALICE]).await?;
+    let bob_id = h.add_user("Bob", &[BOB]).await?;
+    let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
+    let bob = h.endpoint(&bob_id, BOB, None, Encoding::Plist).await?;
+    let read_briefly = Duration::from_millis(40);
+    for mode in MODES {
+        let mut channel = bob.push_channel(mode).await?;
+        for _ in 0..50 {
+            let read = tokio::time::timeout(read_briefly, channel.next(WAIT)).await;
+            assert!(read.is_err(), "{mode:?}: nothing was sent, got {read:?}");
+        }
+        let sid = session_id();
+        alice.initiate(&sid, BOB, b"", &["audio"]).await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let ring = loop {
+            assert!(tokio::time::Instant::now() < deadline, "{mode:?}: no push");
+            if let Ok(read) = tokio::time::timeout(read_briefly, channel.next(WAIT)).await {
+                break read?.expect("a push, not the end of the wait");
+            }
+        };
+        assert_eq!(ring.str("action")?, "initiate", "{mode:?}");
+        assert_eq!(ring.str("session-id")?, sid, "{mode:?}");
+        // So the next channel does not see this push again.
+        channel.ack().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_push_for_an_open_websocket_goes_from_memory_after_what_was_queued() -> anyhow::Result<()>
 {
