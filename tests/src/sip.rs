@@ -307,12 +307,16 @@ pub fn sipp_scenario(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
 }
 
-/// A free local port for a sipp or baresip socket (they need a number).
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A loopback port that is free for both UDP and TCP at the moment: sipp binds its transport's
+/// socket on it, and a port free for UDP may be taken for TCP.
+pub fn free_sip_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+        let port = udp.local_addr().expect("a bound socket").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Alice ([`crate::federation::ALICE`]) with SIP account `sip:alice@a.test` at a.test and Bob

@@ -21,7 +21,7 @@ use switchyard_provider::push::Outbox;
 use switchyard_provider::sip::sdp::blob_of;
 use switchyard_tests::federation::{ProviderSpec, TestFederation, BOB};
 use switchyard_tests::sip::{
-    add_account, authorization, free_udp_port, sip_alice_and_bob, sipp_scenario, SipProvider,
+    add_account, authorization, free_sip_port, sip_alice_and_bob, sipp_scenario, SipProvider,
     SipResponse, SipTransport, Ua,
 };
 use switchyard_tests::{expect_push, session_id, Harness};
@@ -148,7 +148,7 @@ impl Federation {
     /// `caller`'s phone runs `uac` against its provider while `callee`'s runs `uas`; both must
     /// finish their scenarios.
     async fn call(&self, caller: &Side, callee: &Side, uac: &str, uas: &str) -> anyhow::Result<()> {
-        let port = free_udp_port();
+        let port = free_sip_port();
         self.register(callee, port).await?;
         let uas_log = format!("{uas}-{}", callee.user);
         let uas_run = self.sipp(
@@ -175,7 +175,7 @@ impl Federation {
                         "-auth_uri",
                         callee.dialled_as,
                         "-p",
-                        &free_udp_port().to_string(),
+                        &free_sip_port().to_string(),
                     ],
                 ),
             )
@@ -633,7 +633,7 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
             .arg(dir.join("alice.csv"))
             .args(["-key", "domain", "a.test", "-key", "callee", "bob@a.test"])
             .args(["-auth_uri", "bob@a.test", "-i", "127.0.0.1"])
-            .args(["-p", &free_udp_port().to_string()])
+            .args(["-p", &free_sip_port().to_string()])
             .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
             .args(["-error_file"])
             .arg(dir.join("errors.log"))
@@ -867,7 +867,7 @@ async fn a_providers_own_calls_hand_the_gateways_their_pushes_in_memory() -> any
             format!("SEQUENTIAL\n{user};[authentication username={user} password={PASSWORD}]\n"),
         )?;
     }
-    let bob_port = free_udp_port();
+    let bob_port = free_sip_port();
     run_sipp(
         dir,
         "register-bob",
@@ -893,7 +893,7 @@ async fn a_providers_own_calls_hand_the_gateways_their_pushes_in_memory() -> any
                 "-auth_uri",
                 callee,
                 "-p",
-                &free_udp_port().to_string(),
+                &free_sip_port().to_string(),
             ],
         )
     };

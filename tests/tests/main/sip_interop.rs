@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use switchyard_tests::sip::{free_udp_port, sipp_scenario, SipProvider};
+use switchyard_tests::sip::{free_sip_port, sipp_scenario, SipProvider};
 
 const PASSWORD: &str = "sipp-secret-1";
 
@@ -27,7 +27,7 @@ async fn sipp_registers_with_digest_over_udp_and_tcp() -> anyhow::Result<()> {
                     .arg(logs.join("accounts.csv"))
                     .args(["-key", "domain", "a.test", "-auth_uri", "a.test"])
                     .args(["-t", transport, "-i", "127.0.0.1"])
-                    .args(["-p", &free_udp_port().to_string()])
+                    .args(["-p", &free_sip_port().to_string()])
                     .args(["-m", "20", "-r", "50", "-timeout", "30s", "-nostdin"])
                     .args(["-trace_err", "-error_file"])
                     .arg(logs.join(format!("{transport}-errors.log")))
