@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::records::StoredPush;
+use super::records::{GatewayPushKey, StoredPush};
 use super::{Db, StoreResult};
 use crate::shared::now_ms;
 
@@ -29,6 +29,42 @@ impl Db {
             .map(|r| StoredPush {
                 seq: r.get(0),
                 body: r.get(1),
+            })
+            .collect())
+    }
+
+    /// The queued pushes of SIP gateway endpoints that come after `after` in the order of
+    /// (creation time in ms, endpoint id, sequence number), not expired: at most `limit`, in that
+    /// order, each with its place in it.
+    pub async fn gateway_pushes_after(
+        &self,
+        after: &GatewayPushKey,
+        limit: i64,
+    ) -> StoreResult<Vec<(GatewayPushKey, StoredPush)>> {
+        let rows = sqlx::query(
+            "SELECT p.created_at, p.endpoint_id, p.seq, p.body FROM pushes p \
+             JOIN sip_accounts a ON a.endpoint_id = p.endpoint_id \
+             WHERE p.created_at >= $1 AND (p.created_at, p.endpoint_id, p.seq) > ($1, $2, $3) \
+             AND p.expires_at > $4 \
+             ORDER BY p.created_at, p.endpoint_id, p.seq LIMIT $5",
+        )
+        .bind(after.created_at)
+        .bind(&after.endpoint_id)
+        .bind(after.seq)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = GatewayPushKey {
+                    created_at: r.get(0),
+                    endpoint_id: r.get(1),
+                    seq: r.get(2),
+                };
+                let body = r.get(3);
+                (key.clone(), StoredPush { seq: key.seq, body })
             })
             .collect())
     }

@@ -110,6 +110,14 @@ pub struct SipContact {
     pub updated_at: i64,
 }
 
+/// Where a queued push stands in the order the SIP edge reads its gateways' pushes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPushKey {
+    pub created_at: i64,
+    pub endpoint_id: String,
+    pub seq: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredPush {
     pub seq: i64,

@@ -8,9 +8,11 @@
 //! an Initiate it took, or that ended lately). Such a push is never queued, so it costs no
 //! queue write, read, decode or claim on the call path. Any other push (another replica's, one
 //! for a leg held elsewhere, one made while no sink is registered) is queued as for any
-//! endpoint, and read here from the queue: each gateway's queue once a second or when this
-//! replica's hub wakes it, every push claimed ([`crate::db::Db::claim_push`]) before it is
-//! acted on, one for a call held elsewhere left for its replica.
+//! endpoint, and read here from the queue: all gateways' queues in one query a second, by the
+//! time the pushes were made (looking back [`QUEUE_LOOKBACK_MS`] before the previous read), every
+//! push claimed ([`crate::db::Db::claim_push`]) before it is acted on, one for a call held
+//! elsewhere left for its replica. A push left longer than that look-back unclaimed is not read
+//! again here; it expires in the queue.
 //!
 //! Durability: a push handed over in memory lives only as long as the leg it drives, whose
 //! dialog, transactions and timers are in this process's memory and die with it anyway. An
@@ -20,93 +22,148 @@
 //! commits; a push another replica queued for the same leg is read within a second, and so may
 //! come after a later one handed over here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use switchyard_protocol::dict::{Dict, Encoding};
 use switchyard_protocol::invitation::Push;
-use tokio::task::JoinHandle;
 
 use super::calls::{leg_key, Calls, Event};
 use super::handle::EdgeHandle;
 use super::start;
-use crate::db::records::SipAccount;
-use crate::push::PushSink;
+use crate::db::records::{GatewayPushKey, SipAccount};
+use crate::push::{PushSink, SinkRegistration};
+use crate::shared::now_ms;
 
-/// Starts reading the pushes of every SIP account's gateway endpoint, and of accounts added
-/// later (looked for once a second).
+/// How far before the previous read of the gateways' queues each read begins: a push becomes
+/// visible when its unit commits, a moment after the time it was made with, and replicas' clocks
+/// differ a little.
+const QUEUE_LOOKBACK_MS: i64 = 10_000;
+/// One read of the queues takes at most this many pages of this many pushes, so that a backlog
+/// cannot hold the loop; what is left is read the next second.
+const QUEUE_PAGE: i64 = 500;
+const QUEUE_PAGES_PER_READ: usize = 20;
+/// Gateways looked at each second for a revocation on this replica (which dropped their sink).
+const REVOKED_CHECKS_PER_TICK: usize = 256;
+
+/// A gateway this edge acts for: its account, and its sink on the hub while it is held.
+struct Gateway {
+    account: SipAccount,
+    _sink: SinkRegistration,
+}
+
+/// Acts for every SIP account's gateway endpoint, and for accounts added later (looked for
+/// once a second): a sink for each on the hub takes this process's pushes in memory, and once a
+/// second one query reads what is queued for any of them (another replica's pushes, or this
+/// one's made while no sink took them). The cost of an idle account is its sink, not a task or
+/// a read of its own.
 pub async fn watch_gateways(handle: Arc<EdgeHandle>) {
-    let mut watched: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let hub = handle.app.hub.clone();
+    let mut gateways: HashMap<String, Gateway> = HashMap::new();
+    let mut revocation_checks: VecDeque<String> = VecDeque::new();
     let mut since = i64::MIN;
+    // The first read takes everything still queued.
+    let mut read_from = i64::MIN;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown = handle.app.shutdown.clone();
     loop {
-        tick.tick().await;
-        watched.retain(|_, task| !task.is_finished());
-        match handle.app.db.sip_gateways_since(since).await {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::shared::shutting_down(&mut shutdown) => return,
+        }
+        // The database closes once the provider has shut down: stop reading before that.
+        if *shutdown.borrow() {
+            return;
+        }
+        match Box::pin(handle.app.db.sip_gateways_since(since)).await {
             Ok(accounts) => {
                 for account in accounts {
                     since = since.max(account.created_at - 1);
                     let Some(endpoint) = account.endpoint_id.clone() else {
                         continue;
                     };
-                    if watched.contains_key(&endpoint) {
+                    if gateways.contains_key(&endpoint) {
                         continue;
                     }
-                    let task = tokio::spawn(gateway_pushes(handle.clone(), account));
-                    watched.insert(endpoint, task);
+                    let sink = hub.attach(
+                        &endpoint,
+                        Arc::new(GatewaySink {
+                            handle: Arc::downgrade(&handle),
+                            account: account.clone(),
+                            endpoint: endpoint.clone(),
+                        }),
+                    );
+                    revocation_checks.push_back(endpoint.clone());
+                    gateways.insert(
+                        endpoint,
+                        Gateway {
+                            account,
+                            _sink: sink,
+                        },
+                    );
                 }
             }
+            Err(_) if *shutdown.borrow() => return,
             Err(e) => tracing::warn!(error = %e, "SIP edge: reading gateway endpoints"),
+        }
+        // A revocation here drops the sink: the gateway is forgotten, a few each second.
+        for _ in 0..REVOKED_CHECKS_PER_TICK.min(revocation_checks.len()) {
+            let Some(endpoint) = revocation_checks.pop_front() else {
+                break;
+            };
+            if hub.has_sink(&endpoint) {
+                revocation_checks.push_back(endpoint);
+            } else {
+                gateways.remove(&endpoint);
+            }
+        }
+        let started = now_ms();
+        if Box::pin(read_queued(&handle, &gateways, read_from)).await {
+            read_from = started.saturating_sub(QUEUE_LOOKBACK_MS);
         }
     }
 }
 
-/// Takes the pushes of one account's gateway endpoint, in memory from this process while the
-/// task runs ([`GatewaySink`]) and off its queue: an Initiate starts a call to the account's
-/// phones; the rest go to the call they belong to. A queued push for a call another replica
-/// holds is left for it.
-async fn gateway_pushes(handle: Arc<EdgeHandle>, account: SipAccount) {
-    let Some(endpoint) = account.endpoint_id.clone() else {
-        return;
+/// Reads the gateways' queued pushes made from `from` (ms) on and acts on those of `gateways`;
+/// false when the database could not be read (the next read starts from the same time).
+async fn read_queued(
+    handle: &Arc<EdgeHandle>,
+    gateways: &HashMap<String, Gateway>,
+    from: i64,
+) -> bool {
+    let mut after = GatewayPushKey {
+        created_at: from,
+        endpoint_id: String::new(),
+        seq: i64::MIN,
     };
-    let hub = handle.app.hub.clone();
-    let mut signal = hub.subscribe(&endpoint);
-    let mut shutdown = handle.app.shutdown.clone();
-    // Until this task ends (revoked, shut down or stopped), when the registration drops.
-    let _sink = hub.attach(
-        &endpoint,
-        Arc::new(GatewaySink {
-            handle: Arc::downgrade(&handle),
-            account: account.clone(),
-            endpoint: endpoint.clone(),
-        }),
-    );
-    loop {
-        // The database closes once the provider has shut down: stop reading before that.
-        if signal.borrow().revoked || *shutdown.borrow() {
-            break;
-        }
-        match handle.app.db.pending_pushes(&endpoint, 0, 100).await {
-            Ok(pushes) => {
-                for stored in pushes {
-                    let Ok(push) = Dict::decode(stored.body.as_bytes(), Encoding::Plist) else {
-                        continue;
-                    };
-                    on_queued_push(&handle, &account, &endpoint, stored.seq, push).await;
+    for _ in 0..QUEUE_PAGES_PER_READ {
+        let page = match handle.app.db.gateway_pushes_after(&after, QUEUE_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP edge: reading the gateways' pushes");
+                return false;
+            }
+        };
+        let full = page.len() as i64 == QUEUE_PAGE;
+        for (key, stored) in page {
+            if let Some(gateway) = gateways.get(&key.endpoint_id) {
+                if let Ok(push) = Dict::decode(stored.body.as_bytes(), Encoding::Plist) {
+                    on_queued_push(handle, &gateway.account, &key.endpoint_id, stored.seq, push)
+                        .await;
                 }
             }
-            Err(_) if *shutdown.borrow() => break,
-            Err(e) => tracing::warn!(error = %e, "SIP edge: reading a gateway's pushes"),
+            after = key;
         }
-        // Woken by this replica's pushes at once; other replicas' are found within a second.
-        tokio::select! {
-            _ = tokio::time::timeout(Duration::from_secs(1), signal.changed()) => {}
-            _ = crate::shared::shutting_down(&mut shutdown) => break,
+        if !full {
+            return true;
         }
     }
-    drop(_sink);
-    hub.release(&endpoint);
+    tracing::warn!(
+        pushes = QUEUE_PAGE * QUEUE_PAGES_PER_READ as i64,
+        "SIP edge: more gateway pushes queued than one read takes; the rest wait a second"
+    );
+    true
 }
 
 /// A push read off the gateway's queue: claimed, then acted on, unless it is for a call this
@@ -133,7 +190,10 @@ async fn on_queued_push(
         }
     }
     if initiate {
-        start::incoming(handle, account.clone(), push).await;
+        // Its own task, as for a push handed over in memory: ringing the phones must not hold
+        // the reading of the other gateways' pushes.
+        let (handle, account) = (handle.clone(), account.clone());
+        tokio::spawn(async move { start::incoming(&handle, account, push).await });
     } else {
         handle.calls.send_event(&leg, Event::Push(push));
     }
