@@ -6,7 +6,8 @@
 #
 #   bench/sip/contacts.sh [contacts, default 100000] [per account, default 10]
 #
-# Prints the resident set (VmRSS) once the accounts exist, right after the last REGISTER, and once
+# Prints the CPU the idle daemon spends in 10 s once the accounts exist; then its resident set
+# (VmRSS) at that point, right after the last REGISTER, and once
 # the edge's server transactions have expired (RFC 3261 Timer J, 32 s over UDP: each REGISTER's
 # transaction keeps its final response for retransmissions that long), and the growth per contact
 # at each point. BENCH_BIN=path runs that switchyard binary instead of building one.
@@ -52,6 +53,12 @@ echo "making $accounts SIP accounts" >&2
 sip_accounts "$admin_port" "$work/data/admin-token" Phones tel:+442071234567 "$work/phones.csv" \
     phone "$accounts"
 before=$(rss)
+# What the idle accounts cost: the daemon's CPU over 10 s with nothing to do.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+idle_start=$(cpu_ticks)
+sleep 10
+idle_cpu=$(python3 -c "import os; print(f'{($(cpu_ticks) - $idle_start) / os.sysconf(\"SC_CLK_TCK\"):.2f}')")
+echo "idle with $accounts accounts: $idle_cpu s of CPU in 10 s"
 
 # register.xml with a contact of its own for each REGISTER: the injection file is read in
 # order and wraps around, so each account gets PER_AOR distinct contacts.
