@@ -24,6 +24,22 @@ request_burst_per_client = 1000000
 TOML
 }
 
+# sip_udp_config WORK SIP_PORT: appends to WORK/switchyard.toml a SIP edge on UDP
+# 127.0.0.1:SIP_PORT, with the per-source rate lifted (sipp is one source; the limit is a defence
+# against one flooding address), and warnings-only logs.
+sip_udp_config() {
+    cat >> "$1/switchyard.toml" <<TOML
+[sip]
+enabled = true
+transports = ["udp"]
+udp_listen = "127.0.0.1:$2"
+requests_per_second_per_source = 1000000
+request_burst_per_source = 1000000
+[log]
+level = "warn"
+TOML
+}
+
 # start_provider BIN WORK ADMIN_PORT [PREFIX...]: starts BIN serve on WORK/switchyard.toml (under
 # PREFIX, e.g. taskset), logging to WORK/serve.log; sets `pid` and waits until it is ready.
 start_provider() {

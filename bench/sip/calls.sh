@@ -394,17 +394,7 @@ switchyard_calls() {
     sip_port=$(free_port)
     uas_port=$(free_port)
     provider_config "$dir" bench.test "$admin_port"
-    cat >> "$dir/switchyard.toml" <<TOML
-[sip]
-enabled = true
-transports = ["udp"]
-udp_listen = "127.0.0.1:$sip_port"
-# sipp is one source: the per-source rate, a defence against one flooding address, is lifted.
-requests_per_second_per_source = 1000000
-request_burst_per_source = 1000000
-[log]
-level = "warn"
-TOML
+    sip_udp_config "$dir" "$sip_port"
     start_provider "$bin" "$dir" "$admin_port" "${pin_server[@]}" || rc=$?
     pids+=("$pid")
     [ "$rc" -eq 0 ] || return 1

@@ -34,18 +34,7 @@ trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 admin_port=$(free_port)
 sip_port=$(free_port)
 provider_config "$work" bench.test "$admin_port"
-cat >> "$work/switchyard.toml" <<TOML
-[sip]
-enabled = true
-transports = ["udp"]
-udp_listen = "127.0.0.1:$sip_port"
-max_contacts_per_aor = 10
-# sipp is one source: the per-source rate, a defence against one flooding address, is lifted.
-requests_per_second_per_source = 1000000
-request_burst_per_source = 1000000
-[log]
-level = "warn"
-TOML
+sip_udp_config "$work" "$sip_port"
 start_provider "$bin" "$work" "$admin_port"
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status"; }
 

@@ -350,7 +350,7 @@ mod tests {
     use futures_util::FutureExt;
     use sqlx::Row;
 
-    use super::super::Db;
+    use super::super::{Db, WriteTx};
     use super::*;
 
     async fn db_with_table() -> (tempfile::TempDir, Db) {
@@ -367,13 +367,18 @@ mod tests {
         (dir, db)
     }
 
-    async fn insert(db: &Db, x: i64) -> StoreResult<()> {
+    /// A unit that has written `x` and not committed.
+    async fn written(db: &Db, x: i64) -> StoreResult<WriteTx> {
         let mut tx = db.begin_write().await?;
         sqlx::query("INSERT INTO t (x) VALUES ($1)")
             .bind(x)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx)
+    }
+
+    async fn insert(db: &Db, x: i64) -> StoreResult<()> {
+        written(db, x).await?.commit().await
     }
 
     /// What another connection sees: the rows of committed groups only.
@@ -412,21 +417,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_unit_is_undone_without_its_group() {
         let (_dir, db) = db_with_table().await;
-        let mut first = db.begin_write().await.unwrap();
-        sqlx::query("INSERT INTO t (x) VALUES (1)")
-            .execute(&mut *first)
-            .await
-            .unwrap();
+        let first = written(&db, 1).await.unwrap();
         // The second unit queues for the writer before the first commits, so both are in one
         // group; it writes, then is dropped.
         let dropped = tokio::spawn({
             let db = db.clone();
             async move {
-                let mut second = db.begin_write().await.unwrap();
-                sqlx::query("INSERT INTO t (x) VALUES (2)")
-                    .execute(&mut *second)
-                    .await
-                    .unwrap();
+                let _second = written(&db, 2).await.unwrap();
             }
         });
         tokio::task::yield_now().await;
@@ -439,16 +436,10 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_unit_alone_in_its_group_leaves_nothing_behind() {
         let (_dir, db) = db_with_table().await;
-        let mut lone = db.begin_write().await.unwrap();
-        sqlx::query("INSERT INTO t (x) VALUES (5)")
-            .execute(&mut *lone)
-            .await
-            .unwrap();
+        let lone = written(&db, 5).await.unwrap();
         drop(lone);
         insert(&db, 6).await.unwrap();
-        let mut again = db.begin_write().await.unwrap();
-        sqlx::query("INSERT INTO t (x) VALUES (5)")
-            .execute(&mut *again)
+        let again = written(&db, 5)
             .await
             .expect("the dropped unit's row is gone");
         drop(again);
@@ -486,11 +477,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_unit_dropped_while_it_ends_the_last_savepoint_keeps_the_last_units_writes() {
         let (_dir, db) = db_with_table().await;
-        let mut first = db.begin_write().await.unwrap();
-        sqlx::query("INSERT INTO t (x) VALUES (1)")
-            .execute(&mut *first)
-            .await
-            .unwrap();
+        let first = written(&db, 1).await.unwrap();
         // Joined its group, which the flusher has not committed yet (it has not run).
         let mut committed = Box::pin(first.commit());
         assert!(committed.as_mut().now_or_never().is_none());
