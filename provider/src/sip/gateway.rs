@@ -49,7 +49,8 @@ const REVOKED_CHECKS_PER_TICK: usize = 256;
 
 /// A gateway this edge acts for: its account, and its sink on the hub while it is held.
 struct Gateway {
-    account: SipAccount,
+    /// Shared with its sink: one copy an account.
+    account: Arc<SipAccount>,
     _sink: SinkRegistration,
 }
 
@@ -86,6 +87,7 @@ pub async fn watch_gateways(handle: Arc<EdgeHandle>) {
                     if gateways.contains_key(&endpoint) {
                         continue;
                     }
+                    let account = Arc::new(account);
                     let sink = hub.attach(
                         &endpoint,
                         Arc::new(GatewaySink {
@@ -217,7 +219,7 @@ pub fn takes(calls: &Calls, endpoint: &str, push: &Push) -> bool {
 struct GatewaySink {
     /// Weak: the hub that holds the sink belongs to the app the edge holds.
     handle: Weak<EdgeHandle>,
-    account: SipAccount,
+    account: Arc<SipAccount>,
     endpoint: String,
 }
 
@@ -239,7 +241,7 @@ impl PushSink for GatewaySink {
         // The dictionary the queue would have held (without its `push-id`).
         let push = push.to_dict();
         if initiate {
-            let account = self.account.clone();
+            let account = SipAccount::clone(&self.account);
             tokio::spawn(async move { start::incoming(&handle, account, push).await });
         } else {
             handle.calls.send_event(&leg, Event::Push(push));
