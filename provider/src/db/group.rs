@@ -126,8 +126,14 @@ enum Control {
     /// `BEGIN`, `COMMIT` or `ROLLBACK`, with no group left in the state: whatever is still open
     /// is rolled back.
     Transaction,
-    /// The end of `last` and the opening of the next unit's savepoint, for a unit that is gone.
-    Switch { last: Savepoint },
+    /// The opening of a unit's savepoint inside the open group, after ending `last` (if the
+    /// group had one), for a unit that is gone.
+    Open { last: Option<Savepoint> },
+}
+
+/// The name of the savepoint opened after `last` (the first of a group has none before it).
+fn next_name(last: Option<Savepoint>) -> Name {
+    last.map_or(Name::A, |last| last.name().other())
 }
 
 struct State {
@@ -167,9 +173,11 @@ impl State {
             Control::Transaction => {
                 let _ = self.conn.execute("ROLLBACK").await;
             }
-            Control::Switch { last } => {
-                let _ = self.conn.execute(last.name().other().undo()).await;
-                let _ = self.conn.execute(last.end()).await;
+            Control::Open { last } => {
+                let _ = self.conn.execute(next_name(last).undo()).await;
+                if let Some(last) = last {
+                    let _ = self.conn.execute(last.end()).await;
+                }
                 self.savepoint = None;
             }
         }
@@ -211,12 +219,10 @@ impl State {
     async fn open_unit(&mut self) -> StoreResult<()> {
         self.finish_interrupted().await;
         if let Some(last) = self.savepoint {
-            match self
-                .control(Control::Switch { last }, last.end_then_savepoint())
-                .await
-            {
+            let open = Control::Open { last: Some(last) };
+            match self.control(open, last.end_then_savepoint()).await {
                 Ok(()) => {
-                    self.savepoint = Some(Savepoint::Undo(last.name().other()));
+                    self.savepoint = Some(Savepoint::Undo(next_name(Some(last))));
                     return Ok(());
                 }
                 // Which of the statements failed is not known: the group cannot be trusted, and
@@ -238,10 +244,12 @@ impl State {
                 outcome: watch::Sender::new(None),
             });
         } else {
-            // The last unit's savepoint was ended by finishing an interrupted switch.
-            self.control(Control::Transaction, "SAVEPOINT a").await?;
+            // The last unit's savepoint was ended by finishing an interrupted opening; the
+            // group's committed units stay.
+            self.control(Control::Open { last: None }, "SAVEPOINT a")
+                .await?;
         }
-        self.savepoint = Some(Savepoint::Undo(Name::A));
+        self.savepoint = Some(Savepoint::Undo(next_name(None)));
         Ok(())
     }
 }
@@ -348,7 +356,7 @@ impl Drop for Unit {
 #[cfg(test)]
 mod tests {
     use futures_util::FutureExt;
-    use sqlx::Row;
+    use sqlx::{Connection, Row};
 
     use super::super::{Db, WriteTx};
     use super::*;
@@ -485,6 +493,48 @@ mod tests {
         committed.await.unwrap();
         insert(&db, 2).await.unwrap();
         assert_eq!(stored(&db).await, [1, 2]);
+    }
+
+    /// Driven on a writer's state of its own (no flusher), to stand where only an interrupted
+    /// opening leaves it: a group with a committed unit, its savepoint already ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_unit_dropped_while_it_opens_a_savepoint_in_the_group_keeps_the_groups_writes() {
+        let (dir, db) = db_with_table().await;
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let mut state = State {
+            conn: sqlx::AnyConnection::connect(&url).await.unwrap(),
+            group: None,
+            savepoint: None,
+            interrupted: None,
+            closed: false,
+        };
+        state.open_unit().await.unwrap();
+        state
+            .conn
+            .execute("INSERT INTO t (x) VALUES (1)")
+            .await
+            .unwrap();
+        state.group.as_mut().unwrap().members += 1;
+        let mut outcome = state.group.as_ref().unwrap().outcome.subscribe();
+        let last = state.savepoint.take().unwrap();
+        state.conn.execute(Name::A.release()).await.unwrap();
+        assert_eq!(last, Savepoint::Undo(Name::A));
+
+        let mut tries = 0;
+        while Box::pin(state.open_unit()).now_or_never().is_some() {
+            // SQLite answered within the one poll: the savepoint is undone, and tried again.
+            state.conn.execute(Name::A.undo()).await.unwrap();
+            state.savepoint = None;
+            tries += 1;
+            assert!(tries < 100, "the opening never waited for SQLite");
+        }
+        assert_eq!(state.interrupted, Some(Control::Open { last: None }));
+        state.end_group(Ok(())).await;
+        assert_eq!(
+            outcome.wait_for(Option::is_some).await.unwrap().clone(),
+            Some(Ok(()))
+        );
+        assert_eq!(stored(&db).await, [1]);
     }
 
     #[tokio::test]
