@@ -477,6 +477,35 @@ pub struct RelayGrant {
     pub server: switchyard_media::session::RelayServer,
 }
 
+/// The next push on the WebSocket, skipping frames that carry none; None at the deadline.
+/// Dropped at its await, it loses nothing: the socket keeps what it has not handed over.
+async fn receive_push(
+    socket: &mut WsStream,
+    encoding: Encoding,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Dict>, ClientError> {
+    loop {
+        let message = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => return Err(ClientError::PushClosed("connection closed".into())),
+            Ok(Some(m)) => m?,
+        };
+        let bytes = match message {
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Binary(b) => b.to_vec(),
+            Message::Close(frame) => {
+                return Err(ClientError::PushClosed(
+                    frame
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_default(),
+                ))
+            }
+            _ => continue,
+        };
+        return Ok(Some(Dict::decode(&bytes, encoding)?));
+    }
+}
+
 /// A long-poll under way: the provider's answer.
 type Poll = Pin<Box<dyn Future<Output = Result<Dict, ClientError>> + Send>>;
 
@@ -515,29 +544,8 @@ impl PushChannel {
                 let (id, _) = match received {
                     Some(held) => held,
                     None => {
-                        let push = loop {
-                            let message = match tokio::time::timeout_at(deadline, socket.next())
-                                .await
-                            {
-                                Err(_) => return Ok(None),
-                                Ok(None) => {
-                                    return Err(ClientError::PushClosed("connection closed".into()))
-                                }
-                                Ok(Some(m)) => m?,
-                            };
-                            let bytes = match message {
-                                Message::Text(t) => t.as_bytes().to_vec(),
-                                Message::Binary(b) => b.to_vec(),
-                                Message::Close(frame) => {
-                                    return Err(ClientError::PushClosed(
-                                        frame
-                                            .map(|f| format!("{} {}", u16::from(f.code), f.reason))
-                                            .unwrap_or_default(),
-                                    ))
-                                }
-                                _ => continue,
-                            };
-                            break Dict::decode(&bytes, *encoding)?;
+                        let Some(push) = receive_push(socket, *encoding, deadline).await? else {
+                            return Ok(None);
                         };
                         // A push without an id came from the provider's memory, not its queue:
                         // there is nothing to acknowledge.

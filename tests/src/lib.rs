@@ -154,6 +154,15 @@ impl Harness {
         Harness::start_with(config, dir).await
     }
 
+    /// A provider whose endpoint API lets each client send `per_second` requests a second,
+    /// with bursts of `burst` (every client of a test is 127.0.0.1).
+    pub async fn start_with_endpoint_rate(per_second: u32, burst: u32) -> anyhow::Result<Harness> {
+        let (mut config, dir) = test_config().await?;
+        config.endpoint_api.limits.requests_per_second_per_client = per_second;
+        config.endpoint_api.limits.request_burst_per_client = burst;
+        Harness::start_with(config, dir).await
+    }
+
     pub async fn start_with(config: Config, dir: tempfile::TempDir) -> anyhow::Result<Harness> {
         let provider = Provider::start(config).await?;
         let admin_url = format!("http://{}", provider.admin_addr);

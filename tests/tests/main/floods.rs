@@ -406,10 +406,7 @@ async fn a_members_request_body_is_held_to_the_federation_limits() -> anyhow::Re
 /// property lists reads it as the refusal it is.
 #[tokio::test]
 async fn an_endpoint_over_its_rate_reads_the_refusal_in_any_encoding() -> anyhow::Result<()> {
-    let (mut config, dir) = test_config().await?;
-    config.endpoint_api.limits.requests_per_second_per_client = 1;
-    config.endpoint_api.limits.request_burst_per_client = 2;
-    let h = Harness::start_with(config, dir).await?;
+    let h = Harness::start_with_endpoint_rate(1, 2).await?;
     let alice_id = h.add_user("Alice", &["tel:+16502530000"]).await?;
     let alice = h
         .endpoint(&alice_id, "tel:+16502530000", None, Encoding::Plist)

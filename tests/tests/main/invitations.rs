@@ -375,10 +375,7 @@ async fn pushes_arrive_in_order_with_increasing_ids() -> anyhow::Result<()> {
 /// Fifty long-polls in two seconds would meet the rate limit set here.
 #[tokio::test]
 async fn a_push_channel_read_given_up_again_and_again_loses_nothing() -> anyhow::Result<()> {
-    let (mut config, dir) = test_config().await?;
-    config.endpoint_api.limits.requests_per_second_per_client = 5;
-    config.endpoint_api.limits.request_burst_per_client = 10;
-    let h = Harness::start_with(config, dir).await?;
+    let h = Harness::start_with_endpoint_rate(5, 10).await?;
     let alice_id = h.add_user("Alice", &[ALICE]).await?;
     let bob_id = h.add_user("Bob", &[BOB]).await?;
     let alice = h.endpoint(&alice_id, ALICE, None, Encoding::Plist).await?;
