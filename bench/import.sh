@@ -9,12 +9,8 @@ cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 backend=${2:-sqlite}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
-if [ -n "${BENCH_BIN:-}" ]; then
-    bin=$BENCH_BIN
-else
-    cargo build --locked --release -q -p switchyard-provider --bin switchyard
-    bin="$CARGO_TARGET_DIR/release/switchyard"
-fi
+. bench/lib.sh
+bin=$(switchyard_binary)
 
 work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 trap 'kill "${pid:-0}" 2>/dev/null || true; [ -s "$work/serve.log" ] && tail -5 "$work/serve.log" >&2; rm -rf "$work"' EXIT
@@ -29,7 +25,6 @@ for i in range(n):
     out.write(f"User {i},tel:{prefix}{1_000_000 + i % 9_000_000:07d} mailto:user{i}@bench.example\n")
 PY
 
-. bench/lib.sh
 admin_port=$(free_port)
 provider_config "$work" bench.switchyard.invalid "$admin_port"
 

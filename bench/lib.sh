@@ -1,5 +1,16 @@
-# Shared by the bench scripts (source it): free loopback ports, and a release `switchyard serve`
-# on loopback.
+# Shared by the bench scripts (source it): the binary to measure, free loopback ports, and a
+# release `switchyard serve` on loopback.
+
+# switchyard_binary: the release `switchyard` to measure, printed: $BENCH_BIN when set (to compare
+# builds), else the workspace's, built first.
+switchyard_binary() {
+    if [ -n "${BENCH_BIN:-}" ]; then
+        echo "$BENCH_BIN"
+        return
+    fi
+    cargo build --locked --release -q -p switchyard-provider --bin switchyard
+    echo "$CARGO_TARGET_DIR/release/switchyard"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

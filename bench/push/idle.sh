@@ -37,12 +37,8 @@ if [ "$(ulimit -n)" -lt "$fds" ]; then
     }
 fi
 
-if [ -n "${BENCH_BIN:-}" ]; then
-    bin=$BENCH_BIN
-else
-    cargo build --locked --release -q -p switchyard-provider --bin switchyard
-    bin="$CARGO_TARGET_DIR/release/switchyard"
-fi
+. bench/lib.sh
+bin=$(switchyard_binary)
 client=$(cargo build --locked --release -q -p switchyard-tests --bench push_idle \
     --message-format=json | python3 -c '
 import json, sys
@@ -71,7 +67,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-. bench/lib.sh
 
 admin_port=$(free_port)
 provider_config "$work" bench.switchyard.invalid "$admin_port"

@@ -35,12 +35,8 @@ command -v sipp >/dev/null || { echo "sipp missing: scripts/ensure-packages.sh" 
 # Debian puts kamailio in /usr/sbin, which an ordinary user's PATH lacks.
 kamailio=$(command -v kamailio || echo /usr/sbin/kamailio)
 [ -x "$kamailio" ] || { echo "kamailio missing: scripts/ensure-packages.sh" >&2; exit 1; }
-if [ -n "${BENCH_BIN:-}" ]; then
-    bin=$BENCH_BIN
-else
-    cargo build --locked --release -q -p switchyard-provider --bin switchyard
-    bin="$CARGO_TARGET_DIR/release/switchyard"
-fi
+. bench/lib.sh
+bin=$(switchyard_binary)
 
 work=$(mktemp -d /tmp/switchyard-sip-calls.XXXXXX)
 pids=()
@@ -57,7 +53,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-. bench/lib.sh
 
 pin_server=()
 pin_load=()

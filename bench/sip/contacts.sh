@@ -20,16 +20,11 @@ per_aor=${2:-10}
 accounts=$((contacts / per_aor))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 command -v sipp >/dev/null || { echo "sipp missing: scripts/ensure-packages.sh" >&2; exit 1; }
-if [ -n "${BENCH_BIN:-}" ]; then
-    bin=$BENCH_BIN
-else
-    cargo build --locked --release -q -p switchyard-provider --bin switchyard
-    bin="$CARGO_TARGET_DIR/release/switchyard"
-fi
+. bench/lib.sh
+bin=$(switchyard_binary)
 
 work=$(mktemp -d /tmp/switchyard-sip-contacts.XXXXXX)
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-. bench/lib.sh
 
 admin_port=$(free_port)
 sip_port=$(free_port)

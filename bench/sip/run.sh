@@ -2,6 +2,7 @@
 # SIP registrations per second with digest authentication: sipp (tests/interop/sipp/register.xml:
 # REGISTER, 401, REGISTER with the answer, 200) against a release `switchyard serve` with its SIP
 # edge on loopback and a fresh SQLite database. Loopback only, bounded by the registration count.
+# BENCH_BIN=path runs that switchyard binary instead of building one.
 #
 #   bench/sip/run.sh [registrations, default 20000] [accounts, default 1000] [u1|t1, default u1]
 #
@@ -16,13 +17,12 @@ accounts=${2:-1000}
 transport=${3:-u1}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 command -v sipp >/dev/null || { echo "sipp missing: scripts/ensure-packages.sh" >&2; exit 1; }
-cargo build --locked --release -q -p switchyard-provider --bin switchyard
-bin="$CARGO_TARGET_DIR/release/switchyard"
+. bench/lib.sh
+bin=$(switchyard_binary)
 
 work=$(mktemp -d /tmp/switchyard-sip-bench.XXXXXX)
 pid=
 trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-. bench/lib.sh
 admin_port=$(free_port)
 sip_port=$(free_port)
 provider_config "$work" bench.test "$admin_port"
