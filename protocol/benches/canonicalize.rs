@@ -36,6 +36,20 @@ fn main() {
     let tel_national: Vec<String> = (0..n)
         .map(|i| format!("tel:020 7{:03} {:04}", 100 + i / 10_000, i % 10_000))
         .collect();
+    // Every region's fixed-line and mobile examples: more patterns than phonenumber's
+    // 100-entry regex cache holds.
+    let tel_world: Vec<String> = phonenumber::metadata::DATABASE
+        .iter()
+        .flat_map(|meta| {
+            let d = meta.descriptors();
+            [d.fixed_line(), d.mobile()]
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.example())
+                .map(move |example| format!("tel:+{}{example}", meta.country_code()))
+        })
+        .filter(|uri| canonicalizer.canonicalize(uri).is_ok())
+        .collect();
     let mailto: Vec<String> = (0..n)
         .map(|i| format!("mailto:User{i}@Example.COM"))
         .collect();
@@ -43,6 +57,11 @@ fn main() {
         .map(|i| format!("mailto:user{i}@bücher.example"))
         .collect();
     measure("tel: E.164", &tel_e164, &canonicalizer);
+    measure(
+        &format!("tel: E.164, {} numbers of all regions", tel_world.len()),
+        &tel_world,
+        &canonicalizer,
+    );
     measure("tel: with visual separators", &tel_visual, &canonicalizer);
     measure(
         "tel: national (default country 44)",

@@ -11,6 +11,8 @@
 //!
 //! Canonicalization is idempotent: canonicalizing a canonical URI returns it unchanged.
 
+mod e164;
+
 use std::fmt;
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
@@ -152,6 +154,11 @@ impl Canonicalizer {
             return Err(invalid("no digits".to_owned()));
         }
 
+        if international {
+            if let Some(canonical) = e164::canonical(&digits) {
+                return Ok(CanonicalUri(canonical));
+            }
+        }
         let number = if international {
             parse_phone(None, &format!("+{digits}"))
         } else {
