@@ -135,7 +135,7 @@ fn parse(reader: impl Read, canonicalizer: Canonicalizer, out: mpsc::Sender<Pars
         // are reported too; the transaction is rolled back at the end.
         batch.push(ParsedRow {
             line,
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::registry::new_user_id(),
             display_name,
             uris,
         });

@@ -56,6 +56,14 @@ pub fn canonicalize_all(
     Ok(out)
 }
 
+/// A new user's id: a UUID of version 7, which starts with its creation time, so that new
+/// users go to the end of the indexes keyed by user id (the users' key, the URIs' and
+/// endpoints' user columns, the URIs' foreign key) instead of to a random page of each. A bulk
+/// import of 1,000,000 users spent most of its writer's time on those random pages.
+pub fn new_user_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub fn validate_display_name(name: &str) -> Result<(), RegistryError> {
     if name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(invalid(
@@ -126,7 +134,7 @@ impl Registry<'_> {
             return Err(invalid("uris", "a user needs at least one URI"));
         }
         let uris = canonicalize_all(self.canonicalizer, uris)?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = new_user_id();
         self.db
             .create_user(&NewUser {
                 id: &id,
