@@ -14,7 +14,8 @@
 # difference over CONNECTIONS is the cost of one idle channel. Kernel socket buffers are not in
 # either figure. The open-channel gauge of the admin API's /metrics must count them all, and the
 # client fails if a channel ends or a handshake fails. Also printed: the CPU time of the provider
-# and the client while the channels opened.
+# and the client while the channels opened, and the provider's while they were idle (with the
+# default `push.recheck_interval_ms`, 2 s: the replica's watch over its channels, `push::replicas`).
 #
 # BENCH_BIN=path runs that switchyard binary instead of building one (to compare builds).
 set -euo pipefail
@@ -71,11 +72,6 @@ trap cleanup EXIT
 admin_port=$(free_port)
 provider_config "$work" bench.switchyard.invalid "$admin_port"
 cat >> "$work/switchyard.toml" <<TOML
-[push]
-# An open channel re-reads its queue and its endpoint's status every recheck interval (2 s by
-# default: with 100,000 channels that is 100,000 database reads a second, which is no longer
-# idle); an hour keeps them idle for the measurement.
-recheck_interval_ms = 3600000
 [log]
 level = "warn"
 TOML
@@ -155,6 +151,7 @@ end=$(date +%s.%N)
 cpu_p1=$(cpu_seconds "$pid")
 cpu_c1=$(cpu_seconds "$client_pid")
 sleep "$idle_seconds"
+cpu_p2=$(cpu_seconds "$pid")
 read -r rss1 pss1 anon1 < <(memory | paste -sd' ')
 gauge=$(channels_open)
 # Ends the client's stdin: it checks that no channel was lost and exits.
@@ -168,18 +165,20 @@ client_pid=
 grep -v ' of .* open (' "$work/client.err" >&2 || true
 
 python3 - "$connections" "$endpoints" "$gauge" "$start" "$end" "$cpu_p0" "$cpu_p1" "$cpu_c0" "$cpu_c1" \
-    "$rss0" "$rss1" "$pss0" "$pss1" "$anon0" "$anon1" <<'PY'
+    "$rss0" "$rss1" "$pss0" "$pss1" "$anon0" "$anon1" "$cpu_p2" "$idle_seconds" <<'PY'
 import sys
 n, endpoints = int(sys.argv[1]), int(sys.argv[2])
 gauge = float(sys.argv[3] or "nan")
 start, end, p0, p1, c0, c1 = map(float, sys.argv[4:10])
 mem = list(map(int, sys.argv[10:16]))
+p2, idle = float(sys.argv[16]), float(sys.argv[17])
 print(f"{n} idle push WebSockets ({endpoints} endpoints, plus one warm-up channel each), "
       f"opened in {end - start:.1f} s; switchyard_push_channels_open = {gauge:.0f}")
 for name, (before, after) in zip(("VmRSS", "Pss", "Anonymous"), zip(mem[0::2], mem[1::2])):
     print(f"  {name:>9}: {before / 1024:8.1f} -> {after / 1024:8.1f} MiB: "
           f"{(after - before) * 1024 / n:8,.0f} bytes per connection")
 print(f"  CPU while opening: provider {p1 - p0:.1f} s, client {c1 - c0:.1f} s")
+print(f"  CPU while idle for {idle:.0f} s: provider {p2 - p1:.2f} s")
 if gauge != n + endpoints:
     sys.exit(f"the gauge counts {gauge:.0f} open channels, not {n + endpoints}")
 PY

@@ -198,7 +198,7 @@ async fn poll_once(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut signal = app.hub.subscribe(endpoint_id);
     let mut shutdown = app.shutdown.clone();
-    let recheck = Duration::from_millis(app.config.push.recheck_interval_ms);
+    // What other replicas queue or revoke comes through the hub too (`push::replicas`).
     let result = loop {
         signal.borrow_and_update();
         let pending = app
@@ -218,11 +218,6 @@ async fn poll_once(
         tokio::select! {
             changed = signal.changed() => {
                 if changed.is_err() || signal.borrow().revoked {
-                    break Err(revoked());
-                }
-            }
-            _ = tokio::time::sleep(recheck) => {
-                if !app.db.endpoint_is_active(endpoint_id).await? {
                     break Err(revoked());
                 }
             }
@@ -311,8 +306,6 @@ async fn serve_websocket(
     let mut direct = app.hub.open_direct(endpoint_id);
     let mut shutdown = app.shutdown.clone();
     let mut last_sent = Box::pin(app.db.push_acked(endpoint_id)).await?;
-    let mut recheck =
-        tokio::time::interval(Duration::from_millis(app.config.push.recheck_interval_ms));
     let mut read_queue = true;
     let mut from_memory: Option<Box<Push>> = None;
     loop {
@@ -367,14 +360,6 @@ async fn serve_websocket(
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return Ok(()),
             },
-            _ = recheck.tick() => {
-                if !Box::pin(app.db.endpoint_is_active(endpoint_id)).await? {
-                    close(&mut socket, 4003, "endpoint revoked").await;
-                    return Ok(());
-                }
-                // Other replicas queue without waking this one.
-                read_queue = true;
-            }
             _ = crate::shared::shutting_down(&mut shutdown) => {
                 close(&mut socket, 1001, "provider shutting down").await;
                 return Ok(());

@@ -233,6 +233,12 @@ impl Provider {
             .serve(admin_listener, None, admin, shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(sweep(app.clone())));
+        tasks.push(tokio::spawn(crate::push::replicas::watch_channels(
+            app.db.clone(),
+            app.hub.clone(),
+            Duration::from_millis(app.config.push.recheck_interval_ms),
+            shutdown_rx.clone(),
+        )));
         let sip = if app.config.sip.enabled {
             Some(
                 crate::sip::SipEdge::new(app.clone())

@@ -176,8 +176,8 @@ pub struct PushConfig {
     pub ttl_seconds: u64,
     /// Longest wait of one `GET /v1/push/poll`.
     pub long_poll_max_seconds: u64,
-    /// How often an open push channel re-reads its queue and the endpoint's status, for pushes and
-    /// revocations made by other replicas.
+    /// How often the replica looks for pushes queued and endpoints revoked by other replicas,
+    /// for its open push channels (`push::replicas`), and the relay for revoked endpoints.
     pub recheck_interval_ms: u64,
 }
 

@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::records::EndpointRecord;
-use super::{Db, StoreError, StoreResult};
+use super::{Backend, Db, StoreError, StoreResult};
 use crate::shared::now_ms;
 
 /// What the fingerprint column of a SIP account's gateway endpoint starts with: it has no
@@ -132,6 +132,33 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    /// Of `endpoint_ids`, those that exist and are not revoked. Each call is one statement,
+    /// so callers pass at most a few hundred.
+    pub async fn active_among(&self, endpoint_ids: &[String]) -> StoreResult<Vec<String>> {
+        if endpoint_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = (1..=endpoint_ids.len())
+            .map(|n| match self.backend {
+                Backend::Sqlite => "?".to_string(),
+                Backend::Postgres => format!("${n}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql =
+            format!("SELECT id FROM endpoints WHERE revoked_at IS NULL AND id IN ({placeholders})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in endpoint_ids {
+            query = query.bind(id);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     pub async fn endpoint_is_active(&self, endpoint_id: &str) -> StoreResult<bool> {

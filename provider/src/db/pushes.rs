@@ -33,6 +33,21 @@ impl Db {
             .collect())
     }
 
+    /// The endpoints with pushes queued from `since` (Unix ms) on that have not expired, at
+    /// most `limit` of them: what the push channels' watcher wakes (`push::replicas`).
+    pub async fn endpoints_queued_since(&self, since: i64, limit: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT endpoint_id FROM pushes WHERE created_at >= $1 AND expires_at > $2 \
+             LIMIT $3",
+        )
+        .bind(since)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The queued pushes of SIP gateway endpoints that come after `after` in the order of
     /// (creation time in ms, endpoint id, sequence number), not expired: at most `limit`, in that
     /// order, each with its place in it.

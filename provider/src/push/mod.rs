@@ -9,7 +9,9 @@
 //!    worthless after its ring deadline, and a crash closes the channel anyway.
 //! 3. Else it is queued in the database (durable, ordered per endpoint by sequence number, kept
 //!    until acknowledged or expired) and the hub wakes the endpoint's channels on this replica.
-//!    Channels also re-read the queue periodically, for what other replicas queued.
+//!    What other replicas queue or revoke reaches this replica's channels through [`replicas`].
+
+pub mod replicas;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +206,23 @@ impl PushHub {
             .is_some_and(|tx| tx.receiver_count() == 0)
         {
             channels.remove(endpoint_id);
+        }
+    }
+
+    /// The endpoints with a push channel (WebSocket or long-poll) open on this replica.
+    pub fn channel_endpoints(&self) -> Vec<String> {
+        self.channels
+            .lock()
+            .expect("push hub lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Wakes every open channel, to read its queue.
+    pub fn notify_all(&self) {
+        for tx in self.channels.lock().expect("push hub lock").values() {
+            tx.send_modify(|s| s.generation += 1);
         }
     }
 
