@@ -432,12 +432,14 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
         .build()
         .map_err(|e| PkiError::Tls(e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert_chain, key)
         .map_err(tls_error)?;
+    // HTTP/2 first, so that a peer's concurrent Forwards share one connection and its handshake.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -478,13 +480,14 @@ pub fn pinned_client_config(
         inner,
         expected: expected_fingerprint.to_owned(),
     });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(cert_chain, key)
         .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

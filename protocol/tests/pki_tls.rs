@@ -187,3 +187,53 @@ fn a_pinned_client_talks_only_to_the_listed_certificate() {
     assert!(error.contains(&listed), "{error}");
     assert!(server_saw.is_err());
 }
+
+/// Runs a handshake in memory and returns the application protocol both sides agreed on.
+fn negotiated_protocol(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> Option<Vec<u8>> {
+    let mut server = ServerConnection::new(server).unwrap();
+    let mut client =
+        ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut wire = Vec::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        wire.clear();
+        client.write_tls(&mut wire).unwrap();
+        server.read_tls(&mut wire.as_slice()).unwrap();
+        server.process_new_packets().unwrap();
+        wire.clear();
+        server.write_tls(&mut wire).unwrap();
+        client.read_tls(&mut wire.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    assert_eq!(client.alpn_protocol(), server.alpn_protocol());
+    client.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// Forwards between providers multiplex over one HTTP/2 connection per peer; a client that
+/// offers only HTTP/1.1 (a Python peer, say) still gets it.
+#[test]
+fn providers_agree_on_http2_and_an_http1_client_still_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path(), "fed");
+    let (alpha, beta) = (issue(&ca, "alpha"), issue(&ca, "beta"));
+    let listed = certificate_fingerprint(&certs_from_pem(&alpha.cert_pem).unwrap()[0]);
+    let pinned = pinned_client_config(
+        ca.cert_pem(),
+        certs_from_pem(&beta.cert_pem).unwrap(),
+        key(&beta),
+        &listed,
+    )
+    .unwrap();
+    assert_eq!(
+        negotiated_protocol(server_side(&ca, &alpha), pinned.clone()),
+        Some(b"h2".to_vec())
+    );
+    let mut http1_only = (*pinned).clone();
+    http1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+    assert_eq!(
+        negotiated_protocol(server_side(&ca, &alpha), Arc::new(http1_only)),
+        Some(b"http/1.1".to_vec())
+    );
+}

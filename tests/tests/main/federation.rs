@@ -558,3 +558,105 @@ async fn update_travels_between_providers_both_ways() -> anyhow::Result<()> {
     fed.shutdown().await;
     Ok(())
 }
+
+/// A TCP relay in front of a provider's federation listener that counts the connections made
+/// through it: TLS passes through untouched, so the peer still checks the pinned certificate.
+struct CountingRelay {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(to: std::net::SocketAddr) -> anyhow::Result<CountingRelay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(CountingRelay {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn forwards_reuse_one_connection_each_way_instead_of_a_handshake_each() -> anyhow::Result<()>
+{
+    let mut fed =
+        TestFederation::start(&[ProviderSpec::plist("a.test"), ProviderSpec::json("d.test")])
+            .await?;
+    let mut relays = Vec::new();
+    let mut members = Vec::new();
+    for id in ["a.test", "d.test"] {
+        let listener = fed
+            .provider(id)
+            .provider
+            .federation_addr
+            .expect("federation listener");
+        let relay = CountingRelay::start(listener).await?;
+        let mut member = fed.member(id)?;
+        member.base_uri = format!("https://{}", relay.addr);
+        members.push(member);
+        relays.push(relay);
+    }
+    fed.write_directory(members, 86_400)?;
+    fed.refresh_all().await?;
+    let alice = user_endpoint(fed.provider("a.test"), "Alice", &[ALICE], Encoding::Plist).await?;
+    let dave = user_endpoint(fed.provider("d.test"), "Dave", &[DAVE], Encoding::Json).await?;
+    fed.sync().await?;
+    let mut alice_push = alice.push_channel(PushMode::WebSocket).await?;
+    let mut dave_push = dave.push_channel(PushMode::WebSocket).await?;
+    let before: Vec<usize> = relays.iter().map(CountingRelay::count).collect();
+    assert!(
+        before[1] >= 1,
+        "the filter exchange reached d.test through its relay: {before:?}"
+    );
+
+    // Each answered call is an Initiate Forward from A to D and an Accept Forward back.
+    let calls = 10;
+    for _ in 0..calls {
+        let sid = session_id();
+        alice.initiate(&sid, DAVE, b"offer", &["audio"]).await?;
+        let ring = expect_push(&mut dave_push, "initiate").await?;
+        dave.accept(&ring, b"answer").await?;
+        expect_push(&mut alice_push, "accept").await?;
+        assert_eq!(
+            fed.provider("a.test").call_record(&sid).await?["state"],
+            "answered"
+        );
+    }
+    let opened: Vec<usize> = relays
+        .iter()
+        .zip(&before)
+        .map(|(relay, before)| relay.count() - before)
+        .collect();
+    // At most one each way: the one kept from the filter exchange may have been closed.
+    assert!(
+        opened.iter().all(|&n| n <= 1),
+        "{calls} calls opened {opened:?} connections (to a.test, to d.test)"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
