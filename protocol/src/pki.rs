@@ -421,6 +421,12 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiErro
     certs_from_named_pem(pem, "certificates")
 }
 
+/// The application protocols Switchyard's HTTPS offers by ALPN, in order of preference: HTTP/2
+/// first, so that a peer's concurrent Forwards share one connection and its handshake.
+pub fn http_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
 /// Mutual-TLS server configuration: presents `cert_chain` and requires a client
 /// certificate that chains to the federation CA in `ca_pem`.
 pub fn server_config(
@@ -438,8 +444,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert_chain, key)
         .map_err(tls_error)?;
-    // HTTP/2 first, so that a peer's concurrent Forwards share one connection and its handshake.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = http_alpn();
     Ok(Arc::new(config))
 }
 
@@ -487,7 +492,7 @@ pub fn pinned_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(cert_chain, key)
         .map_err(tls_error)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = http_alpn();
     Ok(Arc::new(config))
 }
 

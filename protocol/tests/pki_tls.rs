@@ -212,7 +212,7 @@ fn negotiated_protocol(
 }
 
 /// Forwards between providers multiplex over one HTTP/2 connection per peer; a client that
-/// offers only HTTP/1.1 (a Python peer, say) still gets it.
+/// offers only HTTP/1.1 (a Python peer, say), or no protocol at all, still connects.
 #[test]
 fn providers_agree_on_http2_and_an_http1_client_still_connects() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,5 +235,12 @@ fn providers_agree_on_http2_and_an_http1_client_still_connects() {
     assert_eq!(
         negotiated_protocol(server_side(&ca, &alpha), Arc::new(http1_only)),
         Some(b"http/1.1".to_vec())
+    );
+    // A client that offers nothing gets no protocol and still connects (HTTP/1.1 then).
+    let mut no_alpn = (*pinned).clone();
+    no_alpn.alpn_protocols.clear();
+    assert_eq!(
+        negotiated_protocol(server_side(&ca, &alpha), Arc::new(no_alpn)),
+        None
     );
 }

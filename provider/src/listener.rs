@@ -1,7 +1,8 @@
 //! The HTTP listeners (endpoint API, federation, admin, directory), TLS or plain, each bounded:
 //! at most `max_connections` open at once (further clients wait in the kernel's backlog), the
-//! TLS handshake and a request's headers within `header_timeout_seconds`, and a connection that
-//! moves no byte either way for `idle_timeout_seconds` closed. Without these a slow client holds
+//! TLS handshake and a request's headers within `header_timeout_seconds` (on HTTP/2, a next
+//! request within it too), and a connection that moves no byte either way for
+//! `idle_timeout_seconds` closed. Without these a slow client holds
 //! a connection, and its file descriptor, for ever; enough of them stop the provider. Each client
 //! address is held to its own share of connections and to a request rate
 //! ([`crate::client_limits`]), so one client cannot take the listener's whole capacity.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
@@ -27,6 +29,11 @@ use crate::client_limits::{
     retry_after_seconds, ClientLimits, ClientLimitsConfig, ConnectionSlot, Refused,
 };
 use crate::config::HttpLimits;
+
+/// Requests one HTTP/2 connection may have open at once; a client with more waits for a free
+/// stream. Set here rather than left to hyper's default, so that what one client can have in
+/// flight is `max_connections_per_client` times this, by decision.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The TLS configuration for the next connection: fixed for the endpoint API, the current
 /// federation identity for the federation listener (so a reload applies to new connections while
@@ -105,7 +112,7 @@ impl Listener {
                     _slot: slot,
                     _client_slot: client_slot,
                 };
-                let (io, cert) = match acceptor {
+                let (io, cert, http2) = match acceptor {
                     Some(acceptor) => {
                         let tls = match tokio::time::timeout(
                             header_timeout,
@@ -124,17 +131,19 @@ impl Listener {
                                 return;
                             }
                         };
-                        let cert = tls
-                            .get_ref()
-                            .1
+                        let session = tls.get_ref().1;
+                        let cert = session
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .map(|c| Arc::new(c.clone().into_owned()));
-                        (Io::Tls(Box::new(tls)), cert)
+                        let http2 = session.alpn_protocol() == Some(b"h2");
+                        (Io::Tls(Box::new(tls)), cert, http2)
                     }
-                    None => (Io::Plain(stream), None),
+                    None => (Io::Plain(stream), None, false),
                 };
                 let peer_cert = PeerCertificate(cert);
+                let open_requests = http2.then(OpenRequests::new);
+                let counted = open_requests.clone();
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
                         let limited = clients.request(peer.ip(), std::time::Instant::now());
@@ -142,13 +151,24 @@ impl Listener {
                         req.extensions_mut()
                             .insert(axum::extract::ConnectInfo(peer));
                         let router = router.clone();
+                        let open = counted.as_ref().map(OpenRequests::start);
                         async move {
                             if let Err(Refused::Rate(wait)) = limited {
                                 metrics::counter!("switchyard_http_refused_total", "listener" => name, "reason" => "client-rate")
                                     .increment(1);
-                                return Ok(rate_limited(wait));
+                                return Ok::<_, std::convert::Infallible>(rate_limited(wait));
                             }
-                            router.oneshot(req.map(axum::body::Body::new)).await
+                            let response = router.oneshot(req.map(axum::body::Body::new)).await?;
+                            Ok(match open {
+                                // Open until its answer's body is sent (or dropped).
+                                Some(open) => response.map(|body| {
+                                    axum::body::Body::new(body.map_frame(move |frame| {
+                                        let _open = &open;
+                                        frame
+                                    }))
+                                }),
+                                None => response,
+                            })
                         }
                     },
                 );
@@ -157,7 +177,10 @@ impl Listener {
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout);
-                builder.http2().timer(TokioTimer::new());
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let conn = watcher.watch(conn.into_owned());
                 tokio::select! {
@@ -168,6 +191,11 @@ impl Listener {
                         metrics::counter!("switchyard_http_timeouts_total", "listener" => name, "phase" => "idle")
                             .increment(1);
                         tracing::debug!(listener = name, %peer, "idle connection closed");
+                    }
+                    _ = none_open_for(open_requests.as_ref(), header_timeout) => {
+                        metrics::counter!("switchyard_http_timeouts_total", "listener" => name, "phase" => "no-request")
+                            .increment(1);
+                        tracing::debug!(listener = name, %peer, "HTTP/2 connection without a request closed");
                     }
                 }
             });
@@ -233,6 +261,61 @@ impl Activity {
             }
             tokio::time::sleep(limit - idle).await;
         }
+    }
+}
+
+/// The requests open on an HTTP/2 connection, and since when none has been. HTTP/1.1's header
+/// timeout closes a kept-alive connection that sends no next request; hyper's HTTP/2 server has
+/// no such limit, and a client's PINGs would keep [`Activity`] from ever seeing it idle, so a
+/// client could hold a connection (and its slot) for ever without asking anything.
+#[derive(Clone)]
+struct OpenRequests {
+    state: Arc<std::sync::Mutex<(usize, Instant)>>,
+}
+
+impl OpenRequests {
+    fn new() -> Self {
+        OpenRequests {
+            state: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
+        }
+    }
+
+    fn start(&self) -> OpenRequest {
+        self.state.lock().expect("open requests lock").0 += 1;
+        OpenRequest(self.clone())
+    }
+}
+
+/// One open request; dropped when its answer is done.
+struct OpenRequest(OpenRequests);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("open requests lock");
+        state.0 -= 1;
+        if state.0 == 0 {
+            state.1 = Instant::now();
+        }
+    }
+}
+
+/// Resolves once no request has been open on the connection for `limit`; never without
+/// `requests` (HTTP/1.1 and plain connections, which hyper's header timeout covers).
+async fn none_open_for(requests: Option<&OpenRequests>, limit: Duration) {
+    let Some(requests) = requests else {
+        return std::future::pending().await;
+    };
+    loop {
+        let (open, since) = *requests.state.lock().expect("open requests lock");
+        let wait = if open == 0 {
+            match limit.checked_sub(since.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return,
+            }
+        } else {
+            limit
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -188,7 +188,7 @@ impl EndpointCa {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| PkiError::Tls(e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = switchyard_protocol::pki::http_alpn();
         Ok(Arc::new(config))
     }
 }

@@ -1,8 +1,9 @@
 //! What driving SQLite through sqlx costs next to driving it on the calling thread, on the
 //! daemon's own database (its migrations, `Db`'s pool and group-committing writer). The call
 //! path's profile puts most of its time in thread hand-offs to sqlx's SQLite workers (one each
-//! way per statement); this measures them apart from everything else, to decide the store's
-//! SQLite driver by figures.
+//! way per statement); this measures the driver path as the daemon uses it (sqlx's `Any` layer,
+//! a pool acquire, the hand-offs) apart from everything else, to decide the store's SQLite
+//! driver by figures.
 //!
 //! * reads: a point read of the registry (`user_uris` by URI, as the call path's `hosts` port
 //!   does) from CALLERS concurrent tasks: `Db::user_id_for_uri` against the same statement run
@@ -29,6 +30,10 @@ use tokio::sync::oneshot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USERS: usize = 10_000;
+
+/// `Db::user_id_for_uri`'s statement, the same text: SQLite reads `$1` as a parameter named
+/// `$1`, so the SQL written for both databases can be bound by name here.
+const USER_FOR_URI: &str = "SELECT user_id FROM user_uris WHERE uri = $1";
 
 /// CPU seconds of the process (user + system) and its threads' voluntary context switches.
 fn process_counters() -> (f64, u64) {
@@ -109,8 +114,8 @@ impl Readers {
             }
         };
         let answer = conn
-            .prepare_cached("SELECT user_id FROM user_uris WHERE uri = ?1")?
-            .query_row([uri], |row| row.get(0))
+            .prepare_cached(USER_FOR_URI)?
+            .query_row(rusqlite::named_params! {"$1": uri}, |row| row.get(0))
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -132,9 +137,9 @@ fn start_writer(path: &std::path::Path) -> rusqlite::Result<mpsc::Sender<UnitMes
     )?;
     let (tx, rx) = mpsc::channel::<UnitMessage>();
     let inserts = |conn: &rusqlite::Connection, rows: &[String]| -> rusqlite::Result<()> {
-        let mut insert = conn.prepare_cached("INSERT INTO bench_rows (value) VALUES (?1)")?;
+        let mut insert = conn.prepare_cached("INSERT INTO bench_rows (value) VALUES ($1)")?;
         for row in rows {
-            insert.execute([row])?;
+            insert.execute(rusqlite::named_params! {"$1": row})?;
         }
         Ok(())
     };
@@ -189,6 +194,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(40_000);
     let callers: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(8);
     let statements: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(5);
+    anyhow::ensure!(
+        callers > 0 && statements > 0 && operations >= 10 * callers,
+        "need at least one caller and one statement a unit, and 10 operations a caller"
+    );
     let per_caller = operations / callers;
     let operations = per_caller * callers;
 

@@ -76,6 +76,12 @@ fn http_client(
         // closes a kept-alive connection that sends no next request: a client that reuses a
         // connection the server is closing loses the request.
         .pool_idle_timeout(Duration::from_secs(20))
+        // Every Forward to a peer shares its one HTTP/2 connection, so a connection that went
+        // dead without a reset (a partition, a firewall that dropped its state) must be found
+        // and dropped, or every later Forward would time out on it: while requests are open it
+        // is pinged, and closed when a ping goes unanswered for a request's timeout.
+        .http2_keep_alive_interval(timeout)
+        .http2_keep_alive_timeout(timeout)
         .build()?)
 }
 

@@ -1,8 +1,9 @@
 //! Clients that hold connections without finishing requests: each HTTP listener cuts them off
-//! (TLS handshake and headers within the header timeout, also between kept-alive requests, and a
-//! body within the body timeout) and, at its connection cap, makes new clients wait instead of
-//! running out of file descriptors; a legitimate request still gets through. (The idle timeout,
-//! for a connection that stalls mid-request, is unit-tested in `provider/src/listener.rs`.)
+//! (TLS handshake and headers within the header timeout, also between kept-alive requests and on
+//! an HTTP/2 connection that only pings, and a body within the body timeout) and, at its
+//! connection cap, makes new clients wait instead of running out of file descriptors; a
+//! legitimate request still gets through. (The idle timeout, for a connection that stalls
+//! mid-request, is unit-tested in `provider/src/listener.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -425,6 +426,65 @@ async fn an_endpoint_over_its_rate_reads_the_refusal_in_any_encoding() -> anyhow
         }
     }
     assert_eq!(refused.as_deref(), Some("rate-limited"));
+    h.provider.shutdown().await;
+    Ok(())
+}
+
+/// HTTP/2 has no "next request" for hyper's header timeout to wait on, and a client's PINGs keep
+/// the connection from ever being idle: a connection that asks nothing is still closed within
+/// the header timeout, where without that rule it would stay for as long as it pings.
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_closed() -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let h = limited().await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(h.ca_pem().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(h.provider.endpoint_addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    let started = Instant::now();
+    let bound = Duration::from_secs(LIMITS.idle_timeout_seconds + 3);
+    let mut buf = [0u8; 4096];
+    let closed_after = loop {
+        anyhow::ensure!(
+            started.elapsed() < bound,
+            "still open after {bound:?} of PINGs"
+        );
+        // A PING every 200 ms: length 8, type 6, no flags, stream 0, 8 bytes of payload.
+        tls.write_all(b"\0\0\x08\x06\0\0\0\0\0pingpong").await?;
+        match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) | Err(_) => continue,
+        }
+    };
+    let header_timeout = Duration::from_secs(LIMITS.header_timeout_seconds);
+    assert!(
+        closed_after >= header_timeout
+            && closed_after < Duration::from_secs(LIMITS.idle_timeout_seconds),
+        "closed after {closed_after:?}: within the header timeout ({header_timeout:?}), before the idle one"
+    );
+    let metrics = h.metrics().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_http_timeouts_total")
+                && l.contains("listener=\"endpoint\"")
+                && l.contains("phase=\"no-request\"")),
+        "no HTTP/2 no-request timeout counted"
+    );
     h.provider.shutdown().await;
     Ok(())
 }
