@@ -92,6 +92,28 @@ impl Measured {
     }
 }
 
+/// Runs `work(caller)` in `callers` concurrent tasks and reports them together as `operations`.
+async fn measure<F, Fut>(
+    label: &str,
+    operations: usize,
+    callers: usize,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let measured = Measured::start();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| tokio::spawn(work(caller)))
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    measured.report(label, operations);
+    Ok(())
+}
+
 /// A rusqlite connection per caller at most, each used on the caller's own thread.
 struct Readers {
     path: std::path::PathBuf,
@@ -230,91 +252,92 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Reads through sqlx (the daemon's pool).
-    let measured = Measured::start();
-    let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let (db, uris) = (db.clone(), uris.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_caller {
-                let uri = &uris[(caller * per_caller + i) % USERS][0];
-                assert!(db.user_id_for_uri(uri).await.expect("read").is_some());
+    measure(
+        "read, sqlx (Db::user_id_for_uri)",
+        operations,
+        callers,
+        |caller| {
+            let (db, uris) = (db.clone(), uris.clone());
+            async move {
+                for i in 0..per_caller {
+                    let uri = &uris[(caller * per_caller + i) % USERS][0];
+                    assert!(db.user_id_for_uri(uri).await.expect("read").is_some());
+                }
             }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    measured.report("read, sqlx (Db::user_id_for_uri)", operations);
+        },
+    )
+    .await?;
 
     // The same reads by rusqlite on each task's thread.
     let readers = Arc::new(Readers {
         path: path.clone(),
         idle: Mutex::new(Vec::new()),
     });
-    let measured = Measured::start();
-    let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let (readers, uris) = (readers.clone(), uris.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_caller {
-                let uri = &uris[(caller * per_caller + i) % USERS][0];
-                assert!(readers.user_id_for_uri(uri).expect("read").is_some());
-                // A task of the daemon yields between requests; so does this one.
-                tokio::task::yield_now().await;
+    measure(
+        "read, rusqlite on the caller's thread",
+        operations,
+        callers,
+        |caller| {
+            let (readers, uris) = (readers.clone(), uris.clone());
+            async move {
+                for i in 0..per_caller {
+                    let uri = &uris[(caller * per_caller + i) % USERS][0];
+                    assert!(readers.user_id_for_uri(uri).expect("read").is_some());
+                    // A task of the daemon yields between requests; so does this one.
+                    tokio::task::yield_now().await;
+                }
             }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    measured.report("read, rusqlite on the caller's thread", operations);
+        },
+    )
+    .await?;
 
     // Write units through the daemon's writer.
-    let units = operations / 10 / callers * callers;
-    let measured = Measured::start();
-    let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let db = db.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..units / callers {
-                let mut tx = db.begin_write().await.expect("unit");
-                for s in 0..statements {
-                    sqlx::query("INSERT INTO bench_rows (value) VALUES ($1)")
-                        .bind(format!("sqlx {caller} {i} {s}"))
-                        .execute(&mut *tx)
-                        .await
-                        .expect("insert");
+    let units_per_caller = operations / 10 / callers;
+    let units = units_per_caller * callers;
+    measure(
+        "write unit, sqlx (Db::begin_write)",
+        units,
+        callers,
+        |caller| {
+            let db = db.clone();
+            async move {
+                for i in 0..units_per_caller {
+                    let mut tx = db.begin_write().await.expect("unit");
+                    for s in 0..statements {
+                        sqlx::query("INSERT INTO bench_rows (value) VALUES ($1)")
+                            .bind(format!("sqlx {caller} {i} {s}"))
+                            .execute(&mut *tx)
+                            .await
+                            .expect("insert");
+                    }
+                    tx.commit().await.expect("commit");
                 }
-                tx.commit().await.expect("commit");
             }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    measured.report("write unit, sqlx (Db::begin_write)", units);
+        },
+    )
+    .await?;
 
     // The same units, each one message to a rusqlite writer thread.
     let writer = start_writer(&path)?;
-    let measured = Measured::start();
-    let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let writer = writer.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..units / callers {
-                let rows = (0..statements)
-                    .map(|s| format!("rusqlite {caller} {i} {s}"))
-                    .collect();
-                let (reply, done) = oneshot::channel();
-                writer.send((rows, reply)).expect("writer thread");
-                done.await.expect("writer answers").expect("unit");
+    measure(
+        "write unit, rusqlite writer thread",
+        units,
+        callers,
+        |caller| {
+            let writer = writer.clone();
+            async move {
+                for i in 0..units_per_caller {
+                    let rows = (0..statements)
+                        .map(|s| format!("rusqlite {caller} {i} {s}"))
+                        .collect();
+                    let (reply, done) = oneshot::channel();
+                    writer.send((rows, reply)).expect("writer thread");
+                    done.await.expect("writer answers").expect("unit");
+                }
             }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    measured.report("write unit, rusqlite writer thread", units);
+        },
+    )
+    .await?;
     // Closed only now: a thread that ends takes its context switches out of the count.
     db.close().await;
     Ok(())
