@@ -74,7 +74,8 @@ pub struct Attestation {
 }
 
 impl Attestation {
-    fn signed_bytes(&self) -> Result<Vec<u8>, AttestationError> {
+    /// The bytes the signature covers (the module's header gives their form).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, AttestationError> {
         for (name, value) in [
             ("session-id", &self.session_id),
             ("caller-uri", &self.caller_uri),

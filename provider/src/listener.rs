@@ -2,10 +2,10 @@
 //! at most `max_connections` open at once (further clients wait in the kernel's backlog), the
 //! TLS handshake and a request's headers within `header_timeout_seconds` (on HTTP/2, a next
 //! request within it too), and a connection that moves no byte either way for
-//! `idle_timeout_seconds` closed. Without these a slow client holds
-//! a connection, and its file descriptor, for ever; enough of them stop the provider. Each client
-//! address is held to its own share of connections and to a request rate
-//! ([`crate::client_limits`]), so one client cannot take the listener's whole capacity.
+//! `idle_timeout_seconds` closed. Without these a slow client holds a connection, and its file
+//! descriptor, for ever; enough of them stop the provider. Each client address is held to its
+//! own share of connections and to a request rate ([`crate::client_limits`]), so one client
+//! cannot take the listener's whole capacity.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -38,10 +38,7 @@ fn one_loopback_client(config: &mut switchyard_provider::config::Config) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = switchyard_tests::bench_arguments();
     let calls: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let concurrency: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(8);
     let fed = TestFederation::start(&[

@@ -242,10 +242,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = switchyard_tests::bench_arguments();
     let (Some(root), Some(count)) = (args.first(), args.get(1)) else {
         bail!("usage: push_idle STATE_ROOT CONNECTIONS [SOURCES] [CONCURRENCY]");
     };

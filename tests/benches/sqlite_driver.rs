@@ -205,10 +205,7 @@ fn start_writer(path: &std::path::Path) -> rusqlite::Result<mpsc::Sender<UnitMes
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = switchyard_tests::bench_arguments();
     let operations: usize = args
         .first()
         .map(|a| a.parse())

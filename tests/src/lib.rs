@@ -300,3 +300,12 @@ pub fn session_id() -> String {
 }
 
 pub const MODES: [PushMode; 2] = [PushMode::WebSocket, PushMode::LongPoll];
+
+/// A bench binary's own arguments: `cargo bench` adds `--bench` (and may add other flags) to
+/// what follows its `--`, which the benches here do not take.
+pub fn bench_arguments() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}

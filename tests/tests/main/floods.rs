@@ -34,6 +34,16 @@ async fn limited() -> anyhow::Result<Harness> {
     Harness::start_with(config, dir).await
 }
 
+/// Whether `metrics` (Prometheus text) has a sample of `name` carrying every label of `labels`.
+fn has_sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    metrics.lines().any(|line| {
+        line.starts_with(name)
+            && labels
+                .iter()
+                .all(|(label, value)| line.contains(&format!("{label}=\"{value}\"")))
+    })
+}
+
 /// Waits until the server closes `stream` (reads end of file), for at most `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
@@ -124,11 +134,11 @@ async fn slow_clients_fill_no_listener_and_legitimate_requests_get_through() -> 
     let metrics = h.metrics().await?;
     for (listener, phase) in [("admin", "body"), ("endpoint", "handshake")] {
         assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("switchyard_http_timeouts_total")
-                    && l.contains(&format!("listener=\"{listener}\""))
-                    && l.contains(&format!("phase=\"{phase}\""))),
+            has_sample(
+                &metrics,
+                "switchyard_http_timeouts_total",
+                &[("listener", listener), ("phase", phase)]
+            ),
             "no {listener} {phase} timeout counted"
         );
     }
@@ -215,11 +225,11 @@ async fn one_client_is_held_to_its_share_and_others_are_served() -> anyhow::Resu
     let metrics = h.metrics().await?;
     for reason in ["client-connections", "client-rate"] {
         assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("switchyard_http_refused_total")
-                    && l.contains("listener=\"admin\"")
-                    && l.contains(&format!("reason=\"{reason}\""))),
+            has_sample(
+                &metrics,
+                "switchyard_http_refused_total",
+                &[("listener", "admin"), ("reason", reason)]
+            ),
             "no {reason} refusal counted:\n{metrics}"
         );
     }
@@ -392,11 +402,11 @@ async fn a_members_request_body_is_held_to_the_federation_limits() -> anyhow::Re
     assert!(answer.text().await?.contains("body-timeout"));
     let metrics = fed.provider("b.test").metrics().await?;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_http_timeouts_total")
-                && l.contains("listener=\"federation\"")
-                && l.contains("phase=\"body\"")),
+        has_sample(
+            &metrics,
+            "switchyard_http_timeouts_total",
+            &[("listener", "federation"), ("phase", "body")]
+        ),
         "{metrics}"
     );
     fed.shutdown().await;
@@ -478,11 +488,11 @@ async fn an_http2_connection_that_only_pings_is_closed() -> anyhow::Result<()> {
     );
     let metrics = h.metrics().await?;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_http_timeouts_total")
-                && l.contains("listener=\"endpoint\"")
-                && l.contains("phase=\"no-request\"")),
+        has_sample(
+            &metrics,
+            "switchyard_http_timeouts_total",
+            &[("listener", "endpoint"), ("phase", "no-request")]
+        ),
         "no HTTP/2 no-request timeout counted"
     );
     h.provider.shutdown().await;
