@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use sqlx::AssertSqlSafe;
 use switchyard_protocol::uri::Canonicalizer;
 use tokio::sync::mpsc;
 
 use crate::db::records::NewUser;
 use crate::db::registry::{insert_users, registered_uris};
+use crate::db::sql::query;
 use crate::db::{Backend, Db, StoreError, WriteTx};
 use crate::shared::now_ms;
 
@@ -169,26 +169,22 @@ pub async fn import_csv<R: Read + Send + 'static>(
     // grows, so past the first rows each insert re-read pages from the WAL. The cache is a
     // connection's, so its size is set back before the connection returns to the pool.
     let cache_pages: Option<i64> = if db.backend() == Backend::Sqlite {
-        let pages = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&mut *db_tx)
-            .await
-            .map_err(StoreError::from)?;
-        sqlx::query(AssertSqlSafe(format!(
-            "PRAGMA cache_size = -{IMPORT_CACHE_KIB}"
-        )))
-        .execute(&mut *db_tx)
-        .await
-        .map_err(StoreError::from)?;
+        let pages = query("PRAGMA cache_size")
+            .fetch_one(&mut db_tx)
+            .await?
+            .try_get(0)?;
+        query(format!("PRAGMA cache_size = -{IMPORT_CACHE_KIB}"))
+            .execute(&mut db_tx)
+            .await?;
         Some(pages)
     } else {
         None
     };
     let imported = import_rows(&mut db_tx, rx, progress).await;
     if let Some(pages) = cache_pages {
-        sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {pages}")))
-            .execute(&mut *db_tx)
-            .await
-            .map_err(StoreError::from)?;
+        query(format!("PRAGMA cache_size = {pages}"))
+            .execute(&mut db_tx)
+            .await?;
     }
     parser
         .await
@@ -279,10 +275,11 @@ mod tests {
 
     async fn cache_size(db: &Db) -> i64 {
         let mut tx = db.begin_write().await.unwrap();
-        sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&mut *tx)
+        query("PRAGMA cache_size")
+            .fetch_one(&mut tx)
             .await
             .unwrap()
+            .get(0)
     }
 
     /// One pooled connection, so the import's is the one asked afterwards.

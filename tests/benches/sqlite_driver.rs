@@ -1,16 +1,15 @@
-//! What driving SQLite through sqlx costs next to driving it on the calling thread, on the
-//! daemon's own database (its migrations, `Db`'s pool and group-committing writer). The call
-//! path's profile puts most of its time in thread hand-offs to sqlx's SQLite workers (one each
-//! way per statement); this measures the driver path as the daemon uses it (sqlx's `Any` layer,
-//! a pool acquire, the hand-offs) apart from everything else, to decide the store's SQLite
-//! driver by figures.
+//! What the daemon's store costs a database operation on SQLite, next to SQLite driven by hand,
+//! on the daemon's own database (its migrations, `Db`'s read connections and group-committing
+//! writer). It decided the store's SQLite driver (sqlx's worker threads, then rusqlite in
+//! place) and keeps the store's overhead over the bare driver in view.
 //!
 //! * reads: a point read of the registry (`user_uris` by URI, as the call path's `hosts` port
 //!   does) from CALLERS concurrent tasks: `Db::user_id_for_uri` against the same statement run
 //!   by rusqlite on the task's own thread, from a pool of read-only connections;
 //! * writes: units of STATEMENTS inserts each from CALLERS concurrent tasks: `Db::begin_write`
-//!   (a savepoint in the writer's group, a round trip a statement) against a writer thread of
-//!   rusqlite that takes each unit as one message and commits every unit waiting as one group.
+//!   (a savepoint in the writer's group, its statements run in place) against a writer thread
+//!   of rusqlite that takes each unit as one message and commits every unit waiting as one
+//!   group.
 //!
 //! Both sides keep the daemon's settings (WAL, `synchronous=FULL`: a commit is an fsync), so
 //! the write figures include the same group fsyncs. Reported per operation: wall time, CPU of
@@ -23,6 +22,7 @@ use std::time::Instant;
 
 use switchyard_provider::db::records::NewUser;
 use switchyard_provider::db::registry::insert_users;
+use switchyard_provider::db::sql::query;
 use switchyard_provider::db::Db;
 use tokio::sync::oneshot;
 
@@ -239,8 +239,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let mut tx = db.begin_write().await?;
     insert_users(&mut tx, &users).await?;
-    sqlx::query("CREATE TABLE bench_rows (id INTEGER PRIMARY KEY, value TEXT NOT NULL)")
-        .execute(&mut *tx)
+    query("CREATE TABLE bench_rows (id INTEGER PRIMARY KEY, value TEXT NOT NULL)")
+        .execute(&mut tx)
         .await?;
     tx.commit().await?;
     let uris = Arc::new(uris);
@@ -248,9 +248,9 @@ async fn main() -> anyhow::Result<()> {
         "{operations} operations from {callers} concurrent callers; write units of {statements} inserts"
     );
 
-    // Reads through sqlx (the daemon's pool).
+    // Reads through the daemon's store.
     measure(
-        "read, sqlx (Db::user_id_for_uri)",
+        "read, the store (Db::user_id_for_uri)",
         operations,
         callers,
         |caller| {
@@ -292,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
     let units_per_caller = operations / 10 / callers;
     let units = units_per_caller * callers;
     measure(
-        "write unit, sqlx (Db::begin_write)",
+        "write unit, the store (Db::begin_write)",
         units,
         callers,
         |caller| {
@@ -301,9 +301,9 @@ async fn main() -> anyhow::Result<()> {
                 for i in 0..units_per_caller {
                     let mut tx = db.begin_write().await.expect("unit");
                     for s in 0..statements {
-                        sqlx::query("INSERT INTO bench_rows (value) VALUES ($1)")
-                            .bind(format!("sqlx {caller} {i} {s}"))
-                            .execute(&mut *tx)
+                        query("INSERT INTO bench_rows (value) VALUES ($1)")
+                            .bind(format!("store {caller} {i} {s}"))
+                            .execute(&mut tx)
                             .await
                             .expect("insert");
                     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sqlx::{AnyConnection, Row};
+use super::sql::{query, Row};
 use switchyard_calls::ports::{self, CallStore, Endpoint, StoreFailure, WriteUnit};
 use switchyard_calls::{CallRecord, CallState};
 use switchyard_protocol::dict::{Dict, Encoding};
@@ -18,10 +18,10 @@ use crate::shared::now_ms;
 impl Db {
     /// Ringing calls whose ring deadline has passed.
     pub async fn overdue_calls(&self, limit: i64) -> StoreResult<Vec<CallRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'ringing' AND ring_deadline <= $1 \
              ORDER BY ring_deadline LIMIT $2"
-        )))
+        ))
         .bind(now_ms())
         .bind(limit)
         .fetch_all(&self.pool)
@@ -35,10 +35,10 @@ impl Db {
         answered_before: i64,
         limit: i64,
     ) -> StoreResult<Vec<CallRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'answered' AND answered_at <= $1 \
              ORDER BY answered_at LIMIT $2"
-        )))
+        ))
         .bind(answered_before)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -56,13 +56,13 @@ impl Db {
         limit: i64,
     ) -> StoreResult<Vec<CallRecord>> {
         let pattern = party.map(contains_pattern);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE initiated_at < $1 \
              AND ($2 IS NULL OR state = $2) \
              AND ($3 IS NULL OR LOWER(caller_uri) LIKE $3 ESCAPE '\\' \
                   OR LOWER(callee_uri) LIKE $3 ESCAPE '\\') \
              ORDER BY initiated_at DESC, session_id LIMIT $4"
-        )))
+        ))
         .bind(before.unwrap_or(i64::MAX))
         .bind(state)
         .bind(pattern)
@@ -74,10 +74,10 @@ impl Db {
 
     /// Calls ringing or answered, newest first.
     pub async fn calls_in_progress(&self, limit: i64) -> StoreResult<Vec<CallRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE state IN ('ringing', 'answered') \
              ORDER BY initiated_at DESC, session_id LIMIT $1"
-        )))
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -86,7 +86,7 @@ impl Db {
 
     pub async fn count_calls_in_progress(&self) -> StoreResult<i64> {
         Ok(
-            sqlx::query("SELECT COUNT(*) FROM calls WHERE state IN ('ringing', 'answered')")
+            query("SELECT COUNT(*) FROM calls WHERE state IN ('ringing', 'answered')")
                 .fetch_one(&self.pool)
                 .await?
                 .get(0),
@@ -96,7 +96,7 @@ impl Db {
     /// When each call since `since` (ms) started and, if it was, was answered: the newest
     /// `limit` of them.
     pub async fn call_times(&self, since: i64, limit: i64) -> StoreResult<Vec<(i64, Option<i64>)>> {
-        Ok(sqlx::query(
+        Ok(query(
             "SELECT initiated_at, answered_at FROM calls WHERE initiated_at >= $1 \
              ORDER BY initiated_at DESC LIMIT $2",
         )
@@ -111,9 +111,9 @@ impl Db {
 
     /// One call record by session id.
     pub async fn call(&self, session_id: &str) -> StoreResult<Option<CallRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = query(format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
-        )))
+        ))
         .bind(session_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -124,7 +124,7 @@ impl Db {
     pub async fn record_forward_nonce(&self, provider_id: &str, nonce: &str) -> StoreResult<bool> {
         let inserted = self
             .write_one(
-                sqlx::query(
+                query(
                     "INSERT INTO forward_nonces (provider_id, nonce, seen_at) VALUES ($1, $2, $3) \
                      ON CONFLICT DO NOTHING",
                 )
@@ -139,20 +139,20 @@ impl Db {
     /// Forgets Forward ids and answers older than `before` (Unix ms).
     pub async fn purge_forward_log(&self, before: i64) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM forward_nonces WHERE seen_at < $1")
+        query("DELETE FROM forward_nonces WHERE seen_at < $1")
             .bind(before)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query("DELETE FROM forward_results WHERE created_at < $1")
+        query("DELETE FROM forward_results WHERE created_at < $1")
             .bind(before)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await
     }
 }
 
-pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreResult<()> {
-    sqlx::query(
+pub async fn insert_call(conn: &mut WriteTx, call: &CallRecord) -> StoreResult<()> {
+    query(
         "INSERT INTO calls (session_id, caller_uri, callee_uri, caller_endpoint, rung_endpoints, \
          rung_count, rejections, media, state, reason, answered_by, providers, initiated_at, \
          ring_deadline, answered_at, ended_at) \
@@ -180,7 +180,7 @@ pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreRe
         if is_unique_violation(&e) {
             StoreError::Conflict(format!("session `{}` already exists", call.session_id))
         } else {
-            e.into()
+            e
         }
     })?;
     Ok(())
@@ -188,7 +188,7 @@ pub async fn insert_call(conn: &mut AnyConnection, call: &CallRecord) -> StoreRe
 
 /// Moves a call from one of `from` to `to`; false if it was in none of them (someone else won).
 pub async fn transition_call(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     session_id: &str,
     from: &[CallState],
     to: CallState,
@@ -210,7 +210,7 @@ pub async fn transition_call(
          ended_at = CASE WHEN $7 = 1 THEN $6 ELSE ended_at END \
          WHERE session_id = $1 AND state IN ({in_list})"
     );
-    let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let updated = query(sql)
         .bind(session_id)
         .bind(to.as_str())
         .bind(change.reason)
@@ -234,12 +234,12 @@ pub struct CallChange<'a> {
 /// repeat counts once); returns whether it was new, and the rejections so far against the
 /// parties rung.
 async fn record_rejection(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     session_id: &str,
     endpoint_id: &str,
     reason: &str,
 ) -> StoreResult<(bool, i64, i64)> {
-    let inserted = sqlx::query(
+    let inserted = query(
         "INSERT INTO call_rejections (session_id, endpoint_id, reason, rejected_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
@@ -256,21 +256,14 @@ async fn record_rejection(
     } else {
         "SELECT rejections, rung_count FROM calls WHERE session_id = $1"
     };
-    let row = sqlx::query(sql)
-        .bind(session_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = query(sql).bind(session_id).fetch_one(&mut *conn).await?;
     Ok((inserted, row.get(0), row.get(1)))
 }
 
 /// Adds `provider` to the members that rang a call, in one statement: a read-modify-write
 /// could lose a concurrent answer under PostgreSQL's read committed.
-async fn record_ringing(
-    conn: &mut AnyConnection,
-    session_id: &str,
-    provider: &str,
-) -> StoreResult<()> {
-    sqlx::query(
+async fn record_ringing(conn: &mut WriteTx, session_id: &str, provider: &str) -> StoreResult<()> {
+    query(
         "UPDATE calls SET ringing_providers = CASE WHEN ringing_providers = '' THEN $2 \
          ELSE ringing_providers || ',' || $2 END WHERE session_id = $1",
     )
@@ -283,12 +276,12 @@ async fn record_ringing(
 
 /// The answer already given to `provider_id`'s `action` Forward for `session_id`, if any.
 pub async fn forward_result(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     provider_id: &str,
     session_id: &str,
     action: &str,
 ) -> StoreResult<Option<(u16, String)>> {
-    Ok(sqlx::query(
+    Ok(query(
         "SELECT status, response FROM forward_results \
          WHERE provider_id = $1 AND session_id = $2 AND action = $3",
     )
@@ -297,18 +290,18 @@ pub async fn forward_result(
     .bind(action)
     .fetch_optional(&mut *conn)
     .await?
-    .map(|r| (r.get::<i64, _>(0) as u16, r.get(1))))
+    .map(|r| (r.get::<i64>(0) as u16, r.get(1))))
 }
 
 pub async fn save_forward_result(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     provider_id: &str,
     session_id: &str,
     action: &str,
     status: u16,
     response: &str,
 ) -> StoreResult<()> {
-    sqlx::query(
+    query(
         "INSERT INTO forward_results (provider_id, session_id, action, status, response, \
          created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
@@ -325,10 +318,10 @@ pub async fn save_forward_result(
 
 /// The reasons given so far by the parties that rejected a call, in the order they came.
 pub async fn rejection_reasons(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     session_id: &str,
 ) -> StoreResult<Vec<(String, String)>> {
-    Ok(sqlx::query(
+    Ok(query(
         "SELECT endpoint_id, reason FROM call_rejections WHERE session_id = $1 \
          ORDER BY rejected_at, endpoint_id",
     )
@@ -341,12 +334,12 @@ pub async fn rejection_reasons(
 }
 
 /// Removes a call record and its rejections, for a Request that was refused after all.
-pub async fn delete_call(conn: &mut AnyConnection, session_id: &str) -> StoreResult<()> {
-    sqlx::query("DELETE FROM call_rejections WHERE session_id = $1")
+pub async fn delete_call(conn: &mut WriteTx, session_id: &str) -> StoreResult<()> {
+    query("DELETE FROM call_rejections WHERE session_id = $1")
         .bind(session_id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM calls WHERE session_id = $1")
+    query("DELETE FROM calls WHERE session_id = $1")
         .bind(session_id)
         .execute(&mut *conn)
         .await?;
@@ -354,13 +347,10 @@ pub async fn delete_call(conn: &mut AnyConnection, session_id: &str) -> StoreRes
 }
 
 /// The full call record, read inside a transaction.
-pub async fn call_in(
-    conn: &mut AnyConnection,
-    session_id: &str,
-) -> StoreResult<Option<CallRecord>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+pub async fn call_in(conn: &mut WriteTx, session_id: &str) -> StoreResult<Option<CallRecord>> {
+    let row = query(format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE session_id = $1"
-    )))
+    ))
     .bind(session_id)
     .fetch_optional(&mut *conn)
     .await?;
@@ -383,7 +373,7 @@ fn split_list(s: String) -> Vec<String> {
     }
 }
 
-fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
+fn call_from_row(row: &Row) -> StoreResult<CallRecord> {
     Ok(CallRecord {
         session_id: row.get(0),
         caller_uri: row.get(1),
@@ -393,7 +383,7 @@ fn call_from_row(row: &sqlx::any::AnyRow) -> StoreResult<CallRecord> {
         rung_count: row.get(5),
         rejections: row.get(6),
         media: split_list(row.get(7)),
-        state: call_state_of(&row.get::<String, _>(8))?,
+        state: call_state_of(&row.get::<String>(8))?,
         reason: row.get(9),
         answered_by: row.get(10),
         providers: split_list(row.get(11)),

@@ -1,9 +1,9 @@
 //! Endpoints: registration with a provisioning code, look-ups, revocation.
 
-use sqlx::Row;
+use super::sql::{query, Row};
 
 use super::records::EndpointRecord;
-use super::{Backend, Db, StoreError, StoreResult};
+use super::{Db, StoreError, StoreResult};
 use crate::shared::now_ms;
 
 /// What the fingerprint column of a SIP account's gateway endpoint starts with: it has no
@@ -18,7 +18,7 @@ impl Db {
         code_hash: &str,
         user_id: &str,
     ) -> StoreResult<bool> {
-        Ok(sqlx::query(
+        Ok(query(
             "SELECT 1 FROM provisioning_codes WHERE code_hash = $1 AND user_id = $2 AND expires_at > $3",
         )
         .bind(code_hash)
@@ -38,13 +38,13 @@ impl Db {
         cert_pem: &str,
     ) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
-        let consumed = sqlx::query(
+        let consumed = query(
             "DELETE FROM provisioning_codes WHERE code_hash = $1 AND user_id = $2 AND expires_at > $3",
         )
         .bind(code_hash)
         .bind(&endpoint.user_id)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?
         .rows_affected();
         if consumed == 0 {
@@ -52,7 +52,7 @@ impl Db {
         }
         let capabilities =
             serde_json::to_string(&endpoint.capabilities).expect("capabilities serialize");
-        sqlx::query(
+        query(
             "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
              cert_fingerprint, cert_not_after, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -66,7 +66,7 @@ impl Db {
         .bind(&endpoint.cert_fingerprint)
         .bind(endpoint.cert_not_after)
         .bind(endpoint.created_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(true)
@@ -78,11 +78,11 @@ impl Db {
         &self,
         fingerprint: &str,
     ) -> StoreResult<Option<(EndpointRecord, Vec<String>)>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT e.*, u.uri FROM (SELECT {ENDPOINT_COLUMNS} FROM endpoints \
              WHERE cert_fingerprint = $1 AND revoked_at IS NULL) e \
              LEFT JOIN user_uris u ON u.user_id = e.user_id ORDER BY u.uri"
-        )))
+        ))
         .bind(fingerprint)
         .fetch_all(&self.pool)
         .await?;
@@ -92,7 +92,7 @@ impl Db {
         let endpoint = endpoint_from_row(first)?;
         let uris = rows
             .iter()
-            .filter_map(|row| row.get::<Option<String>, _>(9))
+            .filter_map(|row| row.get::<Option<String>>(9))
             .collect();
         Ok(Some((endpoint, uris)))
     }
@@ -100,13 +100,13 @@ impl Db {
     /// Active endpoints reached by a URI, oldest first: a SIP account's gateway endpoint only
     /// while a phone of the account is registered (there is nothing to ring otherwise).
     pub async fn endpoints_for_uri(&self, uri: &str) -> StoreResult<Vec<EndpointRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE revoked_at IS NULL AND user_id = \
              (SELECT user_id FROM user_uris WHERE uri = $1) \
              AND (cert_fingerprint NOT LIKE '{GATEWAY_FINGERPRINT}%' OR EXISTS (SELECT 1 FROM sip_contacts c \
              JOIN sip_accounts a ON a.aor = c.aor WHERE a.endpoint_id = endpoints.id \
              AND c.expires_at > $2)) ORDER BY created_at, id"
-        )))
+        ))
         .bind(uri)
         .bind(now_ms())
         .fetch_all(&self.pool)
@@ -115,9 +115,9 @@ impl Db {
     }
 
     pub async fn endpoints_of_user(&self, user_id: &str) -> StoreResult<Vec<EndpointRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE user_id = $1 ORDER BY created_at, id"
-        )))
+        ))
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
@@ -125,9 +125,9 @@ impl Db {
     }
 
     pub async fn endpoint(&self, endpoint_id: &str) -> StoreResult<Option<EndpointRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = query(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1 AND revoked_at IS NULL"
-        )))
+        ))
         .bind(endpoint_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -141,19 +141,16 @@ impl Db {
             return Ok(Vec::new());
         }
         let placeholders = (1..=endpoint_ids.len())
-            .map(|n| match self.backend {
-                Backend::Sqlite => "?".to_string(),
-                Backend::Postgres => format!("${n}"),
-            })
+            .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(",");
         let sql =
             format!("SELECT id FROM endpoints WHERE revoked_at IS NULL AND id IN ({placeholders})");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut statement = query(sql);
         for id in endpoint_ids {
-            query = query.bind(id);
+            statement = statement.bind(id);
         }
-        Ok(query
+        Ok(statement
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -163,7 +160,7 @@ impl Db {
 
     pub async fn endpoint_is_active(&self, endpoint_id: &str) -> StoreResult<bool> {
         Ok(
-            sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 AND revoked_at IS NULL")
+            query("SELECT 1 FROM endpoints WHERE id = $1 AND revoked_at IS NULL")
                 .bind(endpoint_id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -173,21 +170,21 @@ impl Db {
 
     pub async fn revoke_endpoint(&self, endpoint_id: &str) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        let exists = sqlx::query("SELECT revoked_at FROM endpoints WHERE id = $1")
+        let exists = query("SELECT revoked_at FROM endpoints WHERE id = $1")
             .bind(endpoint_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("no endpoint `{endpoint_id}`")));
         }
-        sqlx::query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(endpoint_id)
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
+        query("DELETE FROM pushes WHERE endpoint_id = $1")
             .bind(endpoint_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -195,7 +192,7 @@ impl Db {
 
     pub async fn count_active_endpoints(&self) -> StoreResult<i64> {
         Ok(
-            sqlx::query("SELECT COUNT(*) FROM endpoints WHERE revoked_at IS NULL")
+            query("SELECT COUNT(*) FROM endpoints WHERE revoked_at IS NULL")
                 .fetch_one(&self.pool)
                 .await?
                 .get(0),
@@ -206,7 +203,7 @@ impl Db {
 const ENDPOINT_COLUMNS: &str = "id, user_id, name, push_token, capabilities, cert_fingerprint, \
                                 cert_not_after, created_at, revoked_at";
 
-fn endpoint_from_row(row: &sqlx::any::AnyRow) -> StoreResult<EndpointRecord> {
+fn endpoint_from_row(row: &Row) -> StoreResult<EndpointRecord> {
     let capabilities: String = row.get(4);
     Ok(EndpointRecord {
         id: row.get(0),

@@ -1,6 +1,6 @@
 //! What the federation keeps: the hosted URIs its filter is built from, and peers' filters.
 
-use sqlx::Row;
+use super::sql::query;
 
 use super::records::StoredPeerFilter;
 use super::{Db, StoreResult};
@@ -8,7 +8,7 @@ use super::{Db, StoreResult};
 impl Db {
     /// Every hosted canonical URI, for building this provider's Bloom filter.
     pub async fn all_uris(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query("SELECT uri FROM user_uris")
+        Ok(query("SELECT uri FROM user_uris")
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -17,7 +17,7 @@ impl Db {
     }
 
     pub async fn peer_filters(&self) -> StoreResult<Vec<StoredPeerFilter>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT provider_id, generation, algorithm, bits, items, filter, fetched_at \
              FROM peer_filters",
         )
@@ -42,7 +42,7 @@ impl Db {
     /// both insert; the later save wins, as the later pull is the newer.
     pub async fn save_peer_filter(&self, filter: &StoredPeerFilter) -> StoreResult<()> {
         self.write_one(
-            sqlx::query(
+            query(
                 "INSERT INTO peer_filters (provider_id, generation, algorithm, bits, items, filter, \
                  fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (provider_id) DO UPDATE SET generation = excluded.generation, \
@@ -62,10 +62,8 @@ impl Db {
     }
 
     pub async fn delete_peer_filter(&self, provider_id: &str) -> StoreResult<()> {
-        self.write_one(
-            sqlx::query("DELETE FROM peer_filters WHERE provider_id = $1").bind(provider_id),
-        )
-        .await?;
+        self.write_one(query("DELETE FROM peer_filters WHERE provider_id = $1").bind(provider_id))
+            .await?;
         Ok(())
     }
 }

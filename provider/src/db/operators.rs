@@ -1,6 +1,6 @@
 //! Operators of the admin API and web UI, their browser sessions, and the audit log.
 
-use sqlx::Row;
+use super::sql::query;
 
 use super::records::{AuditEntry, OperatorRecord, SessionRecord};
 use super::{is_unique_violation, Db, StoreError, StoreResult};
@@ -8,20 +8,20 @@ use super::{is_unique_violation, Db, StoreError, StoreResult};
 impl Db {
     pub async fn add_operator(&self, operator: &OperatorRecord) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        query(
             "INSERT INTO operators (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&operator.name)
         .bind(&operator.role)
         .bind(&operator.password_hash)
         .bind(operator.created_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
                 StoreError::Conflict(format!("an operator `{}` exists already", operator.name))
             } else {
-                e.into()
+                e
             }
         })?;
         tx.commit().await?;
@@ -29,12 +29,11 @@ impl Db {
     }
 
     pub async fn operator(&self, name: &str) -> StoreResult<Option<OperatorRecord>> {
-        let row = sqlx::query(
-            "SELECT name, role, password_hash, created_at FROM operators WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            query("SELECT name, role, password_hash, created_at FROM operators WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| OperatorRecord {
             name: r.get(0),
             role: r.get(1),
@@ -45,32 +44,30 @@ impl Db {
 
     pub async fn operators(&self) -> StoreResult<Vec<OperatorRecord>> {
         Ok(
-            sqlx::query(
-                "SELECT name, role, password_hash, created_at FROM operators ORDER BY name",
-            )
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| OperatorRecord {
-                name: r.get(0),
-                role: r.get(1),
-                password_hash: r.get(2),
-                created_at: r.get(3),
-            })
-            .collect(),
+            query("SELECT name, role, password_hash, created_at FROM operators ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| OperatorRecord {
+                    name: r.get(0),
+                    role: r.get(1),
+                    password_hash: r.get(2),
+                    created_at: r.get(3),
+                })
+                .collect(),
         )
     }
 
     /// Removes an operator and ends its sessions.
     pub async fn remove_operator(&self, name: &str) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM operator_sessions WHERE operator = $1")
+        query("DELETE FROM operator_sessions WHERE operator = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        let deleted = sqlx::query("DELETE FROM operators WHERE name = $1")
+        let deleted = query("DELETE FROM operators WHERE name = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -82,7 +79,7 @@ impl Db {
 
     pub async fn add_operator_session(&self, session: &SessionRecord) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        query(
             "INSERT INTO operator_sessions (id_sha256, operator, csrf_token, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -91,7 +88,7 @@ impl Db {
         .bind(&session.csrf_token)
         .bind(session.created_at)
         .bind(session.expires_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -103,7 +100,7 @@ impl Db {
         id_sha256: &str,
         now: i64,
     ) -> StoreResult<Option<(SessionRecord, String)>> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT s.id_sha256, s.operator, s.csrf_token, s.created_at, s.expires_at, o.role \
              FROM operator_sessions s JOIN operators o ON o.name = s.operator \
              WHERE s.id_sha256 = $1 AND s.expires_at > $2",
@@ -127,23 +124,19 @@ impl Db {
     }
 
     pub async fn remove_operator_session(&self, id_sha256: &str) -> StoreResult<()> {
-        self.write_one(
-            sqlx::query("DELETE FROM operator_sessions WHERE id_sha256 = $1").bind(id_sha256),
-        )
-        .await?;
+        self.write_one(query("DELETE FROM operator_sessions WHERE id_sha256 = $1").bind(id_sha256))
+            .await?;
         Ok(())
     }
 
     pub async fn purge_expired_operator_sessions(&self, now: i64) -> StoreResult<u64> {
-        self.write_one(
-            sqlx::query("DELETE FROM operator_sessions WHERE expires_at <= $1").bind(now),
-        )
-        .await
+        self.write_one(query("DELETE FROM operator_sessions WHERE expires_at <= $1").bind(now))
+            .await
     }
 
     pub async fn add_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
         self.write_one(
-            sqlx::query(
+            query(
                 "INSERT INTO audit_log (id, at, actor, method, path, status) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&entry.id)
@@ -165,7 +158,7 @@ impl Db {
         before_id: &str,
         limit: i64,
     ) -> StoreResult<Vec<AuditEntry>> {
-        sqlx::query(
+        query(
             "SELECT id, at, actor, method, path, status FROM audit_log \
              WHERE at < $1 OR (at = $1 AND id < $2) ORDER BY at DESC, id DESC LIMIT $3",
         )

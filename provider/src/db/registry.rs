@@ -1,9 +1,10 @@
 //! Users, their URIs and provisioning codes, and the bulk CSV import's statements.
 
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
-
 use super::records::{NewUser, User};
-use super::{contains_pattern, is_unique_violation, user_exists, Db, StoreError, StoreResult};
+use super::sql::{query, Row};
+use super::{
+    contains_pattern, is_unique_violation, user_exists, Db, StoreError, StoreResult, WriteTx,
+};
 use crate::shared::now_ms;
 
 /// Rows per multi-row INSERT of the import (three parameters each), under both backends'
@@ -12,28 +13,12 @@ const IMPORT_ROWS: usize = 400;
 /// URIs per `IN (...)` look-up of the import.
 const IMPORT_LOOKUP: usize = 500;
 
-/// The `n`th (from 1) parameter of a statement with many. SQLite gets plain `?`: for `$n` it
-/// looks each name up by a linear scan when the driver binds, which made binding the import's
-/// 1,200-parameter statements the largest single cost of the import (16% of its CPU).
-fn parameter(conn: &AnyConnection, n: usize) -> String {
-    if conn.backend_name() == "SQLite" {
-        "?".to_string()
-    } else {
-        format!("${n}")
-    }
-}
-
-/// `(p, p, p), (p, p, p), …` for `rows` rows of three parameters.
-fn triples(conn: &AnyConnection, rows: usize) -> String {
+/// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of three parameters. (SQLite is given them
+/// as `?1`, `?2`, …, bound by number: sqlx bound `$n` by looking each name up with a linear
+/// scan, which made the import's 1,200-parameter statements its largest single cost.)
+fn triples(rows: usize) -> String {
     (0..rows)
-        .map(|i| {
-            format!(
-                "({}, {}, {})",
-                parameter(conn, 3 * i + 1),
-                parameter(conn, 3 * i + 2),
-                parameter(conn, 3 * i + 3)
-            )
-        })
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -48,16 +33,16 @@ impl Db {
 
     pub async fn delete_user(&self, user_id: &str) -> StoreResult<Vec<String>> {
         let mut tx = self.begin_write().await?;
-        let endpoints: Vec<String> = sqlx::query("SELECT id FROM endpoints WHERE user_id = $1")
+        let endpoints: Vec<String> = query("SELECT id FROM endpoints WHERE user_id = $1")
             .bind(user_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?
             .iter()
-            .map(|r| r.get::<String, _>(0))
+            .map(|r| r.get::<String>(0))
             .collect();
-        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        let deleted = query("DELETE FROM users WHERE id = $1")
             .bind(user_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -79,7 +64,7 @@ impl Db {
 
     pub async fn remove_uri(&self, uri: &str) -> StoreResult<()> {
         let deleted = self
-            .write_one(sqlx::query("DELETE FROM user_uris WHERE uri = $1").bind(uri))
+            .write_one(query("DELETE FROM user_uris WHERE uri = $1").bind(uri))
             .await?;
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("no user has `{uri}`")));
@@ -88,7 +73,7 @@ impl Db {
     }
 
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<User>> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT u.id, u.display_name, u.created_at, \
              (SELECT COUNT(*) FROM endpoints e WHERE e.user_id = u.id AND e.revoked_at IS NULL) \
              FROM users u WHERE u.id = $1",
@@ -103,7 +88,7 @@ impl Db {
     }
 
     pub async fn user_id_for_uri(&self, uri: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query("SELECT user_id FROM user_uris WHERE uri = $1")
+        Ok(query("SELECT user_id FROM user_uris WHERE uri = $1")
             .bind(uri)
             .fetch_optional(&self.pool)
             .await?
@@ -112,7 +97,7 @@ impl Db {
 
     pub async fn uris_of(&self, user_id: &str) -> StoreResult<Vec<String>> {
         Ok(
-            sqlx::query("SELECT uri FROM user_uris WHERE user_id = $1 ORDER BY uri")
+            query("SELECT uri FROM user_uris WHERE user_id = $1 ORDER BY uri")
                 .bind(user_id)
                 .fetch_all(&self.pool)
                 .await?
@@ -130,7 +115,7 @@ impl Db {
         limit: i64,
     ) -> StoreResult<Vec<User>> {
         let pattern = search.map(contains_pattern);
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT u.id, u.display_name, u.created_at, \
              (SELECT COUNT(*) FROM endpoints e WHERE e.user_id = u.id AND e.revoked_at IS NULL) \
              FROM users u \
@@ -152,7 +137,7 @@ impl Db {
     }
 
     pub async fn count_users(&self) -> StoreResult<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM users")
+        Ok(query("SELECT COUNT(*) FROM users")
             .fetch_one(&self.pool)
             .await?
             .get(0))
@@ -168,7 +153,7 @@ impl Db {
         if !user_exists(&mut tx, user_id).await? {
             return Err(StoreError::NotFound(format!("no user `{user_id}`")));
         }
-        sqlx::query(
+        query(
             "INSERT INTO provisioning_codes (code_hash, user_id, expires_at, created_at) \
              VALUES ($1, $2, $3, $4)",
         )
@@ -176,15 +161,15 @@ impl Db {
         .bind(user_id)
         .bind(expires_at)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-pub async fn insert_user(conn: &mut AnyConnection, user: &NewUser<'_>) -> StoreResult<()> {
-    sqlx::query("INSERT INTO users (id, display_name, created_at) VALUES ($1, $2, $3)")
+pub async fn insert_user(conn: &mut WriteTx, user: &NewUser<'_>) -> StoreResult<()> {
+    query("INSERT INTO users (id, display_name, created_at) VALUES ($1, $2, $3)")
         .bind(user.id)
         .bind(user.display_name)
         .bind(user.created_at)
@@ -196,13 +181,8 @@ pub async fn insert_user(conn: &mut AnyConnection, user: &NewUser<'_>) -> StoreR
     Ok(())
 }
 
-async fn insert_uri(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    uri: &str,
-    now: i64,
-) -> StoreResult<()> {
-    sqlx::query("INSERT INTO user_uris (uri, user_id, created_at) VALUES ($1, $2, $3)")
+async fn insert_uri(conn: &mut WriteTx, user_id: &str, uri: &str, now: i64) -> StoreResult<()> {
+    query("INSERT INTO user_uris (uri, user_id, created_at) VALUES ($1, $2, $3)")
         .bind(uri)
         .bind(user_id)
         .bind(now)
@@ -212,26 +192,26 @@ async fn insert_uri(
             if is_unique_violation(&e) {
                 StoreError::Conflict(format!("`{uri}` already belongs to a user"))
             } else {
-                e.into()
+                e
             }
         })?;
     Ok(())
 }
 
 /// Of `uris`, those that already belong to a user.
-pub async fn registered_uris(conn: &mut AnyConnection, uris: &[&str]) -> StoreResult<Vec<String>> {
+pub async fn registered_uris(conn: &mut WriteTx, uris: &[&str]) -> StoreResult<Vec<String>> {
     let mut registered = Vec::new();
     for chunk in uris.chunks(IMPORT_LOOKUP) {
         let placeholders = (1..=chunk.len())
-            .map(|i| parameter(conn, i))
+            .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!("SELECT uri FROM user_uris WHERE uri IN ({placeholders})");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut statement = query(sql);
         for uri in chunk {
-            query = query.bind(*uri);
+            statement = statement.bind(*uri);
         }
-        for row in query.fetch_all(&mut *conn).await? {
+        for row in statement.fetch_all(&mut *conn).await? {
             registered.push(row.get(0));
         }
     }
@@ -240,19 +220,19 @@ pub async fn registered_uris(conn: &mut AnyConnection, uris: &[&str]) -> StoreRe
 
 /// Inserts many users with their URIs in few statements, for the bulk import, which has checked
 /// first that none of the URIs is taken.
-pub async fn insert_users(conn: &mut AnyConnection, users: &[NewUser<'_>]) -> StoreResult<()> {
+pub async fn insert_users(conn: &mut WriteTx, users: &[NewUser<'_>]) -> StoreResult<()> {
     for chunk in users.chunks(IMPORT_ROWS) {
-        let values = triples(conn, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(format!(
+        let values = triples(chunk.len());
+        let mut statement = query(format!(
             "INSERT INTO users (id, display_name, created_at) VALUES {values}"
-        )));
+        ));
         for user in chunk {
-            query = query
+            statement = statement
                 .bind(user.id)
                 .bind(user.display_name)
                 .bind(user.created_at);
         }
-        query.execute(&mut *conn).await?;
+        statement.execute(&mut *conn).await?;
     }
 
     let uris: Vec<(&str, &str, i64)> = users
@@ -264,19 +244,19 @@ pub async fn insert_users(conn: &mut AnyConnection, users: &[NewUser<'_>]) -> St
         })
         .collect();
     for chunk in uris.chunks(IMPORT_ROWS) {
-        let values = triples(conn, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(format!(
+        let values = triples(chunk.len());
+        let mut statement = query(format!(
             "INSERT INTO user_uris (uri, user_id, created_at) VALUES {values}"
-        )));
+        ));
         for (uri, user_id, created_at) in chunk {
-            query = query.bind(*uri).bind(*user_id).bind(*created_at);
+            statement = statement.bind(*uri).bind(*user_id).bind(*created_at);
         }
-        query.execute(&mut *conn).await?;
+        statement.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-fn user_from_row(row: &sqlx::any::AnyRow) -> User {
+fn user_from_row(row: &Row) -> User {
     User {
         id: row.get(0),
         display_name: row.get(1),

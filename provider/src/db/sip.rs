@@ -1,11 +1,11 @@
 //! SIP accounts with their gateway endpoints, and the contacts phones register.
 
-use sqlx::{AnyConnection, Row};
+use super::sql::{query, Executor, Row};
 use switchyard_protocol::capabilities::Capabilities;
 
 use super::endpoints::GATEWAY_FINGERPRINT;
 use super::records::{EndpointRecord, SipAccount, SipContact};
-use super::{is_unique_violation, user_exists, Db, StoreError, StoreResult};
+use super::{is_unique_violation, user_exists, Db, StoreError, StoreResult, WriteTx};
 use crate::shared::now_ms;
 
 impl Db {
@@ -23,7 +23,7 @@ impl Db {
                 account.user_id
             )));
         }
-        sqlx::query(
+        query(
             "INSERT INTO sip_accounts (aor, user_id, username, realm, ha1_md5, ha1_sha256, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -34,7 +34,7 @@ impl Db {
         .bind(&account.ha1_md5)
         .bind(&account.ha1_sha256)
         .bind(account.created_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -43,7 +43,7 @@ impl Db {
                     account.aor, account.username, account.realm
                 ))
             } else {
-                e.into()
+                e
             }
         })?;
         let endpoint = gateway_endpoint(account, capabilities);
@@ -54,9 +54,9 @@ impl Db {
 
     /// Gives every account without a gateway endpoint one; returns how many were made.
     pub async fn ensure_sip_gateways(&self, capabilities: &Capabilities) -> StoreResult<usize> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE endpoint_id IS NULL"
-        )))
+        ))
         .fetch_all(&self.pool)
         .await?;
         let mut made = 0;
@@ -72,10 +72,10 @@ impl Db {
 
     /// Accounts with a gateway endpoint, made after `created_after` (ms), oldest first.
     pub async fn sip_gateways_since(&self, created_after: i64) -> StoreResult<Vec<SipAccount>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts \
              WHERE endpoint_id IS NOT NULL AND created_at > $1 ORDER BY created_at"
-        )))
+        ))
         .bind(created_after)
         .fetch_all(&self.pool)
         .await?;
@@ -83,9 +83,9 @@ impl Db {
     }
 
     pub async fn sip_account(&self, aor: &str) -> StoreResult<Option<SipAccount>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = query(format!(
             "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE aor = $1"
-        )))
+        ))
         .bind(aor)
         .fetch_optional(&self.pool)
         .await?;
@@ -96,31 +96,29 @@ impl Db {
     pub async fn remove_sip_account(&self, aor: &str) -> StoreResult<Option<String>> {
         let mut tx = self.begin_write().await?;
         let endpoint_id: Option<String> =
-            sqlx::query("SELECT endpoint_id FROM sip_accounts WHERE aor = $1")
+            query("SELECT endpoint_id FROM sip_accounts WHERE aor = $1")
                 .bind(aor)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?
                 .and_then(|r| r.get(0));
         if let Some(id) = &endpoint_id {
-            sqlx::query(
-                "UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM pushes WHERE endpoint_id = $1")
+            query("UPDATE endpoints SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
-                .execute(&mut *tx)
+                .bind(now_ms())
+                .execute(&mut tx)
+                .await?;
+            query("DELETE FROM pushes WHERE endpoint_id = $1")
+                .bind(id)
+                .execute(&mut tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM sip_contacts WHERE aor = $1")
+        query("DELETE FROM sip_contacts WHERE aor = $1")
             .bind(aor)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        let deleted = sqlx::query("DELETE FROM sip_accounts WHERE aor = $1")
+        let deleted = query("DELETE FROM sip_accounts WHERE aor = $1")
             .bind(aor)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -135,9 +133,9 @@ impl Db {
         realm: &str,
         username: &str,
     ) -> StoreResult<Option<SipAccount>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = query(format!(
             "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE realm = $1 AND username = $2"
-        )))
+        ))
         .bind(realm)
         .bind(username)
         .fetch_optional(&self.pool)
@@ -146,9 +144,9 @@ impl Db {
     }
 
     pub async fn sip_accounts_of_user(&self, user_id: &str) -> StoreResult<Vec<SipAccount>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query(format!(
             "SELECT {SIP_ACCOUNT_COLUMNS} FROM sip_accounts WHERE user_id = $1 ORDER BY aor"
-        )))
+        ))
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
@@ -157,29 +155,28 @@ impl Db {
 
     /// The unexpired contacts of `aor`.
     pub async fn sip_contacts(&self, aor: &str, now: i64) -> StoreResult<Vec<SipContact>> {
-        let mut conn = self.pool.acquire().await?;
-        sip_contacts_in(&mut conn, aor, now).await
+        sip_contacts_in(&self.pool, aor, now).await
     }
 
     pub async fn purge_expired_sip_contacts(&self, now: i64) -> StoreResult<u64> {
-        self.write_one(sqlx::query("DELETE FROM sip_contacts WHERE expires_at <= $1").bind(now))
+        self.write_one(query("DELETE FROM sip_contacts WHERE expires_at <= $1").bind(now))
             .await
     }
 }
 
 /// The unexpired contacts of `aor`, read where the caller is (a registrar's transaction).
-pub async fn sip_contacts_in(
-    conn: &mut AnyConnection,
+pub async fn sip_contacts_in<'e>(
+    conn: impl Executor<'e>,
     aor: &str,
     now: i64,
 ) -> StoreResult<Vec<SipContact>> {
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT aor, contact, q, call_id, cseq, expires_at, transport, source, user_agent, updated_at \
          FROM sip_contacts WHERE aor = $1 AND expires_at > $2 ORDER BY contact",
     )
     .bind(aor)
     .bind(now)
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .iter()
@@ -199,8 +196,8 @@ pub async fn sip_contacts_in(
 }
 
 /// Adds or refreshes one binding.
-pub async fn save_sip_contact(conn: &mut AnyConnection, c: &SipContact) -> StoreResult<()> {
-    sqlx::query(
+pub async fn save_sip_contact(conn: &mut WriteTx, c: &SipContact) -> StoreResult<()> {
+    query(
         "INSERT INTO sip_contacts (aor, contact, q, call_id, cseq, expires_at, transport, source, user_agent, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (aor, contact) DO UPDATE SET q = excluded.q, call_id = excluded.call_id, \
@@ -224,20 +221,20 @@ pub async fn save_sip_contact(conn: &mut AnyConnection, c: &SipContact) -> Store
 
 /// Removes one binding, or all of `aor`'s when `contact` is None.
 pub async fn delete_sip_contacts(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     aor: &str,
     contact: Option<&str>,
 ) -> StoreResult<()> {
     match contact {
         Some(contact) => {
-            sqlx::query("DELETE FROM sip_contacts WHERE aor = $1 AND contact = $2")
+            query("DELETE FROM sip_contacts WHERE aor = $1 AND contact = $2")
                 .bind(aor)
                 .bind(contact)
                 .execute(&mut *conn)
                 .await?
         }
         None => {
-            sqlx::query("DELETE FROM sip_contacts WHERE aor = $1")
+            query("DELETE FROM sip_contacts WHERE aor = $1")
                 .bind(aor)
                 .execute(&mut *conn)
                 .await?
@@ -268,13 +265,13 @@ pub fn gateway_endpoint(account: &SipAccount, capabilities: Capabilities) -> End
 }
 
 async fn insert_gateway(
-    conn: &mut AnyConnection,
+    conn: &mut WriteTx,
     account: &SipAccount,
     endpoint: &EndpointRecord,
 ) -> StoreResult<()> {
     let capabilities =
         serde_json::to_string(&endpoint.capabilities).expect("capabilities serialize");
-    sqlx::query(
+    query(
         "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
          cert_fingerprint, cert_not_after, created_at) VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8)",
     )
@@ -288,7 +285,7 @@ async fn insert_gateway(
     .bind(endpoint.created_at)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE sip_accounts SET endpoint_id = $2 WHERE aor = $1")
+    query("UPDATE sip_accounts SET endpoint_id = $2 WHERE aor = $1")
         .bind(&account.aor)
         .bind(&endpoint.id)
         .execute(&mut *conn)
@@ -296,7 +293,7 @@ async fn insert_gateway(
     Ok(())
 }
 
-fn sip_account_from_row(r: &sqlx::any::AnyRow) -> SipAccount {
+fn sip_account_from_row(r: &Row) -> SipAccount {
     SipAccount {
         aor: r.get(0),
         user_id: r.get(1),

@@ -97,6 +97,7 @@ async fn revoke_inactive(db: &Db, hub: &PushHub) {
 mod tests {
     use super::*;
     use crate::db::records::NewUser;
+    use crate::db::sql::query;
 
     /// A database with one user and one active endpoint, `ep`.
     async fn db_with_endpoint() -> (tempfile::TempDir, Db, String) {
@@ -113,12 +114,12 @@ mod tests {
         .await
         .unwrap();
         let mut tx = db.begin_write().await.unwrap();
-        sqlx::query(
+        query(
             "INSERT INTO endpoints (id, user_id, name, push_token, capabilities, cert_pem, \
              cert_fingerprint, cert_not_after, created_at) \
              VALUES ('ep', 'u1', 'phone', 'token', '', '', 'fp', 0, 0)",
         )
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
         tx.commit().await.unwrap();
@@ -127,14 +128,14 @@ mod tests {
 
     async fn queue_push(db: &Db, endpoint: &str) {
         let mut tx = db.begin_write().await.unwrap();
-        sqlx::query(
+        query(
             "INSERT INTO pushes (endpoint_id, seq, body, expires_at, created_at) \
              VALUES ($1, 1, '', $2, $3)",
         )
         .bind(endpoint)
         .bind(now_ms() + 60_000)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
         tx.commit().await.unwrap();

@@ -1,0 +1,412 @@
+//! The store's statements, one API over two drivers. On SQLite a statement runs in place, on the
+//! thread of the task that issues it (rusqlite): a point read or an insert costs a few
+//! microseconds there, where handing it to a driver thread and back cost 30-250 µs and two
+//! context switches (docs/benchmarks.md, "SQLite through sqlx"). On PostgreSQL it goes through
+//! sqlx, over the network as before.
+//!
+//! The SQL text is shared: parameters are written `$1`, `$2`, …, which SQLite is given as `?1`,
+//! `?2`, … (the same numbers), so a parameter may appear more than once and in any order.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::types::{FromSql, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{CachedStatement, Connection, OpenFlags};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use super::error::{StoreError, StoreResult};
+
+/// A parameter's value; a NULL keeps its type, which PostgreSQL needs to plan the statement.
+#[derive(Debug, Clone)]
+pub enum Value<'q> {
+    Int(Option<i64>),
+    Int4(Option<i32>),
+    Bool(Option<bool>),
+    Text(Option<Cow<'q, str>>),
+    Blob(Option<Cow<'q, [u8]>>),
+}
+
+/// What can be bound to a parameter.
+pub trait Encode<'q> {
+    fn encode(self) -> Value<'q>;
+    /// The NULL of this type.
+    fn null() -> Value<'q>;
+}
+
+macro_rules! encode_as {
+    ($variant:ident, $($ty:ty => $conv:expr),+ $(,)?) => {
+        $(impl<'q> Encode<'q> for $ty {
+            fn encode(self) -> Value<'q> {
+                let conv: fn($ty) -> _ = $conv;
+                Value::$variant(Some(conv(self)))
+            }
+            fn null() -> Value<'q> {
+                Value::$variant(None)
+            }
+        })+
+    };
+}
+
+encode_as!(Int, i64 => |v| v, u32 => i64::from);
+encode_as!(Int4, i32 => |v| v);
+encode_as!(Bool, bool => |v| v);
+encode_as!(Text,
+    &'q str => Cow::Borrowed,
+    &'q String => |v| Cow::Borrowed(v.as_str()),
+    String => Cow::Owned,
+);
+encode_as!(Blob,
+    &'q [u8] => Cow::Borrowed,
+    &'q Vec<u8> => |v| Cow::Borrowed(v.as_slice()),
+    Vec<u8> => Cow::Owned,
+);
+
+impl<'q, T: Encode<'q>> Encode<'q> for Option<T> {
+    fn encode(self) -> Value<'q> {
+        self.map_or_else(T::null, T::encode)
+    }
+    fn null() -> Value<'q> {
+        T::null()
+    }
+}
+
+impl<'q, T> Encode<'q> for &'q Option<T>
+where
+    &'q T: Encode<'q>,
+{
+    fn encode(self) -> Value<'q> {
+        self.as_ref().map_or_else(<&T>::null, Encode::encode)
+    }
+    fn null() -> Value<'q> {
+        <&T>::null()
+    }
+}
+
+impl ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Int(Some(v)) => ValueRef::Integer(*v),
+            Value::Int4(Some(v)) => ValueRef::Integer(i64::from(*v)),
+            Value::Bool(Some(v)) => ValueRef::Integer(i64::from(*v)),
+            Value::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
+            Value::Blob(Some(v)) => ValueRef::Blob(v),
+            Value::Int(None)
+            | Value::Int4(None)
+            | Value::Bool(None)
+            | Value::Text(None)
+            | Value::Blob(None) => ValueRef::Null,
+        }))
+    }
+}
+
+/// What a column can be read as, on both drivers.
+pub trait Decode:
+    FromSql + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Sized
+{
+}
+
+impl<T> Decode for T where T: FromSql + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> {}
+
+/// One row of a result.
+pub enum Row {
+    Sqlite(Vec<rusqlite::types::Value>),
+    Postgres(PgRow),
+}
+
+impl Row {
+    /// The column at `index`, or an error if it is missing or of another type.
+    pub fn try_get<T: Decode>(&self, index: usize) -> StoreResult<T> {
+        match self {
+            Row::Sqlite(values) => {
+                let value = values.get(index).ok_or_else(|| {
+                    StoreError::Corrupt(format!("no column {index} in a row of {}", values.len()))
+                })?;
+                T::column_result(ValueRef::from(value))
+                    .map_err(|e| StoreError::Corrupt(format!("column {index}: {e}")))
+            }
+            Row::Postgres(row) => Ok(sqlx::Row::try_get(row, index)?),
+        }
+    }
+
+    /// The column at `index`. The statements are the daemon's own, so a column of another
+    /// type is a bug in this crate or a schema changed under it; as with sqlx's `Row::get`, it
+    /// panics.
+    pub fn get<T: Decode>(&self, index: usize) -> T {
+        match self.try_get(index) {
+            Ok(value) => value,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// What a statement that writes reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    rows_affected: u64,
+}
+
+impl Done {
+    pub fn rows_affected(&self) -> u64 {
+        self.rows_affected
+    }
+}
+
+/// A statement and its parameters, run by one of [`Query::execute`], [`Query::fetch_all`],
+/// [`Query::fetch_optional`] or [`Query::fetch_one`].
+#[must_use = "a query does nothing until it is run"]
+pub struct Query<'q> {
+    sql: Cow<'q, str>,
+    args: Vec<Value<'q>>,
+}
+
+pub fn query<'q>(sql: impl Into<Cow<'q, str>>) -> Query<'q> {
+    Query {
+        sql: sql.into(),
+        args: Vec::new(),
+    }
+}
+
+/// Where a statement runs.
+pub enum Target<'e> {
+    SqliteRead(&'e ReadPool),
+    SqliteWrite(&'e Mutex<Connection>),
+    PostgresPool(&'e PgPool),
+    PostgresConnection(&'e mut PgConnection),
+}
+
+/// A pool or a write unit.
+pub trait Executor<'e> {
+    fn target(self) -> Target<'e>;
+}
+
+/// How many rows a statement's run collects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    None,
+    One,
+    All,
+}
+
+impl<'q> Query<'q> {
+    pub fn bind(mut self, value: impl Encode<'q>) -> Self {
+        self.args.push(value.encode());
+        self
+    }
+
+    pub async fn execute<'e>(self, executor: impl Executor<'e>) -> StoreResult<Done> {
+        match executor.target() {
+            Target::PostgresPool(pool) => Ok(Done {
+                rows_affected: self.postgres().execute(pool).await?.rows_affected(),
+            }),
+            Target::PostgresConnection(conn) => Ok(Done {
+                rows_affected: self.postgres().execute(conn).await?.rows_affected(),
+            }),
+            sqlite => {
+                let (_, rows_affected) = self.run_sqlite(sqlite, Take::None)?;
+                Ok(Done { rows_affected })
+            }
+        }
+    }
+
+    pub async fn fetch_all<'e>(self, executor: impl Executor<'e>) -> StoreResult<Vec<Row>> {
+        let rows = match executor.target() {
+            Target::PostgresPool(pool) => self.postgres().fetch_all(pool).await?,
+            Target::PostgresConnection(conn) => self.postgres().fetch_all(conn).await?,
+            sqlite => return Ok(self.run_sqlite(sqlite, Take::All)?.0),
+        };
+        Ok(rows.into_iter().map(Row::Postgres).collect())
+    }
+
+    pub async fn fetch_optional<'e>(self, executor: impl Executor<'e>) -> StoreResult<Option<Row>> {
+        let row = match executor.target() {
+            Target::PostgresPool(pool) => self.postgres().fetch_optional(pool).await?,
+            Target::PostgresConnection(conn) => self.postgres().fetch_optional(conn).await?,
+            sqlite => return Ok(self.run_sqlite(sqlite, Take::One)?.0.pop()),
+        };
+        Ok(row.map(Row::Postgres))
+    }
+
+    pub async fn fetch_one<'e>(self, executor: impl Executor<'e>) -> StoreResult<Row> {
+        self.fetch_optional(executor)
+            .await?
+            .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    fn postgres(&self) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*self.sql));
+        for arg in &self.args {
+            query = match arg {
+                Value::Int(v) => query.bind(*v),
+                Value::Int4(v) => query.bind(*v),
+                Value::Bool(v) => query.bind(*v),
+                Value::Text(v) => query.bind(v.as_deref()),
+                Value::Blob(v) => query.bind(v.as_deref()),
+            };
+        }
+        query
+    }
+
+    fn run_sqlite(&self, target: Target<'_>, take: Take) -> StoreResult<(Vec<Row>, u64)> {
+        match target {
+            Target::SqliteRead(pool) => {
+                let conn = pool.get()?;
+                Ok(self.run_on(&conn, take)?)
+            }
+            Target::SqliteWrite(conn) => Ok(self.run_on(&lock(conn), take)?),
+            Target::PostgresPool(_) | Target::PostgresConnection(_) => {
+                unreachable!("PostgreSQL targets are run by sqlx")
+            }
+        }
+    }
+
+    fn run_on(&self, conn: &Connection, take: Take) -> rusqlite::Result<(Vec<Row>, u64)> {
+        let mut statement = prepare(conn, &self.sql)?;
+        for (index, arg) in self.args.iter().enumerate() {
+            statement.raw_bind_parameter(index + 1, arg)?;
+        }
+        let columns = statement.column_count();
+        let mut rows = Vec::new();
+        let mut results = statement.raw_query();
+        // A statement is stepped to its end even when its rows are not wanted, so that an
+        // UPDATE … RETURNING or a multi-row write does all its work.
+        while let Some(row) = results.next()? {
+            if take == Take::All || (take == Take::One && rows.is_empty()) {
+                let values = (0..columns)
+                    .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                    .collect::<rusqlite::Result<_>>()?;
+                rows.push(Row::Sqlite(values));
+            }
+        }
+        drop(results);
+        Ok((rows, conn.changes()))
+    }
+}
+
+/// The statement from the connection's cache, with `$N` parameters written as SQLite's `?N`.
+fn prepare<'c>(conn: &'c Connection, sql: &str) -> rusqlite::Result<CachedStatement<'c>> {
+    if !sql.contains('$') {
+        return conn.prepare_cached(sql);
+    }
+    let mut sqlite = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            sqlite.push('?');
+        } else {
+            sqlite.push(c);
+        }
+    }
+    conn.prepare_cached(&sqlite)
+}
+
+/// Every SQLite connection's settings: a wait for a lock held by another process, and room for
+/// the daemon's statements in the connection's statement cache.
+pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// The daemon has about a hundred statements; a connection keeps the ones it runs prepared.
+const STATEMENT_CACHE: usize = 128;
+
+/// Read-only SQLite connections used in place. A connection is taken only for one statement,
+/// never across an await, so no more are open at once than threads run statements; the pool
+/// keeps up to [`IDLE_READERS`] of them between uses.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+const IDLE_READERS: usize = 16;
+
+impl ReadPool {
+    pub(super) fn new(path: PathBuf) -> ReadPool {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self) -> rusqlite::Result<Reader<'_>> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&conn)?;
+                conn
+            }
+        };
+        Ok(Reader {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+
+    /// Closes the idle connections; later reads open new ones.
+    pub(super) fn close(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+struct Reader<'p> {
+    pool: &'p ReadPool,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let mut idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A connection's lock. A statement that panicked under it left no half-run state behind
+/// (SQLite's calls are whole), so a poisoned lock is taken as it is.
+pub(super) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a statement failed on a UNIQUE or PRIMARY KEY constraint.
+pub fn is_unique_violation(e: &StoreError) -> bool {
+    match e {
+        StoreError::Postgres(sqlx::Error::Database(db)) => db.is_unique_violation(),
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.extended_code,
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        ),
+        _ => false,
+    }
+}
