@@ -18,14 +18,14 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the endpoint crate without the daemon's dependencies" >&2
 endpoint_deps=$(cargo tree -p switchyard-endpoint -e normal --locked)
-if grep -E 'sqlx|axum|utoipa' <<<"$endpoint_deps"; then
-    echo "switchyard-endpoint must not depend on sqlx, axum or utoipa (above)" >&2
+if grep -E 'sqlx|rusqlite|axum|utoipa' <<<"$endpoint_deps"; then
+    echo "switchyard-endpoint must not depend on sqlx, rusqlite, axum or utoipa (above)" >&2
     exit 1
 fi
 
 # The call core stays free of I/O: none of these may ever be among its dependencies.
 echo "== switchyard-calls has no I/O dependencies" >&2
-forbidden=$(cargo tree --locked -p switchyard-calls -e normal --prefix none | grep -E '^(tokio|sqlx|axum|reqwest|hyper) ' || true)
+forbidden=$(cargo tree --locked -p switchyard-calls -e normal --prefix none | grep -E '^(tokio|sqlx|rusqlite|axum|reqwest|hyper) ' || true)
 if [ -n "$forbidden" ]; then
     echo "switchyard-calls depends on: $forbidden" >&2
     exit 1
