@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::anchor::Anchor;
 use super::calls::{Calls, Event, InviteKey};
-use super::outbound::{Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
+use super::outbound::{linger_after_final, Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
 use super::sdp;
 use super::sockets::{local_ip_toward, Sockets};
 use super::status::Refusal;
@@ -70,15 +70,9 @@ impl EdgeHandle {
             let start = Instant::now();
             let mut interval = T1;
             let mut next = (!flow.transport.is_stream()).then(|| start + interval);
+            let mut deadline = start + TRANSACTION_TIMEOUT;
             let mut finished = false;
             loop {
-                let deadline = if finished {
-                    // After a final response: a while longer for its retransmissions (a 2xx
-                    // to re-ACK), then the transaction is gone.
-                    start + TRANSACTION_TIMEOUT * 2
-                } else {
-                    start + TRANSACTION_TIMEOUT
-                };
                 let wake = next.map_or(deadline, |n| n.min(deadline));
                 tokio::select! {
                     response = responses.recv() => {
@@ -86,6 +80,14 @@ impl EdgeHandle {
                         let status = response.status;
                         let _ = events.send(Event::Response(tx, response));
                         if status >= 200 {
+                            if !finished {
+                                let linger = linger_after_final(
+                                    invite,
+                                    status,
+                                    flow.transport.is_stream(),
+                                );
+                                deadline = Instant::now() + linger;
+                            }
                             finished = true;
                             next = None;
                         } else if invite {
