@@ -167,7 +167,7 @@ pub async fn import_csv<R: Read + Send + 'static>(
     let mut db_tx = db.begin_write().await?;
     // SQLite's page cache (2 MiB by default) holds a small part of the indexes a large import
     // grows, so past the first rows each insert re-read pages from the WAL. The cache is a
-    // connection's, so its size is set back before the connection returns to the pool.
+    // connection's (the writer's), so its size is set back when the import ends.
     let cache_pages: Option<i64> = if db.backend() == Backend::Sqlite {
         let pages = query("PRAGMA cache_size")
             .fetch_one(&mut db_tx)
@@ -214,6 +214,9 @@ async fn import_rows(
                     continue;
                 }
                 insert_batch(db_tx, &rows, now).await?;
+                // On SQLite a batch's statements run in place on this worker (a few ms); the
+                // worker's other tasks get their turn between batches.
+                tokio::task::yield_now().await;
                 let before = rows_done;
                 rows_done += rows.len() as u64;
                 summary.users += rows.len() as u64;
@@ -282,7 +285,7 @@ mod tests {
             .get(0)
     }
 
-    /// One pooled connection, so the import's is the one asked afterwards.
+    /// The cache asked for is the writer's, the connection the import ran on.
     #[tokio::test]
     async fn an_import_leaves_the_connections_page_cache_as_it_found_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database cannot be used: {0}")]
+    Unusable(String),
+    #[error("the statement returned no row")]
+    NoRow,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]

@@ -1,15 +1,14 @@
 //! What the federation keeps: the hosted URIs its filter is built from, and peers' filters.
 
-use super::sql::query;
-
 use super::records::StoredPeerFilter;
+use super::sql::query;
 use super::{Db, StoreResult};
 
 impl Db {
     /// Every hosted canonical URI, for building this provider's Bloom filter.
     pub async fn all_uris(&self) -> StoreResult<Vec<String>> {
         Ok(query("SELECT uri FROM user_uris")
-            .fetch_all(&self.pool)
+            .fetch_all_scan(&self.pool)
             .await?
             .iter()
             .map(|r| r.get(0))

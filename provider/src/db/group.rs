@@ -20,6 +20,7 @@
 //! none of them is acknowledged before all are stored, and a failure takes all of them back.
 
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{watch, Mutex as AsyncMutex, Notify, OwnedMutexGuard};
@@ -53,29 +54,22 @@ struct Group {
 
 impl State {
     /// Opens a unit's savepoint, in the open group or a new one.
-    fn open_unit(&mut self) -> StoreResult<()> {
+    async fn open_unit(&mut self) -> StoreResult<()> {
         let conn = self.conn.clone();
-        let conn = lock(&conn);
-        if self.group.is_some() && conn.is_autocommit() {
+        if self.group.is_some() && lock(&conn).is_autocommit() {
             // SQLite ended the group's transaction itself (after an I/O error or a full disk),
             // so the writes of its units are gone.
-            drop(conn);
             self.fail_group("the group's transaction was rolled back by SQLite".into());
-            return self.open_unit();
         }
         if self.group.is_none() {
-            if !conn.is_autocommit() {
-                // Left open by a commit whose waiter went away and that then failed.
-                conn.execute_batch("ROLLBACK")?;
-            }
-            conn.execute_batch("BEGIN IMMEDIATE")?;
+            begin_group(&conn).await?;
             self.group = Some(Group {
                 members: 0,
                 outcome: watch::Sender::new(None),
             });
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT unit") {
-            drop(conn);
+        let opened = lock(&conn).execute_batch("SAVEPOINT unit");
+        if let Err(e) = opened {
             self.fail_group(e.to_string().into());
             return Err(e.into());
         }
@@ -87,52 +81,90 @@ impl State {
         let Some(group) = self.group.take() else {
             return;
         };
-        let conn = lock(&self.conn);
-        if !conn.is_autocommit() {
-            // An error here leaves the transaction open; the next unit rolls it back first.
-            let _ = conn.execute_batch("ROLLBACK");
-        }
+        roll_back(&lock(&self.conn));
         group.outcome.send_replace(Some(Err(reason)));
     }
 
     /// Commits the open group (rolls it back when no unit committed into it) and tells its
-    /// units. Dropped while the commit runs, the group's units learn that the writer stopped,
-    /// and the next unit rolls back whatever is left open.
+    /// units. The commit and the telling happen on a blocking thread, so they complete even if
+    /// this future is dropped meanwhile (at shutdown).
     async fn end_group(&mut self) {
         let Some(group) = self.group.take() else {
             return;
         };
         if group.members == 0 {
-            let _ = lock(&self.conn).execute_batch("ROLLBACK");
+            roll_back(&lock(&self.conn));
             group.outcome.send_replace(Some(Ok(())));
             return;
         }
         let conn = self.conn.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || lock(&conn).execute_batch("COMMIT")).await;
-        let outcome: Result<(), Arc<str>> = match committed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string().into()),
-            Err(e) => Err(format!("the commit's thread failed: {e}").into()),
-        };
-        match &outcome {
-            Ok(()) => {
-                metrics::histogram!("switchyard_db_group_commit_units")
-                    .record(group.members as f64);
-            }
-            Err(_) => {
-                let conn = lock(&self.conn);
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
+        let ended = tokio::task::spawn_blocking(move || {
+            let conn = lock(&conn);
+            let outcome: Result<(), Arc<str>> = match conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    metrics::histogram!("switchyard_db_group_commit_units")
+                        .record(group.members as f64);
+                    Ok(())
                 }
-            }
+                Err(e) => {
+                    roll_back(&conn);
+                    Err(e.to_string().into())
+                }
+            };
+            group.outcome.send_replace(Some(outcome));
+        })
+        .await;
+        if let Err(e) = ended {
+            // The thread panicked: the group's units learn that the writer stopped (their
+            // sender is gone), and the next unit rolls back whatever is left open.
+            tracing::error!(error = %e, "the group commit's thread failed");
         }
-        group.outcome.send_replace(Some(outcome));
     }
 }
 
+/// Rolls back the open transaction, if any. An error leaves it open; the next group's
+/// `begin_group` rolls it back first.
+fn roll_back(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// `BEGIN IMMEDIATE` on the writer, which has no busy timeout: in place when the database is
+/// free, which it is unless another process writes to the file. Then the wait for its lock
+/// (up to [`BUSY_WAIT`]) happens on a blocking thread rather than on a runtime worker.
+async fn begin_group(conn: &Arc<Mutex<Connection>>) -> StoreResult<()> {
+    {
+        let conn = lock(conn);
+        if !conn.is_autocommit() {
+            // Left open by a group whose rollback failed.
+            conn.execute_batch("ROLLBACK")?;
+        }
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+            other => return Ok(other?),
+        }
+    }
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = lock(&conn);
+        conn.busy_timeout(BUSY_WAIT)?;
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        conn.busy_timeout(Duration::ZERO)?;
+        begun
+    })
+    .await
+    .map_err(|e| StoreError::NotStored(format!("waiting for the database lock failed: {e}")))??;
+    Ok(())
+}
+
+/// How long a new group waits for another process's write lock on the file.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
 impl Writer {
-    pub fn start(conn: Connection) -> Writer {
+    /// Takes the writer's connection; its busy timeout becomes 0 (see [`begin_group`]).
+    pub fn start(conn: Connection) -> StoreResult<Writer> {
+        conn.busy_timeout(Duration::ZERO)?;
         let writer = Writer {
             state: Arc::new(AsyncMutex::new(State {
                 conn: Arc::new(Mutex::new(conn)),
@@ -142,7 +174,7 @@ impl Writer {
             flush: Arc::new(Notify::new()),
         };
         tokio::spawn(flusher(Arc::downgrade(&writer.state), writer.flush.clone()));
-        writer
+        Ok(writer)
     }
 
     pub async fn begin(&self) -> StoreResult<Unit> {
@@ -150,7 +182,7 @@ impl Writer {
         if state.closed {
             return Err(StoreError::NotStored("the database is closed".into()));
         }
-        state.open_unit()?;
+        state.open_unit().await?;
         Ok(Unit {
             state,
             flush: self.flush.clone(),
@@ -240,7 +272,7 @@ impl Drop for Unit {
 #[cfg(test)]
 mod tests {
     use super::super::sql::{is_unique_violation, query};
-    use super::super::{Db, WriteTx};
+    use super::super::{Db, WriteInner, WriteTx};
     use super::*;
 
     async fn db_with_table() -> (tempfile::TempDir, Db) {
@@ -391,6 +423,43 @@ mod tests {
         insert(&db, 2).await.unwrap();
         assert!(matches!(committed.await, Err(StoreError::NotStored(_))));
         assert_eq!(stored(&db).await, [2]);
+    }
+
+    /// After SQLite ended the transaction under a unit, its later statements must not run on
+    /// their own (each would commit by itself).
+    #[tokio::test]
+    async fn a_unit_whose_transaction_vanished_runs_no_more_statements() {
+        let (_dir, db) = db_with_table().await;
+        let mut tx = written(&db, 1).await.unwrap();
+        let WriteInner::Sqlite(unit) = &tx.inner else {
+            panic!("SQLite units are savepoints")
+        };
+        lock(unit.connection()).execute_batch("ROLLBACK").unwrap();
+        let later = query("INSERT INTO t (x) VALUES (2)").execute(&mut tx).await;
+        assert!(matches!(later, Err(StoreError::NotStored(_))));
+        assert!(matches!(tx.commit().await, Err(StoreError::NotStored(_))));
+        insert(&db, 3).await.unwrap();
+        assert_eq!(stored(&db).await, [3]);
+    }
+
+    /// Another process's write lock is waited for (off the runtime's workers), not an error.
+    #[tokio::test]
+    async fn a_group_waits_for_another_connections_write_lock() {
+        let (dir, db) = db_with_table().await;
+        let other = Connection::open(dir.path().join("t.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let unit = tokio::spawn({
+            let db = db.clone();
+            async move { insert(&db, 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !unit.is_finished(),
+            "the unit began while another held the lock"
+        );
+        other.execute_batch("COMMIT").unwrap();
+        unit.await.unwrap().unwrap();
+        assert_eq!(stored(&db).await, [1]);
     }
 
     #[tokio::test]

@@ -30,10 +30,9 @@ use sql::{is_unique_violation, Executor, ReadPool, Target};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The writer connection's settings: the WAL, a sync of it at each commit (so that a write
+/// The writer connection's settings besides the WAL: a sync of it at each commit (so that a write
 /// acknowledged to a client survives `kill -9` and power loss), and foreign keys.
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
+const SQLITE_PRAGMAS: &str = "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -130,12 +129,20 @@ impl Db {
         MIGRATOR.run(&mut migrations).await?;
         migrations.close().await?;
         let writer = rusqlite::Connection::open(&path)?;
+        // Readers run in place and must never wait for the writer, which holds in the WAL only.
+        let journal: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unusable(format!(
+                "{} cannot use a write-ahead log (journal mode `{journal}`)",
+                path.display()
+            )));
+        }
         writer.execute_batch(SQLITE_PRAGMAS)?;
         sql::configure(&writer)?;
         Ok(Db {
             pool: Pool::Sqlite(Arc::new(ReadPool::new(path))),
             backend: Backend::Sqlite,
-            writer: Some(group::Writer::start(writer)),
+            writer: Some(group::Writer::start(writer)?),
         })
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::types::{FromSql, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{CachedStatement, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, Statement};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres};
 
@@ -231,7 +231,37 @@ impl<'q> Query<'q> {
     pub async fn fetch_one<'e>(self, executor: impl Executor<'e>) -> StoreResult<Row> {
         self.fetch_optional(executor)
             .await?
-            .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or(StoreError::NoRow)
+    }
+
+    /// [`Query::fetch_all`] for a scan that may take long (every URI of the registry): on
+    /// SQLite the runtime's worker first hands its other tasks to another worker.
+    pub async fn fetch_all_scan<'e>(self, executor: impl Executor<'e>) -> StoreResult<Vec<Row>> {
+        match executor.target() {
+            sqlite @ (Target::SqliteRead(_) | Target::SqliteWrite(_)) => {
+                let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+                if multi_thread {
+                    tokio::task::block_in_place(|| Ok(self.run_sqlite(sqlite, Take::All)?.0))
+                } else {
+                    Ok(self.run_sqlite(sqlite, Take::All)?.0)
+                }
+            }
+            Target::PostgresPool(pool) => Ok(self
+                .postgres()
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect()),
+            Target::PostgresConnection(conn) => Ok(self
+                .postgres()
+                .fetch_all(conn)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect()),
+        }
     }
 
     fn postgres(&self) -> sqlx::query::Query<'_, Postgres, PgArguments> {
@@ -254,7 +284,17 @@ impl<'q> Query<'q> {
                 let conn = pool.get()?;
                 Ok(self.run_on(&conn, take)?)
             }
-            Target::SqliteWrite(conn) => Ok(self.run_on(&lock(conn), take)?),
+            Target::SqliteWrite(conn) => {
+                let conn = lock(conn);
+                // SQLite ends a transaction itself after some errors (a full disk, an I/O
+                // error); a statement run then would commit on its own, outside its unit.
+                if conn.is_autocommit() {
+                    return Err(StoreError::NotStored(
+                        "the unit's transaction was ended by SQLite".into(),
+                    ));
+                }
+                Ok(self.run_on(&conn, take)?)
+            }
             Target::PostgresPool(_) | Target::PostgresConnection(_) => {
                 unreachable!("PostgreSQL targets are run by sqlx")
             }
@@ -262,7 +302,22 @@ impl<'q> Query<'q> {
     }
 
     fn run_on(&self, conn: &Connection, take: Take) -> rusqlite::Result<(Vec<Row>, u64)> {
-        let mut statement = prepare(conn, &self.sql)?;
+        let sql = sqlite_sql(&self.sql);
+        // Statements with long generated parameter lists (the import's, `IN (…)` lists) differ
+        // from call to call: cached, they would push the daemon's fixed statements out.
+        if self.args.len() > MAX_CACHED_PARAMETERS {
+            self.run_statement(conn, &mut conn.prepare(&sql)?, take)
+        } else {
+            self.run_statement(conn, &mut *conn.prepare_cached(&sql)?, take)
+        }
+    }
+
+    fn run_statement(
+        &self,
+        conn: &Connection,
+        statement: &mut Statement<'_>,
+        take: Take,
+    ) -> rusqlite::Result<(Vec<Row>, u64)> {
         for (index, arg) in self.args.iter().enumerate() {
             statement.raw_bind_parameter(index + 1, arg)?;
         }
@@ -284,11 +339,22 @@ impl<'q> Query<'q> {
     }
 }
 
-/// The statement from the connection's cache, with `$N` parameters written as SQLite's `?N`.
-fn prepare<'c>(conn: &'c Connection, sql: &str) -> rusqlite::Result<CachedStatement<'c>> {
+/// Parameters above which a statement is prepared afresh rather than cached.
+const MAX_CACHED_PARAMETERS: usize = 32;
+
+/// The SQL with its `$N` parameters written as SQLite's `?N`. The daemon's SQL has no `$` in a
+/// literal or a name, which the debug build checks.
+fn sqlite_sql(sql: &str) -> Cow<'_, str> {
     if !sql.contains('$') {
-        return conn.prepare_cached(sql);
+        return Cow::Borrowed(sql);
     }
+    debug_assert!(
+        !sql.split('\'')
+            .skip(1)
+            .step_by(2)
+            .any(|quoted| quoted.contains('$')),
+        "a `$` inside a quoted literal or name: {sql}"
+    );
     let mut sqlite = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -298,7 +364,7 @@ fn prepare<'c>(conn: &'c Connection, sql: &str) -> rusqlite::Result<CachedStatem
             sqlite.push(c);
         }
     }
-    conn.prepare_cached(&sqlite)
+    Cow::Owned(sqlite)
 }
 
 /// Every SQLite connection's settings: a wait for a lock held by another process, and room for
@@ -314,19 +380,21 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Read-only SQLite connections used in place. A connection is taken only for one statement,
 /// never across an await, so no more are open at once than threads run statements; the pool
-/// keeps up to [`IDLE_READERS`] of them between uses.
+/// keeps as many between uses as the runtime has workers, twice over (blocking threads read
+/// too), and at least 16.
 pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
 }
-
-const IDLE_READERS: usize = 16;
 
 impl ReadPool {
     pub(super) fn new(path: PathBuf) -> ReadPool {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
         ReadPool {
             path,
             idle: Mutex::new(Vec::new()),
+            max_idle: (2 * workers).max(16),
         }
     }
 
@@ -387,7 +455,7 @@ impl Drop for Reader<'_> {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < IDLE_READERS {
+        if idle.len() < self.pool.max_idle {
             idle.push(conn);
         }
     }
