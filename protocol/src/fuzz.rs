@@ -337,7 +337,10 @@ mod tests {
     };
 
     fn seeds() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus-seed")
+        // At run time, not compile time: a build cache shared by checkouts at other paths may hand
+        // this binary over from one of them.
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../fuzz/corpus-seed")
     }
 
     fn dict_plist(input: &[u8]) {

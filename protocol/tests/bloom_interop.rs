@@ -2,16 +2,18 @@
 //! (`tests/interop/bloom_check.py`, standard library only).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use switchyard_protocol::bloom::{to_full_dict, to_incremental_dict, BloomFilter};
 use switchyard_protocol::Encoding;
 
-const SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/interop/bloom_check.py"
-);
+/// The Python evaluator; found at run time, not compile time: a build cache shared by checkouts
+/// at other paths may hand this binary over from one of them.
+fn script() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../tests/interop/bloom_check.py")
+}
 
 /// Runs the script on a dictionary file (and an update to apply to it) and a probe file,
 /// returning its `(bit, uri)` lines.
@@ -22,7 +24,7 @@ fn python_membership(
     json: bool,
 ) -> Vec<(bool, String)> {
     let mut command = Command::new("python3");
-    command.arg(SCRIPT).arg(dict).arg(probes);
+    command.arg(script()).arg(dict).arg(probes);
     if let Some(update) = update {
         command.arg("--apply").arg(update);
     }

@@ -238,7 +238,10 @@ mod tests {
     use super::*;
 
     fn seeds() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus-seed")
+        // At run time, not compile time: a build cache shared by checkouts at other paths may hand
+        // this binary over from one of them.
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../fuzz/corpus-seed")
     }
 
     /// The committed seed corpus of each fuzz target holds the invariants.

@@ -7,7 +7,10 @@ use std::process::Command;
 
 #[test]
 fn operators_use_the_admin_pages_in_a_browser() {
-    let repository = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The checkout found at run time: a shared build cache may have built this binary in a
+    // checkout at another path.
+    let repository =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("..");
     let screenshots = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repository.join("target"))

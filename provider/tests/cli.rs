@@ -535,7 +535,12 @@ fn demo_walkthrough_calls_across_providers() {
         .unwrap_or_else(|| panic!("no sipp command in:\n{printed}"));
     let output = Command::new("sipp")
         .args(sipp.split_whitespace().skip(1))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        // The checkout found at run time: a shared build cache may have built this binary in
+        // a checkout at another path.
+        .current_dir(
+            std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join(".."),
+        )
         .output()
         .unwrap();
     assert!(

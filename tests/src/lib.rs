@@ -301,6 +301,15 @@ pub fn session_id() -> String {
 
 pub const MODES: [PushMode; 2] = [PushMode::WebSocket, PushMode::LongPoll];
 
+/// The tests crate's directory, found at run time rather than compile time: a build cache
+/// shared by checkouts at other paths may hand a test binary over from one of them, and a path
+/// compiled in would then name the other checkout.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .expect("run by cargo")
+        .into()
+}
+
 /// A bench binary's own arguments: `cargo bench` adds `--bench` (and may add other flags) to
 /// what follows its `--`, which the benches here do not take.
 pub fn bench_arguments() -> Vec<String> {

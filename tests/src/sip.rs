@@ -304,7 +304,7 @@ impl Ua {
 
 /// A sipp scenario of `tests/interop/sipp`.
 pub fn sipp_scenario(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/sipp/{name}.xml"))
+    crate::manifest_dir().join(format!("interop/sipp/{name}.xml"))
 }
 
 /// A loopback port that is free for both UDP and TCP at the moment: sipp binds its transport's

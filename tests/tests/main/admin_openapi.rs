@@ -10,9 +10,7 @@ use reqwest::Method;
 use switchyard_tests::Harness;
 
 fn repository(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
+    switchyard_tests::manifest_dir().join("..").join(path)
 }
 
 /// `METHOD /path` of every admin-listener route docs/protocol.md names in backquotes.

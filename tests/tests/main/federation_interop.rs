@@ -23,7 +23,9 @@ use switchyard_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/federation_peer.py");
+fn script() -> std::path::PathBuf {
+    switchyard_tests::manifest_dir().join("interop/federation_peer.py")
+}
 
 /// Hosted at A.
 const ALICE: &str = "tel:+16502530000";
@@ -50,7 +52,7 @@ struct PyPeer {
 impl PyPeer {
     async fn start(args: &[&std::path::Path]) -> anyhow::Result<(PyPeer, Value)> {
         let mut child = tokio::process::Command::new("python3")
-            .arg(SCRIPT)
+            .arg(script())
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

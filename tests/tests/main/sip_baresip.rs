@@ -30,7 +30,7 @@ const ALICE_HZ: u32 = 1000;
 const BOB_HZ: u32 = 600;
 
 fn interop(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("interop/baresip/{file}"))
+    switchyard_tests::manifest_dir().join(format!("interop/baresip/{file}"))
 }
 
 /// A baresip process and everything it printed so far.
