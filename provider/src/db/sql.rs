@@ -181,6 +181,12 @@ pub trait Executor<'e> {
     fn target(self) -> Target<'e>;
 }
 
+impl<'e> Executor<'e> for Target<'e> {
+    fn target(self) -> Target<'e> {
+        self
+    }
+}
+
 /// How many rows a statement's run collects.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Take {
@@ -237,30 +243,13 @@ impl<'q> Query<'q> {
     /// [`Query::fetch_all`] for a scan that may take long (every URI of the registry): on
     /// SQLite the runtime's worker first hands its other tasks to another worker.
     pub async fn fetch_all_scan<'e>(self, executor: impl Executor<'e>) -> StoreResult<Vec<Row>> {
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
         match executor.target() {
-            sqlite @ (Target::SqliteRead(_) | Target::SqliteWrite(_)) => {
-                let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-                    == tokio::runtime::RuntimeFlavor::MultiThread;
-                if multi_thread {
-                    tokio::task::block_in_place(|| Ok(self.run_sqlite(sqlite, Take::All)?.0))
-                } else {
-                    Ok(self.run_sqlite(sqlite, Take::All)?.0)
-                }
+            sqlite @ (Target::SqliteRead(_) | Target::SqliteWrite(_)) if multi_thread => {
+                tokio::task::block_in_place(|| Ok(self.run_sqlite(sqlite, Take::All)?.0))
             }
-            Target::PostgresPool(pool) => Ok(self
-                .postgres()
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect()),
-            Target::PostgresConnection(conn) => Ok(self
-                .postgres()
-                .fetch_all(conn)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect()),
+            target => self.fetch_all(target).await,
         }
     }
 
@@ -476,5 +465,84 @@ pub fn is_unique_violation(e: &StoreError) -> bool {
             rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Db;
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_keep_their_numbers_for_sqlite() {
+        assert_eq!(
+            sqlite_sql("UPDATE t SET a = $2, b = $10 WHERE id = $1 AND $2 IS NULL"),
+            "UPDATE t SET a = ?2, b = ?10 WHERE id = ?1 AND ?2 IS NULL"
+        );
+        assert!(matches!(sqlite_sql("SELECT 1"), Cow::Borrowed(_)));
+    }
+
+    async fn scan_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
+            .await
+            .unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        for x in 0..1000_i64 {
+            query("INSERT INTO t (x) VALUES ($1)")
+                .bind(x)
+                .execute(&mut tx)
+                .await
+                .unwrap();
+        }
+        let in_unit = query("SELECT x FROM t")
+            .fetch_all_scan(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(in_unit.len(), 1000);
+        tx.commit().await.unwrap();
+        let rows = query("SELECT x FROM t ORDER BY x")
+            .fetch_all_scan(&db.pool)
+            .await
+            .unwrap();
+        let xs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(xs, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// The daemon's runtime: the scan hands the worker's other tasks on first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_reads_every_row_on_a_multi_threaded_runtime() {
+        scan_every_row().await;
+    }
+
+    /// A current-thread runtime (as in tests and tools) cannot hand tasks on: the scan runs
+    /// in place.
+    #[tokio::test]
+    async fn a_scan_reads_every_row_on_a_current_thread_runtime() {
+        scan_every_row().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_row_and_a_wrong_column_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
+            .await
+            .unwrap();
+        let none = query("SELECT 1 WHERE 1 = $1")
+            .bind(2_i64)
+            .fetch_one(&db.pool)
+            .await;
+        assert!(matches!(none, Err(StoreError::NoRow)));
+        let row = query("SELECT 'text'").fetch_one(&db.pool).await.unwrap();
+        assert!(matches!(row.try_get::<i64>(0), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            row.try_get::<String>(1),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(row.get::<String>(0), "text");
     }
 }
