@@ -8,7 +8,6 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use switchyard_protocol::dict::Dict;
-use switchyard_protocol::pki;
 
 use super::identity::unix_now;
 use super::Federation;
@@ -49,7 +48,9 @@ fn authenticate(app: &App, parts: &Parts) -> Result<AuthPeer, ApiError> {
             )
         })?;
     let identity = fed.identity.current();
-    let peer = pki::verify_provider_cert(&cert, &identity.ca_der, unix_now())
+    let peer = identity
+        .peers
+        .verify(&cert, unix_now())
         .map_err(|e| ApiError::forbidden("untrusted-certificate", e.to_string()))?;
     let directory = fed.directory.current().ok_or_else(|| {
         ApiError::new(

@@ -33,6 +33,8 @@ pub struct Identity {
     /// Per peer certificate: a client that talks only to the server presenting it.
     pinned: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
     pub ca_der: Vec<u8>,
+    /// Checks the certificates peers present on each request, against this identity's CA.
+    pub peers: pki::ProviderCertVerifier,
     pub cert_der: Vec<u8>,
     pub fingerprint: String,
     pub not_after: i64,
@@ -207,6 +209,7 @@ fn build(files: &Files, provider_id: &str, timeout: Duration) -> Result<Identity
         key,
         timeout,
         pinned: Default::default(),
+        peers: pki::ProviderCertVerifier::new(ca_der.clone())?,
         ca_der,
         cert_der: chain[0].to_vec(),
         fingerprint: identity.sha256_fingerprint,
