@@ -270,12 +270,13 @@ impl Drop for Unit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::sql::{is_unique_violation, query};
     use super::super::{Db, WriteInner, WriteTx};
     use super::*;
 
-    async fn db_with_table() -> (tempfile::TempDir, Db) {
+    /// A database of its own with a table `t (x INTEGER PRIMARY KEY)`.
+    pub(in crate::db) async fn db_with_table() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
             .await

@@ -470,7 +470,7 @@ pub fn is_unique_violation(e: &StoreError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Db;
+    use super::super::group::tests::db_with_table;
     use super::*;
 
     #[test]
@@ -483,15 +483,8 @@ mod tests {
     }
 
     async fn scan_every_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
-            .await
-            .unwrap();
+        let (_dir, db) = db_with_table().await;
         let mut tx = db.begin_write().await.unwrap();
-        query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
-            .execute(&mut tx)
-            .await
-            .unwrap();
         for x in 0..1000_i64 {
             query("INSERT INTO t (x) VALUES ($1)")
                 .bind(x)
@@ -528,10 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_row_and_a_wrong_column_are_errors_not_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite:{}", dir.path().join("t.db").display()), 2)
-            .await
-            .unwrap();
+        let (_dir, db) = db_with_table().await;
         let none = query("SELECT 1 WHERE 1 = $1")
             .bind(2_i64)
             .fetch_one(&db.pool)
