@@ -673,11 +673,11 @@ fn identity_of(cert: &X509Certificate<'_>, der: &[u8]) -> Result<ProviderIdentit
     if !valid_provider_id(&provider_id) {
         return Err(PkiError::InvalidProviderId(provider_id));
     }
-    let validity = cert.validity();
+    let (not_before, not_after) = validity_of(cert);
     Ok(ProviderIdentity {
         provider_id,
-        not_before: validity.not_before.timestamp(),
-        not_after: validity.not_after.timestamp(),
+        not_before,
+        not_after,
         sha256_fingerprint: certificate_fingerprint(der),
     })
 }
@@ -996,11 +996,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = new_ca(dir.path(), "fed");
         let ca_der = der(ca.cert_pem());
-        let ca_validity = parse_cert(&ca_der).unwrap().validity().clone();
-        let (ca_from, ca_until) = (
-            ca_validity.not_before.timestamp(),
-            ca_validity.not_after.timestamp(),
-        );
+        let (ca_from, ca_until) = validity_of(&parse_cert(&ca_der).unwrap());
         let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
         let issued = ca
             .issue_provider_with_validity("edge", &[], at(ca_from + 100), at(ca_from + 200))

@@ -1,6 +1,6 @@
 //! Endpoints: registration with a provisioning code, look-ups, revocation.
 
-use super::sql::{query, Row};
+use super::sql::{parameter_list, query, Row};
 
 use super::records::EndpointRecord;
 use super::{Db, StoreError, StoreResult};
@@ -140,10 +140,7 @@ impl Db {
         if endpoint_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders = (1..=endpoint_ids.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let placeholders = parameter_list(endpoint_ids.len());
         let sql =
             format!("SELECT id FROM endpoints WHERE revoked_at IS NULL AND id IN ({placeholders})");
         let mut statement = query(sql);

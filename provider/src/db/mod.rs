@@ -26,7 +26,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
 
 pub use error::{StoreError, StoreResult};
-use sql::{is_unique_violation, Executor, ReadPool, Target};
+use sql::{is_unique_violation, Executor, ReadPool, SqliteTarget, Target};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -59,7 +59,7 @@ enum Pool {
 impl<'e> Executor<'e> for &'e Pool {
     fn target(self) -> Target<'e> {
         match self {
-            Pool::Sqlite(pool) => Target::SqliteRead(pool),
+            Pool::Sqlite(pool) => Target::Sqlite(SqliteTarget::Read(pool)),
             Pool::Postgres(pool) => Target::PostgresPool(pool),
         }
     }
@@ -91,7 +91,7 @@ impl<'e> Executor<'e> for &'e mut WriteTx {
     fn target(self) -> Target<'e> {
         match &mut self.inner {
             WriteInner::Postgres(tx) => Target::PostgresConnection(tx),
-            WriteInner::Sqlite(unit) => Target::SqliteWrite(unit.connection()),
+            WriteInner::Sqlite(unit) => Target::Sqlite(SqliteTarget::Write(unit.connection())),
         }
     }
 }
@@ -138,7 +138,7 @@ impl Db {
             )));
         }
         writer.execute_batch(SQLITE_PRAGMAS)?;
-        sql::configure(&writer)?;
+        sql::cache_statements(&writer);
         Ok(Db {
             pool: Pool::Sqlite(Arc::new(ReadPool::new(path))),
             backend: Backend::Sqlite,

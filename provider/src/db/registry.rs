@@ -1,7 +1,7 @@
 //! Users, their URIs and provisioning codes, and the bulk CSV import's statements.
 
 use super::records::{NewUser, User};
-use super::sql::{query, Row};
+use super::sql::{parameter_list, query, Row};
 use super::{
     contains_pattern, is_unique_violation, user_exists, Db, StoreError, StoreResult, WriteTx,
 };
@@ -202,10 +202,7 @@ async fn insert_uri(conn: &mut WriteTx, user_id: &str, uri: &str, now: i64) -> S
 pub async fn registered_uris(conn: &mut WriteTx, uris: &[&str]) -> StoreResult<Vec<String>> {
     let mut registered = Vec::new();
     for chunk in uris.chunks(IMPORT_LOOKUP) {
-        let placeholders = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let placeholders = parameter_list(chunk.len());
         let sql = format!("SELECT uri FROM user_uris WHERE uri IN ({placeholders})");
         let mut statement = query(sql);
         for uri in chunk {

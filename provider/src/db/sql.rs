@@ -170,10 +170,15 @@ pub fn query<'q>(sql: impl Into<Cow<'q, str>>) -> Query<'q> {
 
 /// Where a statement runs.
 pub enum Target<'e> {
-    SqliteRead(&'e ReadPool),
-    SqliteWrite(&'e Mutex<Connection>),
+    Sqlite(SqliteTarget<'e>),
     PostgresPool(&'e PgPool),
     PostgresConnection(&'e mut PgConnection),
+}
+
+/// Where a statement runs in place.
+pub enum SqliteTarget<'e> {
+    Read(&'e ReadPool),
+    Write(&'e Mutex<Connection>),
 }
 
 /// A pool or a write unit.
@@ -209,7 +214,7 @@ impl<'q> Query<'q> {
             Target::PostgresConnection(conn) => Ok(Done {
                 rows_affected: self.postgres().execute(conn).await?.rows_affected(),
             }),
-            sqlite => {
+            Target::Sqlite(sqlite) => {
                 let (_, rows_affected) = self.run_sqlite(sqlite, Take::None)?;
                 Ok(Done { rows_affected })
             }
@@ -220,7 +225,7 @@ impl<'q> Query<'q> {
         let rows = match executor.target() {
             Target::PostgresPool(pool) => self.postgres().fetch_all(pool).await?,
             Target::PostgresConnection(conn) => self.postgres().fetch_all(conn).await?,
-            sqlite => return Ok(self.run_sqlite(sqlite, Take::All)?.0),
+            Target::Sqlite(sqlite) => return Ok(self.run_sqlite(sqlite, Take::All)?.0),
         };
         Ok(rows.into_iter().map(Row::Postgres).collect())
     }
@@ -229,7 +234,7 @@ impl<'q> Query<'q> {
         let row = match executor.target() {
             Target::PostgresPool(pool) => self.postgres().fetch_optional(pool).await?,
             Target::PostgresConnection(conn) => self.postgres().fetch_optional(conn).await?,
-            sqlite => return Ok(self.run_sqlite(sqlite, Take::One)?.0.pop()),
+            Target::Sqlite(sqlite) => return Ok(self.run_sqlite(sqlite, Take::One)?.0.pop()),
         };
         Ok(row.map(Row::Postgres))
     }
@@ -246,7 +251,7 @@ impl<'q> Query<'q> {
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         match executor.target() {
-            sqlite @ (Target::SqliteRead(_) | Target::SqliteWrite(_)) if multi_thread => {
+            Target::Sqlite(sqlite) if multi_thread => {
                 tokio::task::block_in_place(|| Ok(self.run_sqlite(sqlite, Take::All)?.0))
             }
             target => self.fetch_all(target).await,
@@ -267,13 +272,13 @@ impl<'q> Query<'q> {
         query
     }
 
-    fn run_sqlite(&self, target: Target<'_>, take: Take) -> StoreResult<(Vec<Row>, u64)> {
+    fn run_sqlite(&self, target: SqliteTarget<'_>, take: Take) -> StoreResult<(Vec<Row>, u64)> {
         match target {
-            Target::SqliteRead(pool) => {
+            SqliteTarget::Read(pool) => {
                 let conn = pool.get()?;
                 Ok(self.run_on(&conn, take)?)
             }
-            Target::SqliteWrite(conn) => {
+            SqliteTarget::Write(conn) => {
                 let conn = lock(conn);
                 // SQLite ends a transaction itself after some errors (a full disk, an I/O
                 // error); a statement run then would commit on its own, outside its unit.
@@ -283,9 +288,6 @@ impl<'q> Query<'q> {
                     ));
                 }
                 Ok(self.run_on(&conn, take)?)
-            }
-            Target::PostgresPool(_) | Target::PostgresConnection(_) => {
-                unreachable!("PostgreSQL targets are run by sqlx")
             }
         }
     }
@@ -328,6 +330,14 @@ impl<'q> Query<'q> {
     }
 }
 
+/// `$1,$2,…,$count`, for an `IN (…)` list of `count` parameters.
+pub fn parameter_list(count: usize) -> String {
+    (1..=count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parameters above which a statement is prepared afresh rather than cached.
 const MAX_CACHED_PARAMETERS: usize = 32;
 
@@ -356,12 +366,9 @@ fn sqlite_sql(sql: &str) -> Cow<'_, str> {
     Cow::Owned(sqlite)
 }
 
-/// Every SQLite connection's settings: a wait for a lock held by another process, and room for
-/// the daemon's statements in the connection's statement cache.
-pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+/// Room for the daemon's statements in a connection's statement cache.
+pub(super) fn cache_statements(conn: &Connection) {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(())
 }
 
 /// The daemon has about a hundred statements; a connection keeps the ones it runs prepared.
@@ -388,11 +395,7 @@ impl ReadPool {
     }
 
     fn get(&self) -> rusqlite::Result<Reader<'_>> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let idle = lock(&self.idle).pop();
         let conn = match idle {
             Some(conn) => conn,
             None => {
@@ -400,7 +403,9 @@ impl ReadPool {
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                configure(&conn)?;
+                // A reader waits only while SQLite recovers a WAL left by a crash.
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                cache_statements(&conn);
                 conn
             }
         };
@@ -412,10 +417,7 @@ impl ReadPool {
 
     /// Closes the idle connections; later reads open new ones.
     pub(super) fn close(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        lock(&self.idle).clear();
     }
 }
 
@@ -439,21 +441,17 @@ impl Drop for Reader<'_> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        let mut idle = self
-            .pool
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.pool.idle);
         if idle.len() < self.pool.max_idle {
             idle.push(conn);
         }
     }
 }
 
-/// A connection's lock. A statement that panicked under it left no half-run state behind
-/// (SQLite's calls are whole), so a poisoned lock is taken as it is.
-pub(super) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    conn.lock().unwrap_or_else(PoisonError::into_inner)
+/// A connection's lock, or the idle readers'. A statement that panicked under it left no
+/// half-run state behind (SQLite's calls are whole), so a poisoned lock is taken as it is.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether a statement failed on a UNIQUE or PRIMARY KEY constraint.
