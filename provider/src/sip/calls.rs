@@ -4,14 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_protocol::dict::Dict;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::expiry::ExpiringMap;
 use super::message::{Inbound, InboundResponse};
+use super::outbound::{remembered_after_final, TRANSACTION_TIMEOUT};
 
 /// What a leg's task is told.
 pub enum Event {
@@ -55,11 +57,65 @@ pub struct Calls {
     /// INVITE transactions open at once (ringing calls and their answers' retransmissions); a
     /// new INVITE beyond them is answered 503 (`sip.max_invites_in_progress`).
     max_invites: usize,
-    /// The edge's client transactions by branch.
-    clients: Mutex<HashMap<String, mpsc::UnboundedSender<InboundResponse>>>,
+    /// The edge's client transactions awaiting their final response, by branch (with
+    /// ` CANCEL` for a CANCEL).
+    clients: Mutex<HashMap<String, Client>>,
+    /// INVITE client transactions after their final response, for Timers M and D: where that
+    /// response's retransmissions go. A small record, not the transaction: its task and request
+    /// are gone.
+    answered: Mutex<ExpiringMap<String, (String, u32)>>,
     /// Sessions that ended here lately, so late pushes for them are taken off the queue.
     ended: Mutex<ExpiringMap<String, ()>>,
 }
+
+/// One of the edge's client transactions, as its responses find it: the leg they go to, the
+/// transaction's number there, and what its task (retransmissions, Timers B and F) is told.
+struct Client {
+    leg: String,
+    tx: u32,
+    invite: bool,
+    reliable: bool,
+    progress: Arc<Progress>,
+}
+
+/// What a client transaction's task learns of its responses.
+#[derive(Default)]
+pub struct Progress {
+    state: AtomicU8,
+    changed: Notify,
+}
+
+/// How far a client transaction has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Sent,
+    Provisional,
+    Final,
+}
+
+impl Progress {
+    pub fn stage(&self) -> Stage {
+        match self.state.load(Ordering::Acquire) {
+            0 => Stage::Sent,
+            1 => Stage::Provisional,
+            _ => Stage::Final,
+        }
+    }
+
+    /// Waits until told of a response (at once if told since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    fn reach(&self, stage: Stage) {
+        self.state.fetch_max(stage as u8, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+}
+
+/// INVITE transactions remembered after their final response at most (a bound whatever the call
+/// rate; each is a few hundred bytes).
+const ANSWERED_REMEMBERED: usize = 1_000_000;
 
 /// How long an ended call's late pushes are still recognised.
 const ENDED_MEMORY: Duration = Duration::from_secs(120);
@@ -75,6 +131,7 @@ impl Calls {
             dialogs: Default::default(),
             invites: Default::default(),
             clients: Default::default(),
+            answered: Mutex::new(ExpiringMap::new(TRANSACTION_TIMEOUT, ANSWERED_REMEMBERED)),
             ended: Mutex::new(ExpiringMap::new(ENDED_MEMORY, ENDED_REMEMBERED)),
         }
     }
@@ -102,17 +159,17 @@ impl Calls {
 
     /// Registers `leg`'s task, so that pushes and requests find it from now on: the channel a
     /// reservation made for it, or a new one.
-    pub fn add_leg(&self, leg: &str) -> (mpsc::UnboundedSender<Event>, Events) {
+    pub fn add_leg(&self, leg: &str) -> Events {
         let mut starting = self.starting.lock().expect("starting");
         let mut legs = self.legs.lock().expect("legs");
         if let Some(events) = starting.remove(leg) {
-            if let Some(sender) = legs.get(leg) {
-                return (sender.clone(), events);
+            if legs.contains_key(leg) {
+                return events;
             }
         }
         let (sender, events) = mpsc::unbounded_channel();
-        legs.insert(leg.to_string(), sender.clone());
-        (sender, events)
+        legs.insert(leg.to_string(), sender);
+        events
     }
 
     /// Registers `leg` before its task starts: its events wait in its channel, and
@@ -240,18 +297,81 @@ impl Calls {
         self.invites.lock().expect("invites").remove(key);
     }
 
-    /// Where the responses to the client transaction `key` (its branch, with ` CANCEL` for a
-    /// CANCEL) go.
-    pub fn client(&self, key: &str) -> Option<mpsc::UnboundedSender<InboundResponse>> {
-        self.clients.lock().expect("clients").get(key).cloned()
+    /// Registers a client transaction, `key` its branch (with ` CANCEL` for a CANCEL), whose
+    /// responses go to `leg` as its transaction `tx`; its task watches the returned progress.
+    pub fn add_client(
+        &self,
+        key: String,
+        leg: &str,
+        tx: u32,
+        invite: bool,
+        reliable: bool,
+    ) -> Arc<Progress> {
+        let progress = Arc::new(Progress::default());
+        let client = Client {
+            leg: leg.to_string(),
+            tx,
+            invite,
+            reliable,
+            progress: progress.clone(),
+        };
+        self.clients.lock().expect("clients").insert(key, client);
+        progress
     }
 
-    pub fn add_client(&self, key: String, responses: mpsc::UnboundedSender<InboundResponse>) {
-        self.clients.lock().expect("clients").insert(key, responses);
+    /// Passes a response to the client transaction `key` to its leg, and tells the
+    /// transaction's task; a final one ends the transaction, remembered a while if an INVITE's
+    /// ([`remembered_after_final`]). False when no transaction takes it.
+    pub fn client_response(&self, key: &str, response: InboundResponse) -> bool {
+        let status = response.status;
+        let now = Instant::now();
+        let target = {
+            let mut clients = self.clients.lock().expect("clients");
+            match clients.get(key) {
+                Some(client) if status < 200 => {
+                    client.progress.reach(Stage::Provisional);
+                    Some((client.leg.clone(), client.tx))
+                }
+                Some(_) => {
+                    let client = clients.remove(key).expect("present");
+                    drop(clients);
+                    client.progress.reach(Stage::Final);
+                    if remembered_after_final(client.invite, status, client.reliable) {
+                        self.answered.lock().expect("answered").insert(
+                            key.to_string(),
+                            (client.leg.clone(), client.tx),
+                            now,
+                        );
+                    }
+                    Some((client.leg, client.tx))
+                }
+                None => {
+                    drop(clients);
+                    self.answered
+                        .lock()
+                        .expect("answered")
+                        .get(key, now)
+                        .cloned()
+                }
+            }
+        };
+        match target {
+            Some((leg, tx)) => {
+                self.send_event(&leg, Event::Response(tx, response));
+                true
+            }
+            None => false,
+        }
     }
 
-    pub fn remove_client(&self, key: &str) {
-        self.clients.lock().expect("clients").remove(key);
+    /// Ends the client transaction `key` without a final response (Timer B or F), telling its
+    /// leg; false if a final response ended it first.
+    pub fn time_out_client(&self, key: &str) -> bool {
+        let Some(client) = self.clients.lock().expect("clients").remove(key) else {
+            return false;
+        };
+        self.send_event(&client.leg, Event::Timeout(client.tx));
+        true
     }
 }
 
@@ -267,7 +387,7 @@ mod tests {
         calls.reserve(&leg);
         assert!(calls.has_leg(&leg));
         assert!(calls.send_event(&leg, Event::Push(Dict::new().with("action", "cancel"))));
-        let (_, mut events) = calls.add_leg(&leg);
+        let mut events = calls.add_leg(&leg);
         match events.try_recv() {
             Ok(Event::Push(push)) => assert_eq!(push.str("action").ok(), Some("cancel")),
             _ => panic!("the event sent before the task started is its first"),
@@ -291,5 +411,64 @@ mod tests {
         calls.release(&leg);
         assert!(!calls.has_leg(&leg));
         assert!(!calls.send_event(&leg, Event::Timeout(1)));
+    }
+
+    fn response(status: u16) -> InboundResponse {
+        InboundResponse {
+            status,
+            fields: Default::default(),
+            body: Vec::new(),
+            source: "127.0.0.1:5060".parse().expect("address"),
+            transport: crate::sip::message::Transport::Udp,
+        }
+    }
+
+    #[test]
+    fn a_client_transaction_ends_at_its_final_response_and_an_invites_is_remembered() {
+        let calls = Calls::new(100);
+        let leg = leg_key("s3", "gw");
+        let mut events = calls.add_leg(&leg);
+        let invite = calls.add_client("b1".into(), &leg, 7, true, false);
+        let bye = calls.add_client("b2".into(), &leg, 8, false, false);
+
+        assert!(calls.client_response("b1", response(180)));
+        assert_eq!(invite.stage(), Stage::Provisional);
+        assert!(calls.client_response("b1", response(200)));
+        assert_eq!(invite.stage(), Stage::Final);
+        // Its 2xx again (Timer M), and no timeout once it has ended.
+        assert!(calls.client_response("b1", response(200)));
+        assert!(!calls.time_out_client("b1"));
+
+        assert!(calls.client_response("b2", response(200)));
+        assert_eq!(bye.stage(), Stage::Final);
+        assert!(
+            !calls.client_response("b2", response(200)),
+            "a BYE's is absorbed"
+        );
+        assert!(
+            !calls.client_response("b3", response(200)),
+            "no such transaction"
+        );
+
+        let seen: Vec<(u32, u16)> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|event| match event {
+                Event::Response(tx, response) => (tx, response.status),
+                _ => panic!("only responses were sent"),
+            })
+            .collect();
+        assert_eq!(seen, vec![(7, 180), (7, 200), (7, 200), (8, 200)]);
+    }
+
+    #[test]
+    fn a_client_transaction_without_a_final_response_times_out_once() {
+        let calls = Calls::new(100);
+        let leg = leg_key("s4", "gw");
+        let mut events = calls.add_leg(&leg);
+        calls.add_client("b1".into(), &leg, 3, true, true);
+        assert!(calls.time_out_client("b1"));
+        assert!(!calls.time_out_client("b1"));
+        assert!(!calls.client_response("b1", response(200)), "too late");
+        assert!(matches!(events.try_recv(), Ok(Event::Timeout(3))));
+        assert!(events.try_recv().is_err());
     }
 }

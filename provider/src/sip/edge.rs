@@ -481,15 +481,9 @@ impl SipEdge {
         } else {
             branch.to_string()
         };
-        match self.calls().client(&key) {
-            Some(tx) => {
-                let _ = tx.send(response);
-            }
-            None => tracing::debug!(
-                branch,
-                status = response.status,
-                "SIP response to no transaction"
-            ),
+        let status = response.status;
+        if !self.calls().client_response(&key, response) {
+            tracing::debug!(transaction = key, status, "SIP response to no transaction");
         }
     }
 }

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rsip::Method;
-use tokio::sync::mpsc;
 
 use super::anchor::Anchor;
-use super::calls::{Calls, Event, InviteKey};
-use super::outbound::{linger_after_final, Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
+use super::calls::{Calls, InviteKey, Stage};
+use super::outbound::{Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
 use super::sdp;
 use super::sockets::{local_ip_toward, Sockets};
 use super::status::Refusal;
@@ -46,63 +45,45 @@ impl EdgeHandle {
     }
 
     /// Starts a client transaction: sends `request` to `flow`, retransmits it on UDP (Timers A
-    /// and E), and reports its responses (or its timeout) to `events` as transaction `tx`.
-    pub fn start_client(
-        self: &Arc<Self>,
-        flow: Flow,
-        request: &OutRequest,
-        tx: u32,
-        events: mpsc::UnboundedSender<Event>,
-    ) {
-        let (responses_tx, mut responses) = mpsc::unbounded_channel();
+    /// and E), and ends it at its final response or its timeout (Timer B or F). The responses go
+    /// to the call `leg` as transaction `tx`, through [`Calls::client_response`]; the task holds
+    /// the request only until the final one.
+    pub fn start_client(self: &Arc<Self>, flow: Flow, request: &OutRequest, leg: &str, tx: u32) {
         let branch = &request.branch;
         let key = if request.method == Method::Cancel {
             format!("{branch} CANCEL")
         } else {
             branch.clone()
         };
-        self.calls.add_client(key.clone(), responses_tx);
-        let bytes = request.bytes();
         let invite = request.method == Method::Invite;
+        let reliable = flow.transport.is_stream();
+        let progress = self
+            .calls
+            .add_client(key.clone(), leg, tx, invite, reliable);
+        let bytes = request.bytes();
         let handle = self.clone();
         tokio::spawn(async move {
             handle.send(flow, &bytes).await;
             let start = Instant::now();
+            let deadline = start + TRANSACTION_TIMEOUT;
             let mut interval = T1;
-            let mut next = (!flow.transport.is_stream()).then(|| start + interval);
-            let mut deadline = start + TRANSACTION_TIMEOUT;
-            let mut finished = false;
+            let mut next = (!reliable).then(|| start + interval);
             loop {
                 let wake = next.map_or(deadline, |n| n.min(deadline));
                 tokio::select! {
-                    response = responses.recv() => {
-                        let Some(response) = response else { break };
-                        let status = response.status;
-                        let _ = events.send(Event::Response(tx, response));
-                        if status >= 200 {
-                            if !finished {
-                                let linger = linger_after_final(
-                                    invite,
-                                    status,
-                                    flow.transport.is_stream(),
-                                );
-                                deadline = Instant::now() + linger;
-                            }
-                            finished = true;
-                            next = None;
-                        } else if invite {
-                            next = None;
-                        } else if next.is_some() {
-                            interval = T2;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(wake.into()) => {
+                    () = progress.changed() => match progress.stage() {
+                        Stage::Final => return,
+                        // An INVITE's provisional response ends its retransmissions (Timer A);
+                        // another request's slows them to T2 (RFC 3261 §17.1.2.2).
+                        Stage::Provisional if invite => next = None,
+                        Stage::Provisional if next.is_some() => interval = T2,
+                        Stage::Provisional | Stage::Sent => {}
+                    },
+                    () = tokio::time::sleep_until(wake.into()) => {
                         let now = Instant::now();
                         if now >= deadline {
-                            if !finished {
-                                let _ = events.send(Event::Timeout(tx));
-                            }
-                            break;
+                            handle.calls.time_out_client(&key);
+                            return;
                         }
                         handle.send(flow, &bytes).await;
                         interval = if invite { interval * 2 } else { (interval * 2).min(T2) };
@@ -110,7 +91,6 @@ impl EdgeHandle {
                     }
                 }
             }
-            handle.calls.remove_client(&key);
         });
     }
 

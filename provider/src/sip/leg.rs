@@ -12,7 +12,7 @@ use std::time::Instant;
 use rsip::{Header, Method};
 use switchyard_protocol::dict::Dict;
 use switchyard_protocol::invitation::RejectReason;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::calls::{Event, Events};
 use super::dialog::{Dialog, Retransmit, ServerInvite};
@@ -61,7 +61,6 @@ pub struct Leg {
     requests: HashMap<u32, OutRequest>,
     retransmit: Option<Retransmit>,
     events: Events,
-    sender: mpsc::UnboundedSender<Event>,
 }
 
 impl Leg {
@@ -75,7 +74,7 @@ impl Leg {
         account: SipAccount,
         session: Session,
     ) -> Leg {
-        let (sender, events) = handle.calls.add_leg(&leg_id);
+        let events = handle.calls.add_leg(&leg_id);
         Leg {
             handle,
             leg_id,
@@ -90,7 +89,6 @@ impl Leg {
             requests: HashMap::new(),
             retransmit: None,
             events,
-            sender,
         }
     }
 
@@ -123,8 +121,7 @@ impl Leg {
     /// Starts `request` as one of the leg's client transactions.
     fn start_request(&mut self, flow: Flow, request: OutRequest) {
         let tx = self.tx_id();
-        self.handle
-            .start_client(flow, &request, tx, self.sender.clone());
+        self.handle.start_client(flow, &request, &self.leg_id, tx);
         self.requests.insert(tx, request);
     }
 
@@ -219,8 +216,7 @@ impl Leg {
                 sdp: Some(offer.clone()),
             };
             let tx = self.tx_id();
-            self.handle
-                .start_client(flow, &request, tx, self.sender.clone());
+            self.handle.start_client(flow, &request, &self.leg_id, tx);
             self.fork.add(tx, flow, request);
         }
         self.dialog = Some(Dialog {

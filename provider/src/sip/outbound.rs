@@ -14,21 +14,15 @@ pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 /// Timers B, F and H: 64 × T1.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
-/// T4, the longest a message stays in the network: Timer K.
-pub const T4: Duration = Duration::from_secs(5);
-
-/// How long a client transaction stays after its final response, for that response's
-/// retransmissions: an INVITE's 2xx for Timer M (RFC 6026: 64 × T1, the answer is re-ACKed by
-/// the call), its other finals for Timer D (32 s), a non-INVITE's for Timer K (T4); Timers D and
-/// K are 0 on a reliable transport, which retransmits nothing.
-pub fn linger_after_final(invite: bool, status: u16, reliable: bool) -> Duration {
-    match (invite, status, reliable) {
-        (true, 200..=299, _) => TRANSACTION_TIMEOUT,
-        (_, _, true) => Duration::ZERO,
-        (true, _, false) => TRANSACTION_TIMEOUT,
-        (false, _, false) => T4,
-    }
+/// Whether a client transaction is remembered after its final response, for 64 × T1 (32 s), to
+/// pass that response's retransmissions to its call: an INVITE's 2xx for Timer M (RFC 6026: the
+/// call ACKs it again), its other finals for Timer D where the transport is unreliable (the call
+/// ACKs them again too). A non-INVITE's retransmitted final is absorbed (Timer K) by matching no
+/// transaction: the edge drops any response none claims, so Timer K needs no state here.
+pub fn remembered_after_final(invite: bool, status: u16, reliable: bool) -> bool {
+    invite && ((200..300).contains(&status) || !reliable)
 }
+
 /// The prefix of every branch the edge makes, so a request that already passed it is a loop.
 pub const BRANCH_PREFIX: &str = "z9hG4bK-sy-";
 
@@ -155,16 +149,16 @@ mod tests {
     use crate::sip::sdp;
 
     #[test]
-    fn client_transactions_linger_after_their_final_response_as_the_rfcs_say() {
+    fn only_invite_transactions_are_remembered_after_their_final_response() {
         // An INVITE's 2xx: Timer M on every transport.
-        assert_eq!(linger_after_final(true, 200, false), TRANSACTION_TIMEOUT);
-        assert_eq!(linger_after_final(true, 299, true), TRANSACTION_TIMEOUT);
-        // An INVITE's other finals: Timer D, 32 s on UDP and 0 on TCP or TLS.
-        assert_eq!(linger_after_final(true, 486, false), TRANSACTION_TIMEOUT);
-        assert_eq!(linger_after_final(true, 486, true), Duration::ZERO);
-        // A non-INVITE's (a BYE's) final: Timer K, T4 on UDP and 0 on TCP or TLS.
-        assert_eq!(linger_after_final(false, 200, false), T4);
-        assert_eq!(linger_after_final(false, 481, true), Duration::ZERO);
+        assert!(remembered_after_final(true, 200, false));
+        assert!(remembered_after_final(true, 299, true));
+        // An INVITE's other finals: Timer D on UDP, none on TCP or TLS.
+        assert!(remembered_after_final(true, 486, false));
+        assert!(!remembered_after_final(true, 486, true));
+        // A non-INVITE's (a BYE's): absorbed by matching nothing.
+        assert!(!remembered_after_final(false, 200, false));
+        assert!(!remembered_after_final(false, 481, true));
     }
 
     #[test]

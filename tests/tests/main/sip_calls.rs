@@ -695,6 +695,95 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
     Ok(())
 }
 
+/// A called phone on UDP whose 200 is lost to the edge's ACK repeats it (RFC 3261 §13.3.1.4):
+/// the edge's INVITE transaction ended at the first 200, but its record (Timer M, RFC 6026)
+/// still takes the repeat to the call, which acknowledges it again. A response matching no
+/// transaction changes nothing.
+#[tokio::test]
+async fn a_called_phone_repeating_its_200_is_acknowledged_again() -> anyhow::Result<()> {
+    let _logs = show_logs();
+    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
+    let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
+    add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
+
+    let mut bob = SipTransport::udp(edge.udp).await?;
+    let ua = Ua::of(&bob)?;
+    register(&mut bob, &ua, "a.test", "bob", "udp").await?;
+
+    let logs = tempfile::tempdir()?;
+    std::fs::write(
+        logs.path().join("alice.csv"),
+        format!("SEQUENTIAL\nalice;[authentication username=alice password={PASSWORD}]\n"),
+    )?;
+    let server = edge.udp;
+    let dir = logs.path().to_path_buf();
+    let caller = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .arg(server.to_string())
+            .arg("-sf")
+            .arg(sipp_scenario("uac-call"))
+            .arg("-inf")
+            .arg(dir.join("alice.csv"))
+            .args(["-key", "domain", "a.test", "-key", "callee", "bob@a.test"])
+            .args(["-auth_uri", "bob@a.test", "-i", "127.0.0.1"])
+            .args(["-p", &free_sip_port().to_string()])
+            .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
+            .args(["-error_file"])
+            .arg(dir.join("errors.log"))
+            .current_dir(&dir)
+            .output()
+    });
+
+    let invite = next_request(&mut bob).await?;
+    assert!(invite.start.starts_with("INVITE "), "{}", invite.start);
+    let contact = format!("Contact: <sip:bob@{};transport=udp>\r\n", ua.local);
+    let answer = SDP.replace("o=- 1 1", "o=bob 7 7");
+    let ok = invite.response(
+        "200 OK",
+        "bobtag",
+        &format!("{contact}Content-Type: application/sdp\r\n"),
+        &answer,
+    );
+    bob.send(&ok).await?;
+    let ack = next_request(&mut bob).await?;
+    assert!(ack.start.starts_with("ACK "), "{}", ack.start);
+    // A response to a branch the edge never used goes nowhere.
+    let stray = String::from_utf8(ok.clone())?.replace(
+        invite.header("Via"),
+        &format!("SIP/2.0/UDP {};branch=z9hG4bK-not-ours", ua.local),
+    );
+    bob.send(stray.as_bytes()).await?;
+    bob.send(&ok).await?;
+    // The caller hangs up half a second after its ACK: the edge's BYE may come first.
+    let mut acks = 0;
+    let mut bye = None;
+    while acks == 0 || bye.is_none() {
+        let request = next_request(&mut bob).await?;
+        if request.start.starts_with("ACK ") {
+            acks += 1;
+        } else if request.start.starts_with("BYE ") {
+            bye = Some(request);
+        } else {
+            anyhow::bail!("unexpected request: {}", request.start);
+        }
+    }
+    let bye = bye.expect("a BYE");
+    bob.send(&bye.response("200 OK", "bobtag", "", "")).await?;
+    assert_eq!(
+        acks, 1,
+        "one ACK for the repeated 200, none for the stray one"
+    );
+
+    let output = caller.await??;
+    check(
+        &output,
+        "uac-call to a phone repeating its 200",
+        &std::fs::read_to_string(logs.path().join("errors.log")).unwrap_or_default(),
+    );
+    edge.h.provider.shutdown().await;
+    Ok(())
+}
+
 /// A caller whose blob holds no SDP offer (`endpoint call` always puts one in; here, bytes that
 /// are no blob at all) calling a user whose phone is a SIP phone: the phone could not use it, so
 /// its gateway refuses the call (unsupported-media) without ringing it.
