@@ -25,6 +25,7 @@ pub mod seal;
 pub mod server;
 pub mod shared;
 pub mod sip;
+pub mod tls_stream;
 pub mod wire;
 
 pub use config::Config;

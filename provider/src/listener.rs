@@ -21,7 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::auth::PeerCertificate;
@@ -29,6 +28,7 @@ use crate::client_limits::{
     retry_after_seconds, ClientLimits, ClientLimitsConfig, ConnectionSlot, Refused,
 };
 use crate::config::HttpLimits;
+use crate::tls_stream::TlsStream;
 
 /// Requests one HTTP/2 connection may have open at once; a client with more waits for a free
 /// stream. Set here rather than left to hyper's default, so that what one client can have in
@@ -101,7 +101,7 @@ impl Listener {
                 }
             };
             let clients = clients.clone();
-            let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls()));
+            let tls_config = tls.as_ref().map(|tls| tls());
             let router = router.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
@@ -112,11 +112,11 @@ impl Listener {
                     _slot: slot,
                     _client_slot: client_slot,
                 };
-                let (io, cert, http2) = match acceptor {
-                    Some(acceptor) => {
+                let (io, cert, http2) = match tls_config {
+                    Some(config) => {
                         let tls = match tokio::time::timeout(
                             header_timeout,
-                            acceptor.accept(stream),
+                            TlsStream::accept(stream, config),
                         )
                         .await
                         {
@@ -131,7 +131,7 @@ impl Listener {
                                 return;
                             }
                         };
-                        let session = tls.get_ref().1;
+                        let session = tls.session();
                         let cert = session
                             .peer_certificates()
                             .and_then(|c| c.first())
@@ -370,7 +370,7 @@ type WatchedTcp = Watched<tokio::net::TcpStream>;
 /// A connection, with or without TLS.
 enum Io {
     Plain(WatchedTcp),
-    Tls(Box<tokio_rustls::server::TlsStream<WatchedTcp>>),
+    Tls(Box<TlsStream<WatchedTcp>>),
 }
 
 impl AsyncRead for Io {
