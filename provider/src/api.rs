@@ -273,6 +273,9 @@ async fn push_websocket(
             .into_response()
         }
     };
+    // The channel keeps only its endpoint's id, not the whole record: it lives as long as the
+    // channel.
+    let endpoint_id = auth.endpoint.id;
     // tungstenite's read buffer is resident in full from the first read (128 KiB by default:
     // 147 KB a channel in bench/push/idle.sh); an idle push channel receives only
     // acknowledgements, a few dozen bytes each, and the buffer grows for a larger message.
@@ -280,7 +283,6 @@ async fn push_websocket(
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(app.config.endpoint_api.max_body_bytes)
         .on_upgrade(move |socket| async move {
-            let endpoint_id = auth.endpoint.id.clone();
             metrics::gauge!("switchyard_push_channels_open").increment(1.0);
             if let Err(e) = serve_websocket(&app, &endpoint_id, socket, encoding).await {
                 tracing::debug!(endpoint = %endpoint_id, error = %e.message, "push channel closed");

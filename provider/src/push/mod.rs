@@ -13,13 +13,13 @@
 
 pub mod replicas;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use switchyard_protocol::dict::{Dict, Encoding, Value};
 use switchyard_protocol::invitation::Push;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 
 use crate::db::pushes::enqueue_push;
 use crate::db::records::StoredPush;
@@ -58,10 +58,8 @@ pub trait PushSink: Send + Sync {
 /// A registered sink, with the id of its registration.
 type Registered = (u64, Arc<dyn PushSink>);
 
-/// An open channel's inbox, with the id of its registration. Its pushes are boxed because the
-/// channel allocates its first block of slots when it is made, and a `Push` is over 300 bytes:
-/// unboxed, that block alone would be about 10 KiB for every idle WebSocket.
-type Inbox = (u64, mpsc::Sender<Box<Push>>);
+/// An open channel's inbox, with the id of its registration.
+type RegisteredInbox = (u64, Arc<InboxShared>);
 
 /// How many pushes a WebSocket channel's in-memory inbox holds before further pushes for its
 /// endpoint are queued in the database instead (a slow reader must not grow memory).
@@ -75,7 +73,127 @@ pub struct PushHub {
     /// Ids of sink and inbox registrations.
     next_registration: AtomicU64,
     /// The open WebSocket channels' inboxes by endpoint id, each with its registration's id.
-    inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
+    inboxes: Mutex<HashMap<String, Vec<RegisteredInbox>>>,
+}
+
+/// A WebSocket channel's in-memory inbox: at most [`DIRECT_INBOX`] pushes, counting the places
+/// reserved for pushes whose unit has not committed yet. Nothing is allocated while it is empty
+/// (a tokio `mpsc` channel allocates its state and a first block of slots when it is made:
+/// 800 bytes for every idle WebSocket); each push is boxed (a `Push` is over 300 bytes).
+#[derive(Default)]
+struct InboxShared {
+    state: Mutex<InboxState>,
+    /// Woken when a push arrives, a reservation is given back, or the inbox closes.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct InboxState {
+    pushes: VecDeque<Box<Push>>,
+    /// Places promised to reservations ([`InboxPermit`]) not yet sent or dropped.
+    reserved: usize,
+    /// The endpoint was revoked: no more reservations, and the inbox ends once empty.
+    closed: bool,
+}
+
+impl InboxShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().expect("push inbox lock")
+    }
+
+    /// A place for one push, unless the inbox is full or closed.
+    fn reserve(self: &Arc<Self>) -> Option<InboxPermit> {
+        let mut state = self.lock();
+        if state.closed || state.pushes.len() + state.reserved >= DIRECT_INBOX {
+            return None;
+        }
+        state.reserved += 1;
+        Some(InboxPermit {
+            inbox: Some(self.clone()),
+        })
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_one();
+    }
+}
+
+/// A place reserved in a channel's inbox; given back if dropped unsent.
+pub(crate) struct InboxPermit {
+    inbox: Option<Arc<InboxShared>>,
+}
+
+impl InboxPermit {
+    fn send(mut self, push: Box<Push>) {
+        let inbox = self.inbox.take().expect("a permit is sent once");
+        {
+            let mut state = inbox.lock();
+            state.reserved -= 1;
+            state.pushes.push_back(push);
+        }
+        inbox.changed.notify_one();
+    }
+}
+
+impl Drop for InboxPermit {
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.lock().reserved -= 1;
+            inbox.changed.notify_one();
+        }
+    }
+}
+
+/// The receiving end of a channel's inbox.
+pub struct Inbox {
+    shared: Arc<InboxShared>,
+}
+
+/// Why [`Inbox::try_recv`] gave nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    Empty,
+    /// Closed (the endpoint was revoked), and every push in it taken.
+    Disconnected,
+}
+
+impl Inbox {
+    /// The next push; None once the inbox is closed and empty. Cancel-safe: a push is taken
+    /// only when this returns it.
+    pub async fn recv(&mut self) -> Option<Box<Push>> {
+        loop {
+            match self.try_recv() {
+                Ok(push) => return Some(push),
+                Err(TryRecvError::Disconnected) => return None,
+                // `notify_one` keeps a wake-up given while nobody waits: none is lost between
+                // the look and the wait.
+                Err(TryRecvError::Empty) => self.shared.changed.notified().await,
+            }
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Result<Box<Push>, TryRecvError> {
+        let mut state = self.shared.lock();
+        match state.pushes.pop_front() {
+            Some(push) => {
+                if state.pushes.is_empty() {
+                    // Frees the ring buffer: an idle channel holds none.
+                    state.pushes = VecDeque::new();
+                }
+                Ok(push)
+            }
+            None if state.closed && state.reserved == 0 => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Places free for further pushes.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        let state = self.shared.lock();
+        DIRECT_INBOX - state.pushes.len() - state.reserved
+    }
 }
 
 /// A WebSocket channel's in-memory inbox, registered on the hub while the channel is open:
@@ -85,7 +203,7 @@ pub struct DirectChannel {
     hub: Arc<PushHub>,
     endpoint_id: String,
     id: u64,
-    pub inbox: mpsc::Receiver<Box<Push>>,
+    pub inbox: Inbox,
 }
 
 impl Drop for DirectChannel {
@@ -163,30 +281,30 @@ impl PushHub {
     /// endpoint revoked (then the inbox ends).
     pub fn open_direct(self: &Arc<Self>, endpoint_id: &str) -> DirectChannel {
         let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
-        let (sender, inbox) = mpsc::channel(DIRECT_INBOX);
+        let shared = Arc::new(InboxShared::default());
         self.inboxes
             .lock()
             .expect("push inboxes lock")
             .entry(endpoint_id.to_string())
             .or_default()
-            .push((id, sender));
+            .push((id, shared.clone()));
         DirectChannel {
             hub: self.clone(),
             endpoint_id: endpoint_id.to_string(),
             id,
-            inbox,
+            inbox: Inbox { shared },
         }
     }
 
     /// A place for one push in the inbox of every channel open for `endpoint_id`; None if it
     /// has none, or one of them is full (then the push is queued, and every channel reads it
     /// from the queue).
-    fn reserve_inboxes(&self, endpoint_id: &str) -> Option<Vec<mpsc::OwnedPermit<Box<Push>>>> {
+    fn reserve_inboxes(&self, endpoint_id: &str) -> Option<Vec<InboxPermit>> {
         let inboxes = self.inboxes.lock().expect("push inboxes lock");
         inboxes
             .get(endpoint_id)?
             .iter()
-            .map(|(_, sender)| sender.clone().try_reserve_owned().ok())
+            .map(|(_, inbox)| inbox.reserve())
             .collect()
     }
 
@@ -242,10 +360,14 @@ impl PushHub {
             .lock()
             .expect("push sinks lock")
             .remove(endpoint_id);
-        self.inboxes
+        let closed = self
+            .inboxes
             .lock()
             .expect("push inboxes lock")
             .remove(endpoint_id);
+        for (_, inbox) in closed.into_iter().flatten() {
+            inbox.close();
+        }
         if let Some(tx) = self
             .channels
             .lock()
@@ -266,7 +388,7 @@ pub struct Outbox {
     /// Pushes taken by an in-process sink, to hand over after the commit.
     direct: Vec<(Arc<dyn PushSink>, Push)>,
     /// Pushes for open channels, with a place reserved in each channel's inbox.
-    to_channels: Vec<(Vec<mpsc::OwnedPermit<Box<Push>>>, Push)>,
+    to_channels: Vec<(Vec<InboxPermit>, Push)>,
 }
 
 impl Outbox {
@@ -523,9 +645,9 @@ pub(crate) mod tests {
         hub.revoke("ep");
         assert!(!Outbox::default().take_for_channels(&hub, "ep", &cancel("session-0003")));
         while channel.inbox.try_recv().is_ok() {}
-        assert!(matches!(
-            channel.inbox.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert_eq!(
+            channel.inbox.try_recv().err(),
+            Some(TryRecvError::Disconnected)
+        );
     }
 }
