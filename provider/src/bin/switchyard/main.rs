@@ -22,6 +22,10 @@ use endpoint::{endpoint, EndpointCommand};
 /// glibc's malloc was 18% of the SIP edge's CPU under load (`perf`, `docs/benchmarks.md`): a
 /// call's messages, dictionaries and SQL rows are many small, short-lived allocations made and
 /// freed on different threads, which mimalloc's per-thread free lists serve far cheaper.
+/// `--cfg switchyard_system_allocator` (given to this crate alone: `cargo rustc --release -p
+/// switchyard-provider --bin switchyard -- --cfg switchyard_system_allocator`) leaves the system
+/// allocator in place, for heap profilers that hook malloc (heaptrack, valgrind).
+#[cfg(not(switchyard_system_allocator))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keys::{ca, federation, CaCommand, FederationCommand};
