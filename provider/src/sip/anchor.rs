@@ -97,9 +97,17 @@ fn spawn_socket(
 }
 
 async fn forward(socket: UdpSocket, peers: Arc<Mutex<Peers>>) {
-    let mut buf = vec![0u8; 2048];
+    // The buffer comes with the first packet: an anchor whose call carries no media yet (a
+    // ringing call, a rejected one) holds none.
+    let mut buf = Vec::new();
     loop {
-        let Ok((n, source)) = socket.recv_from(&mut buf).await else {
+        if socket.readable().await.is_err() {
+            continue;
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 2048];
+        }
+        let Ok((n, source)) = socket.try_recv_from(&mut buf) else {
             continue;
         };
         let destination = {

@@ -350,15 +350,10 @@ impl Leg {
 
     async fn on_push(&mut self, push: Dict) {
         let action = push.str("action").unwrap_or_default().to_string();
-        self.session.take_push(&push);
+        let blob_sdp = self.session.take_push(&push);
         match (self.role, action.as_str(), self.phase) {
             (Role::Caller, "accept", Phase::Ringing) => {
-                let answer = push
-                    .opt_data("peer-blob")
-                    .ok()
-                    .flatten()
-                    .and_then(|b| sdp::sdp_of(&b));
-                match answer {
+                match blob_sdp {
                     Some(answer) => {
                         self.phase = Phase::Answered;
                         let answer = self.session.anchored(answer);

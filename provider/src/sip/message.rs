@@ -247,9 +247,13 @@ fn read_fields(rest: &[u8]) -> Option<(Fields, usize, bool)> {
 /// as read; true when a malformed header line had to be left out.
 fn parse_rest(rest: &[u8]) -> Option<(Request, Fields, bool)> {
     let (fields, head_end, malformed) = read_fields(rest)?;
-    let mut neutral = b"OPTIONS sip:invalid SIP/2.0".to_vec();
+    const NEUTRAL_LINE: &[u8] = b"OPTIONS sip:invalid SIP/2.0";
+    let mut neutral = Vec::with_capacity(NEUTRAL_LINE.len() + rest.len() + 4 * fields.0.len());
+    neutral.extend_from_slice(NEUTRAL_LINE);
     for (name, value) in &fields.0 {
-        neutral.extend_from_slice(format!("\r\n{name}: {value}").as_bytes());
+        for piece in [b"\r\n", name.as_bytes(), b": ", value.as_bytes()] {
+            neutral.extend_from_slice(piece);
+        }
     }
     neutral.extend_from_slice(&rest[head_end..]);
     match rsip::SipMessage::try_from(neutral.as_slice()) {

@@ -67,13 +67,16 @@ impl Session {
         })
     }
 
-    /// What every push tells of the call: the peer's SDP, its token, the state token.
-    pub fn take_push(&mut self, push: &Dict) {
-        if let Ok(Some(blob)) = push.opt_data("peer-blob") {
-            if let Some(sdp) = sdp::sdp_of(&blob) {
-                if self.peer_sdp.as_deref() != Some(sdp.as_str()) {
-                    self.set_peer_sdp(sdp);
-                }
+    /// What every push tells of the call: the peer's SDP, its token, the state token. Returns
+    /// the SDP the push's blob carries, if it carries one.
+    pub fn take_push(&mut self, push: &Dict) -> Option<String> {
+        let blob_sdp = match push.opt_data("peer-blob") {
+            Ok(Some(blob)) => sdp::sdp_of(&blob),
+            _ => None,
+        };
+        if let Some(sdp) = &blob_sdp {
+            if self.peer_sdp.as_deref() != Some(sdp.as_str()) {
+                self.set_peer_sdp(sdp.clone());
             }
         }
         if let Ok(token) = push.str("peer-token") {
@@ -82,6 +85,7 @@ impl Session {
         if let Ok(state) = push.str("state") {
             self.state = state.to_string();
         }
+        blob_sdp
     }
 
     /// The SDP to show the phone: the other side's, its version moved on by the edge's own
