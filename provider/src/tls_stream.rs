@@ -32,9 +32,14 @@ const READ_CHUNK: usize = 5 + 16 * 1024 + 256;
 /// encrypted bytes waits for the socket.
 const WRITE_CHUNK: usize = 16 * 1024;
 
-/// The most received bytes held unprocessed: rustls takes handshake messages of up to 64 KiB,
-/// which may span records; a record's worth more.
-const MAX_INCOMING: usize = 0xffff + READ_CHUNK;
+/// The most received bytes held unprocessed after the handshake: one record of the largest size
+/// rustls takes (a header and 18 KiB), as its buffered connection holds. A client cannot make the
+/// server keep more by leaving a record incomplete.
+const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
+
+/// The most held during the handshake, while rustls joins a handshake message that spans records
+/// (a client's certificate chain): 64 KiB, as its buffered connection allows.
+const MAX_HANDSHAKE_MESSAGE: usize = 0xffff;
 
 /// A server-side TLS connection over `S`, after its handshake ([`TlsStream::accept`]).
 pub struct TlsStream<S> {
@@ -80,10 +85,15 @@ enum Reached {
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Runs the server side of a TLS handshake on `io` with `config`.
     pub async fn accept(io: S, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-        let mut tls = TlsStream {
+        let mut tls = Self::new(io, config)?;
+        std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
+        Ok(tls)
+    }
+
+    fn new(io: S, config: Arc<ServerConfig>) -> io::Result<Self> {
+        Ok(TlsStream {
             io,
-            conn,
+            conn: UnbufferedServerConnection::new(config).map_err(tls_error)?,
             incoming: Vec::new(),
             outgoing: Vec::new(),
             sent: 0,
@@ -93,9 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             eof: false,
             closing: false,
             failed: None,
-        };
-        std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
-        Ok(tls)
+        })
     }
 
     /// The connection's negotiated state: the client's certificates, the ALPN protocol, ….
@@ -229,20 +237,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
-    /// Reads what the socket has into `incoming` (or notes its end in `eof`).
+    /// Reads what the socket has into `incoming` (or notes its end in `eof`), never past its
+    /// limit: what rustls left there is a part it cannot process yet, so a full buffer is a
+    /// message larger than the limit.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.incoming.len() >= MAX_INCOMING {
+        let limit = if self.conn.is_handshaking() {
+            MAX_HANDSHAKE_MESSAGE
+        } else {
+            MAX_RECORD
+        };
+        let room = limit.saturating_sub(self.incoming.len()).min(READ_CHUNK);
+        if room == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS message too large",
             )));
         }
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut chunk);
+        let mut buf = ReadBuf::uninit(&mut chunk[..room]);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
         if buf.filled().is_empty() {
             self.eof = true;
         } else {
+            // Exactly: `extend_from_slice` alone may double the capacity past the limit.
+            self.incoming.reserve_exact(buf.filled().len());
             self.incoming.extend_from_slice(buf.filled());
         }
         Poll::Ready(Ok(()))
@@ -299,11 +317,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            // What processing the last records queued (the answer to a key update) goes out
-            // while reading on.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // No writing to the socket here (bar a failure's alert): it keeps one write waker,
+            // and a reader's would replace that of a writer waiting in another task, which
+            // would then never wake. Nothing reading queues is needed before the peer sends on
+            // (rustls sends a key update's answer with the next data); a write or flush sends it.
             if this.eof {
                 // As tokio-rustls: the peer closed the socket without close_notify.
                 return Poll::Ready(Err(io::Error::new(
@@ -590,6 +607,131 @@ mod tests {
             assert!(rest.is_empty());
             server.await.unwrap();
         }
+    }
+
+    /// A server and a client (its socket reachable with `get_mut().0`) after their handshake.
+    async fn connected(
+        pki: &Pki,
+    ) -> (
+        TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let config = server_config(pki, &[&rustls::version::TLS13]);
+        let (server, client) = tokio::join!(
+            TlsStream::accept(server_io, config),
+            connector(pki, true).connect(name(), client_io)
+        );
+        (server.unwrap(), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn after_the_handshake_the_read_buffer_holds_at_most_one_record() {
+        let pki = pki();
+        let (mut tls, mut client) = connected(&pki).await;
+        // An application data record of the largest size rustls takes, all but its last byte:
+        // what a client can make the server hold.
+        let mut record = vec![0x17, 0x03, 0x03];
+        record.extend_from_slice(&((MAX_RECORD - 5 - 1) as u16).to_be_bytes());
+        record.resize(MAX_RECORD - 2, 0);
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tls.read(&mut [0u8; 10]),
+        )
+        .await;
+        assert!(read.is_err(), "the record is incomplete: {read:?}");
+        assert!(
+            tls.incoming.capacity() <= MAX_RECORD,
+            "{} bytes held",
+            tls.incoming.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_handshake_holds_at_most_64_kib_of_a_message() {
+        let pki = pki();
+        let (mut client_io, server_io) = tokio::io::duplex(128 * 1024);
+        let mut tls =
+            TlsStream::new(server_io, server_config(&pki, &[&rustls::version::TLS13])).unwrap();
+        // A ClientHello announcing 64 KiB - 1, in records of 16 KiB that rustls joins.
+        let mut raw = Vec::new();
+        for i in 0..4 {
+            raw.extend_from_slice(&[0x16, 0x03, 0x01, 0x40, 0x00]);
+            let start = raw.len();
+            raw.resize(start + 16 * 1024, 0);
+            if i == 0 {
+                raw[start..start + 4].copy_from_slice(&[0x01, 0x00, 0xff, 0xff]);
+            }
+        }
+        client_io.write_all(&raw).await.unwrap();
+        let handshake = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            std::future::poll_fn(|cx| tls.poll_handshake(cx)),
+        )
+        .await
+        .expect("refused, not waiting for more");
+        assert_eq!(
+            handshake.unwrap_err().kind(),
+            io::ErrorKind::InvalidData,
+            "too large"
+        );
+        assert!(
+            tls.incoming.capacity() <= MAX_HANDSHAKE_MESSAGE,
+            "{} bytes held",
+            tls.incoming.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn reading_does_not_take_the_wakeup_of_a_blocked_writer() {
+        let pki = pki();
+        let (tls, mut client) = connected(&pki).await;
+        // Reader and writer in separate tasks, as with `tokio::io::split`: the socket keeps
+        // one waker a direction.
+        let (mut read, mut write) = tokio::io::split(tls);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 100];
+            while read.read(&mut buf).await.unwrap() > 0 {}
+        });
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let to_send = sent.clone();
+        let writer = tokio::spawn(async move {
+            write.write_all(&to_send).await.unwrap();
+            write.flush().await.unwrap();
+        });
+        // The writer waits for the client to read; the reader reads on meanwhile.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut got = vec![0u8; sent.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("the writer went on")
+        .unwrap();
+        assert!(got == sent);
+        writer.await.unwrap();
+        reader.abort();
+    }
+
+    #[tokio::test]
+    async fn a_key_update_the_client_asks_for_is_answered_before_the_next_data() {
+        let pki = pki();
+        let (mut tls, mut client) = connected(&pki).await;
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        tls.write_all(b"pong").await.unwrap();
+        tls.flush().await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong", "read with the client's new keys");
     }
 
     #[tokio::test]
