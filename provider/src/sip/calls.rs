@@ -2,10 +2,10 @@
 //! SIP messages to it (its dialogs, the phone's INVITE transactions, the edge's client
 //! transactions), and the legs that ended lately.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchyard_protocol::dict::Dict;
@@ -29,9 +29,50 @@ pub enum Event {
 
 /// A phone's INVITE transaction: its top Via branch and where it came from.
 pub type InviteKey = (String, SocketAddr);
-/// The call task it started (its leg key; empty until it has one), and the response a retransmission of it gets
-/// (none once acknowledged).
-type InviteEntry = (String, Option<Vec<u8>>);
+
+/// What the edge keeps of a phone's INVITE transaction.
+struct InviteEntry {
+    /// The call task it started (its leg key; empty until it has one).
+    leg: String,
+    /// The response a retransmission of it gets (none once acknowledged).
+    answer: Option<Vec<u8>>,
+    /// When it is forgotten, once it has ended.
+    forget_at: Option<Instant>,
+}
+
+impl InviteEntry {
+    fn answered(answer: Vec<u8>) -> Self {
+        InviteEntry {
+            leg: String::new(),
+            answer: Some(answer),
+            forget_at: None,
+        }
+    }
+}
+
+/// The phones' INVITE transactions, and the order in which those that ended are forgotten.
+#[derive(Default)]
+struct Invites {
+    open: HashMap<InviteKey, InviteEntry>,
+    /// Ended transactions, oldest first: each is kept [`TRANSACTION_TIMEOUT`] after its end
+    /// for retransmissions, then dropped at the next use of the table (no task or timer each).
+    ending: VecDeque<(Instant, InviteKey)>,
+}
+
+impl Invites {
+    fn forget_due(&mut self, now: Instant) {
+        while let Some((at, _)) = self.ending.front() {
+            if *at > now {
+                break;
+            }
+            let (at, key) = self.ending.pop_front().expect("front");
+            // A key that began again since holds a later time (or none): it stays.
+            if self.open.get(&key).and_then(|e| e.forget_at) == Some(at) {
+                self.open.remove(&key);
+            }
+        }
+    }
+}
 
 /// A call's task at this edge is named by the session and the gateway endpoint it acts as: in a
 /// call between two phones of this provider both sides run here, under one session id.
@@ -53,7 +94,7 @@ pub struct Calls {
     dialogs: Mutex<HashMap<(String, String), String>>,
     /// A phone's INVITE (its branch and source) and the call it started, for retransmissions,
     /// its CANCEL and the ACK of a failure.
-    invites: Mutex<HashMap<InviteKey, InviteEntry>>,
+    invites: Mutex<Invites>,
     /// INVITE transactions open at once (ringing calls and their answers' retransmissions); a
     /// new INVITE beyond them is answered 503 (`sip.max_invites_in_progress`).
     max_invites: usize,
@@ -222,79 +263,98 @@ impl Calls {
             .insert((call_id, tag), leg);
     }
 
+    /// The INVITE transactions, those that ended long enough ago forgotten.
+    fn invites_at(&self, now: Instant) -> MutexGuard<'_, Invites> {
+        let mut invites = self.invites.lock().expect("invites");
+        invites.forget_due(now);
+        invites
+    }
+
+    fn invites(&self) -> MutexGuard<'_, Invites> {
+        self.invites_at(Instant::now())
+    }
+
     /// Whether the INVITE `key` is known, and then the response a retransmission of it gets.
     pub fn invite_answer(&self, key: &InviteKey) -> Option<Option<Vec<u8>>> {
-        self.invites
-            .lock()
-            .expect("invites")
-            .get(key)
-            .map(|(_, last)| last.clone())
+        self.invites().open.get(key).map(|e| e.answer.clone())
     }
 
     /// The INVITE `key`, with no call task (yet), answered with `bytes` so far.
     /// Records a new INVITE transaction with its first response, unless `max_invites` are open
     /// (then false: a flood of INVITEs cannot grow this table without bound).
     pub fn try_add_invite(&self, key: InviteKey, bytes: Vec<u8>) -> bool {
-        let mut invites = self.invites.lock().expect("invites");
-        if invites.len() >= self.max_invites && !invites.contains_key(&key) {
+        let mut invites = self.invites();
+        if invites.open.len() >= self.max_invites && !invites.open.contains_key(&key) {
             return false;
         }
-        invites.insert(key, (String::new(), Some(bytes)));
+        invites.open.insert(key, InviteEntry::answered(bytes));
         true
     }
 
     pub fn add_invite(&self, key: InviteKey, bytes: Vec<u8>) {
-        self.invites
-            .lock()
-            .expect("invites")
-            .insert(key, (String::new(), Some(bytes)));
+        self.invites()
+            .open
+            .insert(key, InviteEntry::answered(bytes));
     }
 
     /// The INVITE `key` started the call task `leg`.
     pub fn set_invite_leg(&self, key: &InviteKey, leg: &str) {
-        if let Some(entry) = self.invites.lock().expect("invites").get_mut(key) {
-            entry.0 = leg.to_string();
+        if let Some(entry) = self.invites().open.get_mut(key) {
+            entry.leg = leg.to_string();
         }
     }
 
     /// The call task the INVITE `key` started, if it started one.
     pub fn invite_leg(&self, key: &InviteKey) -> Option<String> {
-        self.invites
-            .lock()
-            .expect("invites")
+        self.invites()
+            .open
             .get(key)
-            .map(|(leg, _)| leg.clone())
+            .map(|e| e.leg.clone())
             .filter(|leg| !leg.is_empty())
     }
 
     /// The response a retransmission of the INVITE `key` gets from now on (RFC 3261 §17.2.1;
     /// for a 2xx, §13.3.1.4).
     pub fn remember_response(&self, key: &InviteKey, bytes: &[u8]) {
-        if let Some(entry) = self.invites.lock().expect("invites").get_mut(key) {
-            entry.1 = Some(bytes.to_vec());
+        if let Some(entry) = self.invites().open.get_mut(key) {
+            entry.answer = Some(bytes.to_vec());
         }
     }
 
     /// The INVITE `key` is acknowledged: its response is not sent again. Returns the call task
     /// it started (empty if none) when the INVITE is known.
     pub fn acknowledge_invite(&self, key: &InviteKey) -> Option<String> {
-        let mut invites = self.invites.lock().expect("invites");
-        let (leg, last) = invites.get_mut(key)?;
-        *last = None;
-        Some(leg.clone())
+        let mut invites = self.invites();
+        let entry = invites.open.get_mut(key)?;
+        entry.answer = None;
+        Some(entry.leg.clone())
     }
 
     /// Whether the INVITE `key`'s response still waits for its ACK.
     pub fn invite_unacknowledged(&self, key: &InviteKey) -> bool {
-        self.invites
-            .lock()
-            .expect("invites")
+        self.invites()
+            .open
             .get(key)
-            .is_some_and(|(_, last)| last.is_some())
+            .is_some_and(|e| e.answer.is_some())
     }
 
     pub fn forget_invite(&self, key: &InviteKey) {
-        self.invites.lock().expect("invites").remove(key);
+        self.invites().open.remove(key);
+    }
+
+    /// The INVITE `key` has ended: it is kept for [`TRANSACTION_TIMEOUT`] more, to absorb
+    /// retransmissions, then forgotten.
+    pub fn forget_invite_later(&self, key: InviteKey) {
+        self.end_invite_at(key, Instant::now());
+    }
+
+    fn end_invite_at(&self, key: InviteKey, now: Instant) {
+        let at = now + TRANSACTION_TIMEOUT;
+        let mut invites = self.invites_at(now);
+        if let Some(entry) = invites.open.get_mut(&key) {
+            entry.forget_at = Some(at);
+            invites.ending.push_back((at, key));
+        }
     }
 
     /// Registers a client transaction, `key` its branch (with ` CANCEL` for a CANCEL), whose
@@ -470,5 +530,35 @@ mod tests {
         assert!(!calls.client_response("b1", response(200)), "too late");
         assert!(matches!(events.try_recv(), Ok(Event::Timeout(3))));
         assert!(events.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_ended_invite_is_kept_for_its_retransmissions_then_forgotten() {
+        let calls = Calls::new(100);
+        let key: InviteKey = ("b1".into(), "127.0.0.1:5060".parse().expect("address"));
+        let again: InviteKey = ("b2".into(), "127.0.0.1:5060".parse().expect("address"));
+        let start = Instant::now();
+        calls.add_invite(key.clone(), b"SIP/2.0 486".to_vec());
+        calls.add_invite(again.clone(), b"SIP/2.0 486".to_vec());
+        calls.end_invite_at(key.clone(), start);
+        calls.end_invite_at(again.clone(), start);
+        // `again` begins anew (the same branch from the same source): its old end is stale.
+        calls.forget_invite(&again);
+        calls.add_invite(again.clone(), b"SIP/2.0 200".to_vec());
+
+        let before = calls.invites_at(start + TRANSACTION_TIMEOUT - Duration::from_millis(1));
+        assert!(
+            before.open.contains_key(&key),
+            "still absorbing retransmissions"
+        );
+        drop(before);
+        let after = calls.invites_at(start + TRANSACTION_TIMEOUT);
+        assert!(!after.open.contains_key(&key), "forgotten after 64 × T1");
+        assert!(after.ending.is_empty());
+        assert_eq!(
+            after.open.get(&again).and_then(|e| e.answer.clone()),
+            Some(b"SIP/2.0 200".to_vec()),
+            "the transaction that began again stays"
+        );
     }
 }

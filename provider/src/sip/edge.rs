@@ -382,7 +382,7 @@ impl SipEdge {
         self.calls().add_invite(key.clone(), bytes.clone());
         self.handle.send(flow, &bytes).await;
         if flow.transport.is_stream() {
-            self.handle.forget_invite_later(key);
+            self.handle.calls.forget_invite_later(key);
             return;
         }
         let mut interval = T1;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use rsip::Method;
 
 use super::anchor::Anchor;
-use super::calls::{Calls, InviteKey, Stage};
+use super::calls::{Calls, Stage};
 use super::outbound::{Flow, OutRequest, T1, T2, TRANSACTION_TIMEOUT};
 use super::sdp;
 use super::sockets::{local_ip_toward, Sockets};
@@ -33,15 +33,6 @@ impl EdgeHandle {
     /// Where the edge says it is, for the Via and Contact of what it sends over `flow`.
     pub fn sent_by(&self, flow: Flow) -> String {
         self.sockets.sent_by(flow)
-    }
-
-    /// Keeps an INVITE transaction's key for a while, to absorb retransmissions after its end.
-    pub fn forget_invite_later(self: &Arc<Self>, key: InviteKey) {
-        let handle = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(TRANSACTION_TIMEOUT).await;
-            handle.calls.forget_invite(&key);
-        });
     }
 
     /// Starts a client transaction: sends `request` to `flow`, retransmits it on UDP (Timers A

@@ -273,7 +273,7 @@ impl Leg {
             .calls
             .finish(&self.leg_id, self.dialog.as_ref().map(Dialog::key));
         if let Some(invite) = self.invite.take() {
-            self.handle.forget_invite_later(invite.key);
+            self.handle.calls.forget_invite_later(invite.key);
         }
         tracing::debug!(session = %self.session.id, "SIP call task done");
     }
