@@ -390,9 +390,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     }
 }
 
+/// Lets `write` fill up to `size` more bytes at the end of `out`, and keeps what it wrote
+/// (nothing when it fails).
+fn append_with<E>(
+    out: &mut Vec<u8>,
+    size: usize,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.resize(start + size, 0);
+    let written = write(&mut out[start..]);
+    out.truncate(start + *written.as_ref().unwrap_or(&0));
+    written.map(|_| ())
+}
+
 /// Appends the handshake record (or alert) rustls has ready to `out`.
 fn encode_into<D>(out: &mut Vec<u8>, data: &mut EncodeTlsData<'_, D>) -> Result<(), rustls::Error> {
-    let start = out.len();
     let size = match data.encode(&mut []) {
         Ok(_) => return Ok(()),
         Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
@@ -400,17 +413,8 @@ fn encode_into<D>(out: &mut Vec<u8>, data: &mut EncodeTlsData<'_, D>) -> Result<
         }
         Err(e) => return Err(rustls::Error::General(e.to_string())),
     };
-    out.resize(start + size, 0);
-    match data.encode(&mut out[start..]) {
-        Ok(n) => {
-            out.truncate(start + n);
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(rustls::Error::General(e.to_string()))
-        }
-    }
+    append_with(out, size, |buf| data.encode(buf))
+        .map_err(|e| rustls::Error::General(e.to_string()))
 }
 
 /// Appends `data`, encrypted, to `out`.
@@ -422,25 +426,15 @@ fn encrypt_into<D>(
     // Room for the records' headers, content types and tags (22 to 29 bytes a record).
     let mut size = data.len() + 64 * (data.len() / (16 * 1024) + 1);
     loop {
-        let start = out.len();
-        out.resize(start + size, 0);
-        match traffic.encrypt(data, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
+        match append_with(out, size, |buf| traffic.encrypt(data, buf)) {
+            Ok(()) => return Ok(()),
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > size =>
+            {
+                size = required_size
             }
-            Err(e) => {
-                out.truncate(start);
-                match e {
-                    EncryptError::InsufficientSize(InsufficientSizeError { required_size })
-                        if required_size > size =>
-                    {
-                        size = required_size
-                    }
-                    EncryptError::EncryptExhausted => return Err(rustls::Error::EncryptError),
-                    e => return Err(rustls::Error::General(e.to_string())),
-                }
-            }
+            Err(EncryptError::EncryptExhausted) => return Err(rustls::Error::EncryptError),
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
         }
     }
 }
@@ -450,19 +444,9 @@ fn close_notify_into<D>(
     out: &mut Vec<u8>,
     traffic: &mut WriteTraffic<'_, D>,
 ) -> Result<(), rustls::Error> {
-    let start = out.len();
     // A record header, the alert, its content type and a tag: well under 64 bytes.
-    out.resize(start + 64, 0);
-    match traffic.queue_close_notify(&mut out[start..]) {
-        Ok(n) => {
-            out.truncate(start + n);
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(rustls::Error::General(e.to_string()))
-        }
-    }
+    append_with(out, 64, |buf| traffic.queue_close_notify(buf))
+        .map_err(|e| rustls::Error::General(e.to_string()))
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -609,6 +593,11 @@ mod tests {
         }
     }
 
+    fn assert_read_buffer_within(tls: &TlsStream<tokio::io::DuplexStream>, limit: usize) {
+        let held = tls.incoming.capacity();
+        assert!(held <= limit, "{held} bytes held, more than {limit}");
+    }
+
     /// A server and a client (its socket reachable with `get_mut().0`) after their handshake.
     async fn connected(
         pki: &Pki,
@@ -641,11 +630,7 @@ mod tests {
         )
         .await;
         assert!(read.is_err(), "the record is incomplete: {read:?}");
-        assert!(
-            tls.incoming.capacity() <= MAX_RECORD,
-            "{} bytes held",
-            tls.incoming.capacity()
-        );
+        assert_read_buffer_within(&tls, MAX_RECORD);
     }
 
     #[tokio::test]
@@ -676,11 +661,7 @@ mod tests {
             io::ErrorKind::InvalidData,
             "too large"
         );
-        assert!(
-            tls.incoming.capacity() <= MAX_HANDSHAKE_MESSAGE,
-            "{} bytes held",
-            tls.incoming.capacity()
-        );
+        assert_read_buffer_within(&tls, MAX_HANDSHAKE_MESSAGE);
     }
 
     #[tokio::test]

@@ -604,27 +604,27 @@ async fn next_request(t: &mut SipTransport) -> anyhow::Result<Request> {
     Request::parse(&bytes)
 }
 
-/// Two phones of one provider: Alice's (sipp, UDP) calls Bob's account, whose phone is registered
-/// over TLS; the edge's INVITE and BYE reach Bob over the connection he registered on.
-#[tokio::test]
-async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::Result<()> {
-    let _logs = show_logs();
+/// A provider whose SIP edge serves Bob's account (`tel:+16502530002`) and Alice's
+/// (`sip:alice@a.test`, `tel:+16502530001`), both with [`PASSWORD`].
+async fn edge_of_alice_and_bob() -> anyhow::Result<SipProvider> {
     let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
     let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
     add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
+    Ok(edge)
+}
 
-    let mut bob = SipTransport::tls(edge.tls, edge.h.ca_pem()).await?;
-    let ua = Ua::of(&bob)?;
-    register(&mut bob, &ua, "a.test", "bob", "tls").await?;
-
-    let logs = tempfile::tempdir()?;
+/// Alice's phone (sipp on UDP, the `uac-call` scenario) calls `bob@a.test` once through the
+/// edge at `server`; its files and error log are in `dir`.
+fn alice_calls_bob(
+    server: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<Output>>> {
     std::fs::write(
-        logs.path().join("alice.csv"),
+        dir.join("alice.csv"),
         format!("SEQUENTIAL\nalice;[authentication username=alice password={PASSWORD}]\n"),
     )?;
-    let server = edge.udp;
-    let dir = logs.path().to_path_buf();
-    let caller = tokio::task::spawn_blocking(move || {
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || {
         Command::new("sipp")
             .arg(server.to_string())
             .arg("-sf")
@@ -639,7 +639,22 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
             .arg(dir.join("errors.log"))
             .current_dir(&dir)
             .output()
-    });
+    }))
+}
+
+/// Two phones of one provider: Alice's (sipp, UDP) calls Bob's account, whose phone is registered
+/// over TLS; the edge's INVITE and BYE reach Bob over the connection he registered on.
+#[tokio::test]
+async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::Result<()> {
+    let _logs = show_logs();
+    let edge = edge_of_alice_and_bob().await?;
+
+    let mut bob = SipTransport::tls(edge.tls, edge.h.ca_pem()).await?;
+    let ua = Ua::of(&bob)?;
+    register(&mut bob, &ua, "a.test", "bob", "tls").await?;
+
+    let logs = tempfile::tempdir()?;
+    let caller = alice_calls_bob(edge.udp, logs.path())?;
 
     let invite = next_request(&mut bob).await?;
     assert!(
@@ -702,37 +717,14 @@ async fn a_phone_registered_over_tls_is_called_over_its_connection() -> anyhow::
 #[tokio::test]
 async fn a_called_phone_repeating_its_200_is_acknowledged_again() -> anyhow::Result<()> {
     let _logs = show_logs();
-    let edge = SipProvider::start("a.test", "bob", PASSWORD, &["tel:+16502530002"], |_| {}).await?;
-    let alice = edge.h.add_user("Alice", &["tel:+16502530001"]).await?;
-    add_account(&edge.h, &alice, "sip:alice@a.test", PASSWORD).await?;
+    let edge = edge_of_alice_and_bob().await?;
 
     let mut bob = SipTransport::udp(edge.udp).await?;
     let ua = Ua::of(&bob)?;
     register(&mut bob, &ua, "a.test", "bob", "udp").await?;
 
     let logs = tempfile::tempdir()?;
-    std::fs::write(
-        logs.path().join("alice.csv"),
-        format!("SEQUENTIAL\nalice;[authentication username=alice password={PASSWORD}]\n"),
-    )?;
-    let server = edge.udp;
-    let dir = logs.path().to_path_buf();
-    let caller = tokio::task::spawn_blocking(move || {
-        Command::new("sipp")
-            .arg(server.to_string())
-            .arg("-sf")
-            .arg(sipp_scenario("uac-call"))
-            .arg("-inf")
-            .arg(dir.join("alice.csv"))
-            .args(["-key", "domain", "a.test", "-key", "callee", "bob@a.test"])
-            .args(["-auth_uri", "bob@a.test", "-i", "127.0.0.1"])
-            .args(["-p", &free_sip_port().to_string()])
-            .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
-            .args(["-error_file"])
-            .arg(dir.join("errors.log"))
-            .current_dir(&dir)
-            .output()
-    });
+    let caller = alice_calls_bob(edge.udp, logs.path())?;
 
     let invite = next_request(&mut bob).await?;
     assert!(invite.start.starts_with("INVITE "), "{}", invite.start);
