@@ -127,7 +127,7 @@ pub struct Progress {
 }
 
 /// How far a client transaction has got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Sent,
     Provisional,
@@ -385,36 +385,33 @@ impl Calls {
     pub fn client_response(&self, key: &str, response: InboundResponse) -> bool {
         let status = response.status;
         let now = Instant::now();
-        let target = {
-            let mut clients = self.clients.lock().expect("clients");
-            match clients.get(key) {
-                Some(client) if status < 200 => {
-                    client.progress.reach(Stage::Provisional);
-                    Some((client.leg.clone(), client.tx))
+        let open = if status < 200 {
+            let clients = self.clients.lock().expect("clients");
+            clients.get(key).map(|client| {
+                client.progress.reach(Stage::Provisional);
+                (client.leg.clone(), client.tx)
+            })
+        } else {
+            let ended = self.clients.lock().expect("clients").remove(key);
+            ended.map(|client| {
+                client.progress.reach(Stage::Final);
+                if remembered_after_final(client.invite, status, client.reliable) {
+                    self.answered.lock().expect("answered").insert(
+                        key.to_string(),
+                        (client.leg.clone(), client.tx),
+                        now,
+                    );
                 }
-                Some(_) => {
-                    let client = clients.remove(key).expect("present");
-                    drop(clients);
-                    client.progress.reach(Stage::Final);
-                    if remembered_after_final(client.invite, status, client.reliable) {
-                        self.answered.lock().expect("answered").insert(
-                            key.to_string(),
-                            (client.leg.clone(), client.tx),
-                            now,
-                        );
-                    }
-                    Some((client.leg, client.tx))
-                }
-                None => {
-                    drop(clients);
-                    self.answered
-                        .lock()
-                        .expect("answered")
-                        .get(key, now)
-                        .cloned()
-                }
-            }
+                (client.leg, client.tx)
+            })
         };
+        let target = open.or_else(|| {
+            self.answered
+                .lock()
+                .expect("answered")
+                .get(key, now)
+                .cloned()
+        });
         match target {
             Some((leg, tx)) => {
                 self.send_event(&leg, Event::Response(tx, response));
